@@ -1,0 +1,7 @@
+//! Serialises what readtrack emits. (stub: being written)
+
+use super::Outgoing;
+
+pub fn outgoing(_out: &Outgoing) -> String {
+    todo!()
+}
