@@ -1,1 +1,245 @@
-//! engine
+//! The rules of DESIGN.md section 3 as a state machine over the [`Store`].
+//!
+//! Inputs are events from the XMPP server ([`Input`]) and the passing of time ([`Engine::tick`]);
+//! outputs are stanzas to write ([`Output`]). The engine never reads the clock (every call takes
+//! `now`), never touches a socket, and sees the store only through its typed API.
+//!
+//! Group commit: outputs that announce a write (the 10013 server ack, the 501 bounce) are held
+//! back and released by [`Engine::commit`] only after the store flush that makes the write
+//! durable. Replays are not held: they are at-least-once and a lost one is sent again.
+
+mod devices;
+mod receipts;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::jid::{DeviceKeyRule, Jid};
+use crate::stanza::{Message, Outgoing};
+use crate::store::{Counters, Store, StoreError};
+use crate::time::Millis;
+
+/// Which wire conventions readtrack speaks (config `[receipts] dialect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// seed-protocol.md: crs server ack, delay-501 bounce, offline marker on replays.
+    #[default]
+    Seed,
+    /// Standards only: no server ack, no bounce; replays carry XEP-0203 delay and XEP-0359 ids.
+    Xep,
+}
+
+/// Which messages need a receipt from some device of the recipient (config `[receipts] require`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptPolicy {
+    #[default]
+    All,
+    System,
+    None,
+}
+
+impl FromStr for Dialect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "seed" => Ok(Dialect::Seed),
+            "xep" => Ok(Dialect::Xep),
+            other => Err(format!(
+                "unknown dialect {other:?} (expected \"seed\" or \"xep\")"
+            )),
+        }
+    }
+}
+
+impl FromStr for ReceiptPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "all" => Ok(ReceiptPolicy::All),
+            "system" => Ok(ReceiptPolicy::System),
+            "none" => Ok(ReceiptPolicy::None),
+            other => Err(format!(
+                "unknown receipt policy {other:?} (expected \"all\", \"system\" or \"none\")"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The tracked XMPP domain (`example.com`); server acks and bounces come from it.
+    pub domain: String,
+    pub dialect: Dialect,
+    pub policy: ReceiptPolicy,
+    /// Time a message needing a receipt may wait for one before the sender gets the bounce.
+    pub receipt_timeout: Duration,
+    /// Senders besides the domain itself whose messages are system messages (bare or full JIDs).
+    pub system_senders: Vec<Jid>,
+    pub device_key: DeviceKeyRule,
+    /// How many recent messages a device seen for the first time receives.
+    pub history: u64,
+    /// ... of which none older than this.
+    pub history_max_age: Option<Duration>,
+    /// At most this many timers are settled per tick, so one tick cannot stall the event loop.
+    pub timers_per_tick: usize,
+}
+
+impl EngineConfig {
+    pub fn new(domain: &str) -> EngineConfig {
+        EngineConfig {
+            domain: domain.to_lowercase(),
+            dialect: Dialect::Seed,
+            policy: ReceiptPolicy::All,
+            receipt_timeout: Duration::from_secs(10),
+            system_senders: Vec::new(),
+            device_key: DeviceKeyRule::Resource,
+            history: 100,
+            history_max_age: Some(Duration::from_secs(30 * 24 * 3600)),
+            timers_per_tick: 10_000,
+        }
+    }
+}
+
+/// What the XMPP server tells readtrack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A session sent its initial presence: its device may now receive replays.
+    Available { jid: Jid, device_id: Option<String> },
+    /// A session ended.
+    Unavailable { jid: Jid },
+    /// The server routed `message` to local user `to` (bare) and wrote it live to `sessions`
+    /// (empty when no session was available).
+    Routed {
+        message: Message,
+        to: Jid,
+        sessions: Vec<Jid>,
+        archive_id: Option<String>,
+    },
+    /// A local client sent `message` (its `from` is the client's full JID): receipts, markers.
+    FromClient { message: Message },
+    /// The complete set of available sessions, sent when readtrack (re)connects.
+    Snapshot {
+        sessions: Vec<(Jid, Option<String>)>,
+    },
+}
+
+/// What readtrack asks the XMPP server to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write to exactly this session; if it is gone, drop it (the message stays unread).
+    Deliver { to: Jid, stanza: Outgoing },
+    /// Route as the server host (acks and bounces come from the domain).
+    SendAsHost { stanza: Outgoing },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An input that cannot apply to this domain; nothing was changed.
+    #[error("rejected input: {0}")]
+    Rejected(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+pub struct Engine {
+    store: Store,
+    config: EngineConfig,
+    /// Outputs waiting for the flush that makes their write durable.
+    held: Vec<Output>,
+    counters: Counters,
+}
+
+impl Engine {
+    pub fn new(store: Store, config: EngineConfig) -> Result<Engine> {
+        let counters = store.counters()?;
+        Ok(Engine {
+            store,
+            config,
+            held: Vec::new(),
+            counters,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Gives the store back (flushing first), e.g. to reopen it.
+    pub fn close(mut self) -> Result<Store> {
+        self.commit()?;
+        Ok(self.store)
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Applies one input. Returns what may be written at once; writes that must wait for
+    /// durability are released by the next [`Engine::commit`].
+    pub fn handle(&mut self, input: Input, now: Millis) -> Result<Vec<Output>> {
+        match input {
+            Input::Available { jid, device_id } => {
+                self.available(&jid, device_id.as_deref(), now, false)
+            }
+            Input::Unavailable { jid } => self.unavailable(&jid, now),
+            Input::Routed {
+                message,
+                to,
+                sessions,
+                archive_id,
+            } => self.routed(message, &to, &sessions, archive_id, now),
+            Input::FromClient { message } => self.client_stanza(&message, now),
+            Input::Snapshot { sessions } => self.snapshot(&sessions, now),
+        }
+    }
+
+    /// Fires receipt timers due at `now`. Bounces are held until the next commit.
+    pub fn tick(&mut self, now: Millis) -> Result<Vec<Output>> {
+        self.fire_timers(now)?;
+        Ok(Vec::new())
+    }
+
+    /// Makes every write so far durable, then releases the outputs that were waiting for it.
+    pub fn commit(&mut self) -> Result<Vec<Output>> {
+        self.store.put_counters(&self.counters)?;
+        self.store.flush()?;
+        Ok(std::mem::take(&mut self.held))
+    }
+
+    /// Outputs waiting for the next commit.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// When the earliest receipt timer is due, if any.
+    pub fn next_deadline(&self) -> Result<Option<Millis>> {
+        Ok(self.store.next_deadline()?.map(Millis))
+    }
+
+    /// A bare JID of this domain with a localpart, or a rejection naming what is wrong.
+    fn local_user(&self, jid: &Jid, what: &str) -> Result<Jid> {
+        if jid.local().is_none() || jid.domain() != self.config.domain {
+            return Err(EngineError::Rejected(format!(
+                "{what} {jid} is not a user of {}",
+                self.config.domain
+            )));
+        }
+        Ok(jid.to_bare())
+    }
+
+    fn local_device<'a>(&self, jid: &'a Jid, what: &str) -> Result<&'a str> {
+        self.local_user(jid, what)?;
+        jid.resource()
+            .ok_or_else(|| EngineError::Rejected(format!("{what} {jid} is not a full JID")))
+    }
+}

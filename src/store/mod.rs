@@ -1,1 +1,654 @@
-//! store
+//! The only module that touches sled. Trees are named by their key layout (see
+//! `schema/store-layout.md`); keys are built in [`keys`]; values are [`records`] encoded with
+//! bincode 2.
+//!
+//! Durability is group commit: writes land in sled's page cache and become durable at the next
+//! [`Store::flush`]. Callers must not tell anyone about a write (the 10013 ack, a bounce) before
+//! the flush that covers it has returned.
+
+pub mod keys;
+pub mod records;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+pub use keys::{DeviceNo, Seq, UserId};
+use records::{decode, encode};
+pub use records::{
+    Counters, DeliveryRecord, DeviceRecord, MessageRecord, ReceiptState, UserRecord,
+};
+
+/// Version of the on-disk layout. Bump it with every change to a key or record shape and teach
+/// [`Store::open`] the migration.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const META_SCHEMA: &[u8] = b"schema_version";
+const META_NEXT_USER: &[u8] = b"next_user_id";
+const META_COUNTERS: &[u8] = b"counters";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("store at {path} has schema version {found}, this readtrack reads version {expected}; refusing to touch it")]
+    SchemaVersion {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("store at {path} holds data but no schema version; it was not written by readtrack")]
+    NoSchema { path: PathBuf },
+    #[error("store I/O error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in tree {tree}: {reason}")]
+    Decode { tree: &'static str, reason: String },
+    #[error("cannot encode record: {0}")]
+    Encode(String),
+    #[error("corrupt key in tree {tree}: {len} bytes")]
+    BadKey { tree: &'static str, len: usize },
+    #[error("unknown user id {0}")]
+    UnknownUser(UserId),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A message about to be logged.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub stanza_id: u128,
+    pub msg_id: Option<String>,
+    pub from: String,
+    pub kind: Option<String>,
+    pub body: Option<String>,
+    pub thread: Option<String>,
+    pub logged_at: u64,
+    pub system: bool,
+    pub receipt: ReceiptState,
+    pub archive_id: Option<String>,
+}
+
+/// A due receipt timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timer {
+    pub deadline: u64,
+    pub user: UserId,
+    pub seq: Seq,
+}
+
+/// Options for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled page cache, bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    jid_userid: sled::Tree,
+    userid_user: sled::Tree,
+    userseq_message: sled::Tree,
+    usermsgid_seq: sled::Tree,
+    userdevice_cursor: sled::Tree,
+    userdeviceseq_delivery: sled::Tree,
+    deadline_userseq: sled::Tree,
+    /// Records decoded since open: lets tests assert that work is proportional to what is unread.
+    reads: AtomicU64,
+    flushes: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) the store. Refuses a store of another schema version, or a non-empty
+    /// directory that readtrack did not write, rather than overwrite it.
+    pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(options.cache_bytes)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let tree = |name: &str| db.open_tree(name);
+        let store = Store {
+            meta: tree("meta")?,
+            jid_userid: tree("jid_userid")?,
+            userid_user: tree("userid_user")?,
+            userseq_message: tree("userseq_message")?,
+            usermsgid_seq: tree("usermsgid_seq")?,
+            userdevice_cursor: tree("userdevice_cursor")?,
+            userdeviceseq_delivery: tree("userdeviceseq_delivery")?,
+            deadline_userseq: tree("deadline_userseq")?,
+            db,
+            path,
+            reads: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        match self.meta.get(META_SCHEMA)? {
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Decode {
+                        tree: "meta",
+                        reason: "schema_version is not 4 bytes".into(),
+                    })?);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::SchemaVersion {
+                        path: self.path.clone(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None => {
+                let user_data = [&self.jid_userid, &self.userid_user, &self.userseq_message]
+                    .iter()
+                    .any(|t| !t.is_empty());
+                if user_data {
+                    return Err(StoreError::NoSchema {
+                        path: self.path.clone(),
+                    });
+                }
+                self.meta
+                    .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes every earlier write durable. The only durability point.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        self.flushes.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Completed [`Store::flush`] calls since open.
+    pub fn flushes(&self) -> u64 {
+        self.flushes.load(Ordering::Acquire)
+    }
+
+    /// Records decoded since open (messages, devices, deliveries, users).
+    pub fn records_read(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(&self, tree: &'static str, bytes: &[u8]) -> Result<T> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        decode(tree, bytes)
+    }
+
+    /// Bytes on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    // ---- users ----
+
+    pub fn user_id(&self, bare_jid: &str) -> Result<Option<UserId>> {
+        Ok(self
+            .jid_userid
+            .get(bare_jid.as_bytes())?
+            .map(|v| keys::be_u64(&v, 0).unwrap_or(0)))
+    }
+
+    /// The user's id, creating the user on first sight.
+    pub fn ensure_user(&self, bare_jid: &str) -> Result<UserId> {
+        if let Some(id) = self.user_id(bare_jid)? {
+            return Ok(id);
+        }
+        let record = encode(&UserRecord {
+            jid: bare_jid.to_string(),
+            head: 0,
+            next_device: 0,
+        })?;
+        let id = (&self.meta, &self.jid_userid, &self.userid_user).transaction(
+            |(meta, jid_userid, userid_user)| {
+                if let Some(existing) = jid_userid.get(bare_jid.as_bytes())? {
+                    return Ok(keys::be_u64(&existing, 0).unwrap_or(0));
+                }
+                let id = match meta.get(META_NEXT_USER)? {
+                    Some(v) => keys::be_u64(&v, 0).unwrap_or(1),
+                    None => 1,
+                };
+                meta.insert(META_NEXT_USER, &(id + 1).to_be_bytes())?;
+                jid_userid.insert(bare_jid.as_bytes(), &id.to_be_bytes())?;
+                userid_user.insert(&keys::user_prefix(id), record.clone())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(id)
+            },
+        )?;
+        Ok(id)
+    }
+
+    pub fn user(&self, user: UserId) -> Result<UserRecord> {
+        match self.userid_user.get(keys::user_prefix(user))? {
+            Some(v) => self.read("userid_user", &v),
+            None => Err(StoreError::UnknownUser(user)),
+        }
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.userid_user.len()
+    }
+
+    /// Every user's bare JID and id, in id order.
+    pub fn users(&self) -> impl Iterator<Item = Result<(UserId, UserRecord)>> + '_ {
+        self.userid_user.iter().map(move |kv| {
+            let (k, v) = kv?;
+            let id = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
+                tree: "userid_user",
+                len: k.len(),
+            })?;
+            Ok((id, self.read("userid_user", &v)?))
+        })
+    }
+
+    // ---- messages ----
+
+    /// Logs one message in one transaction: the log entry, the id index, the receipt timer (when
+    /// `message.receipt` is `Waiting`) and the deliveries to the devices it was written to live.
+    /// Returns the assigned seq. Not durable until [`Store::flush`].
+    pub fn append_message(
+        &self,
+        user: UserId,
+        message: &NewMessage,
+        delivered_to: &[(DeviceNo, DeliveryRecord)],
+    ) -> Result<Seq> {
+        let seq = (
+            &self.userid_user,
+            &self.userseq_message,
+            &self.usermsgid_seq,
+            &self.deadline_userseq,
+            &self.userdeviceseq_delivery,
+        )
+            .transaction(|(users, log, ids, deadlines, deliveries)| {
+                let mut record: UserRecord = match users.get(keys::user_prefix(user))? {
+                    Some(v) => {
+                        decode("userid_user", &v).map_err(ConflictableTransactionError::Abort)?
+                    }
+                    None => {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::UnknownUser(user),
+                        ))
+                    }
+                };
+                record.head += 1;
+                let seq = record.head;
+                let entry = MessageRecord {
+                    seq,
+                    stanza_id: message.stanza_id,
+                    msg_id: message.msg_id.clone(),
+                    from: message.from.clone(),
+                    kind: message.kind.clone(),
+                    body: message.body.clone(),
+                    thread: message.thread.clone(),
+                    logged_at: message.logged_at,
+                    system: message.system,
+                    receipt: message.receipt,
+                    archive_id: message.archive_id.clone(),
+                };
+                users.insert(
+                    &keys::user_prefix(user),
+                    encode(&record).map_err(ConflictableTransactionError::Abort)?,
+                )?;
+                log.insert(
+                    &keys::user_seq(user, seq),
+                    encode(&entry).map_err(ConflictableTransactionError::Abort)?,
+                )?;
+                if let Some(id) = &message.msg_id {
+                    ids.insert(&keys::user_msgid_seq(user, id, seq), &[])?;
+                }
+                if let ReceiptState::Waiting { deadline } = message.receipt {
+                    deadlines.insert(&keys::deadline_user_seq(deadline, user, seq), &[])?;
+                }
+                for (device, d) in delivered_to {
+                    deliveries.insert(
+                        &keys::user_device_seq(user, *device, seq),
+                        encode(d).map_err(ConflictableTransactionError::Abort)?,
+                    )?;
+                }
+                Ok(seq)
+            })?;
+        Ok(seq)
+    }
+
+    pub fn message(&self, user: UserId, seq: Seq) -> Result<Option<MessageRecord>> {
+        match self.userseq_message.get(keys::user_seq(user, seq))? {
+            Some(v) => Ok(Some(self.read("userseq_message", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_message(&self, user: UserId, record: &MessageRecord) -> Result<()> {
+        self.userseq_message
+            .insert(keys::user_seq(user, record.seq), encode(record)?)?;
+        Ok(())
+    }
+
+    /// The user's messages with seq > `after`, oldest first. Reads lazily: the caller pays for
+    /// what it consumes.
+    pub fn messages_after(
+        &self,
+        user: UserId,
+        after: Seq,
+    ) -> impl Iterator<Item = Result<MessageRecord>> + '_ {
+        let start = keys::user_seq(user, after.saturating_add(1));
+        let end = keys::user_seq(user, u64::MAX);
+        self.userseq_message.range(start..=end).map(move |kv| {
+            let (_, v) = kv?;
+            self.read("userseq_message", &v)
+        })
+    }
+
+    /// The user's messages with seq < `before`, newest first.
+    pub fn messages_before(
+        &self,
+        user: UserId,
+        before: Seq,
+    ) -> impl Iterator<Item = Result<MessageRecord>> + '_ {
+        let start = keys::user_seq(user, 0);
+        let end = keys::user_seq(user, before);
+        self.userseq_message.range(start..end).rev().map(move |kv| {
+            let (_, v) = kv?;
+            self.read("userseq_message", &v)
+        })
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.userseq_message.len()
+    }
+
+    /// Seqs of the user's messages whose id is `msg_id`, oldest first (hash collisions removed).
+    pub fn seqs_by_msgid(&self, user: UserId, msg_id: &str) -> Result<Vec<MessageRecord>> {
+        let mut found = Vec::new();
+        for kv in self
+            .usermsgid_seq
+            .scan_prefix(keys::user_msgid_prefix(user, msg_id))
+        {
+            let (k, _) = kv?;
+            let seq = keys::be_u64(&k, 16).ok_or(StoreError::BadKey {
+                tree: "usermsgid_seq",
+                len: k.len(),
+            })?;
+            if let Some(m) = self.message(user, seq)? {
+                if m.msg_id.as_deref() == Some(msg_id) {
+                    found.push(m);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    // ---- devices ----
+
+    /// The user's devices, in device-number order.
+    pub fn devices(&self, user: UserId) -> Result<Vec<(DeviceNo, DeviceRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.userdevice_cursor.scan_prefix(keys::user_prefix(user)) {
+            let (k, v) = kv?;
+            let no = keys::be_u32(&k, 8).ok_or(StoreError::BadKey {
+                tree: "userdevice_cursor",
+                len: k.len(),
+            })?;
+            out.push((no, self.read("userdevice_cursor", &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.userdevice_cursor.len()
+    }
+
+    /// Stores a device, assigning a number when `device` is `None`.
+    pub fn put_device(
+        &self,
+        user: UserId,
+        device: Option<DeviceNo>,
+        record: &DeviceRecord,
+    ) -> Result<DeviceNo> {
+        let no = match device {
+            Some(no) => no,
+            None => {
+                let mut u = self.user(user)?;
+                let no = u.next_device;
+                u.next_device += 1;
+                self.userid_user
+                    .insert(keys::user_prefix(user), encode(&u)?)?;
+                no
+            }
+        };
+        self.userdevice_cursor
+            .insert(keys::user_device(user, no), encode(record)?)?;
+        Ok(no)
+    }
+
+    /// Drops a device's cursor and its delivery log.
+    pub fn remove_device(&self, user: UserId, device: DeviceNo) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for kv in self
+            .userdeviceseq_delivery
+            .scan_prefix(keys::user_device(user, device))
+        {
+            batch.remove(kv?.0);
+        }
+        self.userdeviceseq_delivery.apply_batch(batch)?;
+        self.userdevice_cursor
+            .remove(keys::user_device(user, device))?;
+        Ok(())
+    }
+
+    /// Records acks of one device in one transaction: the new cursor, the deliveries it settles,
+    /// and the messages whose receipt timer it cancels (given with their new state).
+    pub fn apply_ack(
+        &self,
+        user: UserId,
+        device: DeviceNo,
+        record: &DeviceRecord,
+        acked: &[Seq],
+        settled: &[(Timer, MessageRecord)],
+    ) -> Result<()> {
+        let cursor = encode(record)?;
+        let messages = settled
+            .iter()
+            .map(|(t, m)| Ok((*t, encode(m)?)))
+            .collect::<Result<Vec<_>>>()?;
+        (
+            &self.userdevice_cursor,
+            &self.userdeviceseq_delivery,
+            &self.userseq_message,
+            &self.deadline_userseq,
+        )
+            .transaction(|(cursors, deliveries, log, deadlines)| {
+                cursors.insert(&keys::user_device(user, device), cursor.clone())?;
+                for seq in acked {
+                    deliveries.remove(&keys::user_device_seq(user, device, *seq))?;
+                }
+                for (t, m) in &messages {
+                    log.insert(&keys::user_seq(t.user, t.seq), m.clone())?;
+                    deadlines.remove(&keys::deadline_user_seq(t.deadline, t.user, t.seq))?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+        Ok(())
+    }
+
+    // ---- deliveries ----
+
+    pub fn delivery(
+        &self,
+        user: UserId,
+        device: DeviceNo,
+        seq: Seq,
+    ) -> Result<Option<DeliveryRecord>> {
+        match self
+            .userdeviceseq_delivery
+            .get(keys::user_device_seq(user, device, seq))?
+        {
+            Some(v) => Ok(Some(self.read("userdeviceseq_delivery", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_deliveries(
+        &self,
+        user: UserId,
+        device: DeviceNo,
+        entries: &[(Seq, DeliveryRecord)],
+    ) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (seq, d) in entries {
+            batch.insert(&keys::user_device_seq(user, device, *seq), encode(d)?);
+        }
+        self.userdeviceseq_delivery.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub fn remove_delivery(&self, user: UserId, device: DeviceNo, seq: Seq) -> Result<()> {
+        self.userdeviceseq_delivery
+            .remove(keys::user_device_seq(user, device, seq))?;
+        Ok(())
+    }
+
+    /// Deliveries of one device with seq ≤ `upto`, oldest first.
+    pub fn deliveries(
+        &self,
+        user: UserId,
+        device: DeviceNo,
+        upto: Seq,
+    ) -> Result<Vec<(Seq, DeliveryRecord)>> {
+        let start = keys::user_device_seq(user, device, 0);
+        let end = keys::user_device_seq(user, device, upto);
+        let mut out = Vec::new();
+        for kv in self.userdeviceseq_delivery.range(start..=end) {
+            let (k, v) = kv?;
+            let seq = keys::be_u64(&k, 12).ok_or(StoreError::BadKey {
+                tree: "userdeviceseq_delivery",
+                len: k.len(),
+            })?;
+            out.push((seq, self.read("userdeviceseq_delivery", &v)?));
+        }
+        Ok(out)
+    }
+
+    // ---- timers ----
+
+    /// Removes a fired timer and stores the message's new state (if it still exists), atomically,
+    /// so a crash cannot leave a message waiting without a timer.
+    pub fn settle_timer(&self, timer: Timer, message: Option<&MessageRecord>) -> Result<()> {
+        let encoded = message.map(encode).transpose()?;
+        (&self.userseq_message, &self.deadline_userseq).transaction(|(log, deadlines)| {
+            if let Some(m) = &encoded {
+                log.insert(&keys::user_seq(timer.user, timer.seq), m.clone())?;
+            }
+            deadlines.remove(&keys::deadline_user_seq(
+                timer.deadline,
+                timer.user,
+                timer.seq,
+            ))?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Every device of every user.
+    pub fn all_devices(
+        &self,
+    ) -> impl Iterator<Item = Result<(UserId, DeviceNo, DeviceRecord)>> + '_ {
+        self.userdevice_cursor.iter().map(move |kv| {
+            let (k, v) = kv?;
+            let bad = || StoreError::BadKey {
+                tree: "userdevice_cursor",
+                len: k.len(),
+            };
+            let user = keys::be_u64(&k, 0).ok_or_else(bad)?;
+            let no = keys::be_u32(&k, 8).ok_or_else(bad)?;
+            Ok((user, no, self.read("userdevice_cursor", &v)?))
+        })
+    }
+
+    pub fn remove_timer(&self, timer: Timer) -> Result<()> {
+        self.deadline_userseq.remove(keys::deadline_user_seq(
+            timer.deadline,
+            timer.user,
+            timer.seq,
+        ))?;
+        Ok(())
+    }
+
+    /// Timers with deadline ≤ `now`, earliest first, at most `limit`.
+    pub fn due_timers(&self, now: u64, limit: usize) -> Result<Vec<Timer>> {
+        let end = keys::deadline_user_seq(now, u64::MAX, u64::MAX);
+        let mut out = Vec::new();
+        for kv in self.deadline_userseq.range(..=end).take(limit) {
+            out.push(Self::timer_from_key(&kv?.0)?);
+        }
+        Ok(out)
+    }
+
+    pub fn next_deadline(&self) -> Result<Option<u64>> {
+        match self.deadline_userseq.first()? {
+            Some((k, _)) => Ok(Some(Self::timer_from_key(&k)?.deadline)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn timer_count(&self) -> usize {
+        self.deadline_userseq.len()
+    }
+
+    fn timer_from_key(k: &[u8]) -> Result<Timer> {
+        let bad = || StoreError::BadKey {
+            tree: "deadline_userseq",
+            len: k.len(),
+        };
+        Ok(Timer {
+            deadline: keys::be_u64(k, 0).ok_or_else(bad)?,
+            user: keys::be_u64(k, 8).ok_or_else(bad)?,
+            seq: keys::be_u64(k, 16).ok_or_else(bad)?,
+        })
+    }
+
+    // ---- meta ----
+
+    pub fn counters(&self) -> Result<Counters> {
+        match self.meta.get(META_COUNTERS)? {
+            Some(v) => decode("meta", &v),
+            None => Ok(Counters::default()),
+        }
+    }
+
+    pub fn put_counters(&self, counters: &Counters) -> Result<()> {
+        self.meta.insert(META_COUNTERS, encode(counters)?)?;
+        Ok(())
+    }
+}

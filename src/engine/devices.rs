@@ -1,0 +1,208 @@
+//! Device lifecycle and replay (rules 6 and 7).
+
+use std::collections::HashSet;
+
+use super::{Dialect, Engine, Output, Result};
+use crate::jid::Jid;
+use crate::stanza::{MessageType, Outgoing, Replay};
+use crate::store::{DeliveryRecord, DeviceNo, DeviceRecord, MessageRecord, UserId};
+use crate::time::Millis;
+
+impl Engine {
+    /// Finds the device a session belongs to, creating it (with the new-device cursor) on first
+    /// sight. The record is not stored here; the caller stores it with its changes.
+    pub(super) fn device_for(
+        &self,
+        user: UserId,
+        resource: &str,
+        device_id: Option<&str>,
+        now: Millis,
+    ) -> Result<(Option<DeviceNo>, DeviceRecord)> {
+        let key = self.config.device_key.device_key(resource, device_id);
+        if let Some((no, record)) = self
+            .store
+            .devices(user)?
+            .into_iter()
+            .find(|(_, d)| d.key == key)
+        {
+            return Ok((Some(no), record));
+        }
+        Ok((None, self.new_device(user, key, resource, now)?))
+    }
+
+    /// Rule 7: a new device starts with the last `history` messages (no older than
+    /// `history_max_age`) unread, so it receives recent history.
+    fn new_device(
+        &self,
+        user: UserId,
+        key: String,
+        resource: &str,
+        now: Millis,
+    ) -> Result<DeviceRecord> {
+        let head = self.store.user(user)?.head;
+        let mut acked_upto = head.saturating_sub(self.config.history);
+        if let (Some(max_age), true) = (self.config.history_max_age, acked_upto < head) {
+            let cutoff = now.minus(max_age).0;
+            // At most `history` records: the window is already bounded by count.
+            for m in self.store.messages_after(user, acked_upto) {
+                let m = m?;
+                if m.logged_at >= cutoff {
+                    break;
+                }
+                acked_upto = m.seq;
+            }
+        }
+        Ok(DeviceRecord {
+            key,
+            resource: resource.to_string(),
+            acked_upto,
+            acked_above: Vec::new(),
+            session: 0,
+            online: false,
+            first_seen: now.0,
+            last_seen: now.0,
+        })
+    }
+
+    /// Rule 6: a session became available; replay what its device has not acked. `continuing`
+    /// (snapshot after a reconnect) keeps the session of a device that was already online with
+    /// the same resource, so what is in flight to it is not sent twice.
+    pub(super) fn available(
+        &mut self,
+        jid: &Jid,
+        device_id: Option<&str>,
+        now: Millis,
+        continuing: bool,
+    ) -> Result<Vec<Output>> {
+        let resource = self.local_device(jid, "available session")?;
+        let user = self.store.ensure_user(&jid.bare_string())?;
+        let (no, mut device) = self.device_for(user, resource, device_id, now)?;
+        if !(continuing && device.online && device.resource == resource) {
+            device.session += 1;
+        }
+        device.online = true;
+        device.resource = resource.to_string();
+        device.last_seen = now.0;
+        let no = self.store.put_device(user, no, &device)?;
+        self.replay(user, no, &device, jid, now)
+    }
+
+    fn replay(
+        &mut self,
+        user: UserId,
+        no: DeviceNo,
+        device: &DeviceRecord,
+        to: &Jid,
+        now: Millis,
+    ) -> Result<Vec<Output>> {
+        let bare = to.bare_string();
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        for m in self.store.messages_after(user, device.acked_upto) {
+            let m = m?;
+            if device.is_acked(m.seq) {
+                continue;
+            }
+            if self
+                .store
+                .delivery(user, no, m.seq)?
+                .is_some_and(|d| d.session == device.session)
+            {
+                continue; // in flight in this session already
+            }
+            let Ok(from) = Jid::parse(&m.from) else {
+                tracing::warn!(user = %bare, seq = m.seq, from = %m.from, "logged message has an unparsable sender; not replayed");
+                continue;
+            };
+            out.push(Output::Deliver {
+                to: to.clone(),
+                stanza: Outgoing::Replay(self.replay_stanza(&m, from, to, &bare, now)),
+            });
+            sent.push((
+                m.seq,
+                DeliveryRecord {
+                    session: device.session,
+                    at: now.0,
+                },
+            ));
+        }
+        self.store.put_deliveries(user, no, &sent)?;
+        self.counters.replays += sent.len() as u64;
+        Ok(out)
+    }
+
+    fn replay_stanza(
+        &self,
+        m: &MessageRecord,
+        from: Jid,
+        to: &Jid,
+        bare: &str,
+        now: Millis,
+    ) -> Replay {
+        Replay {
+            to: to.clone(),
+            from,
+            id: m.msg_id.clone(),
+            kind: MessageType::from_attr(m.kind.as_deref()),
+            body: m.body.clone(),
+            thread: m.thread.clone(),
+            logged_at: Millis(m.logged_at),
+            stanza_id: uuid::Uuid::from_u128(m.stanza_id).to_string(),
+            stanza_id_by: bare.to_string(),
+            offline_marker: self.config.dialect == Dialect::Seed,
+            delay_from: Some(self.config.domain.clone()),
+            now,
+            request_receipt: true,
+        }
+    }
+
+    pub(super) fn unavailable(&mut self, jid: &Jid, now: Millis) -> Result<Vec<Output>> {
+        let resource = self.local_device(jid, "unavailable session")?;
+        let Some(user) = self.store.user_id(&jid.bare_string())? else {
+            return Ok(Vec::new());
+        };
+        for (no, mut device) in self.store.devices(user)? {
+            // Match the resource, not the key: with a stable device id or `after-hash`, another
+            // session of the same device may already be the live one.
+            if device.resource == resource && device.online {
+                device.online = false;
+                device.last_seen = now.0;
+                self.store.put_device(user, Some(no), &device)?;
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// After a (re)connect: devices not in the snapshot are offline; those in it are available
+    /// (continuing their session when nothing changed).
+    pub(super) fn snapshot(
+        &mut self,
+        sessions: &[(Jid, Option<String>)],
+        now: Millis,
+    ) -> Result<Vec<Output>> {
+        let live: HashSet<String> = sessions.iter().map(|(j, _)| j.to_string()).collect();
+        let mut gone = Vec::new();
+        for entry in self.store.all_devices() {
+            let (user, no, device) = entry?;
+            if device.online {
+                let jid = format!("{}/{}", self.store.user(user)?.jid, device.resource);
+                if !live.contains(&jid) {
+                    gone.push((user, no, device));
+                }
+            }
+        }
+        for (user, no, mut device) in gone {
+            device.online = false;
+            self.store.put_device(user, Some(no), &device)?;
+        }
+        let mut out = Vec::new();
+        for (jid, device_id) in sessions {
+            match self.available(jid, device_id.as_deref(), now, true) {
+                Ok(o) => out.extend(o),
+                Err(super::EngineError::Rejected(why)) => tracing::warn!("snapshot: {why}"),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,300 @@
+//! Logging, receipts and receipt timers (rules 1-5, 9, 11).
+
+use super::{Dialect, Engine, EngineError, Output, ReceiptPolicy, Result};
+use crate::jid::Jid;
+use crate::stanza::{Message, MessageType, Outgoing, Receipt};
+use crate::store::{DeliveryRecord, MessageRecord, NewMessage, ReceiptState, Timer, UserId};
+use crate::time::Millis;
+
+impl Engine {
+    fn is_system_sender(&self, from: &Jid) -> bool {
+        (from.local().is_none() && from.domain() == self.config.domain)
+            || self.config.system_senders.iter().any(|s| {
+                if s.is_full() {
+                    s == from
+                } else {
+                    *s == from.to_bare()
+                }
+            })
+    }
+
+    /// Rule 1: messages with a body (or from a system sender) are logged; receipts, markers,
+    /// errors and readtrack's own crs acks are not.
+    fn is_loggable(message: &Message, system: bool) -> bool {
+        let kind_ok = matches!(message.kind, MessageType::Chat | MessageType::Normal);
+        kind_ok && message.receipt.is_none() && (message.body.is_some() || system)
+    }
+
+    fn needs_receipt(&self, message: &Message, system: bool) -> bool {
+        // Without an id no receipt can name the message, so there is nothing to wait for.
+        self.config.dialect == Dialect::Seed
+            && message.id.is_some()
+            && match self.config.policy {
+                ReceiptPolicy::All => true,
+                ReceiptPolicy::System => system,
+                ReceiptPolicy::None => false,
+            }
+    }
+
+    pub(super) fn routed(
+        &mut self,
+        message: Message,
+        to: &Jid,
+        sessions: &[Jid],
+        archive_id: Option<String>,
+        now: Millis,
+    ) -> Result<Vec<Output>> {
+        let to = self.local_user(to, "recipient")?;
+        let Some(from) = message.from.clone() else {
+            return Err(EngineError::Rejected("routed message has no sender".into()));
+        };
+        let system = self.is_system_sender(&from);
+        if !Self::is_loggable(&message, system) {
+            return Ok(Vec::new());
+        }
+        let user = self.store.ensure_user(&to.bare_string())?;
+        let mut delivered = Vec::new();
+        for session in sessions {
+            let Some(resource) = session.resource().filter(|_| session.to_bare() == to) else {
+                tracing::warn!(session = %session, recipient = %to, "routed message lists a session of another user; ignored");
+                continue;
+            };
+            let (no, device) = self.device_for(user, resource, None, now)?;
+            let session_no = device.session;
+            let no = match no {
+                Some(no) => no,
+                None => self.store.put_device(user, None, &device)?,
+            };
+            delivered.push((
+                no,
+                DeliveryRecord {
+                    session: session_no,
+                    at: now.0,
+                },
+            ));
+        }
+        let receipt = if self.needs_receipt(&message, system) {
+            ReceiptState::Waiting {
+                deadline: now.plus(self.config.receipt_timeout).0,
+            }
+        } else {
+            ReceiptState::NotRequired
+        };
+        let entry = NewMessage {
+            stanza_id: new_stanza_id(now),
+            msg_id: message.id.clone(),
+            from: from.to_string(),
+            kind: message.kind.as_attr().map(str::to_string),
+            body: message.body.clone(),
+            thread: message.thread.clone(),
+            logged_at: now.0,
+            system,
+            receipt,
+            archive_id,
+        };
+        let seq = self.store.append_message(user, &entry, &delivered)?;
+        self.counters.messages_logged += 1;
+        tracing::debug!(user = %to, seq, live = delivered.len(), "logged");
+        let local_sender =
+            from.domain() == self.config.domain && from.local().is_some() && from.is_full();
+        if let (Dialect::Seed, true, Some(id)) = (self.config.dialect, local_sender, &message.id) {
+            self.held.push(Output::SendAsHost {
+                stanza: Outgoing::ServerAck {
+                    from: self.config.domain.clone(),
+                    to: from,
+                    id: id.clone(),
+                    time: now,
+                },
+            });
+        }
+        Ok(Vec::new())
+    }
+
+    pub(super) fn client_stanza(&mut self, message: &Message, now: Millis) -> Result<Vec<Output>> {
+        let Some(from) = &message.from else {
+            return Err(EngineError::Rejected("client stanza has no sender".into()));
+        };
+        let resource = self.local_device(from, "client")?;
+        if let Some(receipt) = &message.receipt {
+            self.receipt(from, resource, receipt, message.to.as_ref(), now)?;
+        }
+        if let Some(id) = &message.displayed {
+            self.displayed(from, resource, id, message.to.as_ref(), now)?;
+        }
+        Ok(Vec::new())
+    }
+
+    /// Candidate messages a receipt or marker names: the user's messages with that id, narrowed
+    /// to the original sender when the receipt is addressed to a user (XEP-0184/0333 go to the
+    /// sender; seed receipts go to the server and name no sender).
+    fn named_messages(
+        &self,
+        user: UserId,
+        id: &str,
+        to: Option<&Jid>,
+    ) -> Result<Vec<MessageRecord>> {
+        let mut found = self.store.seqs_by_msgid(user, id)?;
+        if let Some(sender) = to.filter(|t| t.local().is_some()) {
+            let sender = sender.to_bare();
+            found.retain(|m| Jid::parse(&m.from).is_ok_and(|f| f.to_bare() == sender));
+        }
+        Ok(found)
+    }
+
+    /// Rules 3 and 4: a receipt acks one message for the device that sent it. It is looked up
+    /// only in the sender's own log, so a receipt from another user's device finds nothing.
+    fn receipt(
+        &mut self,
+        from: &Jid,
+        resource: &str,
+        receipt: &Receipt,
+        to: Option<&Jid>,
+        now: Millis,
+    ) -> Result<()> {
+        if let Receipt::SeedReceived { status, .. } = receipt {
+            if status != "200" {
+                self.counters.receipts_rejected += 1;
+                tracing::info!(device = %from, status, "receipt with a status other than 200 ignored");
+                return Ok(());
+            }
+        }
+        let id = receipt.acked_id();
+        let Some(user) = self.store.user_id(&from.bare_string())? else {
+            self.counters.receipts_rejected += 1;
+            return Ok(());
+        };
+        let candidates = self.named_messages(user, id, to)?;
+        if candidates.is_empty() {
+            self.counters.receipts_rejected += 1;
+            tracing::info!(device = %from, id, "receipt names no message of this user; ignored");
+            return Ok(());
+        }
+        let (no, mut device) = self.device_for(user, resource, None, now)?;
+        // Two senders may reuse one id: each receipt settles the oldest one this device has not acked.
+        let Some(target) = candidates.into_iter().find(|m| !device.is_acked(m.seq)) else {
+            self.counters.receipts_duplicate += 1;
+            return Ok(());
+        };
+        device.ack(target.seq);
+        device.last_seen = now.0;
+        let no = match no {
+            Some(no) => no,
+            None => self.store.put_device(user, None, &device)?,
+        };
+        let seq = target.seq;
+        let settled: Vec<_> = Self::settle(user, target).into_iter().collect();
+        self.store.apply_ack(user, no, &device, &[seq], &settled)?;
+        self.counters.receipts_accepted += 1;
+        Ok(())
+    }
+
+    /// XEP-0333: `displayed` acks everything up to the named message for that device.
+    fn displayed(
+        &mut self,
+        from: &Jid,
+        resource: &str,
+        id: &str,
+        to: Option<&Jid>,
+        now: Millis,
+    ) -> Result<()> {
+        let Some(user) = self.store.user_id(&from.bare_string())? else {
+            self.counters.receipts_rejected += 1;
+            return Ok(());
+        };
+        let Some(target) = self.named_messages(user, id, to)?.pop() else {
+            self.counters.receipts_rejected += 1;
+            return Ok(());
+        };
+        let (no, mut device) = self.device_for(user, resource, None, now)?;
+        let before = device.acked_upto;
+        if !device.ack_upto(target.seq) {
+            self.counters.receipts_duplicate += 1;
+            return Ok(());
+        }
+        device.last_seen = now.0;
+        let no = match no {
+            Some(no) => no,
+            None => self.store.put_device(user, None, &device)?,
+        };
+        let mut settled = Vec::new();
+        for m in self.store.messages_after(user, before) {
+            let m = m?;
+            if m.seq > target.seq {
+                break;
+            }
+            settled.extend(Self::settle(user, m));
+        }
+        let acked: Vec<u64> = self
+            .store
+            .deliveries(user, no, target.seq)?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        self.store.apply_ack(user, no, &device, &acked, &settled)?;
+        self.counters.receipts_accepted += 1;
+        Ok(())
+    }
+
+    /// A message some device acked no longer waits for a receipt.
+    fn settle(user: UserId, mut m: MessageRecord) -> Option<(Timer, MessageRecord)> {
+        match m.receipt {
+            ReceiptState::Waiting { deadline } => {
+                m.receipt = ReceiptState::Acked;
+                Some((
+                    Timer {
+                        deadline,
+                        user,
+                        seq: m.seq,
+                    },
+                    m,
+                ))
+            }
+            _ => None,
+        }
+    }
+
+    /// Rule 5: a message that needed a receipt and got none in time is bounced to its sender
+    /// (seed dialect). It stays logged and unread.
+    pub(super) fn fire_timers(&mut self, now: Millis) -> Result<()> {
+        for timer in self.store.due_timers(now.0, self.config.timers_per_tick)? {
+            let message = self.store.message(timer.user, timer.seq)?;
+            let Some(mut m) = message.filter(|m| {
+                m.receipt
+                    == ReceiptState::Waiting {
+                        deadline: timer.deadline,
+                    }
+            }) else {
+                self.store.settle_timer(timer, None)?; // stale: acked or gone
+                continue;
+            };
+            m.receipt = ReceiptState::Bounced;
+            self.store.settle_timer(timer, Some(&m))?;
+            self.counters.bounces += 1;
+            match (Jid::parse(&m.from), m.msg_id.clone()) {
+                (Ok(to), Some(id)) => self.held.push(Output::SendAsHost {
+                    stanza: Outgoing::Bounce {
+                        from: self.config.domain.clone(),
+                        to,
+                        id,
+                        body: m.body.clone(),
+                        time: now,
+                    },
+                }),
+                _ => {
+                    tracing::warn!(seq = m.seq, from = %m.from, "cannot bounce: sender or id unusable")
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// UUID v7 from the time given (the engine never reads the clock) and random bits.
+fn new_stanza_id(now: Millis) -> u128 {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        now.0 / 1000,
+        ((now.0 % 1000) * 1_000_000) as u32,
+    );
+    uuid::Uuid::new_v7(ts).as_u128()
+}

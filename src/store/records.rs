@@ -1,0 +1,198 @@
+//! Values stored in the trees (serde + bincode 2, standard config). Adding a field is a schema
+//! change: bump `SCHEMA_VERSION` and add a migration.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::keys::{DeviceNo, Seq};
+use super::StoreError;
+
+/// `userid_user`: one per user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Bare JID.
+    pub jid: String,
+    /// Highest seq assigned; 0 before the first message.
+    pub head: Seq,
+    /// Next device number to hand out.
+    pub next_device: DeviceNo,
+}
+
+/// Where a message stands with respect to the receipt policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReceiptState {
+    /// The policy asks for no receipt (or the dialect has no bounces).
+    NotRequired,
+    /// A timer runs until `deadline`; no device has acked yet.
+    Waiting { deadline: u64 },
+    /// Some device of the recipient acked it.
+    Acked,
+    /// The timer fired and the sender got the delay bounce.
+    Bounced,
+}
+
+/// `userseq_message`: one logged message for one recipient user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub seq: Seq,
+    /// readtrack's stanza id (UUID v7), exposed as XEP-0359 on replays.
+    pub stanza_id: u128,
+    /// The sender's `id` attribute; receipts name it.
+    pub msg_id: Option<String>,
+    /// The original sender as received (full JID for local clients).
+    pub from: String,
+    /// The message `type` attribute (`None` = normal).
+    pub kind: Option<String>,
+    pub body: Option<String>,
+    pub thread: Option<String>,
+    /// Time of logging, ms since the epoch.
+    pub logged_at: u64,
+    /// Sent by the server domain or a configured system sender.
+    pub system: bool,
+    pub receipt: ReceiptState,
+    /// The server's own archive id (MAM), if it told us.
+    pub archive_id: Option<String>,
+}
+
+/// `userdevice_cursor`: one device of one user and its read cursor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// The device key (from the resource by the configured rule, or a stable client id).
+    pub key: String,
+    /// The last resource seen for this device.
+    pub resource: String,
+    /// Every seq at or below this is acked.
+    pub acked_upto: Seq,
+    /// Acked seqs above `acked_upto`, ascending, no duplicates. Stays short: it only holds acks
+    /// that arrived out of order.
+    pub acked_above: Vec<Seq>,
+    /// Incremented at every availability; deliveries remember the session they belong to.
+    pub session: u64,
+    pub online: bool,
+    pub first_seen: u64,
+    pub last_seen: u64,
+}
+
+impl DeviceRecord {
+    pub fn is_acked(&self, seq: Seq) -> bool {
+        seq <= self.acked_upto || self.acked_above.binary_search(&seq).is_ok()
+    }
+
+    /// Marks one seq acked; returns false when it already was. Keeps the cursor compact: once the
+    /// gap right above `acked_upto` is filled, the run above it folds into `acked_upto`.
+    pub fn ack(&mut self, seq: Seq) -> bool {
+        if self.is_acked(seq) {
+            return false;
+        }
+        if seq == self.acked_upto + 1 {
+            self.acked_upto = seq;
+        } else {
+            let at = self.acked_above.binary_search(&seq).unwrap_err();
+            self.acked_above.insert(at, seq);
+        }
+        self.fold();
+        true
+    }
+
+    /// Acks everything at or below `seq` (a displayed marker). Returns whether anything moved.
+    pub fn ack_upto(&mut self, seq: Seq) -> bool {
+        if seq <= self.acked_upto {
+            return false;
+        }
+        self.acked_upto = seq;
+        self.fold();
+        true
+    }
+
+    fn fold(&mut self) {
+        let upto = self.acked_upto;
+        let below = self.acked_above.partition_point(|s| *s <= upto);
+        self.acked_above.drain(..below);
+        let run = self
+            .acked_above
+            .iter()
+            .enumerate()
+            .take_while(|(i, s)| **s == self.acked_upto + 1 + *i as u64)
+            .count();
+        if run > 0 {
+            self.acked_upto += run as u64;
+            self.acked_above.drain(..run);
+        }
+    }
+}
+
+/// `userdeviceseq_delivery`: a message written to a device and not yet acked by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// The device session it was written in.
+    pub session: u64,
+    pub at: u64,
+}
+
+/// Counters kept in `meta` (persisted at every commit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub messages_logged: u64,
+    pub replays: u64,
+    pub bounces: u64,
+    pub receipts_accepted: u64,
+    pub receipts_duplicate: u64,
+    pub receipts_rejected: u64,
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Decode {
+            tree,
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device() -> DeviceRecord {
+        DeviceRecord {
+            key: "phone".into(),
+            resource: "phone".into(),
+            acked_upto: 0,
+            acked_above: vec![],
+            session: 0,
+            online: false,
+            first_seen: 0,
+            last_seen: 0,
+        }
+    }
+
+    #[test]
+    fn out_of_order_acks_fold_into_the_cursor() {
+        let mut d = device();
+        assert!(d.ack(3));
+        assert_eq!((d.acked_upto, d.acked_above.clone()), (0, vec![3]));
+        assert!(d.ack(1));
+        assert_eq!((d.acked_upto, d.acked_above.clone()), (1, vec![3]));
+        assert!(d.ack(2));
+        assert_eq!((d.acked_upto, d.acked_above.clone()), (3, vec![]));
+        assert!(!d.ack(2), "a duplicate ack changes nothing");
+    }
+
+    #[test]
+    fn ack_upto_absorbs_acks_above() {
+        let mut d = device();
+        d.ack(5);
+        d.ack(7);
+        assert!(d.ack_upto(4));
+        assert_eq!((d.acked_upto, d.acked_above.clone()), (5, vec![7]));
+        assert!(!d.ack_upto(3), "a cursor never moves backwards");
+        assert_eq!(d.acked_upto, 5);
+    }
+}

@@ -1,0 +1,781 @@
+//! The engine's rules as scenarios, one test each, on a real sled store in a temp folder.
+//! Every scenario also runs in a `_reopened` variant that closes and reopens the store between
+//! any two steps: durability must change no outcome.
+
+use std::time::Duration;
+
+use readtrack::engine::{Dialect, Engine, EngineConfig, Input, Output, ReceiptPolicy};
+use readtrack::jid::{DeviceKeyRule, Jid};
+use readtrack::stanza::{Message, MessageType, Outgoing, Receipt, Replay};
+use readtrack::store::{DeviceRecord, Store, StoreOptions};
+use readtrack::time::Millis;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn jid(s: &str) -> Jid {
+    Jid::parse(s).unwrap()
+}
+
+/// A chat message as a client sends it (seed-protocol.md section 1).
+fn chat(from: &str, to: &str, id: &str, body: &str) -> Message {
+    let mut m = Message::new(MessageType::Chat);
+    m.id = Some(id.into());
+    m.from = Some(jid(from));
+    m.to = Some(jid(to));
+    m.body = Some(body.into());
+    m
+}
+
+/// Seed receipt `<received xmlns="urn:xmpp:receipts">200</received>`, addressed to the server.
+fn crs_received(from: &str, id: &str) -> Message {
+    let mut m = Message::new(MessageType::Crs);
+    m.id = Some(id.into());
+    m.from = Some(jid(from));
+    m.to = Some(jid("example.com"));
+    m.receipt = Some(Receipt::SeedReceived {
+        id: id.into(),
+        status: "200".into(),
+    });
+    m
+}
+
+/// Seed ack of a replay: `type="crs"` with `<offline xmlns="urn:xmpp:offline"/>`.
+fn crs_offline(from: &str, id: &str) -> Message {
+    let mut m = crs_received(from, id);
+    m.receipt = Some(Receipt::SeedOffline { id: id.into() });
+    m
+}
+
+/// XEP-0184 receipt, addressed to the original sender.
+fn xep_received(from: &str, to: &str, id: &str) -> Message {
+    let mut m = Message::new(MessageType::Chat);
+    m.from = Some(jid(from));
+    m.to = Some(jid(to));
+    m.receipt = Some(Receipt::Xep0184 { id: id.into() });
+    m
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    engine: Option<Engine>,
+    config: EngineConfig,
+    now: Millis,
+    /// Close and reopen the store before every step.
+    reopen_each_step: bool,
+}
+
+impl World {
+    fn new(reopen_each_step: bool) -> World {
+        World::with(reopen_each_step, |_| {})
+    }
+
+    fn with(reopen_each_step: bool, tune: impl FnOnce(&mut EngineConfig)) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new("example.com");
+        tune(&mut config);
+        let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let engine = Engine::new(store, config.clone()).unwrap();
+        World {
+            dir,
+            engine: Some(engine),
+            config,
+            now: Millis(T0),
+            reopen_each_step,
+        }
+    }
+
+    fn engine(&mut self) -> &mut Engine {
+        self.engine.as_mut().unwrap()
+    }
+
+    fn reopen(&mut self) {
+        let store = self.engine.take().unwrap().close().unwrap();
+        drop(store);
+        let store = Store::open(self.dir.path().join("db"), &StoreOptions::default()).unwrap();
+        self.engine = Some(Engine::new(store, self.config.clone()).unwrap());
+    }
+
+    fn maybe_reopen(&mut self) {
+        if self.reopen_each_step {
+            self.reopen();
+        }
+    }
+
+    /// One input, then a commit: what the service does per batch. Returns everything written.
+    fn step(&mut self, input: Input) -> Vec<Output> {
+        self.maybe_reopen();
+        let now = self.now;
+        let mut out = self.engine().handle(input, now).unwrap();
+        out.extend(self.engine().commit().unwrap());
+        out
+    }
+
+    /// Lets time pass, then ticks and commits.
+    fn advance(&mut self, by: Duration) -> Vec<Output> {
+        self.maybe_reopen();
+        self.now = self.now.plus(by);
+        let now = self.now;
+        let mut out = self.engine().tick(now).unwrap();
+        out.extend(self.engine().commit().unwrap());
+        out
+    }
+
+    fn online(&mut self, full: &str) -> Vec<Output> {
+        self.step(Input::Available {
+            jid: jid(full),
+            device_id: None,
+        })
+    }
+
+    fn offline(&mut self, full: &str) -> Vec<Output> {
+        self.step(Input::Unavailable { jid: jid(full) })
+    }
+
+    fn route(&mut self, message: Message, live_to: &[&str]) -> Vec<Output> {
+        let to = message.to.clone().unwrap().to_bare();
+        let sessions = live_to.iter().map(|s| jid(s)).collect();
+        self.step(Input::Routed {
+            message,
+            to,
+            sessions,
+            archive_id: None,
+        })
+    }
+
+    fn client_sends(&mut self, message: Message) -> Vec<Output> {
+        self.step(Input::FromClient { message })
+    }
+
+    fn device(&mut self, user: &str, key: &str) -> DeviceRecord {
+        let store = self.engine().store();
+        let uid = store.user_id(user).unwrap().expect("user exists");
+        store
+            .devices(uid)
+            .unwrap()
+            .into_iter()
+            .map(|(_, d)| d)
+            .find(|d| d.key == key)
+            .expect("device exists")
+    }
+
+    fn logged(&mut self, user: &str) -> u64 {
+        let store = self.engine().store();
+        let uid = store.user_id(user).unwrap().expect("user exists");
+        store.messages_after(uid, 0).count() as u64
+    }
+}
+
+fn replays(out: &[Output]) -> Vec<(Jid, Replay)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Deliver {
+                to,
+                stanza: Outgoing::Replay(r),
+            } => Some((to.clone(), r.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn replayed_ids(out: &[Output]) -> Vec<String> {
+    replays(out)
+        .into_iter()
+        .map(|(_, r)| r.id.unwrap())
+        .collect()
+}
+
+fn acks(out: &[Output]) -> Vec<(Jid, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::SendAsHost {
+                stanza: Outgoing::ServerAck { to, id, from, .. },
+            } => {
+                assert_eq!(from, "example.com");
+                Some((to.clone(), id.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn bounces(out: &[Output]) -> Vec<(Jid, String, Option<String>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::SendAsHost {
+                stanza:
+                    Outgoing::Bounce {
+                        to, id, body, from, ..
+                    },
+            } => {
+                assert_eq!(from, "example.com");
+                Some((to.clone(), id.clone(), body.clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+macro_rules! scenario {
+    ($name:ident, $reopened:ident, $body:expr) => {
+        #[test]
+        fn $name() {
+            ($body)(false)
+        }
+        #[test]
+        fn $reopened() {
+            ($body)(true)
+        }
+    };
+}
+
+const HELLO: &str =
+    r#"{"time":"2013-11-20T06:41:36.102Z","cnt":"hello","msgTypec":"10000","mtype":"0"}"#;
+
+scenario!(online_chat, online_chat_reopened, |reopen| {
+    let mut w = World::new(reopen);
+    assert!(w.online("bob@example.com/phone").is_empty());
+
+    // The server wrote A's message to B's phone live; readtrack logs it, then acks A.
+    w.maybe_reopen();
+    let flushes_before = w.engine().store().flushes();
+    let message = chat(
+        "alice@example.com/Spark 2.6.3",
+        "bob@example.com/phone",
+        "V4NkR-38",
+        HELLO,
+    );
+    let to = jid("bob@example.com");
+    let now = w.now;
+    let immediate = w
+        .engine()
+        .handle(
+            Input::Routed {
+                message,
+                to,
+                sessions: vec![jid("bob@example.com/phone")],
+                archive_id: None,
+            },
+            now,
+        )
+        .unwrap();
+    assert!(
+        acks(&immediate).is_empty(),
+        "no ack before the write is durable"
+    );
+    assert_eq!(w.engine().held(), 1);
+    let released = w.engine().commit().unwrap();
+    assert!(
+        w.engine().store().flushes() > flushes_before,
+        "the ack is released only after a flush"
+    );
+    assert_eq!(
+        acks(&released),
+        vec![(jid("alice@example.com/Spark 2.6.3"), "V4NkR-38".to_string())]
+    );
+
+    // The phone's crs receipt moves its cursor; the delivery is no longer pending.
+    assert!(w
+        .client_sends(crs_received("bob@example.com/phone", "V4NkR-38"))
+        .is_empty());
+    let phone = w.device("bob@example.com", "phone");
+    assert_eq!((phone.acked_upto, phone.acked_above.len()), (1, 0));
+    assert_eq!(w.engine().counters().receipts_accepted, 1);
+
+    // Acked in time: no bounce.
+    assert!(bounces(&w.advance(Duration::from_secs(30))).is_empty());
+    assert_eq!(w.engine().counters().bounces, 0);
+});
+
+scenario!(
+    bounce_after_timeout,
+    bounce_after_timeout_reopened,
+    |reopen| {
+        let mut w = World::new(reopen);
+        w.online("bob@example.com/phone");
+        w.route(
+            chat(
+                "alice@example.com/Spark",
+                "bob@example.com",
+                "V4NkR-38",
+                HELLO,
+            ),
+            &["bob@example.com/phone"],
+        );
+
+        assert!(
+            bounces(&w.advance(Duration::from_millis(9_999))).is_empty(),
+            "not before 10 s"
+        );
+        let out = w.advance(Duration::from_millis(1));
+        assert_eq!(
+            bounces(&out),
+            vec![(
+                jid("alice@example.com/Spark"),
+                "V4NkR-38".into(),
+                Some(HELLO.into())
+            )]
+        );
+        assert!(
+            bounces(&w.advance(Duration::from_secs(60))).is_empty(),
+            "bounced once"
+        );
+
+        // Still logged and unread for the phone.
+        assert_eq!(w.logged("bob@example.com"), 1);
+        assert_eq!(w.device("bob@example.com", "phone").acked_upto, 0);
+    }
+);
+
+scenario!(
+    offline_replay_option_one,
+    offline_replay_option_one_reopened,
+    |reopen| {
+        let mut w = World::new(reopen);
+        // B has used both devices before; both are offline now.
+        w.online("bob@example.com/phone");
+        w.online("bob@example.com/laptop");
+        w.offline("bob@example.com/phone");
+        w.offline("bob@example.com/laptop");
+
+        let logged_at = w.now;
+        let out = w.route(
+            chat(
+                "alice@example.com/Spark",
+                "bob@example.com",
+                "HncqL-65",
+                "hi bob",
+            ),
+            &[],
+        );
+        assert_eq!(acks(&out).len(), 1);
+        assert_eq!(bounces(&w.advance(Duration::from_secs(10))).len(), 1);
+
+        // The phone logs in: the message is replayed with the offline marker and the delay stamp.
+        let out = w.online("bob@example.com/phone");
+        let r = replays(&out);
+        assert_eq!(r.len(), 1);
+        let (to, replay) = &r[0];
+        assert_eq!(to, &jid("bob@example.com/phone"));
+        assert_eq!(replay.from, jid("alice@example.com/Spark"));
+        assert_eq!(replay.id.as_deref(), Some("HncqL-65"));
+        assert_eq!(replay.body.as_deref(), Some("hi bob"));
+        assert!(replay.offline_marker);
+        assert_eq!(replay.delay_from.as_deref(), Some("example.com"));
+        assert_eq!(replay.logged_at, logged_at);
+        assert!(replay.request_receipt);
+        assert_eq!(replay.stanza_id_by, "bob@example.com");
+
+        // The phone acks with the offline namespace: its cursor moves.
+        w.client_sends(crs_offline("bob@example.com/phone", "HncqL-65"));
+        assert_eq!(w.device("bob@example.com", "phone").acked_upto, 1);
+
+        // Option One: the laptop, logging in later, gets the same message too.
+        let out = w.online("bob@example.com/laptop");
+        assert_eq!(replayed_ids(&out), vec!["HncqL-65".to_string()]);
+        assert_eq!(replays(&out)[0].1.stanza_id, replay.stanza_id);
+        assert_eq!(w.device("bob@example.com", "laptop").acked_upto, 0);
+    }
+);
+
+scenario!(
+    never_acked_is_replayed_again,
+    never_acked_is_replayed_again_reopened,
+    |reopen| {
+        let mut w = World::new(reopen);
+        w.online("bob@example.com/phone");
+        w.offline("bob@example.com/phone");
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "m1", "one"),
+            &[],
+        );
+
+        let first = replays(&w.online("bob@example.com/phone"));
+        assert_eq!(first.len(), 1);
+        // A second availability in the same session is not a new login; but a new login is.
+        w.offline("bob@example.com/phone");
+        let second = replays(&w.online("bob@example.com/phone"));
+        assert_eq!(
+            second.len(),
+            1,
+            "at least once: replayed again on the next login"
+        );
+        assert_eq!(second[0].1.id, first[0].1.id);
+        assert_eq!(second[0].1.stanza_id, first[0].1.stanza_id);
+    }
+);
+
+scenario!(
+    new_device_gets_history,
+    new_device_gets_history_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| c.history = 2);
+        for i in 1..=5 {
+            w.route(
+                chat(
+                    "alice@example.com/a",
+                    "bob@example.com",
+                    &format!("m{i}"),
+                    "x",
+                ),
+                &[],
+            );
+        }
+        let out = w.online("bob@example.com/tablet");
+        assert_eq!(replayed_ids(&out), vec!["m4".to_string(), "m5".to_string()]);
+        assert_eq!(w.device("bob@example.com", "tablet").acked_upto, 3);
+
+        let mut w = World::with(reopen, |c| c.history = 0);
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+            &[],
+        );
+        assert!(replays(&w.online("bob@example.com/tablet")).is_empty());
+
+        // history_max_age bounds the count: only messages younger than the window.
+        let mut w = World::with(reopen, |c| {
+            c.history = 10;
+            c.history_max_age = Some(Duration::from_secs(3600));
+        });
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "old", "x"),
+            &[],
+        );
+        w.advance(Duration::from_secs(7200));
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "new", "x"),
+            &[],
+        );
+        assert_eq!(
+            replayed_ids(&w.online("bob@example.com/tablet")),
+            vec!["new".to_string()]
+        );
+    }
+);
+
+scenario!(
+    out_of_order_receipts,
+    out_of_order_receipts_reopened,
+    |reopen| {
+        let mut w = World::new(reopen);
+        w.online("bob@example.com/phone");
+        for id in ["m1", "m2", "m3"] {
+            w.route(
+                chat("alice@example.com/a", "bob@example.com", id, "x"),
+                &["bob@example.com/phone"],
+            );
+        }
+        w.client_sends(crs_received("bob@example.com/phone", "m3"));
+        let d = w.device("bob@example.com", "phone");
+        assert_eq!((d.acked_upto, d.acked_above.clone()), (0, vec![3]));
+        w.client_sends(crs_received("bob@example.com/phone", "m1"));
+        w.client_sends(crs_received("bob@example.com/phone", "m2"));
+        let d = w.device("bob@example.com", "phone");
+        assert_eq!((d.acked_upto, d.acked_above), (3, vec![]));
+    }
+);
+
+scenario!(
+    system_messages_and_policy,
+    system_messages_and_policy_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| c.policy = ReceiptPolicy::System);
+        w.online("carol@example.com/phone");
+        // seed-protocol.md section 4: from the domain itself, no type.
+        let mut system = Message::new(MessageType::Normal);
+        system.id = Some("gJE6T-2".into());
+        system.from = Some(jid("example.com"));
+        system.to = Some(jid("carol@example.com"));
+        system.body = Some(r#"{"optType":"add","groupId":"room100","msgType":10001}"#.into());
+        let out = w.route(system.clone(), &["carol@example.com/phone"]);
+        assert!(
+            acks(&out).is_empty(),
+            "the server does not ack its own message"
+        );
+
+        // Its receipt: type="chat" with <received type="200"/>.
+        let mut receipt = Message::new(MessageType::Chat);
+        receipt.id = Some("gJE6T-2".into());
+        receipt.from = Some(jid("carol@example.com/phone"));
+        receipt.to = Some(jid("example.com"));
+        receipt.receipt = Some(Receipt::SeedReceived {
+            id: "gJE6T-2".into(),
+            status: "200".into(),
+        });
+        w.client_sends(receipt);
+        assert_eq!(w.device("carol@example.com", "phone").acked_upto, 1);
+        assert!(bounces(&w.advance(Duration::from_secs(11))).is_empty());
+
+        // Under policy `system`, an unacked chat message does not bounce, an unacked system one does.
+        w.route(
+            chat("alice@example.com/a", "carol@example.com", "c1", "hi"),
+            &["carol@example.com/phone"],
+        );
+        let mut system2 = system;
+        system2.id = Some("gJE6T-3".into());
+        w.route(system2, &["carol@example.com/phone"]);
+        let out = w.advance(Duration::from_secs(10));
+        assert_eq!(
+            bounces(&out)
+                .into_iter()
+                .map(|b| (b.0.to_string(), b.1))
+                .collect::<Vec<_>>(),
+            vec![("example.com".to_string(), "gJE6T-3".to_string())]
+        );
+    }
+);
+
+scenario!(
+    foreign_and_unknown_receipts_change_nothing,
+    foreign_and_unknown_receipts_change_nothing_reopened,
+    |reopen| {
+        let mut w = World::new(reopen);
+        w.online("bob@example.com/phone");
+        w.online("dave@example.com/pc");
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "m1", "for bob"),
+            &["bob@example.com/phone"],
+        );
+
+        w.client_sends(crs_received("dave@example.com/pc", "m1"));
+        w.client_sends(crs_received("bob@example.com/phone", "no-such-id"));
+        assert_eq!(w.engine().counters().receipts_rejected, 2);
+        assert_eq!(w.engine().counters().receipts_accepted, 0);
+        assert_eq!(w.device("bob@example.com", "phone").acked_upto, 0);
+        assert_eq!(w.device("dave@example.com", "pc").acked_upto, 0);
+        // Bob's message still bounces: nobody of Bob's acked it.
+        assert_eq!(bounces(&w.advance(Duration::from_secs(10))).len(), 1);
+    }
+);
+
+scenario!(
+    duplicate_receipts_and_shared_ids,
+    duplicate_receipts_and_shared_ids_reopened,
+    |reopen| {
+        let mut w = World::new(reopen);
+        w.online("bob@example.com/phone");
+        w.route(
+            chat(
+                "alice@example.com/a",
+                "bob@example.com",
+                "same",
+                "from alice",
+            ),
+            &["bob@example.com/phone"],
+        );
+        w.route(
+            chat(
+                "carol@example.com/c",
+                "bob@example.com",
+                "same",
+                "from carol",
+            ),
+            &["bob@example.com/phone"],
+        );
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "dup", "x"),
+            &["bob@example.com/phone"],
+        );
+
+        // Duplicate receipts: the second changes nothing.
+        w.client_sends(crs_received("bob@example.com/phone", "dup"));
+        w.client_sends(crs_received("bob@example.com/phone", "dup"));
+        let d = w.device("bob@example.com", "phone");
+        assert_eq!((d.acked_upto, d.acked_above.clone()), (0, vec![3]));
+        assert_eq!(w.engine().counters().receipts_duplicate, 1);
+
+        // A XEP-0184 receipt addressed to carol settles carol's message, not alice's.
+        w.client_sends(xep_received(
+            "bob@example.com/phone",
+            "carol@example.com/c",
+            "same",
+        ));
+        let d = w.device("bob@example.com", "phone");
+        assert_eq!((d.acked_upto, d.acked_above.clone()), (0, vec![2, 3]));
+        // A seed receipt names no sender: it settles the oldest one still unacked.
+        w.client_sends(crs_received("bob@example.com/phone", "same"));
+        assert_eq!(w.device("bob@example.com", "phone").acked_upto, 3);
+        assert!(
+            bounces(&w.advance(Duration::from_secs(10))).is_empty(),
+            "all three acked"
+        );
+    }
+);
+
+#[test]
+fn timer_due_during_downtime_fires_at_first_tick_after_reopen() {
+    let mut w = World::new(false);
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+        &[],
+    );
+    // readtrack is down for a minute; no tick ran while the timer was due.
+    w.now = w.now.plus(Duration::from_secs(60));
+    w.reopen();
+    let out = w.advance(Duration::ZERO);
+    assert_eq!(bounces(&out).len(), 1);
+    assert!(bounces(&w.advance(Duration::from_secs(1))).is_empty());
+}
+
+#[test]
+fn xep_dialect_has_no_server_ack_and_no_bounce() {
+    let mut w = World::with(false, |c| c.dialect = Dialect::Xep);
+    w.online("bob@example.com/phone");
+    w.offline("bob@example.com/phone");
+    let out = w.route(
+        chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+        &[],
+    );
+    assert!(acks(&out).is_empty());
+    assert!(bounces(&w.advance(Duration::from_secs(60))).is_empty());
+    let out = w.online("bob@example.com/phone");
+    let r = replays(&out);
+    assert_eq!(r.len(), 1);
+    assert!(!r[0].1.offline_marker, "no seed marker in the xep dialect");
+    assert_eq!(r[0].1.delay_from.as_deref(), Some("example.com"));
+    w.client_sends(xep_received(
+        "bob@example.com/phone",
+        "alice@example.com/a",
+        "m1",
+    ));
+    assert_eq!(w.device("bob@example.com", "phone").acked_upto, 1);
+}
+
+#[test]
+fn after_hash_rule_groups_resources_into_one_device() {
+    let mut w = World::with(false, |c| c.device_key = DeviceKeyRule::AfterHash);
+    w.online("bob@example.com/Spark 2.6.3#android");
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+        &["bob@example.com/Spark 2.6.3#android"],
+    );
+    w.client_sends(crs_received("bob@example.com/Spark 2.6.3#android", "m1"));
+    w.offline("bob@example.com/Spark 2.6.3#android");
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m2", "x"),
+        &[],
+    );
+    // A new client version on the same phone is the same device: only m2 is unread.
+    assert_eq!(
+        replayed_ids(&w.online("bob@example.com/Spark 2.7.0#android")),
+        vec!["m2".to_string()]
+    );
+    assert_eq!(
+        w.device("bob@example.com", "android").resource,
+        "Spark 2.7.0#android"
+    );
+}
+
+#[test]
+fn snapshot_after_reconnect_does_not_resend_in_flight() {
+    let mut w = World::new(false);
+    w.online("bob@example.com/phone");
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+        &["bob@example.com/phone"],
+    );
+    w.online("bob@example.com/laptop");
+    w.reopen();
+    // After a reconnect the server lists the live sessions; the phone still has m1 in flight.
+    let out = w.step(Input::Snapshot {
+        sessions: vec![(jid("bob@example.com/phone"), None)],
+    });
+    assert!(replays(&out).is_empty());
+    assert!(
+        !w.device("bob@example.com", "laptop").online,
+        "absent from the snapshot: offline"
+    );
+    assert!(w.device("bob@example.com", "phone").online);
+}
+
+#[test]
+fn inputs_for_other_domains_are_rejected_without_change() {
+    let mut w = World::new(false);
+    let now = w.now;
+    let err = w
+        .engine()
+        .handle(
+            Input::Available {
+                jid: jid("bob@elsewhere.org/phone"),
+                device_id: None,
+            },
+            now,
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "rejected input: available session bob@elsewhere.org/phone is not a user of example.com"
+    );
+    let err = w
+        .engine()
+        .handle(
+            Input::Available {
+                jid: jid("bob@example.com"),
+                device_id: None,
+            },
+            now,
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "rejected input: available session bob@example.com is not a full JID"
+    );
+    assert_eq!(w.engine().store().user_count(), 0);
+}
+
+/// Rule 6: replay work is proportional to what is unread, not to what is stored.
+#[test]
+fn replay_reads_only_what_is_unread() {
+    let mut w = World::with(false, |c| c.policy = ReceiptPolicy::None);
+    w.online("bob@example.com/phone");
+    let total = 100_000u64;
+    let unread = 10u64;
+    for i in 1..=total {
+        let m = chat(
+            "alice@example.com/a",
+            "bob@example.com",
+            &format!("m{i}"),
+            "x",
+        );
+        let live: &[&str] = if i <= total - unread {
+            &["bob@example.com/phone"]
+        } else {
+            &[]
+        };
+        let to = jid("bob@example.com");
+        let now = w.now;
+        let sessions = live.iter().map(|s| jid(s)).collect();
+        w.engine()
+            .handle(
+                Input::Routed {
+                    message: m,
+                    to,
+                    sessions,
+                    archive_id: None,
+                },
+                now,
+            )
+            .unwrap();
+    }
+    w.engine().commit().unwrap();
+    // The phone read up to the last one it saw (XEP-0333 displayed), then went away.
+    let mut marker = Message::new(MessageType::Chat);
+    marker.from = Some(jid("bob@example.com/phone"));
+    marker.to = Some(jid("alice@example.com/a"));
+    marker.displayed = Some(format!("m{}", total - unread));
+    w.client_sends(marker);
+    assert_eq!(
+        w.device("bob@example.com", "phone").acked_upto,
+        total - unread
+    );
+    w.offline("bob@example.com/phone");
+
+    let before = w.engine().store().records_read();
+    let out = w.online("bob@example.com/phone");
+    let read = w.engine().store().records_read() - before;
+    assert_eq!(replays(&out).len() as u64, unread);
+    // The 10 messages, plus the user and device records: nothing else.
+    assert!(
+        read <= unread + 5,
+        "replay read {read} records for {unread} unread of {total}"
+    );
+}
