@@ -1,0 +1,390 @@
+//! Model-based test of the store: random operations run against sled and against a plain
+//! `BTreeMap` model, with the database closed and reopened at random points. After every
+//! operation, everything readable through the store's API must equal the model.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use readtrack::store::{
+    DeliveryRecord, DeviceNo, DeviceRecord, MessageRecord, NewMessage, ReceiptState, Seq, Store,
+    StoreOptions, Timer, UserId,
+};
+
+const USERS: [&str; 3] = ["alice@example.com", "bob@example.com", "carol@example.com"];
+const IDS: [&str; 3] = ["V4NkR-38", "HncqL-65", "gJE6T-2"];
+
+#[derive(Debug, Clone)]
+enum Op {
+    EnsureUser(usize),
+    Append {
+        user: usize,
+        id: Option<usize>,
+        deadline: Option<u64>,
+        live: Vec<DeviceNo>,
+    },
+    PutDevice {
+        user: usize,
+        device: DeviceNo,
+        acked_upto: Seq,
+        session: u64,
+    },
+    RemoveDevice {
+        user: usize,
+        device: DeviceNo,
+    },
+    PutDelivery {
+        user: usize,
+        device: DeviceNo,
+        seq: Seq,
+        session: u64,
+    },
+    Ack {
+        user: usize,
+        device: DeviceNo,
+        seq: Seq,
+    },
+    FireTimers {
+        now: u64,
+    },
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0..3usize).prop_map(Op::EnsureUser),
+        4 => (0..3usize, proptest::option::of(0..3usize), proptest::option::of(0..100u64), proptest::collection::vec(0..3u32, 0..3))
+            .prop_map(|(user, id, deadline, live)| Op::Append { user, id, deadline, live }),
+        1 => (0..3usize, 0..3u32, 0..10u64, 0..4u64).prop_map(|(user, device, acked_upto, session)| Op::PutDevice { user, device, acked_upto, session }),
+        1 => (0..3usize, 0..3u32).prop_map(|(user, device)| Op::RemoveDevice { user, device }),
+        1 => (0..3usize, 0..3u32, 1..12u64, 0..4u64).prop_map(|(user, device, seq, session)| Op::PutDelivery { user, device, seq, session }),
+        2 => (0..3usize, 0..3u32, 1..12u64).prop_map(|(user, device, seq)| Op::Ack { user, device, seq }),
+        1 => (0..120u64).prop_map(|now| Op::FireTimers { now }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+#[derive(Default, Debug)]
+struct Model {
+    users: BTreeMap<String, UserId>,
+    heads: BTreeMap<UserId, Seq>,
+    messages: BTreeMap<(UserId, Seq), MessageRecord>,
+    devices: BTreeMap<(UserId, DeviceNo), DeviceRecord>,
+    deliveries: BTreeMap<(UserId, DeviceNo, Seq), DeliveryRecord>,
+    timers: BTreeSet<(u64, UserId, Seq)>,
+}
+
+fn device_record(acked_upto: Seq, session: u64) -> DeviceRecord {
+    DeviceRecord {
+        key: "d".into(),
+        resource: "r".into(),
+        acked_upto,
+        acked_above: vec![],
+        session,
+        online: session % 2 == 1,
+        first_seen: 1,
+        last_seen: 2,
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    store: Option<Store>,
+    model: Model,
+}
+
+impl Harness {
+    fn store(&self) -> &Store {
+        self.store.as_ref().unwrap()
+    }
+
+    fn user(&self, index: usize) -> Option<UserId> {
+        self.model.users.get(USERS[index]).copied()
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op.clone() {
+            Op::EnsureUser(u) => {
+                let id = self.store().ensure_user(USERS[u]).unwrap();
+                let next = self.model.users.len() as u64 + 1;
+                let expected = *self.model.users.entry(USERS[u].to_string()).or_insert(next);
+                self.model.heads.entry(expected).or_insert(0);
+                assert_eq!(id, expected);
+            }
+            Op::Append {
+                user,
+                id,
+                deadline,
+                live,
+            } => {
+                let Some(uid) = self.user(user) else { return };
+                let receipt = deadline.map_or(ReceiptState::NotRequired, |deadline| {
+                    ReceiptState::Waiting { deadline }
+                });
+                let new = NewMessage {
+                    stanza_id: 7,
+                    msg_id: id.map(|i| IDS[i].to_string()),
+                    from: "alice@example.com/x".into(),
+                    kind: Some("chat".into()),
+                    body: Some("b & <c>".into()),
+                    thread: None,
+                    logged_at: 5,
+                    system: false,
+                    receipt,
+                    archive_id: None,
+                };
+                let live: BTreeSet<DeviceNo> = live.into_iter().collect();
+                let deliveries: Vec<_> = live
+                    .iter()
+                    .map(|d| (*d, DeliveryRecord { session: 1, at: 5 }))
+                    .collect();
+                let seq = self.store().append_message(uid, &new, &deliveries).unwrap();
+                let head = self.model.heads.get_mut(&uid).unwrap();
+                *head += 1;
+                assert_eq!(seq, *head);
+                self.model.messages.insert(
+                    (uid, seq),
+                    MessageRecord {
+                        seq,
+                        stanza_id: 7,
+                        msg_id: new.msg_id,
+                        from: new.from,
+                        kind: new.kind,
+                        body: new.body,
+                        thread: None,
+                        logged_at: 5,
+                        system: false,
+                        receipt,
+                        archive_id: None,
+                    },
+                );
+                if let Some(d) = deadline {
+                    self.model.timers.insert((d, uid, seq));
+                }
+                for (d, rec) in deliveries {
+                    self.model.deliveries.insert((uid, d, seq), rec);
+                }
+            }
+            Op::PutDevice {
+                user,
+                device,
+                acked_upto,
+                session,
+            } => {
+                let Some(uid) = self.user(user) else { return };
+                let record = device_record(acked_upto, session);
+                self.store().put_device(uid, Some(device), &record).unwrap();
+                self.model.devices.insert((uid, device), record);
+            }
+            Op::RemoveDevice { user, device } => {
+                let Some(uid) = self.user(user) else { return };
+                self.store().remove_device(uid, device).unwrap();
+                self.model.devices.remove(&(uid, device));
+                self.model
+                    .deliveries
+                    .retain(|(u, d, _), _| !(*u == uid && *d == device));
+            }
+            Op::PutDelivery {
+                user,
+                device,
+                seq,
+                session,
+            } => {
+                let Some(uid) = self.user(user) else { return };
+                let rec = DeliveryRecord { session, at: 9 };
+                self.store()
+                    .put_deliveries(uid, device, &[(seq, rec)])
+                    .unwrap();
+                self.model.deliveries.insert((uid, device, seq), rec);
+            }
+            Op::Ack { user, device, seq } => {
+                let Some(uid) = self.user(user) else { return };
+                let mut record = self
+                    .model
+                    .devices
+                    .get(&(uid, device))
+                    .cloned()
+                    .unwrap_or_else(|| device_record(0, 0));
+                record.ack(seq);
+                let mut settled = Vec::new();
+                if let Some(m) = self.model.messages.get_mut(&(uid, seq)) {
+                    if let ReceiptState::Waiting { deadline } = m.receipt {
+                        m.receipt = ReceiptState::Acked;
+                        self.model.timers.remove(&(deadline, uid, seq));
+                        settled.push((
+                            Timer {
+                                deadline,
+                                user: uid,
+                                seq,
+                            },
+                            m.clone(),
+                        ));
+                    }
+                }
+                self.store()
+                    .apply_ack(uid, device, &record, &[seq], &settled)
+                    .unwrap();
+                self.model.devices.insert((uid, device), record);
+                self.model.deliveries.remove(&(uid, device, seq));
+            }
+            Op::FireTimers { now } => {
+                let due = self.store().due_timers(now, usize::MAX).unwrap();
+                let expected: Vec<_> = self
+                    .model
+                    .timers
+                    .iter()
+                    .filter(|t| t.0 <= now)
+                    .copied()
+                    .collect();
+                assert_eq!(
+                    due.iter()
+                        .map(|t| (t.deadline, t.user, t.seq))
+                        .collect::<Vec<_>>(),
+                    expected
+                );
+                for t in due {
+                    let mut m = self.model.messages.get(&(t.user, t.seq)).cloned().unwrap();
+                    m.receipt = ReceiptState::Bounced;
+                    self.store().settle_timer(t, Some(&m)).unwrap();
+                    self.model.messages.insert((t.user, t.seq), m);
+                    self.model.timers.remove(&(t.deadline, t.user, t.seq));
+                }
+            }
+            Op::Reopen => {
+                self.store().flush().unwrap();
+                drop(self.store.take());
+                self.store = Some(
+                    Store::open(self.dir.path().join("db"), &StoreOptions::default()).unwrap(),
+                );
+            }
+        }
+    }
+
+    fn check(&self) {
+        let store = self.store();
+        assert_eq!(store.user_count(), self.model.users.len());
+        for (jid, uid) in &self.model.users {
+            assert_eq!(store.user_id(jid).unwrap(), Some(*uid));
+            assert_eq!(store.user(*uid).unwrap().head, self.model.heads[uid]);
+            let logged: Vec<_> = store.messages_after(*uid, 0).map(Result::unwrap).collect();
+            let modelled: Vec<_> = self
+                .model
+                .messages
+                .range((*uid, 0)..=(*uid, u64::MAX))
+                .map(|(_, m)| m.clone())
+                .collect();
+            assert_eq!(logged, modelled);
+            for id in IDS {
+                let by_id: Vec<Seq> = store
+                    .seqs_by_msgid(*uid, id)
+                    .unwrap()
+                    .into_iter()
+                    .map(|m| m.seq)
+                    .collect();
+                let expected: Vec<Seq> = modelled
+                    .iter()
+                    .filter(|m| m.msg_id.as_deref() == Some(id))
+                    .map(|m| m.seq)
+                    .collect();
+                assert_eq!(by_id, expected, "id index of {id}");
+            }
+            let devices = store.devices(*uid).unwrap();
+            let expected: Vec<_> = self
+                .model
+                .devices
+                .range((*uid, 0)..=(*uid, u32::MAX))
+                .map(|((_, d), r)| (*d, r.clone()))
+                .collect();
+            assert_eq!(devices, expected);
+            for d in 0..3 {
+                let deliveries = store.deliveries(*uid, d, u64::MAX).unwrap();
+                let expected: Vec<_> = self
+                    .model
+                    .deliveries
+                    .range((*uid, d, 0)..=(*uid, d, u64::MAX))
+                    .map(|((_, _, s), r)| (*s, *r))
+                    .collect();
+                assert_eq!(deliveries, expected);
+            }
+        }
+        assert_eq!(store.timer_count(), self.model.timers.len());
+        assert_eq!(
+            store.next_deadline().unwrap(),
+            self.model.timers.first().map(|t| t.0)
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let mut h = Harness { dir, store: Some(store), model: Model::default() };
+        for op in &ops {
+            h.apply(op);
+            h.check();
+        }
+    }
+}
+
+#[test]
+fn refuses_a_store_of_another_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let raw = sled::open(&path).unwrap();
+        raw.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &99u32.to_be_bytes())
+            .unwrap();
+        raw.flush().unwrap();
+    }
+    let err = Store::open(&path, &StoreOptions::default())
+        .err()
+        .expect("must refuse");
+    assert_eq!(
+        err.to_string(),
+        format!("store at {} has schema version 99, this readtrack reads version 1; refusing to touch it", path.display())
+    );
+}
+
+#[test]
+fn refuses_a_foreign_sled_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let raw = sled::open(&path).unwrap();
+        raw.open_tree("jid_userid")
+            .unwrap()
+            .insert("x", "y")
+            .unwrap();
+        raw.flush().unwrap();
+    }
+    let err = Store::open(&path, &StoreOptions::default())
+        .err()
+        .expect("must refuse");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "store at {} holds data but no schema version; it was not written by readtrack",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn second_process_lock_is_reported_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let _first = Store::open(&path, &StoreOptions::default()).unwrap();
+    let err = Store::open(&path, &StoreOptions::default())
+        .err()
+        .expect("sled allows one opener");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot open store at {}: ", path.display())),
+        "{err}"
+    );
+}
