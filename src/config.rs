@@ -1,0 +1,413 @@
+//! `readtrack.toml`: the keys of DESIGN.md section 5. Every key has a default except the
+//! component secret. Unknown keys and bad values are errors that name the key and the line,
+//! because a typo silently falling back to a default is worse than refusing to start.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::engine::{Dialect, EngineConfig, ReceiptPolicy};
+use crate::jid::{DeviceKeyRule, Jid};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("no component secret: set [xmpp] secret or secret_file in {path}, or the READTRACK_SECRET environment variable")]
+    NoSecret { path: PathBuf },
+    #[error("cannot read secret_file {path}: {source}")]
+    SecretFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A duration written as text (`"10s"`, `"500ms"`, `"30d"`).
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "bad duration {text:?}: {e} (write e.g. \"10s\", \"500ms\", \"30d\")"
+        ))
+    })
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+fn from_text<'de, D: Deserializer<'de>, T: std::str::FromStr<Err = String>>(
+    d: D,
+) -> Result<T, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub xmpp: XmppSection,
+    pub store: StoreSection,
+    pub receipts: ReceiptsSection,
+    pub devices: DevicesSection,
+    pub retention: RetentionSection,
+    pub admin: AdminSection,
+    pub log: LogSection,
+    /// The file this was read from; relative paths in it are relative to its folder.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XmppSection {
+    /// The XMPP domain whose users are tracked.
+    pub domain: String,
+    /// The component's JID; default `readtrack.<domain>`.
+    pub component: Option<String>,
+    /// The server's component port.
+    pub connect: String,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Default for XmppSection {
+    fn default() -> Self {
+        XmppSection {
+            domain: "localhost".into(),
+            component: None,
+            connect: "127.0.0.1:5347".into(),
+            secret: None,
+            secret_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub path: PathBuf,
+    /// sled page cache in MiB.
+    pub cache_mb: u64,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            path: PathBuf::from("readtrack-data"),
+            cache_mb: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiptsSection {
+    #[serde(deserialize_with = "from_text")]
+    pub dialect: Dialect,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(deserialize_with = "from_text")]
+    pub require: ReceiptPolicy,
+    /// JIDs (bare or full) whose messages count as system messages, besides the domain itself.
+    pub system_senders: Vec<String>,
+}
+
+impl Default for ReceiptsSection {
+    fn default() -> Self {
+        ReceiptsSection {
+            dialect: Dialect::Seed,
+            timeout: Duration::from_secs(10),
+            require: ReceiptPolicy::All,
+            system_senders: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevicesSection {
+    #[serde(deserialize_with = "from_text")]
+    pub key: DeviceKeyRule,
+    pub history: u64,
+    #[serde(deserialize_with = "opt_duration")]
+    pub history_max_age: Option<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub expire_after: Duration,
+}
+
+impl Default for DevicesSection {
+    fn default() -> Self {
+        DevicesSection {
+            key: DeviceKeyRule::Resource,
+            history: 100,
+            history_max_age: Some(Duration::from_secs(30 * 86_400)),
+            expire_after: Duration::from_secs(90 * 86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    #[serde(deserialize_with = "duration")]
+    pub max_age: Duration,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            max_age: Duration::from_secs(365 * 86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    pub socket: PathBuf,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            socket: PathBuf::from("readtrack.sock"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is where it came from (for messages and relative paths).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: describe(text, &e),
+        })?;
+        config.source = path.to_path_buf();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.source.clone(),
+            message,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let domain = Jid::parse(&self.xmpp.domain)
+            .map_err(|e| self.invalid(format!("[xmpp] domain: {e}")))?;
+        if domain.local().is_some() || domain.is_full() {
+            return Err(self.invalid(format!(
+                "[xmpp] domain: {:?} is a user JID, not a domain",
+                self.xmpp.domain
+            )));
+        }
+        Jid::parse(&self.component())
+            .map_err(|e| self.invalid(format!("[xmpp] component: {e}")))?;
+        for s in &self.receipts.system_senders {
+            Jid::parse(s).map_err(|e| self.invalid(format!("[receipts] system_senders: {e}")))?;
+        }
+        if self.receipts.timeout.is_zero() {
+            return Err(self.invalid("[receipts] timeout must be above zero".into()));
+        }
+        Ok(())
+    }
+
+    /// The folder relative paths are resolved against.
+    fn base(&self) -> PathBuf {
+        self.source
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    pub fn component(&self) -> String {
+        self.xmpp
+            .component
+            .clone()
+            .unwrap_or_else(|| format!("readtrack.{}", self.xmpp.domain))
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.base().join(&self.store.path)
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.base().join(&self.admin.socket)
+    }
+
+    /// The component secret from config, secret file or environment (in that order).
+    pub fn secret(&self) -> Result<String, ConfigError> {
+        if let Some(s) = self.xmpp.secret.clone().filter(|s| !s.is_empty()) {
+            return Ok(s);
+        }
+        if let Some(file) = &self.xmpp.secret_file {
+            let path = self.base().join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::SecretFile { path, source })?;
+            return Ok(text.trim().to_string());
+        }
+        match std::env::var("READTRACK_SECRET") {
+            Ok(s) if !s.is_empty() => Ok(s),
+            _ => Err(ConfigError::NoSecret {
+                path: self.source.clone(),
+            }),
+        }
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        let mut e = EngineConfig::new(&self.xmpp.domain);
+        e.dialect = self.receipts.dialect;
+        e.policy = self.receipts.require;
+        e.receipt_timeout = self.receipts.timeout;
+        e.system_senders = self
+            .receipts
+            .system_senders
+            .iter()
+            .filter_map(|s| Jid::parse(s).ok())
+            .collect();
+        e.device_key = self.devices.key;
+        e.history = self.devices.history;
+        e.history_max_age = self.devices.history_max_age;
+        e
+    }
+}
+
+/// A toml error as one line: `line N: <what>` (the key is in toml's own message).
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/readtrack/readtrack.toml"))
+    }
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.xmpp.domain, "localhost");
+        assert_eq!(c.component(), "readtrack.localhost");
+        assert_eq!(
+            c.store_path(),
+            PathBuf::from("/etc/readtrack/readtrack-data")
+        );
+        assert_eq!(c.receipts.timeout, Duration::from_secs(10));
+        assert_eq!(c.devices.key, DeviceKeyRule::Resource);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("[xmpp]\ndomain = \"example.com\"\nsecrett = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "config /etc/readtrack/readtrack.toml: line 3: unknown field `secrett`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_line() {
+        let err = parse("[receipts]\n\ntimeout = \"ten seconds\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "config /etc/readtrack/readtrack.toml: line 3: bad duration \"ten seconds\""
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_enum_value_is_explained() {
+        let err = parse("[devices]\nkey = \"hash\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2: unknown device key rule \"hash\" (expected \"resource\" or \"after-hash\")"), "{err}");
+    }
+
+    #[test]
+    fn user_jid_as_domain_is_refused() {
+        let err = parse("[xmpp]\ndomain = \"bob@example.com\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "config /etc/readtrack/readtrack.toml: [xmpp] domain: \"bob@example.com\" is a user JID, not a domain");
+    }
+
+    #[test]
+    fn secret_from_config_wins() {
+        let c = parse("[xmpp]\nsecret = \"s3cret\"\n").unwrap();
+        assert_eq!(c.secret().unwrap(), "s3cret");
+    }
+}
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// The shipped example must stay loadable and equal to the defaults it documents.
+    #[test]
+    fn example_config_parses_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("readtrack.example.toml");
+        let c = Config::load(&path).unwrap();
+        let d = Config::parse("", &path).unwrap();
+        assert_eq!(c.component(), d.component());
+        assert_eq!(c.xmpp.connect, d.xmpp.connect);
+        assert_eq!(c.store_path(), d.store_path());
+        assert_eq!(
+            (c.receipts.timeout, c.receipts.require, c.receipts.dialect),
+            (d.receipts.timeout, d.receipts.require, d.receipts.dialect)
+        );
+        assert_eq!(
+            (c.devices.key, c.devices.history, c.devices.history_max_age),
+            (d.devices.key, d.devices.history, d.devices.history_max_age)
+        );
+        assert_eq!(c.socket_path(), d.socket_path());
+    }
+}
