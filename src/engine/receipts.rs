@@ -152,7 +152,8 @@ impl Engine {
         now: Millis,
     ) -> Result<()> {
         if let Receipt::SeedReceived { status, .. } = receipt {
-            if status != "200" {
+            // An empty status is the bare legacy form `<received xmlns="urn:xmpp:receipts"/>`.
+            if !status.is_empty() && status != "200" {
                 self.counters.receipts_rejected += 1;
                 tracing::info!(device = %from, status, "receipt with a status other than 200 ignored");
                 return Ok(());
