@@ -214,13 +214,21 @@ module:hook("pre-message/host", on_client_message, 100);
 ------------------------------------------------------------------------------------------------
 -- Commands from the component.
 
+-- Parsed inside <forwarded>, the message and its children carry an explicit jabber:client.
+-- Prosody's own stanzas leave the stream's default namespace implicit (nil), and lookups such as
+-- get_child("body") only match that, so mod_offline or mod_mam would not see the body.
+local function strip_client_ns(stanza)
+	if stanza.attr.xmlns == xmlns_client then stanza.attr.xmlns = nil; end
+	for _, child in ipairs(stanza.tags) do
+		if child.attr.xmlns == xmlns_client then strip_client_ns(child); end
+	end
+	return stanza;
+end
+
 local function inner_message(command)
 	local fwd = command:get_child("forwarded", xmlns_forward);
 	local inner = fwd and fwd:get_child("message", xmlns_client);
-	if not inner then return nil; end
-	inner = st.clone(inner);
-	inner.attr.xmlns = nil; -- c2s and routing expect the stream's default namespace
-	return inner;
+	return inner and strip_client_ns(st.clone(inner));
 end
 
 module:hook("message/host", function(event)

@@ -660,6 +660,7 @@ pub struct Client {
     pub conn: XmlConn,
     /// The full JID the server bound.
     pub jid: String,
+    sync_count: u32,
 }
 
 impl Client {
@@ -729,7 +730,11 @@ impl Client {
             .and_then(|(_, r)| r.split_once("</jid>"))
             .map(|(j, _)| unescape(j))
             .unwrap_or_else(|| panic!("no <jid> in bind result: {bound}"));
-        Client { conn, jid }
+        Client {
+            conn,
+            jid,
+            sync_count: 0,
+        }
     }
 
     /// Initial presence: the moment readtrack treats the device as available.
@@ -739,6 +744,25 @@ impl Client {
 
     pub async fn send_raw(&mut self, xml: &str) {
         self.conn.send_raw(xml).await;
+    }
+
+    /// Round trip (XEP-0199 ping to the server): Prosody handles one session's stanzas in order,
+    /// so everything sent before has been processed when this returns.
+    pub async fn sync(&mut self) {
+        self.sync_count += 1;
+        let id = format!("sync-{}", self.sync_count);
+        self.conn
+            .send_raw(&format!(
+                "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
+            ))
+            .await;
+        let reply = self
+            .conn
+            .expect("ping reply", WAIT, |s| {
+                attr(s, "id").as_deref() == Some(id.as_str())
+            })
+            .await;
+        assert_eq!(attr(&reply, "type").as_deref(), Some("result"), "{reply}");
     }
 
     pub async fn next_stanza(&mut self, timeout: Duration) -> Option<String> {
