@@ -452,3 +452,142 @@ async fn reconnecting_component_gets_a_snapshot() {
     );
     assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_carries_the_mam_archive_id() {
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["mam".into()],
+        ..ProsodyOpts::default()
+    });
+    p.register("alice", "pw");
+    p.register("bob", "pw");
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+
+    alice
+        .send_raw(&chat("mam1", "bob@localhost", "archived"))
+        .await;
+    // mod_mam swaps the stanza for a copy before delivery: the session must still be seen.
+    let archive_id = match next_event(&mut comp, "routed mam1", routed_for("mam1")).await {
+        HookEvent::Routed {
+            archive_id,
+            sessions,
+            ..
+        } => {
+            assert_eq!(sessions, vec![jid("bob@localhost/phone")]);
+            archive_id.expect("archive-id with mod_mam loaded")
+        }
+        _ => unreachable!(),
+    };
+    let archive_id_of_mam1 = archive_id.clone();
+    let got = bob
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("mam1"))
+        .await;
+    assert!(
+        got.contains(&format!("id='{archive_id}'")) && got.contains("by='bob@localhost'"),
+        "bob's copy should carry stanza-id {archive_id}: {got}"
+    );
+
+    // A stanza-id forged by the sender is stripped by mod_mam and never reported.
+    alice
+        .send_raw("<message id='mam2' type='chat' to='bob@localhost'><body>x</body><stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='forged'/></message>")
+        .await;
+    // (0.12.3 lets the forged element through to bob, but appends the real one after it.)
+    match next_event(&mut comp, "routed mam2", routed_for("mam2")).await {
+        HookEvent::Routed { archive_id, .. } => {
+            let id = archive_id.expect("archive-id with mod_mam loaded");
+            assert_ne!(id, "forged");
+            assert_ne!(id, archive_id_of_mam1);
+        }
+        _ => unreachable!(),
+    }
+
+    // Offline recipient with mod_mam: still claimed from mod_offline, still archived.
+    bob.close().await;
+    next_event(&mut comp, "unavailable bob", |e| {
+        matches!(e, HookEvent::Unavailable { .. })
+    })
+    .await;
+    alice
+        .send_raw(&chat("mam3", "bob@localhost", "later"))
+        .await;
+    match next_event(&mut comp, "routed mam3", routed_for("mam3")).await {
+        HookEvent::Routed {
+            archive_id,
+            sessions,
+            ..
+        } => {
+            assert_eq!(sessions, Vec::<Jid>::new());
+            assert!(archive_id.is_some());
+        }
+        _ => unreachable!(),
+    }
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    assert_eq!(bob.messages_within(QUIET).await, Vec::<String>::new());
+}
+
+/// The hook element of an event as Prosody wrote it: the outer message's only child.
+fn hook_element(stanza: &str) -> &str {
+    let start = stanza.find('>').unwrap() + 1;
+    let end = stanza.rfind("</message>").unwrap();
+    &stanza[start..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_validate_against_the_schema() {
+    let p = server(&["alice", "bob"]);
+    let mut comp = p.connect_component().await;
+    let mut alice = online(&p, "alice", "phone").await;
+    alice.sync().await;
+    alice
+        .send_raw(&chat("v1", "bob@localhost", "to an offline user"))
+        .await;
+    let mut bob = online(&p, "bob", "phone").await;
+    bob.sync().await;
+    alice
+        .send_raw(&chat("v2", "bob@localhost", "to an online user"))
+        .await;
+    bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("v2"))
+        .await;
+    bob.send_raw("<message id='v2' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>").await;
+    bob.sync().await;
+    bob.close().await;
+
+    let mut seen = std::collections::BTreeSet::new();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("{}/schema/hooks.xsd", env!("CARGO_MANIFEST_DIR"));
+    for (i, stanza) in comp.drain(QUIET * 2).await.iter().enumerate() {
+        let element = hook_element(stanza);
+        seen.insert(name(element).to_string());
+        let file = dir.path().join(format!("{i}.xml"));
+        std::fs::write(&file, element).unwrap();
+        let out = std::process::Command::new("xmllint")
+            .args(["--noout", "--schema", &schema])
+            .arg(&file)
+            .output()
+            .expect("xmllint: apt-get install -y libxml2-utils");
+        assert!(
+            out.status.success(),
+            "{element}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec!["available", "routed", "sent", "snapshot", "unavailable"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_restart_keeps_accounts_and_ports() {
+    let mut p = server(&["alice"]);
+    let port = p.c2s_port;
+    p.restart();
+    assert_eq!(p.c2s_port, port);
+    let mut alice = p.client("alice", "pw", "phone").await;
+    assert_eq!(alice.jid, "alice@localhost/phone");
+    alice.sync().await;
+    let (_comp, snapshot) = component(&p).await;
+    assert_eq!(snapshot, vec![]);
+}

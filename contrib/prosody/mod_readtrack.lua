@@ -110,14 +110,16 @@ end, 100);
 
 ------------------------------------------------------------------------------------------------
 -- Which sessions a message was written to. While message/bare|full runs, the stanza object is
--- registered here; each c2s session's stanzas/out filter looks it up by identity. Weak keys, so a
--- handler that errors out cannot leak the entry.
+-- registered here; each c2s session's stanzas/out filter looks it up by identity. Handlers may
+-- swap event.stanza for a copy (mod_mam does, to add its <stanza-id>), so the copy is registered
+-- too, by a hook that runs after them. Weak keys, so a handler that errors out cannot leak.
 
 local in_flight = setmetatable({}, { __mode = "k" });
 
 -- High priority: see the stanza before any later filter replaces it by a copy.
 local function record_write(stanza, session)
-	local written = in_flight[stanza];
+	local record = in_flight[stanza];
+	local written = record and record.written;
 	if written and session.full_jid and not written[session.full_jid] then
 		written[session.full_jid] = true;
 		written[#written + 1] = session.full_jid;
@@ -147,12 +149,15 @@ function module.unload()
 end
 
 local function archive_id(stanza, to)
-	-- A client can send its own <stanza-id by=recipient>; only mod_mam strips those, so only
-	-- trust the element when mod_mam is loaded here.
+	-- A sender can forge <stanza-id by=recipient>. Without mod_mam nothing removes it, so then
+	-- there is no archive id at all. With it, 0.12.3 still lets the forged one through (it
+	-- strips a copy it then ignores) but appends its own after it: the last one is the real one.
 	if not hosts[host].modules.mam then return nil; end
+	local id;
 	for sid in stanza:childtags("stanza-id", xmlns_sid) do
-		if sid.attr.by == to then return sid.attr.id; end
+		if sid.attr.by == to then id = sid.attr.id; end
 	end
+	return id;
 end
 
 local function track_routing(handlers, event_name, event_data)
@@ -165,22 +170,35 @@ local function track_routing(handlers, event_name, event_data)
 		or (origin.username and origin.username .. "@" .. origin.host);
 	if not to then return handlers(event_name, event_data); end
 	local original = forwarded(stanza, to);
-	local written = {};
-	in_flight[stanza] = written;
+	local record = { to = to, written = {} };
+	event_data.readtrack = record;
+	in_flight[stanza] = record;
 	local ret = handlers(event_name, event_data);
 	in_flight[stanza] = nil;
+	in_flight[event_data.stanza] = nil;
 
-	local node = jid_split(to);
-	if #written == 0 and not user_exists(node, host) then
+	local written = record.written;
+	if #written == 0 and not user_exists(jid_split(to), host) then
 		return ret; -- Prosody bounced it; nothing to track
 	end
-	local routed = st.stanza("routed", { xmlns = xmlns_hook, to = to, ["archive-id"] = archive_id(stanza, to) });
+	local routed = st.stanza("routed", { xmlns = xmlns_hook, to = to, ["archive-id"] = record.archive_id });
 	for _, full_jid in ipairs(written) do
 		routed:tag("session", { jid = full_jid }):up();
 	end
 	emit(routed:add_child(original));
 	return ret;
 end
+
+-- Between mod_mam (0) and delivery by mod_message (-1): the stanza as it will be written.
+local function after_archiving(event)
+	local record = event.readtrack;
+	if not record then return; end
+	in_flight[event.stanza] = record;
+	record.archive_id = archive_id(event.stanza, record.to);
+end
+
+module:hook("message/bare", after_archiving, -0.75);
+module:hook("message/full", after_archiving, -0.75);
 
 module:wrap_event("message/bare", track_routing);
 module:wrap_event("message/full", track_routing);
