@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod framer;
+pub mod hooks;
 pub mod parse;
 pub mod write;
 

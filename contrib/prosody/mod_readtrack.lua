@@ -1,0 +1,315 @@
+-- mod_readtrack: lets the readtrack component see what a plain XEP-0114 component cannot
+-- (user-to-user traffic and device lifecycle) and execute its delivery commands.
+--
+-- Per VirtualHost:
+--   modules_enabled = { "readtrack" }
+--   readtrack_component = "readtrack.example.com"
+--
+-- The event/command vocabulary (namespace urn:readtrack:hook:0) is documented in
+-- schema/hooks.xsd. Everything here degrades to plain Prosody behaviour while the component is
+-- not connected: events are then dropped (readtrack resynchronises from the <snapshot> it gets on
+-- reconnect) and mod_offline stores messages as usual.
+
+local st = require "util.stanza";
+local jid_bare = require "util.jid".bare;
+local jid_split = require "util.jid".split;
+local jid_host = require "util.jid".host;
+local filters = require "util.filters";
+local user_exists = require "core.usermanager".user_exists;
+
+local xmlns_hook = "urn:readtrack:hook:0";
+local xmlns_forward = "urn:xmpp:forward:0";
+local xmlns_client = "jabber:client";
+local xmlns_sid = "urn:xmpp:sid:0";
+local xmlns_receipts = "urn:xmpp:receipts";
+local xmlns_offline = "urn:xmpp:offline";
+local xmlns_markers = "urn:xmpp:chat-markers:0";
+
+local hosts, full_sessions = prosody.hosts, prosody.full_sessions;
+local host = module.host;
+local component = module:get_option_string("readtrack_component", "readtrack." .. host);
+
+-- mod_component keeps its connection state in its per-host environment; reading it there (rather
+-- than mirroring it from events) stays right across a reload of this module.
+local function component_connected()
+	local h = hosts[component];
+	local env = h and h.modules.component;
+	return env and env.connected or false;
+end
+
+local function emit(child)
+	if not component_connected() then
+		-- Routing to a disconnected component would bounce an error to the host itself.
+		return;
+	end
+	module:send(st.message({ from = host, to = component }):add_child(child));
+end
+
+-- A copy fit for <forwarded>: XEP-0297 requires the inner stanza to name its namespace, and the
+-- copy must not change when Prosody later mutates the original (to_self, stanza-id, delay...).
+local function forwarded(stanza, to)
+	local copy = st.clone(stanza);
+	copy.attr.xmlns = xmlns_client;
+	if to and not copy.attr.to then copy.attr.to = to; end
+	return st.stanza("forwarded", { xmlns = xmlns_forward }):add_child(copy);
+end
+
+-- Only what the engine logs gets a <routed> event; receipts and markers travel via <sent>.
+local function loggable(stanza)
+	local t = stanza.attr.type;
+	return (t == nil or t == "normal" or t == "chat") and stanza:get_child("body") ~= nil;
+end
+
+-- Things a device sends that readtrack cares about: its own messages and acks of any dialect.
+local function interesting_sent(stanza)
+	local t = stanza.attr.type;
+	if t == "error" or t == "groupchat" or t == "headline" then return false; end
+	return t == "crs" or stanza:get_child("body") ~= nil
+		or stanza:get_child(nil, xmlns_receipts) ~= nil
+		or stanza:get_child(nil, xmlns_offline) ~= nil
+		or stanza:get_child("displayed", xmlns_markers) ~= nil;
+end
+
+------------------------------------------------------------------------------------------------
+-- Device lifecycle. session.readtrack_state is nil (bound, silent), "available" or "unavailable",
+-- so an unavailable presence followed by the unbind that caused it yields one event.
+
+local function session_tag(name, session)
+	return st.stanza(name, {
+		xmlns = name ~= "session" and xmlns_hook or nil;
+		jid = session.full_jid;
+		-- Prosody 0.12 has no stable client id (SASL2 <user-agent id> arrives in 0.13).
+		["device-id"] = type(session.client_id) == "string" and session.client_id or nil;
+	});
+end
+
+module:hook("presence/initial", function(event)
+	local session = event.origin;
+	if session.type ~= "c2s" or not session.full_jid then return; end
+	session.readtrack_state = "available";
+	emit(session_tag("available", session));
+end);
+
+local function went_unavailable(session)
+	if session.readtrack_state == "unavailable" then return; end
+	session.readtrack_state = "unavailable";
+	emit(st.stanza("unavailable", { xmlns = xmlns_hook, jid = session.full_jid }));
+end
+
+module:hook("pre-presence/bare", function(event)
+	local session, stanza = event.origin, event.stanza;
+	if stanza.attr.type == "unavailable" and not stanza.attr.to
+		and session.readtrack_state == "available" then
+		went_unavailable(session);
+	end
+end, 100);
+
+module:hook("resource-unbind", function(event)
+	went_unavailable(event.session);
+end, 100);
+
+------------------------------------------------------------------------------------------------
+-- Which sessions a message was written to. While message/bare|full runs, the stanza object is
+-- registered here; each c2s session's stanzas/out filter looks it up by identity. Handlers may
+-- swap event.stanza for a copy (mod_mam does, to add its <stanza-id>), so the copy is registered
+-- too, by a hook that runs after them. Weak keys, so a handler that errors out cannot leak.
+
+local in_flight = setmetatable({}, { __mode = "k" });
+
+-- High priority: see the stanza before any later filter replaces it by a copy.
+local function record_write(stanza, session)
+	local record = in_flight[stanza];
+	local written = record and record.written;
+	if written and session.full_jid and not written[session.full_jid] then
+		written[session.full_jid] = true;
+		written[#written + 1] = session.full_jid;
+	end
+	return stanza;
+end
+
+local function watch_session(session)
+	filters.add_filter(session, "stanzas/out", record_write, 1000);
+end
+
+module:hook("resource-bind", function(event) watch_session(event.session); end);
+
+function module.load()
+	for _, user in pairs(hosts[host].sessions or {}) do
+		for _, session in pairs(user.sessions or {}) do watch_session(session); end
+	end
+	module:log("info", "readtrack loaded, component %s", component);
+end
+
+function module.unload()
+	for _, user in pairs(hosts[host].sessions or {}) do
+		for _, session in pairs(user.sessions or {}) do
+			filters.remove_filter(session, "stanzas/out", record_write);
+		end
+	end
+end
+
+local function archive_id(stanza, to)
+	-- A sender can forge <stanza-id by=recipient>. Without mod_mam nothing removes it, so then
+	-- there is no archive id at all. With it, 0.12.3 still lets the forged one through (it
+	-- strips a copy it then ignores) but appends its own after it: the last one is the real one.
+	if not hosts[host].modules.mam then return nil; end
+	local id;
+	for sid in stanza:childtags("stanza-id", xmlns_sid) do
+		if sid.attr.by == to then id = sid.attr.id; end
+	end
+	return id;
+end
+
+local function track_routing(handlers, event_name, event_data)
+	local stanza, origin = event_data.stanza, event_data.origin;
+	if not (loggable(stanza) and component_connected()) then
+		return handlers(event_name, event_data);
+	end
+	-- core_post_stanza clears 'to' on a message a user sends to their own bare JID.
+	local to = stanza.attr.to and jid_bare(stanza.attr.to)
+		or (origin.username and origin.username .. "@" .. origin.host);
+	if not to then return handlers(event_name, event_data); end
+	local original = forwarded(stanza, to);
+	local record = { to = to, written = {} };
+	event_data.readtrack = record;
+	in_flight[stanza] = record;
+	local ret = handlers(event_name, event_data);
+	in_flight[stanza] = nil;
+	in_flight[event_data.stanza] = nil;
+
+	local written = record.written;
+	if #written == 0 and not user_exists(jid_split(to), host) then
+		return ret; -- Prosody bounced it; nothing to track
+	end
+	local routed = st.stanza("routed", { xmlns = xmlns_hook, to = to, ["archive-id"] = record.archive_id });
+	for _, full_jid in ipairs(written) do
+		routed:tag("session", { jid = full_jid }):up();
+	end
+	emit(routed:add_child(original));
+	return ret;
+end
+
+-- Between mod_mam (0) and delivery by mod_message (-1): the stanza as it will be written.
+local function after_archiving(event)
+	local record = event.readtrack;
+	if not record then return; end
+	in_flight[event.stanza] = record;
+	record.archive_id = archive_id(event.stanza, record.to);
+end
+
+module:hook("message/bare", after_archiving, -0.75);
+module:hook("message/full", after_archiving, -0.75);
+
+module:wrap_event("message/bare", track_routing);
+module:wrap_event("message/full", track_routing);
+
+-- mod_offline would hand the message to whichever device logs in first; readtrack replays it to
+-- every device instead. Only messages being tracked above are claimed.
+module:hook("message/offline/handle", function(event)
+	if in_flight[event.stanza] then return true; end
+end, 100);
+
+------------------------------------------------------------------------------------------------
+-- What local clients send.
+
+local function on_client_message(event)
+	local origin, stanza = event.origin, event.stanza;
+	if origin.type ~= "c2s" or not interesting_sent(stanza) then return; end
+	local to = event.to_self and jid_bare(origin.full_jid) or nil;
+	emit(st.stanza("sent", { xmlns = xmlns_hook }):add_child(forwarded(stanza, to)));
+	-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody would
+	-- answer each with service-unavailable, which seed clients treat as a failed ack.
+	if stanza.attr.to == host and (stanza.attr.type == "crs"
+		or stanza:get_child(nil, xmlns_receipts) or stanza:get_child(nil, xmlns_offline)) then
+		return true;
+	end
+end
+
+module:hook("pre-message/bare", on_client_message, 100);
+module:hook("pre-message/full", on_client_message, 100);
+module:hook("pre-message/host", on_client_message, 100);
+
+------------------------------------------------------------------------------------------------
+-- Commands from the component.
+
+-- Parsed inside <forwarded>, the message and its children carry an explicit jabber:client.
+-- Prosody's own stanzas leave the stream's default namespace implicit (nil), and lookups such as
+-- get_child("body") only match that, so mod_offline or mod_mam would not see the body.
+local function strip_client_ns(stanza)
+	if stanza.attr.xmlns == xmlns_client then stanza.attr.xmlns = nil; end
+	for _, child in ipairs(stanza.tags) do
+		if child.attr.xmlns == xmlns_client then strip_client_ns(child); end
+	end
+	return stanza;
+end
+
+local function inner_message(command)
+	local fwd = command:get_child("forwarded", xmlns_forward);
+	local inner = fwd and fwd:get_child("message", xmlns_client);
+	return inner and strip_client_ns(st.clone(inner));
+end
+
+module:hook("message/host", function(event)
+	local origin, stanza = event.origin, event.stanza;
+	local command = stanza:get_child(nil, xmlns_hook);
+	if not command then return; end
+	if origin.type ~= "component" or origin.host ~= component then
+		module:log("warn", "Ignoring readtrack <%s> from %s (%s), not from %s",
+			command.name, tostring(stanza.attr.from), tostring(origin.type), component);
+		return true;
+	end
+	local inner = inner_message(command);
+	if not inner then
+		module:log("warn", "readtrack <%s> without <forwarded><message xmlns='jabber:client'>", command.name);
+		return true;
+	end
+	if command.name == "deliver" then
+		local to = command.attr.to;
+		local session = to and jid_host(to) == host and full_sessions[to];
+		if session then
+			session.send(inner);
+		else
+			-- Gone since readtrack decided; it replays when the device is next available.
+			module:log("debug", "readtrack deliver to absent session %s dropped", tostring(to));
+		end
+	elseif command.name == "send" then
+		if inner.attr.from and inner.attr.from ~= host then
+			module:log("warn", "readtrack <send> from %s refused: only %s may be used", inner.attr.from, host);
+			return true;
+		end
+		inner.attr.from = host;
+		module:send(inner);
+	else
+		module:log("warn", "Unknown readtrack command <%s>", command.name);
+	end
+	return true;
+end, 100);
+
+------------------------------------------------------------------------------------------------
+-- (Re)connection: readtrack lost track of presence while away, so tell it who is online now.
+
+local function send_snapshot()
+	local snapshot = st.stanza("snapshot", { xmlns = xmlns_hook });
+	for _, user in pairs(hosts[host].sessions or {}) do
+		for _, session in pairs(user.sessions or {}) do
+			if session.presence and session.full_jid then
+				snapshot:add_child(session_tag("session", session));
+			end
+		end
+	end
+	emit(snapshot);
+end
+
+local function watch_component()
+	local h = hosts[component];
+	if not h then return false; end
+	module:hook_object_event(h.events, "component-authenticated", send_snapshot);
+	return true;
+end
+
+-- Hosts activate in no fixed order: the component may not exist yet.
+if not watch_component() then
+	module:hook_global("host-activated", function(activated)
+		if activated == component then watch_component(); end
+	end);
+end

@@ -1,0 +1,914 @@
+//! The hook vocabulary (`urn:readtrack:hook:0`) spoken between the server module
+//! (`contrib/prosody/mod_readtrack.lua`) and readtrack, documented in `schema/hooks.xsd`.
+//!
+//! Events travel as `<message from=HOST to=COMPONENT>` with one child in the hook namespace;
+//! commands as `<message from=COMPONENT to=HOST>`. A user stanza inside either is wrapped in a
+//! XEP-0297 `<forwarded>` and must be in `jabber:client`: the module relies on that namespace to
+//! tell the inner stanza from the wrapper, and a `<message>` without it would inherit
+//! `urn:xmpp:forward:0` from `<forwarded>`.
+//!
+//! Inner stanzas are handed over as text (the exact bytes received) so the stanza parser sees
+//! them as the client sent them. Sans-IO: text in, values out, and back.
+
+use std::borrow::Cow;
+
+use quick_xml::escape::escape;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::{QName, ResolveResult};
+use quick_xml::NsReader;
+use quick_xml::XmlVersion;
+
+use super::{NS_CLIENT, NS_FORWARD};
+use crate::jid::{Jid, JidError};
+
+pub const NS_HOOK: &str = "urn:readtrack:hook:0";
+
+/// One available session, as listed by `<snapshot>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Full JID of the session.
+    pub jid: Jid,
+    /// A stable client id, when the server knows one (SASL2 `<user-agent id>`).
+    pub device_id: Option<String>,
+}
+
+/// What the server module reports (module → component).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookEvent {
+    /// A session sent its initial presence: replay to it starts now.
+    Available { jid: Jid, device_id: Option<String> },
+    /// A session went away (unavailable presence or resource unbind).
+    Unavailable { jid: Jid },
+    /// A message to the local user `to` was routed and written to exactly `sessions` (full JIDs;
+    /// empty when none was online, in which case the server did not store it offline).
+    Routed {
+        to: Jid,
+        /// The MAM `<stanza-id>` the server archived it under, if any.
+        archive_id: Option<String>,
+        sessions: Vec<Jid>,
+        /// The routed `<message xmlns="jabber:client">`, as text.
+        message_xml: String,
+    },
+    /// A stanza a local client sent (its own message, a receipt, a marker), as text.
+    Sent { message_xml: String },
+    /// All available sessions, sent when the component (re)connects.
+    Snapshot { sessions: Vec<SessionInfo> },
+}
+
+/// What readtrack asks the server module to do (component → host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookCommand {
+    /// Write `stanza_xml` to exactly the session `to`, or drop it if that session is gone.
+    Deliver { to: Jid, stanza_xml: String },
+    /// Route `stanza_xml` as the host (server acks and bounces, `from` = the domain).
+    Send { stanza_xml: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    #[error("malformed hook stanza: {0}")]
+    Xml(String),
+    #[error("hook stanza is <{0}>, expected <message>")]
+    NotMessage(String),
+    #[error("hook message from {from:?} is not from {expected:?}")]
+    WrongSender {
+        from: Option<String>,
+        expected: String,
+    },
+    #[error("hook message has no element in urn:readtrack:hook:0")]
+    NoHookElement,
+    #[error("unknown hook event <{0}>")]
+    UnknownEvent(String),
+    #[error("unknown hook command <{0}>")]
+    UnknownCommand(String),
+    #[error("<{element}> has no {attr} attribute")]
+    MissingAttribute { element: String, attr: &'static str },
+    #[error("<{element} {attr}>: {source}")]
+    BadJid {
+        element: String,
+        attr: &'static str,
+        source: JidError,
+    },
+    #[error("<{element} {attr}> must be a bare JID, got {value:?}")]
+    NotBare {
+        element: String,
+        attr: &'static str,
+        value: String,
+    },
+    #[error(
+        "<{0}> has no <forwarded xmlns=\"urn:xmpp:forward:0\"><message xmlns=\"jabber:client\">"
+    )]
+    MissingForwarded(String),
+    #[error("stanza to forward is not a single <message> element: {0:?}")]
+    NotAMessage(String),
+}
+
+fn xml_err(e: impl std::fmt::Display) -> HookError {
+    HookError::Xml(e.to_string())
+}
+
+fn local_name(e: &BytesStart) -> String {
+    e.local_name().as_ref().to_string()
+}
+
+fn is_ns(ns: &ResolveResult, want: &str) -> bool {
+    matches!(ns, ResolveResult::Bound(n) if n.as_ref() == want)
+}
+
+fn attr(e: &BytesStart, name: &str) -> Result<Option<String>, HookError> {
+    match e.try_get_attribute(name).map_err(xml_err)? {
+        None => Ok(None),
+        Some(a) => Ok(Some(
+            a.normalized_value(XmlVersion::Implicit1_0)
+                .map_err(xml_err)?
+                .into_owned(),
+        )),
+    }
+}
+
+fn required(e: &BytesStart, name: &'static str) -> Result<String, HookError> {
+    attr(e, name)?.ok_or_else(|| HookError::MissingAttribute {
+        element: local_name(e),
+        attr: name,
+    })
+}
+
+fn jid_attr(e: &BytesStart, name: &'static str) -> Result<Jid, HookError> {
+    Jid::parse(&required(e, name)?).map_err(|source| HookError::BadJid {
+        element: local_name(e),
+        attr: name,
+        source,
+    })
+}
+
+fn full_jid_attr(e: &BytesStart, name: &'static str) -> Result<Jid, HookError> {
+    let jid = jid_attr(e, name)?;
+    if !jid.is_full() {
+        return Err(HookError::BadJid {
+            element: local_name(e),
+            attr: name,
+            source: JidError::NotFull(jid.to_string()),
+        });
+    }
+    Ok(jid)
+}
+
+fn bare_jid_attr(e: &BytesStart, name: &'static str) -> Result<Jid, HookError> {
+    let jid = jid_attr(e, name)?;
+    if jid.is_full() {
+        return Err(HookError::NotBare {
+            element: local_name(e),
+            attr: name,
+            value: jid.to_string(),
+        });
+    }
+    Ok(jid)
+}
+
+/// One complete element, nothing but whitespace or comments around it. The walker below reads
+/// only what it needs, so truncation or trailing junk must be caught here.
+fn check_well_formed(text: &str) -> Result<(), HookError> {
+    let mut reader = NsReader::from_str(text);
+    let mut depth = 0usize;
+    let mut elements = 0usize;
+    loop {
+        match reader.read_event().map_err(xml_err)? {
+            Event::Start(_) => {
+                if depth == 0 {
+                    elements += 1;
+                }
+                depth += 1;
+            }
+            Event::Empty(_) if depth == 0 => elements += 1,
+            Event::End(_) => depth -= 1, // quick-xml refuses an unmatched end tag
+            Event::Text(t) if depth == 0 && !t.as_ref().trim().is_empty() => {
+                return Err(HookError::Xml("text outside the stanza".into()))
+            }
+            Event::DocType(_) => return Err(HookError::Xml("DTD not allowed".into())),
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    match (depth, elements) {
+        (0, 1) => Ok(()),
+        (0, _) => Err(HookError::Xml(format!(
+            "{elements} top-level elements, expected 1"
+        ))),
+        _ => Err(HookError::Xml(format!("{depth} element(s) not closed"))),
+    }
+}
+
+/// A child element of the one being walked, with where its text starts in the input.
+struct Child {
+    ns_hook: bool,
+    ns_forward: bool,
+    ns_client: bool,
+    start: BytesStart<'static>,
+    empty: bool,
+    offset: usize,
+}
+
+/// Walks one element's children with an [`NsReader`], keeping byte offsets so inner stanzas can
+/// be handed over verbatim.
+struct Walker<'i> {
+    text: &'i str,
+    reader: NsReader<&'i [u8]>,
+}
+
+impl<'i> Walker<'i> {
+    fn new(text: &'i str) -> Walker<'i> {
+        Walker {
+            text,
+            reader: NsReader::from_str(text),
+        }
+    }
+
+    /// The next child element of the current element, or `None` at its end tag (or at the end
+    /// of input when walking the top level).
+    fn next_child(&mut self) -> Result<Option<Child>, HookError> {
+        loop {
+            let offset = self.reader.buffer_position() as usize;
+            let (ns, event) = self.reader.read_resolved_event().map_err(xml_err)?;
+            let (start, empty) = match event {
+                Event::Start(s) => (s.into_owned(), false),
+                Event::Empty(s) => (s.into_owned(), true),
+                Event::End(_) | Event::Eof => return Ok(None),
+                Event::DocType(_) => return Err(HookError::Xml("DTD not allowed".into())),
+                _ => continue, // text, comments, declarations carry nothing here
+            };
+            return Ok(Some(Child {
+                ns_hook: is_ns(&ns, NS_HOOK),
+                ns_forward: is_ns(&ns, NS_FORWARD),
+                ns_client: is_ns(&ns, NS_CLIENT),
+                start,
+                empty,
+                offset,
+            }));
+        }
+    }
+
+    /// Consumes the rest of `child` (its content and end tag); returns its whole text.
+    fn finish(&mut self, child: &Child) -> Result<&'i str, HookError> {
+        if !child.empty {
+            let name = child.start.name().as_ref().to_string();
+            self.reader.read_to_end(QName(&name)).map_err(xml_err)?;
+        }
+        let end = self.reader.buffer_position() as usize;
+        Ok(&self.text[child.offset..end])
+    }
+
+    /// Inside `<forwarded>`: the verbatim `<message xmlns="jabber:client">`, if present.
+    fn forwarded_message(&mut self, forwarded: &Child) -> Result<Option<String>, HookError> {
+        let mut found = None;
+        if forwarded.empty {
+            return Ok(None);
+        }
+        while let Some(c) = self.next_child()? {
+            let text = self.finish(&c)?;
+            if found.is_none() && c.ns_client && c.start.local_name().as_ref() == "message" {
+                found = Some(text.to_string());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Walks the children of a hook element: `<session>`s and one `<forwarded>`.
+    fn hook_content(
+        &mut self,
+        element: &Child,
+    ) -> Result<(Vec<SessionInfo>, Option<String>), HookError> {
+        let mut sessions = Vec::new();
+        let mut message = None;
+        if element.empty {
+            return Ok((sessions, message));
+        }
+        while let Some(c) = self.next_child()? {
+            if c.ns_hook && c.start.local_name().as_ref() == "session" {
+                sessions.push(SessionInfo {
+                    jid: full_jid_attr(&c.start, "jid")?,
+                    device_id: attr(&c.start, "device-id")?,
+                });
+                self.finish(&c)?;
+            } else if c.ns_forward && c.start.local_name().as_ref() == "forwarded" {
+                let inner = self.forwarded_message(&c)?;
+                message = message.or(inner);
+            } else {
+                self.finish(&c)?;
+            }
+        }
+        Ok((sessions, message))
+    }
+
+    /// Opens the outer `<message>`, checks its sender and returns its hook child.
+    fn open(&mut self, expected_from: &str) -> Result<Child, HookError> {
+        check_well_formed(self.text)?;
+        let outer = self
+            .next_child()?
+            .ok_or_else(|| HookError::Xml("no element".into()))?;
+        let name = local_name(&outer.start);
+        if name != "message" || outer.ns_hook || outer.ns_forward || outer.empty {
+            return Err(HookError::NotMessage(name));
+        }
+        let from = attr(&outer.start, "from")?;
+        let same = from
+            .as_deref()
+            .is_some_and(|f| f.eq_ignore_ascii_case(expected_from));
+        if !same {
+            return Err(HookError::WrongSender {
+                from,
+                expected: expected_from.to_string(),
+            });
+        }
+        while let Some(c) = self.next_child()? {
+            if c.ns_hook {
+                return Ok(c);
+            }
+            self.finish(&c)?;
+        }
+        Err(HookError::NoHookElement)
+    }
+}
+
+impl HookEvent {
+    /// Parses one event `<message>` (as framed from the component stream). `host` is the XMPP
+    /// domain the module runs on: events from anyone else are refused.
+    pub fn parse(stanza: &str, host: &str) -> Result<HookEvent, HookError> {
+        let mut w = Walker::new(stanza);
+        let el = w.open(host)?;
+        let name = local_name(&el.start);
+        let event = match name.as_str() {
+            "available" => HookEvent::Available {
+                jid: full_jid_attr(&el.start, "jid")?,
+                device_id: attr(&el.start, "device-id")?,
+            },
+            "unavailable" => HookEvent::Unavailable {
+                jid: full_jid_attr(&el.start, "jid")?,
+            },
+            "routed" => {
+                let to = bare_jid_attr(&el.start, "to")?;
+                let archive_id = attr(&el.start, "archive-id")?;
+                let (sessions, message) = w.hook_content(&el)?;
+                HookEvent::Routed {
+                    to,
+                    archive_id,
+                    sessions: sessions.into_iter().map(|s| s.jid).collect(),
+                    message_xml: message.ok_or(HookError::MissingForwarded(name))?,
+                }
+            }
+            "sent" => {
+                let (_, message) = w.hook_content(&el)?;
+                HookEvent::Sent {
+                    message_xml: message.ok_or(HookError::MissingForwarded(name))?,
+                }
+            }
+            "snapshot" => HookEvent::Snapshot {
+                sessions: w.hook_content(&el)?.0,
+            },
+            _ => return Err(HookError::UnknownEvent(name)),
+        };
+        Ok(event)
+    }
+
+    /// Serialises the event as the module would send it; for tests and for other server modules.
+    pub fn to_xml(&self, host: &str, component: &str) -> Result<String, HookError> {
+        let body = match self {
+            HookEvent::Available { jid, device_id } => format!(
+                "<available xmlns=\"{NS_HOOK}\" jid=\"{}\"{}/>",
+                escape(jid.to_string()),
+                opt_attr("device-id", device_id.as_deref())
+            ),
+            HookEvent::Unavailable { jid } => format!(
+                "<unavailable xmlns=\"{NS_HOOK}\" jid=\"{}\"/>",
+                escape(jid.to_string())
+            ),
+            HookEvent::Routed {
+                to,
+                archive_id,
+                sessions,
+                message_xml,
+            } => {
+                let sessions: String = sessions
+                    .iter()
+                    .map(|s| format!("<session jid=\"{}\"/>", escape(s.to_string())))
+                    .collect();
+                format!(
+                    "<routed xmlns=\"{NS_HOOK}\" to=\"{}\"{}>{sessions}{}</routed>",
+                    escape(to.to_string()),
+                    opt_attr("archive-id", archive_id.as_deref()),
+                    forwarded(message_xml)?
+                )
+            }
+            HookEvent::Sent { message_xml } => {
+                format!(
+                    "<sent xmlns=\"{NS_HOOK}\">{}</sent>",
+                    forwarded(message_xml)?
+                )
+            }
+            HookEvent::Snapshot { sessions } => {
+                let sessions: String = sessions
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "<session jid=\"{}\"{}/>",
+                            escape(s.jid.to_string()),
+                            opt_attr("device-id", s.device_id.as_deref())
+                        )
+                    })
+                    .collect();
+                format!("<snapshot xmlns=\"{NS_HOOK}\">{sessions}</snapshot>")
+            }
+        };
+        Ok(envelope(host, component, &body))
+    }
+}
+
+impl HookCommand {
+    /// Serialises the command as the `<message>` readtrack sends on its component stream.
+    /// `stanza_xml` may lack a namespace (readtrack's writer emits none); `jabber:client` is
+    /// added here. Fails if it is not one `<message>` element.
+    pub fn to_xml(&self, component: &str, host: &str) -> Result<String, HookError> {
+        let body = match self {
+            HookCommand::Deliver { to, stanza_xml } => format!(
+                "<deliver xmlns=\"{NS_HOOK}\" to=\"{}\">{}</deliver>",
+                escape(to.to_string()),
+                forwarded(stanza_xml)?
+            ),
+            HookCommand::Send { stanza_xml } => {
+                format!(
+                    "<send xmlns=\"{NS_HOOK}\">{}</send>",
+                    forwarded(stanza_xml)?
+                )
+            }
+        };
+        Ok(envelope(component, host, &body))
+    }
+
+    /// Parses a command `<message>`, as the server module receives it from `component`.
+    /// The returned `stanza_xml` is the inner message verbatim, `xmlns="jabber:client"` included.
+    pub fn parse(stanza: &str, component: &str) -> Result<HookCommand, HookError> {
+        let mut w = Walker::new(stanza);
+        let el = w.open(component)?;
+        let name = local_name(&el.start);
+        let command = match name.as_str() {
+            "deliver" => {
+                let to = full_jid_attr(&el.start, "to")?;
+                let (_, message) = w.hook_content(&el)?;
+                HookCommand::Deliver {
+                    to,
+                    stanza_xml: message.ok_or(HookError::MissingForwarded(name))?,
+                }
+            }
+            "send" => {
+                let (_, message) = w.hook_content(&el)?;
+                HookCommand::Send {
+                    stanza_xml: message.ok_or(HookError::MissingForwarded(name))?,
+                }
+            }
+            _ => return Err(HookError::UnknownCommand(name)),
+        };
+        Ok(command)
+    }
+}
+
+fn opt_attr(name: &str, value: Option<&str>) -> String {
+    value.map_or_else(String::new, |v| format!(" {name}=\"{}\"", escape(v)))
+}
+
+fn envelope(from: &str, to: &str, body: &str) -> String {
+    // No namespace on the outer element: on a component stream `jabber:client` is not routed.
+    format!(
+        "<message from=\"{}\" to=\"{}\">{body}</message>",
+        escape(from),
+        escape(to)
+    )
+}
+
+fn forwarded(stanza_xml: &str) -> Result<String, HookError> {
+    Ok(format!(
+        "<forwarded xmlns=\"{NS_FORWARD}\">{}</forwarded>",
+        with_client_ns(stanza_xml)?
+    ))
+}
+
+/// `stanza_xml` with `xmlns="jabber:client"` on its top element, checked to be exactly one
+/// well-formed `<message>` (unprefixed, with no namespace or already `jabber:client`).
+pub fn with_client_ns(stanza_xml: &str) -> Result<Cow<'_, str>, HookError> {
+    let bad = || HookError::NotAMessage(stanza_xml.chars().take(80).collect());
+    let mut w = Walker::new(stanza_xml);
+    let top = w.next_child().map_err(|_| bad())?.ok_or_else(bad)?;
+    if top.start.name().as_ref() != "message" {
+        return Err(bad());
+    }
+    let has_ns = top
+        .start
+        .attributes()
+        .any(|a| a.map(|a| a.key.as_ref() == "xmlns").unwrap_or(false));
+    if has_ns && !top.ns_client {
+        return Err(bad());
+    }
+    w.finish(&top).map_err(|_| bad())?;
+    if w.next_child().map_err(|_| bad())?.is_some()
+        || !stanza_xml[w.reader.buffer_position() as usize..]
+            .trim()
+            .is_empty()
+    {
+        return Err(bad());
+    }
+    if top.ns_client {
+        return Ok(Cow::Borrowed(stanza_xml));
+    }
+    // Right after the name: the name was checked to be exactly `message`.
+    let at = top.offset + "<message".len();
+    let mut out = String::with_capacity(stanza_xml.len() + 24);
+    out.push_str(&stanza_xml[..at]);
+    out.push_str(" xmlns=\"jabber:client\"");
+    out.push_str(&stanza_xml[at..]);
+    Ok(Cow::Owned(out))
+}
+
+/// Is `stanza` a hook message (any event or command) rather than ordinary traffic? Cheap check
+/// for the component's dispatcher: true if the top element has a child in the hook namespace.
+pub fn is_hook(stanza: &str) -> bool {
+    let mut w = Walker::new(stanza);
+    match w.next_child() {
+        Ok(Some(top)) if !top.empty => {
+            while let Ok(Some(c)) = w.next_child() {
+                if c.ns_hook {
+                    return true;
+                }
+                if w.finish(&c).is_err() {
+                    return false;
+                }
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST: &str = "localhost";
+    const COMP: &str = "readtrack.localhost";
+
+    fn jid(s: &str) -> Jid {
+        Jid::parse(s).unwrap()
+    }
+
+    fn fixture(name: &str) -> String {
+        let path = format!(
+            "{}/tests/fixtures/hooks/{name}.xml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn parses_available_from_prosody() {
+        // Exactly what Prosody 0.12 wrote on the component stream in tests/prosody_module.rs.
+        let xml = "<message from='localhost' to='readtrack.localhost'><available jid='alice@localhost/phone' xmlns='urn:readtrack:hook:0'/></message>";
+        assert_eq!(
+            HookEvent::parse(xml, HOST).unwrap(),
+            HookEvent::Available {
+                jid: jid("alice@localhost/phone"),
+                device_id: None
+            }
+        );
+    }
+
+    #[test]
+    fn parses_fixtures() {
+        assert_eq!(
+            HookEvent::parse(&fixture("available"), HOST).unwrap(),
+            HookEvent::Available {
+                jid: jid("bob@localhost/Spark 2.6.3#android"),
+                device_id: Some("a1b2c3".into())
+            }
+        );
+        assert_eq!(
+            HookEvent::parse(&fixture("unavailable"), HOST).unwrap(),
+            HookEvent::Unavailable {
+                jid: jid("bob@localhost/phone")
+            }
+        );
+        assert_eq!(
+            HookEvent::parse(&fixture("routed"), HOST).unwrap(),
+            HookEvent::Routed {
+                to: jid("bob@localhost"),
+                archive_id: Some("NgaSxP0KLmjNp2nP".into()),
+                sessions: vec![jid("bob@localhost/phone"), jid("bob@localhost/laptop")],
+                message_xml: "<message xmlns='jabber:client' id='V4NkR-38' type='chat' from='alice@localhost/Spark 2.6.3' to='bob@localhost'>\n        <body>{&quot;cnt&quot;:&quot;hello&quot;,&quot;msgTypec&quot;:&quot;10000&quot;}</body>\n        <thread>P2J5R2</thread>\n      </message>".into(),
+            }
+        );
+        assert_eq!(
+            HookEvent::parse(&fixture("routed-offline"), HOST).unwrap(),
+            HookEvent::Routed {
+                to: jid("bob@localhost"),
+                archive_id: None,
+                sessions: vec![],
+                message_xml: "<message xmlns='jabber:client' id='m2' type='chat' from='alice@localhost/phone' to='bob@localhost'><body>later</body></message>".into(),
+            }
+        );
+        assert_eq!(
+            HookEvent::parse(&fixture("sent-receipt"), HOST).unwrap(),
+            HookEvent::Sent {
+                message_xml: "<message xmlns='jabber:client' id='V4NkR-38' type='crs' from='bob@localhost/phone' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>".into(),
+            }
+        );
+        assert_eq!(
+            HookEvent::parse(&fixture("snapshot"), HOST).unwrap(),
+            HookEvent::Snapshot {
+                sessions: vec![
+                    SessionInfo {
+                        jid: jid("alice@localhost/phone"),
+                        device_id: None
+                    },
+                    SessionInfo {
+                        jid: jid("bob@localhost/laptop"),
+                        device_id: Some("dev-7".into())
+                    },
+                ]
+            }
+        );
+        assert_eq!(
+            HookEvent::parse(&fixture("snapshot-empty"), HOST).unwrap(),
+            HookEvent::Snapshot { sessions: vec![] }
+        );
+        assert_eq!(
+            HookCommand::parse(&fixture("deliver"), COMP).unwrap(),
+            HookCommand::Deliver {
+                to: jid("bob@localhost/laptop"),
+                stanza_xml: "<message xmlns=\"jabber:client\" id=\"HncqL-65\" type=\"chat\" from=\"alice@localhost/phone\" to=\"bob@localhost\"><body>hi</body><offline xmlns=\"urn:xmpp:offline\" current=\"2013-12-25T06:26:45.501Z\"/></message>".into(),
+            }
+        );
+        assert_eq!(
+            HookCommand::parse(&fixture("send"), COMP).unwrap(),
+            HookCommand::Send {
+                stanza_xml: "<message xmlns=\"jabber:client\" id=\"V4NkR-38\" type=\"crs\" from=\"localhost\" to=\"alice@localhost/phone\"><body>{\"time\":\"2013-11-20T06:42:23.761Z\",\"msgType\":\"10013\"}</body></message>".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn command_round_trip_adds_client_namespace() {
+        let deliver = HookCommand::Deliver {
+            to: jid("bob@localhost/phone"),
+            stanza_xml: "<message id=\"a&amp;1\" from=\"alice@localhost/x\" to=\"bob@localhost\"><body>1 &lt; 2</body></message>".into(),
+        };
+        let xml = deliver.to_xml(COMP, HOST).unwrap();
+        assert_eq!(
+            xml,
+            "<message from=\"readtrack.localhost\" to=\"localhost\"><deliver xmlns=\"urn:readtrack:hook:0\" to=\"bob@localhost/phone\"><forwarded xmlns=\"urn:xmpp:forward:0\"><message xmlns=\"jabber:client\" id=\"a&amp;1\" from=\"alice@localhost/x\" to=\"bob@localhost\"><body>1 &lt; 2</body></message></forwarded></deliver></message>"
+        );
+        let parsed = HookCommand::parse(&xml, COMP).unwrap();
+        assert_eq!(
+            parsed,
+            HookCommand::Deliver {
+                to: jid("bob@localhost/phone"),
+                stanza_xml: "<message xmlns=\"jabber:client\" id=\"a&amp;1\" from=\"alice@localhost/x\" to=\"bob@localhost\"><body>1 &lt; 2</body></message>".into(),
+            }
+        );
+        // Already namespaced: written unchanged, so the round trip is a fixed point.
+        assert_eq!(parsed.to_xml(COMP, HOST).unwrap(), xml);
+
+        let send = HookCommand::Send {
+            stanza_xml:
+                "<message type=\"crs\" id=\"x\" from=\"localhost\" to=\"alice@localhost/a\"/>"
+                    .into(),
+        };
+        let xml = send.to_xml(COMP, HOST).unwrap();
+        assert_eq!(
+            HookCommand::parse(&xml, COMP).unwrap(),
+            HookCommand::Send {
+                stanza_xml: "<message xmlns=\"jabber:client\" type=\"crs\" id=\"x\" from=\"localhost\" to=\"alice@localhost/a\"/>".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn event_round_trip() {
+        let events = [
+            HookEvent::Available {
+                jid: jid("a@localhost/r"),
+                device_id: Some("d\"1".into()),
+            },
+            HookEvent::Unavailable {
+                jid: jid("a@localhost/r"),
+            },
+            HookEvent::Routed {
+                to: jid("b@localhost"),
+                archive_id: Some("x1".into()),
+                sessions: vec![jid("b@localhost/1"), jid("b@localhost/2")],
+                message_xml: "<message xmlns=\"jabber:client\" type=\"chat\"><body>hi</body></message>".into(),
+            },
+            HookEvent::Routed {
+                to: jid("b@localhost"),
+                archive_id: None,
+                sessions: vec![],
+                message_xml: "<message xmlns=\"jabber:client\"><body>hi</body></message>".into(),
+            },
+            HookEvent::Sent {
+                message_xml: "<message xmlns=\"jabber:client\" type=\"crs\" to=\"localhost\"><offline xmlns=\"urn:xmpp:offline\"/></message>".into(),
+            },
+            HookEvent::Snapshot {
+                sessions: vec![SessionInfo {
+                    jid: jid("a@localhost/r"),
+                    device_id: None,
+                }],
+            },
+            HookEvent::Snapshot { sessions: vec![] },
+        ];
+        for event in events {
+            let xml = event.to_xml(HOST, COMP).unwrap();
+            assert_eq!(HookEvent::parse(&xml, HOST).unwrap(), event, "{xml}");
+            assert!(is_hook(&xml));
+        }
+    }
+
+    #[test]
+    fn ignores_other_children_and_whitespace() {
+        let xml = "<message from='localhost' to='readtrack.localhost'>\n  <x xmlns='other'><y/></x>\n  <unavailable xmlns='urn:readtrack:hook:0' jid='a@localhost/r'><extra/></unavailable>\n</message>";
+        assert_eq!(
+            HookEvent::parse(xml, HOST).unwrap(),
+            HookEvent::Unavailable {
+                jid: jid("a@localhost/r")
+            }
+        );
+        assert!(!is_hook(
+            "<message from='a@localhost/r' to='readtrack.localhost'><body>hi</body></message>"
+        ));
+    }
+
+    /// The hook element of a fixture, verbatim (fixtures declare its namespace on it).
+    fn hook_element(xml: &str) -> String {
+        let mut w = Walker::new(xml);
+        let _outer = w.next_child().unwrap().unwrap();
+        while let Some(c) = w.next_child().unwrap() {
+            let text = w.finish(&c).unwrap();
+            if c.ns_hook {
+                return text.to_string();
+            }
+        }
+        panic!("no hook element in {xml}");
+    }
+
+    fn xmllint(doc: &str) -> std::process::Output {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("doc.xml");
+        std::fs::write(&file, doc).unwrap();
+        let schema = format!("{}/schema/hooks.xsd", env!("CARGO_MANIFEST_DIR"));
+        std::process::Command::new("xmllint")
+            .args(["--noout", "--schema", &schema])
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("xmllint ({e}): install it: apt-get install -y libxml2-utils")
+            })
+    }
+
+    #[test]
+    fn fixtures_validate_against_schema() {
+        let dir = format!("{}/tests/fixtures/hooks", env!("CARGO_MANIFEST_DIR"));
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 9, "fixtures in {dir}");
+        for path in names {
+            let element = hook_element(&std::fs::read_to_string(&path).unwrap());
+            let out = xmllint(&element);
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // The schema does reject things: a missing jid, a bare session JID, an unknown element.
+        for bad in [
+            "<available xmlns='urn:readtrack:hook:0'/>",
+            "<snapshot xmlns='urn:readtrack:hook:0'><session jid='a@localhost'/></snapshot>",
+            "<routed xmlns='urn:readtrack:hook:0' to='b@localhost'/>",
+            "<ping xmlns='urn:readtrack:hook:0'/>",
+        ] {
+            assert!(!xmllint(bad).status.success(), "schema accepted {bad}");
+        }
+    }
+
+    fn event_err(xml: &str) -> String {
+        HookEvent::parse(xml, HOST).unwrap_err().to_string()
+    }
+
+    fn wrap(inner: &str) -> String {
+        format!("<message from='localhost' to='readtrack.localhost'>{inner}</message>")
+    }
+
+    #[test]
+    fn invalid_events() {
+        assert_eq!(
+            event_err(&wrap("<ping xmlns='urn:readtrack:hook:0'/>")),
+            "unknown hook event <ping>"
+        );
+        assert_eq!(
+            event_err(&wrap("<available xmlns='urn:readtrack:hook:0'/>")),
+            "<available> has no jid attribute"
+        );
+        assert_eq!(
+            event_err(&wrap(
+                "<available xmlns='urn:readtrack:hook:0' jid='@localhost/r'/>"
+            )),
+            "<available jid>: JID \"@localhost/r\" has an empty localpart before '@'"
+        );
+        assert_eq!(
+            event_err(&wrap(
+                "<unavailable xmlns='urn:readtrack:hook:0' jid='a@localhost'/>"
+            )),
+            "<unavailable jid>: JID \"a@localhost\" has no resource, but a full JID is needed"
+        );
+        assert_eq!(
+            event_err(&wrap(
+                "<routed xmlns='urn:readtrack:hook:0' to='b@localhost/r'/>"
+            )),
+            "<routed to> must be a bare JID, got \"b@localhost/r\""
+        );
+        assert_eq!(
+            event_err(&wrap("<routed xmlns='urn:readtrack:hook:0' to='b@localhost'><session jid='b@localhost'/></routed>")),
+            "<session jid>: JID \"b@localhost\" has no resource, but a full JID is needed"
+        );
+        // The inner message must be in jabber:client, or it is the forward namespace's <message>.
+        assert_eq!(
+            event_err(&wrap("<sent xmlns='urn:readtrack:hook:0'><forwarded xmlns='urn:xmpp:forward:0'><message/></forwarded></sent>")),
+            "<sent> has no <forwarded xmlns=\"urn:xmpp:forward:0\"><message xmlns=\"jabber:client\">"
+        );
+        assert_eq!(
+            event_err(&wrap("<body>hi</body>")),
+            "hook message has no element in urn:readtrack:hook:0"
+        );
+        assert_eq!(
+            event_err("<message from='alice@localhost/r' to='readtrack.localhost'><available xmlns='urn:readtrack:hook:0' jid='a@localhost/r'/></message>"),
+            "hook message from Some(\"alice@localhost/r\") is not from \"localhost\""
+        );
+        assert_eq!(
+            event_err("<message to='readtrack.localhost'><available xmlns='urn:readtrack:hook:0' jid='a@localhost/r'/></message>"),
+            "hook message from None is not from \"localhost\""
+        );
+        assert_eq!(
+            event_err("<iq from='localhost' type='get'><query/></iq>"),
+            "hook stanza is <iq>, expected <message>"
+        );
+        assert_eq!(
+            event_err(&wrap("<available xmlns='urn:readtrack:hook:0' jid='a@localhost/r'>")),
+            "malformed hook stanza: ill-formed document: expected `</available>`, but `</message>` was found"
+        );
+        assert_eq!(
+            event_err("<message from='localhost'><available xmlns='urn:readtrack:hook:0' jid='a@localhost/r'/>"),
+            "malformed hook stanza: 1 element(s) not closed"
+        );
+        assert_eq!(
+            event_err(&format!("{}<x/>", fixture("snapshot-empty"))),
+            "malformed hook stanza: 2 top-level elements, expected 1"
+        );
+    }
+
+    #[test]
+    fn invalid_commands() {
+        assert_eq!(
+            HookCommand::parse(&fixture("deliver"), "evil.localhost")
+                .unwrap_err()
+                .to_string(),
+            "hook message from Some(\"readtrack.localhost\") is not from \"evil.localhost\""
+        );
+        assert_eq!(
+            HookCommand::parse(
+                "<message from='readtrack.localhost' to='localhost'><kick xmlns='urn:readtrack:hook:0'/></message>",
+                COMP
+            )
+            .unwrap_err()
+            .to_string(),
+            "unknown hook command <kick>"
+        );
+        let not_message = HookCommand::Send {
+            stanza_xml: "<presence/>".into(),
+        };
+        assert_eq!(
+            not_message.to_xml(COMP, HOST).unwrap_err().to_string(),
+            "stanza to forward is not a single <message> element: \"<presence/>\""
+        );
+        for bad in [
+            "<message xmlns='jabber:server'/>",
+            "<message/><message/>",
+            "<message>",
+            "<messages/>",
+            "text",
+        ] {
+            assert!(
+                matches!(with_client_ns(bad), Err(HookError::NotAMessage(_))),
+                "{bad}"
+            );
+        }
+    }
+}

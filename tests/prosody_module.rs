@@ -1,0 +1,593 @@
+//! mod_readtrack against a real Prosody on loopback, driven and observed through a raw XEP-0114
+//! component (no readtrack process) and real c2s clients.
+
+mod common;
+
+use common::*;
+use readtrack::jid::Jid;
+use readtrack::stanza::hooks::{HookEvent, SessionInfo};
+
+const HOOK: &str = "urn:readtrack:hook:0";
+
+fn jid(s: &str) -> Jid {
+    Jid::parse(s).unwrap()
+}
+
+fn server(users: &[&str]) -> Prosody {
+    let p = Prosody::start(ProsodyOpts::default());
+    for u in users {
+        p.register(u, "pw");
+    }
+    p
+}
+
+/// Connects the raw component and consumes the snapshot it is greeted with.
+async fn component(p: &Prosody) -> (RawComponent, Vec<SessionInfo>) {
+    let mut comp = p.connect_component().await;
+    match next_event(&mut comp, "snapshot", |e| {
+        matches!(e, HookEvent::Snapshot { .. })
+    })
+    .await
+    {
+        HookEvent::Snapshot { mut sessions } => {
+            sessions.sort_by(|a, b| a.jid.cmp(&b.jid));
+            (comp, sessions)
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// The first hook event matching `pred`; other events stay queued. Anything the component
+/// receives that is not a valid event from the host fails the test.
+async fn next_event(
+    comp: &mut RawComponent,
+    what: &str,
+    pred: impl Fn(&HookEvent) -> bool,
+) -> HookEvent {
+    let xml = comp
+        .expect(what, WAIT, |s| {
+            let event = HookEvent::parse(s, DOMAIN)
+                .unwrap_or_else(|e| panic!("component got a non-event ({e}): {s}"));
+            pred(&event)
+        })
+        .await;
+    HookEvent::parse(&xml, DOMAIN).unwrap()
+}
+
+async fn online(p: &Prosody, user: &str, resource: &str) -> Client {
+    let mut c = p.client(user, "pw", resource).await;
+    c.send_presence().await;
+    c
+}
+
+/// Online and known to be available: waits for the module's <available> event, so what the
+/// test sends next cannot race the session's initial presence.
+async fn available(p: &Prosody, comp: &mut RawComponent, user: &str, resource: &str) -> Client {
+    let c = online(p, user, resource).await;
+    let full = jid(&c.jid);
+    next_event(
+        comp,
+        &format!("available {full}"),
+        |e| matches!(e, HookEvent::Available { jid, .. } if *jid == full),
+    )
+    .await;
+    c
+}
+
+fn chat(id: &str, to: &str, body: &str) -> String {
+    format!("<message id='{id}' type='chat' to='{to}'><body>{body}</body></message>")
+}
+
+fn routed_for(id: &str) -> impl Fn(&HookEvent) -> bool + '_ {
+    move |e| matches!(e, HookEvent::Routed { message_xml, .. } if attr(message_xml, "id").as_deref() == Some(id))
+}
+
+fn routed_sessions(event: HookEvent) -> (Jid, Vec<Jid>, String) {
+    match event {
+        HookEvent::Routed {
+            to,
+            mut sessions,
+            message_xml,
+            archive_id: _,
+        } => {
+            sessions.sort();
+            (to, sessions, message_xml)
+        }
+        other => panic!("expected routed, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_carry_full_jids() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, snapshot) = component(&p).await;
+    assert_eq!(snapshot, vec![]);
+
+    let mut alice = p.client("alice", "pw", "phone").await;
+    // Bound but silent: a device is not available before its initial presence.
+    assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+    alice.send_presence().await;
+    assert_eq!(
+        next_event(&mut comp, "available", |_| true).await,
+        HookEvent::Available {
+            jid: jid("alice@localhost/phone"),
+            device_id: None
+        }
+    );
+    alice.send_raw("<presence type='unavailable'/>").await;
+    assert_eq!(
+        next_event(&mut comp, "unavailable", |_| true).await,
+        HookEvent::Unavailable {
+            jid: jid("alice@localhost/phone")
+        }
+    );
+    // The unbind that follows does not repeat it.
+    alice.close().await;
+    assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+
+    // A session that never became available still reports that it is gone.
+    let mut bob = p.client("bob", "pw", "laptop").await;
+    bob.close().await;
+    assert_eq!(
+        next_event(&mut comp, "unavailable", |_| true).await,
+        HookEvent::Unavailable {
+            jid: jid("bob@localhost/laptop")
+        }
+    );
+
+    // A dropped connection (no stream close) unbinds too.
+    let bob = online(&p, "bob", "phone").await;
+    next_event(&mut comp, "available", |_| true).await;
+    drop(bob.conn);
+    assert_eq!(
+        next_event(&mut comp, "unavailable", |_| true).await,
+        HookEvent::Unavailable {
+            jid: jid("bob@localhost/phone")
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_lists_exactly_the_sessions_written_to() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob1 = available(&p, &mut comp, "bob", "b1").await;
+
+    alice.send_raw(&chat("m1", "bob@localhost", "one")).await;
+    let (to, sessions, xml) =
+        routed_sessions(next_event(&mut comp, "routed m1", routed_for("m1")).await);
+    assert_eq!(to, jid("bob@localhost"));
+    assert_eq!(sessions, vec![jid("bob@localhost/b1")]);
+    assert_eq!(attr(&xml, "xmlns").as_deref(), Some("jabber:client"));
+    assert_eq!(attr(&xml, "from").as_deref(), Some("alice@localhost/phone"));
+    assert_eq!(attr(&xml, "to").as_deref(), Some("bob@localhost"));
+    assert!(xml.contains("<body>one</body>"), "{xml}");
+    let got = bob1
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("m1"))
+        .await;
+    assert!(got.contains("<body>one</body>"), "{got}");
+
+    let mut bob2 = available(&p, &mut comp, "bob", "b2").await;
+    alice.send_raw(&chat("m2", "bob@localhost", "two")).await;
+    let (_, sessions, _) =
+        routed_sessions(next_event(&mut comp, "routed m2", routed_for("m2")).await);
+    assert_eq!(
+        sessions,
+        vec![jid("bob@localhost/b1"), jid("bob@localhost/b2")]
+    );
+    bob1.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("m2"))
+        .await;
+    bob2.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("m2"))
+        .await;
+
+    // Addressed to one resource: written to that one only.
+    alice
+        .send_raw(&chat("m3", "bob@localhost/b2", "three"))
+        .await;
+    let (to, sessions, _) =
+        routed_sessions(next_event(&mut comp, "routed m3", routed_for("m3")).await);
+    assert_eq!(to, jid("bob@localhost"));
+    assert_eq!(sessions, vec![jid("bob@localhost/b2")]);
+    bob2.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("m3"))
+        .await;
+    assert_eq!(bob1.messages_within(QUIET).await, Vec::<String>::new());
+
+    // The sender's own message is reported as <sent>, stamped with its full JID.
+    match next_event(&mut comp, "sent m1", |e| {
+        matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some("m1"))
+    })
+    .await
+    {
+        HookEvent::Sent { message_xml } => {
+            assert_eq!(attr(&message_xml, "from").as_deref(), Some("alice@localhost/phone"));
+            assert_eq!(attr(&message_xml, "xmlns").as_deref(), Some("jabber:client"));
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_user_gets_routed_without_sessions_and_no_offline_storage() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+
+    alice
+        .send_raw(&chat("off1", "bob@localhost", "while away"))
+        .await;
+    let (to, sessions, xml) =
+        routed_sessions(next_event(&mut comp, "routed off1", routed_for("off1")).await);
+    assert_eq!(to, jid("bob@localhost"));
+    assert_eq!(sessions, Vec::<Jid>::new());
+    assert!(xml.contains("<body>while away</body>"), "{xml}");
+    // Claimed, not bounced: the sender hears nothing from Prosody.
+    assert_eq!(alice.messages_within(QUIET).await, Vec::<String>::new());
+
+    // mod_offline kept nothing: bob's first device gets nothing from Prosody itself.
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    assert_eq!(bob.messages_within(QUIET).await, Vec::<String>::new());
+
+    // A message to an account that does not exist is bounced by Prosody and not reported.
+    alice
+        .send_raw(&chat("nobody1", "nobody@localhost", "?"))
+        .await;
+    let err = alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("nobody1"))
+        .await;
+    assert_eq!(attr(&err, "type").as_deref(), Some("error"), "{err}");
+    let events = comp.drain(QUIET).await;
+    assert!(
+        events.iter().all(|e| !e.contains("<routed")),
+        "routed for a missing account: {events:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_component_mod_offline_works_as_usual() {
+    let p = server(&["alice", "bob"]);
+    let mut alice = online(&p, "alice", "phone").await;
+    alice
+        .send_raw(&chat("plain1", "bob@localhost", "stored by prosody"))
+        .await;
+    assert_eq!(alice.messages_within(QUIET).await, Vec::<String>::new());
+
+    let mut bob = online(&p, "bob", "phone").await;
+    let got = bob
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("plain1"))
+        .await;
+    assert!(got.contains("stored by prosody"), "{got}");
+    assert!(
+        got.contains("urn:xmpp:delay"),
+        "offline delivery carries a delay: {got}"
+    );
+
+    // Nothing was queued for the component meanwhile: it is greeted by the snapshot alone.
+    let (mut comp, snapshot) = component(&p).await;
+    assert_eq!(
+        snapshot
+            .iter()
+            .map(|s| s.jid.to_string())
+            .collect::<Vec<_>>(),
+        vec!["alice@localhost/phone", "bob@localhost/phone"]
+    );
+    assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_to_the_host_are_forwarded_and_consumed() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+
+    // Seed receipt (crs, status as text) and the system-message form (type chat, status attribute).
+    bob.send_raw("<message id='V4NkR-38' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>").await;
+    bob.send_raw("<message id='gJE6T-2' type='chat' to='localhost'><received xmlns='urn:xmpp:receipts' type='200'/></message>").await;
+    bob.send_raw("<message id='HncqL-65' type='crs' to='localhost'><offline xmlns='urn:xmpp:offline'/></message>").await;
+    for id in ["V4NkR-38", "gJE6T-2", "HncqL-65"] {
+        match next_event(&mut comp, id, |e| {
+            matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some(id))
+        })
+        .await
+        {
+            HookEvent::Sent { message_xml } => {
+                assert_eq!(attr(&message_xml, "from").as_deref(), Some("bob@localhost/phone"));
+                assert_eq!(attr(&message_xml, "to").as_deref(), Some("localhost"));
+            }
+            _ => unreachable!(),
+        }
+    }
+    // No service-unavailable (or anything else) back to bob.
+    assert_eq!(bob.messages_within(QUIET).await, Vec::<String>::new());
+
+    // A XEP-0184 receipt to a contact is reported and still delivered.
+    bob.send_raw("<message id='r1' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>").await;
+    next_event(&mut comp, "sent r1", |e| {
+        matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some("r1"))
+    })
+    .await;
+    alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("r1"))
+        .await;
+}
+
+fn deliver(to: &str, inner: &str) -> String {
+    format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><deliver xmlns='{HOOK}' to='{to}'>\
+         <forwarded xmlns='urn:xmpp:forward:0'>{inner}</forwarded></deliver></message>"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_reaches_exactly_the_named_session() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut b1 = available(&p, &mut comp, "bob", "b1").await;
+    let mut b2 = available(&p, &mut comp, "bob", "b2").await;
+
+    comp.send_raw(&deliver(
+        "bob@localhost/b2",
+        "<message xmlns='jabber:client' id='HncqL-65' type='chat' from='alice@localhost/phone' to='bob@localhost'>\
+         <body>replayed</body><offline xmlns='urn:xmpp:offline' current='2013-12-25T06:26:45.501Z'/></message>",
+    ))
+    .await;
+    let got = b2
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("HncqL-65"))
+        .await;
+    assert_eq!(attr(&got, "from").as_deref(), Some("alice@localhost/phone"));
+    assert_eq!(attr(&got, "to").as_deref(), Some("bob@localhost"));
+    assert!(
+        got.contains("<body>replayed</body>") && got.contains("urn:xmpp:offline"),
+        "{got}"
+    );
+    assert_eq!(b1.messages_within(QUIET).await, Vec::<String>::new());
+
+    // Gone session: dropped silently, nothing to anyone (readtrack replays later).
+    comp.send_raw(&deliver(
+        "bob@localhost/gone",
+        "<message xmlns='jabber:client' id='x1' from='alice@localhost/phone' to='bob@localhost'><body>x</body></message>",
+    ))
+    .await;
+    // Inner message without jabber:client: refused.
+    comp.send_raw(&deliver(
+        "bob@localhost/b1",
+        "<message id='x2' from='alice@localhost/phone' to='bob@localhost'><body>x</body></message>",
+    ))
+    .await;
+    // Another host's session: refused.
+    comp.send_raw(&deliver(
+        "bob@elsewhere/b1",
+        "<message xmlns='jabber:client' id='x3' from='alice@localhost/phone' to='bob@localhost'><body>x</body></message>",
+    ))
+    .await;
+    assert_eq!(b1.messages_within(QUIET).await, Vec::<String>::new());
+    assert_eq!(b2.messages_within(QUIET).await, Vec::<String>::new());
+    assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+    assert!(p
+        .log()
+        .contains("without <forwarded><message xmlns='jabber:client'>"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_routes_a_server_ack_as_the_host() {
+    let p = server(&["alice"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><send xmlns='{HOOK}'><forwarded xmlns='urn:xmpp:forward:0'>\
+         <message xmlns='jabber:client' id='V4NkR-38' type='crs' from='localhost' to='alice@localhost/phone'>\
+         <body>{{\"time\":\"2013-11-20T06:42:23.761Z\",\"msgType\":\"10013\"}}</body></message>\
+         </forwarded></send></message>"
+    ))
+    .await;
+    let ack = alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("V4NkR-38"))
+        .await;
+    assert_eq!(attr(&ack, "from").as_deref(), Some("localhost"));
+    assert_eq!(attr(&ack, "type").as_deref(), Some("crs"));
+    assert!(ack.contains("10013"), "{ack}");
+
+    // A <send> may not speak for a user.
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><send xmlns='{HOOK}'><forwarded xmlns='urn:xmpp:forward:0'>\
+         <message xmlns='jabber:client' id='forged' type='chat' from='bob@localhost/x' to='alice@localhost/phone'>\
+         <body>hi</body></message></forwarded></send></message>"
+    ))
+    .await;
+    assert_eq!(alice.messages_within(QUIET).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_from_clients_are_ignored() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+
+    alice
+        .send_raw(&format!(
+            "<message to='{DOMAIN}'><deliver xmlns='{HOOK}' to='bob@localhost/phone'>\
+             <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' id='evil' \
+             from='localhost' to='bob@localhost/phone'><body>trust me</body></message>\
+             </forwarded></deliver></message>"
+        ))
+        .await;
+    assert_eq!(bob.messages_within(QUIET).await, Vec::<String>::new());
+    assert!(
+        p.log()
+            .contains("Ignoring readtrack <deliver> from alice@localhost/phone (c2s)"),
+        "no log line for the refused command"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_component_gets_a_snapshot() {
+    let p = server(&["alice", "bob"]);
+    let mut alice = online(&p, "alice", "phone").await;
+    alice.sync().await;
+    let mut bob = p.client("bob", "pw", "laptop").await;
+
+    let (mut comp, snapshot) = component(&p).await;
+    assert_eq!(
+        snapshot,
+        vec![SessionInfo {
+            jid: jid("alice@localhost/phone"),
+            device_id: None
+        }]
+    );
+    comp.close().await;
+
+    // While disconnected events are dropped; the next snapshot has the news.
+    bob.send_presence().await;
+    bob.sync().await;
+    let (mut comp, snapshot) = component(&p).await;
+    assert_eq!(
+        snapshot
+            .iter()
+            .map(|s| s.jid.to_string())
+            .collect::<Vec<_>>(),
+        vec!["alice@localhost/phone", "bob@localhost/laptop"]
+    );
+    assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routed_carries_the_mam_archive_id() {
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["mam".into()],
+        ..ProsodyOpts::default()
+    });
+    p.register("alice", "pw");
+    p.register("bob", "pw");
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+
+    alice
+        .send_raw(&chat("mam1", "bob@localhost", "archived"))
+        .await;
+    // mod_mam swaps the stanza for a copy before delivery: the session must still be seen.
+    let archive_id = match next_event(&mut comp, "routed mam1", routed_for("mam1")).await {
+        HookEvent::Routed {
+            archive_id,
+            sessions,
+            ..
+        } => {
+            assert_eq!(sessions, vec![jid("bob@localhost/phone")]);
+            archive_id.expect("archive-id with mod_mam loaded")
+        }
+        _ => unreachable!(),
+    };
+    let archive_id_of_mam1 = archive_id.clone();
+    let got = bob
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("mam1"))
+        .await;
+    assert!(
+        got.contains(&format!("id='{archive_id}'")) && got.contains("by='bob@localhost'"),
+        "bob's copy should carry stanza-id {archive_id}: {got}"
+    );
+
+    // A stanza-id forged by the sender is stripped by mod_mam and never reported.
+    alice
+        .send_raw("<message id='mam2' type='chat' to='bob@localhost'><body>x</body><stanza-id xmlns='urn:xmpp:sid:0' by='bob@localhost' id='forged'/></message>")
+        .await;
+    // (0.12.3 lets the forged element through to bob, but appends the real one after it.)
+    match next_event(&mut comp, "routed mam2", routed_for("mam2")).await {
+        HookEvent::Routed { archive_id, .. } => {
+            let id = archive_id.expect("archive-id with mod_mam loaded");
+            assert_ne!(id, "forged");
+            assert_ne!(id, archive_id_of_mam1);
+        }
+        _ => unreachable!(),
+    }
+
+    // Offline recipient with mod_mam: still claimed from mod_offline, still archived.
+    bob.close().await;
+    next_event(&mut comp, "unavailable bob", |e| {
+        matches!(e, HookEvent::Unavailable { .. })
+    })
+    .await;
+    alice
+        .send_raw(&chat("mam3", "bob@localhost", "later"))
+        .await;
+    match next_event(&mut comp, "routed mam3", routed_for("mam3")).await {
+        HookEvent::Routed {
+            archive_id,
+            sessions,
+            ..
+        } => {
+            assert_eq!(sessions, Vec::<Jid>::new());
+            assert!(archive_id.is_some());
+        }
+        _ => unreachable!(),
+    }
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    assert_eq!(bob.messages_within(QUIET).await, Vec::<String>::new());
+}
+
+/// The hook element of an event as Prosody wrote it: the outer message's only child.
+fn hook_element(stanza: &str) -> &str {
+    let start = stanza.find('>').unwrap() + 1;
+    let end = stanza.rfind("</message>").unwrap();
+    &stanza[start..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_validate_against_the_schema() {
+    let p = server(&["alice", "bob"]);
+    let mut comp = p.connect_component().await;
+    let mut alice = online(&p, "alice", "phone").await;
+    alice.sync().await;
+    alice
+        .send_raw(&chat("v1", "bob@localhost", "to an offline user"))
+        .await;
+    let mut bob = online(&p, "bob", "phone").await;
+    bob.sync().await;
+    alice
+        .send_raw(&chat("v2", "bob@localhost", "to an online user"))
+        .await;
+    bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("v2"))
+        .await;
+    bob.send_raw("<message id='v2' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>").await;
+    bob.sync().await;
+    bob.close().await;
+
+    let mut seen = std::collections::BTreeSet::new();
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("{}/schema/hooks.xsd", env!("CARGO_MANIFEST_DIR"));
+    for (i, stanza) in comp.drain(QUIET * 2).await.iter().enumerate() {
+        let element = hook_element(stanza);
+        seen.insert(name(element).to_string());
+        let file = dir.path().join(format!("{i}.xml"));
+        std::fs::write(&file, element).unwrap();
+        let out = std::process::Command::new("xmllint")
+            .args(["--noout", "--schema", &schema])
+            .arg(&file)
+            .output()
+            .expect("xmllint: apt-get install -y libxml2-utils");
+        assert!(
+            out.status.success(),
+            "{element}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec!["available", "routed", "sent", "snapshot", "unavailable"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harness_restart_keeps_accounts_and_ports() {
+    let mut p = server(&["alice"]);
+    let port = p.c2s_port;
+    p.restart();
+    assert_eq!(p.c2s_port, port);
+    let mut alice = p.client("alice", "pw", "phone").await;
+    assert_eq!(alice.jid, "alice@localhost/phone");
+    alice.sync().await;
+    let (_comp, snapshot) = component(&p).await;
+    assert_eq!(snapshot, vec![]);
+}
