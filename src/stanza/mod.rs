@@ -10,6 +10,7 @@ pub mod write;
 
 pub use error::{FrameError, ParseError};
 pub use framer::{Frame, Framer, Limits};
+pub use parse::{parse_message, stanza_name, StanzaName};
 
 use crate::jid::Jid;
 use crate::time::Millis;
