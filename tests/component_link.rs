@@ -606,3 +606,91 @@ async fn an_idle_link_sends_a_whitespace_keepalive() {
     assert!(stats.keepalives >= 1);
     assert_eq!(stats.stanzas_out, 0);
 }
+
+#[tokio::test]
+async fn a_connection_that_lasted_resets_the_backoff() {
+    let server = FakeServer::start().await;
+    let mut config = config(&server.addr, SECRET);
+    config.backoff_max = Duration::from_millis(400);
+    let mut client = Client::start(config);
+    // Four connections dropped right after the handshake: nominal delays 20, 40, 80, 160 ms,
+    // so the next one would be 320 ms (at least 256 ms with jitter) without a reset.
+    for _ in 0..4 {
+        let mut conn = server.accept().await;
+        conn.accept_component("").await;
+        assert_eq!(client.event().await, LinkEvent::Connected);
+        drop(conn);
+        assert!(matches!(
+            client.event().await,
+            LinkEvent::Disconnected { .. }
+        ));
+    }
+    let mut conn = server.accept().await;
+    conn.accept_component("").await;
+    assert_eq!(client.event().await, LinkEvent::Connected);
+    // Holding the connection past backoff_max is the scenario, not a synchronisation.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(conn);
+    let dropped_at = Instant::now();
+    assert!(matches!(
+        client.event().await,
+        LinkEvent::Disconnected { .. }
+    ));
+    let _conn = server.accept().await;
+    let gap = dropped_at.elapsed();
+    // Reset: 16 to 24 ms. Timers never fire early, so no reset means at least 256 ms.
+    assert!(
+        gap < Duration::from_millis(200),
+        "reconnected after {gap:?}"
+    );
+    client.stop().await.0.unwrap();
+}
+
+#[tokio::test]
+async fn run_ends_when_nobody_takes_events() {
+    let server = FakeServer::start().await;
+    let mut client = Client::start(config(&server.addr, SECRET));
+    let mut conn = server.accept().await;
+    conn.accept_component("").await;
+    assert_eq!(client.event().await, LinkEvent::Connected);
+    client.events.close();
+    conn.send("<message id='nobody-listens'/>").await;
+    let result = timeout(PATIENCE, &mut client.handle)
+        .await
+        .expect("run did not end")
+        .unwrap();
+    result.unwrap();
+    assert_eq!(conn.frame().await, Some(Frame::StreamClose));
+    assert!(!server.connects_within(Duration::from_millis(200)).await);
+}
+
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_a_full_event_channel() {
+    let server = FakeServer::start().await;
+    let (events_tx, _events_never_read) = mpsc::channel(1);
+    let (_commands, commands_rx) = mpsc::channel(1);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let counters = Arc::new(LinkCounters::default());
+    let handle = tokio::spawn(run_with_counters(
+        config(&server.addr, SECRET),
+        events_tx,
+        commands_rx,
+        shutdown_rx,
+        counters.clone(),
+    ));
+    let mut conn = server.accept().await;
+    // Connected fills the channel, so the Disconnected that follows the drop cannot be sent.
+    conn.accept_component("").await;
+    drop(conn);
+    let deadline = Instant::now() + PATIENCE;
+    while counters.snapshot().disconnects == 0 {
+        assert!(Instant::now() < deadline, "the drop was never noticed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.send(true).unwrap();
+    timeout(Duration::from_secs(1), handle)
+        .await
+        .expect("run is stuck on the full event channel")
+        .unwrap()
+        .unwrap();
+}

@@ -104,3 +104,160 @@ impl ComponentError {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts() -> Vec<(ComponentError, &'static str)> {
+        let addr = || "127.0.0.1:5347".to_string();
+        let domain = || "readtrack.localhost".to_string();
+        vec![
+            (
+                ComponentError::Connect {
+                    addr: addr(),
+                    domain: domain(),
+                    source: io::Error::new(io::ErrorKind::ConnectionRefused, "refused"),
+                },
+                "could not connect to the server at 127.0.0.1:5347 for component \
+                 readtrack.localhost: refused",
+            ),
+            (
+                ComponentError::Timeout {
+                    addr: addr(),
+                    domain: domain(),
+                    after: Duration::from_millis(1500),
+                },
+                "the server at 127.0.0.1:5347 did not complete the handshake of component \
+                 readtrack.localhost within 1.5s",
+            ),
+            (
+                ComponentError::NotAuthorized {
+                    addr: addr(),
+                    domain: domain(),
+                },
+                "the server at 127.0.0.1:5347 refused the secret for component \
+                 readtrack.localhost (stream error not-authorized)",
+            ),
+            (
+                ComponentError::HostUnknown {
+                    addr: addr(),
+                    domain: domain(),
+                },
+                "the server at 127.0.0.1:5347 does not serve component readtrack.localhost \
+                 (stream error host-unknown); declare it as a Component in the server's \
+                 configuration",
+            ),
+            (
+                ComponentError::Conflict {
+                    addr: addr(),
+                    domain: domain(),
+                },
+                "the server at 127.0.0.1:5347 already has a connection for component \
+                 readtrack.localhost (stream error conflict); is another instance running?",
+            ),
+            (
+                ComponentError::StreamError {
+                    addr: addr(),
+                    domain: domain(),
+                    condition: "policy-violation".into(),
+                    text: None,
+                },
+                "the server at 127.0.0.1:5347 ended the stream of component readtrack.localhost \
+                 with stream error policy-violation",
+            ),
+            (
+                ComponentError::StreamError {
+                    addr: addr(),
+                    domain: domain(),
+                    condition: "system-shutdown".into(),
+                    text: Some("bye\nnow".into()),
+                },
+                "the server at 127.0.0.1:5347 ended the stream of component readtrack.localhost \
+                 with stream error system-shutdown: \"bye\\nnow\"",
+            ),
+            (
+                ComponentError::UnexpectedReply {
+                    addr: addr(),
+                    domain: domain(),
+                    element: "iq".into(),
+                },
+                "the server at 127.0.0.1:5347 answered the handshake of component \
+                 readtrack.localhost with <iq> instead of <handshake/>",
+            ),
+            (
+                ComponentError::MissingStreamId {
+                    addr: addr(),
+                    domain: domain(),
+                },
+                "the server at 127.0.0.1:5347 sent a stream header without an id to component \
+                 readtrack.localhost",
+            ),
+            (
+                ComponentError::Protocol {
+                    addr: addr(),
+                    domain: domain(),
+                    detail: "a second stream header",
+                },
+                "the server at 127.0.0.1:5347 broke the stream protocol of component \
+                 readtrack.localhost: a second stream header",
+            ),
+            (
+                ComponentError::Framing {
+                    addr: addr(),
+                    domain: domain(),
+                    source: FrameError::TooLarge { limit: 512 },
+                },
+                "the server at 127.0.0.1:5347 sent malformed XML to component \
+                 readtrack.localhost: stanza exceeds 512 bytes",
+            ),
+            (
+                ComponentError::ServerClosed {
+                    addr: addr(),
+                    domain: domain(),
+                },
+                "the server at 127.0.0.1:5347 closed the stream of component readtrack.localhost",
+            ),
+            (
+                ComponentError::ConnectionLost {
+                    addr: addr(),
+                    domain: domain(),
+                },
+                "the server at 127.0.0.1:5347 dropped the connection of component \
+                 readtrack.localhost",
+            ),
+            (
+                ComponentError::Io {
+                    addr: addr(),
+                    domain: domain(),
+                    source: io::Error::new(io::ErrorKind::BrokenPipe, "broken pipe"),
+                },
+                "I/O error on the connection of component readtrack.localhost to the server at \
+                 127.0.0.1:5347: broken pipe",
+            ),
+        ]
+    }
+
+    #[test]
+    fn exact_texts() {
+        for (err, text) in texts() {
+            assert_eq!(err.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn only_configuration_errors_are_fatal() {
+        let fatal: Vec<String> = texts()
+            .into_iter()
+            .filter(|(err, _)| err.is_fatal())
+            .map(|(_, text)| text.split(" (").next().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            fatal,
+            vec![
+                "the server at 127.0.0.1:5347 refused the secret for component readtrack.localhost",
+                "the server at 127.0.0.1:5347 does not serve component readtrack.localhost",
+            ]
+        );
+    }
+}

@@ -70,7 +70,10 @@ pub struct ComponentConfig {
     pub secret: Secret,
     /// Applied to everything the server sends, the stream header included.
     pub limits: Limits,
+    /// First reconnect delay; each failure doubles it, each delay is jittered by ±20%.
     pub backoff_initial: Duration,
+    /// Cap of the reconnect delay. A connection that stays up this long counts as healthy and
+    /// resets the delay to `backoff_initial`.
     pub backoff_max: Duration,
     /// Bounds the TCP connect and the whole handshake together.
     pub connect_timeout: Duration,

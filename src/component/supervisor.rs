@@ -81,7 +81,7 @@ pub async fn run_with_counters(
             Ok(mut established) => {
                 bump(&counters.connections);
                 tracing::info!(addr = %peer.addr, domain = %peer.domain, "connected to the XMPP server as a component");
-                if events.send(LinkEvent::Connected).await.is_err() {
+                if !announce(&events, LinkEvent::Connected, &mut shutdown).await {
                     let _ = timeout(
                         CLOSE_GRACE,
                         established.write.write_all(STREAM_CLOSE.as_bytes()),
@@ -110,10 +110,8 @@ pub async fn run_with_counters(
                             backoff.reset();
                         }
                         let reason = error.to_string();
-                        if events
-                            .send(LinkEvent::Disconnected { reason })
+                        if !announce(&events, LinkEvent::Disconnected { reason }, &mut shutdown)
                             .await
-                            .is_err()
                         {
                             return Ok(());
                         }
@@ -258,6 +256,20 @@ fn join_result<T>(result: Result<T, tokio::task::JoinError>) -> T {
         Ok(value) => value,
         Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
         Err(err) => panic!("component link task cancelled: {err}"),
+    }
+}
+
+/// Sends an event unless shutdown comes first: a caller that stopped taking events while
+/// shutting us down must not leave us blocked on a full channel. False means stop.
+async fn announce(
+    events: &mpsc::Sender<LinkEvent>,
+    event: LinkEvent,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        biased;
+        sent = events.send(event) => sent.is_ok(),
+        _ = shutdown_requested(shutdown) => false,
     }
 }
 
