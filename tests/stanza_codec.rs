@@ -888,6 +888,12 @@ fn body_line_ends_and_cdata_are_decoded() {
     )
     .unwrap();
     assert_eq!(msg.body.as_deref(), Some("a\nb\nc\r<x>&amp;😀"));
+    let zeros = "<message><body>&#x0000000000041;&#00000000066;</body></message>";
+    assert_eq!(
+        frame_all(zeros.as_bytes()),
+        Ok(vec![Frame::Stanza(zeros.into())])
+    );
+    assert_eq!(parse_message(zeros).unwrap().body.as_deref(), Some("AB"));
     assert_eq!(msg.thread.as_deref(), Some("t"));
 }
 

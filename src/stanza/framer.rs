@@ -108,8 +108,9 @@ enum Stream {
     Closed,
 }
 
-/// Longest reference accepted before the `;` (`&#x10FFFF;` and the predefined names fit easily).
-const MAX_REFERENCE: usize = 12;
+/// Longest reference accepted before the `;`: room for the predefined names and for numeric
+/// references with leading zeros, small enough that a stray `&` is reported near where it is.
+const MAX_REFERENCE: usize = 32;
 
 #[derive(Debug, Default)]
 pub struct Framer {
