@@ -7,6 +7,7 @@
 //! - [`store`]: the only user of sled: key layout, records, durability.
 //! - [`engine`]: the rules (DESIGN.md section 3) as a state machine over the store.
 
+pub mod component;
 pub mod config;
 pub mod engine;
 pub mod jid;
