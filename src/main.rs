@@ -1,4 +1,227 @@
-fn main() {
-    eprintln!("readtrack: the serve command arrives with the component");
-    std::process::exit(2);
+//! `readtrack`: the service (`serve`) and the operator CLI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::{mpsc, watch};
+
+use readtrack::admin::{self, AdminError, AdminSocket, Origin, Request, Response};
+use readtrack::component::{self, ComponentConfig, Secret};
+use readtrack::config::{Config, LogFormat};
+use readtrack::engine::Engine;
+use readtrack::service::Service;
+use readtrack::stanza::Limits;
+use readtrack::store::{Store, StoreOptions};
+
+#[derive(Parser)]
+#[command(name = "readtrack", version, about = "Multi-device read tracking and delivery receipts for XMPP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: connect to the XMPP server as a component and track cursors.
+    Serve {
+        /// Path of readtrack.toml.
+        #[arg(long, short, default_value = "readtrack.toml")]
+        config: PathBuf,
+    },
+    /// One row per device of a user: what it acked, what is unread and pending.
+    Cursors {
+        /// The user's bare JID.
+        jid: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The messages one device has not acked.
+    Unread {
+        jid: String,
+        /// Device key (or its last resource).
+        device: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A user's message log with each device's state.
+    Log {
+        jid: String,
+        /// Only messages with a seq above this.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Drops a device's cursor and delivery log (a lost phone).
+    Forget {
+        jid: String,
+        device: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Counters of the store and the service.
+    Stats {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// Path of readtrack.toml (finds the admin socket and the store).
+    #[arg(long, short, default_value = "readtrack.toml")]
+    config: PathBuf,
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A failure with the exit status it deserves: 2 for bad usage or input, 1 for everything else.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { status: 1, message: e.to_string() }
+    }
+}
+
+fn usage(message: impl std::fmt::Display) -> Failure {
+    Failure { status: 2, message: message.to_string() }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Cursors { jid, common } => admin(common, Request::Cursors { jid }),
+        Command::Unread { jid, device, limit, common } => admin(common, Request::Unread { jid, device, limit }),
+        Command::Log { jid, after, limit, common } => admin(common, Request::Log { jid, after, limit }),
+        Command::Forget { jid, device, common } => admin(common, Request::Forget { jid, device }),
+        Command::Stats { common } => admin(common, Request::Stats),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("readtrack: {}", f.message);
+            ExitCode::from(f.status)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(config_path: PathBuf) -> Result<(), Failure> {
+    // Everything readtrack creates (store files, admin socket) is private to its user.
+    // SAFETY: umask only changes the process's file creation mask; no memory is involved.
+    unsafe { libc::umask(0o077) };
+    let config = Config::load(&config_path).map_err(usage)?;
+    init_logging(config.log.format);
+    let secret = Secret::new(config.secret().map_err(usage)?);
+    let store_path = config.store_path();
+    let store = Store::open(&store_path, &StoreOptions { cache_bytes: config.store.cache_mb * 1024 * 1024 })?;
+    let engine = Engine::new(store, config.engine())?;
+    tracing::info!(domain = %config.xmpp.domain, component = %config.component(), server = %config.xmpp.connect, store = %store_path.display(), "readtrack starting");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            let _ = shutdown_tx.send(true);
+        });
+        let (event_tx, event_rx) = mpsc::channel(4096);
+        let (command_tx, command_rx) = mpsc::channel(4096);
+        let link_config = ComponentConfig::new(config.xmpp.connect.clone(), config.component(), secret, Limits::default());
+        let link = tokio::spawn(component::run(link_config, event_tx, command_rx, shutdown_rx.clone()));
+        let (query_tx, query_rx) = mpsc::channel(64);
+        let socket = AdminSocket::bind(&config.socket_path()).await?;
+        tracing::info!(socket = %config.socket_path().display(), "admin socket ready");
+        tokio::spawn(socket.serve(query_tx, std::time::Instant::now(), shutdown_rx.clone()));
+        let service = Service::new(engine, config.component(), command_tx);
+        // The service ends on shutdown, or when the link gives up (its event sender is dropped).
+        let engine = service.run(event_rx, query_rx, shutdown_rx).await?;
+        engine.close()?;
+        tracing::info!("store flushed");
+        match link.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failure::from(e)),
+            Err(e) => Err(Failure::from(format!("component task failed: {e}"))),
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// A CLI command: asks the running service over the admin socket; when no service answers, opens
+/// the store directly (sled's lock guarantees no service is using it).
+fn admin(common: Common, request: Request) -> Result<(), Failure> {
+    let config = Config::load(&common.config).map_err(usage)?;
+    let socket = config.socket_path();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let response = match runtime.block_on(admin::request(&socket, &request)) {
+        Ok(response) => response,
+        Err(AdminError::Unreachable { source: socket_error, .. }) => {
+            let store_path = config.store_path();
+            if !store_path.exists() {
+                return Err(Failure {
+                    status: 1,
+                    message: format!("no service answers at {} ({socket_error}) and there is no store at {}", socket.display(), store_path.display()),
+                });
+            }
+            let store = Store::open(&store_path, &StoreOptions::default()).map_err(|e| Failure {
+                status: 1,
+                message: format!("no service answers at {} ({socket_error}), and the store cannot be opened directly: {e}", socket.display()),
+            })?;
+            let mut engine = Engine::new(store, config.engine())?;
+            let response = admin::execute(&mut engine, &request, Origin::StoppedStore);
+            engine.close()?;
+            response
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match response {
+        Response::Ok { ok } => {
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&ok)?);
+            } else {
+                print!("{}", admin::table::render(&request, &ok));
+            }
+            Ok(())
+        }
+        Response::Err(f) => Err(Failure { status: f.status, message: f.error }),
+    }
 }

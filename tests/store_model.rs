@@ -382,9 +382,12 @@ fn second_process_lock_is_reported_with_the_path() {
     let err = Store::open(&path, &StoreOptions::default())
         .err()
         .expect("sled allows one opener");
-    assert!(
-        err.to_string()
-            .starts_with(&format!("cannot open store at {}: ", path.display())),
-        "{err}"
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "store at {} is in use by another process (sled allows one); \
+             if readtrack serve runs, use the CLI through its admin socket",
+            path.display()
+        )
     );
 }

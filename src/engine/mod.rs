@@ -9,6 +9,7 @@
 //! durable. Replays are not held: they are at-least-once and a lost one is sent again.
 
 mod devices;
+pub mod query;
 mod receipts;
 
 use std::str::FromStr;

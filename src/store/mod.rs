@@ -28,8 +28,13 @@ const META_SCHEMA: &[u8] = b"schema_version";
 const META_NEXT_USER: &[u8] = b"next_user_id";
 const META_COUNTERS: &[u8] = b"counters";
 
+/// How long [`Store::open`] waits for another holder of the store's lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("store at {path} is in use by another process (sled allows one); if readtrack serve runs, use the CLI through its admin socket")]
+    Locked { path: PathBuf },
     #[error("cannot open store at {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
     #[error("store at {path} has schema version {found}, this readtrack reads version {expected}; refusing to touch it")]
@@ -122,14 +127,7 @@ impl Store {
     /// directory that readtrack did not write, rather than overwrite it.
     pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(options.cache_bytes)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.clone(),
-                source,
-            })?;
+        let db = Self::open_db(&path, options)?;
         let tree = |name: &str| db.open_tree(name);
         let store = Store {
             meta: tree("meta")?,
@@ -147,6 +145,36 @@ impl Store {
         };
         store.check_schema()?;
         Ok(store)
+    }
+
+    /// sled releases its file lock a little after the last handle is dropped (its flusher
+    /// thread lets go asynchronously), and a restarting service can race its predecessor's exit,
+    /// so a held lock is retried for a short while before it is reported.
+    fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match sled::Config::new()
+                .path(path)
+                .cache_capacity(options.cache_bytes)
+                .open()
+            {
+                Ok(db) => return Ok(db),
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Locked {
+                            path: path.to_path_buf(),
+                        });
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(source) => {
+                    return Err(StoreError::Open {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     fn check_schema(&self) -> Result<()> {

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod readtrack;
+
 use std::fmt::Write as _;
 use std::net::{TcpListener, TcpStream as StdTcpStream};
 use std::path::{Path, PathBuf};
