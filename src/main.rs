@@ -11,11 +11,14 @@ use readtrack::component::{self, ComponentConfig, Secret};
 use readtrack::config::{Config, LogFormat};
 use readtrack::engine::Engine;
 use readtrack::service::Service;
-use readtrack::stanza::Limits;
 use readtrack::store::{Store, StoreOptions};
 
 #[derive(Parser)]
-#[command(name = "readtrack", version, about = "Multi-device read tracking and delivery receipts for XMPP")]
+#[command(
+    name = "readtrack",
+    version,
+    about = "Multi-device read tracking and delivery receipts for XMPP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,12 +92,18 @@ struct Failure {
 
 impl<E: std::fmt::Display> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure { status: 1, message: e.to_string() }
+        Failure {
+            status: 1,
+            message: e.to_string(),
+        }
     }
 }
 
 fn usage(message: impl std::fmt::Display) -> Failure {
-    Failure { status: 2, message: message.to_string() }
+    Failure {
+        status: 2,
+        message: message.to_string(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -102,9 +111,23 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Cursors { jid, common } => admin(common, Request::Cursors { jid }),
-        Command::Unread { jid, device, limit, common } => admin(common, Request::Unread { jid, device, limit }),
-        Command::Log { jid, after, limit, common } => admin(common, Request::Log { jid, after, limit }),
-        Command::Forget { jid, device, common } => admin(common, Request::Forget { jid, device }),
+        Command::Unread {
+            jid,
+            device,
+            limit,
+            common,
+        } => admin(common, Request::Unread { jid, device, limit }),
+        Command::Log {
+            jid,
+            after,
+            limit,
+            common,
+        } => admin(common, Request::Log { jid, after, limit }),
+        Command::Forget {
+            jid,
+            device,
+            common,
+        } => admin(common, Request::Forget { jid, device }),
         Command::Stats { common } => admin(common, Request::Stats),
     };
     match result {
@@ -117,8 +140,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -133,11 +159,19 @@ fn serve(config_path: PathBuf) -> Result<(), Failure> {
     init_logging(config.log.format);
     let secret = Secret::new(config.secret().map_err(usage)?);
     let store_path = config.store_path();
-    let store = Store::open(&store_path, &StoreOptions { cache_bytes: config.store.cache_mb * 1024 * 1024 })?;
+    let store = Store::open(
+        &store_path,
+        &StoreOptions {
+            cache_bytes: config.store.cache_mb * 1024 * 1024,
+        },
+    )?;
     let engine = Engine::new(store, config.engine())?;
     tracing::info!(domain = %config.xmpp.domain, component = %config.component(), server = %config.xmpp.connect, store = %store_path.display(), "readtrack starting");
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -147,8 +181,14 @@ fn serve(config_path: PathBuf) -> Result<(), Failure> {
         });
         let (event_tx, event_rx) = mpsc::channel(4096);
         let (command_tx, command_rx) = mpsc::channel(4096);
-        let link_config = ComponentConfig::new(config.xmpp.connect.clone(), config.component(), secret, Limits::default());
-        let link = tokio::spawn(component::run(link_config, event_tx, command_rx, shutdown_rx.clone()));
+        let link_config =
+            ComponentConfig::new(config.xmpp.connect.clone(), config.component(), secret);
+        let link = tokio::spawn(component::run(
+            link_config,
+            event_tx,
+            command_rx,
+            shutdown_rx.clone(),
+        ));
         let (query_tx, query_rx) = mpsc::channel(64);
         let socket = AdminSocket::bind(&config.socket_path()).await?;
         tracing::info!(socket = %config.socket_path().display(), "admin socket ready");
@@ -191,15 +231,24 @@ async fn wait_for_signal() {
 fn admin(common: Common, request: Request) -> Result<(), Failure> {
     let config = Config::load(&common.config).map_err(usage)?;
     let socket = config.socket_path();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let response = match runtime.block_on(admin::request(&socket, &request)) {
         Ok(response) => response,
-        Err(AdminError::Unreachable { source: socket_error, .. }) => {
+        Err(AdminError::Unreachable {
+            source: socket_error,
+            ..
+        }) => {
             let store_path = config.store_path();
             if !store_path.exists() {
                 return Err(Failure {
                     status: 1,
-                    message: format!("no service answers at {} ({socket_error}) and there is no store at {}", socket.display(), store_path.display()),
+                    message: format!(
+                        "no service answers at {} ({socket_error}) and there is no store at {}",
+                        socket.display(),
+                        store_path.display()
+                    ),
                 });
             }
             let store = Store::open(&store_path, &StoreOptions::default()).map_err(|e| Failure {
@@ -222,6 +271,9 @@ fn admin(common: Common, request: Request) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Response::Err(f) => Err(Failure { status: f.status, message: f.error }),
+        Response::Err(f) => Err(Failure {
+            status: f.status,
+            message: f.error,
+        }),
     }
 }

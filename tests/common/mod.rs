@@ -7,7 +7,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-pub mod readtrack;
+pub mod daemon;
 
 use std::fmt::Write as _;
 use std::net::{TcpListener, TcpStream as StdTcpStream};

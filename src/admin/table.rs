@@ -1,0 +1,194 @@
+//! Human-readable, aligned tables of the admin answers (the default output of the CLI).
+
+use serde_json::Value;
+
+use super::Request;
+
+/// Columns padded to their widest cell, two spaces apart; the last column is not padded.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Bool(true) => "yes".into(),
+        Value::Bool(false) => "no".into(),
+        other => other.to_string(),
+    }
+}
+
+fn cells(item: &Value, keys: &[&str]) -> Vec<String> {
+    keys.iter().map(|k| text(&item[*k])).collect()
+}
+
+fn items(v: &Value, key: &str) -> Vec<Value> {
+    v[key].as_array().cloned().unwrap_or_default()
+}
+
+/// Renders the answer to `request` for a person.
+pub fn render(request: &Request, answer: &Value) -> String {
+    match request {
+        Request::Cursors { .. } => {
+            let rows: Vec<_> = items(answer, "devices")
+                .iter()
+                .map(|d| {
+                    cells(
+                        d,
+                        &[
+                            "device",
+                            "resource",
+                            "acked_upto",
+                            "unread",
+                            "pending",
+                            "online",
+                            "last_seen",
+                        ],
+                    )
+                })
+                .collect();
+            format!(
+                "user {}  head {}\n{}",
+                text(&answer["user"]),
+                text(&answer["head"]),
+                table(
+                    &[
+                        "DEVICE",
+                        "RESOURCE",
+                        "ACKED_UPTO",
+                        "UNREAD",
+                        "PENDING",
+                        "ONLINE",
+                        "LAST_SEEN"
+                    ],
+                    &rows
+                )
+            )
+        }
+        Request::Unread { .. } => {
+            let rows: Vec<_> = items(answer, "messages")
+                .iter()
+                .map(|m| cells(m, &["seq", "time", "from", "id", "body"]))
+                .collect();
+            format!(
+                "user {}  device {}  unread {}\n{}",
+                text(&answer["user"]),
+                text(&answer["device"]),
+                text(&answer["unread"]),
+                table(&["SEQ", "TIME", "FROM", "ID", "BODY"], &rows)
+            )
+        }
+        Request::Log { .. } => {
+            let rows: Vec<_> = items(answer, "messages")
+                .iter()
+                .map(|m| {
+                    let mut row = cells(m, &["seq", "time", "from", "id", "receipt"]);
+                    let devices: Vec<String> = items(m, "devices")
+                        .iter()
+                        .map(|d| format!("{}={}", text(&d["device"]), text(&d["state"])))
+                        .collect();
+                    row.push(if devices.is_empty() {
+                        "-".into()
+                    } else {
+                        devices.join(" ")
+                    });
+                    row.push(text(&m["body"]));
+                    row
+                })
+                .collect();
+            format!(
+                "user {}  head {}\n{}",
+                text(&answer["user"]),
+                text(&answer["head"]),
+                table(
+                    &["SEQ", "TIME", "FROM", "ID", "RECEIPT", "DEVICES", "BODY"],
+                    &rows
+                )
+            )
+        }
+        Request::Forget { .. } => format!(
+            "forgot device {} of {}\n",
+            text(&answer["device"]),
+            text(&answer["user"])
+        ),
+        Request::Stats => {
+            let order = [
+                "service_running",
+                "uptime_secs",
+                "users",
+                "devices",
+                "messages",
+                "pending_timers",
+                "logged",
+                "replays",
+                "bounces",
+                "receipts_accepted",
+                "receipts_duplicate",
+                "receipts_rejected",
+                "store_bytes",
+            ];
+            let rows: Vec<_> = order
+                .iter()
+                .map(|k| vec![k.to_string(), text(&answer[*k])])
+                .collect();
+            table(&["STAT", "VALUE"], &rows)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligns_columns() {
+        let out = table(
+            &["A", "LONGER"],
+            &[
+                vec!["wide cell".into(), "x".into()],
+                vec!["y".into(), "z".into()],
+            ],
+        );
+        assert_eq!(out, "A          LONGER\nwide cell  x\ny          z\n");
+    }
+
+    #[test]
+    fn cursors_table() {
+        let answer = serde_json::json!({"user":"bob@localhost","head":3,"devices":[
+            {"device":"phone","resource":"phone","acked_upto":3,"unread":0,"pending":0,"online":true,"last_seen":"2026-11-25T08:00:00.000Z"}]});
+        let out = render(
+            &Request::Cursors {
+                jid: "bob@localhost".into(),
+            },
+            &answer,
+        );
+        assert_eq!(
+            out,
+            "user bob@localhost  head 3\n\
+             DEVICE  RESOURCE  ACKED_UPTO  UNREAD  PENDING  ONLINE  LAST_SEEN\n\
+             phone   phone     3           0       0        yes     2026-11-25T08:00:00.000Z\n"
+        );
+    }
+}

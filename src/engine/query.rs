@@ -1,0 +1,288 @@
+//! What the operator CLI shows: read-only views of cursors and logs, and `forget`. The same code
+//! runs inside the service (through the admin socket) and on a directly opened store.
+
+use serde::Serialize;
+
+use super::{Engine, EngineError, Result};
+use crate::jid::Jid;
+use crate::store::{DeviceNo, DeviceRecord, MessageRecord, ReceiptState, UserId};
+use crate::time::Millis;
+
+/// `readtrack cursors --json`: DESIGN.md section 5 (fields may be added, never renamed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserCursors {
+    pub user: String,
+    pub head: u64,
+    pub devices: Vec<DeviceCursor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceCursor {
+    pub device: String,
+    pub resource: String,
+    pub acked_upto: u64,
+    pub unread: u64,
+    pub pending: u64,
+    pub online: bool,
+    pub last_seen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageView {
+    pub seq: u64,
+    pub time: String,
+    pub from: String,
+    pub id: Option<String>,
+    pub body: Option<String>,
+}
+
+/// `readtrack unread --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnreadView {
+    pub user: String,
+    pub device: String,
+    pub unread: u64,
+    pub messages: Vec<MessageView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceState {
+    pub device: String,
+    /// `acked`, `pending` (written, not acked) or `unread`.
+    pub state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogEntry {
+    #[serde(flatten)]
+    pub message: MessageView,
+    /// `waiting`, `acked`, `bounced` or `not-required`.
+    pub receipt: &'static str,
+    pub devices: Vec<DeviceState>,
+}
+
+/// `readtrack log --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogView {
+    pub user: String,
+    pub head: u64,
+    pub messages: Vec<LogEntry>,
+}
+
+/// `readtrack stats --json` (the store part; the service adds uptime and liveness).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreStats {
+    pub users: u64,
+    pub devices: u64,
+    pub messages: u64,
+    pub pending_timers: u64,
+    pub logged: u64,
+    pub replays: u64,
+    pub bounces: u64,
+    pub receipts_accepted: u64,
+    pub receipts_duplicate: u64,
+    pub receipts_rejected: u64,
+    pub store_bytes: u64,
+}
+
+/// Why a query cannot answer: the operator asked for something that is not there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0:?} is not a JID: {1}")]
+    BadJid(String, String),
+    #[error("{0} is not a bare user JID (user@domain)")]
+    NotBare(String),
+    #[error("unknown user {0}")]
+    UnknownUser(String),
+    #[error("user {user} has no device {device:?} (devices: {known})")]
+    UnknownDevice {
+        user: String,
+        device: String,
+        known: String,
+    },
+}
+
+impl From<QueryError> for EngineError {
+    fn from(e: QueryError) -> Self {
+        EngineError::Rejected(e.to_string())
+    }
+}
+
+fn shorten(body: Option<String>, max: usize) -> Option<String> {
+    body.map(|b| {
+        if b.chars().count() > max {
+            format!("{}…", b.chars().take(max).collect::<String>())
+        } else {
+            b
+        }
+    })
+}
+
+fn view(m: &MessageRecord, body_max: usize) -> MessageView {
+    MessageView {
+        seq: m.seq,
+        time: Millis(m.logged_at).rfc3339(),
+        from: m.from.clone(),
+        id: m.msg_id.clone(),
+        body: shorten(m.body.clone(), body_max),
+    }
+}
+
+impl Engine {
+    fn user_of(&self, jid: &str) -> std::result::Result<(UserId, String), QueryError> {
+        let parsed =
+            Jid::parse(jid).map_err(|e| QueryError::BadJid(jid.to_string(), e.to_string()))?;
+        if parsed.local().is_none() || parsed.is_full() {
+            return Err(QueryError::NotBare(jid.to_string()));
+        }
+        let bare = parsed.bare_string();
+        match self.store.user_id(&bare) {
+            Ok(Some(id)) => Ok((id, bare)),
+            _ => Err(QueryError::UnknownUser(bare)),
+        }
+    }
+
+    fn device_of(
+        &self,
+        user: UserId,
+        bare: &str,
+        device: &str,
+    ) -> Result<(DeviceNo, DeviceRecord)> {
+        let devices = self.store.devices(user)?;
+        let known = devices
+            .iter()
+            .map(|(_, d)| d.key.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        devices
+            .iter()
+            .find(|(_, d)| d.key == device || d.resource == device)
+            .cloned()
+            .ok_or_else(|| {
+                QueryError::UnknownDevice {
+                    user: bare.to_string(),
+                    device: device.to_string(),
+                    known,
+                }
+                .into()
+            })
+    }
+
+    fn unread_count(head: u64, d: &DeviceRecord) -> u64 {
+        head.saturating_sub(d.acked_upto)
+            .saturating_sub(d.acked_above.len() as u64)
+    }
+
+    pub fn cursors(&self, jid: &str) -> Result<UserCursors> {
+        let (user, bare) = self.user_of(jid)?;
+        let head = self.store.user(user)?.head;
+        let mut devices = Vec::new();
+        for (no, d) in self.store.devices(user)? {
+            let pending = self.store.deliveries(user, no, u64::MAX)?.len() as u64;
+            devices.push(DeviceCursor {
+                device: d.key.clone(),
+                resource: d.resource.clone(),
+                acked_upto: d.acked_upto,
+                unread: Self::unread_count(head, &d),
+                pending,
+                online: d.online,
+                last_seen: Millis(d.last_seen).rfc3339(),
+            });
+        }
+        Ok(UserCursors {
+            user: bare,
+            head,
+            devices,
+        })
+    }
+
+    pub fn unread(&self, jid: &str, device: &str, limit: usize) -> Result<UnreadView> {
+        let (user, bare) = self.user_of(jid)?;
+        let (_, d) = self.device_of(user, &bare, device)?;
+        let head = self.store.user(user)?.head;
+        let mut messages = Vec::new();
+        for m in self.store.messages_after(user, d.acked_upto) {
+            let m = m?;
+            if messages.len() >= limit {
+                break;
+            }
+            if !d.is_acked(m.seq) {
+                messages.push(view(&m, 60));
+            }
+        }
+        Ok(UnreadView {
+            user: bare,
+            device: d.key.clone(),
+            unread: Self::unread_count(head, &d),
+            messages,
+        })
+    }
+
+    pub fn log(&self, jid: &str, after: u64, limit: usize) -> Result<LogView> {
+        let (user, bare) = self.user_of(jid)?;
+        let head = self.store.user(user)?.head;
+        let devices = self.store.devices(user)?;
+        let mut messages = Vec::new();
+        for m in self.store.messages_after(user, after).take(limit) {
+            let m = m?;
+            let mut states = Vec::new();
+            for (no, d) in &devices {
+                let state = if d.is_acked(m.seq) {
+                    "acked"
+                } else if self.store.delivery(user, *no, m.seq)?.is_some() {
+                    "pending"
+                } else {
+                    "unread"
+                };
+                states.push(DeviceState {
+                    device: d.key.clone(),
+                    state,
+                });
+            }
+            let receipt = match m.receipt {
+                ReceiptState::NotRequired => "not-required",
+                ReceiptState::Waiting { .. } => "waiting",
+                ReceiptState::Acked => "acked",
+                ReceiptState::Bounced => "bounced",
+            };
+            messages.push(LogEntry {
+                message: view(&m, 60),
+                receipt,
+                devices: states,
+            });
+        }
+        Ok(LogView {
+            user: bare,
+            head,
+            messages,
+        })
+    }
+
+    /// Drops a device's cursor and delivery log (a lost phone): it no longer holds anything back.
+    /// Returns the forgotten device key.
+    pub fn forget(&mut self, jid: &str, device: &str) -> Result<String> {
+        let (user, bare) = self.user_of(jid)?;
+        let (no, d) = self.device_of(user, &bare, device)?;
+        self.store.remove_device(user, no)?;
+        self.store.flush()?;
+        tracing::info!(user = %bare, device = %d.key, "device forgotten");
+        Ok(d.key)
+    }
+
+    pub fn store_stats(&self) -> Result<StoreStats> {
+        let c = &self.counters;
+        Ok(StoreStats {
+            users: self.store.user_count() as u64,
+            devices: self.store.device_count() as u64,
+            messages: self.store.message_count() as u64,
+            pending_timers: self.store.timer_count() as u64,
+            logged: c.messages_logged,
+            replays: c.replays,
+            bounces: c.bounces,
+            receipts_accepted: c.receipts_accepted,
+            receipts_duplicate: c.receipts_duplicate,
+            receipts_rejected: c.receipts_rejected,
+            store_bytes: self.store.size_on_disk()?,
+        })
+    }
+}

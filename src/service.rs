@@ -1,0 +1,211 @@
+//! The service loop of `readtrack serve`. One task owns the [`Engine`]: it takes hook events from
+//! the component link, applies them in batches, commits once per batch (group commit: one flush
+//! covers every message of the batch, then their acks go out), fires receipt timers, and answers
+//! admin queries. This is where the clock is read; the engine only receives `now`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::component::LinkEvent;
+use crate::engine::{Engine, EngineError, Input, Output};
+use crate::stanza::hooks::{HookCommand, HookEvent};
+use crate::stanza::{parse_message, write};
+use crate::time::Millis;
+
+/// How many link events one batch (one flush) takes at most.
+const BATCH: usize = 512;
+/// Longest sleep between two looks at the receipt timers.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// Counters of the service loop, readable from other tasks.
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    pub events: AtomicU64,
+    /// Stanzas from the server that were malformed or not in the hook vocabulary.
+    pub rejected_stanzas: AtomicU64,
+    /// Events the engine refused (wrong domain, no sender...).
+    pub rejected_inputs: AtomicU64,
+    pub commands: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+/// A request another task (the admin socket) runs against the engine, inside the loop.
+pub type Query = Box<dyn FnOnce(&mut Engine, Millis) + Send>;
+
+pub struct Service {
+    engine: Engine,
+    host: String,
+    component: String,
+    commands: mpsc::Sender<String>,
+    stats: Arc<ServiceStats>,
+}
+
+impl Service {
+    pub fn new(engine: Engine, component: String, commands: mpsc::Sender<String>) -> Service {
+        let host = engine.config().domain.clone();
+        Service {
+            engine,
+            host,
+            component,
+            commands,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<ServiceStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` turns true or the link ends; commits on the way out and gives the
+    /// engine back.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<LinkEvent>,
+        mut queries: mpsc::Receiver<Query>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<Engine, ServiceError> {
+        let mut pending: Vec<Output> = Vec::new();
+        loop {
+            let now = Millis::now();
+            // Timers are checked every turn, not only when idle, so a steady event flow cannot
+            // starve them.
+            if self.engine.next_deadline()?.is_some_and(|d| d <= now) {
+                pending.extend(self.engine.tick(now)?);
+                self.commit(&mut pending).await?;
+            }
+            let wait = self
+                .engine
+                .next_deadline()?
+                .map(|d| Duration::from_millis(d.0.saturating_sub(now.0)))
+                .unwrap_or(IDLE_TICK)
+                .min(IDLE_TICK);
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                event = events.recv() => {
+                    let Some(event) = event else { break };
+                    self.on_link(event, &mut pending)?;
+                    while pending.len() < BATCH * 4 {
+                        match events.try_recv() {
+                            Ok(event) => self.on_link(event, &mut pending)?,
+                            Err(_) => break,
+                        }
+                    }
+                    self.commit(&mut pending).await?;
+                }
+                query = queries.recv() => {
+                    if let Some(query) = query {
+                        query(&mut self.engine, Millis::now());
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        self.commit(&mut pending).await?;
+        Ok(self.engine)
+    }
+
+    fn on_link(&mut self, event: LinkEvent, pending: &mut Vec<Output>) -> Result<(), ServiceError> {
+        match event {
+            LinkEvent::Connected => {
+                tracing::info!(component = %self.component, "connected to the server; waiting for its session snapshot")
+            }
+            LinkEvent::Disconnected { reason } => {
+                tracing::warn!(%reason, "disconnected from the server; it falls back to its own offline handling")
+            }
+            LinkEvent::Stanza(stanza) => {
+                self.stats.events.fetch_add(1, Ordering::Relaxed);
+                let Some(input) = self.input(&stanza) else {
+                    return Ok(());
+                };
+                match self.engine.handle(input, Millis::now()) {
+                    Ok(out) => pending.extend(out),
+                    Err(EngineError::Rejected(why)) => {
+                        self.stats.rejected_inputs.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("{why}");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A hook event as an engine input; `None` (logged and counted) when it is not one.
+    fn input(&self, stanza: &str) -> Option<Input> {
+        let reject = |what: String| {
+            self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                stanza_bytes = stanza.len(),
+                "rejected stanza from the server: {what}"
+            );
+            None
+        };
+        let event = match HookEvent::parse(stanza, &self.host) {
+            Ok(e) => e,
+            Err(e) => return reject(e.to_string()),
+        };
+        Some(match event {
+            HookEvent::Available { jid, device_id } => Input::Available { jid, device_id },
+            HookEvent::Unavailable { jid } => Input::Unavailable { jid },
+            HookEvent::Snapshot { sessions } => Input::Snapshot {
+                sessions: sessions.into_iter().map(|s| (s.jid, s.device_id)).collect(),
+            },
+            HookEvent::Routed {
+                to,
+                archive_id,
+                sessions,
+                message_xml,
+            } => match parse_message(&message_xml) {
+                Ok(message) => Input::Routed {
+                    message,
+                    to,
+                    sessions,
+                    archive_id,
+                },
+                Err(e) => return reject(format!("routed message: {e}")),
+            },
+            HookEvent::Sent { message_xml } => match parse_message(&message_xml) {
+                Ok(message) => Input::FromClient { message },
+                Err(e) => return reject(format!("client message: {e}")),
+            },
+        })
+    }
+
+    /// Flushes the store, then sends everything the batch produced, in order.
+    async fn commit(&mut self, pending: &mut Vec<Output>) -> Result<(), ServiceError> {
+        let released = tokio::task::block_in_place(|| self.engine.commit())?;
+        pending.extend(released);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        for output in pending.drain(..) {
+            let command = match output {
+                Output::Deliver { to, stanza } => HookCommand::Deliver {
+                    to,
+                    stanza_xml: write::outgoing(&stanza),
+                },
+                Output::SendAsHost { stanza } => HookCommand::Send {
+                    stanza_xml: write::outgoing(&stanza),
+                },
+            };
+            match command.to_xml(&self.component, &self.host) {
+                Ok(xml) => {
+                    self.stats.commands.fetch_add(1, Ordering::Relaxed);
+                    if self.commands.send(xml).await.is_err() {
+                        tracing::warn!("component link is gone; command dropped");
+                    }
+                }
+                Err(e) => tracing::error!("cannot write command: {e}"),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,235 @@
+//! The real `readtrack` binary as a child process beside a test [`Prosody`](super::Prosody).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Prosody;
+
+/// Settings written into the generated readtrack.toml.
+#[derive(Debug, Clone)]
+pub struct ReadtrackOpts {
+    pub dialect: &'static str,
+    pub timeout: &'static str,
+    pub require: &'static str,
+    pub history: u64,
+    /// Raw TOML appended (whole sections).
+    pub extra: String,
+}
+
+impl Default for ReadtrackOpts {
+    fn default() -> Self {
+        ReadtrackOpts {
+            dialect: "seed",
+            timeout: "2s",
+            require: "all",
+            history: 100,
+            extra: String::new(),
+        }
+    }
+}
+
+pub struct Readtrack {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_readtrack"))
+}
+
+impl Readtrack {
+    /// Writes a config for `prosody`, starts `readtrack serve` and waits until it is connected.
+    pub fn start(prosody: &Prosody, opts: ReadtrackOpts) -> Readtrack {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = format!(
+            "[xmpp]\ndomain = \"{domain}\"\ncomponent = \"{component}\"\nconnect = \"127.0.0.1:{port}\"\nsecret = \"{secret}\"\n\n\
+             [store]\npath = \"data\"\n\n[admin]\nsocket = \"readtrack.sock\"\n\n\
+             [receipts]\ndialect = \"{dialect}\"\ntimeout = \"{timeout}\"\nrequire = \"{require}\"\n\n\
+             [devices]\nhistory = {history}\n\n{extra}\n",
+            domain = prosody.domain(),
+            component = prosody.component_domain(),
+            port = prosody.component_port,
+            secret = prosody.secret(),
+            dialect = opts.dialect,
+            timeout = opts.timeout,
+            require = opts.require,
+            history = opts.history,
+            extra = opts.extra,
+        );
+        std::fs::write(dir.path().join("readtrack.toml"), config).unwrap();
+        let mut r = Readtrack { dir, child: None };
+        r.spawn();
+        r
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("readtrack.toml")
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("readtrack.sock")
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("readtrack.log")
+    }
+
+    /// Everything readtrack logged, across restarts.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn connections(&self) -> usize {
+        self.log()
+            .matches("connected to the server; waiting")
+            .count()
+    }
+
+    fn spawn(&mut self) {
+        let before = self.connections();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info,readtrack=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn readtrack");
+        self.child = Some(child);
+        self.wait_connected(before + 1);
+    }
+
+    /// Waits until readtrack has connected to the server `n` times in all.
+    pub fn wait_connected(&mut self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.connections() < n {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "readtrack exited ({status}) before connecting\n--- log ---\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readtrack did not connect in 20 s\n--- log ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        // The module sends its session snapshot right after the handshake; give it a moment
+        // to be applied so tests do not race it.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait: the clean shutdown path.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "readtrack did not stop in 10 s after SIGTERM\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn();
+    }
+
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
+    /// Runs a CLI command with this instance's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .output()
+            .expect("run readtrack CLI")
+    }
+
+    /// `readtrack cursors JID --json`, parsed.
+    pub fn cursors(&self, user: &str) -> serde_json::Value {
+        let out = self.cli(&["cursors", user, "--json"]);
+        assert!(
+            out.status.success(),
+            "cursors {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("cursors --json is JSON")
+    }
+
+    /// Polls `cursors` until `device`'s `acked_upto` is `want` (or fails after 5 s).
+    pub fn wait_acked(&self, user: &str, device: &str, want: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let c = self.cursors(user);
+            let got = c["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["device"] == device)
+                .map(|d| d["acked_upto"].as_u64().unwrap());
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{user}/{device}: acked_upto {got:?}, want {want}: {c}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Readtrack {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- readtrack log (last 60 lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! readtrack end to end: a real Prosody on loopback with mod_readtrack, the real `readtrack`
+//! binary, and XMPP clients over real sockets (SASL PLAIN on loopback). Seed dialect with a
+//! 2-second receipt timeout unless a test says otherwise.
+
+mod common;
+
+use std::time::Duration;
+
+use common::daemon::{Readtrack, ReadtrackOpts};
+use common::*;
+
+fn server() -> Prosody {
+    let p = Prosody::start(ProsodyOpts::default());
+    for u in ["alice", "bob"] {
+        p.register(u, "pw");
+    }
+    p
+}
+
+async fn online(p: &Prosody, user: &str, resource: &str) -> Client {
+    let mut c = p.client(user, "pw", resource).await;
+    c.send_presence().await;
+    c.sync().await;
+    c
+}
+
+fn chat(id: &str, to: &str, body: &str) -> String {
+    format!("<message id='{id}' type='chat' to='{to}'><body>{body}</body></message>")
+}
+
+fn crs_receipt(id: &str) -> String {
+    format!("<message id='{id}' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>")
+}
+
+fn crs_offline_ack(id: &str) -> String {
+    format!("<message id='{id}' type='crs' to='localhost'><offline xmlns='urn:xmpp:offline'/></message>")
+}
+
+fn has_id(s: &str, id: &str) -> bool {
+    attr(s, "id").as_deref() == Some(id)
+}
+
+fn is_server_ack(s: &str, id: &str) -> bool {
+    has_id(s, id)
+        && attr(s, "type").as_deref() == Some("crs")
+        && attr(s, "from").as_deref() == Some("localhost")
+        && s.contains("10013")
+}
+
+fn is_bounce(s: &str, id: &str) -> bool {
+    has_id(s, id)
+        && attr(s, "type").as_deref() == Some("error")
+        && s.contains("urn:xmpp:delay")
+        && s.contains(">501</delay>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_chat_ack_and_receipt() {
+    let p = server();
+    let rt = Readtrack::start(&p, ReadtrackOpts::default());
+    let mut bob = online(&p, "bob", "phone").await;
+    let mut alice = online(&p, "alice", "Spark").await;
+
+    alice
+        .send_raw(&chat("V4NkR-38", "bob@localhost", "hello"))
+        .await;
+    alice
+        .expect_message(WAIT, |s| is_server_ack(s, "V4NkR-38"))
+        .await;
+    let got = bob.expect_message(WAIT, |s| has_id(s, "V4NkR-38")).await;
+    assert!(got.contains("<body>hello</body>"), "{got}");
+    assert_eq!(attr(&got, "from").as_deref(), Some("alice@localhost/Spark"));
+
+    bob.send_raw(&crs_receipt("V4NkR-38")).await;
+    bob.sync().await;
+    rt.wait_acked("bob@localhost", "phone", 1);
+    // Acked in time: no bounce after the 2 s timeout.
+    let later = alice.messages_within(Duration::from_millis(2500)).await;
+    assert!(
+        !later.iter().any(|s| is_bounce(s, "V4NkR-38")),
+        "unexpected bounce: {later:?}"
+    );
+    let c = rt.cursors("bob@localhost");
+    assert_eq!(c["head"], 1);
+    assert_eq!(c["devices"][0]["pending"], 0);
+    assert_eq!(c["devices"][0]["unread"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_recipient_bounce_then_replay_to_each_device() {
+    let p = server();
+    let rt = Readtrack::start(&p, ReadtrackOpts::default());
+    // Bob has used both devices before; both are offline now.
+    for resource in ["phone", "laptop"] {
+        let mut c = online(&p, "bob", resource).await;
+        c.close().await;
+    }
+    let mut alice = online(&p, "alice", "Spark").await;
+    alice
+        .send_raw(&chat("HncqL-65", "bob@localhost", "while you were out"))
+        .await;
+    alice
+        .expect_message(WAIT, |s| is_server_ack(s, "HncqL-65"))
+        .await;
+    let bounce = alice
+        .expect_message(WAIT, |s| is_bounce(s, "HncqL-65"))
+        .await;
+    assert!(
+        bounce.contains("while you were out"),
+        "the bounce keeps the body: {bounce}"
+    );
+
+    // The phone logs in: exactly one copy, with the offline marker (mod_offline stored none).
+    let mut phone = online(&p, "bob", "phone").await;
+    let got = phone.messages_within(Duration::from_millis(1500)).await;
+    let copies: Vec<_> = got.iter().filter(|s| has_id(s, "HncqL-65")).collect();
+    assert_eq!(copies.len(), 1, "{got:?}");
+    assert!(copies[0].contains("urn:xmpp:offline"), "{}", copies[0]);
+    assert!(copies[0].contains("urn:xmpp:delay"), "{}", copies[0]);
+    assert_eq!(
+        attr(copies[0], "from").as_deref(),
+        Some("alice@localhost/Spark")
+    );
+    phone.send_raw(&crs_offline_ack("HncqL-65")).await;
+    phone.sync().await;
+    rt.wait_acked("bob@localhost", "phone", 1);
+
+    // Option One: the laptop, later, gets it too.
+    let mut laptop = online(&p, "bob", "laptop").await;
+    let got = laptop.expect_message(WAIT, |s| has_id(s, "HncqL-65")).await;
+    assert!(got.contains("urn:xmpp:offline"), "{got}");
+    rt.wait_acked("bob@localhost", "laptop", 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_device_gets_recent_history() {
+    let p = server();
+    let _rt = Readtrack::start(
+        &p,
+        ReadtrackOpts {
+            history: 2,
+            ..ReadtrackOpts::default()
+        },
+    );
+    let mut alice = online(&p, "alice", "Spark").await;
+    for i in 1..=3 {
+        alice
+            .send_raw(&chat(
+                &format!("h{i}"),
+                "bob@localhost",
+                &format!("message {i}"),
+            ))
+            .await;
+        alice
+            .expect_message(WAIT, |s| is_server_ack(s, &format!("h{i}")))
+            .await;
+    }
+    let mut tablet = online(&p, "bob", "tablet").await;
+    let got = tablet.messages_within(Duration::from_millis(1500)).await;
+    let ids: Vec<String> = got.iter().filter_map(|s| attr(s, "id")).collect();
+    assert_eq!(ids, vec!["h2".to_string(), "h3".to_string()], "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_message_survives_sigkill() {
+    let p = server();
+    let mut rt = Readtrack::start(
+        &p,
+        ReadtrackOpts {
+            timeout: "60s",
+            ..ReadtrackOpts::default()
+        },
+    );
+    let mut c = online(&p, "bob", "phone").await;
+    c.close().await;
+    let mut alice = online(&p, "alice", "Spark").await;
+    alice
+        .send_raw(&chat("k1", "bob@localhost", "survive"))
+        .await;
+    alice.expect_message(WAIT, |s| is_server_ack(s, "k1")).await;
+
+    rt.kill();
+    rt.start_again();
+
+    let mut phone = online(&p, "bob", "phone").await;
+    let got = phone.expect_message(WAIT, |s| has_id(s, "k1")).await;
+    assert!(got.contains("survive"), "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_prosody_restart() {
+    let mut p = server();
+    let mut rt = Readtrack::start(&p, ReadtrackOpts::default());
+    p.restart();
+    rt.wait_connected(2);
+
+    let mut bob = online(&p, "bob", "phone").await;
+    let mut alice = online(&p, "alice", "Spark").await;
+    alice
+        .send_raw(&chat("r1", "bob@localhost", "after restart"))
+        .await;
+    alice.expect_message(WAIT, |s| is_server_ack(s, "r1")).await;
+    bob.expect_message(WAIT, |s| has_id(s, "r1")).await;
+    bob.send_raw(&crs_receipt("r1")).await;
+    bob.sync().await;
+    rt.wait_acked("bob@localhost", "phone", 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xep_dialect_with_standard_receipts() {
+    let p = server();
+    let rt = Readtrack::start(
+        &p,
+        ReadtrackOpts {
+            dialect: "xep",
+            ..ReadtrackOpts::default()
+        },
+    );
+    let mut c = online(&p, "bob", "phone").await;
+    c.close().await;
+    let mut alice = online(&p, "alice", "Spark").await;
+    alice
+        .send_raw("<message id='x1' type='chat' to='bob@localhost'><body>standard</body><request xmlns='urn:xmpp:receipts'/></message>")
+        .await;
+    alice.sync().await;
+
+    let mut phone = online(&p, "bob", "phone").await;
+    let got = phone.expect_message(WAIT, |s| has_id(s, "x1")).await;
+    assert!(got.contains("urn:xmpp:delay"), "XEP-0203 delay: {got}");
+    assert!(got.contains("urn:xmpp:sid:0"), "XEP-0359 stanza-id: {got}");
+    assert!(!got.contains("urn:xmpp:offline"), "no seed marker: {got}");
+    phone.send_raw("<message to='alice@localhost/Spark'><received xmlns='urn:xmpp:receipts' id='x1'/></message>").await;
+    phone.sync().await;
+    rt.wait_acked("bob@localhost", "phone", 1);
+
+    // No seed ack, no bounce in this dialect.
+    let seen = alice.messages_within(Duration::from_millis(2500)).await;
+    assert!(
+        !seen
+            .iter()
+            .any(|s| is_server_ack(s, "x1") || is_bounce(s, "x1")),
+        "{seen:?}"
+    );
+    // The standard receipt still reaches the sender.
+    assert!(
+        seen.iter()
+            .any(|s| s.contains("urn:xmpp:receipts") && s.contains("x1")),
+        "{seen:?}"
+    );
+}
