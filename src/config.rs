@@ -61,6 +61,7 @@ pub struct Config {
     pub retention: RetentionSection,
     pub admin: AdminSection,
     pub log: LogSection,
+    pub limits: LimitsSection,
     /// The file this was read from; relative paths in it are relative to its folder.
     #[serde(skip)]
     pub source: PathBuf,
@@ -160,12 +161,38 @@ impl Default for DevicesSection {
 pub struct RetentionSection {
     #[serde(deserialize_with = "duration")]
     pub max_age: Duration,
+    /// How often a retention pass runs.
+    #[serde(deserialize_with = "duration")]
+    pub every: Duration,
+    /// At most this many messages deleted per pass, so message handling never waits long.
+    pub batch: u64,
+}
+
+/// Bounds that keep one user or one login from taking the service over.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Messages replayed to one device per login; the rest follows at its next login.
+    pub max_replay: usize,
+    /// Receipt timers running at once; past it, messages are logged without a timer.
+    pub max_pending_timers: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_replay: 10_000,
+            max_pending_timers: 1_000_000,
+        }
+    }
 }
 
 impl Default for RetentionSection {
     fn default() -> Self {
         RetentionSection {
             max_age: Duration::from_secs(365 * 86_400),
+            every: Duration::from_secs(60),
+            batch: 1_000,
         }
     }
 }
@@ -301,6 +328,10 @@ impl Config {
         e.device_key = self.devices.key;
         e.history = self.devices.history;
         e.history_max_age = self.devices.history_max_age;
+        e.expire_after = self.devices.expire_after;
+        e.retention_max_age = self.retention.max_age;
+        e.max_replay = self.limits.max_replay;
+        e.max_pending_timers = self.limits.max_pending_timers;
         e
     }
 }
@@ -409,5 +440,14 @@ mod example {
             (d.devices.key, d.devices.history, d.devices.history_max_age)
         );
         assert_eq!(c.socket_path(), d.socket_path());
+        assert_eq!(
+            (c.retention.max_age, c.retention.every, c.retention.batch),
+            (d.retention.max_age, d.retention.every, d.retention.batch)
+        );
+        assert_eq!(
+            (c.limits.max_replay, c.limits.max_pending_timers),
+            (d.limits.max_replay, d.limits.max_pending_timers)
+        );
+        assert_eq!(c.devices.expire_after, d.devices.expire_after);
     }
 }

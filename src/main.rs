@@ -10,7 +10,7 @@ use readtrack::admin::{self, AdminError, AdminSocket, Origin, Request, Response}
 use readtrack::component::{self, ComponentConfig, Secret};
 use readtrack::config::{Config, LogFormat};
 use readtrack::engine::Engine;
-use readtrack::service::Service;
+use readtrack::service::{Retention, Service};
 use readtrack::store::{Store, StoreOptions};
 
 #[derive(Parser)]
@@ -64,6 +64,12 @@ enum Command {
     Forget {
         jid: String,
         device: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Unread messages per conversation (peer) of a user, whichever device reads.
+    Conversations {
+        jid: String,
         #[command(flatten)]
         common: Common,
     },
@@ -129,6 +135,7 @@ fn main() -> ExitCode {
             common,
         } => admin(common, Request::Forget { jid, device }),
         Command::Stats { common } => admin(common, Request::Stats),
+        Command::Conversations { jid, common } => admin(common, Request::Conversations { jid }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -193,7 +200,11 @@ fn serve(config_path: PathBuf) -> Result<(), Failure> {
         let socket = AdminSocket::bind(&config.socket_path()).await?;
         tracing::info!(socket = %config.socket_path().display(), "admin socket ready");
         tokio::spawn(socket.serve(query_tx, std::time::Instant::now(), shutdown_rx.clone()));
-        let service = Service::new(engine, config.component(), command_tx);
+        let service =
+            Service::new(engine, config.component(), command_tx).with_retention(Retention {
+                every: config.retention.every,
+                batch: config.retention.batch,
+            });
         // The service ends on shutdown, or when the link gives up (its event sender is dropped).
         let engine = service.run(event_rx, query_rx, shutdown_rx).await?;
         engine.close()?;

@@ -47,6 +47,23 @@ pub struct Service {
     component: String,
     commands: mpsc::Sender<String>,
     stats: Arc<ServiceStats>,
+    retention: Retention,
+}
+
+/// When and how much retention runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub every: Duration,
+    pub batch: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            every: Duration::from_secs(60),
+            batch: 1_000,
+        }
+    }
 }
 
 impl Service {
@@ -58,7 +75,13 @@ impl Service {
             component,
             commands,
             stats: Arc::default(),
+            retention: Retention::default(),
         }
+    }
+
+    pub fn with_retention(mut self, retention: Retention) -> Service {
+        self.retention = retention;
+        self
     }
 
     pub fn stats(&self) -> Arc<ServiceStats> {
@@ -74,8 +97,27 @@ impl Service {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<Engine, ServiceError> {
         let mut pending: Vec<Output> = Vec::new();
+        let mut next_retention = Millis::now().plus(self.retention.every);
         loop {
             let now = Millis::now();
+            if now >= next_retention {
+                let report =
+                    tokio::task::block_in_place(|| self.engine.retain(now, self.retention.batch))?;
+                self.commit(&mut pending).await?;
+                if report.deleted > 0 || report.devices_expired > 0 {
+                    tracing::info!(
+                        deleted = report.deleted,
+                        devices_expired = report.devices_expired,
+                        "retention pass"
+                    );
+                }
+                // An incomplete pass continues soon; a complete one waits for the next period.
+                next_retention = if report.complete {
+                    now.plus(self.retention.every)
+                } else {
+                    now.plus(Duration::from_millis(200))
+                };
+            }
             // Timers are checked every turn, not only when idle, so a steady event flow cannot
             // starve them.
             if self.engine.next_deadline()?.is_some_and(|d| d <= now) {

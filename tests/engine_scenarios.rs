@@ -853,3 +853,412 @@ fn seed_protocol_wire_examples_drive_the_engine() {
     // Section 2: nothing acked the Spark... except V4NkR-38; HncqL-65 was acked by android: no bounce.
     assert!(bounces(&w.advance(Duration::from_secs(10))).is_empty());
 }
+
+// ---- Read state, sent-message sync, retention, limits (rules 3, 8, 10) ----
+
+fn displayed(from: &str, to: &str, id: &str) -> Message {
+    let mut m = Message::new(MessageType::Chat);
+    m.from = Some(jid(from));
+    m.to = Some(jid(to));
+    m.displayed = Some(id.into());
+    m
+}
+
+fn conversations(w: &mut World, user: &str) -> Vec<(String, u64, u64)> {
+    let view = w.engine().conversations(user).unwrap();
+    let mut rows: Vec<_> = view
+        .conversations
+        .into_iter()
+        .map(|c| (c.peer, c.unread, c.read_upto))
+        .collect();
+    rows.sort();
+    rows
+}
+
+scenario!(
+    displayed_marker_moves_conversation_read_state,
+    displayed_marker_moves_conversation_read_state_reopened,
+    |reopen| {
+        let mut w = World::new(reopen);
+        w.online("bob@example.com/phone");
+        w.online("bob@example.com/laptop");
+        let both = ["bob@example.com/phone", "bob@example.com/laptop"];
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "a1", "x"),
+            &both,
+        );
+        w.route(
+            chat("carol@example.com/c", "bob@example.com", "c1", "x"),
+            &both,
+        );
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "a2", "x"),
+            &both,
+        );
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "a3", "x"),
+            &both,
+        );
+        assert_eq!(
+            conversations(&mut w, "bob@example.com"),
+            vec![
+                ("alice@example.com".into(), 3, 0),
+                ("carol@example.com".into(), 1, 0)
+            ]
+        );
+
+        // The laptop displays a2: alice's conversation has one unread left; the laptop's cursor
+        // acks everything up to a2 (seq 3), carol's message included; the phone's does not move.
+        w.client_sends(displayed(
+            "bob@example.com/laptop",
+            "alice@example.com/a",
+            "a2",
+        ));
+        assert_eq!(
+            conversations(&mut w, "bob@example.com"),
+            vec![
+                ("alice@example.com".into(), 1, 3),
+                ("carol@example.com".into(), 1, 0)
+            ]
+        );
+        assert_eq!(w.device("bob@example.com", "laptop").acked_upto, 3);
+        assert_eq!(w.device("bob@example.com", "phone").acked_upto, 0);
+
+        // A late marker for a1 moves nothing backwards.
+        w.client_sends(displayed(
+            "bob@example.com/phone",
+            "alice@example.com/a",
+            "a1",
+        ));
+        assert_eq!(
+            conversations(&mut w, "bob@example.com")[0],
+            ("alice@example.com".into(), 1, 3)
+        );
+        assert_eq!(
+            w.device("bob@example.com", "phone").acked_upto,
+            1,
+            "the phone's own cursor still moves"
+        );
+
+        // The read state is the maximum across devices: the phone reading a3 clears it.
+        w.client_sends(displayed(
+            "bob@example.com/phone",
+            "alice@example.com/a",
+            "a3",
+        ));
+        assert_eq!(
+            conversations(&mut w, "bob@example.com")[0],
+            ("alice@example.com".into(), 0, 4)
+        );
+
+        // A marker for an unknown id changes nothing and is counted.
+        let rejected = w.engine().counters().receipts_rejected;
+        w.client_sends(displayed(
+            "bob@example.com/phone",
+            "carol@example.com/c",
+            "nope",
+        ));
+        assert_eq!(w.engine().counters().receipts_rejected, rejected + 1);
+        assert_eq!(
+            conversations(&mut w, "bob@example.com")[1],
+            ("carol@example.com".into(), 1, 0)
+        );
+    }
+);
+
+scenario!(
+    sent_messages_reach_other_devices_as_carbons_in_order,
+    sent_messages_reach_other_devices_as_carbons_in_order_reopened,
+    |reopen| {
+        let mut w = World::new(reopen);
+        w.online("bob@example.com/phone");
+        w.client_sends(chat(
+            "bob@example.com/phone",
+            "alice@example.com",
+            "s1",
+            "hi alice",
+        ));
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "r1", "hi bob"),
+            &["bob@example.com/phone"],
+        );
+        w.client_sends(chat(
+            "bob@example.com/phone",
+            "alice@example.com",
+            "s2",
+            "how are you",
+        ));
+
+        // A new laptop shows both sides, in conversation order.
+        let out = w.online("bob@example.com/laptop");
+        let shape: Vec<(String, String)> = out
+            .iter()
+            .map(|o| match o {
+                Output::Deliver {
+                    stanza: Outgoing::SentCarbon { from, to, inner },
+                    ..
+                } => {
+                    assert_eq!(
+                        (from.to_string(), to.to_string()),
+                        ("bob@example.com".into(), "bob@example.com/laptop".into())
+                    );
+                    assert_eq!(
+                        (inner.from.to_string(), inner.to.to_string()),
+                        ("bob@example.com/phone".into(), "alice@example.com".into())
+                    );
+                    ("sent".into(), inner.id.clone().unwrap())
+                }
+                Output::Deliver {
+                    stanza: Outgoing::Replay(r),
+                    ..
+                } => ("received".into(), r.id.clone().unwrap()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        let expect = |v: &[(&str, &str)]| {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            shape,
+            expect(&[("sent", "s1"), ("received", "r1"), ("sent", "s2")])
+        );
+
+        // Carbons need no receipt: the next login replays only the unacked received message.
+        w.offline("bob@example.com/laptop");
+        assert_eq!(
+            replayed_ids(&w.online("bob@example.com/laptop")),
+            vec!["r1".to_string()]
+        );
+        // The phone never gets its own messages back, and sent messages count as unread for no one.
+        w.offline("bob@example.com/phone");
+        assert_eq!(
+            replayed_ids(&w.online("bob@example.com/phone")),
+            vec!["r1".to_string()],
+            "r1 is unacked; s1/s2 are its own"
+        );
+        assert_eq!(
+            conversations(&mut w, "bob@example.com"),
+            vec![("alice@example.com".into(), 1, 0)]
+        );
+        // No server ack or timer for one's own copy.
+        assert_eq!(
+            w.engine().store().timer_count(),
+            1,
+            "only r1 waits for a receipt"
+        );
+    }
+);
+
+scenario!(
+    retention_deletes_what_everyone_read_outside_the_window,
+    retention_deletes_what_everyone_read_outside_the_window_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| {
+            c.history = 2;
+            c.policy = ReceiptPolicy::None;
+        });
+        w.online("bob@example.com/phone");
+        w.online("bob@example.com/laptop");
+        for i in 1..=6 {
+            w.route(
+                chat(
+                    "alice@example.com/a",
+                    "bob@example.com",
+                    &format!("m{i}"),
+                    "x",
+                ),
+                &["bob@example.com/phone", "bob@example.com/laptop"],
+            );
+        }
+        // The phone read everything, the laptop only up to m3: m1..m3 may go, m4 is held back by
+        // the laptop, m5..m6 are in the history window.
+        w.client_sends(displayed(
+            "bob@example.com/phone",
+            "alice@example.com/a",
+            "m6",
+        ));
+        w.client_sends(displayed(
+            "bob@example.com/laptop",
+            "alice@example.com/a",
+            "m3",
+        ));
+        w.maybe_reopen();
+        let now = w.now;
+        let report = w.engine().retain(now, 1_000).unwrap();
+        w.engine().commit().unwrap();
+        assert_eq!((report.deleted, report.complete), (3, true));
+        assert_eq!(w.logged("bob@example.com"), 3);
+        assert_eq!(w.engine().counters().messages_deleted, 3);
+        // The laptop reads the rest: m4 goes at the next pass, the window keeps two.
+        w.client_sends(displayed(
+            "bob@example.com/laptop",
+            "alice@example.com/a",
+            "m6",
+        ));
+        let now = w.now;
+        assert_eq!(w.engine().retain(now, 1_000).unwrap().deleted, 1);
+        assert_eq!(w.logged("bob@example.com"), 2);
+        // A new device still gets the history window.
+        assert_eq!(
+            replayed_ids(&w.online("bob@example.com/tablet")),
+            vec!["m5".to_string(), "m6".to_string()]
+        );
+    }
+);
+
+scenario!(
+    retention_max_age_and_device_expiry,
+    retention_max_age_and_device_expiry_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| {
+            c.history = 0;
+            c.policy = ReceiptPolicy::None;
+            c.retention_max_age = Duration::from_secs(3_600);
+            c.expire_after = Duration::from_secs(86_400);
+        });
+        w.online("bob@example.com/phone");
+        w.offline("bob@example.com/phone");
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "old", "x"),
+            &[],
+        );
+        // The phone never acked it; it holds the message back until max_age.
+        let now = w.now;
+        assert_eq!(w.engine().retain(now, 100).unwrap().deleted, 0);
+        w.advance(Duration::from_secs(3_601));
+        let now = w.now;
+        assert_eq!(w.engine().retain(now, 100).unwrap().deleted, 1);
+        let phone = w.device("bob@example.com", "phone");
+        assert_eq!(
+            phone.acked_upto, 1,
+            "what is gone counts as read, so unread stays true"
+        );
+        assert_eq!(
+            w.engine().cursors("bob@example.com").unwrap().devices[0].unread,
+            0
+        );
+
+        // A device unseen for expire_after is forgotten and no longer holds messages back.
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "new", "x"),
+            &[],
+        );
+        w.advance(Duration::from_secs(86_400));
+        let now = w.now;
+        let report = w.engine().retain(now, 100).unwrap();
+        assert_eq!(report.devices_expired, 1);
+        assert_eq!(
+            report.deleted, 1,
+            "with no live device left, history 0 keeps nothing"
+        );
+        assert!(w
+            .engine()
+            .cursors("bob@example.com")
+            .unwrap()
+            .devices
+            .is_empty());
+    }
+);
+
+#[test]
+fn retention_runs_in_bounded_batches() {
+    let mut w = World::with(false, |c| {
+        c.history = 0;
+        c.policy = ReceiptPolicy::None;
+    });
+    for i in 1..=10 {
+        w.route(
+            chat(
+                "alice@example.com/a",
+                "bob@example.com",
+                &format!("m{i}"),
+                "x",
+            ),
+            &[],
+        );
+    }
+    let now = w.now;
+    let first = w.engine().retain(now, 4).unwrap();
+    assert_eq!((first.deleted, first.complete), (4, false));
+    assert_eq!(w.engine().retain(now, 4).unwrap().deleted, 4);
+    let last = w.engine().retain(now, 4).unwrap();
+    assert_eq!((last.deleted, last.complete), (2, true));
+    assert_eq!(w.logged("bob@example.com"), 0);
+}
+
+#[test]
+fn retention_racing_a_device_coming_online() {
+    let mut w = World::with(false, |c| {
+        c.policy = ReceiptPolicy::None;
+        c.retention_max_age = Duration::from_secs(60);
+    });
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+        &[],
+    );
+    w.advance(Duration::from_secs(61));
+    // The phone logs in and m1 is replayed to it...
+    assert_eq!(
+        replayed_ids(&w.online("bob@example.com/phone")),
+        vec!["m1".to_string()]
+    );
+    // ...then retention deletes m1 (too old) before the phone's receipt arrives.
+    let now = w.now;
+    assert_eq!(w.engine().retain(now, 100).unwrap().deleted, 1);
+    w.client_sends(crs_offline("bob@example.com/phone", "m1"));
+    assert_eq!(
+        w.engine().counters().receipts_rejected,
+        1,
+        "a receipt for a deleted message is counted, harmless"
+    );
+    let phone = w.device("bob@example.com", "phone");
+    assert_eq!(phone.acked_upto, 1);
+    assert_eq!(
+        w.engine().cursors("bob@example.com").unwrap().devices[0].pending,
+        0,
+        "its delivery went with it"
+    );
+    w.offline("bob@example.com/phone");
+    assert!(w.online("bob@example.com/phone").is_empty());
+}
+
+#[test]
+fn replay_and_timers_are_bounded_by_configuration() {
+    let mut w = World::with(false, |c| {
+        c.max_replay = 2;
+        c.max_pending_timers = 1;
+    });
+    w.online("bob@example.com/phone");
+    w.offline("bob@example.com/phone");
+    for i in 1..=3 {
+        w.route(
+            chat(
+                "alice@example.com/a",
+                "bob@example.com",
+                &format!("m{i}"),
+                "x",
+            ),
+            &[],
+        );
+    }
+    assert_eq!(
+        w.engine().counters().timers_refused,
+        2,
+        "only one timer may run"
+    );
+    assert_eq!(bounces(&w.advance(Duration::from_secs(10))).len(), 1);
+
+    let out = w.online("bob@example.com/phone");
+    assert_eq!(replayed_ids(&out), vec!["m1".to_string(), "m2".to_string()]);
+    assert_eq!(w.engine().counters().replays_truncated, 1);
+    // Once those are acked, the next login brings the rest.
+    w.client_sends(crs_offline("bob@example.com/phone", "m1"));
+    w.client_sends(crs_offline("bob@example.com/phone", "m2"));
+    w.offline("bob@example.com/phone");
+    assert_eq!(
+        replayed_ids(&w.online("bob@example.com/phone")),
+        vec!["m3".to_string()]
+    );
+}

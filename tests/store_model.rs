@@ -15,12 +15,20 @@ const IDS: [&str; 3] = ["V4NkR-38", "HncqL-65", "gJE6T-2"];
 
 #[derive(Debug, Clone)]
 enum Op {
+    MarkRead {
+        user: usize,
+        upto: Seq,
+    },
+    DeleteOldest {
+        user: usize,
+    },
     EnsureUser(usize),
     Append {
         user: usize,
         id: Option<usize>,
         deadline: Option<u64>,
         live: Vec<DeviceNo>,
+        sent: bool,
     },
     PutDevice {
         user: usize,
@@ -52,14 +60,16 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0..3usize).prop_map(Op::EnsureUser),
-        4 => (0..3usize, proptest::option::of(0..3usize), proptest::option::of(0..100u64), proptest::collection::vec(0..3u32, 0..3))
-            .prop_map(|(user, id, deadline, live)| Op::Append { user, id, deadline, live }),
+        4 => (0..3usize, proptest::option::of(0..3usize), proptest::option::of(0..100u64), proptest::collection::vec(0..3u32, 0..3), any::<bool>())
+            .prop_map(|(user, id, deadline, live, sent)| Op::Append { user, id, deadline, live, sent }),
         1 => (0..3usize, 0..3u32, 0..10u64, 0..4u64).prop_map(|(user, device, acked_upto, session)| Op::PutDevice { user, device, acked_upto, session }),
         1 => (0..3usize, 0..3u32).prop_map(|(user, device)| Op::RemoveDevice { user, device }),
         1 => (0..3usize, 0..3u32, 1..12u64, 0..4u64).prop_map(|(user, device, seq, session)| Op::PutDelivery { user, device, seq, session }),
         2 => (0..3usize, 0..3u32, 1..12u64).prop_map(|(user, device, seq)| Op::Ack { user, device, seq }),
         1 => (0..120u64).prop_map(|now| Op::FireTimers { now }),
         1 => Just(Op::Reopen),
+        1 => (0..3usize, 0..14u64).prop_map(|(user, upto)| Op::MarkRead { user, upto }),
+        1 => (0..3usize).prop_map(|user| Op::DeleteOldest { user }),
     ]
 }
 
@@ -71,7 +81,12 @@ struct Model {
     devices: BTreeMap<(UserId, DeviceNo), DeviceRecord>,
     deliveries: BTreeMap<(UserId, DeviceNo, Seq), DeliveryRecord>,
     timers: BTreeSet<(u64, UserId, Seq)>,
+    /// (user, peer) → (read_upto, last_seq, last_at)
+    conversations: BTreeMap<(UserId, String), (Seq, Seq, u64)>,
 }
+
+const PEER_RECEIVED: &str = "alice@example.com";
+const PEER_SENT: &str = "dave@example.com";
 
 fn device_record(acked_upto: Seq, session: u64) -> DeviceRecord {
     DeviceRecord {
@@ -115,15 +130,31 @@ impl Harness {
                 id,
                 deadline,
                 live,
+                sent,
             } => {
                 let Some(uid) = self.user(user) else { return };
+                let receipt = deadline.map_or(ReceiptState::NotRequired, |deadline| {
+                    ReceiptState::Waiting { deadline }
+                });
+                // A sent message has no receipt timer and no live delivery (as the engine logs it).
+                let (deadline, live) = if sent {
+                    (None, vec![])
+                } else {
+                    (deadline, live)
+                };
                 let receipt = deadline.map_or(ReceiptState::NotRequired, |deadline| {
                     ReceiptState::Waiting { deadline }
                 });
                 let new = NewMessage {
                     stanza_id: 7,
                     msg_id: id.map(|i| IDS[i].to_string()),
-                    from: "alice@example.com/x".into(),
+                    from: if sent {
+                        "bob@example.com/me".into()
+                    } else {
+                        "alice@example.com/x".into()
+                    },
+                    sent,
+                    to: sent.then(|| format!("{PEER_SENT}/y")),
                     kind: Some("chat".into()),
                     body: Some("b & <c>".into()),
                     thread: None,
@@ -155,8 +186,18 @@ impl Harness {
                         system: false,
                         receipt,
                         archive_id: None,
+                        sent,
+                        to: sent.then(|| format!("{PEER_SENT}/y")),
                     },
                 );
+                let peer = if sent { PEER_SENT } else { PEER_RECEIVED };
+                let conv = self
+                    .model
+                    .conversations
+                    .entry((uid, peer.to_string()))
+                    .or_insert((0, 0, 0));
+                conv.1 = seq;
+                conv.2 = 5;
                 if let Some(d) = deadline {
                     self.model.timers.insert((d, uid, seq));
                 }
@@ -249,6 +290,48 @@ impl Harness {
                     self.model.timers.remove(&(t.deadline, t.user, t.seq));
                 }
             }
+            Op::MarkRead { user, upto } => {
+                let Some(uid) = self.user(user) else { return };
+                let newly = self.store().mark_read(uid, PEER_RECEIVED, upto).unwrap();
+                let expected = match self
+                    .model
+                    .conversations
+                    .get_mut(&(uid, PEER_RECEIVED.to_string()))
+                {
+                    Some(conv) if upto.min(conv.1) > conv.0 => {
+                        let upto = upto.min(conv.1);
+                        let from = conv.0;
+                        conv.0 = upto;
+                        self.model
+                            .messages
+                            .range((uid, from + 1)..=(uid, upto))
+                            .filter(|(_, m)| !m.sent)
+                            .count() as u64
+                    }
+                    _ => 0,
+                };
+                assert_eq!(newly, expected);
+            }
+            Op::DeleteOldest { user } => {
+                let Some(uid) = self.user(user) else { return };
+                let Some(m) = self
+                    .model
+                    .messages
+                    .range((uid, 0)..=(uid, u64::MAX))
+                    .next()
+                    .map(|(_, m)| m.clone())
+                else {
+                    return;
+                };
+                self.store().delete_message(uid, &m, &[0, 1, 2]).unwrap();
+                self.model.messages.remove(&(uid, m.seq));
+                self.model
+                    .deliveries
+                    .retain(|(u, _, s), _| !(*u == uid && *s == m.seq));
+                if let ReceiptState::Waiting { deadline } = m.receipt {
+                    self.model.timers.remove(&(deadline, uid, m.seq));
+                }
+            }
             Op::Reopen => {
                 self.store().flush().unwrap();
                 drop(self.store.take());
@@ -307,6 +390,35 @@ impl Harness {
             }
         }
         assert_eq!(store.timer_count(), self.model.timers.len());
+        for uid in self.model.users.values() {
+            let mut stored: Vec<(String, u64, u64, u64)> = self
+                .store()
+                .conversations(*uid)
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.peer, c.read_upto, c.last_seq, c.unread))
+                .collect();
+            stored.sort();
+            let modelled: Vec<(String, u64, u64, u64)> = self
+                .model
+                .conversations
+                .range((*uid, String::new())..)
+                .take_while(|((u, _), _)| u == uid)
+                .map(|((_, peer), (read_upto, last_seq, _))| {
+                    let unread = if peer == PEER_RECEIVED {
+                        self.model
+                            .messages
+                            .range((*uid, read_upto + 1)..=(*uid, u64::MAX))
+                            .filter(|(_, m)| !m.sent)
+                            .count() as u64
+                    } else {
+                        0
+                    };
+                    (peer.clone(), *read_upto, *last_seq, unread)
+                })
+                .collect();
+            assert_eq!(stored, modelled, "conversations of user {uid}");
+        }
         assert_eq!(
             store.next_deadline().unwrap(),
             self.model.timers.first().map(|t| t.0)
@@ -346,7 +458,7 @@ fn refuses_a_store_of_another_schema_version() {
         .expect("must refuse");
     assert_eq!(
         err.to_string(),
-        format!("store at {} has schema version 99, this readtrack reads version 1; refusing to touch it", path.display())
+        format!("store at {} has schema version 99, this readtrack reads version {}; refusing to touch it", path.display(), readtrack::store::SCHEMA_VERSION)
     );
 }
 

@@ -44,6 +44,9 @@ pub enum Request {
         device: String,
     },
     Stats,
+    Conversations {
+        jid: String,
+    },
 }
 
 /// A failed request: the message and the exit status the CLI should use (2: the operator asked
@@ -73,6 +76,7 @@ pub fn execute(engine: &mut Engine, request: &Request, origin: Origin) -> Respon
     let result: Result<Value, EngineError> = (|| {
         Ok(match request {
             Request::Cursors { jid } => serde_json::to_value(engine.cursors(jid)?),
+            Request::Conversations { jid } => serde_json::to_value(engine.conversations(jid)?),
             Request::Unread { jid, device, limit } => {
                 serde_json::to_value(engine.unread(jid, device, *limit)?)
             }

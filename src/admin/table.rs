@@ -48,6 +48,21 @@ fn items(v: &Value, key: &str) -> Vec<Value> {
     v[key].as_array().cloned().unwrap_or_default()
 }
 
+fn conversations(answer: &Value) -> String {
+    let rows: Vec<_> = items(answer, "conversations")
+        .iter()
+        .map(|c| cells(c, &["peer", "unread", "read_upto", "last_seq", "last_time"]))
+        .collect();
+    format!(
+        "user {}\n{}",
+        text(&answer["user"]),
+        table(
+            &["PEER", "UNREAD", "READ_UPTO", "LAST_SEQ", "LAST_TIME"],
+            &rows
+        )
+    )
+}
+
 /// Renders the answer to `request` for a person.
 pub fn render(request: &Request, answer: &Value) -> String {
     match request {
@@ -128,6 +143,7 @@ pub fn render(request: &Request, answer: &Value) -> String {
                 )
             )
         }
+        Request::Conversations { .. } => conversations(answer),
         Request::Forget { .. } => format!(
             "forgot device {} of {}\n",
             text(&answer["device"]),
@@ -147,6 +163,10 @@ pub fn render(request: &Request, answer: &Value) -> String {
                 "receipts_accepted",
                 "receipts_duplicate",
                 "receipts_rejected",
+                "messages_deleted",
+                "devices_expired",
+                "replays_truncated",
+                "timers_refused",
                 "store_bytes",
             ];
             let rows: Vec<_> = order

@@ -39,8 +39,12 @@ impl Engine {
         resource: &str,
         now: Millis,
     ) -> Result<DeviceRecord> {
-        let head = self.store.user(user)?.head;
-        let mut acked_upto = head.saturating_sub(self.config.history);
+        let record = self.store.user(user)?;
+        let head = record.head;
+        // Never below what retention already deleted, so unread counts only what is stored.
+        let mut acked_upto = head
+            .saturating_sub(self.config.history)
+            .max(record.first_seq.saturating_sub(1));
         if let (Some(max_age), true) = (self.config.history_max_age, acked_upto < head) {
             let cutoff = now.minus(max_age).0;
             // At most `history` records: the window is already bounded by count.
@@ -84,20 +88,21 @@ impl Engine {
         device.resource = resource.to_string();
         device.last_seen = now.0;
         let no = self.store.put_device(user, no, &device)?;
-        self.replay(user, no, &device, jid, now)
+        self.replay(user, no, device, jid, now)
     }
 
     fn replay(
         &mut self,
         user: UserId,
         no: DeviceNo,
-        device: &DeviceRecord,
+        mut device: DeviceRecord,
         to: &Jid,
         now: Millis,
     ) -> Result<Vec<Output>> {
         let bare = to.bare_string();
         let mut out = Vec::new();
-        let mut sent = Vec::new();
+        let mut delivered = Vec::new();
+        let mut carbons = Vec::new();
         for m in self.store.messages_after(user, device.acked_upto) {
             let m = m?;
             if device.is_acked(m.seq) {
@@ -110,24 +115,53 @@ impl Engine {
             {
                 continue; // in flight in this session already
             }
+            if out.len() >= self.config.max_replay {
+                self.counters.replays_truncated += 1;
+                tracing::warn!(device = %to, limit = self.config.max_replay, "replay cut at max_replay; the rest follows at the next login");
+                break;
+            }
             let Ok(from) = Jid::parse(&m.from) else {
                 tracing::warn!(user = %bare, seq = m.seq, from = %m.from, "logged message has an unparsable sender; not replayed");
                 continue;
             };
+            let stanza = if m.sent {
+                // Rule 8: the user's own message, sent from another device. Clients send no
+                // receipt for a carbon, so handing it over is what acks it for this device.
+                let Some(peer) = m.to.as_deref().and_then(|t| Jid::parse(t).ok()) else {
+                    continue;
+                };
+                let mut inner = self.replay_stanza(&m, from, &peer, &bare, now);
+                inner.offline_marker = false;
+                inner.request_receipt = false;
+                carbons.push(m.seq);
+                Outgoing::SentCarbon {
+                    from: to.to_bare(),
+                    to: to.clone(),
+                    inner,
+                }
+            } else {
+                delivered.push((
+                    m.seq,
+                    DeliveryRecord {
+                        session: device.session,
+                        at: now.0,
+                    },
+                ));
+                Outgoing::Replay(self.replay_stanza(&m, from, to, &bare, now))
+            };
             out.push(Output::Deliver {
                 to: to.clone(),
-                stanza: Outgoing::Replay(self.replay_stanza(&m, from, to, &bare, now)),
+                stanza,
             });
-            sent.push((
-                m.seq,
-                DeliveryRecord {
-                    session: device.session,
-                    at: now.0,
-                },
-            ));
         }
-        self.store.put_deliveries(user, no, &sent)?;
-        self.counters.replays += sent.len() as u64;
+        self.store.put_deliveries(user, no, &delivered)?;
+        if !carbons.is_empty() {
+            for seq in &carbons {
+                device.ack(*seq);
+            }
+            self.store.apply_ack(user, no, &device, &[], &[])?;
+        }
+        self.counters.replays += out.len() as u64;
         Ok(out)
     }
 

@@ -9,6 +9,8 @@
 //! durable. Replays are not held: they are at-least-once and a lost one is sent again.
 
 mod devices;
+mod retention;
+pub use retention::RetentionReport;
 pub mod query;
 mod receipts;
 
@@ -87,6 +89,14 @@ pub struct EngineConfig {
     pub history_max_age: Option<Duration>,
     /// At most this many timers are settled per tick, so one tick cannot stall the event loop.
     pub timers_per_tick: usize,
+    /// At most this many messages are replayed per login; the rest follow at the next login.
+    pub max_replay: usize,
+    /// At most this many receipt timers run at once; past it messages are logged without one.
+    pub max_pending_timers: usize,
+    /// Retention: anything older than this is deleted, acked or not.
+    pub retention_max_age: Duration,
+    /// A device unseen this long is forgotten and stops holding messages back.
+    pub expire_after: Duration,
 }
 
 impl EngineConfig {
@@ -101,6 +111,10 @@ impl EngineConfig {
             history: 100,
             history_max_age: Some(Duration::from_secs(30 * 24 * 3600)),
             timers_per_tick: 10_000,
+            max_replay: 10_000,
+            max_pending_timers: 1_000_000,
+            retention_max_age: Duration::from_secs(365 * 86_400),
+            expire_after: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -154,16 +168,23 @@ pub struct Engine {
     /// Outputs waiting for the flush that makes their write durable.
     held: Vec<Output>,
     counters: Counters,
+    /// Receipt timers in the store, counted once at open and kept up to date.
+    pending_timers: usize,
+    /// The user retention looks at next (retention works through users in id order).
+    retention_cursor: u64,
 }
 
 impl Engine {
     pub fn new(store: Store, config: EngineConfig) -> Result<Engine> {
         let counters = store.counters()?;
+        let pending_timers = store.timer_count();
         Ok(Engine {
             store,
             config,
             held: Vec::new(),
             counters,
+            pending_timers,
+            retention_cursor: 0,
         })
     }
 

@@ -14,6 +14,26 @@ pub struct UserCursors {
     pub user: String,
     pub head: u64,
     pub devices: Vec<DeviceCursor>,
+    /// Added to the DESIGN.md shape: unread per conversation, like an inbox.
+    pub conversations: Vec<ConversationView>,
+}
+
+/// One conversation (peer) of a user: what is unread whichever device reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConversationView {
+    pub peer: String,
+    pub unread: u64,
+    /// Everything received at or below this seq was displayed on some device.
+    pub read_upto: u64,
+    pub last_seq: u64,
+    pub last_time: String,
+}
+
+/// `readtrack conversations --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConversationsView {
+    pub user: String,
+    pub conversations: Vec<ConversationView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -82,6 +102,10 @@ pub struct StoreStats {
     pub receipts_accepted: u64,
     pub receipts_duplicate: u64,
     pub receipts_rejected: u64,
+    pub messages_deleted: u64,
+    pub devices_expired: u64,
+    pub replays_truncated: u64,
+    pub timers_refused: u64,
     pub store_bytes: u64,
 }
 
@@ -189,10 +213,38 @@ impl Engine {
                 last_seen: Millis(d.last_seen).rfc3339(),
             });
         }
+        let conversations = self.conversation_views(user)?;
         Ok(UserCursors {
             user: bare,
             head,
             devices,
+            conversations,
+        })
+    }
+
+    fn conversation_views(&self, user: UserId) -> Result<Vec<ConversationView>> {
+        let mut views: Vec<ConversationView> = self
+            .store
+            .conversations(user)?
+            .into_iter()
+            .map(|c| ConversationView {
+                peer: c.peer,
+                unread: c.unread,
+                read_upto: c.read_upto,
+                last_seq: c.last_seq,
+                last_time: Millis(c.last_at).rfc3339(),
+            })
+            .collect();
+        // Newest conversation first, as an inbox shows them.
+        views.sort_by_key(|v| std::cmp::Reverse(v.last_seq));
+        Ok(views)
+    }
+
+    pub fn conversations(&self, jid: &str) -> Result<ConversationsView> {
+        let (user, bare) = self.user_of(jid)?;
+        Ok(ConversationsView {
+            user: bare,
+            conversations: self.conversation_views(user)?,
         })
     }
 
@@ -282,6 +334,10 @@ impl Engine {
             receipts_accepted: c.receipts_accepted,
             receipts_duplicate: c.receipts_duplicate,
             receipts_rejected: c.receipts_rejected,
+            messages_deleted: c.messages_deleted,
+            devices_expired: c.devices_expired,
+            replays_truncated: c.replays_truncated,
+            timers_refused: c.timers_refused,
             store_bytes: self.store.size_on_disk()?,
         })
     }

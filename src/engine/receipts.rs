@@ -73,12 +73,19 @@ impl Engine {
                 },
             ));
         }
-        let receipt = if self.needs_receipt(&message, system) {
+        let receipt = if !self.needs_receipt(&message, system) {
+            ReceiptState::NotRequired
+        } else if self.pending_timers >= self.config.max_pending_timers {
+            // A bound on memory and on tick work: past it, messages are still logged and
+            // replayed, but nobody waits for their receipt.
+            self.counters.timers_refused += 1;
+            tracing::warn!(limit = self.config.max_pending_timers, recipient = %to, "pending receipt timers at their limit; message logged without a timer");
+            ReceiptState::NotRequired
+        } else {
+            self.pending_timers += 1;
             ReceiptState::Waiting {
                 deadline: now.plus(self.config.receipt_timeout).0,
             }
-        } else {
-            ReceiptState::NotRequired
         };
         let entry = NewMessage {
             stanza_id: new_stanza_id(now),
@@ -91,6 +98,8 @@ impl Engine {
             system,
             receipt,
             archive_id,
+            sent: false,
+            to: None,
         };
         let seq = self.store.append_message(user, &entry, &delivered)?;
         self.counters.messages_logged += 1;
@@ -121,7 +130,50 @@ impl Engine {
         if let Some(id) = &message.displayed {
             self.displayed(from, resource, id, message.to.as_ref(), now)?;
         }
+        if Self::is_loggable(message, false) {
+            self.log_sent(message, from, resource, now)?;
+        }
         Ok(Vec::new())
+    }
+
+    /// Rule 8: what a user sends from one device is logged in the user's own log, acked for that
+    /// device at once, and replayed to the user's other devices as a `<sent>` carbon.
+    fn log_sent(
+        &mut self,
+        message: &Message,
+        from: &Jid,
+        resource: &str,
+        now: Millis,
+    ) -> Result<()> {
+        let Some(to) = &message.to else { return Ok(()) };
+        if to.to_bare() == from.to_bare() {
+            return Ok(()); // to one's own account: it is routed back and logged as received
+        }
+        let user = self.store.ensure_user(&from.bare_string())?;
+        let entry = NewMessage {
+            stanza_id: new_stanza_id(now),
+            msg_id: message.id.clone(),
+            from: from.to_string(),
+            kind: message.kind.as_attr().map(str::to_string),
+            body: message.body.clone(),
+            thread: message.thread.clone(),
+            logged_at: now.0,
+            system: false,
+            receipt: ReceiptState::NotRequired,
+            archive_id: None,
+            sent: true,
+            to: Some(to.to_string()),
+        };
+        let seq = self.store.append_message(user, &entry, &[])?;
+        self.counters.messages_logged += 1;
+        let (no, mut device) = self.device_for(user, resource, None, now)?;
+        device.ack(seq);
+        let no = match no {
+            Some(no) => no,
+            None => self.store.put_device(user, None, &device)?,
+        };
+        self.store.apply_ack(user, no, &device, &[], &[])?;
+        Ok(())
     }
 
     /// Candidate messages a receipt or marker names: the user's messages with that id, narrowed
@@ -134,6 +186,8 @@ impl Engine {
         to: Option<&Jid>,
     ) -> Result<Vec<MessageRecord>> {
         let mut found = self.store.seqs_by_msgid(user, id)?;
+        // Receipts and markers acknowledge what the user received, never what they sent.
+        found.retain(|m| !m.sent);
         if let Some(sender) = to.filter(|t| t.local().is_some()) {
             let sender = sender.to_bare();
             found.retain(|m| Jid::parse(&m.from).is_ok_and(|f| f.to_bare() == sender));
@@ -185,6 +239,7 @@ impl Engine {
         let seq = target.seq;
         let settled: Vec<_> = Self::settle(user, target).into_iter().collect();
         self.store.apply_ack(user, no, &device, &[seq], &settled)?;
+        self.pending_timers = self.pending_timers.saturating_sub(settled.len());
         self.counters.receipts_accepted += 1;
         Ok(())
     }
@@ -206,6 +261,9 @@ impl Engine {
             self.counters.receipts_rejected += 1;
             return Ok(());
         };
+        // The user's read state of the conversation moves whichever device read it, and only
+        // forward: a marker arriving late changes nothing.
+        self.store.mark_read(user, &target.peer(), target.seq)?;
         let (no, mut device) = self.device_for(user, resource, None, now)?;
         let before = device.acked_upto;
         if !device.ack_upto(target.seq) {
@@ -232,6 +290,7 @@ impl Engine {
             .map(|(seq, _)| seq)
             .collect();
         self.store.apply_ack(user, no, &device, &acked, &settled)?;
+        self.pending_timers = self.pending_timers.saturating_sub(settled.len());
         self.counters.receipts_accepted += 1;
         Ok(())
     }
@@ -270,6 +329,7 @@ impl Engine {
             };
             m.receipt = ReceiptState::Bounced;
             self.store.settle_timer(timer, Some(&m))?;
+            self.pending_timers = self.pending_timers.saturating_sub(1);
             self.counters.bounces += 1;
             match (Jid::parse(&m.from), m.msg_id.clone()) {
                 (Ok(to), Some(id)) => self.held.push(Output::SendAsHost {

@@ -45,6 +45,23 @@ pub fn user_msgid_prefix(user: UserId, msgid: &str) -> [u8; 16] {
     k
 }
 
+/// `userpeer_conversation`: user(8) ‖ fnv64(peer bare JID)(8).
+pub fn user_peer(user: UserId, peer: &str) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&user.to_be_bytes());
+    k[8..].copy_from_slice(&msgid_hash(peer).to_be_bytes());
+    k
+}
+
+/// `userpeerseq_received`: user(8) ‖ fnv64(peer)(8) ‖ seq(8): received messages per conversation,
+/// so marking a conversation read costs what it marks.
+pub fn user_peer_seq(user: UserId, peer: &str, seq: Seq) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&user_peer(user, peer));
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
 /// `userdevice_cursor`: user(8) ‖ device(4).
 pub fn user_device(user: UserId, device: DeviceNo) -> [u8; 12] {
     let mut k = [0u8; 12];

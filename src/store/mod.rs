@@ -16,13 +16,22 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 pub use keys::{DeviceNo, Seq, UserId};
 use records::{decode, encode};
+
+/// `encode` inside a sled transaction, where errors must abort it.
+fn tx_encode<T: serde::Serialize>(
+    value: &T,
+) -> std::result::Result<Vec<u8>, ConflictableTransactionError<StoreError>> {
+    encode(value).map_err(ConflictableTransactionError::Abort)
+}
 pub use records::{
-    Counters, DeliveryRecord, DeviceRecord, MessageRecord, ReceiptState, UserRecord,
+    ConversationRecord, Counters, DeliveryRecord, DeviceRecord, MessageRecord, ReceiptState,
+    UserRecord,
 };
 
 /// Version of the on-disk layout. Bump it with every change to a key or record shape and teach
 /// [`Store::open`] the migration.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2 added sent messages, conversations and retention; version 1 never shipped.
+pub const SCHEMA_VERSION: u32 = 2;
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_NEXT_USER: &[u8] = b"next_user_id";
@@ -81,6 +90,9 @@ pub struct NewMessage {
     pub system: bool,
     pub receipt: ReceiptState,
     pub archive_id: Option<String>,
+    /// Sent by the user from one of their devices (rule 8); `to` is the peer then.
+    pub sent: bool,
+    pub to: Option<String>,
 }
 
 /// A due receipt timer.
@@ -117,6 +129,8 @@ pub struct Store {
     userdevice_cursor: sled::Tree,
     userdeviceseq_delivery: sled::Tree,
     deadline_userseq: sled::Tree,
+    userpeer_conversation: sled::Tree,
+    userpeerseq_received: sled::Tree,
     /// Records decoded since open: lets tests assert that work is proportional to what is unread.
     reads: AtomicU64,
     flushes: AtomicU64,
@@ -138,6 +152,8 @@ impl Store {
             userdevice_cursor: tree("userdevice_cursor")?,
             userdeviceseq_delivery: tree("userdeviceseq_delivery")?,
             deadline_userseq: tree("deadline_userseq")?,
+            userpeer_conversation: tree("userpeer_conversation")?,
+            userpeerseq_received: tree("userpeerseq_received")?,
             db,
             path,
             reads: AtomicU64::new(0),
@@ -258,6 +274,7 @@ impl Store {
         let record = encode(&UserRecord {
             jid: bare_jid.to_string(),
             head: 0,
+            first_seq: 1,
             next_device: 0,
         })?;
         let id = (&self.meta, &self.jid_userid, &self.userid_user).transaction(
@@ -283,6 +300,23 @@ impl Store {
             Some(v) => self.read("userid_user", &v),
             None => Err(StoreError::UnknownUser(user)),
         }
+    }
+
+    /// Users with id ≥ `start`, in id order (retention walks users with a cursor).
+    pub fn users_from(
+        &self,
+        start: UserId,
+    ) -> impl Iterator<Item = Result<(UserId, UserRecord)>> + '_ {
+        self.userid_user
+            .range(keys::user_prefix(start)..)
+            .map(move |kv| {
+                let (k, v) = kv?;
+                let id = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
+                    tree: "userid_user",
+                    len: k.len(),
+                })?;
+                Ok((id, self.read("userid_user", &v)?))
+            })
     }
 
     pub fn user_count(&self) -> usize {
@@ -312,62 +346,181 @@ impl Store {
         message: &NewMessage,
         delivered_to: &[(DeviceNo, DeliveryRecord)],
     ) -> Result<Seq> {
+        let entry_template = MessageRecord {
+            seq: 0,
+            stanza_id: message.stanza_id,
+            msg_id: message.msg_id.clone(),
+            from: message.from.clone(),
+            kind: message.kind.clone(),
+            body: message.body.clone(),
+            thread: message.thread.clone(),
+            logged_at: message.logged_at,
+            system: message.system,
+            receipt: message.receipt,
+            archive_id: message.archive_id.clone(),
+            sent: message.sent,
+            to: message.to.clone(),
+        };
+        let peer = entry_template.peer();
         let seq = (
             &self.userid_user,
             &self.userseq_message,
             &self.usermsgid_seq,
             &self.deadline_userseq,
             &self.userdeviceseq_delivery,
+            &self.userpeer_conversation,
+            &self.userpeerseq_received,
         )
-            .transaction(|(users, log, ids, deadlines, deliveries)| {
-                let mut record: UserRecord = match users.get(keys::user_prefix(user))? {
-                    Some(v) => {
-                        decode("userid_user", &v).map_err(ConflictableTransactionError::Abort)?
+            .transaction(
+                |(users, log, ids, deadlines, deliveries, conversations, received)| {
+                    let mut record: UserRecord = match users.get(keys::user_prefix(user))? {
+                        Some(v) => decode("userid_user", &v)
+                            .map_err(ConflictableTransactionError::Abort)?,
+                        None => {
+                            return Err(ConflictableTransactionError::Abort(
+                                StoreError::UnknownUser(user),
+                            ))
+                        }
+                    };
+                    record.head += 1;
+                    let seq = record.head;
+                    let entry = MessageRecord {
+                        seq,
+                        ..entry_template.clone()
+                    };
+                    users.insert(&keys::user_prefix(user), tx_encode(&record)?)?;
+                    log.insert(&keys::user_seq(user, seq), tx_encode(&entry)?)?;
+                    if let Some(id) = &message.msg_id {
+                        ids.insert(&keys::user_msgid_seq(user, id, seq), &[])?;
                     }
-                    None => {
-                        return Err(ConflictableTransactionError::Abort(
-                            StoreError::UnknownUser(user),
-                        ))
+                    if let ReceiptState::Waiting { deadline } = message.receipt {
+                        deadlines.insert(&keys::deadline_user_seq(deadline, user, seq), &[])?;
                     }
-                };
-                record.head += 1;
-                let seq = record.head;
-                let entry = MessageRecord {
-                    seq,
-                    stanza_id: message.stanza_id,
-                    msg_id: message.msg_id.clone(),
-                    from: message.from.clone(),
-                    kind: message.kind.clone(),
-                    body: message.body.clone(),
-                    thread: message.thread.clone(),
-                    logged_at: message.logged_at,
-                    system: message.system,
-                    receipt: message.receipt,
-                    archive_id: message.archive_id.clone(),
-                };
-                users.insert(
-                    &keys::user_prefix(user),
-                    encode(&record).map_err(ConflictableTransactionError::Abort)?,
-                )?;
-                log.insert(
-                    &keys::user_seq(user, seq),
-                    encode(&entry).map_err(ConflictableTransactionError::Abort)?,
-                )?;
-                if let Some(id) = &message.msg_id {
-                    ids.insert(&keys::user_msgid_seq(user, id, seq), &[])?;
-                }
-                if let ReceiptState::Waiting { deadline } = message.receipt {
-                    deadlines.insert(&keys::deadline_user_seq(deadline, user, seq), &[])?;
-                }
-                for (device, d) in delivered_to {
-                    deliveries.insert(
-                        &keys::user_device_seq(user, *device, seq),
-                        encode(d).map_err(ConflictableTransactionError::Abort)?,
-                    )?;
-                }
-                Ok(seq)
-            })?;
+                    for (device, d) in delivered_to {
+                        deliveries
+                            .insert(&keys::user_device_seq(user, *device, seq), tx_encode(d)?)?;
+                    }
+                    let conv_key = keys::user_peer(user, &peer);
+                    let mut conv: ConversationRecord = match conversations.get(conv_key)? {
+                        Some(v) => decode("userpeer_conversation", &v)
+                            .map_err(ConflictableTransactionError::Abort)?,
+                        None => ConversationRecord {
+                            peer: peer.clone(),
+                            last_seq: 0,
+                            last_at: 0,
+                            read_upto: 0,
+                            unread: 0,
+                        },
+                    };
+                    conv.last_seq = seq;
+                    conv.last_at = message.logged_at;
+                    if !message.sent {
+                        conv.unread += 1;
+                        received.insert(&keys::user_peer_seq(user, &peer, seq), &[])?;
+                    }
+                    conversations.insert(&conv_key, tx_encode(&conv)?)?;
+                    Ok(seq)
+                },
+            )?;
         Ok(seq)
+    }
+
+    /// Deletes one message and everything that refers to it (id index, timer, deliveries,
+    /// conversation index and count) in one transaction; moves the user's `first_seq` past it.
+    pub fn delete_message(
+        &self,
+        user: UserId,
+        message: &MessageRecord,
+        devices: &[DeviceNo],
+    ) -> Result<()> {
+        let peer = message.peer();
+        (
+            &self.userid_user,
+            &self.userseq_message,
+            &self.usermsgid_seq,
+            &self.deadline_userseq,
+            &self.userdeviceseq_delivery,
+            &self.userpeer_conversation,
+            &self.userpeerseq_received,
+        )
+            .transaction(
+                |(users, log, ids, deadlines, deliveries, conversations, received)| {
+                    let seq = message.seq;
+                    if let Some(v) = users.get(keys::user_prefix(user))? {
+                        let mut record: UserRecord = decode("userid_user", &v)
+                            .map_err(ConflictableTransactionError::Abort)?;
+                        record.first_seq = record.first_seq.max(seq + 1);
+                        users.insert(&keys::user_prefix(user), tx_encode(&record)?)?;
+                    }
+                    log.remove(&keys::user_seq(user, seq))?;
+                    if let Some(id) = &message.msg_id {
+                        ids.remove(&keys::user_msgid_seq(user, id, seq))?;
+                    }
+                    if let ReceiptState::Waiting { deadline } = message.receipt {
+                        deadlines.remove(&keys::deadline_user_seq(deadline, user, seq))?;
+                    }
+                    for device in devices {
+                        deliveries.remove(&keys::user_device_seq(user, *device, seq))?;
+                    }
+                    if received
+                        .remove(&keys::user_peer_seq(user, &peer, seq))?
+                        .is_some()
+                    {
+                        let conv_key = keys::user_peer(user, &peer);
+                        if let Some(v) = conversations.get(conv_key)? {
+                            let mut conv: ConversationRecord = decode("userpeer_conversation", &v)
+                                .map_err(ConflictableTransactionError::Abort)?;
+                            if seq > conv.read_upto {
+                                conv.unread = conv.unread.saturating_sub(1);
+                            }
+                            conversations.insert(&conv_key, tx_encode(&conv)?)?;
+                        }
+                    }
+                    Ok::<_, ConflictableTransactionError<StoreError>>(())
+                },
+            )?;
+        Ok(())
+    }
+
+    // ---- conversations ----
+
+    /// The user's conversations (one per peer), in key order.
+    pub fn conversations(&self, user: UserId) -> Result<Vec<ConversationRecord>> {
+        let mut out = Vec::new();
+        for kv in self
+            .userpeer_conversation
+            .scan_prefix(keys::user_prefix(user))
+        {
+            out.push(self.read("userpeer_conversation", &kv?.1)?);
+        }
+        Ok(out)
+    }
+
+    /// Marks everything received from `peer` up to `upto` as read (XEP-0333 displayed). Read
+    /// state only moves forward; returns how many messages became read.
+    pub fn mark_read(&self, user: UserId, peer: &str, upto: Seq) -> Result<u64> {
+        let conv_key = keys::user_peer(user, peer);
+        let Some(v) = self.userpeer_conversation.get(conv_key)? else {
+            return Ok(0);
+        };
+        let mut conv: ConversationRecord = self.read("userpeer_conversation", &v)?;
+        // Read state covers only what exists: a later message must still count as unread.
+        let upto = upto.min(conv.last_seq);
+        if upto <= conv.read_upto {
+            return Ok(0);
+        }
+        let start = keys::user_peer_seq(user, peer, conv.read_upto + 1);
+        let end = keys::user_peer_seq(user, peer, upto);
+        let mut newly = 0u64;
+        for kv in self.userpeerseq_received.range(start..=end) {
+            kv?;
+            newly += 1;
+        }
+        conv.read_upto = upto;
+        conv.unread = conv.unread.saturating_sub(newly);
+        self.userpeer_conversation
+            .insert(conv_key, encode(&conv)?)?;
+        Ok(newly)
     }
 
     pub fn message(&self, user: UserId, seq: Seq) -> Result<Option<MessageRecord>> {

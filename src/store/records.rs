@@ -13,6 +13,8 @@ pub struct UserRecord {
     pub jid: String,
     /// Highest seq assigned; 0 before the first message.
     pub head: Seq,
+    /// Lowest seq still stored: retention deletes a prefix of the log.
+    pub first_seq: Seq,
     /// Next device number to hand out.
     pub next_device: DeviceNo,
 }
@@ -51,6 +53,35 @@ pub struct MessageRecord {
     pub receipt: ReceiptState,
     /// The server's own archive id (MAM), if it told us.
     pub archive_id: Option<String>,
+    /// Sent by the user from one of their own devices (rule 8); `to` is the peer.
+    pub sent: bool,
+    pub to: Option<String>,
+}
+
+impl MessageRecord {
+    /// The other party of the conversation, as a bare JID.
+    pub fn peer(&self) -> String {
+        let jid = if self.sent {
+            self.to.as_deref().unwrap_or("")
+        } else {
+            &self.from
+        };
+        jid.split('/').next().unwrap_or("").to_string()
+    }
+}
+
+/// `userpeer_conversation`: the user's read state in one conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    /// The peer's bare JID.
+    pub peer: String,
+    /// Newest message of the conversation, either direction.
+    pub last_seq: Seq,
+    pub last_at: u64,
+    /// Everything received at or below this seq was displayed on some device (XEP-0333).
+    pub read_upto: Seq,
+    /// Received messages above `read_upto` still stored.
+    pub unread: u64,
 }
 
 /// `userdevice_cursor`: one device of one user and its read cursor.
@@ -137,6 +168,13 @@ pub struct Counters {
     pub receipts_accepted: u64,
     pub receipts_duplicate: u64,
     pub receipts_rejected: u64,
+    /// Retention: messages deleted and devices forgotten for inactivity.
+    pub messages_deleted: u64,
+    pub devices_expired: u64,
+    /// Logins whose replay was cut at `max_replay`.
+    pub replays_truncated: u64,
+    /// Messages logged without a receipt timer because `max_pending_timers` was reached.
+    pub timers_refused: u64,
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {

@@ -1,0 +1,114 @@
+//! Rule 10: retention and device expiry, in bounded batches so message handling never waits
+//! long behind it.
+//!
+//! A message is deleted when every live device of its user has acked it and it lies outside the
+//! history window (by count and by age), or when it is older than `retention_max_age`. Deletion
+//! always takes the oldest messages of a user first (a prefix of the log), so `first_seq` says
+//! what is left and cursors can be moved past what is gone.
+
+use super::{Engine, Result};
+use crate::store::{ReceiptState, UserId};
+use crate::time::Millis;
+
+/// What one retention pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted: u64,
+    pub devices_expired: u64,
+    /// The pass went through every user (the next pass starts again from the first).
+    pub complete: bool,
+}
+
+impl Engine {
+    /// One bounded pass: deletes at most `budget` messages, continuing where the last pass
+    /// stopped.
+    pub fn retain(&mut self, now: Millis, budget: u64) -> Result<RetentionReport> {
+        let mut report = RetentionReport::default();
+        let users: Vec<UserId> = self
+            .store
+            .users_from(self.retention_cursor)
+            .map(|u| u.map(|(id, _)| id))
+            .collect::<Result<_, _>>()?;
+        for user in users {
+            if report.deleted >= budget {
+                self.retention_cursor = user;
+                return Ok(report);
+            }
+            self.retain_user(user, now, budget - report.deleted, &mut report)?;
+            if report.deleted < budget {
+                self.retention_cursor = user + 1;
+            }
+        }
+        if report.deleted < budget {
+            self.retention_cursor = 0;
+            report.complete = true;
+        }
+        Ok(report)
+    }
+
+    fn retain_user(
+        &mut self,
+        user: UserId,
+        now: Millis,
+        budget: u64,
+        report: &mut RetentionReport,
+    ) -> Result<()> {
+        let record = self.store.user(user)?;
+        let mut live = Vec::new();
+        for (no, device) in self.store.devices(user)? {
+            if !device.online
+                && now.0.saturating_sub(device.last_seen)
+                    >= self.config.expire_after.as_millis() as u64
+            {
+                self.store.remove_device(user, no)?;
+                self.counters.devices_expired += 1;
+                report.devices_expired += 1;
+                tracing::info!(user = %record.jid, device = %device.key, last_seen = %Millis(device.last_seen), "device unseen for expire_after; forgotten");
+            } else {
+                live.push((no, device));
+            }
+        }
+        let window_start = record.head.saturating_sub(self.config.history);
+        let age_cutoff = self.config.history_max_age.map(|a| now.minus(a).0);
+        let max_cutoff = now.minus(self.config.retention_max_age).0;
+        let device_nos: Vec<_> = live.iter().map(|(no, _)| *no).collect();
+        let mut deleted = 0;
+        let mut first_kept = record.first_seq;
+        for m in self
+            .store
+            .messages_after(user, record.first_seq.saturating_sub(1))
+        {
+            let m = m?;
+            if deleted >= budget {
+                break;
+            }
+            let too_old = m.logged_at < max_cutoff;
+            let outside_window =
+                m.seq <= window_start || age_cutoff.is_some_and(|c| m.logged_at < c);
+            let all_acked = live.iter().all(|(_, d)| d.is_acked(m.seq));
+            // A message still waiting for its receipt keeps its timer until it fires.
+            let waiting = matches!(m.receipt, ReceiptState::Waiting { .. });
+            if !(too_old || (outside_window && all_acked && !waiting)) {
+                break;
+            }
+            self.store.delete_message(user, &m, &device_nos)?;
+            if waiting {
+                self.pending_timers = self.pending_timers.saturating_sub(1);
+            }
+            deleted += 1;
+            first_kept = m.seq + 1;
+        }
+        if deleted > 0 {
+            // What is gone counts as read for every device, so unread counts stay true.
+            for (no, mut device) in live {
+                if device.ack_upto(first_kept - 1) {
+                    self.store.put_device(user, Some(no), &device)?;
+                }
+            }
+            self.counters.messages_deleted += deleted;
+            report.deleted += deleted;
+            tracing::debug!(user = %record.jid, deleted, first_kept, "retention");
+        }
+        Ok(())
+    }
+}
