@@ -133,9 +133,6 @@ impl Harness {
                 sent,
             } => {
                 let Some(uid) = self.user(user) else { return };
-                let receipt = deadline.map_or(ReceiptState::NotRequired, |deadline| {
-                    ReceiptState::Waiting { deadline }
-                });
                 // A sent message has no receipt timer and no live delivery (as the engine logs it).
                 let (deadline, live) = if sent {
                     (None, vec![])
