@@ -319,6 +319,15 @@ impl Store {
             })
     }
 
+    /// Users ever created, from the id counter (no scan).
+    pub fn users_created(&self) -> Result<u64> {
+        Ok(match self.meta.get(META_NEXT_USER)? {
+            Some(v) => keys::be_u64(&v, 0).unwrap_or(1).saturating_sub(1),
+            None => 0,
+        })
+    }
+
+    /// Scans the user tree: for tests and small stores only.
     pub fn user_count(&self) -> usize {
         self.userid_user.len()
     }
