@@ -30,6 +30,20 @@ impl Engine {
         Ok((None, self.new_device(user, key, resource, now)?))
     }
 
+    /// The number of a device from [`Engine::device_for`], storing it first if it is new (its
+    /// record is written again by the caller's atomic update anyway).
+    pub(super) fn stored_device(
+        &self,
+        user: UserId,
+        no: Option<DeviceNo>,
+        device: &DeviceRecord,
+    ) -> Result<DeviceNo> {
+        match no {
+            Some(no) => Ok(no),
+            None => Ok(self.store.put_device(user, None, device)?),
+        }
+    }
+
     /// Rule 7: a new device starts with the last `history` messages (no older than
     /// `history_max_age`) unread, so it receives recent history.
     fn new_device(

@@ -61,10 +61,7 @@ impl Engine {
             };
             let (no, device) = self.device_for(user, resource, None, now)?;
             let session_no = device.session;
-            let no = match no {
-                Some(no) => no,
-                None => self.store.put_device(user, None, &device)?,
-            };
+            let no = self.stored_device(user, no, &device)?;
             delivered.push((
                 no,
                 DeliveryRecord {
@@ -168,10 +165,7 @@ impl Engine {
         self.counters.messages_logged += 1;
         let (no, mut device) = self.device_for(user, resource, None, now)?;
         device.ack(seq);
-        let no = match no {
-            Some(no) => no,
-            None => self.store.put_device(user, None, &device)?,
-        };
+        let no = self.stored_device(user, no, &device)?;
         self.store.apply_ack(user, no, &device, &[], &[])?;
         Ok(())
     }
@@ -232,10 +226,7 @@ impl Engine {
         };
         device.ack(target.seq);
         device.last_seen = now.0;
-        let no = match no {
-            Some(no) => no,
-            None => self.store.put_device(user, None, &device)?,
-        };
+        let no = self.stored_device(user, no, &device)?;
         let seq = target.seq;
         let settled: Vec<_> = Self::settle(user, target).into_iter().collect();
         self.store.apply_ack(user, no, &device, &[seq], &settled)?;
@@ -271,10 +262,7 @@ impl Engine {
             return Ok(());
         }
         device.last_seen = now.0;
-        let no = match no {
-            Some(no) => no,
-            None => self.store.put_device(user, None, &device)?,
-        };
+        let no = self.stored_device(user, no, &device)?;
         let mut settled = Vec::new();
         for m in self.store.messages_after(user, before) {
             let m = m?;
