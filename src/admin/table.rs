@@ -30,10 +30,19 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A cell's text. Bodies, ids and resources come from remote users: a newline would break the
+/// table's rows and an ESC could drive the operator's terminal, so control characters are shown
+/// escaped (`\n`, `\u{1b}`).
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => s
+            .chars()
+            .map(|c| match c.is_control() {
+                true => c.escape_default().to_string(),
+                false => c.to_string(),
+            })
+            .collect(),
         Value::Bool(true) => "yes".into(),
         Value::Bool(false) => "no".into(),
         other => other.to_string(),
@@ -46,6 +55,76 @@ fn cells(item: &Value, keys: &[&str]) -> Vec<String> {
 
 fn items(v: &Value, key: &str) -> Vec<Value> {
     v[key].as_array().cloned().unwrap_or_default()
+}
+
+/// The order keys are printed in by `--json`: the order of DESIGN.md section 5
+/// (`user, head, devices: [device, resource, acked_upto, ...]`) rather than serde_json's
+/// alphabetical maps. Keys not listed come last, alphabetically.
+const KEY_ORDER: &[&str] = &[
+    "user",
+    "head",
+    "device",
+    "resource",
+    "acked_upto",
+    "unread",
+    "pending",
+    "online",
+    "last_seen",
+    "seq",
+    "time",
+    "from",
+    "id",
+    "body",
+    "receipt",
+    "state",
+    "service_running",
+    "uptime_secs",
+    "users",
+    "devices",
+    "messages",
+    "pending_timers",
+    "logged",
+    "replays",
+    "bounces",
+    "receipts_accepted",
+    "receipts_duplicate",
+    "receipts_rejected",
+    "store_bytes",
+    "forgotten",
+];
+
+/// A JSON value serialised with its object keys in [`KEY_ORDER`].
+struct Ordered<'a>(&'a Value);
+
+impl serde::Serialize for Ordered<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                let rank = |k: &str| KEY_ORDER.iter().position(|o| *o == k).unwrap_or(usize::MAX);
+                keys.sort_by(|a, b| rank(a).cmp(&rank(b)).then(a.cmp(b)));
+                let mut out = s.serialize_map(Some(keys.len()))?;
+                for k in keys {
+                    out.serialize_entry(k, &Ordered(&map[k]))?;
+                }
+                out.end()
+            }
+            Value::Array(items) => {
+                let mut out = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    out.serialize_element(&Ordered(item))?;
+                }
+                out.end()
+            }
+            other => other.serialize(s),
+        }
+    }
+}
+
+/// The `--json` form of an answer: pretty JSON, keys in the documented order, newline-terminated.
+pub fn json(answer: &Value) -> String {
+    serde_json::to_string_pretty(&Ordered(answer)).expect("JSON values serialise") + "\n"
 }
 
 /// Renders the answer to `request` for a person.
@@ -172,6 +251,27 @@ mod tests {
             ],
         );
         assert_eq!(out, "A          LONGER\nwide cell  x\ny          z\n");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let out = table(
+            &["ID", "BODY"],
+            &[vec![
+                text(&Value::from("a\nb")),
+                text(&Value::from("\u{1b}[31mred\ttab")),
+            ]],
+        );
+        assert_eq!(out, "ID    BODY\na\\nb  \\u{1b}[31mred\\ttab\n");
+    }
+
+    #[test]
+    fn json_keys_in_design_order() {
+        let answer = serde_json::json!({"devices":[{"last_seen":"t","device":"phone","zzz":1,"acked_upto":3}],"head":3,"user":"u"});
+        assert_eq!(
+            json(&answer),
+            "{\n  \"user\": \"u\",\n  \"head\": 3,\n  \"devices\": [\n    {\n      \"device\": \"phone\",\n      \"acked_upto\": 3,\n      \"last_seen\": \"t\",\n      \"zzz\": 1\n    }\n  ]\n}\n"
+        );
     }
 
     #[test]
