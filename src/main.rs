@@ -247,6 +247,19 @@ fn admin(common: Common, request: Request) -> Result<(), Failure> {
         .build()?;
     let response = match runtime.block_on(admin::request(&socket, &request)) {
         Ok(response) => response,
+        // The service is there but this user may not talk to it (the socket is 0600): say so
+        // rather than fall back to a store that is locked by that service anyway.
+        Err(AdminError::Unreachable { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            return Err(Failure {
+                status: 1,
+                message: format!(
+                    "permission denied on the admin socket {} ({source}): run the CLI as the user that runs `readtrack serve`",
+                    socket.display()
+                ),
+            });
+        }
         Err(AdminError::Unreachable {
             source: socket_error,
             ..
@@ -276,7 +289,7 @@ fn admin(common: Common, request: Request) -> Result<(), Failure> {
     match response {
         Response::Ok { ok } => {
             if common.json {
-                println!("{}", serde_json::to_string_pretty(&ok)?);
+                print!("{}", admin::table::json(&ok));
             } else {
                 print!("{}", admin::table::render(&request, &ok));
             }

@@ -23,6 +23,9 @@ use crate::service::Query;
 /// The longest request line accepted; anything longer is junk.
 const MAX_REQUEST: u64 = 64 * 1024;
 
+/// How long a connection may take to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Request {
@@ -88,15 +91,23 @@ pub fn execute(engine: &mut Engine, request: &Request, origin: Origin) -> Respon
                 Ok(serde_json::json!({ "user": jid, "device": device, "forgotten": true }))
             }
             Request::Stats => {
-                let mut stats =
+                let store_stats =
                     serde_json::to_value(engine.store_stats()?).expect("stats serialise");
                 let (running, uptime) = match origin {
                     Origin::Service { started } => (true, Some(started.elapsed().as_secs())),
                     Origin::StoppedStore => (false, None),
                 };
-                stats["service_running"] = Value::Bool(running);
-                stats["uptime_secs"] = serde_json::to_value(uptime).expect("u64");
-                Ok(stats)
+                // Liveness first, then the store's figures.
+                let mut stats = serde_json::Map::new();
+                stats.insert("service_running".into(), Value::Bool(running));
+                stats.insert(
+                    "uptime_secs".into(),
+                    serde_json::to_value(uptime).expect("u64"),
+                );
+                if let Value::Object(fields) = store_stats {
+                    stats.extend(fields);
+                }
+                Ok(Value::Object(stats))
             }
         }
         .expect("views serialise"))
@@ -198,11 +209,16 @@ async fn answer(
     started: Instant,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    BufReader::new(read.take(MAX_REQUEST))
-        .read_line(&mut line)
-        .await?;
-    let response = match serde_json::from_str::<Request>(line.trim()) {
+    // Bytes, not a String: a line that is not UTF-8 gets a "malformed request" answer rather
+    // than a silently closed connection. A peer that never finishes its line is dropped.
+    let mut line = Vec::new();
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        BufReader::new(read.take(MAX_REQUEST)).read_until(b'\n', &mut line),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request line in time"))??;
+    let response = match serde_json::from_slice::<Request>(line.trim_ascii()) {
         Err(e) => Response::Err(Failure {
             error: format!("malformed request: {e}"),
             status: 2,

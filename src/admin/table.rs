@@ -30,10 +30,19 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A cell's text. Bodies, ids and resources come from remote users: a newline would break the
+/// table's rows and an ESC could drive the operator's terminal, so control characters are shown
+/// escaped (`\n`, `\u{1b}`).
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => s
+            .chars()
+            .map(|c| match c.is_control() {
+                true => c.escape_default().to_string(),
+                false => c.to_string(),
+            })
+            .collect(),
         Value::Bool(true) => "yes".into(),
         Value::Bool(false) => "no".into(),
         other => other.to_string(),
@@ -48,19 +57,30 @@ fn items(v: &Value, key: &str) -> Vec<Value> {
     v[key].as_array().cloned().unwrap_or_default()
 }
 
-fn conversations(answer: &Value) -> String {
+/// The per-conversation table of `conversations` (and under the devices of `cursors`).
+fn conversation_table(answer: &Value) -> String {
     let rows: Vec<_> = items(answer, "conversations")
         .iter()
         .map(|c| cells(c, &["peer", "unread", "read_upto", "last_seq", "last_time"]))
         .collect();
+    table(
+        &["PEER", "UNREAD", "READ_UPTO", "LAST_SEQ", "LAST_TIME"],
+        &rows,
+    )
+}
+
+fn conversations(answer: &Value) -> String {
     format!(
         "user {}\n{}",
         text(&answer["user"]),
-        table(
-            &["PEER", "UNREAD", "READ_UPTO", "LAST_SEQ", "LAST_TIME"],
-            &rows
-        )
+        conversation_table(answer)
     )
+}
+
+/// `--json` output. Keys keep the order of the views' fields (serde_json's `preserve_order`),
+/// which is the order of DESIGN.md section 5.
+pub fn json(answer: &Value) -> String {
+    serde_json::to_string_pretty(answer).expect("JSON values serialise") + "\n"
 }
 
 /// Renders the answer to `request` for a person.
@@ -100,7 +120,11 @@ pub fn render(request: &Request, answer: &Value) -> String {
                     ],
                     &rows
                 )
-            )
+            ) + &if items(answer, "conversations").is_empty() {
+                String::new()
+            } else {
+                format!("\n{}", conversation_table(answer))
+            }
         }
         Request::Unread { .. } => {
             let rows: Vec<_> = items(answer, "messages")
@@ -192,6 +216,41 @@ mod tests {
             ],
         );
         assert_eq!(out, "A          LONGER\nwide cell  x\ny          z\n");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let out = table(
+            &["ID", "BODY"],
+            &[vec![
+                text(&Value::from("a\nb")),
+                text(&Value::from("\u{1b}[31mred\ttab")),
+            ]],
+        );
+        assert_eq!(out, "ID    BODY\na\\nb  \\u{1b}[31mred\\ttab\n");
+    }
+
+    #[test]
+    fn json_keys_in_design_order() {
+        use crate::engine::query::{DeviceCursor, UserCursors};
+        let view = UserCursors {
+            user: "u".into(),
+            head: 3,
+            devices: vec![DeviceCursor {
+                device: "phone".into(),
+                resource: "r".into(),
+                acked_upto: 3,
+                unread: 0,
+                pending: 0,
+                online: true,
+                last_seen: "t".into(),
+            }],
+            conversations: vec![],
+        };
+        assert_eq!(
+            json(&serde_json::to_value(&view).unwrap()),
+            "{\n  \"user\": \"u\",\n  \"head\": 3,\n  \"devices\": [\n    {\n      \"device\": \"phone\",\n      \"resource\": \"r\",\n      \"acked_upto\": 3,\n      \"unread\": 0,\n      \"pending\": 0,\n      \"online\": true,\n      \"last_seen\": \"t\"\n    }\n  ],\n  \"conversations\": []\n}\n"
+        );
     }
 
     #[test]

@@ -153,16 +153,17 @@ fn view(m: &MessageRecord, body_max: usize) -> MessageView {
 }
 
 impl Engine {
-    fn user_of(&self, jid: &str) -> std::result::Result<(UserId, String), QueryError> {
+    fn user_of(&self, jid: &str) -> Result<(UserId, String)> {
         let parsed =
             Jid::parse(jid).map_err(|e| QueryError::BadJid(jid.to_string(), e.to_string()))?;
         if parsed.local().is_none() || parsed.is_full() {
-            return Err(QueryError::NotBare(jid.to_string()));
+            return Err(QueryError::NotBare(jid.to_string()).into());
         }
         let bare = parsed.bare_string();
-        match self.store.user_id(&bare) {
-            Ok(Some(id)) => Ok((id, bare)),
-            _ => Err(QueryError::UnknownUser(bare)),
+        // A store failure is readtrack's problem (status 1), not an unknown user (status 2).
+        match self.store.user_id(&bare)? {
+            Some(id) => Ok((id, bare)),
+            None => Err(QueryError::UnknownUser(bare).into()),
         }
     }
 
@@ -173,11 +174,14 @@ impl Engine {
         device: &str,
     ) -> Result<(DeviceNo, DeviceRecord)> {
         let devices = self.store.devices(user)?;
-        let known = devices
-            .iter()
-            .map(|(_, d)| d.key.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let known = match devices.is_empty() {
+            true => "none".to_string(),
+            false => devices
+                .iter()
+                .map(|(_, d)| d.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
         devices
             .iter()
             .find(|(_, d)| d.key == device || d.resource == device)
