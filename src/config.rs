@@ -336,16 +336,42 @@ impl Config {
     }
 }
 
-/// A toml error as one line: `line N: <what>` (the key is in toml's own message).
+/// A toml error as one line: `line N: [section] key: <what>`. toml names the key itself only for
+/// unknown fields; a bad value's message (ours or toml's) says what is wrong with the value but
+/// not where it belongs, so the key and its table are read back from the line the error points at.
 fn describe(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().to_string();
     match e.span() {
         Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {message}")
+            let start = span.start.min(text.len());
+            let line = text[..start].matches('\n').count() + 1;
+            match key_at(text, start) {
+                Some(key) => format!("line {line}: {key}: {message}"),
+                None => format!("line {line}: {message}"),
+            }
         }
         None => message,
     }
+}
+
+/// The `[table] key` whose value contains byte `at`, when `at` lies after the `=` of a
+/// `key = value` line; `None` when it points at a key or a header (the message names those).
+fn key_at(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let (key, _) = line.split_once('=')?;
+    if at <= line_start + key.len() || key.trim().is_empty() || key.trim_start().starts_with('#') {
+        return None;
+    }
+    let key = key.trim();
+    let table = text[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        (l.starts_with('[') && !l.starts_with("[[")).then(|| l.split(']').next().unwrap_or(l))
+    });
+    Some(match table {
+        Some(table) => format!("{table}] {key}"),
+        None => key.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -382,6 +408,9 @@ mod tests {
         );
     }
 
+    /// Regression: a bad value was reported as `line 3: bad duration "ten seconds"`, naming the
+    /// line but not the key, although a custom deserializer error carries no key; the key and
+    /// table are now read back from the line.
     #[test]
     fn bad_duration_names_key_and_line() {
         let err = parse("[receipts]\n\ntimeout = \"ten seconds\"\n")
@@ -389,7 +418,7 @@ mod tests {
             .to_string();
         assert!(
             err.starts_with(
-                "config /etc/readtrack/readtrack.toml: line 3: bad duration \"ten seconds\""
+                "config /etc/readtrack/readtrack.toml: line 3: [receipts] timeout: bad duration \"ten seconds\""
             ),
             "{err}"
         );
@@ -400,7 +429,7 @@ mod tests {
         let err = parse("[devices]\nkey = \"hash\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("line 2: unknown device key rule \"hash\" (expected \"resource\" or \"after-hash\")"), "{err}");
+        assert!(err.contains("line 2: [devices] key: unknown device key rule \"hash\" (expected \"resource\" or \"after-hash\")"), "{err}");
     }
 
     #[test]

@@ -56,6 +56,13 @@ pub enum StoreError {
     NoSchema { path: PathBuf },
     #[error("store I/O error: {0}")]
     Sled(#[from] sled::Error),
+    /// The flush (the durability point) failed: disk full, I/O error. Nothing since the last
+    /// successful flush may be announced.
+    #[error("cannot write store at {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("corrupt record in tree {tree}: {reason}")]
     Decode { tree: &'static str, reason: String },
     #[error("cannot encode record: {0}")]
@@ -142,6 +149,9 @@ impl Store {
     pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         let db = Self::open_db(&path, options)?;
+        // Before `open_tree` below creates any missing tree: refusing a store after adding
+        // readtrack's trees to it would be exactly the silent rewrite this check exists to stop.
+        Self::check_schema_untouched(&db, &path)?;
         let tree = |name: &str| db.open_tree(name);
         let store = Store {
             meta: tree("meta")?,
@@ -193,6 +203,49 @@ impl Store {
         }
     }
 
+    /// Refuses a store of another schema version, or a sled database with data but no
+    /// readtrack schema, looking only at trees that already exist.
+    fn check_schema_untouched(db: &sled::Db, path: &Path) -> Result<()> {
+        let names = db.tree_names();
+        let has = |name: &[u8]| names.iter().any(|n| n.as_ref() == name);
+        let version = if has(b"meta") {
+            db.open_tree("meta")?.get(META_SCHEMA)?
+        } else {
+            None
+        };
+        match version {
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Decode {
+                        tree: "meta",
+                        reason: "schema_version is not 4 bytes".into(),
+                    })?);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::SchemaVersion {
+                        path: path.to_path_buf(),
+                        found,
+                        expected: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None => {
+                // sled always has its default tree; anything else, or data in it, is not ours.
+                let foreign = !db.is_empty()
+                    || names.iter().any(|n| {
+                        n.as_ref() != b"__sled__default"
+                            && (n.as_ref() != b"meta"
+                                || db.open_tree(n).map_or(true, |t| !t.is_empty()))
+                    });
+                if foreign {
+                    return Err(StoreError::NoSchema {
+                        path: path.to_path_buf(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_schema(&self) -> Result<()> {
         match self.meta.get(META_SCHEMA)? {
             Some(v) => {
@@ -232,7 +285,15 @@ impl Store {
 
     /// Makes every earlier write durable. The only durability point.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
+        // sled's own text for an I/O error is the `Debug` of `io::Error` and names no path;
+        // an operator whose disk filled up needs the OS message and the store's location.
+        self.db.flush().map_err(|e| match e {
+            sled::Error::Io(source) => StoreError::Write {
+                path: self.path.clone(),
+                source,
+            },
+            other => StoreError::Sled(other),
+        })?;
         self.flushes.fetch_add(1, Ordering::Release);
         Ok(())
     }
