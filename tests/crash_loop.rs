@@ -629,8 +629,9 @@ impl CrashLoop {
                 self.fig.late_acked += 1;
                 let n = self.bounces.get(id).copied().unwrap_or(0);
                 if n != 1 {
+                    let stored = self.stored_receipt(sent.recipient, id);
                     found.push(format!(
-                        "late message {id} was acked (10013) and never acked by a device, but bounced {n} times (want exactly 1)"
+                        "late message {id} was acked (10013) and never acked by a device, but bounced {n} times (want exactly 1); the store says its receipt is {stored:?}"
                     ));
                 }
             }
@@ -661,6 +662,28 @@ impl CrashLoop {
         for v in found {
             self.violation(v);
         }
+    }
+
+    /// The stored receipt state of message `id` (`waiting`, `bounced`...), from `readtrack log`:
+    /// it tells a timer that never fired (`waiting`) from a bounce that was settled durably
+    /// but never reached the sender (`bounced`).
+    fn stored_receipt(&self, recipient: usize, id: &str) -> String {
+        let user = bare(&recipient_name(recipient));
+        let out = tokio::task::block_in_place(|| {
+            self.readtrack
+                .cli(&["log", &user, "--limit", "1000000", "--json"])
+        });
+        assert!(
+            out.status.success(),
+            "log {user}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("log --json is JSON");
+        log["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["id"] == id))
+            .map_or("not in the log".to_string(), |m| m["receipt"].to_string())
     }
 
     fn report(&self) -> String {
