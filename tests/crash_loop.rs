@@ -683,7 +683,9 @@ impl CrashLoop {
         log["messages"]
             .as_array()
             .and_then(|m| m.iter().find(|m| m["id"] == id))
-            .map_or("not in the log".to_string(), |m| m["receipt"].to_string())
+            .map_or("not in the log".to_string(), |m| {
+                m["receipt"].as_str().unwrap_or("missing").to_string()
+            })
     }
 
     fn report(&self) -> String {
