@@ -48,6 +48,8 @@ pub struct Service {
     commands: mpsc::Sender<String>,
     stats: Arc<ServiceStats>,
     retention: Retention,
+    /// Whether the component link is up (between `Connected` and `Disconnected`).
+    connected: bool,
 }
 
 /// When and how much retention runs.
@@ -76,6 +78,7 @@ impl Service {
             commands,
             stats: Arc::default(),
             retention: Retention::default(),
+            connected: false,
         }
     }
 
@@ -119,17 +122,18 @@ impl Service {
                 };
             }
             // Timers are checked every turn, not only when idle, so a steady event flow cannot
-            // starve them.
-            if self.engine.next_deadline()?.is_some_and(|d| d <= now) {
+            // starve them. They fire only while the link is up: the link drops commands written
+            // while it is down, and a fired timer is settled durably, so a bounce dropped then
+            // would be lost for good. Overdue timers (after a restart, say) wait for `Connected`.
+            if self.connected && self.engine.next_deadline()?.is_some_and(|d| d <= now) {
                 pending.extend(self.engine.tick(now)?);
                 self.commit(&mut pending).await?;
             }
-            let wait = self
-                .engine
-                .next_deadline()?
-                .map(|d| Duration::from_millis(d.0.saturating_sub(now.0)))
-                .unwrap_or(IDLE_TICK)
-                .min(IDLE_TICK);
+            let wait = match self.engine.next_deadline()? {
+                Some(d) if self.connected => Duration::from_millis(d.0.saturating_sub(now.0)),
+                _ => IDLE_TICK,
+            }
+            .min(IDLE_TICK);
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
@@ -159,9 +163,11 @@ impl Service {
     fn on_link(&mut self, event: LinkEvent, pending: &mut Vec<Output>) -> Result<(), ServiceError> {
         match event {
             LinkEvent::Connected => {
+                self.connected = true;
                 tracing::info!(component = %self.component, "connected to the server; waiting for its session snapshot")
             }
             LinkEvent::Disconnected { reason } => {
+                self.connected = false;
                 tracing::warn!(%reason, "disconnected from the server; it falls back to its own offline handling")
             }
             LinkEvent::Stanza(stanza) => {

@@ -140,6 +140,19 @@ impl Readtrack {
         }
     }
 
+    /// `Some(status)` when the process has exited on its own (a crash of its own, not one we
+    /// caused); `None` while it runs or after [`Readtrack::kill`]/[`Readtrack::stop`] reaped it.
+    /// A crash loop must tell "we killed it" from "it died": `kill` alone cannot, since
+    /// SIGKILL to an exited but unreaped child still succeeds.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// Process id of the running service, for messages that name the instance.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGTERM and wait: the clean shutdown path.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
