@@ -38,6 +38,13 @@ pub struct ServiceStats {
     pub batches: AtomicU64,
 }
 
+/// What one hook stanza from the server means to the loop.
+enum FromServer {
+    Input(Input),
+    /// The module executed the command with this id.
+    Done(String),
+}
+
 /// A request another task (the admin socket) runs against the engine, inside the loop.
 pub type Query = Box<dyn FnOnce(&mut Engine, Millis) + Send>;
 
@@ -172,8 +179,13 @@ impl Service {
             }
             LinkEvent::Stanza(stanza) => {
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
-                let Some(input) = self.input(&stanza) else {
-                    return Ok(());
+                let input = match self.input(&stanza) {
+                    Some(FromServer::Input(input)) => input,
+                    Some(FromServer::Done(id)) => {
+                        self.engine.confirm(&id)?;
+                        return Ok(());
+                    }
+                    None => return Ok(()),
                 };
                 match self.engine.handle(input, Millis::now()) {
                     Ok(out) => pending.extend(out),
@@ -189,7 +201,7 @@ impl Service {
     }
 
     /// A hook event as an engine input; `None` (logged and counted) when it is not one.
-    fn input(&self, stanza: &str) -> Option<Input> {
+    fn input(&self, stanza: &str) -> Option<FromServer> {
         let reject = |what: String| {
             self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -202,7 +214,8 @@ impl Service {
             Ok(e) => e,
             Err(e) => return reject(e.to_string()),
         };
-        Some(match event {
+        Some(FromServer::Input(match event {
+            HookEvent::Done { id } => return Some(FromServer::Done(id)),
             HookEvent::Available { jid, device_id } => Input::Available { jid, device_id },
             HookEvent::Unavailable { jid } => Input::Unavailable { jid },
             HookEvent::Snapshot { sessions } => Input::Snapshot {
@@ -226,7 +239,7 @@ impl Service {
                 Ok(message) => Input::FromClient { message },
                 Err(e) => return reject(format!("client message: {e}")),
             },
-        })
+        }))
     }
 
     /// Flushes the store, then sends everything the batch produced, in order.
@@ -236,15 +249,22 @@ impl Service {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         for output in pending.drain(..) {
             let command = match output {
-                Output::Deliver { to, stanza } => HookCommand::Deliver {
-                    to,
-                    stanza_xml: write::outgoing(&stanza),
-                },
-                Output::SendAsHost { stanza } => HookCommand::Send {
-                    stanza_xml: write::outgoing(&stanza),
-                },
+                Output::Deliver { to, stanza } => (
+                    HookCommand::Deliver {
+                        to,
+                        stanza_xml: write::outgoing(&stanza),
+                    },
+                    None,
+                ),
+                Output::SendAsHost { stanza, confirm } => (
+                    HookCommand::Send {
+                        stanza_xml: write::outgoing(&stanza),
+                    },
+                    confirm,
+                ),
             };
-            match command.to_xml(&self.component, &self.host) {
+            let (command, confirm) = command;
+            match command.to_xml_with_id(&self.component, &self.host, confirm.as_deref()) {
                 Ok(xml) => {
                     self.stats.commands.fetch_add(1, Ordering::Relaxed);
                     if self.commands.send(xml).await.is_err() {

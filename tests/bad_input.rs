@@ -198,6 +198,9 @@ impl World {
     fn apply(&mut self, stanza: &str) -> Result<(), String> {
         let event = HookEvent::parse(stanza, "localhost").map_err(|e| e.to_string())?;
         let input = match event {
+            HookEvent::Done { id } => {
+                return Err(format!("a <done id={id:?}> is not an engine input"))
+            }
             HookEvent::Available { jid, device_id } => Input::Available { jid, device_id },
             HookEvent::Unavailable { jid } => Input::Unavailable { jid },
             HookEvent::Snapshot { sessions } => Input::Snapshot {

@@ -101,12 +101,26 @@ impl World {
         }
     }
 
+    /// The server executes every command at once and confirms those that ask for it, as
+    /// mod_readtrack answers `<done id>`.
+    fn server_confirms(&mut self, out: &[Output]) {
+        for o in out {
+            if let Output::SendAsHost {
+                confirm: Some(id), ..
+            } = o
+            {
+                self.engine().confirm(id).unwrap();
+            }
+        }
+    }
+
     /// One input, then a commit: what the service does per batch. Returns everything written.
     fn step(&mut self, input: Input) -> Vec<Output> {
         self.maybe_reopen();
         let now = self.now;
         let mut out = self.engine().handle(input, now).unwrap();
         out.extend(self.engine().commit().unwrap());
+        self.server_confirms(&out);
         out
     }
 
@@ -117,6 +131,7 @@ impl World {
         let now = self.now;
         let mut out = self.engine().tick(now).unwrap();
         out.extend(self.engine().commit().unwrap());
+        self.server_confirms(&out);
         out
     }
 
@@ -188,6 +203,7 @@ fn acks(out: &[Output]) -> Vec<(Jid, String)> {
     out.iter()
         .filter_map(|o| match o {
             Output::SendAsHost {
+                confirm: _,
                 stanza: Outgoing::ServerAck { to, id, from, .. },
             } => {
                 assert_eq!(from, "example.com");
@@ -202,6 +218,7 @@ fn bounces(out: &[Output]) -> Vec<(Jid, String, Option<String>)> {
     out.iter()
         .filter_map(|o| match o {
             Output::SendAsHost {
+                confirm: _,
                 stanza:
                     Outgoing::Bounce {
                         to, id, body, from, ..
@@ -799,6 +816,7 @@ fn seed_protocol_wire_examples_drive_the_engine() {
     let out = w.route(chat.clone(), &["bob@example.com/Spark 2.6.3"]);
     let ack = out.iter().find_map(|o| match o {
         Output::SendAsHost {
+            confirm: _,
             stanza: s @ Outgoing::ServerAck { .. },
         } => Some(parse_message(&write::outgoing(s)).unwrap()),
         _ => None,
@@ -1333,4 +1351,55 @@ fn store_stays_bounded_under_steady_traffic_with_retention() {
         late < early * 3,
         "store grew from {early} to {late} bytes under steady, fully read traffic"
     );
+}
+
+/// A bounce the server never confirmed (readtrack was killed before the command reached it, or
+/// the connection broke) is sent again after a timeout, under the same command id, until it is
+/// confirmed; the module executes one id once, so the sender sees it once.
+#[test]
+fn unconfirmed_bounce_is_sent_again_until_confirmed() {
+    let mut w = World::new(false);
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+        &[],
+    );
+    w.now = w.now.plus(Duration::from_secs(10));
+    let now = w.now;
+    let mut first = w.engine().tick(now).unwrap();
+    first.extend(w.engine().commit().unwrap());
+    let confirm_of = |out: &[Output]| -> Vec<String> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::SendAsHost {
+                    stanza: Outgoing::Bounce { id, .. },
+                    confirm: Some(c),
+                } => Some(format!("{id} {c}")),
+                _ => None,
+            })
+            .collect()
+    };
+    let sent = confirm_of(&first);
+    assert_eq!(sent.len(), 1);
+    // No confirmation: lost in a crash. After a restart and the retry delay it goes out again.
+    w.reopen();
+    w.now = w.now.plus(Duration::from_secs(10));
+    let now = w.now;
+    let mut again = w.engine().tick(now).unwrap();
+    again.extend(w.engine().commit().unwrap());
+    assert_eq!(confirm_of(&again), sent, "same message, same command id");
+    assert_eq!(w.engine().counters().bounces, 1, "counted once");
+    assert_eq!(
+        w.engine().log("bob@example.com", 0, 10).unwrap().messages[0].receipt,
+        "bouncing"
+    );
+    // Confirmed: settled, no further sends; a repeated confirmation changes nothing.
+    let id = sent[0].split(' ').nth(1).unwrap().to_string();
+    w.engine().confirm(&id).unwrap();
+    w.engine().confirm(&id).unwrap();
+    assert_eq!(
+        w.engine().log("bob@example.com", 0, 10).unwrap().messages[0].receipt,
+        "bounced"
+    );
+    assert!(bounces(&w.advance(Duration::from_secs(60))).is_empty());
+    assert_eq!(w.engine().store().timer_count(), 0);
 }

@@ -591,3 +591,36 @@ async fn harness_restart_keeps_accounts_and_ports() {
     let (_comp, snapshot) = component(&p).await;
     assert_eq!(snapshot, vec![]);
 }
+
+/// A command with an id is executed once and confirmed with `<done id>` every time it arrives:
+/// readtrack resends a bounce it got no confirmation for, and the sender must see it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_id_is_executed_once_and_confirmed_each_time() {
+    let p = server(&["alice"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let bounce = format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><send xmlns='{HOOK}' id='bounce-1-7'>\
+         <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' id='m7' type='error' \
+         from='localhost' to='alice@localhost/phone'><body>hi</body>\
+         <delay xmlns='urn:xmpp:delay' current='2026-11-25T09:00:00.000Z'>501</delay></message>\
+         </forwarded></send></message>"
+    );
+    for round in 0..2 {
+        comp.send_raw(&bounce).await;
+        let done = next_event(&mut comp, "done", |e| matches!(e, HookEvent::Done { .. })).await;
+        assert_eq!(
+            done,
+            HookEvent::Done {
+                id: "bounce-1-7".into()
+            },
+            "round {round}"
+        );
+    }
+    let got = alice.messages_within(QUIET).await;
+    let copies = got
+        .iter()
+        .filter(|m| attr(m, "id").as_deref() == Some("m7"))
+        .count();
+    assert_eq!(copies, 1, "executed once: {got:?}");
+}

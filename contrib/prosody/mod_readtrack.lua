@@ -249,6 +249,19 @@ local function inner_message(command)
 	return inner and strip_client_ns(st.clone(inner));
 end
 
+-- Ids of commands executed lately. readtrack sends a command again when it got no <done> for it
+-- (it crashed, or the connection broke, before the answer); executing each id once is what makes
+-- that resend safe. A ring keeps the memory bounded.
+local executed, ring, ring_at, ring_size = {}, {}, 0, 10000;
+local function remember(id)
+	ring_at = ring_at % ring_size + 1;
+	if ring[ring_at] then executed[ring[ring_at]] = nil; end
+	ring[ring_at] = id;
+	executed[id] = true;
+end
+
+local execute;
+
 module:hook("message/host", function(event)
 	local origin, stanza = event.origin, event.stanza;
 	local command = stanza:get_child(nil, xmlns_hook);
@@ -258,6 +271,16 @@ module:hook("message/host", function(event)
 			command.name, tostring(stanza.attr.from), tostring(origin.type), component);
 		return true;
 	end
+	local id = command.attr.id;
+	if not (id and executed[id]) then
+		execute(command);
+		if id then remember(id); end
+	end
+	if id then emit(st.stanza("done", { xmlns = xmlns_hook, id = id })); end
+	return true;
+end, 100);
+
+function execute(command)
 	local inner = inner_message(command);
 	if not inner then
 		module:log("warn", "readtrack <%s> without <forwarded><message xmlns='jabber:client'>", command.name);
@@ -282,8 +305,7 @@ module:hook("message/host", function(event)
 	else
 		module:log("warn", "Unknown readtrack command <%s>", command.name);
 	end
-	return true;
-end, 100);
+end
 
 ------------------------------------------------------------------------------------------------
 -- (Re)connection: readtrack lost track of presence while away, so tell it who is online now.

@@ -147,8 +147,13 @@ pub enum Input {
 pub enum Output {
     /// Write to exactly this session; if it is gone, drop it (the message stays unread).
     Deliver { to: Jid, stanza: Outgoing },
-    /// Route as the server host (acks and bounces come from the domain).
-    SendAsHost { stanza: Outgoing },
+    /// Route as the server host (acks and bounces come from the domain). With `confirm`, the
+    /// server answers with that id once it has executed the command, and the engine is told
+    /// through [`Engine::confirm`]; until then the command is sent again after a while.
+    SendAsHost {
+        stanza: Outgoing,
+        confirm: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -298,6 +298,7 @@ impl Engine {
             let receipt = match m.receipt {
                 ReceiptState::NotRequired => "not-required",
                 ReceiptState::Waiting { .. } => "waiting",
+                ReceiptState::Bouncing { .. } => "bouncing",
                 ReceiptState::Acked => "acked",
                 ReceiptState::Bounced => "bounced",
             };

@@ -105,6 +105,7 @@ impl Engine {
             from.domain() == self.config.domain && from.local().is_some() && from.is_full();
         if let (Dialect::Seed, true, Some(id)) = (self.config.dialect, local_sender, &message.id) {
             self.held.push(Output::SendAsHost {
+                confirm: None,
                 stanza: Outgoing::ServerAck {
                     from: self.config.domain.clone(),
                     to: from,
@@ -306,36 +307,75 @@ impl Engine {
     pub(super) fn fire_timers(&mut self, now: Millis) -> Result<()> {
         for timer in self.store.due_timers(now.0, self.config.timers_per_tick)? {
             let message = self.store.message(timer.user, timer.seq)?;
-            let Some(mut m) = message.filter(|m| {
-                m.receipt
-                    == ReceiptState::Waiting {
-                        deadline: timer.deadline,
-                    }
-            }) else {
+            let Some(mut m) = message.filter(|m| m.receipt.timer() == Some(timer.deadline)) else {
                 self.store.settle_timer(timer, None)?; // stale: acked or gone
+                self.pending_timers = self.pending_timers.saturating_sub(1);
                 continue;
             };
-            m.receipt = ReceiptState::Bounced;
-            self.store.settle_timer(timer, Some(&m))?;
-            self.pending_timers = self.pending_timers.saturating_sub(1);
-            self.counters.bounces += 1;
-            match (Jid::parse(&m.from), m.msg_id.clone()) {
-                (Ok(to), Some(id)) => self.held.push(Output::SendAsHost {
-                    stanza: Outgoing::Bounce {
-                        from: self.config.domain.clone(),
-                        to,
-                        id,
-                        body: m.body.clone(),
-                        time: now,
+            let (Ok(to), Some(id)) = (Jid::parse(&m.from), m.msg_id.clone()) else {
+                tracing::warn!(seq = m.seq, from = %m.from, "cannot bounce: sender or id unusable");
+                m.receipt = ReceiptState::Bounced;
+                self.store.settle_timer(timer, Some(&m))?;
+                self.pending_timers = self.pending_timers.saturating_sub(1);
+                continue;
+            };
+            if let ReceiptState::Waiting { .. } = m.receipt {
+                self.counters.bounces += 1;
+            } else {
+                tracing::info!(seq = m.seq, sender = %to, id, "bounce not confirmed by the server; sending it again");
+            }
+            // The timer stays armed until the server confirms the bounce (`Engine::confirm`):
+            // a bounce lost in a crash is sent again, and the module executes one id once.
+            let retry = now.plus(self.config.receipt_timeout).0;
+            m.receipt = ReceiptState::Bouncing { retry };
+            self.store.rearm_timer(timer, retry, &m)?;
+            self.held.push(Output::SendAsHost {
+                stanza: Outgoing::Bounce {
+                    from: self.config.domain.clone(),
+                    to,
+                    id,
+                    body: m.body.clone(),
+                    time: now,
+                },
+                confirm: Some(bounce_confirmation(timer.user, timer.seq)),
+            });
+        }
+        Ok(())
+    }
+
+    /// The server executed the command with this confirmation id: a bounce is now settled.
+    /// Unknown or repeated ids change nothing.
+    pub fn confirm(&mut self, confirmation: &str) -> Result<()> {
+        let Some((user, seq)) = parse_bounce_confirmation(confirmation) else {
+            tracing::warn!(confirmation, "confirmation of an unknown command");
+            return Ok(());
+        };
+        if let Some(mut m) = self.store.message(user, seq)? {
+            if let ReceiptState::Bouncing { retry } = m.receipt {
+                m.receipt = ReceiptState::Bounced;
+                self.store.settle_timer(
+                    Timer {
+                        deadline: retry,
+                        user,
+                        seq,
                     },
-                }),
-                _ => {
-                    tracing::warn!(seq = m.seq, from = %m.from, "cannot bounce: sender or id unusable")
-                }
+                    Some(&m),
+                )?;
+                self.pending_timers = self.pending_timers.saturating_sub(1);
             }
         }
         Ok(())
     }
+}
+
+/// The command id of the bounce of one message: stable, so a resent bounce has the same id.
+fn bounce_confirmation(user: UserId, seq: u64) -> String {
+    format!("bounce-{user}-{seq}")
+}
+
+fn parse_bounce_confirmation(id: &str) -> Option<(UserId, u64)> {
+    let (user, seq) = id.strip_prefix("bounce-")?.split_once('-')?;
+    Some((user.parse().ok()?, seq.parse().ok()?))
 }
 
 /// UUID v7 from the time given (the engine never reads the clock) and random bits.

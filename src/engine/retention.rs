@@ -7,7 +7,7 @@
 //! what is left and cursors can be moved past what is gone.
 
 use super::{Engine, Result};
-use crate::store::{ReceiptState, UserId};
+use crate::store::UserId;
 use crate::time::Millis;
 
 /// What one retention pass did.
@@ -87,7 +87,7 @@ impl Engine {
                 m.seq <= window_start || age_cutoff.is_some_and(|c| m.logged_at < c);
             let all_acked = live.iter().all(|(_, d)| d.is_acked(m.seq));
             // A message still waiting for its receipt keeps its timer until it fires.
-            let waiting = matches!(m.receipt, ReceiptState::Waiting { .. });
+            let waiting = m.receipt.timer().is_some();
             if !(too_old || (outside_window && all_acked && !waiting)) {
                 break;
             }

@@ -53,6 +53,9 @@ pub enum HookEvent {
     Sent { message_xml: String },
     /// All available sessions, sent when the component (re)connects.
     Snapshot { sessions: Vec<SessionInfo> },
+    /// The module executed the command that carried this `id` (or had already: it executes one
+    /// id once).
+    Done { id: String },
 }
 
 /// What readtrack asks the server module to do (component → host).
@@ -364,6 +367,12 @@ impl HookEvent {
             "snapshot" => HookEvent::Snapshot {
                 sessions: w.hook_content(&el)?.0,
             },
+            "done" => HookEvent::Done {
+                id: attr(&el.start, "id")?.ok_or(HookError::MissingAttribute {
+                    element: name.clone(),
+                    attr: "id",
+                })?,
+            },
             _ => return Err(HookError::UnknownEvent(name)),
         };
         Ok(event)
@@ -417,6 +426,9 @@ impl HookEvent {
                     .collect();
                 format!("<snapshot xmlns=\"{NS_HOOK}\">{sessions}</snapshot>")
             }
+            HookEvent::Done { id } => {
+                format!("<done xmlns=\"{NS_HOOK}\" id=\"{}\"/>", escape(id.as_str()))
+            }
         };
         Ok(envelope(host, component, &body))
     }
@@ -427,15 +439,27 @@ impl HookCommand {
     /// `stanza_xml` may lack a namespace (readtrack's writer emits none); `jabber:client` is
     /// added here. Fails if it is not one `<message>` element.
     pub fn to_xml(&self, component: &str, host: &str) -> Result<String, HookError> {
+        self.to_xml_with_id(component, host, None)
+    }
+
+    /// As [`HookCommand::to_xml`], with an `id` the module confirms with a `<done id>` event
+    /// once it has executed the command (and uses to execute a repeated command only once).
+    pub fn to_xml_with_id(
+        &self,
+        component: &str,
+        host: &str,
+        id: Option<&str>,
+    ) -> Result<String, HookError> {
+        let id = opt_attr("id", id);
         let body = match self {
             HookCommand::Deliver { to, stanza_xml } => format!(
-                "<deliver xmlns=\"{NS_HOOK}\" to=\"{}\">{}</deliver>",
+                "<deliver xmlns=\"{NS_HOOK}\" to=\"{}\"{id}>{}</deliver>",
                 escape(to.to_string()),
                 forwarded(stanza_xml)?
             ),
             HookCommand::Send { stanza_xml } => {
                 format!(
-                    "<send xmlns=\"{NS_HOOK}\">{}</send>",
+                    "<send xmlns=\"{NS_HOOK}\"{id}>{}</send>",
                     forwarded(stanza_xml)?
                 )
             }
@@ -769,6 +793,45 @@ mod tests {
     }
 
     #[test]
+    fn done_event_and_command_ids_round_trip() {
+        let done = HookEvent::parse(&fixture("done"), "localhost").unwrap();
+        assert_eq!(
+            done,
+            HookEvent::Done {
+                id: "bounce-1-7".into()
+            }
+        );
+        assert_eq!(
+            HookEvent::parse(
+                &done.to_xml("localhost", "readtrack.localhost").unwrap(),
+                "localhost"
+            )
+            .unwrap(),
+            done
+        );
+        let err = HookEvent::parse(
+            "<message from='localhost' to='readtrack.localhost'><done xmlns='urn:readtrack:hook:0'/></message>",
+            "localhost",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "<done> has no id attribute");
+
+        let command = HookCommand::parse(&fixture("send-bounce"), "readtrack.localhost").unwrap();
+        let HookCommand::Send { stanza_xml } = &command else {
+            panic!("{command:?}")
+        };
+        let written = HookCommand::Send {
+            stanza_xml: stanza_xml.clone(),
+        }
+        .to_xml_with_id("readtrack.localhost", "localhost", Some("bounce-1-7"))
+        .unwrap();
+        assert_eq!(
+            written,
+            fixture("send-bounce").trim_end().replace('\'', "\"")
+        );
+    }
+
+    #[test]
     fn fixtures_validate_against_schema() {
         let dir = format!("{}/tests/fixtures/hooks", env!("CARGO_MANIFEST_DIR"));
         let mut names: Vec<_> = std::fs::read_dir(&dir)
@@ -777,7 +840,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 9, "fixtures in {dir}");
+        assert_eq!(names.len(), 11, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);

@@ -463,7 +463,7 @@ impl Store {
                     if let Some(id) = &message.msg_id {
                         ids.insert(&keys::user_msgid_seq(user, id, seq), &[])?;
                     }
-                    if let ReceiptState::Waiting { deadline } = message.receipt {
+                    if let Some(deadline) = message.receipt.timer() {
                         deadlines.insert(&keys::deadline_user_seq(deadline, user, seq), &[])?;
                     }
                     for (device, d) in delivered_to {
@@ -526,7 +526,7 @@ impl Store {
                     if let Some(id) = &message.msg_id {
                         ids.remove(&keys::user_msgid_seq(user, id, seq))?;
                     }
-                    if let ReceiptState::Waiting { deadline } = message.receipt {
+                    if let Some(deadline) = message.receipt.timer() {
                         deadlines.remove(&keys::deadline_user_seq(deadline, user, seq))?;
                     }
                     for device in devices {
@@ -826,6 +826,25 @@ impl Store {
                 timer.user,
                 timer.seq,
             ))?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        Ok(())
+    }
+
+    /// Moves a timer to `deadline` and stores the message's new state, atomically.
+    pub fn rearm_timer(&self, timer: Timer, deadline: u64, message: &MessageRecord) -> Result<()> {
+        let encoded = encode(message)?;
+        (&self.userseq_message, &self.deadline_userseq).transaction(|(log, deadlines)| {
+            log.insert(&keys::user_seq(timer.user, timer.seq), encoded.clone())?;
+            deadlines.remove(&keys::deadline_user_seq(
+                timer.deadline,
+                timer.user,
+                timer.seq,
+            ))?;
+            deadlines.insert(
+                &keys::deadline_user_seq(deadline, timer.user, timer.seq),
+                &[],
+            )?;
             Ok::<_, ConflictableTransactionError<StoreError>>(())
         })?;
         Ok(())

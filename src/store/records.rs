@@ -28,8 +28,23 @@ pub enum ReceiptState {
     Waiting { deadline: u64 },
     /// Some device of the recipient acked it.
     Acked,
-    /// The timer fired and the sender got the delay bounce.
+    /// The timer fired and the sender got the delay bounce (the server confirmed it).
     Bounced,
+    /// The timer fired and the bounce is on its way; until the server confirms it, the timer
+    /// stays armed for `retry` and the bounce is sent again then (it is idempotent: the
+    /// module executes one command id once).
+    Bouncing { retry: u64 },
+}
+
+impl ReceiptState {
+    /// The deadline of the timer this state keeps in `deadline_userseq`, if any.
+    pub fn timer(&self) -> Option<u64> {
+        match self {
+            ReceiptState::Waiting { deadline } => Some(*deadline),
+            ReceiptState::Bouncing { retry } => Some(*retry),
+            _ => None,
+        }
+    }
 }
 
 /// `userseq_message`: one logged message for one recipient user.
