@@ -40,7 +40,7 @@ pub struct ServiceStats {
 
 /// What one hook stanza from the server means to the loop.
 enum FromServer {
-    Input(Input),
+    Input(Box<Input>),
     /// The module executed the command with this id.
     Done(String),
 }
@@ -180,7 +180,7 @@ impl Service {
             LinkEvent::Stanza(stanza) => {
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
                 let input = match self.input(&stanza) {
-                    Some(FromServer::Input(input)) => input,
+                    Some(FromServer::Input(input)) => *input,
                     Some(FromServer::Done(id)) => {
                         self.engine.confirm(&id)?;
                         return Ok(());
@@ -214,7 +214,7 @@ impl Service {
             Ok(e) => e,
             Err(e) => return reject(e.to_string()),
         };
-        Some(FromServer::Input(match event {
+        Some(FromServer::Input(Box::new(match event {
             HookEvent::Done { id } => return Some(FromServer::Done(id)),
             HookEvent::Available { jid, device_id } => Input::Available { jid, device_id },
             HookEvent::Unavailable { jid } => Input::Unavailable { jid },
@@ -239,7 +239,7 @@ impl Service {
                 Ok(message) => Input::FromClient { message },
                 Err(e) => return reject(format!("client message: {e}")),
             },
-        }))
+        })))
     }
 
     /// Flushes the store, then sends everything the batch produced, in order.
