@@ -8,8 +8,9 @@
 //! ```
 //!
 //! Workloads: `parse N`, `ingest N` (routed to a live device, receipts required, commit every 64),
-//! `receipt N` (N acks after logging N messages, commit every 64), `replay N` (log N messages
-//! offline, then one login replays them).
+//! `receipt N` (N acks after logging N messages, commit every 64), `replay N U` (log N messages
+//! offline, read all but the last U, then one login replays them), `scan N U` (raw sled baseline:
+//! N values of the same size, range scan of the last U).
 
 use std::time::Instant;
 
@@ -128,6 +129,8 @@ fn main() {
             }
         }
         "replay" => {
+            // `replay N U`: N logged while the phone is away, all but the last U read, one login.
+            let unread: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(n);
             engine
                 .handle(
                     Input::Available {
@@ -146,32 +149,102 @@ fn main() {
                     engine.commit().unwrap();
                 }
             }
+            if unread < n {
+                let mut marker = Message::new(MessageType::Chat);
+                marker.from = Some(phone.clone());
+                marker.to = Some(jid("alice@example.com/Spark 2.6.3"));
+                marker.displayed = Some(format!("m{}", n - unread));
+                engine
+                    .handle(Input::FromClient { message: marker }, Millis(T0))
+                    .unwrap();
+            }
             engine.commit().unwrap();
             let logged = start.elapsed();
             let start = Instant::now();
-            let out = engine
-                .handle(
-                    Input::Available {
-                        jid: phone,
-                        device_id: None,
-                    },
-                    Millis(T0 + 1),
-                )
-                .unwrap();
-            let mut bytes = 0;
-            for o in &out {
-                if let readtrack::engine::Output::Deliver { stanza, .. } = o {
-                    bytes += write::outgoing(stanza).len();
-                }
-            }
+            let (stanzas, bytes) = measured_replay(&mut engine, phone);
             println!(
-                "logged in {logged:?}; replayed {} ({bytes} bytes) in {:?}",
-                out.len(),
+                "logged in {logged:?}; replayed {stanzas} ({bytes} bytes) in {:?}",
                 start.elapsed()
             );
+            return;
+        }
+        "scan" => {
+            // `scan N U`: the baseline. N values of a logged message's size in a raw sled tree,
+            // then a range scan of the last U.
+            let unread: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(n);
+            let db = sled::Config::new()
+                .path(dir.path().join("raw"))
+                .cache_capacity(options.cache_bytes)
+                .open()
+                .unwrap();
+            let tree = db.open_tree("log").unwrap();
+            // A logged chat message as the store encodes it (the same record as benches/core.rs).
+            let record = readtrack::store::MessageRecord {
+                seq: 1,
+                stanza_id: u128::MAX / 3,
+                msg_id: Some("m1000000".into()),
+                from: "alice@example.com/Spark 2.6.3".into(),
+                kind: Some("chat".into()),
+                body: Some(
+                    r#"{"time":"2013-11-20T06:41:36.102Z","cnt":"hello","msgTypec":"10000","mtype":"0"}"#
+                        .into(),
+                ),
+                thread: Some("P2J5R2".into()),
+                logged_at: T0,
+                system: false,
+                receipt: readtrack::store::ReceiptState::NotRequired,
+                archive_id: None,
+            };
+            let value =
+                bincode::serde::encode_to_vec(&record, bincode::config::standard()).unwrap();
+            for i in 1..=n {
+                tree.insert(key(i), value.as_slice()).unwrap();
+            }
+            db.flush().unwrap();
+            let start = Instant::now();
+            let bytes = measured_scan(&tree, n - unread + 1);
+            println!("scanned {unread} ({bytes} bytes) in {:?}", start.elapsed());
             return;
         }
         other => panic!("unknown workload {other:?} (parse, ingest, receipt, replay)"),
     }
     println!("{what} {n}: {:?}", start.elapsed());
+}
+
+fn key(seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&1u64.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The measured part of `replay` (callgrind: `--toggle-collect='*measured_replay*'`).
+#[inline(never)]
+fn measured_replay(engine: &mut Engine, phone: Jid) -> (usize, usize) {
+    let out = engine
+        .handle(
+            Input::Available {
+                jid: phone,
+                device_id: None,
+            },
+            Millis(T0 + 1),
+        )
+        .unwrap();
+    let mut bytes = 0;
+    for o in &out {
+        if let readtrack::engine::Output::Deliver { stanza, .. } = o {
+            bytes += write::outgoing(stanza).len();
+        }
+    }
+    (out.len(), bytes)
+}
+
+/// The measured part of `scan` (callgrind: `--toggle-collect='*measured_scan*'`).
+#[inline(never)]
+fn measured_scan(tree: &sled::Tree, from: u64) -> usize {
+    let mut bytes = 0;
+    for kv in tree.range(key(from)..=key(u64::MAX)) {
+        bytes += kv.unwrap().1.len();
+    }
+    bytes
 }
