@@ -183,13 +183,14 @@ struct ChatResult {
 }
 
 /// One chat round: every pair at once; returns throughput and every message's latency.
-async fn chat_round(p: &Prosody, pairs: u64, msgs: u64, window: u64, round: u64) -> ChatResult {
+async fn chat_round(p: &Prosody, pairs: u64, msgs: u64, window: u64) -> ChatResult {
     let base = Instant::now();
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for i in 0..pairs {
-        senders.push(online(p, &format!("s{i}"), &format!("r{round}")).await);
-        receivers.push(online(p, &format!("d{i}"), &format!("r{round}")).await);
+        // The same resources every round: known devices, so readtrack replays them no history.
+        senders.push(online(p, &format!("s{i}"), "load").await);
+        receivers.push(online(p, &format!("d{i}"), "load").await);
     }
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -202,12 +203,13 @@ async fn chat_round(p: &Prosody, pairs: u64, msgs: u64, window: u64, round: u64)
                     .next_stanza(Duration::from_secs(30))
                     .await
                     .expect("receiver timed out");
-                if name(&s) != "message" || !s.contains("<body>") {
+                // Live messages only: a replay (delay-stamped) belongs to an earlier round.
+                if name(&s) != "message" || !s.contains("<body>") || s.contains("urn:xmpp:delay") {
                     continue;
                 }
                 let body = s.split("<body>").nth(1).unwrap();
                 let sent: u64 = body[..body.find('<').unwrap()].parse().unwrap();
-                lat.push((nanos_since(base) - sent) / 1000);
+                lat.push(nanos_since(base).saturating_sub(sent) / 1000);
                 let id = attr(&s, "id").unwrap();
                 let from = attr(&s, "from").unwrap();
                 rx.send_raw(&format!(
@@ -308,6 +310,33 @@ async fn replay_round(p: &Prosody, rt: Option<&Daemon>, n: u64, sink: &str) -> f
     t
 }
 
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0 // USER_HZ
+}
+
+/// The pid of the Prosody process (not its `runuser` parent) running with this config.
+fn prosody_pid(p: &Prosody) -> u32 {
+    let config = p.config_path().display().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&config) && !cmd.starts_with("runuser") {
+            return pid;
+        }
+    }
+    panic!("no prosody process for {config}");
+}
+
 fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let field = |f: &str| {
@@ -401,11 +430,16 @@ fn main() {
 
     // Chat, alternating the two servers so drift in the machine's load hits both.
     let mut results: [Vec<ChatResult>; 2] = [Vec::new(), Vec::new()];
+    // CPU seconds per mode: [prosody, readtrack, this process (the clients)].
+    let mut cpu = [[0.0f64; 3]; 2];
+    let pids = [prosody_pid(&alone), prosody_pid(&with_rt)];
+    let me = std::process::id();
     let run_started = Instant::now();
     for round in 0..rounds {
         for (k, p) in [&alone, &with_rt].into_iter().enumerate() {
+            let before = [cpu_s(pids[k]), cpu_s(daemon.pid()), cpu_s(me)];
             let r = rt.block_on(async {
-                tokio::time::timeout(PHASE_LIMIT, chat_round(p, pairs, msgs, window, round))
+                tokio::time::timeout(PHASE_LIMIT, chat_round(p, pairs, msgs, window))
                     .await
                     .expect("chat round over its time limit")
             });
@@ -414,9 +448,18 @@ fn main() {
                 ["alone", "readtrack"][k],
                 r.msgs_per_s
             );
+            let after = [cpu_s(pids[k]), cpu_s(daemon.pid()), cpu_s(me)];
+            for i in 0..3 {
+                // readtrack's CPU counts only while it is attached (mode 1).
+                if i != 1 || k == 1 {
+                    cpu[k][i] += after[i] - before[i];
+                }
+            }
             results[k].push(r);
         }
     }
+    let chat_msgs = (rounds * pairs * msgs) as f64;
+    let per_msg_us = |c: f64| c / chat_msgs * 1e6;
     let summarise = |rs: &[ChatResult]| {
         let mut all: Vec<u64> = rs.iter().flat_map(|r| r.latencies_us.clone()).collect();
         all.sort_unstable();
@@ -431,12 +474,15 @@ fn main() {
     );
 
     // Replay: mod_offline, then readtrack.
+    let alone_cpu_before = cpu_s(pids[0]);
     let replay_alone = rt.block_on(async {
         tokio::time::timeout(PHASE_LIMIT, replay_round(&alone, None, replay_n, "sink0"))
             .await
             .expect("replay over its time limit")
     });
     println!("replay {replay_n} via mod_offline: {replay_alone:.3} s");
+    let alone_replay_cpu = cpu_s(pids[0]) - alone_cpu_before;
+    let replay_cpu_before = [cpu_s(pids[1]), cpu_s(daemon.pid())];
     let replay_rt = rt.block_on(async {
         tokio::time::timeout(
             PHASE_LIMIT,
@@ -446,6 +492,16 @@ fn main() {
         .expect("replay over its time limit")
     });
     println!("replay {replay_n} via readtrack:   {replay_rt:.3} s");
+    // Includes sending and logging the 10k as well as the replay.
+    println!(
+        "replay CPU s (send + store + replay): prosody alone {alone_replay_cpu:.2}; with readtrack: prosody {:.2}, readtrack {:.2}",
+        cpu_s(pids[1]) - replay_cpu_before[0],
+        cpu_s(daemon.pid()) - replay_cpu_before[1]
+    );
+    let replay_cpu = [
+        cpu_s(pids[1]) - replay_cpu_before[0],
+        cpu_s(daemon.pid()) - replay_cpu_before[1],
+    ];
     let (rss_serving, _) = rss_kib(daemon.pid());
 
     // Memory: stop the daemon, fill a fresh store, start it again on it.
@@ -536,6 +592,30 @@ fn main() {
             "≥1 MISSED"
         }
     );
+    println!(
+        "{:<46} {:>12.1} {:>12.1} {:>10} {:>10}",
+        "CPU µs/msg in Prosody (chat)",
+        per_msg_us(cpu[0][0]),
+        per_msg_us(cpu[1][0]),
+        "",
+        ""
+    );
+    println!(
+        "{:<46} {:>12} {:>12.1} {:>10} {:>10}",
+        "CPU µs/msg in readtrack serve (chat)",
+        "",
+        per_msg_us(cpu[1][1]),
+        "",
+        ""
+    );
+    println!(
+        "{:<46} {:>12.1} {:>12.1} {:>10} {:>10}",
+        "CPU µs/msg in the load clients (chat)",
+        per_msg_us(cpu[0][2]),
+        per_msg_us(cpu[1][2]),
+        "",
+        ""
+    );
     if let Some(x) = extrapolated {
         println!(
             "{:<46} {:>12} {:>12.0} {:>10} {:>10}",
@@ -555,7 +635,11 @@ fn main() {
         "chat": {"alone": {"msgs_per_s": tput_a, "p50_ms": p50_a as f64 / 1e3, "p99_ms": p99_a as f64 / 1e3},
                  "readtrack": {"msgs_per_s": tput_r, "p50_ms": p50_r as f64 / 1e3, "p99_ms": p99_r as f64 / 1e3},
                  "throughput_ratio": tput_ratio, "p99_added_ms": p99_added_ms},
-        "replay": {"mod_offline_s": replay_alone, "readtrack_s": replay_rt, "speed_ratio": replay_ratio},
+        "chat_cpu_us_per_msg": {"alone": {"prosody": per_msg_us(cpu[0][0]), "clients": per_msg_us(cpu[0][2])},
+                                "readtrack": {"prosody": per_msg_us(cpu[1][0]), "readtrack": per_msg_us(cpu[1][1]), "clients": per_msg_us(cpu[1][2])}},
+        "replay": {"mod_offline_s": replay_alone, "readtrack_s": replay_rt, "speed_ratio": replay_ratio,
+                   "cpu_s_send_log_and_replay": {"alone": {"prosody": alone_replay_cpu},
+                                                  "readtrack": {"prosody": replay_cpu[0], "readtrack": replay_cpu[1]}}},
         "memory": {"rss_after_load_mib": rss_serving as f64 / 1024.0, "points": memory,
                    "extrapolated_peak_rss_mib_10m_msgs": extrapolated},
     });
