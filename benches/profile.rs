@@ -53,7 +53,11 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let what = args.first().map(String::as_str).unwrap_or("ingest");
+    // Under plain `cargo bench` (no workload named) there is nothing to profile.
+    let Some(what) = args.first().map(String::as_str) else {
+        println!("profile: name a workload (parse, ingest, receipt, replay, scan); see benches/profile.rs");
+        return;
+    };
     let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-scratch");
     std::fs::create_dir_all(&base).unwrap();
