@@ -15,7 +15,8 @@
 //!
 //! Every loop is bounded in count and time. Prints a table, writes `target/readtrack-load.json`.
 //! Run: `cargo bench --bench load` (as root: Prosody is started as the `prosody` user).
-//! Sizes: `LOAD_PAIRS`, `LOAD_MSGS`, `LOAD_WINDOW`, `LOAD_ROUNDS`, `LOAD_REPLAY`, `LOAD_MEM`
+//! `LOAD_MEMORY_ONLY=1` runs only the memory points. Sizes: `LOAD_PAIRS`, `LOAD_MSGS`,
+//! `LOAD_WINDOW`, `LOAD_ROUNDS`, `LOAD_REPLAY`, `LOAD_MEM`
 //! (`users:devices_per_user:messages` pairs separated by `,`; default `1000:3:100000,10000:3:1000000`).
 
 #[path = "../tests/common/mod.rs"]
@@ -397,6 +398,50 @@ fn build_store(path: &Path, users: u64, devices: u64, messages: u64) {
     store.flush().unwrap();
 }
 
+/// RSS of `readtrack serve` on stores of each size: stop the daemon, fill a fresh store, start
+/// it again on it. Returns the points and a linear extrapolation through the last two to 10M
+/// messages.
+fn measure_memory(
+    daemon: &mut Daemon,
+    mem_points: &[(u64, u64, u64)],
+) -> (Vec<serde_json::Value>, Option<f64>) {
+    let mut memory = Vec::new();
+    for &(u, d, m) in mem_points {
+        daemon.stop();
+        let _ = std::fs::remove_dir_all(daemon.store_path());
+        let built = Instant::now();
+        build_store(&daemon.store_path(), u, d, m);
+        let build_s = built.elapsed().as_secs_f64();
+        daemon.start();
+        std::thread::sleep(Duration::from_secs(2)); // let the reconnect snapshot settle
+        let (rss, hwm) = rss_kib(daemon.pid());
+        println!(
+            "memory: {u} users / {} devices / {m} messages (built in {build_s:.0} s): RSS {} MiB, peak {} MiB",
+            u * d,
+            rss / 1024,
+            hwm / 1024
+        );
+        memory.push(json!({"users": u, "devices": u * d, "messages": m,
+            "rss_mib": rss as f64 / 1024.0, "peak_rss_mib": hwm as f64 / 1024.0, "build_s": build_s}));
+    }
+    let extrapolated = if memory.len() >= 2 {
+        let (a, b) = (&memory[memory.len() - 2], &memory[memory.len() - 1]);
+        let (ma, mb) = (
+            a["messages"].as_f64().unwrap(),
+            b["messages"].as_f64().unwrap(),
+        );
+        let (ra, rb) = (
+            a["peak_rss_mib"].as_f64().unwrap(),
+            b["peak_rss_mib"].as_f64().unwrap(),
+        );
+        let slope = (rb - ra) / (mb - ma);
+        Some(rb + slope * (10_000_000.0 - mb))
+    } else {
+        None
+    };
+    (memory, extrapolated)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this runner takes its settings from the environment.
     let pairs = env_num("LOAD_PAIRS", 8);
@@ -422,6 +467,19 @@ fn main() {
     let with_rt = prosody(true, &users);
     let mut daemon = Daemon::new(&with_rt, 64);
     daemon.start();
+    // `LOAD_MEMORY_ONLY=1`: only the memory points, written to target/readtrack-load-memory.json.
+    if std::env::var("LOAD_MEMORY_ONLY").is_ok_and(|v| v == "1") {
+        let (memory, extrapolated) = measure_memory(&mut daemon, &mem_points);
+        println!("RSS extrapolated to 10M messages: {extrapolated:?} MiB");
+        let out = scratch_base()
+            .parent()
+            .unwrap()
+            .join("readtrack-load-memory.json");
+        let doc = json!({"memory": {"points": memory, "extrapolated_peak_rss_mib_10m_msgs": extrapolated}});
+        std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        println!("written {}", out.display());
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -504,41 +562,7 @@ fn main() {
     ];
     let (rss_serving, _) = rss_kib(daemon.pid());
 
-    // Memory: stop the daemon, fill a fresh store, start it again on it.
-    let mut memory = Vec::new();
-    for &(u, d, m) in &mem_points {
-        daemon.stop();
-        let _ = std::fs::remove_dir_all(daemon.store_path());
-        let built = Instant::now();
-        build_store(&daemon.store_path(), u, d, m);
-        let build_s = built.elapsed().as_secs_f64();
-        daemon.start();
-        std::thread::sleep(Duration::from_secs(2)); // let the reconnect snapshot settle
-        let (rss, hwm) = rss_kib(daemon.pid());
-        println!(
-            "memory: {u} users / {} devices / {m} messages (built in {build_s:.0} s): RSS {} MiB, peak {} MiB",
-            u * d,
-            rss / 1024,
-            hwm / 1024
-        );
-        memory.push(json!({"users": u, "devices": u * d, "messages": m,
-            "rss_mib": rss as f64 / 1024.0, "peak_rss_mib": hwm as f64 / 1024.0, "build_s": build_s}));
-    }
-    let extrapolated = if memory.len() >= 2 {
-        let (a, b) = (&memory[memory.len() - 2], &memory[memory.len() - 1]);
-        let (ma, mb) = (
-            a["messages"].as_f64().unwrap(),
-            b["messages"].as_f64().unwrap(),
-        );
-        let (ra, rb) = (
-            a["peak_rss_mib"].as_f64().unwrap(),
-            b["peak_rss_mib"].as_f64().unwrap(),
-        );
-        let slope = (rb - ra) / (mb - ma);
-        Some(rb + slope * (10_000_000.0 - mb))
-    } else {
-        None
-    };
+    let (memory, extrapolated) = measure_memory(&mut daemon, &mem_points);
     drop(daemon);
 
     let tput_ratio = tput_r / tput_a;
