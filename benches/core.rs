@@ -142,6 +142,8 @@ fn message_record_bytes() -> Vec<u8> {
         system: false,
         receipt: ReceiptState::Waiting { deadline: T0 },
         archive_id: None,
+        sent: false,
+        to: None,
     };
     bincode::serde::encode_to_vec(&record, bincode::config::standard()).unwrap()
 }

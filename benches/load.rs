@@ -388,6 +388,8 @@ fn build_store(path: &Path, users: u64, devices: u64, messages: u64) {
             system: false,
             receipt: ReceiptState::NotRequired,
             archive_id: None,
+            sent: false,
+            to: None,
         };
         let delivered: &[(u32, DeliveryRecord)] = &[];
         store.append_message(user, &m, delivered).unwrap();

@@ -198,6 +198,8 @@ fn main() {
                 system: false,
                 receipt: readtrack::store::ReceiptState::NotRequired,
                 archive_id: None,
+                sent: false,
+                to: None,
             };
             let value =
                 bincode::serde::encode_to_vec(&record, bincode::config::standard()).unwrap();
