@@ -39,10 +39,42 @@ pub struct ServiceStats {
 }
 
 /// What one hook stanza from the server means to the loop.
-enum FromServer {
+pub enum FromServer {
     Input(Box<Input>),
     /// The module executed the command with this id.
     Done(String),
+}
+
+/// What one stanza from the server means: an engine input (hook event, then the client message
+/// inside it), or the confirmation of a command. The error is the line `serve` logs for it.
+pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
+    let event = HookEvent::parse(stanza, host).map_err(|e| e.to_string())?;
+    Ok(FromServer::Input(Box::new(match event {
+        HookEvent::Done { id } => return Ok(FromServer::Done(id)),
+        HookEvent::Available { jid, device_id } => Input::Available { jid, device_id },
+        HookEvent::Unavailable { jid } => Input::Unavailable { jid },
+        HookEvent::Snapshot { sessions } => Input::Snapshot {
+            sessions: sessions.into_iter().map(|s| (s.jid, s.device_id)).collect(),
+        },
+        HookEvent::Routed {
+            to,
+            archive_id,
+            sessions,
+            message_xml,
+        } => {
+            let message =
+                parse_message(&message_xml).map_err(|e| format!("routed message: {e}"))?;
+            Input::Routed {
+                message,
+                to,
+                sessions,
+                archive_id,
+            }
+        }
+        HookEvent::Sent { message_xml } => Input::FromClient {
+            message: parse_message(&message_xml).map_err(|e| format!("client message: {e}"))?,
+        },
+    })))
 }
 
 /// A request another task (the admin socket) runs against the engine, inside the loop.
@@ -202,44 +234,17 @@ impl Service {
 
     /// A hook event as an engine input; `None` (logged and counted) when it is not one.
     fn input(&self, stanza: &str) -> Option<FromServer> {
-        let reject = |what: String| {
-            self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                stanza_bytes = stanza.len(),
-                "rejected stanza from the server: {what}"
-            );
-            None
-        };
-        let event = match HookEvent::parse(stanza, &self.host) {
-            Ok(e) => e,
-            Err(e) => return reject(e.to_string()),
-        };
-        Some(FromServer::Input(Box::new(match event {
-            HookEvent::Done { id } => return Some(FromServer::Done(id)),
-            HookEvent::Available { jid, device_id } => Input::Available { jid, device_id },
-            HookEvent::Unavailable { jid } => Input::Unavailable { jid },
-            HookEvent::Snapshot { sessions } => Input::Snapshot {
-                sessions: sessions.into_iter().map(|s| (s.jid, s.device_id)).collect(),
-            },
-            HookEvent::Routed {
-                to,
-                archive_id,
-                sessions,
-                message_xml,
-            } => match parse_message(&message_xml) {
-                Ok(message) => Input::Routed {
-                    message,
-                    to,
-                    sessions,
-                    archive_id,
-                },
-                Err(e) => return reject(format!("routed message: {e}")),
-            },
-            HookEvent::Sent { message_xml } => match parse_message(&message_xml) {
-                Ok(message) => Input::FromClient { message },
-                Err(e) => return reject(format!("client message: {e}")),
-            },
-        })))
+        match from_server(stanza, &self.host) {
+            Ok(event) => Some(event),
+            Err(what) => {
+                self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    stanza_bytes = stanza.len(),
+                    "rejected stanza from the server: {what}"
+                );
+                None
+            }
+        }
     }
 
     /// Flushes the store, then sends everything the batch produced, in order.

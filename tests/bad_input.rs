@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use readtrack::engine::{Engine, EngineConfig, EngineError, Input};
-use readtrack::stanza::hooks::HookEvent;
-use readtrack::stanza::{parse_message, Frame, FrameError, Framer, Limits};
+use readtrack::engine::{Engine, EngineConfig, EngineError};
+use readtrack::service::FromServer;
+use readtrack::stanza::{Frame, FrameError, Framer, Limits};
 use readtrack::store::{Counters, Store, StoreOptions};
 use readtrack::time::Millis;
 
@@ -196,30 +196,12 @@ impl World {
     /// What `readtrack serve` does with one stanza from the server: hook event, inner message,
     /// engine input, commit. An error says at which step it was refused.
     fn apply(&mut self, stanza: &str) -> Result<(), String> {
-        let event = HookEvent::parse(stanza, "localhost").map_err(|e| e.to_string())?;
-        let input = match event {
-            HookEvent::Done { id } => {
+        // The very code `serve` runs for a stanza from the server.
+        let input = match readtrack::service::from_server(stanza, "localhost")? {
+            FromServer::Input(input) => *input,
+            FromServer::Done(id) => {
                 return Err(format!("a <done id={id:?}> is not an engine input"))
             }
-            HookEvent::Available { jid, device_id } => Input::Available { jid, device_id },
-            HookEvent::Unavailable { jid } => Input::Unavailable { jid },
-            HookEvent::Snapshot { sessions } => Input::Snapshot {
-                sessions: sessions.into_iter().map(|s| (s.jid, s.device_id)).collect(),
-            },
-            HookEvent::Routed {
-                to,
-                archive_id,
-                sessions,
-                message_xml,
-            } => Input::Routed {
-                message: parse_message(&message_xml).map_err(|e| e.to_string())?,
-                to,
-                sessions,
-                archive_id,
-            },
-            HookEvent::Sent { message_xml } => Input::FromClient {
-                message: parse_message(&message_xml).map_err(|e| e.to_string())?,
-            },
         };
         let engine = self.engine.as_mut().unwrap();
         let result = engine.handle(input, Millis(T0 + 1000));
@@ -338,7 +320,7 @@ fn jid_that_is_not_a_jid() {
         .unwrap_err();
     assert_eq!(
         err,
-        "invalid JID in attribute \"from\": JID \"alice@@localhost/phone\" contains a forbidden character"
+        "client message: invalid JID in attribute \"from\": JID \"alice@@localhost/phone\" contains a forbidden character"
     );
     // A JID, but not a device of a user of this domain: refused by the engine.
     let err = w
@@ -356,7 +338,7 @@ fn receipt_with_no_id() {
     let err = w
         .refuse(&sent(&seed_receipt("alice@localhost/phone", None)), false)
         .unwrap_err();
-    assert_eq!(err, "message has a receipt but no id");
+    assert_eq!(err, "client message: message has a receipt but no id");
 }
 
 #[test]
