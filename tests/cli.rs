@@ -18,26 +18,7 @@ use common::daemon::{binary, Readtrack, ReadtrackOpts};
 use common::*;
 
 fn server() -> Prosody {
-    let p = Prosody::start(ProsodyOpts::default());
-    for u in ["alice", "bob", "carol"] {
-        p.register(u, "pw");
-    }
-    p
-}
-
-async fn online(p: &Prosody, user: &str, resource: &str) -> Client {
-    let mut c = p.client(user, "pw", resource).await;
-    c.send_presence().await;
-    c.sync().await;
-    c
-}
-
-fn chat(id: &str, to: &str, body: &str) -> String {
-    format!("<message id='{id}' type='chat' to='{to}'><body>{body}</body></message>")
-}
-
-fn crs_receipt(id: &str) -> String {
-    format!("<message id='{id}' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>")
+    server_with(&["alice", "bob", "carol"])
 }
 
 fn has_id(s: &str, id: &str) -> bool {

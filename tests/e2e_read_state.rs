@@ -8,22 +8,7 @@ use common::daemon::{Readtrack, ReadtrackOpts};
 use common::*;
 
 fn server() -> Prosody {
-    let p = Prosody::start(ProsodyOpts::default());
-    for u in ["alice", "bob"] {
-        p.register(u, "pw");
-    }
-    p
-}
-
-async fn online(p: &Prosody, user: &str, resource: &str) -> Client {
-    let mut c = p.client(user, "pw", resource).await;
-    c.send_presence().await;
-    c.sync().await;
-    c
-}
-
-fn chat(id: &str, to: &str, body: &str) -> String {
-    format!("<message id='{id}' type='chat' to='{to}'><body>{body}</body></message>")
+    server_with(&["alice", "bob"])
 }
 
 /// `readtrack conversations JID --json`: (peer, unread) pairs.

@@ -863,3 +863,33 @@ impl RawComponent {
         self.conn.close().await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shortcuts shared by the end-to-end tests.
+
+/// A Prosody with `users` registered, each with the password `pw`.
+pub fn server_with(users: &[&str]) -> Prosody {
+    let p = Prosody::start(ProsodyOpts::default());
+    for u in users {
+        p.register(u, "pw");
+    }
+    p
+}
+
+/// A client logged in as `user` (password `pw`) that sent its initial presence, processed.
+pub async fn online(p: &Prosody, user: &str, resource: &str) -> Client {
+    let mut c = p.client(user, "pw", resource).await;
+    c.send_presence().await;
+    c.sync().await;
+    c
+}
+
+/// A chat message as a client sends it.
+pub fn chat(id: &str, to: &str, body: &str) -> String {
+    format!("<message id='{id}' type='chat' to='{to}'><body>{body}</body></message>")
+}
+
+/// A seed receipt (`type='crs'`, status 200) for `id`, addressed to the server.
+pub fn crs_receipt(id: &str) -> String {
+    format!("<message id='{id}' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>")
+}
