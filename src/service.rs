@@ -179,7 +179,9 @@ impl Service {
                 event = events.recv() => {
                     let Some(event) = event else { break };
                     self.on_link(event, &mut pending)?;
-                    while pending.len() < BATCH * 4 {
+                    // Group commit over what is already queued, but at most BATCH events, so
+                    // the acks of the first ones do not wait behind an unbounded backlog.
+                    for _ in 1..BATCH {
                         match events.try_recv() {
                             Ok(event) => self.on_link(event, &mut pending)?,
                             Err(_) => break,
