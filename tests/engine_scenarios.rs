@@ -1403,3 +1403,33 @@ fn unconfirmed_bounce_is_sent_again_until_confirmed() {
     assert!(bounces(&w.advance(Duration::from_secs(60))).is_empty());
     assert_eq!(w.engine().store().timer_count(), 0);
 }
+
+/// A server that never confirms (say, an older module) gets the bounce a bounded number of
+/// times, then readtrack gives up and settles it.
+#[test]
+fn a_never_confirmed_bounce_is_given_up_after_the_attempt_limit() {
+    let mut w = World::new(false);
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+        &[],
+    );
+    let mut sent = 0;
+    for _ in 0..readtrack::engine::MAX_BOUNCE_ATTEMPTS + 3 {
+        w.now = w.now.plus(Duration::from_secs(10));
+        let now = w.now;
+        let mut out = w.engine().tick(now).unwrap();
+        out.extend(w.engine().commit().unwrap()); // nobody confirms
+        sent += bounces(&out).len() as u32;
+    }
+    assert_eq!(sent, readtrack::engine::MAX_BOUNCE_ATTEMPTS);
+    assert_eq!(
+        w.engine().log("bob@example.com", 0, 10).unwrap().messages[0].receipt,
+        "bounced"
+    );
+    assert_eq!(w.engine().store().timer_count(), 0);
+    assert_eq!(
+        w.engine().counters().bounces,
+        1,
+        "one bounce, however many sends"
+    );
+}

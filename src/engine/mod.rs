@@ -10,6 +10,7 @@
 
 mod devices;
 mod retention;
+pub use receipts::MAX_BOUNCE_ATTEMPTS;
 pub use retention::RetentionReport;
 pub mod query;
 mod receipts;

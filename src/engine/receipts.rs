@@ -319,15 +319,30 @@ impl Engine {
                 self.pending_timers = self.pending_timers.saturating_sub(1);
                 continue;
             };
-            if let ReceiptState::Waiting { .. } = m.receipt {
+            let attempts = match m.receipt {
+                ReceiptState::Bouncing { attempts, .. } => attempts,
+                _ => 0,
+            };
+            if attempts == 0 {
                 self.counters.bounces += 1;
+            } else if attempts >= MAX_BOUNCE_ATTEMPTS {
+                // A server module that never confirms (an older mod_readtrack?) must not get
+                // the same bounce forever.
+                tracing::warn!(seq = m.seq, sender = %to, id, attempts, "the server never confirmed this bounce; giving up (is mod_readtrack up to date?)");
+                m.receipt = ReceiptState::Bounced;
+                self.store.settle_timer(timer, Some(&m))?;
+                self.pending_timers = self.pending_timers.saturating_sub(1);
+                continue;
             } else {
-                tracing::info!(seq = m.seq, sender = %to, id, "bounce not confirmed by the server; sending it again");
+                tracing::info!(seq = m.seq, sender = %to, id, attempts, "bounce not confirmed by the server; sending it again");
             }
             // The timer stays armed until the server confirms the bounce (`Engine::confirm`):
             // a bounce lost in a crash is sent again, and the module executes one id once.
             let retry = now.plus(self.config.receipt_timeout).0;
-            m.receipt = ReceiptState::Bouncing { retry };
+            m.receipt = ReceiptState::Bouncing {
+                retry,
+                attempts: attempts + 1,
+            };
             self.store.rearm_timer(timer, retry, &m)?;
             self.held.push(Output::SendAsHost {
                 stanza: Outgoing::Bounce {
@@ -351,7 +366,7 @@ impl Engine {
             return Ok(());
         };
         if let Some(mut m) = self.store.message(user, seq)? {
-            if let ReceiptState::Bouncing { retry } = m.receipt {
+            if let ReceiptState::Bouncing { retry, .. } = m.receipt {
                 m.receipt = ReceiptState::Bounced;
                 self.store.settle_timer(
                     Timer {
@@ -367,6 +382,9 @@ impl Engine {
         Ok(())
     }
 }
+
+/// How many times one bounce is sent without a confirmation before readtrack gives up.
+pub const MAX_BOUNCE_ATTEMPTS: u32 = 5;
 
 /// The command id of the bounce of one message: stable, so a resent bounce has the same id.
 fn bounce_confirmation(user: UserId, seq: u64) -> String {

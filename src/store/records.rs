@@ -33,7 +33,7 @@ pub enum ReceiptState {
     /// The timer fired and the bounce is on its way; until the server confirms it, the timer
     /// stays armed for `retry` and the bounce is sent again then (it is idempotent: the
     /// module executes one command id once).
-    Bouncing { retry: u64 },
+    Bouncing { retry: u64, attempts: u32 },
 }
 
 impl ReceiptState {
@@ -41,7 +41,7 @@ impl ReceiptState {
     pub fn timer(&self) -> Option<u64> {
         match self {
             ReceiptState::Waiting { deadline } => Some(*deadline),
-            ReceiptState::Bouncing { retry } => Some(*retry),
+            ReceiptState::Bouncing { retry, .. } => Some(*retry),
             _ => None,
         }
     }
