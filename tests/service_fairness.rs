@@ -1,0 +1,82 @@
+//! The service loop's batching bound: one user flooding cannot hold everybody's acks in one
+//! giant batch. Real engine and sled store; the component link is replaced by its channels.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use readtrack::component::LinkEvent;
+use readtrack::engine::{Engine, EngineConfig};
+use readtrack::jid::Jid;
+use readtrack::service::Service;
+use readtrack::stanza::hooks::HookEvent;
+use readtrack::store::{Store, StoreOptions};
+use tokio::sync::{mpsc, watch};
+
+fn routed(from: &str, to: &str, id: &str) -> String {
+    HookEvent::Routed {
+        to: Jid::parse(to).unwrap(),
+        archive_id: None,
+        sessions: vec![],
+        message_xml: format!("<message xmlns='jabber:client' id='{id}' type='chat' from='{from}' to='{to}'><body>flood</body></message>"),
+    }
+    .to_xml("localhost", "readtrack.localhost")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_committed_in_bounded_batches_and_others_get_their_ack() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let engine = Engine::new(store, EngineConfig::new("localhost")).unwrap();
+    let (command_tx, mut command_rx) = mpsc::channel(8192);
+    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
+    let stats = service.stats();
+    let (event_tx, event_rx) = mpsc::channel(8192);
+    let (_query_tx, query_rx) = mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    // Everything is queued before the loop starts: the worst case for batching.
+    let flood = 3_000;
+    event_tx.send(LinkEvent::Connected).await.unwrap();
+    for i in 0..flood {
+        event_tx
+            .send(LinkEvent::Stanza(routed(
+                "alice@localhost/a",
+                "bob@localhost",
+                &format!("f{i}"),
+            )))
+            .await
+            .unwrap();
+    }
+    event_tx
+        .send(LinkEvent::Stanza(routed(
+            "carol@localhost/c",
+            "dave@localhost",
+            "carol-1",
+        )))
+        .await
+        .unwrap();
+    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+
+    let mut acks = 0;
+    let mut carol_acked = false;
+    while acks < flood + 1 {
+        let command = tokio::time::timeout(Duration::from_secs(60), command_rx.recv())
+            .await
+            .expect("acks flow")
+            .unwrap();
+        assert!(
+            command.contains("10013"),
+            "only server acks expected: {command}"
+        );
+        acks += 1;
+        carol_acked |= command.contains("carol-1");
+    }
+    assert!(carol_acked, "carol's ack was released");
+    // At most 512 events per flush: 3,001 events take at least 6 batches (the loop used to
+    // fill one batch with up to 2,048 acks, or the whole queue when events had no output).
+    let batches = stats.batches.load(Ordering::Relaxed);
+    assert!(batches >= 6, "{batches} batches for {} events", flood + 1);
+    shutdown_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}
