@@ -314,9 +314,7 @@ impl Engine {
             };
             let (Ok(to), Some(id)) = (Jid::parse(&m.from), m.msg_id.clone()) else {
                 tracing::warn!(seq = m.seq, from = %m.from, "cannot bounce: sender or id unusable");
-                m.receipt = ReceiptState::Bounced;
-                self.store.settle_timer(timer, Some(&m))?;
-                self.pending_timers = self.pending_timers.saturating_sub(1);
+                self.settle_bounced(timer, m)?;
                 continue;
             };
             let attempts = match m.receipt {
@@ -329,9 +327,7 @@ impl Engine {
                 // A server module that never confirms (an older mod_readtrack?) must not get
                 // the same bounce forever.
                 tracing::warn!(seq = m.seq, sender = %to, id, attempts, "the server never confirmed this bounce; giving up (is mod_readtrack up to date?)");
-                m.receipt = ReceiptState::Bounced;
-                self.store.settle_timer(timer, Some(&m))?;
-                self.pending_timers = self.pending_timers.saturating_sub(1);
+                self.settle_bounced(timer, m)?;
                 continue;
             } else {
                 tracing::info!(seq = m.seq, sender = %to, id, attempts, "bounce not confirmed by the server; sending it again");
@@ -358,6 +354,14 @@ impl Engine {
         Ok(())
     }
 
+    /// Ends a message's receipt timer for good: it was bounced.
+    fn settle_bounced(&mut self, timer: Timer, mut m: MessageRecord) -> Result<()> {
+        m.receipt = ReceiptState::Bounced;
+        self.store.settle_timer(timer, Some(&m))?;
+        self.pending_timers = self.pending_timers.saturating_sub(1);
+        Ok(())
+    }
+
     /// The server executed the command with this confirmation id: a bounce is now settled.
     /// Unknown or repeated ids change nothing.
     pub fn confirm(&mut self, confirmation: &str) -> Result<()> {
@@ -365,18 +369,16 @@ impl Engine {
             tracing::warn!(confirmation, "confirmation of an unknown command");
             return Ok(());
         };
-        if let Some(mut m) = self.store.message(user, seq)? {
+        if let Some(m) = self.store.message(user, seq)? {
             if let ReceiptState::Bouncing { retry, .. } = m.receipt {
-                m.receipt = ReceiptState::Bounced;
-                self.store.settle_timer(
+                self.settle_bounced(
                     Timer {
                         deadline: retry,
                         user,
                         seq,
                     },
-                    Some(&m),
+                    m,
                 )?;
-                self.pending_timers = self.pending_timers.saturating_sub(1);
             }
         }
         Ok(())
