@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::{attr, name, Client, Prosody, ProsodyOpts};
 use readtrack::store::{
-    DeliveryRecord, DeviceRecord, NewMessage, ReceiptState, Store, StoreOptions,
+    DeliveryRecord, DeviceRecord, MessageRecord, ReceiptState, Store, StoreOptions,
 };
 use serde_json::json;
 
@@ -375,7 +375,8 @@ fn build_store(path: &Path, users: u64, devices: u64, messages: u64) {
     }
     for i in 0..messages {
         let user = ids[(i % users) as usize];
-        let m = NewMessage {
+        let m = MessageRecord {
+            seq: 0,
             stanza_id: i as u128 | (1u128 << 100),
             msg_id: Some(format!("msg{i}")),
             from: "alice@localhost/Spark 2.6.3".into(),

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use readtrack::store::{
-    DeliveryRecord, DeviceNo, DeviceRecord, MessageRecord, NewMessage, ReceiptState, Seq, Store,
-    StoreOptions, Timer, UserId,
+    DeliveryRecord, DeviceNo, DeviceRecord, MessageRecord, ReceiptState, Seq, Store, StoreOptions,
+    Timer, UserId,
 };
 
 const USERS: [&str; 3] = ["alice@example.com", "bob@example.com", "carol@example.com"];
@@ -142,7 +142,9 @@ impl Harness {
                 let receipt = deadline.map_or(ReceiptState::NotRequired, |deadline| {
                     ReceiptState::Waiting { deadline }
                 });
-                let new = NewMessage {
+                // seq 0: the store assigns it, and the model checks which.
+                let new = MessageRecord {
+                    seq: 0,
                     stanza_id: 7,
                     msg_id: id.map(|i| IDS[i].to_string()),
                     from: if sent {
@@ -169,24 +171,9 @@ impl Harness {
                 let head = self.model.heads.get_mut(&uid).unwrap();
                 *head += 1;
                 assert_eq!(seq, *head);
-                self.model.messages.insert(
-                    (uid, seq),
-                    MessageRecord {
-                        seq,
-                        stanza_id: 7,
-                        msg_id: new.msg_id,
-                        from: new.from,
-                        kind: new.kind,
-                        body: new.body,
-                        thread: None,
-                        logged_at: 5,
-                        system: false,
-                        receipt,
-                        archive_id: None,
-                        sent,
-                        to: sent.then(|| format!("{PEER_SENT}/y")),
-                    },
-                );
+                self.model
+                    .messages
+                    .insert((uid, seq), MessageRecord { seq, ..new });
                 let peer = if sent { PEER_SENT } else { PEER_RECEIVED };
                 let conv = self
                     .model

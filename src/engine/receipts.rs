@@ -3,7 +3,7 @@
 use super::{Dialect, Engine, EngineError, Output, ReceiptPolicy, Result};
 use crate::jid::Jid;
 use crate::stanza::{Message, MessageType, Outgoing, Receipt};
-use crate::store::{DeliveryRecord, MessageRecord, NewMessage, ReceiptState, Timer, UserId};
+use crate::store::{DeliveryRecord, MessageRecord, ReceiptState, Timer, UserId};
 use crate::time::Millis;
 
 impl Engine {
@@ -84,19 +84,11 @@ impl Engine {
                 deadline: now.plus(self.config.receipt_timeout).0,
             }
         };
-        let entry = NewMessage {
-            stanza_id: new_stanza_id(now),
-            msg_id: message.id.clone(),
-            from: from.to_string(),
-            kind: message.kind.as_attr().map(str::to_string),
-            body: message.body.clone(),
-            thread: message.thread.clone(),
-            logged_at: now.0,
+        let entry = MessageRecord {
             system,
             receipt,
             archive_id,
-            sent: false,
-            to: None,
+            ..log_entry(&message, &from, now)
         };
         let seq = self.store.append_message(user, &entry, &delivered)?;
         self.counters.messages_logged += 1;
@@ -148,19 +140,10 @@ impl Engine {
             return Ok(()); // to one's own account: it is routed back and logged as received
         }
         let user = self.store.ensure_user(&from.bare_string())?;
-        let entry = NewMessage {
-            stanza_id: new_stanza_id(now),
-            msg_id: message.id.clone(),
-            from: from.to_string(),
-            kind: message.kind.as_attr().map(str::to_string),
-            body: message.body.clone(),
-            thread: message.thread.clone(),
-            logged_at: now.0,
-            system: false,
-            receipt: ReceiptState::NotRequired,
-            archive_id: None,
+        let entry = MessageRecord {
             sent: true,
             to: Some(to.to_string()),
+            ..log_entry(message, from, now)
         };
         let seq = self.store.append_message(user, &entry, &[])?;
         self.counters.messages_logged += 1;
@@ -396,6 +379,26 @@ fn bounce_confirmation(user: UserId, seq: u64) -> String {
 fn parse_bounce_confirmation(id: &str) -> Option<(UserId, u64)> {
     let (user, seq) = id.strip_prefix("bounce-")?.split_once('-')?;
     Some((user.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The log entry of `message` from `from`, logged at `now`: a received message that needs no
+/// receipt; callers change what differs. The store assigns `seq`.
+fn log_entry(message: &Message, from: &Jid, now: Millis) -> MessageRecord {
+    MessageRecord {
+        seq: 0,
+        stanza_id: new_stanza_id(now),
+        msg_id: message.id.clone(),
+        from: from.to_string(),
+        kind: message.kind.as_attr().map(str::to_string),
+        body: message.body.clone(),
+        thread: message.thread.clone(),
+        logged_at: now.0,
+        system: false,
+        receipt: ReceiptState::NotRequired,
+        archive_id: None,
+        sent: false,
+        to: None,
+    }
 }
 
 /// UUID v7 from the time given (the engine never reads the clock) and random bits.

@@ -550,26 +550,6 @@ pub fn with_client_ns(stanza_xml: &str) -> Result<Cow<'_, str>, HookError> {
     Ok(Cow::Owned(out))
 }
 
-/// Is `stanza` a hook message (any event or command) rather than ordinary traffic? Cheap check
-/// for the component's dispatcher: true if the top element has a child in the hook namespace.
-pub fn is_hook(stanza: &str) -> bool {
-    let mut w = Walker::new(stanza);
-    match w.next_child() {
-        Ok(Some(top)) if !top.empty => {
-            while let Ok(Some(c)) = w.next_child() {
-                if c.ns_hook {
-                    return true;
-                }
-                if w.finish(&c).is_err() {
-                    return false;
-                }
-            }
-            false
-        }
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,7 +727,6 @@ mod tests {
         for event in events {
             let xml = event.to_xml(HOST, COMP).unwrap();
             assert_eq!(HookEvent::parse(&xml, HOST).unwrap(), event, "{xml}");
-            assert!(is_hook(&xml));
         }
     }
 
@@ -760,9 +739,6 @@ mod tests {
                 jid: jid("a@localhost/r")
             }
         );
-        assert!(!is_hook(
-            "<message from='a@localhost/r' to='readtrack.localhost'><body>hi</body></message>"
-        ));
     }
 
     /// The hook element of a fixture, verbatim (fixtures declare its namespace on it).

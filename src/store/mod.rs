@@ -84,24 +84,6 @@ impl From<TransactionError<StoreError>> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// A message about to be logged.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub stanza_id: u128,
-    pub msg_id: Option<String>,
-    pub from: String,
-    pub kind: Option<String>,
-    pub body: Option<String>,
-    pub thread: Option<String>,
-    pub logged_at: u64,
-    pub system: bool,
-    pub receipt: ReceiptState,
-    pub archive_id: Option<String>,
-    /// Sent by the user from one of their devices (rule 8); `to` is the peer then.
-    pub sent: bool,
-    pub to: Option<String>,
-}
-
 /// A due receipt timer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timer {
@@ -393,45 +375,19 @@ impl Store {
         self.userid_user.len()
     }
 
-    /// Every user's bare JID and id, in id order.
-    pub fn users(&self) -> impl Iterator<Item = Result<(UserId, UserRecord)>> + '_ {
-        self.userid_user.iter().map(move |kv| {
-            let (k, v) = kv?;
-            let id = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
-                tree: "userid_user",
-                len: k.len(),
-            })?;
-            Ok((id, self.read("userid_user", &v)?))
-        })
-    }
-
     // ---- messages ----
 
     /// Logs one message in one transaction: the log entry, the id index, the receipt timer (when
     /// `message.receipt` is `Waiting`) and the deliveries to the devices it was written to live.
-    /// Returns the assigned seq. Not durable until [`Store::flush`].
+    /// `message.seq` is ignored: the store assigns the next seq and returns it. Not durable until
+    /// [`Store::flush`].
     pub fn append_message(
         &self,
         user: UserId,
-        message: &NewMessage,
+        message: &MessageRecord,
         delivered_to: &[(DeviceNo, DeliveryRecord)],
     ) -> Result<Seq> {
-        let entry_template = MessageRecord {
-            seq: 0,
-            stanza_id: message.stanza_id,
-            msg_id: message.msg_id.clone(),
-            from: message.from.clone(),
-            kind: message.kind.clone(),
-            body: message.body.clone(),
-            thread: message.thread.clone(),
-            logged_at: message.logged_at,
-            system: message.system,
-            receipt: message.receipt,
-            archive_id: message.archive_id.clone(),
-            sent: message.sent,
-            to: message.to.clone(),
-        };
-        let peer = entry_template.peer();
+        let peer = message.peer();
         let seq = (
             &self.userid_user,
             &self.userseq_message,
@@ -456,7 +412,7 @@ impl Store {
                     let seq = record.head;
                     let entry = MessageRecord {
                         seq,
-                        ..entry_template.clone()
+                        ..message.clone()
                     };
                     users.insert(&keys::user_prefix(user), tx_encode(&record)?)?;
                     log.insert(&keys::user_seq(user, seq), tx_encode(&entry)?)?;
@@ -598,12 +554,6 @@ impl Store {
             Some(v) => Ok(Some(self.read("userseq_message", &v)?)),
             None => Ok(None),
         }
-    }
-
-    pub fn put_message(&self, user: UserId, record: &MessageRecord) -> Result<()> {
-        self.userseq_message
-            .insert(keys::user_seq(user, record.seq), encode(record)?)?;
-        Ok(())
     }
 
     /// The user's messages with seq > `after`, oldest first. Reads lazily: the caller pays for
@@ -784,12 +734,6 @@ impl Store {
         Ok(())
     }
 
-    pub fn remove_delivery(&self, user: UserId, device: DeviceNo, seq: Seq) -> Result<()> {
-        self.userdeviceseq_delivery
-            .remove(keys::user_device_seq(user, device, seq))?;
-        Ok(())
-    }
-
     /// Deliveries of one device with seq ≤ `upto`, oldest first.
     pub fn deliveries(
         &self,
@@ -864,15 +808,6 @@ impl Store {
             let no = keys::be_u32(&k, 8).ok_or_else(bad)?;
             Ok((user, no, self.read("userdevice_cursor", &v)?))
         })
-    }
-
-    pub fn remove_timer(&self, timer: Timer) -> Result<()> {
-        self.deadline_userseq.remove(keys::deadline_user_seq(
-            timer.deadline,
-            timer.user,
-            timer.seq,
-        ))?;
-        Ok(())
     }
 
     /// Timers with deadline ≤ `now`, earliest first, at most `limit`.
