@@ -7,22 +7,20 @@
 //! the flush that covers it has returned.
 
 pub mod keys;
+mod pending;
 pub mod records;
 
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 pub use keys::{DeviceNo, Seq, UserId};
+use pending::{Bounds, Merged, Pending, Writes, T, TREES, TREE_NAMES};
 use records::{decode, encode};
 
-/// `encode` inside a sled transaction, where errors must abort it.
-fn tx_encode<T: serde::Serialize>(
-    value: &T,
-) -> std::result::Result<Vec<u8>, ConflictableTransactionError<StoreError>> {
-    encode(value).map_err(ConflictableTransactionError::Abort)
-}
 pub use records::{
     ConversationRecord, Counters, DeliveryRecord, DeviceRecord, MessageRecord, ReceiptState,
     UserRecord,
@@ -110,20 +108,19 @@ impl Default for StoreOptions {
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
-    meta: sled::Tree,
-    jid_userid: sled::Tree,
-    userid_user: sled::Tree,
-    userseq_message: sled::Tree,
-    usermsgid_seq: sled::Tree,
-    userdevice_cursor: sled::Tree,
-    userdeviceseq_delivery: sled::Tree,
-    deadline_userseq: sled::Tree,
-    userpeer_conversation: sled::Tree,
-    userpeerseq_received: sled::Tree,
+    /// Indexed by [`T`].
+    trees: [sled::Tree; TREES],
+    /// Writes since the last flush; see [`pending`].
+    pending: Mutex<Pending>,
     /// Records decoded since open: lets tests assert that work is proportional to what is unread.
     reads: AtomicU64,
     flushes: AtomicU64,
 }
+
+/// Above this many pending writes, a store call first moves the write set into sled (not yet
+/// durable) so that a huge operation (forgetting a user with a long log) does not hold it all
+/// in memory. Each call's writes still go in together.
+const SPILL_ENTRIES: usize = 50_000;
 
 impl Store {
     /// Opens (or creates) the store. Refuses a store of another schema version, or a non-empty
@@ -134,20 +131,17 @@ impl Store {
         // Before `open_tree` below creates any missing tree: refusing a store after adding
         // readtrack's trees to it would be exactly the silent rewrite this check exists to stop.
         Self::check_schema_untouched(&db, &path)?;
-        let tree = |name: &str| db.open_tree(name);
+        let mut trees = Vec::with_capacity(TREES);
+        for name in TREE_NAMES {
+            trees.push(db.open_tree(name)?);
+        }
         let store = Store {
-            meta: tree("meta")?,
-            jid_userid: tree("jid_userid")?,
-            userid_user: tree("userid_user")?,
-            userseq_message: tree("userseq_message")?,
-            usermsgid_seq: tree("usermsgid_seq")?,
-            userdevice_cursor: tree("userdevice_cursor")?,
-            userdeviceseq_delivery: tree("userdeviceseq_delivery")?,
-            deadline_userseq: tree("deadline_userseq")?,
-            userpeer_conversation: tree("userpeer_conversation")?,
-            userpeerseq_received: tree("userpeerseq_received")?,
+            trees: trees
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("one tree per name")),
             db,
             path,
+            pending: Mutex::new(Pending::default()),
             reads: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
         };
@@ -196,20 +190,7 @@ impl Store {
             None
         };
         match version {
-            Some(v) => {
-                let found =
-                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Decode {
-                        tree: "meta",
-                        reason: "schema_version is not 4 bytes".into(),
-                    })?);
-                if found != SCHEMA_VERSION {
-                    return Err(StoreError::SchemaVersion {
-                        path: path.to_path_buf(),
-                        found,
-                        expected: SCHEMA_VERSION,
-                    });
-                }
-            }
+            Some(v) => Self::expect_version(&v, path)?,
             None => {
                 // sled always has its default tree; anything else, or data in it, is not ours.
                 let foreign = !db.is_empty()
@@ -228,32 +209,34 @@ impl Store {
         Ok(())
     }
 
+    fn expect_version(v: &[u8], path: &Path) -> Result<()> {
+        let found = u32::from_be_bytes(v.try_into().map_err(|_| StoreError::Decode {
+            tree: "meta",
+            reason: "schema_version is not 4 bytes".into(),
+        })?);
+        if found != SCHEMA_VERSION {
+            return Err(StoreError::SchemaVersion {
+                path: path.to_path_buf(),
+                found,
+                expected: SCHEMA_VERSION,
+            });
+        }
+        Ok(())
+    }
+
     fn check_schema(&self) -> Result<()> {
-        match self.meta.get(META_SCHEMA)? {
-            Some(v) => {
-                let found =
-                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Decode {
-                        tree: "meta",
-                        reason: "schema_version is not 4 bytes".into(),
-                    })?);
-                if found != SCHEMA_VERSION {
-                    return Err(StoreError::SchemaVersion {
-                        path: self.path.clone(),
-                        found,
-                        expected: SCHEMA_VERSION,
-                    });
-                }
-            }
+        match self.tree(T::Meta).get(META_SCHEMA)? {
+            Some(v) => Self::expect_version(&v, &self.path)?,
             None => {
-                let user_data = [&self.jid_userid, &self.userid_user, &self.userseq_message]
+                let user_data = [T::JidUserid, T::UseridUser, T::UserseqMessage]
                     .iter()
-                    .any(|t| !t.is_empty());
+                    .any(|t| !self.tree(*t).is_empty());
                 if user_data {
                     return Err(StoreError::NoSchema {
                         path: self.path.clone(),
                     });
                 }
-                self.meta
+                self.tree(T::Meta)
                     .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
                 self.db.flush()?;
             }
@@ -265,19 +248,99 @@ impl Store {
         &self.path
     }
 
-    /// Makes every earlier write durable. The only durability point.
+    /// Makes every earlier write durable: applies the write set as one transaction, then flushes
+    /// sled. The only durability point.
     pub fn flush(&self) -> Result<()> {
-        // sled's own text for an I/O error is the `Debug` of `io::Error` and names no path;
-        // an operator whose disk filled up needs the OS message and the store's location.
-        self.db.flush().map_err(|e| match e {
+        self.apply_pending()?;
+        self.db.flush().map_err(|e| self.write_error(e))?;
+        self.flushes.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// sled's own text for an I/O error is the `Debug` of `io::Error` and names no path; an
+    /// operator whose disk filled up needs the OS message and the store's location.
+    fn write_error(&self, e: sled::Error) -> StoreError {
+        match e {
             sled::Error::Io(source) => StoreError::Write {
                 path: self.path.clone(),
                 source,
             },
             other => StoreError::Sled(other),
-        })?;
-        self.flushes.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A panic while holding the lock leaves a consistent map (writes go in whole calls).
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the write set into sled as one transaction (not yet durable). Kept on failure, so
+    /// the next flush tries again.
+    fn apply_pending(&self) -> Result<()> {
+        let mut pending = self.pending();
+        if pending.entries() == 0 {
+            return Ok(());
+        }
+        let written: Vec<_> = pending.trees().collect();
+        let trees: Vec<&sled::Tree> = written.iter().map(|(i, _)| &self.trees[*i]).collect();
+        trees[..]
+            .transaction(|txs| {
+                for (tx, (_, writes)) in txs.iter().zip(&written) {
+                    for (key, value) in writes.iter() {
+                        match value {
+                            Some(v) => tx.insert(key.as_slice(), v.clone())?,
+                            None => tx.remove(key.as_slice())?,
+                        };
+                    }
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => self.write_error(e),
+            })?;
+        drop(written);
+        pending.clear();
         Ok(())
+    }
+
+    /// Adds one call's writes to the write set.
+    fn apply(&self, writes: Writes) -> Result<()> {
+        if self.pending().entries() > SPILL_ENTRIES {
+            self.apply_pending()?;
+        }
+        self.pending().add(writes);
+        Ok(())
+    }
+
+    fn tree(&self, t: T) -> &sled::Tree {
+        &self.trees[t as usize]
+    }
+
+    fn get(&self, t: T, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>> {
+        if let Some(decided) = self.pending().get(t, key.as_ref()) {
+            return Ok(decided);
+        }
+        Ok(self.tree(t).get(key)?)
+    }
+
+    fn range(&self, t: T, bounds: Bounds) -> Merged {
+        let pending = self.pending().range(t, &bounds, false);
+        Merged::new(self.tree(t).range(bounds), pending, false)
+    }
+
+    fn range_rev(&self, t: T, bounds: Bounds) -> Merged {
+        let pending = self.pending().range(t, &bounds, true);
+        Merged::new(self.tree(t).range(bounds), pending, true)
+    }
+
+    fn scan_prefix(&self, t: T, prefix: impl AsRef<[u8]>) -> Merged {
+        self.range(t, pending::prefix_bounds(prefix.as_ref()))
+    }
+
+    /// Keys in a tree: a full scan, for stats and tests.
+    fn count(&self, t: T) -> usize {
+        self.range(t, (Bound::Unbounded, Bound::Unbounded)).count()
     }
 
     /// Completed [`Store::flush`] calls since open.
@@ -304,8 +367,7 @@ impl Store {
 
     pub fn user_id(&self, bare_jid: &str) -> Result<Option<UserId>> {
         Ok(self
-            .jid_userid
-            .get(bare_jid.as_bytes())?
+            .get(T::JidUserid, bare_jid.as_bytes())?
             .map(|v| keys::be_u64(&v, 0).unwrap_or(0)))
     }
 
@@ -320,26 +382,20 @@ impl Store {
             first_seq: 1,
             next_device: 0,
         })?;
-        let id = (&self.meta, &self.jid_userid, &self.userid_user).transaction(
-            |(meta, jid_userid, userid_user)| {
-                if let Some(existing) = jid_userid.get(bare_jid.as_bytes())? {
-                    return Ok(keys::be_u64(&existing, 0).unwrap_or(0));
-                }
-                let id = match meta.get(META_NEXT_USER)? {
-                    Some(v) => keys::be_u64(&v, 0).unwrap_or(1),
-                    None => 1,
-                };
-                meta.insert(META_NEXT_USER, &(id + 1).to_be_bytes())?;
-                jid_userid.insert(bare_jid.as_bytes(), &id.to_be_bytes())?;
-                userid_user.insert(&keys::user_prefix(id), record.clone())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(id)
-            },
-        )?;
+        let id = match self.get(T::Meta, META_NEXT_USER)? {
+            Some(v) => keys::be_u64(&v, 0).unwrap_or(1),
+            None => 1,
+        };
+        let mut w = Writes::default();
+        w.put(T::Meta, META_NEXT_USER, &(id + 1).to_be_bytes());
+        w.put(T::JidUserid, bare_jid.as_bytes(), &id.to_be_bytes());
+        w.put(T::UseridUser, keys::user_prefix(id), record);
+        self.apply(w)?;
         Ok(id)
     }
 
     pub fn user(&self, user: UserId) -> Result<UserRecord> {
-        match self.userid_user.get(keys::user_prefix(user))? {
+        match self.get(T::UseridUser, keys::user_prefix(user))? {
             Some(v) => self.read("userid_user", &v),
             None => Err(StoreError::UnknownUser(user)),
         }
@@ -350,21 +406,26 @@ impl Store {
         &self,
         start: UserId,
     ) -> impl Iterator<Item = Result<(UserId, UserRecord)>> + '_ {
-        self.userid_user
-            .range(keys::user_prefix(start)..)
-            .map(move |kv| {
-                let (k, v) = kv?;
-                let id = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
-                    tree: "userid_user",
-                    len: k.len(),
-                })?;
-                Ok((id, self.read("userid_user", &v)?))
-            })
+        self.range(
+            T::UseridUser,
+            (
+                Bound::Included(keys::user_prefix(start).to_vec()),
+                Bound::Unbounded,
+            ),
+        )
+        .map(move |kv| {
+            let (k, v) = kv?;
+            let id = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
+                tree: "userid_user",
+                len: k.len(),
+            })?;
+            Ok((id, self.read("userid_user", &v)?))
+        })
     }
 
     /// Users ever created, from the id counter (no scan).
     pub fn users_created(&self) -> Result<u64> {
-        Ok(match self.meta.get(META_NEXT_USER)? {
+        Ok(match self.get(T::Meta, META_NEXT_USER)? {
             Some(v) => keys::be_u64(&v, 0).unwrap_or(1).saturating_sub(1),
             None => 0,
         })
@@ -372,13 +433,13 @@ impl Store {
 
     /// Scans the user tree: for tests and small stores only.
     pub fn user_count(&self) -> usize {
-        self.userid_user.len()
+        self.count(T::UseridUser)
     }
 
     // ---- messages ----
 
-    /// Logs one message in one transaction: the log entry, the id index, the receipt timer (when
-    /// `message.receipt` is `Waiting`) and the deliveries to the devices it was written to live.
+    /// Logs one message: the log entry, the id index, the receipt timer (when `message.receipt`
+    /// is `Waiting`) and the deliveries to the devices it was written to live, all or nothing.
     /// `message.seq` is ignored: the store assigns the next seq and returns it. Not durable until
     /// [`Store::flush`].
     pub fn append_message(
@@ -388,71 +449,65 @@ impl Store {
         delivered_to: &[(DeviceNo, DeliveryRecord)],
     ) -> Result<Seq> {
         let peer = message.peer();
-        let seq = (
-            &self.userid_user,
-            &self.userseq_message,
-            &self.usermsgid_seq,
-            &self.deadline_userseq,
-            &self.userdeviceseq_delivery,
-            &self.userpeer_conversation,
-            &self.userpeerseq_received,
-        )
-            .transaction(
-                |(users, log, ids, deadlines, deliveries, conversations, received)| {
-                    let mut record: UserRecord = match users.get(keys::user_prefix(user))? {
-                        Some(v) => decode("userid_user", &v)
-                            .map_err(ConflictableTransactionError::Abort)?,
-                        None => {
-                            return Err(ConflictableTransactionError::Abort(
-                                StoreError::UnknownUser(user),
-                            ))
-                        }
-                    };
-                    record.head += 1;
-                    let seq = record.head;
-                    let entry = MessageRecord {
-                        seq,
-                        ..message.clone()
-                    };
-                    users.insert(&keys::user_prefix(user), tx_encode(&record)?)?;
-                    log.insert(&keys::user_seq(user, seq), tx_encode(&entry)?)?;
-                    if let Some(id) = &message.msg_id {
-                        ids.insert(&keys::user_msgid_seq(user, id, seq), &[])?;
-                    }
-                    if let Some(deadline) = message.receipt.timer() {
-                        deadlines.insert(&keys::deadline_user_seq(deadline, user, seq), &[])?;
-                    }
-                    for (device, d) in delivered_to {
-                        deliveries
-                            .insert(&keys::user_device_seq(user, *device, seq), tx_encode(d)?)?;
-                    }
-                    let conv_key = keys::user_peer(user, &peer);
-                    let mut conv: ConversationRecord = match conversations.get(conv_key)? {
-                        Some(v) => decode("userpeer_conversation", &v)
-                            .map_err(ConflictableTransactionError::Abort)?,
-                        None => ConversationRecord {
-                            peer: peer.clone(),
-                            last_seq: 0,
-                            last_at: 0,
-                            read_upto: 0,
-                            unread: 0,
-                        },
-                    };
-                    conv.last_seq = seq;
-                    conv.last_at = message.logged_at;
-                    if !message.sent {
-                        conv.unread += 1;
-                        received.insert(&keys::user_peer_seq(user, &peer, seq), &[])?;
-                    }
-                    conversations.insert(&conv_key, tx_encode(&conv)?)?;
-                    Ok(seq)
-                },
-            )?;
+        let mut record = self.user(user)?;
+        record.head += 1;
+        let seq = record.head;
+        let entry = MessageRecord {
+            seq,
+            ..message.clone()
+        };
+        let conv_key = keys::user_peer(user, &peer);
+        let mut conv: ConversationRecord = match self.get(T::UserpeerConversation, conv_key)? {
+            Some(v) => decode("userpeer_conversation", &v)?,
+            None => ConversationRecord {
+                peer: peer.clone(),
+                last_seq: 0,
+                last_at: 0,
+                read_upto: 0,
+                unread: 0,
+            },
+        };
+        conv.last_seq = seq;
+        conv.last_at = message.logged_at;
+        let mut w = Writes::default();
+        w.put(T::UseridUser, keys::user_prefix(user), encode(&record)?);
+        w.put(
+            T::UserseqMessage,
+            keys::user_seq(user, seq),
+            encode(&entry)?,
+        );
+        if let Some(id) = &message.msg_id {
+            w.put(T::UsermsgidSeq, keys::user_msgid_seq(user, id, seq), EMPTY);
+        }
+        if let Some(deadline) = message.receipt.timer() {
+            w.put(
+                T::DeadlineUserseq,
+                keys::deadline_user_seq(deadline, user, seq),
+                EMPTY,
+            );
+        }
+        for (device, d) in delivered_to {
+            w.put(
+                T::UserdeviceseqDelivery,
+                keys::user_device_seq(user, *device, seq),
+                encode(d)?,
+            );
+        }
+        if !message.sent {
+            conv.unread += 1;
+            w.put(
+                T::UserpeerseqReceived,
+                keys::user_peer_seq(user, &peer, seq),
+                EMPTY,
+            );
+        }
+        w.put(T::UserpeerConversation, conv_key, encode(&conv)?);
+        self.apply(w)?;
         Ok(seq)
     }
 
     /// Deletes one message and everything that refers to it (id index, timer, deliveries,
-    /// conversation index and count) in one transaction; moves the user's `first_seq` past it.
+    /// conversation index and count), all or nothing; moves the user's `first_seq` past it.
     pub fn delete_message(
         &self,
         user: UserId,
@@ -460,52 +515,42 @@ impl Store {
         devices: &[DeviceNo],
     ) -> Result<()> {
         let peer = message.peer();
-        (
-            &self.userid_user,
-            &self.userseq_message,
-            &self.usermsgid_seq,
-            &self.deadline_userseq,
-            &self.userdeviceseq_delivery,
-            &self.userpeer_conversation,
-            &self.userpeerseq_received,
-        )
-            .transaction(
-                |(users, log, ids, deadlines, deliveries, conversations, received)| {
-                    let seq = message.seq;
-                    if let Some(v) = users.get(keys::user_prefix(user))? {
-                        let mut record: UserRecord = decode("userid_user", &v)
-                            .map_err(ConflictableTransactionError::Abort)?;
-                        record.first_seq = record.first_seq.max(seq + 1);
-                        users.insert(&keys::user_prefix(user), tx_encode(&record)?)?;
-                    }
-                    log.remove(&keys::user_seq(user, seq))?;
-                    if let Some(id) = &message.msg_id {
-                        ids.remove(&keys::user_msgid_seq(user, id, seq))?;
-                    }
-                    if let Some(deadline) = message.receipt.timer() {
-                        deadlines.remove(&keys::deadline_user_seq(deadline, user, seq))?;
-                    }
-                    for device in devices {
-                        deliveries.remove(&keys::user_device_seq(user, *device, seq))?;
-                    }
-                    if received
-                        .remove(&keys::user_peer_seq(user, &peer, seq))?
-                        .is_some()
-                    {
-                        let conv_key = keys::user_peer(user, &peer);
-                        if let Some(v) = conversations.get(conv_key)? {
-                            let mut conv: ConversationRecord = decode("userpeer_conversation", &v)
-                                .map_err(ConflictableTransactionError::Abort)?;
-                            if seq > conv.read_upto {
-                                conv.unread = conv.unread.saturating_sub(1);
-                            }
-                            conversations.insert(&conv_key, tx_encode(&conv)?)?;
-                        }
-                    }
-                    Ok::<_, ConflictableTransactionError<StoreError>>(())
-                },
-            )?;
-        Ok(())
+        let seq = message.seq;
+        let mut w = Writes::default();
+        if let Some(v) = self.get(T::UseridUser, keys::user_prefix(user))? {
+            let mut record: UserRecord = decode("userid_user", &v)?;
+            record.first_seq = record.first_seq.max(seq + 1);
+            w.put(T::UseridUser, keys::user_prefix(user), encode(&record)?);
+        }
+        w.del(T::UserseqMessage, keys::user_seq(user, seq));
+        if let Some(id) = &message.msg_id {
+            w.del(T::UsermsgidSeq, keys::user_msgid_seq(user, id, seq));
+        }
+        if let Some(deadline) = message.receipt.timer() {
+            w.del(
+                T::DeadlineUserseq,
+                keys::deadline_user_seq(deadline, user, seq),
+            );
+        }
+        for device in devices {
+            w.del(
+                T::UserdeviceseqDelivery,
+                keys::user_device_seq(user, *device, seq),
+            );
+        }
+        let received = keys::user_peer_seq(user, &peer, seq);
+        if self.get(T::UserpeerseqReceived, received)?.is_some() {
+            w.del(T::UserpeerseqReceived, received);
+            let conv_key = keys::user_peer(user, &peer);
+            if let Some(v) = self.get(T::UserpeerConversation, conv_key)? {
+                let mut conv: ConversationRecord = decode("userpeer_conversation", &v)?;
+                if seq > conv.read_upto {
+                    conv.unread = conv.unread.saturating_sub(1);
+                }
+                w.put(T::UserpeerConversation, conv_key, encode(&conv)?);
+            }
+        }
+        self.apply(w)
     }
 
     // ---- conversations ----
@@ -513,10 +558,7 @@ impl Store {
     /// The user's conversations (one per peer), in key order.
     pub fn conversations(&self, user: UserId) -> Result<Vec<ConversationRecord>> {
         let mut out = Vec::new();
-        for kv in self
-            .userpeer_conversation
-            .scan_prefix(keys::user_prefix(user))
-        {
+        for kv in self.scan_prefix(T::UserpeerConversation, keys::user_prefix(user)) {
             out.push(self.read("userpeer_conversation", &kv?.1)?);
         }
         Ok(out)
@@ -526,7 +568,7 @@ impl Store {
     /// state only moves forward; returns how many messages became read.
     pub fn mark_read(&self, user: UserId, peer: &str, upto: Seq) -> Result<u64> {
         let conv_key = keys::user_peer(user, peer);
-        let Some(v) = self.userpeer_conversation.get(conv_key)? else {
+        let Some(v) = self.get(T::UserpeerConversation, conv_key)? else {
             return Ok(0);
         };
         let mut conv: ConversationRecord = self.read("userpeer_conversation", &v)?;
@@ -538,19 +580,26 @@ impl Store {
         let start = keys::user_peer_seq(user, peer, conv.read_upto + 1);
         let end = keys::user_peer_seq(user, peer, upto);
         let mut newly = 0u64;
-        for kv in self.userpeerseq_received.range(start..=end) {
+        for kv in self.range(
+            T::UserpeerseqReceived,
+            (
+                Bound::Included(start.to_vec()),
+                Bound::Included(end.to_vec()),
+            ),
+        ) {
             kv?;
             newly += 1;
         }
         conv.read_upto = upto;
         conv.unread = conv.unread.saturating_sub(newly);
-        self.userpeer_conversation
-            .insert(conv_key, encode(&conv)?)?;
+        let mut w = Writes::default();
+        w.put(T::UserpeerConversation, conv_key, encode(&conv)?);
+        self.apply(w)?;
         Ok(newly)
     }
 
     pub fn message(&self, user: UserId, seq: Seq) -> Result<Option<MessageRecord>> {
-        match self.userseq_message.get(keys::user_seq(user, seq))? {
+        match self.get(T::UserseqMessage, keys::user_seq(user, seq))? {
             Some(v) => Ok(Some(self.read("userseq_message", &v)?)),
             None => Ok(None),
         }
@@ -565,7 +614,14 @@ impl Store {
     ) -> impl Iterator<Item = Result<MessageRecord>> + '_ {
         let start = keys::user_seq(user, after.saturating_add(1));
         let end = keys::user_seq(user, u64::MAX);
-        self.userseq_message.range(start..=end).map(move |kv| {
+        self.range(
+            T::UserseqMessage,
+            (
+                Bound::Included(start.to_vec()),
+                Bound::Included(end.to_vec()),
+            ),
+        )
+        .map(move |kv| {
             let (_, v) = kv?;
             self.read("userseq_message", &v)
         })
@@ -579,23 +635,27 @@ impl Store {
     ) -> impl Iterator<Item = Result<MessageRecord>> + '_ {
         let start = keys::user_seq(user, 0);
         let end = keys::user_seq(user, before);
-        self.userseq_message.range(start..end).rev().map(move |kv| {
+        self.range_rev(
+            T::UserseqMessage,
+            (
+                Bound::Included(start.to_vec()),
+                Bound::Excluded(end.to_vec()),
+            ),
+        )
+        .map(move |kv| {
             let (_, v) = kv?;
             self.read("userseq_message", &v)
         })
     }
 
     pub fn message_count(&self) -> usize {
-        self.userseq_message.len()
+        self.count(T::UserseqMessage)
     }
 
     /// Seqs of the user's messages whose id is `msg_id`, oldest first (hash collisions removed).
     pub fn seqs_by_msgid(&self, user: UserId, msg_id: &str) -> Result<Vec<MessageRecord>> {
         let mut found = Vec::new();
-        for kv in self
-            .usermsgid_seq
-            .scan_prefix(keys::user_msgid_prefix(user, msg_id))
-        {
+        for kv in self.scan_prefix(T::UsermsgidSeq, keys::user_msgid_prefix(user, msg_id)) {
             let (k, _) = kv?;
             let seq = keys::be_u64(&k, 16).ok_or(StoreError::BadKey {
                 tree: "usermsgid_seq",
@@ -615,7 +675,7 @@ impl Store {
     /// The user's devices, in device-number order.
     pub fn devices(&self, user: UserId) -> Result<Vec<(DeviceNo, DeviceRecord)>> {
         let mut out = Vec::new();
-        for kv in self.userdevice_cursor.scan_prefix(keys::user_prefix(user)) {
+        for kv in self.scan_prefix(T::UserdeviceCursor, keys::user_prefix(user)) {
             let (k, v) = kv?;
             let no = keys::be_u32(&k, 8).ok_or(StoreError::BadKey {
                 tree: "userdevice_cursor",
@@ -627,7 +687,7 @@ impl Store {
     }
 
     pub fn device_count(&self) -> usize {
-        self.userdevice_cursor.len()
+        self.count(T::UserdeviceCursor)
     }
 
     /// Stores a device, assigning a number when `device` is `None`.
@@ -637,38 +697,37 @@ impl Store {
         device: Option<DeviceNo>,
         record: &DeviceRecord,
     ) -> Result<DeviceNo> {
+        let mut w = Writes::default();
         let no = match device {
             Some(no) => no,
             None => {
                 let mut u = self.user(user)?;
                 let no = u.next_device;
                 u.next_device += 1;
-                self.userid_user
-                    .insert(keys::user_prefix(user), encode(&u)?)?;
+                w.put(T::UseridUser, keys::user_prefix(user), encode(&u)?);
                 no
             }
         };
-        self.userdevice_cursor
-            .insert(keys::user_device(user, no), encode(record)?)?;
+        w.put(
+            T::UserdeviceCursor,
+            keys::user_device(user, no),
+            encode(record)?,
+        );
+        self.apply(w)?;
         Ok(no)
     }
 
     /// Drops a device's cursor and its delivery log.
     pub fn remove_device(&self, user: UserId, device: DeviceNo) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for kv in self
-            .userdeviceseq_delivery
-            .scan_prefix(keys::user_device(user, device))
-        {
-            batch.remove(kv?.0);
+        let mut w = Writes::default();
+        for kv in self.scan_prefix(T::UserdeviceseqDelivery, keys::user_device(user, device)) {
+            w.del(T::UserdeviceseqDelivery, kv?.0);
         }
-        self.userdeviceseq_delivery.apply_batch(batch)?;
-        self.userdevice_cursor
-            .remove(keys::user_device(user, device))?;
-        Ok(())
+        w.del(T::UserdeviceCursor, keys::user_device(user, device));
+        self.apply(w)
     }
 
-    /// Records acks of one device in one transaction: the new cursor, the deliveries it settles,
+    /// Records acks of one device, all or nothing: the new cursor, the deliveries it settles,
     /// and the messages whose receipt timer it cancels (given with their new state).
     pub fn apply_ack(
         &self,
@@ -678,29 +737,26 @@ impl Store {
         acked: &[Seq],
         settled: &[(Timer, MessageRecord)],
     ) -> Result<()> {
-        let cursor = encode(record)?;
-        let messages = settled
-            .iter()
-            .map(|(t, m)| Ok((*t, encode(m)?)))
-            .collect::<Result<Vec<_>>>()?;
-        (
-            &self.userdevice_cursor,
-            &self.userdeviceseq_delivery,
-            &self.userseq_message,
-            &self.deadline_userseq,
-        )
-            .transaction(|(cursors, deliveries, log, deadlines)| {
-                cursors.insert(&keys::user_device(user, device), cursor.clone())?;
-                for seq in acked {
-                    deliveries.remove(&keys::user_device_seq(user, device, *seq))?;
-                }
-                for (t, m) in &messages {
-                    log.insert(&keys::user_seq(t.user, t.seq), m.clone())?;
-                    deadlines.remove(&keys::deadline_user_seq(t.deadline, t.user, t.seq))?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })?;
-        Ok(())
+        let mut w = Writes::default();
+        w.put(
+            T::UserdeviceCursor,
+            keys::user_device(user, device),
+            encode(record)?,
+        );
+        for seq in acked {
+            w.del(
+                T::UserdeviceseqDelivery,
+                keys::user_device_seq(user, device, *seq),
+            );
+        }
+        for (t, m) in settled {
+            w.put(T::UserseqMessage, keys::user_seq(t.user, t.seq), encode(m)?);
+            w.del(
+                T::DeadlineUserseq,
+                keys::deadline_user_seq(t.deadline, t.user, t.seq),
+            );
+        }
+        self.apply(w)
     }
 
     // ---- deliveries ----
@@ -711,10 +767,10 @@ impl Store {
         device: DeviceNo,
         seq: Seq,
     ) -> Result<Option<DeliveryRecord>> {
-        match self
-            .userdeviceseq_delivery
-            .get(keys::user_device_seq(user, device, seq))?
-        {
+        match self.get(
+            T::UserdeviceseqDelivery,
+            keys::user_device_seq(user, device, seq),
+        )? {
             Some(v) => Ok(Some(self.read("userdeviceseq_delivery", &v)?)),
             None => Ok(None),
         }
@@ -726,12 +782,15 @@ impl Store {
         device: DeviceNo,
         entries: &[(Seq, DeliveryRecord)],
     ) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let mut w = Writes::default();
         for (seq, d) in entries {
-            batch.insert(&keys::user_device_seq(user, device, *seq), encode(d)?);
+            w.put(
+                T::UserdeviceseqDelivery,
+                keys::user_device_seq(user, device, *seq),
+                encode(d)?,
+            );
         }
-        self.userdeviceseq_delivery.apply_batch(batch)?;
-        Ok(())
+        self.apply(w)
     }
 
     /// Deliveries of one device with seq ≤ `upto`, oldest first.
@@ -744,7 +803,13 @@ impl Store {
         let start = keys::user_device_seq(user, device, 0);
         let end = keys::user_device_seq(user, device, upto);
         let mut out = Vec::new();
-        for kv in self.userdeviceseq_delivery.range(start..=end) {
+        for kv in self.range(
+            T::UserdeviceseqDelivery,
+            (
+                Bound::Included(start.to_vec()),
+                Bound::Included(end.to_vec()),
+            ),
+        ) {
             let (k, v) = kv?;
             let seq = keys::be_u64(&k, 12).ok_or(StoreError::BadKey {
                 tree: "userdeviceseq_delivery",
@@ -757,78 +822,89 @@ impl Store {
 
     // ---- timers ----
 
-    /// Removes a fired timer and stores the message's new state (if it still exists), atomically,
+    /// Removes a fired timer and stores the message's new state (if it still exists), together,
     /// so a crash cannot leave a message waiting without a timer.
     pub fn settle_timer(&self, timer: Timer, message: Option<&MessageRecord>) -> Result<()> {
-        let encoded = message.map(encode).transpose()?;
-        (&self.userseq_message, &self.deadline_userseq).transaction(|(log, deadlines)| {
-            if let Some(m) = &encoded {
-                log.insert(&keys::user_seq(timer.user, timer.seq), m.clone())?;
-            }
-            deadlines.remove(&keys::deadline_user_seq(
-                timer.deadline,
-                timer.user,
-                timer.seq,
-            ))?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
-        })?;
-        Ok(())
+        let mut w = Writes::default();
+        if let Some(m) = message {
+            w.put(
+                T::UserseqMessage,
+                keys::user_seq(timer.user, timer.seq),
+                encode(m)?,
+            );
+        }
+        w.del(
+            T::DeadlineUserseq,
+            keys::deadline_user_seq(timer.deadline, timer.user, timer.seq),
+        );
+        self.apply(w)
     }
 
-    /// Moves a timer to `deadline` and stores the message's new state, atomically.
+    /// Moves a timer to `deadline` and stores the message's new state, together.
     pub fn rearm_timer(&self, timer: Timer, deadline: u64, message: &MessageRecord) -> Result<()> {
-        let encoded = encode(message)?;
-        (&self.userseq_message, &self.deadline_userseq).transaction(|(log, deadlines)| {
-            log.insert(&keys::user_seq(timer.user, timer.seq), encoded.clone())?;
-            deadlines.remove(&keys::deadline_user_seq(
-                timer.deadline,
-                timer.user,
-                timer.seq,
-            ))?;
-            deadlines.insert(
-                &keys::deadline_user_seq(deadline, timer.user, timer.seq),
-                &[],
-            )?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
-        })?;
-        Ok(())
+        let mut w = Writes::default();
+        w.put(
+            T::UserseqMessage,
+            keys::user_seq(timer.user, timer.seq),
+            encode(message)?,
+        );
+        w.del(
+            T::DeadlineUserseq,
+            keys::deadline_user_seq(timer.deadline, timer.user, timer.seq),
+        );
+        w.put(
+            T::DeadlineUserseq,
+            keys::deadline_user_seq(deadline, timer.user, timer.seq),
+            EMPTY,
+        );
+        self.apply(w)
     }
 
     /// Every device of every user.
     pub fn all_devices(
         &self,
     ) -> impl Iterator<Item = Result<(UserId, DeviceNo, DeviceRecord)>> + '_ {
-        self.userdevice_cursor.iter().map(move |kv| {
-            let (k, v) = kv?;
-            let bad = || StoreError::BadKey {
-                tree: "userdevice_cursor",
-                len: k.len(),
-            };
-            let user = keys::be_u64(&k, 0).ok_or_else(bad)?;
-            let no = keys::be_u32(&k, 8).ok_or_else(bad)?;
-            Ok((user, no, self.read("userdevice_cursor", &v)?))
-        })
+        self.range(T::UserdeviceCursor, (Bound::Unbounded, Bound::Unbounded))
+            .map(move |kv| {
+                let (k, v) = kv?;
+                let bad = || StoreError::BadKey {
+                    tree: "userdevice_cursor",
+                    len: k.len(),
+                };
+                let user = keys::be_u64(&k, 0).ok_or_else(bad)?;
+                let no = keys::be_u32(&k, 8).ok_or_else(bad)?;
+                Ok((user, no, self.read("userdevice_cursor", &v)?))
+            })
     }
 
     /// Timers with deadline ≤ `now`, earliest first, at most `limit`.
     pub fn due_timers(&self, now: u64, limit: usize) -> Result<Vec<Timer>> {
         let end = keys::deadline_user_seq(now, u64::MAX, u64::MAX);
         let mut out = Vec::new();
-        for kv in self.deadline_userseq.range(..=end).take(limit) {
+        for kv in self
+            .range(
+                T::DeadlineUserseq,
+                (Bound::Unbounded, Bound::Included(end.to_vec())),
+            )
+            .take(limit)
+        {
             out.push(Self::timer_from_key(&kv?.0)?);
         }
         Ok(out)
     }
 
     pub fn next_deadline(&self) -> Result<Option<u64>> {
-        match self.deadline_userseq.first()? {
-            Some((k, _)) => Ok(Some(Self::timer_from_key(&k)?.deadline)),
+        match self
+            .range(T::DeadlineUserseq, (Bound::Unbounded, Bound::Unbounded))
+            .next()
+        {
+            Some(kv) => Ok(Some(Self::timer_from_key(&kv?.0)?.deadline)),
             None => Ok(None),
         }
     }
 
     pub fn timer_count(&self) -> usize {
-        self.deadline_userseq.len()
+        self.count(T::DeadlineUserseq)
     }
 
     fn timer_from_key(k: &[u8]) -> Result<Timer> {
@@ -846,14 +922,32 @@ impl Store {
     // ---- meta ----
 
     pub fn counters(&self) -> Result<Counters> {
-        match self.meta.get(META_COUNTERS)? {
+        match self.get(T::Meta, META_COUNTERS)? {
             Some(v) => decode("meta", &v),
             None => Ok(Counters::default()),
         }
     }
 
     pub fn put_counters(&self, counters: &Counters) -> Result<()> {
-        self.meta.insert(META_COUNTERS, encode(counters)?)?;
-        Ok(())
+        let mut w = Writes::default();
+        w.put(T::Meta, META_COUNTERS, encode(counters)?);
+        self.apply(w)
+    }
+}
+
+/// The value of index keys.
+const EMPTY: &[u8] = &[];
+
+impl Drop for Store {
+    /// A store dropped without a last flush (a one-off CLI command, a test) keeps its writes,
+    /// as sled would: they are applied and flushed now. Failures can only be logged here.
+    fn drop(&mut self) {
+        if self.pending().entries() > 0 {
+            if let Err(e) = self.flush() {
+                tracing::error!(
+                    "store dropped with unflushed writes that could not be written: {e}"
+                );
+            }
+        }
     }
 }

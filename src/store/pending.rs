@@ -1,0 +1,293 @@
+//! The write set of the current group commit. Store calls write here, not to sled; reads look
+//! here first. [`super::Store::flush`] applies the whole set as one sled transaction and then
+//! flushes, so one commit costs one transaction whatever the number of messages in it, and a
+//! crash leaves the store exactly as at some commit.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use sled::IVec;
+
+use super::{Result, StoreError};
+
+/// The trees of the store, in the order of [`TREE_NAMES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum T {
+    Meta,
+    JidUserid,
+    UseridUser,
+    UserseqMessage,
+    UsermsgidSeq,
+    UserdeviceCursor,
+    UserdeviceseqDelivery,
+    DeadlineUserseq,
+    UserpeerConversation,
+    UserpeerseqReceived,
+}
+
+pub(super) const TREES: usize = 10;
+
+pub(super) const TREE_NAMES: [&str; TREES] = [
+    "meta",
+    "jid_userid",
+    "userid_user",
+    "userseq_message",
+    "usermsgid_seq",
+    "userdevice_cursor",
+    "userdeviceseq_delivery",
+    "deadline_userseq",
+    "userpeer_conversation",
+    "userpeerseq_received",
+];
+
+/// The writes of one store call, applied to the write set all at once (or not at all).
+#[derive(Default)]
+pub(super) struct Writes(Vec<(T, Vec<u8>, Option<IVec>)>);
+
+impl Writes {
+    pub(super) fn put(&mut self, tree: T, key: impl AsRef<[u8]>, value: impl Into<IVec>) {
+        self.0
+            .push((tree, key.as_ref().to_vec(), Some(value.into())));
+    }
+
+    pub(super) fn del(&mut self, tree: T, key: impl AsRef<[u8]>) {
+        self.0.push((tree, key.as_ref().to_vec(), None));
+    }
+}
+
+/// Key → new value (`None`: removed).
+pub(super) type TreeWrites = BTreeMap<Vec<u8>, Option<IVec>>;
+
+/// The write set, per tree.
+#[derive(Default)]
+pub(super) struct Pending {
+    maps: [TreeWrites; TREES],
+    entries: usize,
+}
+
+impl Pending {
+    pub(super) fn entries(&self) -> usize {
+        self.entries
+    }
+
+    pub(super) fn add(&mut self, writes: Writes) {
+        for (tree, key, value) in writes.0 {
+            if self.maps[tree as usize].insert(key, value).is_none() {
+                self.entries += 1;
+            }
+        }
+    }
+
+    /// `Some(value)` when the write set decides the key (`Some(None)`: removed in this commit).
+    pub(super) fn get(&self, tree: T, key: &[u8]) -> Option<Option<IVec>> {
+        self.maps[tree as usize].get(key).cloned()
+    }
+
+    /// The pending writes of `tree` within the bounds, in iteration order.
+    pub(super) fn range(
+        &self,
+        tree: T,
+        bounds: &Bounds,
+        rev: bool,
+    ) -> Vec<(Vec<u8>, Option<IVec>)> {
+        let map = &self.maps[tree as usize];
+        if map.is_empty() {
+            return Vec::new();
+        }
+        let b = (as_slice(&bounds.0), as_slice(&bounds.1));
+        let it = map.range::<[u8], _>(b).map(|(k, v)| (k.clone(), v.clone()));
+        if rev {
+            it.rev().collect()
+        } else {
+            it.collect()
+        }
+    }
+
+    /// The trees with writes, and their writes.
+    pub(super) fn trees(&self) -> impl Iterator<Item = (usize, &TreeWrites)> {
+        self.maps.iter().enumerate().filter(|(_, m)| !m.is_empty())
+    }
+
+    pub(super) fn clear(&mut self) {
+        for map in &mut self.maps {
+            map.clear();
+        }
+        self.entries = 0;
+    }
+}
+
+pub(super) type Bounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The keys starting with `prefix`.
+pub(super) fn prefix_bounds(prefix: &[u8]) -> Bounds {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return (Bound::Included(prefix.to_vec()), Bound::Excluded(end));
+        }
+    }
+    (Bound::Included(prefix.to_vec()), Bound::Unbounded)
+}
+
+/// A sled range merged with the write set's entries in the same range: pending values win,
+/// pending removals hide the key.
+pub(super) struct Merged {
+    sled: sled::Iter,
+    sled_head: Option<(IVec, IVec)>,
+    sled_done: bool,
+    pending: std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Option<IVec>)>>,
+    rev: bool,
+}
+
+impl Merged {
+    pub(super) fn new(
+        sled: sled::Iter,
+        pending: Vec<(Vec<u8>, Option<IVec>)>,
+        rev: bool,
+    ) -> Merged {
+        Merged {
+            sled,
+            sled_head: None,
+            sled_done: false,
+            pending: pending.into_iter().peekable(),
+            rev,
+        }
+    }
+}
+
+impl Iterator for Merged {
+    type Item = Result<(IVec, IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.sled_head.is_none() && !self.sled_done {
+                let next = if self.rev {
+                    self.sled.next_back()
+                } else {
+                    self.sled.next()
+                };
+                match next {
+                    None => self.sled_done = true,
+                    Some(Err(e)) => return Some(Err(StoreError::Sled(e))),
+                    Some(Ok(kv)) => self.sled_head = Some(kv),
+                }
+            }
+            let from_pending = match (&self.sled_head, self.pending.peek()) {
+                (None, None) => return None,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+                (Some((sk, _)), Some((pk, _))) => {
+                    let mut order = pk.as_slice().cmp(sk.as_ref());
+                    if self.rev {
+                        order = order.reverse();
+                    }
+                    match order {
+                        std::cmp::Ordering::Less => true,
+                        std::cmp::Ordering::Equal => {
+                            self.sled_head = None; // shadowed by the pending write
+                            true
+                        }
+                        std::cmp::Ordering::Greater => false,
+                    }
+                }
+            };
+            if !from_pending {
+                return self.sled_head.take().map(Ok);
+            }
+            if let Some((k, Some(v))) = self.pending.next() {
+                return Some(Ok((IVec::from(k), v)));
+            }
+            // A pending removal: the key is gone; look further.
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(k: u8) -> Vec<u8> {
+        // Two-byte keys with 0xFF in them, so prefix bounds meet their edge case.
+        vec![k / 16 * 17, k]
+    }
+
+    proptest! {
+        /// A range over sled + the write set equals the same range over a model map where the
+        /// committed writes were followed by the pending ones, both directions.
+        #[test]
+        fn merged_range_is_the_model(
+            committed in proptest::collection::vec((any::<u8>(), proptest::option::of(any::<u8>())), 0..40),
+            pending in proptest::collection::vec((any::<u8>(), proptest::option::of(any::<u8>())), 0..40),
+            lo in any::<u8>(),
+            hi in any::<u8>(),
+            prefix in any::<u8>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let tree = db.open_tree("t").unwrap();
+            let mut model = BTreeMap::new();
+            for (k, v) in &committed {
+                match v {
+                    Some(v) => { tree.insert(key(*k), vec![*v]).unwrap(); model.insert(key(*k), vec![*v]); }
+                    None => { tree.remove(key(*k)).unwrap(); model.remove(&key(*k)); }
+                }
+            }
+            let mut p = Pending::default();
+            let mut w = Writes::default();
+            for (k, v) in &pending {
+                match v {
+                    Some(v) => { w.put(T::Meta, key(*k), vec![*v]); model.insert(key(*k), vec![*v]); }
+                    None => { w.del(T::Meta, key(*k)); model.remove(&key(*k)); }
+                }
+            }
+            p.add(w);
+            for (k, _) in &pending {
+                let expected = model.get(&key(*k)).cloned();
+                prop_assert_eq!(p.get(T::Meta, &key(*k)).map(|v| v.map(|v| v.to_vec())), Some(expected));
+            }
+            let ranges: Vec<Bounds> = vec![
+                (Bound::Included(key(lo)), Bound::Excluded(key(hi))),
+                (Bound::Unbounded, Bound::Included(key(hi))),
+                prefix_bounds(&[prefix / 16 * 17]),
+                (Bound::Unbounded, Bound::Unbounded),
+            ];
+            for bounds in ranges {
+                if let (Bound::Included(a), Bound::Excluded(b)) = &bounds {
+                    if a > b { continue; }
+                }
+                let b2 = (as_slice(&bounds.0), as_slice(&bounds.1));
+                let want: Vec<(Vec<u8>, Vec<u8>)> = model.range::<[u8], _>(b2).map(|(k, v)| (k.clone(), v.clone())).collect();
+                for rev in [false, true] {
+                    let got: Vec<(Vec<u8>, Vec<u8>)> = Merged::new(tree.range(bounds.clone()), p.range(T::Meta, &bounds, rev), rev)
+                        .map(|kv| { let (k, v) = kv.unwrap(); (k.to_vec(), v.to_vec()) })
+                        .collect();
+                    let mut want = want.clone();
+                    if rev { want.reverse(); }
+                    prop_assert_eq!(got, want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prefix_bounds_of_all_ff_is_unbounded_above() {
+        assert_eq!(
+            prefix_bounds(&[1, 0xFF]),
+            (Bound::Included(vec![1, 0xFF]), Bound::Excluded(vec![2]))
+        );
+        assert_eq!(
+            prefix_bounds(&[0xFF, 0xFF]),
+            (Bound::Included(vec![0xFF, 0xFF]), Bound::Unbounded)
+        );
+    }
+}
