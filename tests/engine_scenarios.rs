@@ -1433,3 +1433,91 @@ fn a_never_confirmed_bounce_is_given_up_after_the_attempt_limit() {
         "one bounce, however many sends"
     );
 }
+
+/// Schema 3: a replay records one range on the device, not a delivery record per message; the
+/// range keeps what is in flight from being sent twice in a session and counts as pending.
+fn replay_is_one_range(reopen: bool) {
+    let mut w = World::new(reopen);
+    for i in 1..=10 {
+        w.route(
+            chat(
+                "alice@example.com/a",
+                "bob@example.com",
+                &format!("m{i}"),
+                "x",
+            ),
+            &[],
+        );
+    }
+    assert_eq!(replayed_ids(&w.online("bob@example.com/phone")).len(), 10);
+    let store = w.engine().store();
+    let uid = store.user_id("bob@example.com").unwrap().unwrap();
+    let (no, _) = store.devices(uid).unwrap()[0].clone();
+    assert!(
+        store.deliveries(uid, no, u64::MAX).unwrap().is_empty(),
+        "no delivery record per replayed message"
+    );
+    let phone = w.device("bob@example.com", "phone");
+    assert_eq!(
+        (
+            phone.replayed.session,
+            phone.replayed.upto,
+            phone.replayed.max_upto
+        ),
+        (phone.session, 10, 10)
+    );
+    assert_eq!(
+        w.engine().cursors("bob@example.com").unwrap().devices[0].pending,
+        10
+    );
+    // One more arrives live: a delivery record of its own, pending too.
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m11", "x"),
+        &["bob@example.com/phone"],
+    );
+    assert_eq!(
+        w.engine().cursors("bob@example.com").unwrap().devices[0].pending,
+        11
+    );
+    // An ack of one message out of order: the rest stays pending.
+    w.client_sends(crs_offline("bob@example.com/phone", "m4"));
+    assert_eq!(
+        w.engine().cursors("bob@example.com").unwrap().devices[0].pending,
+        10
+    );
+    let log = w.engine().log("bob@example.com", 3, 2).unwrap();
+    let states: Vec<&str> = log.messages.iter().map(|m| m.devices[0].state).collect();
+    assert_eq!(states, ["acked", "pending"]);
+    // A reconnect snapshot continues the session: nothing is in flight twice.
+    let out = w.step(Input::Snapshot {
+        sessions: vec![(jid("bob@example.com/phone"), None)],
+    });
+    assert!(replays(&out).is_empty());
+    // A new session gets everything unacked again, once.
+    w.offline("bob@example.com/phone");
+    let again = replayed_ids(&w.online("bob@example.com/phone"));
+    let expected: Vec<String> = (1..=11)
+        .filter(|i| *i != 4)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(again, expected);
+    let phone = w.device("bob@example.com", "phone");
+    assert_eq!(
+        (phone.replayed.session, phone.replayed.upto),
+        (phone.session, 11)
+    );
+    assert_eq!(
+        w.engine().cursors("bob@example.com").unwrap().devices[0].pending,
+        10
+    );
+}
+
+#[test]
+fn replay_is_one_range_in_memory() {
+    replay_is_one_range(false);
+}
+
+#[test]
+fn replay_is_one_range_across_reopens() {
+    replay_is_one_range(true);
+}

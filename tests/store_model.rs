@@ -98,6 +98,7 @@ fn device_record(acked_upto: Seq, session: u64) -> DeviceRecord {
         online: session % 2 == 1,
         first_seen: 1,
         last_seen: 2,
+        replayed: Default::default(),
     }
 }
 
@@ -485,5 +486,108 @@ fn second_process_lock_is_reported_with_the_path() {
              if readtrack serve runs, use the CLI through its admin socket",
             path.display()
         )
+    );
+}
+
+/// `userdevice_cursor` as schema 2 wrote it: the layout a store upgraded from 2 holds.
+#[derive(serde::Serialize)]
+struct DeviceRecordV2 {
+    key: String,
+    resource: String,
+    acked_upto: Seq,
+    acked_above: Vec<Seq>,
+    session: u64,
+    online: bool,
+    first_seen: u64,
+    last_seen: u64,
+}
+
+#[test]
+fn a_schema_2_store_is_upgraded_in_place_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut phone = device_record(3, 5);
+    phone.acked_above = vec![5, 9];
+    let laptop = device_record(0, 2);
+    let (uid, seq) = {
+        let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        let uid = store.ensure_user("bob@example.com").unwrap();
+        let p = store.put_device(uid, None, &phone).unwrap();
+        store.put_device(uid, None, &laptop).unwrap();
+        let m = MessageRecord {
+            seq: 0,
+            stanza_id: 7,
+            msg_id: Some("m1".into()),
+            from: "alice@example.com/x".into(),
+            sent: false,
+            to: None,
+            kind: Some("chat".into()),
+            body: Some("hi".into()),
+            thread: None,
+            logged_at: 5,
+            system: false,
+            receipt: ReceiptState::NotRequired,
+            archive_id: None,
+        };
+        let seq = store
+            .append_message(uid, &m, &[(p, DeliveryRecord { session: 5, at: 6 })])
+            .unwrap();
+        store.flush().unwrap();
+        (uid, seq)
+    };
+    // Turn it into a schema 2 store: device records in the old layout, version 2.
+    {
+        let raw = sled::open(&path).unwrap();
+        let cursors = raw.open_tree("userdevice_cursor").unwrap();
+        for (k, d) in [(0u32, &phone), (1, &laptop)] {
+            let mut key = uid.to_be_bytes().to_vec();
+            key.extend_from_slice(&k.to_be_bytes());
+            let old = DeviceRecordV2 {
+                key: d.key.clone(),
+                resource: d.resource.clone(),
+                acked_upto: d.acked_upto,
+                acked_above: d.acked_above.clone(),
+                session: d.session,
+                online: d.online,
+                first_seen: d.first_seen,
+                last_seen: d.last_seen,
+            };
+            let bytes = bincode::serde::encode_to_vec(&old, bincode::config::standard()).unwrap();
+            assert!(cursors.insert(key, bytes).unwrap().is_some());
+        }
+        raw.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &2u32.to_be_bytes())
+            .unwrap();
+        raw.flush().unwrap();
+    }
+    {
+        let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        let devices: Vec<DeviceRecord> = store
+            .devices(uid)
+            .unwrap()
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(devices, vec![phone.clone(), laptop.clone()]);
+        assert_eq!(
+            store.deliveries(uid, 0, u64::MAX).unwrap(),
+            vec![(seq, DeliveryRecord { session: 5, at: 6 })]
+        );
+        assert_eq!(
+            store.message(uid, seq).unwrap().unwrap().body.as_deref(),
+            Some("hi")
+        );
+    }
+    let raw = sled::open(&path).unwrap();
+    assert_eq!(
+        raw.open_tree("meta")
+            .unwrap()
+            .get("schema_version")
+            .unwrap()
+            .unwrap()
+            .as_ref(),
+        &readtrack::store::SCHEMA_VERSION.to_be_bytes(),
+        "the upgrade is recorded"
     );
 }

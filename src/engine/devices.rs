@@ -1,11 +1,11 @@
 //! Device lifecycle and replay (rules 6 and 7).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{Dialect, Engine, Output, Result};
 use crate::jid::Jid;
 use crate::stanza::{MessageType, Outgoing, Replay};
-use crate::store::{DeliveryRecord, DeviceNo, DeviceRecord, MessageRecord, UserId};
+use crate::store::{DeviceNo, DeviceRecord, MessageRecord, Seq, UserId};
 use crate::time::Millis;
 
 impl Engine {
@@ -79,6 +79,7 @@ impl Engine {
             online: false,
             first_seen: now.0,
             last_seen: now.0,
+            replayed: Default::default(),
         })
     }
 
@@ -115,18 +116,25 @@ impl Engine {
     ) -> Result<Vec<Output>> {
         let bare = to.bare_string();
         let mut out = Vec::new();
-        let mut delivered = Vec::new();
         let mut carbons = Vec::new();
+        let mut replayed_upto = None;
+        // Live writes in this session have a delivery record each (usually a handful): one
+        // scan, not a lookup per replayed message.
+        let live: HashSet<Seq> = self
+            .store
+            .deliveries(user, no, u64::MAX)?
+            .into_iter()
+            .filter(|(_, d)| d.session == device.session)
+            .map(|(seq, _)| seq)
+            .collect();
+        // Senders repeat (a conversation is one peer): parse each once.
+        let mut senders: HashMap<String, Jid> = HashMap::new();
         for m in self.store.messages_after(user, device.acked_upto) {
             let m = m?;
             if device.is_acked(m.seq) {
                 continue;
             }
-            if self
-                .store
-                .delivery(user, no, m.seq)?
-                .is_some_and(|d| d.session == device.session)
-            {
+            if device.replayed_in_session(m.seq) || live.contains(&m.seq) {
                 continue; // in flight in this session already
             }
             if out.len() >= self.config.max_replay {
@@ -134,9 +142,16 @@ impl Engine {
                 tracing::warn!(device = %to, limit = self.config.max_replay, "replay cut at max_replay; the rest follows at the next login");
                 break;
             }
-            let Ok(from) = Jid::parse(&m.from) else {
-                tracing::warn!(user = %bare, seq = m.seq, from = %m.from, "logged message has an unparsable sender; not replayed");
-                continue;
+            let from = match senders.get(&m.from) {
+                Some(from) => from.clone(),
+                None => {
+                    let Ok(from) = Jid::parse(&m.from) else {
+                        tracing::warn!(user = %bare, seq = m.seq, from = %m.from, "logged message has an unparsable sender; not replayed");
+                        continue;
+                    };
+                    senders.insert(m.from.clone(), from.clone());
+                    from
+                }
             };
             let stanza = if m.sent {
                 // Rule 8: the user's own message, sent from another device. Clients send no
@@ -154,13 +169,7 @@ impl Engine {
                     inner,
                 }
             } else {
-                delivered.push((
-                    m.seq,
-                    DeliveryRecord {
-                        session: device.session,
-                        at: now.0,
-                    },
-                ));
+                replayed_upto = Some(m.seq);
                 Outgoing::Replay(self.replay_stanza(&m, from, to, &bare, now))
             };
             out.push(Output::Deliver {
@@ -168,11 +177,13 @@ impl Engine {
                 stanza,
             });
         }
-        self.store.put_deliveries(user, no, &delivered)?;
-        if !carbons.is_empty() {
-            for seq in &carbons {
-                device.ack(*seq);
-            }
+        for seq in &carbons {
+            device.ack(*seq);
+        }
+        if let Some(upto) = replayed_upto {
+            device.record_replay(upto);
+        }
+        if replayed_upto.is_some() || !carbons.is_empty() {
             self.store.apply_ack(user, no, &device, &[], &[])?;
         }
         self.counters.replays += out.len() as u64;

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{Engine, EngineError, Result};
 use crate::jid::Jid;
-use crate::store::{DeviceNo, DeviceRecord, MessageRecord, ReceiptState, UserId};
+use crate::store::{DeviceNo, DeviceRecord, MessageRecord, ReceiptState, Seq, UserId};
 use crate::time::Millis;
 
 /// `readtrack cursors --json`: DESIGN.md section 5 (fields may be added, never renamed).
@@ -201,12 +201,43 @@ impl Engine {
             .saturating_sub(d.acked_above.len() as u64)
     }
 
+    /// Messages written to the device and not acked by it: those a replay wrote (the range up
+    /// to `replayed.max_upto`, minus what is acked or deleted) and live writes above it.
+    fn pending_count(
+        &self,
+        user: UserId,
+        no: DeviceNo,
+        d: &DeviceRecord,
+        first_seq: Seq,
+    ) -> Result<u64> {
+        let from = d.acked_upto.max(first_seq.saturating_sub(1));
+        let upto = d.replayed.max_upto;
+        let replayed = if upto > from {
+            let acked = d
+                .acked_above
+                .iter()
+                .filter(|s| **s > from && **s <= upto)
+                .count();
+            upto - from - acked as u64
+        } else {
+            0
+        };
+        let live = self
+            .store
+            .deliveries(user, no, u64::MAX)?
+            .into_iter()
+            .filter(|(seq, _)| *seq > upto && !d.is_acked(*seq))
+            .count();
+        Ok(replayed + live as u64)
+    }
+
     pub fn cursors(&self, jid: &str) -> Result<UserCursors> {
         let (user, bare) = self.user_of(jid)?;
-        let head = self.store.user(user)?.head;
+        let record = self.store.user(user)?;
+        let head = record.head;
         let mut devices = Vec::new();
         for (no, d) in self.store.devices(user)? {
-            let pending = self.store.deliveries(user, no, u64::MAX)?.len() as u64;
+            let pending = self.pending_count(user, no, &d, record.first_seq)?;
             devices.push(DeviceCursor {
                 device: d.key.clone(),
                 resource: d.resource.clone(),
@@ -285,7 +316,9 @@ impl Engine {
             for (no, d) in &devices {
                 let state = if d.is_acked(m.seq) {
                     "acked"
-                } else if self.store.delivery(user, *no, m.seq)?.is_some() {
+                } else if m.seq <= d.replayed.max_upto
+                    || self.store.delivery(user, *no, m.seq)?.is_some()
+                {
                     "pending"
                 } else {
                     "unread"

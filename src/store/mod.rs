@@ -7,6 +7,7 @@
 //! the flush that covers it has returned.
 
 pub mod keys;
+mod migrate;
 mod pending;
 pub mod records;
 
@@ -28,8 +29,9 @@ pub use records::{
 
 /// Version of the on-disk layout. Bump it with every change to a key or record shape and teach
 /// [`Store::open`] the migration.
-/// Version 2 added sent messages, conversations and retention; version 1 never shipped.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version 2 added sent messages, conversations and retention (version 1 never shipped);
+/// version 3 keeps one replay range per device instead of a delivery record per replayed message.
+pub const SCHEMA_VERSION: u32 = 3;
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_NEXT_USER: &[u8] = b"next_user_id";
@@ -190,7 +192,9 @@ impl Store {
             None
         };
         match version {
-            Some(v) => Self::expect_version(&v, path)?,
+            Some(v) => {
+                Self::known_version(&v, path)?;
+            }
             None => {
                 // sled always has its default tree; anything else, or data in it, is not ours.
                 let foreign = !db.is_empty()
@@ -209,24 +213,45 @@ impl Store {
         Ok(())
     }
 
-    fn expect_version(v: &[u8], path: &Path) -> Result<()> {
+    /// The stored version, if this readtrack reads it or can upgrade it.
+    fn known_version(v: &[u8], path: &Path) -> Result<u32> {
         let found = u32::from_be_bytes(v.try_into().map_err(|_| StoreError::Decode {
             tree: "meta",
             reason: "schema_version is not 4 bytes".into(),
         })?);
-        if found != SCHEMA_VERSION {
+        if found != SCHEMA_VERSION && !migrate::UPGRADABLE.contains(&found) {
             return Err(StoreError::SchemaVersion {
                 path: path.to_path_buf(),
                 found,
                 expected: SCHEMA_VERSION,
             });
         }
+        Ok(found)
+    }
+
+    /// Schema 2 → 3, in one commit.
+    fn upgrade_from_2(&self) -> Result<()> {
+        let devices = self.count(T::UserdeviceCursor);
+        tracing::info!(path = %self.path.display(), devices, "upgrading store schema 2 -> 3");
+        let mut w = Writes::default();
+        for kv in self.range(T::UserdeviceCursor, (Bound::Unbounded, Bound::Unbounded)) {
+            let (k, v) = kv?;
+            w.put(T::UserdeviceCursor, k, migrate::device_2_to_3(&v)?);
+        }
+        w.put(T::Meta, META_SCHEMA, &SCHEMA_VERSION.to_be_bytes());
+        self.apply(w)?;
+        self.flush()?;
+        tracing::info!(devices, "store upgraded to schema 3");
         Ok(())
     }
 
     fn check_schema(&self) -> Result<()> {
         match self.tree(T::Meta).get(META_SCHEMA)? {
-            Some(v) => Self::expect_version(&v, &self.path)?,
+            Some(v) => {
+                if Self::known_version(&v, &self.path)? == 2 {
+                    self.upgrade_from_2()?;
+                }
+            }
             None => {
                 let user_data = [T::JidUserid, T::UseridUser, T::UserseqMessage]
                     .iter()

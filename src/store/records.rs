@@ -116,11 +116,39 @@ pub struct DeviceRecord {
     pub online: bool,
     pub first_seen: u64,
     pub last_seen: u64,
+    /// What replays wrote to the device (schema 3): one range instead of a delivery record per
+    /// replayed message.
+    pub replayed: ReplayRange,
+}
+
+/// What replays wrote to a device. Live writes still have a delivery record each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayRange {
+    /// The session the last replay wrote to, and the highest seq it wrote: every unacked
+    /// message at or below `upto` is in flight to that session.
+    pub session: u64,
+    pub upto: Seq,
+    /// The highest seq any replay wrote: unacked messages at or below it are pending.
+    pub max_upto: Seq,
 }
 
 impl DeviceRecord {
     pub fn is_acked(&self, seq: Seq) -> bool {
         seq <= self.acked_upto || self.acked_above.binary_search(&seq).is_ok()
+    }
+
+    /// Whether a replay already wrote `seq` to the device's current session.
+    pub fn replayed_in_session(&self, seq: Seq) -> bool {
+        self.replayed.session == self.session && seq <= self.replayed.upto
+    }
+
+    /// Records that a replay in the current session wrote everything unacked up to `upto`.
+    pub fn record_replay(&mut self, upto: Seq) {
+        if self.replayed.session != self.session || upto > self.replayed.upto {
+            self.replayed.session = self.session;
+            self.replayed.upto = upto;
+        }
+        self.replayed.max_upto = self.replayed.max_upto.max(upto);
     }
 
     /// Marks one seq acked; returns false when it already was. Keeps the cursor compact: once the
@@ -223,6 +251,7 @@ mod tests {
             online: false,
             first_seen: 0,
             last_seen: 0,
+            replayed: ReplayRange::default(),
         }
     }
 
