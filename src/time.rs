@@ -31,7 +31,41 @@ impl Millis {
 
     /// RFC 3339 / XEP-0082 timestamp with milliseconds, e.g. `2013-11-20T06:41:36.102Z`.
     pub fn rfc3339(self) -> String {
-        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(self.0)).to_string()
+        let mut out = String::with_capacity(24);
+        self.push_rfc3339(&mut out);
+        out
+    }
+
+    /// Appends [`Millis::rfc3339`] to `out` without an intermediate string or the formatting
+    /// machinery (two timestamps per replayed stanza).
+    pub fn push_rfc3339(self, out: &mut String) {
+        let secs = self.0 / 1000;
+        let (year, month, day) = civil_from_days(secs / 86_400);
+        if year > 9999 {
+            use fmt::Write as _;
+            let _ = write!(
+                out,
+                "{}",
+                humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(self.0))
+            );
+            return;
+        }
+        let sod = secs % 86_400;
+        let mut buf = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut value: u64| {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, sod / 3600);
+        put(14, 2, sod / 60 % 60);
+        put(17, 2, sod % 60);
+        put(20, 3, self.0 % 1000);
+        out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
     }
 
     /// Parses an XEP-0082 timestamp (`Z` or no offset; fractional seconds optional).
@@ -39,6 +73,21 @@ impl Millis {
         let t = humantime::parse_rfc3339_weak(text.trim()).ok()?;
         Some(Millis(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64))
     }
+}
+
+/// (year, month, day) of a count of days since 1970-01-01 in the proleptic Gregorian calendar:
+/// shift to eras of 400 years starting on March 1st, where leap days fall at the end.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 impl fmt::Display for Millis {
@@ -50,6 +99,28 @@ impl fmt::Display for Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The hand-written formatter says what humantime says, up to the end of year 9999
+        /// (and past it, where it hands over to humantime).
+        #[test]
+        fn rfc3339_matches_humantime(ms in 0u64..253_402_300_800_000 + 86_400_000 * 800) {
+            let want = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string();
+            proptest::prop_assert_eq!(Millis(ms).rfc3339(), want);
+        }
+    }
+
+    #[test]
+    fn rfc3339_at_calendar_edges() {
+        for (ms, want) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
+            (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+        ] {
+            assert_eq!(Millis(ms).rfc3339(), want);
+        }
+    }
 
     #[test]
     fn rfc3339_round_trip() {

@@ -1061,6 +1061,8 @@ proptest! {
         };
         let text = outgoing(&Outgoing::Replay(replay.clone()));
         prop_assert_eq!(parse_message(&text).unwrap(), write::replay_message(&replay));
+        // The replay writer skips the typed message; its bytes are the typed message's.
+        prop_assert_eq!(text, write::message(&write::replay_message(&replay)));
     }
 
     #[test]

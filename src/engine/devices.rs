@@ -159,10 +159,10 @@ impl Engine {
                 let Some(peer) = m.to.as_deref().and_then(|t| Jid::parse(t).ok()) else {
                     continue;
                 };
-                let mut inner = self.replay_stanza(&m, from, &peer, &bare, now);
+                carbons.push(m.seq);
+                let mut inner = self.replay_stanza(m, from, &peer, &bare, now);
                 inner.offline_marker = false;
                 inner.request_receipt = false;
-                carbons.push(m.seq);
                 Outgoing::SentCarbon {
                     from: to.to_bare(),
                     to: to.clone(),
@@ -170,7 +170,7 @@ impl Engine {
                 }
             } else {
                 replayed_upto = Some(m.seq);
-                Outgoing::Replay(self.replay_stanza(&m, from, to, &bare, now))
+                Outgoing::Replay(self.replay_stanza(m, from, to, &bare, now))
             };
             out.push(Output::Deliver {
                 to: to.clone(),
@@ -192,7 +192,7 @@ impl Engine {
 
     fn replay_stanza(
         &self,
-        m: &MessageRecord,
+        m: MessageRecord,
         from: Jid,
         to: &Jid,
         bare: &str,
@@ -201,12 +201,15 @@ impl Engine {
         Replay {
             to: to.clone(),
             from,
-            id: m.msg_id.clone(),
             kind: MessageType::from_attr(m.kind.as_deref()),
-            body: m.body.clone(),
-            thread: m.thread.clone(),
+            id: m.msg_id,
+            body: m.body,
+            thread: m.thread,
             logged_at: Millis(m.logged_at),
-            stanza_id: uuid::Uuid::from_u128(m.stanza_id).to_string(),
+            stanza_id: uuid::Uuid::from_u128(m.stanza_id)
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_owned(),
             stanza_id_by: bare.to_string(),
             offline_marker: self.config.dialect == Dialect::Seed,
             delay_from: Some(self.config.domain.clone()),

@@ -10,40 +10,55 @@ use super::{
     Message, Outgoing, Receipt, Replay, NS_CARBONS, NS_CLIENT, NS_DELAY, NS_FORWARD, NS_MARKERS,
     NS_OFFLINE, NS_RECEIPTS, NS_SID,
 };
+use crate::jid::Jid;
 use crate::time::Millis;
 
 fn is_xml_char(c: char) -> bool {
     matches!(c as u32, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
 }
 
-/// Copies `text` to `out`, replacing each char for which `escape` gives a replacement. Runs
-/// that need no escaping (nearly all text) are copied as one slice rather than char by char:
-/// the replay path writes ten thousand stanzas per login.
-fn push_escaped(out: &mut String, text: &str, escape: impl Fn(char) -> Option<&'static str>) {
-    // Every char `escape` replaces has a byte flagged here: the markup characters, C0 controls
-    // (tab and line ends included), and 0xEF, the lead byte of U+FFFE and U+FFFF. Text with
-    // none of them is copied whole.
-    let flagged = |b: u8| b < 0x20 || matches!(b, b'<' | b'>' | b'&' | b'"' | 0xEF);
-    if !text.bytes().any(flagged) {
-        out.push_str(text);
-        return;
-    }
+/// Copies `text` to `out`, replacing each char for which `escape` gives a replacement. Only
+/// chars that start with a byte `flagged` can be replaced, so runs of other bytes (nearly all
+/// text) are found by a byte scan and copied as whole slices: the replay path writes ten
+/// thousand stanzas per login.
+fn push_escaped(
+    out: &mut String,
+    text: &str,
+    flagged: impl Fn(u8) -> bool,
+    escape: impl Fn(char) -> Option<&'static str>,
+) {
+    let bytes = text.as_bytes();
     let mut start = 0;
-    for (i, c) in text.char_indices() {
+    let mut i = 0;
+    while let Some(at) = bytes[i..].iter().position(|b| flagged(*b)) {
+        i += at;
+        // A flagged byte is ASCII or a lead byte (0xEF), so `i` is a char boundary.
+        let c = text[i..].chars().next().unwrap_or('\0');
         if let Some(replacement) = escape(c) {
             out.push_str(&text[start..i]);
             out.push_str(replacement);
             start = i + c.len_utf8();
         }
+        i += c.len_utf8();
     }
     out.push_str(&text[start..]);
+}
+
+/// Bytes that can start a char text or attribute escaping replaces: the markup characters, C0
+/// controls (tab and line ends included), and 0xEF, the lead byte of U+FFFE and U+FFFF.
+fn flagged_in_text(b: u8) -> bool {
+    b < 0x20 || matches!(b, b'<' | b'>' | b'&' | 0xEF)
+}
+
+fn flagged_in_attr(b: u8) -> bool {
+    flagged_in_text(b) || b == b'"'
 }
 
 /// Escapes character data. `\r` becomes a reference because a literal one would be turned into
 /// `\n` by the receiver's line-end normalisation. Characters XML cannot carry at all (most C0
 /// controls) become U+FFFD so the output is always well-formed.
 fn push_text(out: &mut String, text: &str) {
-    push_escaped(out, text, |c| match c {
+    push_escaped(out, text, flagged_in_text, |c| match c {
         '<' => Some("&lt;"),
         '>' => Some("&gt;"),
         '&' => Some("&amp;"),
@@ -56,7 +71,7 @@ fn push_text(out: &mut String, text: &str) {
 /// Escapes an attribute value for double quotes. Tab and line ends become references because
 /// attribute-value normalisation would turn literal ones into spaces.
 fn push_attr_value(out: &mut String, value: &str) {
-    push_escaped(out, value, |c| match c {
+    push_escaped(out, value, flagged_in_attr, |c| match c {
         '<' => Some("&lt;"),
         '>' => Some("&gt;"),
         '&' => Some("&amp;"),
@@ -93,45 +108,111 @@ fn text_element(out: &mut String, name: &str, text: &str) {
     out.push('>');
 }
 
-fn write_message(out: &mut String, msg: &Message, xmlns: Option<&str>) {
+/// A `<delay>` element, borrowed.
+struct DelayParts<'a> {
+    from: Option<&'a str>,
+    stamp: Option<Millis>,
+    current: Option<Millis>,
+    code: Option<&'a str>,
+}
+
+/// XEP-0359 ids: a typed message's list, or the one a replay carries.
+enum StanzaIds<'a> {
+    Many(&'a [super::StanzaId]),
+    One { id: &'a str, by: &'a str },
+}
+
+/// Everything one `<message>` element holds, borrowed: the single writer behind every message
+/// readtrack writes, so a replay is written from the logged fields without building a typed
+/// [`Message`] first.
+struct Parts<'a> {
+    xmlns: Option<&'a str>,
+    id: Option<&'a str>,
+    kind: Option<&'a str>,
+    from: Option<&'a Jid>,
+    to: Option<&'a Jid>,
+    body: Option<&'a str>,
+    thread: Option<&'a str>,
+    /// `Some(current)`: an `<offline>` element, with `current` if given.
+    offline: Option<Option<Millis>>,
+    delay: Option<DelayParts<'a>>,
+    stanza_ids: StanzaIds<'a>,
+    receipt: Option<&'a Receipt>,
+    receipt_request: bool,
+    displayed: Option<&'a str>,
+}
+
+/// An attribute whose value is a JID, escaped part by part (escaping is per char, so this is
+/// the same as escaping `jid.to_string()`, without building it).
+fn jid_attr(out: &mut String, name: &str, jid: &Jid) {
+    out.push(' ');
+    out.push_str(name);
+    out.push_str("=\"");
+    if let Some(local) = jid.local() {
+        push_attr_value(out, local);
+        out.push('@');
+    }
+    push_attr_value(out, jid.domain());
+    if let Some(resource) = jid.resource() {
+        out.push('/');
+        push_attr_value(out, resource);
+    }
+    out.push('"');
+}
+
+/// An attribute whose value is a timestamp (RFC 3339 needs no escaping).
+fn time_attr(out: &mut String, name: &str, at: Millis) {
+    out.push(' ');
+    out.push_str(name);
+    out.push_str("=\"");
+    at.push_rfc3339(out);
+    out.push('"');
+}
+
+/// `<name xmlns="ns"`, left open for attributes.
+fn open_element(out: &mut String, name: &str, ns: &str) {
+    out.push('<');
+    out.push_str(name);
+    out.push_str(" xmlns=\"");
+    out.push_str(ns);
+    out.push('"');
+}
+
+fn write_parts(out: &mut String, m: &Parts) {
     out.push_str("<message");
-    opt_attr(out, "xmlns", xmlns);
-    opt_attr(out, "id", msg.id.as_deref());
-    opt_attr(out, "type", msg.kind.as_attr());
-    opt_attr(
-        out,
-        "from",
-        msg.from.as_ref().map(|j| j.to_string()).as_deref(),
-    );
-    opt_attr(out, "to", msg.to.as_ref().map(|j| j.to_string()).as_deref());
+    opt_attr(out, "xmlns", m.xmlns);
+    opt_attr(out, "id", m.id);
+    opt_attr(out, "type", m.kind);
+    if let Some(from) = m.from {
+        jid_attr(out, "from", from);
+    }
+    if let Some(to) = m.to {
+        jid_attr(out, "to", to);
+    }
     out.push('>');
-    if let Some(body) = &msg.body {
+    if let Some(body) = m.body {
         text_element(out, "body", body);
     }
-    if let Some(thread) = &msg.thread {
+    if let Some(thread) = m.thread {
         text_element(out, "thread", thread);
     }
-    // A typed offline ack may come without the marker field set; it still needs the element.
-    let offline = match (&msg.offline, &msg.receipt) {
-        (Some(current), _) => Some(*current),
-        (None, Some(Receipt::SeedOffline { .. })) => Some(None),
-        (None, _) => None,
-    };
-    if let Some(current) = offline {
-        let _ = write!(out, "<offline xmlns=\"{NS_OFFLINE}\"");
-        opt_attr(out, "current", current.map(Millis::rfc3339).as_deref());
+    if let Some(current) = m.offline {
+        open_element(out, "offline", NS_OFFLINE);
+        if let Some(current) = current {
+            time_attr(out, "current", current);
+        }
         out.push_str("/>");
     }
-    if let Some(delay) = &msg.delay {
-        let _ = write!(out, "<delay xmlns=\"{NS_DELAY}\"");
-        opt_attr(out, "from", delay.from.as_deref());
-        opt_attr(out, "stamp", delay.stamp.map(Millis::rfc3339).as_deref());
-        opt_attr(
-            out,
-            "current",
-            delay.current.map(Millis::rfc3339).as_deref(),
-        );
-        match &delay.code {
+    if let Some(delay) = &m.delay {
+        open_element(out, "delay", NS_DELAY);
+        opt_attr(out, "from", delay.from);
+        if let Some(stamp) = delay.stamp {
+            time_attr(out, "stamp", stamp);
+        }
+        if let Some(current) = delay.current {
+            time_attr(out, "current", current);
+        }
+        match delay.code {
             Some(code) => {
                 out.push('>');
                 push_text(out, code);
@@ -140,13 +221,17 @@ fn write_message(out: &mut String, msg: &Message, xmlns: Option<&str>) {
             None => out.push_str("/>"),
         }
     }
-    for sid in &msg.stanza_ids {
-        let _ = write!(out, "<stanza-id xmlns=\"{NS_SID}\"");
-        attr(out, "id", &sid.id);
-        attr(out, "by", &sid.by);
+    let mut stanza_id = |id: &str, by: &str| {
+        open_element(out, "stanza-id", NS_SID);
+        attr(out, "id", id);
+        attr(out, "by", by);
         out.push_str("/>");
+    };
+    match m.stanza_ids {
+        StanzaIds::Many(sids) => sids.iter().for_each(|s| stanza_id(&s.id, &s.by)),
+        StanzaIds::One { id, by } => stanza_id(id, by),
     }
-    match &msg.receipt {
+    match m.receipt {
         Some(Receipt::Xep0184 { id }) => {
             let _ = write!(out, "<received xmlns=\"{NS_RECEIPTS}\"");
             attr(out, "id", id);
@@ -159,15 +244,84 @@ fn write_message(out: &mut String, msg: &Message, xmlns: Option<&str>) {
         }
         Some(Receipt::SeedOffline { .. }) | None => {}
     }
-    if msg.receipt_request {
-        let _ = write!(out, "<request xmlns=\"{NS_RECEIPTS}\"/>");
+    if m.receipt_request {
+        open_element(out, "request", NS_RECEIPTS);
+        out.push_str("/>");
     }
-    if let Some(id) = &msg.displayed {
+    if let Some(id) = m.displayed {
         let _ = write!(out, "<displayed xmlns=\"{NS_MARKERS}\"");
         attr(out, "id", id);
         out.push_str("/>");
     }
     out.push_str("</message>");
+}
+
+fn write_message(out: &mut String, msg: &Message, xmlns: Option<&str>) {
+    // A typed offline ack may come without the marker field set; it still needs the element.
+    let offline = match (&msg.offline, &msg.receipt) {
+        (Some(current), _) => Some(*current),
+        (None, Some(Receipt::SeedOffline { .. })) => Some(None),
+        (None, _) => None,
+    };
+    write_parts(
+        out,
+        &Parts {
+            xmlns,
+            id: msg.id.as_deref(),
+            kind: msg.kind.as_attr(),
+            from: msg.from.as_ref(),
+            to: msg.to.as_ref(),
+            body: msg.body.as_deref(),
+            thread: msg.thread.as_deref(),
+            offline,
+            delay: msg.delay.as_ref().map(|d| DelayParts {
+                from: d.from.as_deref(),
+                stamp: d.stamp,
+                current: d.current,
+                code: d.code.as_deref(),
+            }),
+            stanza_ids: StanzaIds::Many(&msg.stanza_ids),
+            receipt: msg.receipt.as_ref(),
+            receipt_request: msg.receipt_request,
+            displayed: msg.displayed.as_deref(),
+        },
+    );
+}
+
+/// A replay as [`replay_message`] would type it, written straight from its fields. `xmlns` and
+/// `with_delay` serve the carbon, whose inner message names `jabber:client` and leaves the
+/// original time to `<forwarded>`.
+fn write_replay(out: &mut String, r: &Replay, xmlns: Option<&str>, with_delay: bool) {
+    write_parts(
+        out,
+        &Parts {
+            xmlns,
+            id: r.id.as_deref(),
+            kind: r.kind.as_attr(),
+            from: Some(&r.from),
+            to: Some(&r.to),
+            body: r.body.as_deref(),
+            thread: r.thread.as_deref(),
+            offline: r.offline_marker.then_some(Some(r.now)),
+            delay: r
+                .delay_from
+                .as_deref()
+                .filter(|_| with_delay)
+                .map(|from| DelayParts {
+                    from: Some(from),
+                    stamp: Some(r.logged_at),
+                    current: None,
+                    code: None,
+                }),
+            stanza_ids: StanzaIds::One {
+                id: &r.stanza_id,
+                by: &r.stanza_id_by,
+            },
+            receipt: None,
+            receipt_request: r.request_receipt,
+            displayed: None,
+        },
+    );
 }
 
 /// A typed message as a stanza with no `xmlns` on the outer element.
@@ -239,7 +393,7 @@ pub fn outgoing(out: &Outgoing) -> String {
                 time.rfc3339()
             );
         }
-        Outgoing::Replay(replay) => write_message(&mut s, &replay_message(replay), None),
+        Outgoing::Replay(replay) => write_replay(&mut s, replay, None, true),
         Outgoing::SentCarbon { from, to, inner } => {
             s.push_str("<message");
             // XEP-0280: a carbon comes from the user's bare JID, whatever device sent it.
@@ -254,9 +408,7 @@ pub fn outgoing(out: &Outgoing) -> String {
             attr(&mut s, "stamp", &inner.logged_at.rfc3339());
             s.push_str("/>");
             // The original time travels on <forwarded>, not twice.
-            let mut msg = replay_message(inner);
-            msg.delay = None;
-            write_message(&mut s, &msg, Some(NS_CLIENT));
+            write_replay(&mut s, inner, Some(NS_CLIENT), false);
             s.push_str("</forwarded></sent></message>");
         }
     }
