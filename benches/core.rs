@@ -60,8 +60,22 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
+/// sled's cache for every store of the run: the default (`[store] cache_mb = 64`) unless
+/// `BENCH_CACHE_MB` says otherwise, for the engine and the raw baselines alike.
+fn store_options() -> StoreOptions {
+    match std::env::var("BENCH_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(mb) => StoreOptions {
+            cache_bytes: mb << 20,
+        },
+        None => StoreOptions::default(),
+    }
+}
+
 fn open_engine(path: &Path, policy: ReceiptPolicy) -> Engine {
-    let store = Store::open(path, &StoreOptions::default()).unwrap();
+    let store = Store::open(path, &store_options()).unwrap();
     let mut config = EngineConfig::new("example.com");
     config.policy = policy;
     Engine::new(store, config).unwrap()
@@ -70,7 +84,7 @@ fn open_engine(path: &Path, policy: ReceiptPolicy) -> Engine {
 fn raw_sled(path: &Path) -> sled::Db {
     sled::Config::new()
         .path(path)
-        .cache_capacity(StoreOptions::default().cache_bytes)
+        .cache_capacity(store_options().cache_bytes)
         .open()
         .unwrap()
 }
