@@ -36,13 +36,31 @@ fn check_part(part: &str, whole: &str) -> Result<(), JidError> {
     if part.len() > 1023 {
         return Err(JidError::TooLong(whole.to_string()));
     }
-    if part
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace() && c != ' ')
-    {
+    // For ASCII the rule below is exactly "a C0 control or DEL": the ASCII whitespace other than
+    // ' ' (tab, LF, VT, FF, CR) is all control characters.
+    let forbidden = if part.is_ascii() {
+        part.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        part.chars()
+            .any(|c| c.is_control() || c.is_whitespace() && c != ' ')
+    };
+    if forbidden {
         return Err(JidError::Forbidden(whole.to_string()));
     }
     Ok(())
+}
+
+/// `part` lowercased, as `str::to_lowercase` does; ASCII (the usual case) without the Unicode
+/// tables and without a second pass when there is nothing to lower.
+fn lowercase(part: &str) -> String {
+    if !part.is_ascii() {
+        return part.to_lowercase();
+    }
+    let mut lower = part.to_string();
+    if lower.bytes().any(|b| b.is_ascii_uppercase()) {
+        lower.make_ascii_lowercase();
+    }
+    lower
 }
 
 impl Jid {
@@ -70,14 +88,20 @@ impl Jid {
         for part in [local.unwrap_or(""), domain, resource.unwrap_or("")] {
             check_part(part, text)?;
         }
-        if local.is_some_and(|l| l.contains(['"', '&', '\'', '/', ':', '<', '>', '@', ' ']))
-            || domain.contains(['@', ' ', '"', '<', '>', '&', '\''])
-        {
+        // The forbidden separators are ASCII, and no byte of a multi-byte UTF-8 character is.
+        let bad_local = |b: u8| {
+            matches!(
+                b,
+                b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@' | b' '
+            )
+        };
+        let bad_domain = |b: u8| matches!(b, b'@' | b' ' | b'"' | b'<' | b'>' | b'&' | b'\'');
+        if local.is_some_and(|l| l.bytes().any(bad_local)) || domain.bytes().any(bad_domain) {
             return Err(JidError::Forbidden(text.to_string()));
         }
         Ok(Jid {
-            local: local.map(str::to_lowercase),
-            domain: domain.trim_end_matches('.').to_lowercase(),
+            local: local.map(lowercase),
+            domain: lowercase(domain.trim_end_matches('.')),
             resource: resource.map(str::to_string),
         })
     }
@@ -185,6 +209,98 @@ impl FromStr for DeviceKeyRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// `Jid::parse` before its ASCII fast paths, kept to check they change nothing.
+    fn reference_parse(text: &str) -> Result<Jid, JidError> {
+        fn check_part(part: &str, whole: &str) -> Result<(), JidError> {
+            if part.len() > 1023 {
+                return Err(JidError::TooLong(whole.to_string()));
+            }
+            if part
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() && c != ' ')
+            {
+                return Err(JidError::Forbidden(whole.to_string()));
+            }
+            Ok(())
+        }
+        if text.is_empty() {
+            return Err(JidError::Empty);
+        }
+        let (head, resource) = match text.find('/') {
+            Some(i) => (&text[..i], Some(&text[i + 1..])),
+            None => (text, None),
+        };
+        let (local, domain) = match head.find('@') {
+            Some(i) => (Some(&head[..i]), &head[i + 1..]),
+            None => (None, head),
+        };
+        if local == Some("") {
+            return Err(JidError::EmptyLocal(text.to_string()));
+        }
+        if domain.is_empty() {
+            return Err(JidError::EmptyDomain(text.to_string()));
+        }
+        if resource == Some("") {
+            return Err(JidError::EmptyResource(text.to_string()));
+        }
+        for part in [local.unwrap_or(""), domain, resource.unwrap_or("")] {
+            check_part(part, text)?;
+        }
+        if local.is_some_and(|l| l.contains(['"', '&', '\'', '/', ':', '<', '>', '@', ' ']))
+            || domain.contains(['@', ' ', '"', '<', '>', '&', '\''])
+        {
+            return Err(JidError::Forbidden(text.to_string()));
+        }
+        Ok(Jid {
+            local: local.map(str::to_lowercase),
+            domain: domain.trim_end_matches('.').to_lowercase(),
+            resource: resource.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn fast_paths_match_the_reference_on_edge_cases() {
+        let long = "x".repeat(1024);
+        let cases = [
+            "Bob@Example.COM./Res",
+            "ÅSA@Bücher.Example/Ω",
+            "ΣΑΣ@example.com",
+            "İstanbul@EXAMPLE.tr",
+            "a@b\u{7f}",
+            "a@b/\u{85}",
+            "a@b/\u{a0}",
+            "a@b/x\u{2028}",
+            "a\tb@c",
+            "a b@c",
+            "a@b c",
+            "a@b/c d",
+            "a:b@c",
+            "a@b:c/\"'<>&",
+            "...",
+            "a@.",
+            "/x",
+            "@",
+            "a@b@c/d@e",
+            &format!("{long}@b"),
+            &format!("\"@{long}"),
+            &format!("a@b/{long}"),
+            &format!("Ä{long}@b"),
+        ];
+        for text in cases {
+            assert_eq!(Jid::parse(text), reference_parse(text), "{text:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fast_paths_match_the_reference(
+            text in "[aAzZ09@/. \"&'<>:\t\n\u{7f}\u{85}\u{a0}ÅåΣςİßK\u{212A}\u{2028}\u{1F600}]{0,16}"
+        ) {
+            prop_assert_eq!(Jid::parse(&text), reference_parse(&text));
+        }
+    }
 
     #[test]
     fn parses_seed_resources_with_spaces_and_hash() {
