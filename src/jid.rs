@@ -25,11 +25,86 @@ pub enum JidError {
 }
 
 /// A JID, bare or full. Local and domain parts are stored lowercased.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Held as its text (`local@domain/resource`) plus where the parts are, so a parsed JID is one
+/// allocation. Comparison, hashing, `Debug` and serde behave as for the struct of three
+/// optional strings it was before (the store's records keep that encoding).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Jid {
-    local: Option<String>,
-    domain: String,
-    resource: Option<String>,
+    text: String,
+    /// Length of the local part; the domain starts after it and its `@`, or at 0 without one.
+    local_len: Option<usize>,
+    /// End of the domain; a resource, if any, starts after the `/` there.
+    domain_end: usize,
+    has_resource: bool,
+}
+
+/// The serialised shape of a [`Jid`].
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Jid")]
+struct JidParts<'a> {
+    #[serde(borrow)]
+    local: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    domain: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    resource: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Serialize for Jid {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        JidParts {
+            local: self.local().map(Into::into),
+            domain: self.domain().into(),
+            resource: self.resource().map(Into::into),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Jid {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let parts = JidParts::deserialize(deserializer)?;
+        Ok(Jid::from_parts(
+            parts.local.as_deref(),
+            &parts.domain,
+            parts.resource.as_deref(),
+        ))
+    }
+}
+
+impl fmt::Debug for Jid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Jid")
+            .field("local", &self.local())
+            .field("domain", &self.domain())
+            .field("resource", &self.resource())
+            .finish()
+    }
+}
+
+impl std::hash::Hash for Jid {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.local().hash(state);
+        self.domain().hash(state);
+        self.resource().hash(state);
+    }
+}
+
+impl Ord for Jid {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.local(), self.domain(), self.resource()).cmp(&(
+            other.local(),
+            other.domain(),
+            other.resource(),
+        ))
+    }
+}
+
+impl PartialOrd for Jid {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 fn check_part(part: &str, whole: &str) -> Result<(), JidError> {
@@ -50,17 +125,16 @@ fn check_part(part: &str, whole: &str) -> Result<(), JidError> {
     Ok(())
 }
 
-/// `part` lowercased, as `str::to_lowercase` does; ASCII (the usual case) without the Unicode
-/// tables and without a second pass when there is nothing to lower.
-fn lowercase(part: &str) -> String {
-    if !part.is_ascii() {
-        return part.to_lowercase();
+/// Appends `part` lowercased, as `str::to_lowercase` does; ASCII (the usual case) in place,
+/// without the Unicode tables. (A whole part at a time: final sigma depends on context.)
+fn push_lower(out: &mut String, part: &str) {
+    if part.is_ascii() {
+        let start = out.len();
+        out.push_str(part);
+        out[start..].make_ascii_lowercase();
+    } else {
+        out.push_str(&part.to_lowercase());
     }
-    let mut lower = part.to_string();
-    if lower.bytes().any(|b| b.is_ascii_uppercase()) {
-        lower.make_ascii_lowercase();
-    }
-    lower
 }
 
 impl Jid {
@@ -99,49 +173,90 @@ impl Jid {
         if local.is_some_and(|l| l.bytes().any(bad_local)) || domain.bytes().any(bad_domain) {
             return Err(JidError::Forbidden(text.to_string()));
         }
+        let domain = domain.trim_end_matches('.');
+        let mut out = String::with_capacity(text.len());
+        let local_len = local.map(|l| {
+            push_lower(&mut out, l);
+            out.push('@');
+            out.len() - 1
+        });
+        push_lower(&mut out, domain);
+        let domain_end = out.len();
+        if let Some(r) = resource {
+            out.push('/');
+            out.push_str(r);
+        }
         Ok(Jid {
-            local: local.map(lowercase),
-            domain: lowercase(domain.trim_end_matches('.')),
-            resource: resource.map(str::to_string),
+            text: out,
+            local_len,
+            domain_end,
+            has_resource: resource.is_some(),
         })
     }
 
+    /// A JID of parts taken as they are (no validation, no lowercasing).
+    fn from_parts(local: Option<&str>, domain: &str, resource: Option<&str>) -> Jid {
+        let mut text = String::with_capacity(
+            local.map_or(0, |l| l.len() + 1) + domain.len() + resource.map_or(0, |r| r.len() + 1),
+        );
+        let local_len = local.map(|l| {
+            text.push_str(l);
+            text.push('@');
+            l.len()
+        });
+        text.push_str(domain);
+        let domain_end = text.len();
+        if let Some(r) = resource {
+            text.push('/');
+            text.push_str(r);
+        }
+        Jid {
+            text,
+            local_len,
+            domain_end,
+            has_resource: resource.is_some(),
+        }
+    }
+
     pub fn local(&self) -> Option<&str> {
-        self.local.as_deref()
+        self.local_len.map(|n| &self.text[..n])
     }
     pub fn domain(&self) -> &str {
-        &self.domain
+        &self.text[self.local_len.map_or(0, |n| n + 1)..self.domain_end]
     }
     pub fn resource(&self) -> Option<&str> {
-        self.resource.as_deref()
+        self.has_resource.then(|| &self.text[self.domain_end + 1..])
     }
     pub fn is_full(&self) -> bool {
-        self.resource.is_some()
+        self.has_resource
     }
 
     /// The same JID without its resource.
     pub fn to_bare(&self) -> Jid {
         Jid {
-            local: self.local.clone(),
-            domain: self.domain.clone(),
-            resource: None,
+            text: self.text[..self.domain_end].to_string(),
+            local_len: self.local_len,
+            domain_end: self.domain_end,
+            has_resource: false,
         }
     }
 
     pub fn with_resource(&self, resource: &str) -> Jid {
+        let mut text = String::with_capacity(self.domain_end + 1 + resource.len());
+        text.push_str(&self.text[..self.domain_end]);
+        text.push('/');
+        text.push_str(resource);
         Jid {
-            local: self.local.clone(),
-            domain: self.domain.clone(),
-            resource: Some(resource.to_string()),
+            text,
+            local_len: self.local_len,
+            domain_end: self.domain_end,
+            has_resource: true,
         }
     }
 
     /// The bare JID as text (`user@domain`).
     pub fn bare_string(&self) -> String {
-        match &self.local {
-            Some(l) => format!("{l}@{}", self.domain),
-            None => self.domain.clone(),
-        }
+        self.text[..self.domain_end].to_string()
     }
 }
 
@@ -154,14 +269,7 @@ impl FromStr for Jid {
 
 impl fmt::Display for Jid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(l) = &self.local {
-            write!(f, "{l}@")?;
-        }
-        f.write_str(&self.domain)?;
-        if let Some(r) = &self.resource {
-            write!(f, "/{r}")?;
-        }
-        Ok(())
+        f.write_str(&self.text)
     }
 }
 
@@ -212,7 +320,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// `Jid::parse` before its ASCII fast paths, kept to check they change nothing.
-    fn reference_parse(text: &str) -> Result<Jid, JidError> {
+    fn reference_parse(text: &str) -> Result<OldJid, JidError> {
         fn check_part(part: &str, whole: &str) -> Result<(), JidError> {
             if part.len() > 1023 {
                 return Err(JidError::TooLong(whole.to_string()));
@@ -253,11 +361,122 @@ mod tests {
         {
             return Err(JidError::Forbidden(text.to_string()));
         }
-        Ok(Jid {
+        Ok(OldJid {
             local: local.map(str::to_lowercase),
             domain: domain.trim_end_matches('.').to_lowercase(),
             resource: resource.map(str::to_string),
         })
+    }
+
+    /// The layout `Jid` had, with derived traits: the reference for serde, order and `Debug`.
+    #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    #[serde(rename = "Jid")]
+    struct OldJid {
+        local: Option<String>,
+        domain: String,
+        resource: Option<String>,
+    }
+
+    impl OldJid {
+        fn of(jid: &Jid) -> OldJid {
+            OldJid {
+                local: jid.local().map(str::to_string),
+                domain: jid.domain().to_string(),
+                resource: jid.resource().map(str::to_string),
+            }
+        }
+        fn display(&self) -> String {
+            let mut s = String::new();
+            if let Some(l) = &self.local {
+                s.push_str(l);
+                s.push('@');
+            }
+            s.push_str(&self.domain);
+            if let Some(r) = &self.resource {
+                s.push('/');
+                s.push_str(r);
+            }
+            s
+        }
+    }
+
+    fn new_parse(text: &str) -> Result<OldJid, JidError> {
+        Jid::parse(text).map(|j| {
+            let old = OldJid::of(&j);
+            assert_eq!(j.to_string(), old.display());
+            assert_eq!(format!("Old{j:?}"), format!("{old:?}"));
+            assert_eq!(format!("Old{j:#?}"), format!("{old:#?}"));
+            old
+        })
+    }
+
+    #[test]
+    fn same_encoding_order_and_hash_as_the_three_string_struct() {
+        use std::hash::{BuildHasher, RandomState};
+        let jids = [
+            "a@b", "b", "a@b/c", "A@B/C", "b/c/d@e", "Ä@ß/Σ", "x@y./z", "x@y",
+        ]
+        .map(|t| Jid::parse(t).unwrap());
+        let hasher = RandomState::new();
+        let config = bincode::config::standard();
+        for j in &jids {
+            let old = OldJid::of(j);
+            let bytes = bincode::serde::encode_to_vec(j, config).unwrap();
+            assert_eq!(bytes, bincode::serde::encode_to_vec(&old, config).unwrap());
+            let (back, _): (Jid, usize) =
+                bincode::serde::decode_from_slice(&bytes, config).unwrap();
+            assert_eq!(&back, j);
+            let json = serde_json::to_string(j).unwrap();
+            assert_eq!(json, serde_json::to_string(&old).unwrap());
+            assert_eq!(&serde_json::from_str::<Jid>(&json).unwrap(), j);
+            assert_eq!(hasher.hash_one(j), hasher.hash_one(&old));
+            assert_eq!(
+                OldJid::of(&j.to_bare()),
+                OldJid {
+                    resource: None,
+                    ..old.clone()
+                }
+            );
+            assert_eq!(
+                OldJid::of(&j.with_resource("r/1")),
+                OldJid {
+                    resource: Some("r/1".into()),
+                    ..old.clone()
+                }
+            );
+            assert_eq!(
+                j.bare_string(),
+                OldJid {
+                    resource: None,
+                    ..old.clone()
+                }
+                .display()
+            );
+            assert_eq!(j.is_full(), old.resource.is_some());
+            for k in &jids {
+                assert_eq!(j.cmp(k), old.cmp(&OldJid::of(k)), "{j} {k}");
+                assert_eq!(j == k, old == OldJid::of(k));
+            }
+        }
+        // Whatever the store holds comes back part for part, even what `parse` would refuse.
+        for odd in [
+            OldJid {
+                local: Some(String::new()),
+                domain: String::new(),
+                resource: Some(String::new()),
+            },
+            OldJid {
+                local: Some("a@b".into()),
+                domain: "c/d".into(),
+                resource: None,
+            },
+        ] {
+            let bytes = bincode::serde::encode_to_vec(&odd, config).unwrap();
+            let (back, _): (Jid, usize) =
+                bincode::serde::decode_from_slice(&bytes, config).unwrap();
+            assert_eq!(OldJid::of(&back), odd);
+            assert_eq!(back.to_string(), odd.display());
+        }
     }
 
     #[test]
@@ -289,7 +508,7 @@ mod tests {
             &format!("Ä{long}@b"),
         ];
         for text in cases {
-            assert_eq!(Jid::parse(text), reference_parse(text), "{text:?}");
+            assert_eq!(new_parse(text), reference_parse(text), "{text:?}");
         }
     }
 
@@ -298,7 +517,7 @@ mod tests {
         fn fast_paths_match_the_reference(
             text in "[aAzZ09@/. \"&'<>:\t\n\u{7f}\u{85}\u{a0}ÅåΣςİßK\u{212A}\u{2028}\u{1F600}]{0,16}"
         ) {
-            prop_assert_eq!(Jid::parse(&text), reference_parse(&text));
+            prop_assert_eq!(new_parse(&text), reference_parse(&text));
         }
     }
 
