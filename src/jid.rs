@@ -125,6 +125,42 @@ fn check_part(part: &str, whole: &str) -> Result<(), JidError> {
     Ok(())
 }
 
+/// [`ASCII_CLASS`] bits: what a byte is forbidden in, and whether lowering changes it. For
+/// ASCII, "control, or whitespace other than ' '" is exactly the C0 controls and DEL.
+const CONTROL: u8 = 1;
+/// `"&'/:<>@` and space, forbidden in a localpart.
+const BAD_LOCAL: u8 = 2;
+/// `@`, space, `"<>&'`, forbidden in a domain.
+const BAD_DOMAIN: u8 = 4;
+const UPPER: u8 = 8;
+
+static ASCII_CLASS: [u8; 128] = {
+    let mut table = [0u8; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        let mut class = 0;
+        if c < 0x20 || c == 0x7f {
+            class |= CONTROL;
+        }
+        if matches!(
+            c,
+            b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@' | b' '
+        ) {
+            class |= BAD_LOCAL;
+        }
+        if matches!(c, b'@' | b' ' | b'"' | b'<' | b'>' | b'&' | b'\'') {
+            class |= BAD_DOMAIN;
+        }
+        if c.is_ascii_uppercase() {
+            class |= UPPER;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
 /// Appends `part` lowercased, as `str::to_lowercase` does; ASCII (the usual case) in place,
 /// without the Unicode tables. (A whole part at a time: final sigma depends on context.)
 fn push_lower(out: &mut String, part: &str) {
@@ -159,18 +195,17 @@ impl Jid {
         if resource == Some("") {
             return Err(JidError::EmptyResource(text.to_string()));
         }
+        if text.is_ascii() {
+            return Jid::parse_ascii(text, local, domain, resource);
+        }
         for part in [local.unwrap_or(""), domain, resource.unwrap_or("")] {
             check_part(part, text)?;
         }
         // The forbidden separators are ASCII, and no byte of a multi-byte UTF-8 character is.
-        let bad_local = |b: u8| {
-            matches!(
-                b,
-                b'"' | b'&' | b'\'' | b'/' | b':' | b'<' | b'>' | b'@' | b' '
-            )
-        };
-        let bad_domain = |b: u8| matches!(b, b'@' | b' ' | b'"' | b'<' | b'>' | b'&' | b'\'');
-        if local.is_some_and(|l| l.bytes().any(bad_local)) || domain.bytes().any(bad_domain) {
+        let class = |b: u8| ASCII_CLASS.get(b as usize).copied().unwrap_or(0);
+        if local.is_some_and(|l| l.bytes().any(|b| class(b) & BAD_LOCAL != 0))
+            || domain.bytes().any(|b| class(b) & BAD_DOMAIN != 0)
+        {
             return Err(JidError::Forbidden(text.to_string()));
         }
         let domain = domain.trim_end_matches('.');
@@ -185,6 +220,72 @@ impl Jid {
         if let Some(r) = resource {
             out.push('/');
             out.push_str(r);
+        }
+        Ok(Jid {
+            text: out,
+            local_len,
+            domain_end,
+            has_resource: resource.is_some(),
+        })
+    }
+
+    /// [`Jid::parse`] after the split, for an ASCII `text`: one table lookup per byte answers
+    /// every check, and the result is `text` itself unless something needs lowering or
+    /// trimming. The checks are made in the same order, so the same error comes out.
+    fn parse_ascii(
+        text: &str,
+        local: Option<&str>,
+        domain: &str,
+        resource: Option<&str>,
+    ) -> Result<Jid, JidError> {
+        let class = |part: &str| part.bytes().fold(0, |acc, b| acc | ASCII_CLASS[b as usize]);
+        let (local_class, domain_class, resource_class) = (
+            class(local.unwrap_or("")),
+            class(domain),
+            class(resource.unwrap_or("")),
+        );
+        for (part, class) in [
+            (local.unwrap_or(""), local_class),
+            (domain, domain_class),
+            (resource.unwrap_or(""), resource_class),
+        ] {
+            if part.len() > 1023 {
+                return Err(JidError::TooLong(text.to_string()));
+            }
+            if class & CONTROL != 0 {
+                return Err(JidError::Forbidden(text.to_string()));
+            }
+        }
+        if local_class & BAD_LOCAL != 0 || domain_class & BAD_DOMAIN != 0 {
+            return Err(JidError::Forbidden(text.to_string()));
+        }
+        let local_len = local.map(str::len);
+        let domain_start = local_len.map_or(0, |n| n + 1);
+        if domain.ends_with('.') {
+            // Rare: rebuild without the trailing dots.
+            let mut out = String::with_capacity(text.len());
+            if let Some(l) = local {
+                out.push_str(l);
+                out.push('@');
+            }
+            out.push_str(domain.trim_end_matches('.'));
+            let domain_end = out.len();
+            if let Some(r) = resource {
+                out.push('/');
+                out.push_str(r);
+            }
+            out[..domain_end].make_ascii_lowercase();
+            return Ok(Jid {
+                text: out,
+                local_len,
+                domain_end,
+                has_resource: resource.is_some(),
+            });
+        }
+        let domain_end = domain_start + domain.len();
+        let mut out = text.to_string();
+        if (local_class | domain_class) & UPPER != 0 {
+            out[..domain_end].make_ascii_lowercase();
         }
         Ok(Jid {
             text: out,

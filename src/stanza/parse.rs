@@ -150,7 +150,7 @@ fn split_attrs(raw: &str) -> Option<([(&str, &str); FEW_ATTRS], usize)> {
         }
         let quote = *bytes.get(i).filter(|b| matches!(b, b'"' | b'\''))?;
         let value_start = i + 1;
-        let value_len = bytes[value_start..].iter().position(|&b| b == quote)?;
+        let value_len = raw[value_start..].find(quote as char)?;
         i = value_start + value_len + 1;
         // All the delimiters are ASCII, so these are char boundaries.
         let key = &raw[key_start..key_end];
