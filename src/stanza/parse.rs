@@ -1186,6 +1186,14 @@ mod tests {
         })
     }
 
+    #[test]
+    fn split_attrs_takes_the_first_byte_into_the_name_as_quick_xml_does() {
+        // quick-xml reads `=""` as a name `=""` lacking its `=`, not as an empty name.
+        assert!(split_attrs(r#"="""#).is_none());
+        let (pairs, count) = split_attrs(r#" a = 'x"y' b="" "#).unwrap();
+        assert_eq!(&pairs[..count], &[("a", r#"x"y"#), ("b", "")]);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
         /// Where `split_attrs` answers, quick-xml's checked iterator gives the same pairs and no
