@@ -176,6 +176,21 @@ fn user_seq(user: u64, seq: u64) -> [u8; 16] {
     k
 }
 
+/// Logs messages `{prefix}{n}` until `*logged` reaches `upto`, outside any clock (commit every
+/// 1024, then once at the end).
+fn log_untimed(engine: &mut Engine, logged: &mut u64, upto: u64, prefix: &str, live: bool) {
+    while *logged < upto {
+        *logged += 1;
+        engine
+            .handle(routed(&format!("{prefix}{logged}"), live), Millis(T0))
+            .unwrap();
+        if *logged % 1024 == 0 {
+            engine.commit().unwrap();
+        }
+    }
+    engine.commit().unwrap();
+}
+
 // ---- parse ----
 
 fn bench_parse(c: &mut Criterion) {
@@ -365,16 +380,7 @@ fn bench_receipt(c: &mut Criterion) {
         b.iter_custom(|iters| {
             // Messages waiting for a receipt, written live to the phone: logged outside the clock.
             let need = acked + iters * BATCH as u64;
-            while logged < need {
-                logged += 1;
-                engine
-                    .handle(routed(&format!("r{logged}"), true), Millis(T0))
-                    .unwrap();
-                if logged % 1024 == 0 {
-                    engine.commit().unwrap();
-                }
-            }
-            engine.commit().unwrap();
+            log_untimed(&mut engine, &mut logged, need, "r", true);
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
                 let inputs: Vec<Input> = (0..BATCH)
@@ -477,16 +483,7 @@ fn bench_replay_and_scaling(c: &mut Criterion) -> serde_json::Value {
     let mut logged = 0u64;
     for &point in &checkpoints {
         // Bulk to 10k short of the checkpoint, then 10k timed with the bench's flush policy.
-        while logged < point - 10_000 {
-            logged += 1;
-            engine
-                .handle(routed(&format!("m{logged}"), false), Millis(T0))
-                .unwrap();
-            if logged % 1024 == 0 {
-                engine.commit().unwrap();
-            }
-        }
-        engine.commit().unwrap();
+        log_untimed(&mut engine, &mut logged, point - 10_000, "m", false);
         let inputs: Vec<Input> = (logged + 1..=point)
             .map(|i| routed(&format!("m{i}"), false))
             .collect();

@@ -40,12 +40,6 @@ enum Op {
         user: usize,
         device: DeviceNo,
     },
-    PutDelivery {
-        user: usize,
-        device: DeviceNo,
-        seq: Seq,
-        session: u64,
-    },
     Ack {
         user: usize,
         device: DeviceNo,
@@ -64,7 +58,6 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(user, id, deadline, live, sent)| Op::Append { user, id, deadline, live, sent }),
         1 => (0..3usize, 0..3u32, 0..10u64, 0..4u64).prop_map(|(user, device, acked_upto, session)| Op::PutDevice { user, device, acked_upto, session }),
         1 => (0..3usize, 0..3u32).prop_map(|(user, device)| Op::RemoveDevice { user, device }),
-        1 => (0..3usize, 0..3u32, 1..12u64, 0..4u64).prop_map(|(user, device, seq, session)| Op::PutDelivery { user, device, seq, session }),
         2 => (0..3usize, 0..3u32, 1..12u64).prop_map(|(user, device, seq)| Op::Ack { user, device, seq }),
         1 => (0..120u64).prop_map(|now| Op::FireTimers { now }),
         1 => Just(Op::Reopen),
@@ -208,19 +201,6 @@ impl Harness {
                 self.model
                     .deliveries
                     .retain(|(u, d, _), _| !(*u == uid && *d == device));
-            }
-            Op::PutDelivery {
-                user,
-                device,
-                seq,
-                session,
-            } => {
-                let Some(uid) = self.user(user) else { return };
-                let rec = DeliveryRecord { session, at: 9 };
-                self.store()
-                    .put_deliveries(uid, device, &[(seq, rec)])
-                    .unwrap();
-                self.model.deliveries.insert((uid, device, seq), rec);
             }
             Op::Ack { user, device, seq } => {
                 let Some(uid) = self.user(user) else { return };

@@ -184,7 +184,7 @@ impl Engine {
             device.record_replay(upto);
         }
         if replayed_upto.is_some() || !carbons.is_empty() {
-            self.store.apply_ack(user, no, &device, &[], &[])?;
+            self.store.put_device(user, Some(no), &device)?;
         }
         self.counters.replays += out.len() as u64;
         Ok(out)

@@ -231,12 +231,13 @@ impl Store {
 
     /// Schema 2 → 3, in one commit.
     fn upgrade_from_2(&self) -> Result<()> {
-        let devices = self.count(T::UserdeviceCursor);
-        tracing::info!(path = %self.path.display(), devices, "upgrading store schema 2 -> 3");
+        tracing::info!(path = %self.path.display(), "upgrading store schema 2 -> 3");
         let mut w = Writes::default();
+        let mut devices = 0u64;
         for kv in self.range(T::UserdeviceCursor, (Bound::Unbounded, Bound::Unbounded)) {
             let (k, v) = kv?;
             w.put(T::UserdeviceCursor, k, migrate::device_2_to_3(&v)?);
+            devices += 1;
         }
         w.put(T::Meta, META_SCHEMA, &SCHEMA_VERSION.to_be_bytes());
         self.apply(w)?;
@@ -799,23 +800,6 @@ impl Store {
             Some(v) => Ok(Some(self.read("userdeviceseq_delivery", &v)?)),
             None => Ok(None),
         }
-    }
-
-    pub fn put_deliveries(
-        &self,
-        user: UserId,
-        device: DeviceNo,
-        entries: &[(Seq, DeliveryRecord)],
-    ) -> Result<()> {
-        let mut w = Writes::default();
-        for (seq, d) in entries {
-            w.put(
-                T::UserdeviceseqDelivery,
-                keys::user_device_seq(user, device, *seq),
-                encode(d)?,
-            );
-        }
-        self.apply(w)
     }
 
     /// Deliveries of one device with seq ≤ `upto`, oldest first.
