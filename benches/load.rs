@@ -6,7 +6,9 @@
 //!
 //! - chat: `PAIRS` sender/receiver pairs (2 × PAIRS connections), each sender sends `MSGS`
 //!   messages to its receiver with at most `WINDOW` awaiting the receiver's XEP-0184 receipt;
-//!   throughput = messages / wall time; latency = send to arrival at the receiver.
+//!   throughput = messages / wall time; latency = send to arrival at the receiver. With
+//!   readtrack a sender also waits for the server ack (seed crs 10013) of each of its messages
+//!   before the round ends, so the round's time covers the work readtrack causes.
 //! - replay: a device logs out, `REPLAY` messages are sent to its user, it logs in again; the
 //!   time from the start of its login until all of them arrived (mod_offline vs readtrack).
 //! - memory: `readtrack serve` RSS after opening (and serving the reconnect snapshot of) a store
@@ -156,15 +158,60 @@ fn scratch_base() -> PathBuf {
 }
 
 fn prosody(readtrack: bool, users: &[String]) -> Prosody {
+    let mut extra_modules = vec!["offline".to_string()];
+    let mut extra_global = String::new();
+    // `LOAD_LUA_PROFILE=1`: mod_lprof samples each Prosody's Lua (see benches/prosody/).
+    if std::env::var("LOAD_LUA_PROFILE").is_ok_and(|v| v == "1") {
+        let bench_plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/prosody");
+        // Prosody runs as the `prosody` user: it writes where anyone may.
+        let out = lua_profile_path(readtrack);
+        extra_modules.push("lprof".into());
+        extra_global = format!(
+            "plugin_paths = {{ {:?}, {:?} }}\nlprof_out = {:?}\n",
+            common::plugin_dir().display().to_string(),
+            bench_plugins.display().to_string(),
+            out.display().to_string()
+        );
+    }
     let p = Prosody::start(ProsodyOpts {
         readtrack,
-        extra_modules: vec!["offline".into()],
+        extra_modules,
+        extra_global,
+        log_level: "info",
         ..ProsodyOpts::default()
     });
     for u in users {
         p.register(u, PASS);
     }
     p
+}
+
+fn lua_profile_path(readtrack: bool) -> PathBuf {
+    std::env::temp_dir().join(if readtrack {
+        "readtrack-lprof-readtrack.txt"
+    } else {
+        "readtrack-lprof-alone.txt"
+    })
+}
+
+/// With `LOAD_LUA_PROFILE=1`: waits for mod_lprof's next report (every 2 s) and keeps a copy of
+/// both servers' reports as `target/readtrack-lprof-{phase}-{alone,readtrack}.txt`. The
+/// profiles are cumulative: a later phase's report includes the earlier phases.
+fn keep_lua_profiles(phase: &str) {
+    if !std::env::var("LOAD_LUA_PROFILE").is_ok_and(|v| v == "1") {
+        return;
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    for (readtrack, mode) in [(false, "alone"), (true, "readtrack")] {
+        let to = scratch_base()
+            .parent()
+            .unwrap()
+            .join(format!("readtrack-lprof-{phase}-{mode}.txt"));
+        match std::fs::copy(lua_profile_path(readtrack), &to) {
+            Ok(_) => println!("Lua profile: {}", to.display()),
+            Err(e) => println!("Lua profile of {mode} missing: {e}"),
+        }
+    }
 }
 
 async fn online(p: &Prosody, user: &str, resource: &str) -> Client {
@@ -184,7 +231,13 @@ struct ChatResult {
 }
 
 /// One chat round: every pair at once; returns throughput and every message's latency.
-async fn chat_round(p: &Prosody, pairs: u64, msgs: u64, window: u64) -> ChatResult {
+async fn chat_round(
+    p: &Prosody,
+    pairs: u64,
+    msgs: u64,
+    window: u64,
+    server_acks: bool,
+) -> ChatResult {
     let base = Instant::now();
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
@@ -223,7 +276,11 @@ async fn chat_round(p: &Prosody, pairs: u64, msgs: u64, window: u64) -> ChatResu
         let send = tokio::spawn(async move {
             let mut sent = 0u64;
             let mut receipts = 0u64;
-            while receipts < msgs {
+            let mut acks = 0u64;
+            let acks_due = if server_acks { msgs } else { 0 };
+            // Done when every message has its receipt and, with readtrack, its server ack: the
+            // round's time covers all the work it causes.
+            while receipts < msgs || acks < acks_due {
                 while sent < msgs && sent - receipts < window {
                     sent += 1;
                     tx.send_raw(&format!(
@@ -238,6 +295,8 @@ async fn chat_round(p: &Prosody, pairs: u64, msgs: u64, window: u64) -> ChatResu
                     .expect("sender timed out waiting for receipts");
                 if attr(&s, "id").is_some_and(|id| id.starts_with("rc-")) {
                     receipts += 1;
+                } else if attr(&s, "type").as_deref() == Some("crs") {
+                    acks += 1;
                 }
             }
             tx
@@ -501,7 +560,7 @@ fn main() {
         for (k, p) in [&alone, &with_rt].into_iter().enumerate() {
             let before = [cpu_s(pids[k]), cpu_s(daemon.pid()), cpu_s(me)];
             let r = rt.block_on(async {
-                tokio::time::timeout(PHASE_LIMIT, chat_round(p, pairs, msgs, window))
+                tokio::time::timeout(PHASE_LIMIT, chat_round(p, pairs, msgs, window, k == 1))
                     .await
                     .expect("chat round over its time limit")
             });
@@ -534,6 +593,7 @@ fn main() {
         "chat phase took {:.1} s",
         run_started.elapsed().as_secs_f64()
     );
+    keep_lua_profiles("chat");
 
     // Replay: mod_offline, then readtrack.
     let alone_cpu_before = cpu_s(pids[0]);
@@ -554,6 +614,7 @@ fn main() {
         .expect("replay over its time limit")
     });
     println!("replay {replay_n} via readtrack:   {replay_rt:.3} s");
+    keep_lua_profiles("replay");
     // Includes sending and logging the 10k as well as the replay.
     println!(
         "replay CPU s (send + store + replay): prosody alone {alone_replay_cpu:.2}; with readtrack: prosody {:.2}, readtrack {:.2}",

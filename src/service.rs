@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::component::LinkEvent;
 use crate::engine::{Engine, EngineError, Input, Output};
-use crate::stanza::hooks::{HookCommand, HookEvent};
+use crate::stanza::hooks::{CommandBatch, HookCommand, HookEvent};
 use crate::stanza::{parse_message, write};
 use crate::time::Millis;
 
@@ -249,13 +249,21 @@ impl Service {
         }
     }
 
-    /// Flushes the store, then sends everything the batch produced, in order.
+    async fn send_command_stanza(&mut self, stanza: String) {
+        if self.commands.send(stanza).await.is_err() {
+            tracing::warn!("component link is gone; commands dropped");
+        }
+    }
+
+    /// Flushes the store, then sends everything the batch produced, in order, packed into as
+    /// few command stanzas as [`CommandBatch`] allows.
     async fn commit(&mut self, pending: &mut Vec<Output>) -> Result<(), ServiceError> {
         let released = tokio::task::block_in_place(|| self.engine.commit())?;
         pending.extend(released);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        let mut batch = CommandBatch::new(&self.component, &self.host);
         for output in pending.drain(..) {
-            let command = match output {
+            let (command, confirm) = match output {
                 Output::Deliver { to, stanza } => (
                     HookCommand::Deliver {
                         to,
@@ -270,16 +278,18 @@ impl Service {
                     confirm,
                 ),
             };
-            let (command, confirm) = command;
-            match command.to_xml_with_id(&self.component, &self.host, confirm.as_deref()) {
-                Ok(xml) => {
+            match command.element_xml(confirm.as_deref()) {
+                Ok(element) => {
                     self.stats.commands.fetch_add(1, Ordering::Relaxed);
-                    if self.commands.send(xml).await.is_err() {
-                        tracing::warn!("component link is gone; command dropped");
+                    if let Some(stanza) = batch.push(&element) {
+                        self.send_command_stanza(stanza).await;
                     }
                 }
                 Err(e) => tracing::error!("cannot write command: {e}"),
             }
+        }
+        if let Some(stanza) = batch.finish() {
+            self.send_command_stanza(stanza).await;
         }
         Ok(())
     }

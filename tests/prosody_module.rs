@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use readtrack::jid::Jid;
-use readtrack::stanza::hooks::{HookEvent, SessionInfo};
+use readtrack::stanza::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo};
 
 const HOOK: &str = "urn:readtrack:hook:0";
 
@@ -399,6 +399,56 @@ async fn send_routes_a_server_ack_as_the_host() {
     assert_eq!(alice.messages_within(QUIET).await, Vec::<String>::new());
 }
 
+/// A `<send>` command carrying a server ack (crs 10013) to `to`.
+fn send_ack(id: &str, to: &str) -> String {
+    format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><send xmlns='{HOOK}'><forwarded xmlns='urn:xmpp:forward:0'>\
+         <message xmlns='jabber:client' id='{id}' type='crs' from='localhost' to='{to}'>\
+         <body>{{\"time\":\"2013-11-20T06:42:23.761Z\",\"msgType\":\"10013\"}}</body></message>\
+         </forwarded></send></message>"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_to_a_session_that_is_gone_is_dropped() {
+    // With mod_offline loaded, as on a real server: an ack to a session that has gone must not
+    // be handed to another device nor stored for the next login.
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["offline".into()],
+        ..ProsodyOpts::default()
+    });
+    p.register("alice", "pw");
+    let (mut comp, _) = component(&p).await;
+    let mut phone = available(&p, &mut comp, "alice", "phone").await;
+
+    // Another resource of alice, never connected: Prosody would fall back to her phone.
+    comp.send_raw(&send_ack("gone1", "alice@localhost/laptop"))
+        .await;
+    comp.send_raw(&send_ack("here1", "alice@localhost/phone"))
+        .await;
+    let ack = phone
+        .expect_message(WAIT, |m| attr(m, "type").as_deref() == Some("crs"))
+        .await;
+    assert_eq!(attr(&ack, "id").as_deref(), Some("here1"), "{ack}");
+    phone.close().await;
+    next_event(&mut comp, "unavailable phone", |e| {
+        matches!(e, HookEvent::Unavailable { .. })
+    })
+    .await;
+
+    // No session at all: Prosody would store it with mod_offline.
+    comp.send_raw(&send_ack("gone2", "alice@localhost/phone"))
+        .await;
+    let mut tablet = available(&p, &mut comp, "alice", "tablet").await;
+    tablet.sync().await;
+    assert_eq!(tablet.messages_within(QUIET).await, Vec::<String>::new());
+    assert!(
+        p.log().contains("readtrack send to absent session alice@localhost/laptop dropped"),
+        "{}",
+        p.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_from_clients_are_ignored() {
     let p = server(&["alice", "bob"]);
@@ -623,4 +673,60 @@ async fn a_command_id_is_executed_once_and_confirmed_each_time() {
         .filter(|m| attr(m, "id").as_deref() == Some("m7"))
         .count();
     assert_eq!(copies, 1, "executed once: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_commands_runs_in_order_and_confirms_each_id() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    let chat = |id: &str, to: &str| {
+        format!("<message id='{id}' type='chat' from='carol@localhost/x' to='{to}'><body>{id}</body></message>")
+    };
+    let commands = [
+        (
+            HookCommand::Deliver {
+                to: jid("alice@localhost/phone"),
+                stanza_xml: chat("b1", "alice@localhost"),
+            },
+            None,
+        ),
+        (
+            HookCommand::Send {
+                stanza_xml: "<message id='b2' type='crs' from='localhost' to='alice@localhost/phone'><body>ack</body></message>".into(),
+            },
+            Some("cmd-a"),
+        ),
+        (
+            HookCommand::Deliver {
+                to: jid("bob@localhost/phone"),
+                stanza_xml: chat("b3", "bob@localhost"),
+            },
+            None,
+        ),
+        (
+            HookCommand::Deliver {
+                to: jid("alice@localhost/phone"),
+                stanza_xml: chat("b4", "alice@localhost"),
+            },
+            Some("cmd-b"),
+        ),
+    ];
+    // Written by readtrack's own batcher: one stanza for all four.
+    let mut batch = CommandBatch::new(COMPONENT, DOMAIN);
+    for (command, id) in &commands {
+        assert_eq!(batch.push(&command.element_xml(*id).unwrap()), None);
+    }
+    comp.send_raw(&batch.finish().unwrap()).await;
+
+    for id in ["cmd-a", "cmd-b"] {
+        let done = next_event(&mut comp, "done", |e| matches!(e, HookEvent::Done { .. })).await;
+        assert_eq!(done, HookEvent::Done { id: id.into() });
+    }
+    let ids = |got: Vec<String>| -> Vec<String> {
+        got.iter().filter_map(|m| attr(m, "id")).collect()
+    };
+    assert_eq!(ids(alice.messages_within(QUIET).await), ["b1", "b2", "b4"]);
+    assert_eq!(ids(bob.messages_within(QUIET).await), ["b3"]);
 }

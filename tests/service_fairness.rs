@@ -8,7 +8,7 @@ use readtrack::component::LinkEvent;
 use readtrack::engine::{Engine, EngineConfig};
 use readtrack::jid::Jid;
 use readtrack::service::Service;
-use readtrack::stanza::hooks::HookEvent;
+use readtrack::stanza::hooks::{CommandBatch, HookCommand, HookEvent};
 use readtrack::store::{Store, StoreOptions};
 use tokio::sync::{mpsc, watch};
 
@@ -61,17 +61,22 @@ async fn a_flood_is_committed_in_bounded_batches_and_others_get_their_ack() {
     let mut acks = 0;
     let mut carol_acked = false;
     while acks < flood + 1 {
-        let command = tokio::time::timeout(Duration::from_secs(60), command_rx.recv())
+        let stanza = tokio::time::timeout(Duration::from_secs(60), command_rx.recv())
             .await
             .expect("acks flow")
             .unwrap();
-        assert!(
-            command.contains("10013"),
-            "only server acks expected: {command}"
-        );
-        acks += 1;
-        carol_acked |= command.contains("carol-1");
+        let commands = HookCommand::parse_batch(&stanza, "readtrack.localhost").unwrap();
+        assert!(commands.len() <= CommandBatch::MAX_COMMANDS);
+        for command in commands {
+            let HookCommand::Send { stanza_xml } = command else {
+                panic!("only server acks expected: {command:?}");
+            };
+            assert!(stanza_xml.contains("10013"), "{stanza_xml}");
+            acks += 1;
+            carol_acked |= stanza_xml.contains("carol-1");
+        }
     }
+    assert_eq!(acks, flood + 1, "one ack per message");
     assert!(carol_acked, "carol's ack was released");
     // At most 512 events per flush: 3,001 events take at least 6 batches (the loop used to
     // fill one batch with up to 2,048 acks, or the whole queue when events had no output).

@@ -11,6 +11,8 @@
 -- reconnect) and mod_offline stores messages as usual.
 
 local st = require "util.stanza";
+local xml_escape = st.xml_escape;
+local t_concat = table.concat;
 local jid_bare = require "util.jid".bare;
 local jid_split = require "util.jid".split;
 local jid_host = require "util.jid".host;
@@ -29,29 +31,50 @@ local hosts, full_sessions = prosody.hosts, prosody.full_sessions;
 local host = module.host;
 local component = module:get_option_string("readtrack_component", "readtrack." .. host);
 
--- mod_component keeps its connection state in its per-host environment; reading it there (rather
--- than mirroring it from events) stays right across a reload of this module.
-local function component_connected()
+-- mod_component keeps its connection state (and the authenticated session) in its per-host
+-- environment; reading it there (rather than mirroring it from events) stays right across a
+-- reload of this module.
+local function component_session()
 	local h = hosts[component];
 	local env = h and h.modules.component;
-	return env and env.connected or false;
+	return env and env.connected and env.session or nil;
 end
 
-local function emit(child)
-	if not component_connected() then
-		-- Routing to a disconnected component would bounce an error to the host itself.
-		return;
+local function component_connected()
+	return component_session() ~= nil;
+end
+
+-- Events are written as text straight to the component's stream: they are addressed to it
+-- alone, and routing each through Prosody (core_post_stanza, mod_component) as a stanza object
+-- cost more than everything else the module does (see README "Performance"). The bytes are
+-- what Prosody's routing wrote: <message from=HOST to=COMPONENT> with no namespace.
+local event_open = "<message from='" .. xml_escape(host) .. "' to='" .. xml_escape(component) .. "'>";
+
+local function emit(event_xml)
+	local session = component_session();
+	if not session then
+		return; -- dropped while disconnected: the snapshot on reconnect resynchronises
 	end
-	module:send(st.message({ from = host, to = component }):add_child(child));
+	session.send(event_open .. event_xml .. "</message>");
 end
 
--- A copy fit for <forwarded>: XEP-0297 requires the inner stanza to name its namespace, and the
--- copy must not change when Prosody later mutates the original (to_self, stanza-id, delay...).
+local function xml_attr(name, value)
+	if value == nil then return ""; end
+	return " " .. name .. "='" .. xml_escape(value) .. "'";
+end
+
+-- <forwarded> text for a stanza. XEP-0297 requires the inner stanza to name its namespace.
+-- Serialising it now is the snapshot: later changes by Prosody (to_self, stanza-id, delay...)
+-- must not show, and text cannot change. The stanza itself is left as it was.
 local function forwarded(stanza, to)
-	local copy = st.clone(stanza);
-	copy.attr.xmlns = xmlns_client;
-	if to and not copy.attr.to then copy.attr.to = to; end
-	return st.stanza("forwarded", { xmlns = xmlns_forward }):add_child(copy);
+	local attr = stanza.attr;
+	local xmlns, old_to = attr.xmlns, attr.to;
+	attr.xmlns = xmlns_client;
+	if to and not old_to then attr.to = to; end
+	local ok, xml = pcall(tostring, stanza);
+	attr.xmlns, attr.to = xmlns, old_to;
+	if not ok then error(xml); end
+	return "<forwarded xmlns='" .. xmlns_forward .. "'>" .. xml .. "</forwarded>";
 end
 
 -- Only what the engine logs gets a <routed> event; receipts and markers travel via <sent>.
@@ -75,12 +98,11 @@ end
 -- so an unavailable presence followed by the unbind that caused it yields one event.
 
 local function session_tag(name, session)
-	return st.stanza(name, {
-		xmlns = name ~= "session" and xmlns_hook or nil;
-		jid = session.full_jid;
+	return "<" .. name .. (name ~= "session" and " xmlns='" .. xmlns_hook .. "'" or "")
+		.. xml_attr("jid", session.full_jid)
 		-- Prosody 0.12 has no stable client id (SASL2 <user-agent id> arrives in 0.13).
-		["device-id"] = type(session.client_id) == "string" and session.client_id or nil;
-	});
+		.. xml_attr("device-id", type(session.client_id) == "string" and session.client_id or nil)
+		.. "/>";
 end
 
 module:hook("presence/initial", function(event)
@@ -93,7 +115,7 @@ end);
 local function went_unavailable(session)
 	if session.readtrack_state == "unavailable" then return; end
 	session.readtrack_state = "unavailable";
-	emit(st.stanza("unavailable", { xmlns = xmlns_hook, jid = session.full_jid }));
+	emit("<unavailable xmlns='" .. xmlns_hook .. "'" .. xml_attr("jid", session.full_jid) .. "/>");
 end
 
 module:hook("pre-presence/bare", function(event)
@@ -181,11 +203,14 @@ local function track_routing(handlers, event_name, event_data)
 	if #written == 0 and not user_exists(jid_split(to), host) then
 		return ret; -- Prosody bounced it; nothing to track
 	end
-	local routed = st.stanza("routed", { xmlns = xmlns_hook, to = to, ["archive-id"] = record.archive_id });
+	local routed = { "<routed xmlns='", xmlns_hook, "'", xml_attr("to", to),
+		xml_attr("archive-id", record.archive_id), ">" };
 	for _, full_jid in ipairs(written) do
-		routed:tag("session", { jid = full_jid }):up();
+		routed[#routed + 1] = "<session" .. xml_attr("jid", full_jid) .. "/>";
 	end
-	emit(routed:add_child(original));
+	routed[#routed + 1] = original;
+	routed[#routed + 1] = "</routed>";
+	emit(t_concat(routed));
 	return ret;
 end
 
@@ -216,7 +241,7 @@ local function on_client_message(event)
 	local origin, stanza = event.origin, event.stanza;
 	if origin.type ~= "c2s" or not interesting_sent(stanza) then return; end
 	local to = event.to_self and jid_bare(origin.full_jid) or nil;
-	emit(st.stanza("sent", { xmlns = xmlns_hook }):add_child(forwarded(stanza, to)));
+	emit("<sent xmlns='" .. xmlns_hook .. "'>" .. forwarded(stanza, to) .. "</sent>");
 	-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody would
 	-- answer each with service-unavailable, which seed clients treat as a failed ack.
 	if stanza.attr.to == host and (stanza.attr.type == "crs"
@@ -243,10 +268,12 @@ local function strip_client_ns(stanza)
 	return stanza;
 end
 
+-- The command stanza is this handler's alone and dropped after it, so its inner message is
+-- used as it is rather than copied.
 local function inner_message(command)
 	local fwd = command:get_child("forwarded", xmlns_forward);
 	local inner = fwd and fwd:get_child("message", xmlns_client);
-	return inner and strip_client_ns(st.clone(inner));
+	return inner and strip_client_ns(inner);
 end
 
 -- Ids of commands executed lately. readtrack sends a command again when it got no <done> for it
@@ -271,12 +298,15 @@ module:hook("message/host", function(event)
 			command.name, tostring(stanza.attr.from), tostring(origin.type), component);
 		return true;
 	end
-	local id = command.attr.id;
-	if not (id and executed[id]) then
-		execute(command);
-		if id then remember(id); end
+	-- readtrack packs many commands into one message; they run in document order.
+	for each in stanza:childtags(nil, xmlns_hook) do
+		local id = each.attr.id;
+		if not (id and executed[id]) then
+			execute(each);
+			if id then remember(id); end
+		end
+		if id then emit("<done xmlns='" .. xmlns_hook .. "'" .. xml_attr("id", id) .. "/>"); end
 	end
-	if id then emit(st.stanza("done", { xmlns = xmlns_hook, id = id })); end
 	return true;
 end, 100);
 
@@ -301,6 +331,21 @@ function execute(command)
 			return true;
 		end
 		inner.attr.from = host;
+		-- Acks and bounces name the session that sent the message, and it gets them directly,
+		-- as with deliver. If it has gone, Prosody's routing would hand the stanza to another
+		-- device of the user or to mod_offline (which stores type crs like a chat message):
+		-- neither is meant for it, so it is dropped.
+		local to = inner.attr.to;
+		local node, to_host, resource = jid_split(to);
+		if node and resource and to_host == host then
+			local session = full_sessions[to];
+			if session then
+				session.send(inner);
+			else
+				module:log("debug", "readtrack send to absent session %s dropped", to);
+			end
+			return true;
+		end
 		module:send(inner);
 	else
 		module:log("warn", "Unknown readtrack command <%s>", command.name);
@@ -311,15 +356,16 @@ end
 -- (Re)connection: readtrack lost track of presence while away, so tell it who is online now.
 
 local function send_snapshot()
-	local snapshot = st.stanza("snapshot", { xmlns = xmlns_hook });
+	local snapshot = { "<snapshot xmlns='", xmlns_hook, "'>" };
 	for _, user in pairs(hosts[host].sessions or {}) do
 		for _, session in pairs(user.sessions or {}) do
 			if session.presence and session.full_jid then
-				snapshot:add_child(session_tag("session", session));
+				snapshot[#snapshot + 1] = session_tag("session", session);
 			end
 		end
 	end
-	emit(snapshot);
+	snapshot[#snapshot + 1] = "</snapshot>";
+	emit(t_concat(snapshot));
 end
 
 local function watch_component()

@@ -450,8 +450,13 @@ impl HookCommand {
         host: &str,
         id: Option<&str>,
     ) -> Result<String, HookError> {
+        Ok(envelope(component, host, &self.element_xml(id)?))
+    }
+
+    /// The command element alone (`<deliver>` or `<send>`), for a [`CommandBatch`].
+    pub fn element_xml(&self, id: Option<&str>) -> Result<String, HookError> {
         let id = opt_attr("id", id);
-        let body = match self {
+        Ok(match self {
             HookCommand::Deliver { to, stanza_xml } => format!(
                 "<deliver xmlns=\"{NS_HOOK}\" to=\"{}\"{id}>{}</deliver>",
                 escape(to.to_string()),
@@ -463,27 +468,46 @@ impl HookCommand {
                     forwarded(stanza_xml)?
                 )
             }
-        };
-        Ok(envelope(component, host, &body))
+        })
     }
 
-    /// Parses a command `<message>`, as the server module receives it from `component`.
+    /// Parses a command `<message>`, as the server module receives it from `component`: its
+    /// first command (see [`HookCommand::parse_batch`] for all of them).
     /// The returned `stanza_xml` is the inner message verbatim, `xmlns="jabber:client"` included.
     pub fn parse(stanza: &str, component: &str) -> Result<HookCommand, HookError> {
         let mut w = Walker::new(stanza);
         let el = w.open(component)?;
+        Self::parse_element(&mut w, &el)
+    }
+
+    /// Every command of a command `<message>`, in document order (as the module executes them).
+    pub fn parse_batch(stanza: &str, component: &str) -> Result<Vec<HookCommand>, HookError> {
+        let mut w = Walker::new(stanza);
+        let first = w.open(component)?;
+        let mut commands = vec![Self::parse_element(&mut w, &first)?];
+        while let Some(c) = w.next_child()? {
+            if c.ns_hook {
+                commands.push(Self::parse_element(&mut w, &c)?);
+            } else {
+                w.finish(&c)?;
+            }
+        }
+        Ok(commands)
+    }
+
+    fn parse_element(w: &mut Walker<'_>, el: &Child) -> Result<HookCommand, HookError> {
         let name = local_name(&el.start);
         let command = match name.as_str() {
             "deliver" => {
                 let to = full_jid_attr(&el.start, "to")?;
-                let (_, message) = w.hook_content(&el)?;
+                let (_, message) = w.hook_content(el)?;
                 HookCommand::Deliver {
                     to,
                     stanza_xml: message.ok_or(HookError::MissingForwarded(name))?,
                 }
             }
             "send" => {
-                let (_, message) = w.hook_content(&el)?;
+                let (_, message) = w.hook_content(el)?;
                 HookCommand::Send {
                     stanza_xml: message.ok_or(HookError::MissingForwarded(name))?,
                 }
@@ -491,6 +515,62 @@ impl HookCommand {
             _ => return Err(HookError::UnknownCommand(name)),
         };
         Ok(command)
+    }
+}
+
+/// Command elements packed into as few `<message>` stanzas as the limits allow; the module
+/// executes a message's commands in document order, so order is kept. One stanza per command
+/// cost Prosody more than the command itself (routing, its per-stanza logging), most of all in
+/// a replay of thousands of messages.
+pub struct CommandBatch {
+    open: String,
+    buf: String,
+    count: usize,
+}
+
+impl CommandBatch {
+    /// Bytes of command elements per stanza: far below Prosody's component stanza limit
+    /// (`component_stanza_size_limit`, 512 KiB by default). A larger single command still goes,
+    /// alone.
+    pub const MAX_BYTES: usize = 64 * 1024;
+    /// Commands per stanza.
+    pub const MAX_COMMANDS: usize = 256;
+
+    pub fn new(component: &str, host: &str) -> CommandBatch {
+        CommandBatch {
+            open: format!(
+                "<message from=\"{}\" to=\"{}\">",
+                escape(component),
+                escape(host)
+            ),
+            buf: String::new(),
+            count: 0,
+        }
+    }
+
+    /// Adds one command element (from [`HookCommand::element_xml`]). Returns the stanza
+    /// completed first when this element would not fit in it.
+    pub fn push(&mut self, element: &str) -> Option<String> {
+        let full = self.count > 0
+            && (self.count >= Self::MAX_COMMANDS
+                || self.buf.len() + element.len() > Self::MAX_BYTES);
+        let done = if full { self.finish() } else { None };
+        if self.count == 0 {
+            self.buf.push_str(&self.open);
+        }
+        self.buf.push_str(element);
+        self.count += 1;
+        done
+    }
+
+    /// The stanza holding what was pushed since the last one, if anything was.
+    pub fn finish(&mut self) -> Option<String> {
+        if self.count == 0 {
+            return None;
+        }
+        self.count = 0;
+        self.buf.push_str("</message>");
+        Some(std::mem::take(&mut self.buf))
     }
 }
 
@@ -949,5 +1029,84 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn ack(n: usize, pad: usize) -> HookCommand {
+        HookCommand::Send {
+            stanza_xml: format!(
+                "<message xmlns=\"jabber:client\" id=\"m{n}\" type=\"crs\" from=\"localhost\" to=\"alice@localhost/a\"><body>{}</body></message>",
+                "x".repeat(pad)
+            ),
+        }
+    }
+
+    /// Every stanza a batch produced, parsed back into its commands.
+    fn unbatch(stanzas: &[String]) -> Vec<Vec<HookCommand>> {
+        stanzas
+            .iter()
+            .map(|s| HookCommand::parse_batch(s, COMP).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_keeps_every_command_in_order_within_its_limits() {
+        let commands: Vec<HookCommand> = (0..600).map(|n| ack(n, 10)).collect();
+        let mut batch = CommandBatch::new(COMP, HOST);
+        let mut stanzas: Vec<String> = commands
+            .iter()
+            .filter_map(|c| batch.push(&c.element_xml(None).unwrap()))
+            .collect();
+        stanzas.extend(batch.finish());
+        assert_eq!(batch.finish(), None, "finish empties the batch");
+        let parsed = unbatch(&stanzas);
+        assert_eq!(
+            parsed.iter().map(Vec::len).collect::<Vec<_>>(),
+            [256, 256, 88],
+            "at most MAX_COMMANDS per stanza"
+        );
+        assert_eq!(parsed.concat(), commands);
+
+        // Large commands: the byte limit splits them, and one over the limit goes alone.
+        let big: Vec<HookCommand> = [30_000, 30_000, 30_000, 100_000, 10]
+            .iter()
+            .enumerate()
+            .map(|(n, &pad)| ack(n, pad))
+            .collect();
+        let mut stanzas: Vec<String> = big
+            .iter()
+            .filter_map(|c| batch.push(&c.element_xml(Some("x1")).unwrap()))
+            .collect();
+        stanzas.extend(batch.finish());
+        let parsed = unbatch(&stanzas);
+        assert_eq!(
+            parsed.iter().map(Vec::len).collect::<Vec<_>>(),
+            [2, 1, 1, 1]
+        );
+        assert!(stanzas[..2]
+            .iter()
+            .all(|s| s.len() <= CommandBatch::MAX_BYTES + 100));
+        assert_eq!(parsed.concat(), big);
+        // Each command keeps its own id.
+        assert_eq!(stanzas[0].matches(" id=\"x1\"").count(), 2);
+    }
+
+    #[test]
+    fn parse_takes_the_first_command_and_parse_batch_all() {
+        let xml = format!(
+            "<message from=\"{COMP}\" to=\"{HOST}\">{}<other xmlns=\"urn:example\"/>{}</message>",
+            ack(1, 1).element_xml(None).unwrap(),
+            ack(2, 1).element_xml(Some("c2")).unwrap()
+        );
+        assert_eq!(HookCommand::parse(&xml, COMP).unwrap(), ack(1, 1));
+        assert_eq!(
+            HookCommand::parse_batch(&xml, COMP).unwrap(),
+            vec![ack(1, 1), ack(2, 1)]
+        );
+        // One bad command fails the whole message: nothing half-understood.
+        let bad = xml.replace("</message>", "<nope xmlns=\"urn:readtrack:hook:0\"/></message>");
+        assert!(matches!(
+            HookCommand::parse_batch(&bad, COMP),
+            Err(HookError::UnknownCommand(n)) if n == "nope"
+        ));
     }
 }

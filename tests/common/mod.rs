@@ -43,6 +43,9 @@ pub struct ProsodyOpts {
     pub extra_global: String,
     /// Raw Lua appended to the VirtualHost section.
     pub extra_host: String,
+    /// Lowest level written to the log file (`prosody.log`): tests keep `debug` for their
+    /// failure reports, the load bench runs with `info` as a production server would.
+    pub log_level: &'static str,
 }
 
 impl Default for ProsodyOpts {
@@ -55,6 +58,7 @@ impl Default for ProsodyOpts {
             extra_modules: Vec::new(),
             extra_global: String::new(),
             extra_host: String::new(),
+            log_level: "debug",
         }
     }
 }
@@ -156,7 +160,7 @@ impl Prosody {
 pidfile = "{d}/prosody.pid"
 data_path = "{d}/data"
 certificates = "{d}/certs"
-log = {{ debug = "{d}/prosody.log" }}
+log = {{ {level} = "{d}/prosody.log" }}
 interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {c2s} }}
 c2s_direct_tls_ports = {{ }}
@@ -178,6 +182,7 @@ VirtualHost {domain}
 Component {component}
     component_secret = {secret}
 "#,
+            level = self.opts.log_level,
             c2s = self.c2s_port,
             comp = self.component_port,
             plugins = lua_str(&plugin_dir().display().to_string()),
