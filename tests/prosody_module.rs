@@ -443,7 +443,8 @@ async fn send_to_a_session_that_is_gone_is_dropped() {
     tablet.sync().await;
     assert_eq!(tablet.messages_within(QUIET).await, Vec::<String>::new());
     assert!(
-        p.log().contains("readtrack send to absent session alice@localhost/laptop dropped"),
+        p.log()
+            .contains("readtrack send to absent session alice@localhost/laptop dropped"),
         "{}",
         p.log()
     );
@@ -501,6 +502,15 @@ async fn reconnecting_component_gets_a_snapshot() {
         vec!["alice@localhost/phone", "bob@localhost/laptop"]
     );
     assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+    // Each connection of the component is set to read large command batches in one go.
+    assert_eq!(
+        p.log()
+            .matches("readtrack component connection reads up to 262144 bytes at once")
+            .count(),
+        2,
+        "{}",
+        p.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,9 +734,33 @@ async fn a_batch_of_commands_runs_in_order_and_confirms_each_id() {
         let done = next_event(&mut comp, "done", |e| matches!(e, HookEvent::Done { .. })).await;
         assert_eq!(done, HookEvent::Done { id: id.into() });
     }
-    let ids = |got: Vec<String>| -> Vec<String> {
-        got.iter().filter_map(|m| attr(m, "id")).collect()
-    };
+    let ids =
+        |got: Vec<String>| -> Vec<String> { got.iter().filter_map(|m| attr(m, "id")).collect() };
     assert_eq!(ids(alice.messages_within(QUIET).await), ["b1", "b2", "b4"]);
     assert_eq!(ids(bob.messages_within(QUIET).await), ["b3"]);
+
+    // A replay-sized stream: 2,000 deliveries (about 1 MB in several stanzas, written at once)
+    // all arrive, in order.
+    let mut stream = String::new();
+    for n in 0..2000 {
+        let command = HookCommand::Deliver {
+            to: jid("bob@localhost/phone"),
+            stanza_xml: chat(&format!("r{n}"), "bob@localhost")
+                .replace("</body>", &format!("{}</body>", "x".repeat(400))),
+        };
+        stream.extend(batch.push(&command.element_xml(None).unwrap()));
+    }
+    stream.extend(batch.finish());
+    comp.send_raw(&stream).await;
+    let mut got = Vec::new();
+    while got.len() < 2000 {
+        let m = bob
+            .expect_message(WAIT, |m| {
+                attr(m, "id").is_some_and(|id| id.starts_with('r'))
+            })
+            .await;
+        got.push(attr(&m, "id").unwrap());
+    }
+    let want: Vec<String> = (0..2000).map(|n| format!("r{n}")).collect();
+    assert_eq!(got, want);
 }

@@ -368,10 +368,31 @@ local function send_snapshot()
 	emit(t_concat(snapshot));
 end
 
+-- Prosody's epoll backend reads a connection 8 KiB at a time, and when more is buffered it
+-- reads the rest from a timer, which the loop runs after at least 1 ms. A replay of 10k
+-- messages is about 7 MB of commands: read that way it took seconds of mostly idle waiting.
+-- The component's connection reads what is there, up to this, in one go (0: Prosody's default).
+local read_size = module:get_option_number("readtrack_read_size", 256 * 1024);
+
+local function tune_connection(session)
+	local conn = session and session.conn;
+	if read_size > 0 and conn and conn.set_mode and require "net.server".get_backend() == "epoll" then
+		conn:set_mode(read_size);
+		module:log("debug", "readtrack component connection reads up to %d bytes at once", read_size);
+	end
+end
+
+local function on_component_authenticated(event)
+	tune_connection(event.session);
+	send_snapshot();
+end
+
 local function watch_component()
 	local h = hosts[component];
 	if not h then return false; end
-	module:hook_object_event(h.events, "component-authenticated", send_snapshot);
+	module:hook_object_event(h.events, "component-authenticated", on_component_authenticated);
+	-- Loaded (or reloaded) while readtrack is connected.
+	tune_connection(component_session());
 	return true;
 end
 

@@ -1103,7 +1103,10 @@ mod tests {
             vec![ack(1, 1), ack(2, 1)]
         );
         // One bad command fails the whole message: nothing half-understood.
-        let bad = xml.replace("</message>", "<nope xmlns=\"urn:readtrack:hook:0\"/></message>");
+        let bad = xml.replace(
+            "</message>",
+            "<nope xmlns=\"urn:readtrack:hook:0\"/></message>",
+        );
         assert!(matches!(
             HookCommand::parse_batch(&bad, COMP),
             Err(HookError::UnknownCommand(n)) if n == "nope"
