@@ -1243,6 +1243,43 @@ fn retention_racing_a_device_coming_online() {
 }
 
 #[test]
+fn unread_counts_leave_out_what_retention_deleted() {
+    let mut w = World::with(false, |c| {
+        c.policy = ReceiptPolicy::None;
+        c.retention_max_age = Duration::from_secs(60);
+    });
+    // The phone is known, then away while m1..m3 arrive (too old by the time retention runs)
+    // and m4, m5 arrive (recent).
+    w.online("bob@example.com/phone");
+    w.offline("bob@example.com/phone");
+    for i in 1..=3 {
+        let id = format!("m{i}");
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", &id, "x"),
+            &[],
+        );
+    }
+    w.advance(Duration::from_secs(61));
+    for i in 4..=5 {
+        let id = format!("m{i}");
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", &id, "x"),
+            &[],
+        );
+    }
+    let unread = |w: &mut World| {
+        let cursors = w.engine().cursors("bob@example.com").unwrap();
+        let view = w.engine().unread("bob@example.com", "phone", 100).unwrap();
+        (cursors.devices[0].unread, view.unread, view.messages.len())
+    };
+    assert_eq!(unread(&mut w), (5, 5, 5));
+    let now = w.now;
+    assert_eq!(w.engine().retain(now, 100).unwrap().deleted, 3);
+    // Deleted messages are no longer there to read: the counts agree with the list.
+    assert_eq!(unread(&mut w), (2, 2, 2));
+}
+
+#[test]
 fn replay_and_timers_are_bounded_by_configuration() {
     let mut w = World::with(false, |c| {
         c.max_replay = 2;
