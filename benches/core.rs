@@ -109,6 +109,7 @@ fn routed(id: &str, live: bool) -> Input {
             Vec::new()
         },
         archive_id: None,
+        sent: false,
     }
 }
 

@@ -45,6 +45,7 @@ fn routed(id: u64, live: bool) -> Input {
             Vec::new()
         },
         archive_id: None,
+        sent: false,
     }
 }
 

@@ -61,6 +61,7 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
             archive_id,
             sessions,
             message_xml,
+            sent,
         } => {
             let message =
                 parse_message(&message_xml).map_err(|e| format!("routed message: {e}"))?;
@@ -69,6 +70,7 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
                 to,
                 sessions,
                 archive_id,
+                sent,
             }
         }
         HookEvent::Sent { message_xml } => Input::FromClient {

@@ -154,6 +154,21 @@ impl World {
             to,
             sessions,
             archive_id: None,
+            sent: false,
+        })
+    }
+
+    /// Routed with `sent`: the module's single event for a local client's message to a local
+    /// user.
+    fn route_sent(&mut self, message: Message, live_to: &[&str]) -> Vec<Output> {
+        let to = message.to.clone().unwrap().to_bare();
+        let sessions = live_to.iter().map(|s| jid(s)).collect();
+        self.step(Input::Routed {
+            message,
+            to,
+            sessions,
+            archive_id: None,
+            sent: true,
         })
     }
 
@@ -271,6 +286,7 @@ scenario!(online_chat, online_chat_reopened, |reopen| {
                 to,
                 sessions: vec![jid("bob@example.com/phone")],
                 archive_id: None,
+                sent: false,
             },
             now,
         )
@@ -768,6 +784,7 @@ fn replay_reads_only_what_is_unread() {
                     to,
                     sessions,
                     archive_id: None,
+                    sent: false,
                 },
                 now,
             )
@@ -983,6 +1000,52 @@ scenario!(
         );
     }
 );
+
+#[test]
+fn routed_marked_sent_is_also_the_senders_own_message() {
+    let mut w = World::new(false);
+    w.online("bob@example.com/phone");
+    w.online("alice@example.com/a");
+    // One event: logged for alice (written live to her session) and for bob's other devices.
+    let released = w.route_sent(
+        chat(
+            "bob@example.com/phone",
+            "alice@example.com",
+            "s1",
+            "hi alice",
+        ),
+        &["alice@example.com/a"],
+    );
+    assert_eq!(
+        acks(&released),
+        vec![(jid("bob@example.com/phone"), "s1".to_string())],
+        "the sender's server ack"
+    );
+    assert_eq!(w.logged("alice@example.com"), 1);
+    assert_eq!(w.logged("bob@example.com"), 1, "in the sender's own log");
+    let out = w.online("bob@example.com/laptop");
+    assert!(
+        matches!(
+            &out[..],
+            [Output::Deliver { stanza: Outgoing::SentCarbon { inner, .. }, .. }]
+                if inner.id.as_deref() == Some("s1")
+        ),
+        "the laptop gets it as a carbon: {out:?}"
+    );
+    // Marked sent but from another server (the module never does that): the recipient still
+    // gets the message, and nobody's own log changes.
+    w.route_sent(
+        chat(
+            "carol@elsewhere.example/x",
+            "alice@example.com",
+            "c1",
+            "hey",
+        ),
+        &["alice@example.com/a"],
+    );
+    assert_eq!(w.logged("alice@example.com"), 2);
+    assert_eq!(w.logged("bob@example.com"), 1);
+}
 
 scenario!(
     sent_messages_reach_other_devices_as_carbons_in_order,
@@ -1350,6 +1413,7 @@ fn store_stays_bounded_under_steady_traffic_with_retention() {
                         to,
                         sessions: live.iter().map(|s| jid(s)).collect(),
                         archive_id: None,
+                        sent: false,
                     },
                     now,
                 )

@@ -89,6 +89,7 @@ fn routed_sessions(event: HookEvent) -> (Jid, Vec<Jid>, String) {
             mut sessions,
             message_xml,
             archive_id: _,
+            sent: _,
         } => {
             sessions.sort();
             (to, sessions, message_xml)
@@ -193,9 +194,26 @@ async fn routed_lists_exactly_the_sessions_written_to() {
         .await;
     assert_eq!(bob1.messages_within(QUIET).await, Vec::<String>::new());
 
-    // The sender's own message is reported as <sent>, stamped with its full JID.
-    match next_event(&mut comp, "sent m1", |e| {
-        matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some("m1"))
+    // Sent by a local client to a local user: the routed event stands for the sender's <sent>
+    // too, and there is no separate <sent>.
+    let events = comp.drain(QUIET).await;
+    assert!(
+        events.iter().all(|e| !e.contains("<sent")),
+        "no <sent> for a message to a local user: {events:#?}"
+    );
+    alice.send_raw(&chat("m4", "bob@localhost", "four")).await;
+    match next_event(&mut comp, "routed m4", routed_for("m4")).await {
+        HookEvent::Routed { sent, .. } => assert!(sent, "routed m4 is marked sent by a client"),
+        _ => unreachable!(),
+    }
+
+    // To another host, there is no routed event: the sender's own message is reported as
+    // <sent>, stamped with its full JID.
+    alice
+        .send_raw(&chat("m5", "carol@elsewhere.example", "five"))
+        .await;
+    match next_event(&mut comp, "sent m5", |e| {
+        matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some("m5"))
     })
     .await
     {

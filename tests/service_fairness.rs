@@ -16,6 +16,7 @@ fn routed(from: &str, to: &str, id: &str) -> String {
     HookEvent::Routed {
         to: Jid::parse(to).unwrap(),
         archive_id: None,
+        sent: false,
         sessions: vec![],
         message_xml: format!("<message xmlns='jabber:client' id='{id}' type='chat' from='{from}' to='{to}'><body>flood</body></message>"),
     }

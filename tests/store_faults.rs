@@ -44,6 +44,7 @@ fn routed(id: &str, body: &str) -> Input {
         to: jid("alice@localhost"),
         sessions: vec![],
         archive_id: None,
+        sent: false,
     }
 }
 

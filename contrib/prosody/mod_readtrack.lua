@@ -138,6 +138,10 @@ end, 100);
 
 local in_flight = setmetatable({}, { __mode = "k" });
 
+-- Messages a local client sent to a local user: their <routed> event says sent='true' and
+-- stands for the <sent> event too (one copy of the message to readtrack, not two).
+local client_sent = setmetatable({}, { __mode = "k" });
+
 -- High priority: see the stanza before any later filter replaces it by a copy.
 local function record_write(stanza, session)
 	local record = in_flight[stanza];
@@ -203,8 +207,10 @@ local function track_routing(handlers, event_name, event_data)
 	if #written == 0 and not user_exists(jid_split(to), host) then
 		return ret; -- Prosody bounced it; nothing to track
 	end
+	local sent = client_sent[stanza] and origin.type == "c2s" and "true" or nil;
+	client_sent[stanza] = nil;
 	local routed = { "<routed xmlns='", xmlns_hook, "'", xml_attr("to", to),
-		xml_attr("archive-id", record.archive_id), ">" };
+		xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">" };
 	for _, full_jid in ipairs(written) do
 		routed[#routed + 1] = "<session" .. xml_attr("jid", full_jid) .. "/>";
 	end
@@ -237,9 +243,26 @@ end, 100);
 ------------------------------------------------------------------------------------------------
 -- What local clients send.
 
+-- A plain message with a body to a user of this host is reported by its <routed> event alone
+-- (sent='true'). Anything that also acknowledges something, or goes elsewhere, gets <sent>.
+local function reported_by_routed(stanza)
+	if not loggable(stanza) or stanza:get_child(nil, xmlns_receipts)
+		or stanza:get_child(nil, xmlns_offline) or stanza:get_child("displayed", xmlns_markers) then
+		return false;
+	end
+	local to = stanza.attr.to;
+	if not to then return true; end -- to the sender's own account
+	local node, to_host = jid_split(to);
+	return node ~= nil and to_host == host;
+end
+
 local function on_client_message(event)
 	local origin, stanza = event.origin, event.stanza;
 	if origin.type ~= "c2s" or not interesting_sent(stanza) then return; end
+	if reported_by_routed(stanza) then
+		client_sent[stanza] = true;
+		return;
+	end
 	local to = event.to_self and jid_bare(origin.full_jid) or nil;
 	emit("<sent xmlns='" .. xmlns_hook .. "'>" .. forwarded(stanza, to) .. "</sent>");
 	-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody would

@@ -134,6 +134,9 @@ pub enum Input {
         to: Jid,
         sessions: Vec<Jid>,
         archive_id: Option<String>,
+        /// A local client (the message's `from`, a full JID) sent it: it is also that
+        /// client's [`Input::FromClient`] (the module reports a message to a local user once).
+        sent: bool,
     },
     /// A local client sent `message` (its `from` is the client's full JID): receipts, markers.
     FromClient { message: Message },
@@ -225,7 +228,24 @@ impl Engine {
                 to,
                 sessions,
                 archive_id,
-            } => self.routed(message, &to, &sessions, archive_id, now),
+                sent,
+            } => {
+                // The sender's side first, as when it came as its own FromClient input. Its
+                // refusal (a sender that is not a local device) must not cost the recipient
+                // the message, so it is reported and routing goes on.
+                let mut out = Vec::new();
+                if sent {
+                    match self.client_stanza(&message, now) {
+                        Ok(o) => out = o,
+                        Err(EngineError::Rejected(why)) => {
+                            tracing::warn!("routed message marked sent by a client: {why}")
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                out.extend(self.routed(message, &to, &sessions, archive_id, now)?);
+                Ok(out)
+            }
             Input::FromClient { message } => self.client_stanza(&message, now),
             Input::Snapshot { sessions } => self.snapshot(&sessions, now),
         }

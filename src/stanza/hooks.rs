@@ -48,6 +48,9 @@ pub enum HookEvent {
         sessions: Vec<Jid>,
         /// The routed `<message xmlns="jabber:client">`, as text.
         message_xml: String,
+        /// Sent by the local session its `from` names: this event also stands for that
+        /// session's [`HookEvent::Sent`], which the module then does not send (`sent="true"`).
+        sent: bool,
     },
     /// A stanza a local client sent (its own message, a receipt, a marker), as text.
     Sent { message_xml: String },
@@ -350,10 +353,20 @@ impl HookEvent {
             "routed" => {
                 let to = bare_jid_attr(&el.start, "to")?;
                 let archive_id = attr(&el.start, "archive-id")?;
+                let sent = match attr(&el.start, "sent")?.as_deref() {
+                    None | Some("false") | Some("0") => false,
+                    Some("true") | Some("1") => true,
+                    Some(other) => {
+                        return Err(HookError::Xml(format!(
+                            "<routed sent> must be a boolean, got {other:?}"
+                        )))
+                    }
+                };
                 let (sessions, message) = w.hook_content(&el)?;
                 HookEvent::Routed {
                     to,
                     archive_id,
+                    sent,
                     sessions: sessions.into_iter().map(|s| s.jid).collect(),
                     message_xml: message.ok_or(HookError::MissingForwarded(name))?,
                 }
@@ -395,15 +408,17 @@ impl HookEvent {
                 archive_id,
                 sessions,
                 message_xml,
+                sent,
             } => {
                 let sessions: String = sessions
                     .iter()
                     .map(|s| format!("<session jid=\"{}\"/>", escape(s.to_string())))
                     .collect();
                 format!(
-                    "<routed xmlns=\"{NS_HOOK}\" to=\"{}\"{}>{sessions}{}</routed>",
+                    "<routed xmlns=\"{NS_HOOK}\" to=\"{}\"{}{}>{sessions}{}</routed>",
                     escape(to.to_string()),
                     opt_attr("archive-id", archive_id.as_deref()),
+                    if *sent { " sent=\"true\"" } else { "" },
                     forwarded(message_xml)?
                 )
             }
@@ -684,6 +699,7 @@ mod tests {
                 archive_id: Some("NgaSxP0KLmjNp2nP".into()),
                 sessions: vec![jid("bob@localhost/phone"), jid("bob@localhost/laptop")],
                 message_xml: "<message xmlns='jabber:client' id='V4NkR-38' type='chat' from='alice@localhost/Spark 2.6.3' to='bob@localhost'>\n        <body>{&quot;cnt&quot;:&quot;hello&quot;,&quot;msgTypec&quot;:&quot;10000&quot;}</body>\n        <thread>P2J5R2</thread>\n      </message>".into(),
+                sent: true,
             }
         );
         assert_eq!(
@@ -693,6 +709,7 @@ mod tests {
                 archive_id: None,
                 sessions: vec![],
                 message_xml: "<message xmlns='jabber:client' id='m2' type='chat' from='alice@localhost/phone' to='bob@localhost'><body>later</body></message>".into(),
+                sent: false,
             }
         );
         assert_eq!(
@@ -786,12 +803,14 @@ mod tests {
                 archive_id: Some("x1".into()),
                 sessions: vec![jid("b@localhost/1"), jid("b@localhost/2")],
                 message_xml: "<message xmlns=\"jabber:client\" type=\"chat\"><body>hi</body></message>".into(),
+                sent: true,
             },
             HookEvent::Routed {
                 to: jid("b@localhost"),
                 archive_id: None,
                 sessions: vec![],
                 message_xml: "<message xmlns=\"jabber:client\"><body>hi</body></message>".into(),
+                sent: false,
             },
             HookEvent::Sent {
                 message_xml: "<message xmlns=\"jabber:client\" type=\"crs\" to=\"localhost\"><offline xmlns=\"urn:xmpp:offline\"/></message>".into(),
