@@ -554,6 +554,14 @@ fn main() {
     // CPU seconds per mode: [prosody, readtrack, this process (the clients)].
     let mut cpu = [[0.0f64; 3]; 2];
     let pids = [prosody_pid(&alone), prosody_pid(&with_rt)];
+    println!(
+        "pids: prosody alone {}, prosody with readtrack {}, readtrack {}",
+        pids[0],
+        pids[1],
+        daemon.pid()
+    );
+    // `LOAD_PAUSE_S=N`: time to attach a profiler (perf record -p PID) before the chat rounds.
+    std::thread::sleep(Duration::from_secs(env_num("LOAD_PAUSE_S", 0)));
     let me = std::process::id();
     let run_started = Instant::now();
     for round in 0..rounds {
