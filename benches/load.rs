@@ -20,6 +20,9 @@
 //! `LOAD_MEMORY_ONLY=1` runs only the memory points. Sizes: `LOAD_PAIRS`, `LOAD_MSGS`,
 //! `LOAD_WINDOW`, `LOAD_ROUNDS`, `LOAD_REPLAY`, `LOAD_MEM`
 //! (`users:devices_per_user:messages` pairs separated by `,`; default `1000:3:100000,10000:3:1000000`).
+//! `LOAD_DIALECT=xep` runs readtrack without the seed server ack. Profiling: `LOAD_LUA_PROFILE=1`
+//! (Prosody's Lua, see `benches/prosody/mod_lprof.lua`), `LOAD_PAUSE_S=N` (time to attach
+//! `perf record -p` to the pids it prints).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports)]
@@ -38,6 +41,12 @@ use serde_json::json;
 const PASS: &str = "pw";
 /// Upper bound of any one phase; a phase that takes longer fails the run rather than hang.
 const PHASE_LIMIT: Duration = Duration::from_secs(180);
+
+/// `LOAD_DIALECT`: readtrack's receipt dialect, `seed` (default: a server ack per message) or
+/// `xep` (XEP-0184 only: no server ack, no bounce).
+fn dialect() -> String {
+    std::env::var("LOAD_DIALECT").unwrap_or_else(|_| "seed".into())
+}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -58,11 +67,12 @@ impl Daemon {
         let config = format!(
             "[xmpp]\ndomain = \"{}\"\ncomponent = \"{}\"\nconnect = \"127.0.0.1:{}\"\nsecret = \"{}\"\n\n\
              [store]\npath = \"data\"\ncache_mb = {cache_mb}\n\n[admin]\nsocket = \"readtrack.sock\"\n\n\
-             [receipts]\ndialect = \"seed\"\ntimeout = \"1h\"\nrequire = \"all\"\n",
+             [receipts]\ndialect = \"{}\"\ntimeout = \"1h\"\nrequire = \"all\"\n",
             p.domain(),
             p.component_domain(),
             p.component_port,
-            p.secret()
+            p.secret(),
+            dialect()
         );
         std::fs::write(dir.path().join("readtrack.toml"), config).unwrap();
         Daemon { dir, child: None }
@@ -568,9 +578,12 @@ fn main() {
         for (k, p) in [&alone, &with_rt].into_iter().enumerate() {
             let before = [cpu_s(pids[k]), cpu_s(daemon.pid()), cpu_s(me)];
             let r = rt.block_on(async {
-                tokio::time::timeout(PHASE_LIMIT, chat_round(p, pairs, msgs, window, k == 1))
-                    .await
-                    .expect("chat round over its time limit")
+                tokio::time::timeout(
+                    PHASE_LIMIT,
+                    chat_round(p, pairs, msgs, window, k == 1 && dialect() == "seed"),
+                )
+                .await
+                .expect("chat round over its time limit")
             });
             println!(
                 "chat round {round} {:<9} {:8.0} msg/s",
@@ -728,6 +741,7 @@ fn main() {
         );
     }
     let doc = json!({
+        "dialect": dialect(),
         "config": {"pairs": pairs, "connections": pairs * 2, "msgs_per_pair": msgs, "window": window, "rounds": rounds, "replay": replay_n},
         "chat": {"alone": {"msgs_per_s": tput_a, "p50_ms": p50_a as f64 / 1e3, "p99_ms": p99_a as f64 / 1e3},
                  "readtrack": {"msgs_per_s": tput_r, "p50_ms": p50_r as f64 / 1e3, "p99_ms": p99_r as f64 / 1e3},
