@@ -173,6 +173,7 @@ fn serve(config_path: PathBuf) -> Result<(), Failure> {
         },
     )?;
     let engine = Engine::new(store, config.engine())?;
+    release_freed_heap();
     tracing::info!(domain = %config.xmpp.domain, component = %config.component(), server = %config.xmpp.connect, store = %store_path.display(), "readtrack starting");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -216,6 +217,20 @@ fn serve(config_path: PathBuf) -> Result<(), Failure> {
         }
     })
 }
+
+/// Opening a sled store reads its whole page-table snapshot into memory, builds the page table
+/// from it and frees it; glibc keeps part of that freed memory resident. Hand it back to the
+/// kernel once, after the store is open (load bench, 3M messages: RSS 344 -> 324 MiB; the peak
+/// while opening is unchanged).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_freed_heap() {
+    // SAFETY: malloc_trim only returns free pages of glibc's own arenas to the kernel; memory
+    // that is in use is not touched.
+    unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_heap() {}
 
 async fn wait_for_signal() {
     #[cfg(unix)]
