@@ -15,6 +15,11 @@
 //! baseline) are printed as a table and written to `target/readtrack-bench.json`. Only estimates
 //! written by this run are used. Run: `cargo bench --bench core`.
 
+/// `--features mimalloc`: the allocator experiment of README "Performance".
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 

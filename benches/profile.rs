@@ -49,6 +49,11 @@ fn routed(id: u64, live: bool) -> Input {
     }
 }
 
+/// `--features mimalloc`: the allocator experiment of README "Performance".
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -228,6 +233,7 @@ fn key(seq: u64) -> [u8; 16] {
 /// The measured part of `replay` (callgrind: `--toggle-collect='*measured_replay*'`).
 #[inline(never)]
 fn measured_replay(engine: &mut Engine, phone: Jid) -> (usize, usize) {
+    let (faults, start) = (minor_faults(), Instant::now());
     let out = engine
         .handle(
             Input::Available {
@@ -237,13 +243,29 @@ fn measured_replay(engine: &mut Engine, phone: Jid) -> (usize, usize) {
             Millis(T0 + 1),
         )
         .unwrap();
+    let engine_side = start.elapsed();
     let mut bytes = 0;
     for o in &out {
         if let readtrack::engine::Output::Deliver { stanza, .. } = o {
             bytes += write::outgoing(stanza).len();
         }
     }
+    eprintln!(
+        "replay: engine {engine_side:?}, serialisation {:?}, {} minor page faults",
+        start.elapsed() - engine_side,
+        minor_faults() - faults
+    );
     (out.len(), bytes)
+}
+
+/// This process's minor page faults so far (`/proc/self/stat`, field 10).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    rest.split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The measured part of `scan` (callgrind: `--toggle-collect='*measured_scan*'`).

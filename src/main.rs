@@ -1,5 +1,10 @@
 //! `readtrack`: the service (`serve`) and the operator CLI.
 
+/// `--features mimalloc`: mimalloc instead of the system allocator (README "Performance").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
