@@ -15,7 +15,7 @@
 //! baseline) are printed as a table and written to `target/readtrack-bench.json`. Only estimates
 //! written by this run are used. Run: `cargo bench --bench core`.
 
-/// `--features mimalloc`: the allocator experiment of README "Performance".
+/// The service's allocator (the default `mimalloc` feature), so the benches measure what runs.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

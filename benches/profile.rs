@@ -49,7 +49,7 @@ fn routed(id: u64, live: bool) -> Input {
     }
 }
 
-/// `--features mimalloc`: the allocator experiment of README "Performance".
+/// The service's allocator (the default `mimalloc` feature), so the benches measure what runs.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
