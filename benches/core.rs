@@ -587,6 +587,7 @@ fn estimate(group: &str, id: &str, since: SystemTime) -> Option<f64> {
 }
 
 fn main() {
+    readtrack::memory::no_transparent_huge_pages();
     let started = SystemTime::now();
     let mut c = criterion();
     // criterion skips filtered-out benches, but not their set-up: skip that here (substring

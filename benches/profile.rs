@@ -55,6 +55,7 @@ fn routed(id: u64, live: bool) -> Input {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    readtrack::memory::no_transparent_huge_pages();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

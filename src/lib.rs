@@ -10,12 +10,14 @@
 //! - [`service`]: the `serve` loop: link events in, engine, group commit, commands out.
 //! - [`admin`]: the admin socket (server, client) and the CLI's tables.
 //! - [`config`]: the `readtrack.toml` settings.
+//! - [`memory`]: process-wide memory settings (transparent huge pages).
 
 pub mod admin;
 pub mod component;
 pub mod config;
 pub mod engine;
 pub mod jid;
+pub mod memory;
 pub mod service;
 pub mod stanza;
 pub mod store;

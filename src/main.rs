@@ -165,6 +165,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn serve(config_path: PathBuf) -> Result<(), Failure> {
+    readtrack::memory::no_transparent_huge_pages();
     // Everything readtrack creates (store files, admin socket) is private to its user.
     // SAFETY: umask only changes the process's file creation mask; no memory is involved.
     unsafe { libc::umask(0o077) };
