@@ -325,7 +325,11 @@ module:hook("message/host", function(event)
 	for each in stanza:childtags(nil, xmlns_hook) do
 		local id = each.attr.id;
 		if not (id and executed[id]) then
-			execute(each);
+			-- One failing command must not cost the rest of the batch theirs.
+			local ok, err = pcall(execute, each);
+			if not ok then
+				module:log("error", "readtrack <%s> failed: %s", each.name, tostring(err));
+			end
 			if id then remember(id); end
 		end
 		if id then emit("<done xmlns='" .. xmlns_hook .. "'" .. xml_attr("id", id) .. "/>"); end
