@@ -10,7 +10,8 @@
 //!   readtrack a sender also waits for the server ack (seed crs 10013) of each of its messages
 //!   before the round ends, so the round's time covers the work readtrack causes.
 //! - replay: a device logs out, `REPLAY` messages are sent to its user, it logs in again; the
-//!   time from the start of its login until all of them arrived (mod_offline vs readtrack).
+//!   time from the start of its login until all of them arrived (mod_offline vs readtrack),
+//!   `REPLAY_ROUNDS` times each, alternately; medians are compared.
 //! - memory: `readtrack serve` RSS after opening (and serving the reconnect snapshot of) a store
 //!   built with the store API, at two sizes, extrapolated linearly to 100k users / 300k devices
 //!   / 10M messages.
@@ -18,7 +19,7 @@
 //! Every loop is bounded in count and time. Prints a table, writes `target/readtrack-load.json`.
 //! Run: `cargo bench --bench load` (as root: Prosody is started as the `prosody` user).
 //! `LOAD_MEMORY_ONLY=1` runs only the memory points. Sizes: `LOAD_PAIRS`, `LOAD_MSGS`,
-//! `LOAD_WINDOW`, `LOAD_ROUNDS`, `LOAD_REPLAY`, `LOAD_MEM`
+//! `LOAD_WINDOW`, `LOAD_ROUNDS`, `LOAD_REPLAY`, `LOAD_REPLAY_ROUNDS` (3), `LOAD_MEM`
 //! (`users:devices_per_user:messages` pairs separated by `,`; default `1000:3:100000,10000:3:1000000`).
 //! `LOAD_DIALECT=xep` runs readtrack without the seed server ack. Profiling: `LOAD_LUA_PROFILE=1`
 //! (Prosody's Lua, see `benches/prosody/mod_lprof.lua`), `LOAD_PAUSE_S=N` (time to attach
@@ -522,6 +523,7 @@ fn main() {
     let window = env_num("LOAD_WINDOW", 8);
     let rounds = env_num("LOAD_ROUNDS", 2);
     let replay_n = env_num("LOAD_REPLAY", 10_000);
+    let replay_rounds = env_num("LOAD_REPLAY_ROUNDS", 3).max(1);
     let mem_points: Vec<(u64, u64, u64)> = std::env::var("LOAD_MEM")
         .unwrap_or_else(|_| "1000:3:100000,10000:3:1000000".into())
         .split(',')
@@ -535,7 +537,10 @@ fn main() {
     let mut users: Vec<String> = (0..pairs)
         .flat_map(|i| [format!("s{i}"), format!("d{i}")])
         .collect();
-    users.extend(["source".into(), "sink0".into(), "sink1".into()]);
+    users.push("source".into());
+    for round in 0..replay_rounds {
+        users.extend([format!("sinka{round}"), format!("sinkb{round}")]);
+    }
     let alone = prosody(false, &users);
     let with_rt = prosody(true, &users);
     let mut daemon = Daemon::new(&with_rt, 64);
@@ -616,36 +621,56 @@ fn main() {
     );
     keep_lua_profiles("chat");
 
-    // Replay: mod_offline, then readtrack.
-    let alone_cpu_before = cpu_s(pids[0]);
-    let replay_alone = rt.block_on(async {
-        tokio::time::timeout(PHASE_LIMIT, replay_round(&alone, None, replay_n, "sink0"))
+    // Replay: mod_offline and readtrack alternately, `LOAD_REPLAY_ROUNDS` times each (a fresh
+    // sink user per round, so every round replays exactly `replay_n`); the median of each side
+    // is reported, since one round of either varies a lot on this machine.
+    let mut replay_times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // CPU seconds over all rounds (send + store + replay): [alone prosody, prosody, readtrack].
+    let mut replay_cpu_total = [0.0f64; 3];
+    for round in 0..replay_rounds {
+        let before = cpu_s(pids[0]);
+        let t = rt.block_on(async {
+            tokio::time::timeout(
+                PHASE_LIMIT,
+                replay_round(&alone, None, replay_n, &format!("sinka{round}")),
+            )
             .await
             .expect("replay over its time limit")
-    });
-    println!("replay {replay_n} via mod_offline: {replay_alone:.3} s");
-    let alone_replay_cpu = cpu_s(pids[0]) - alone_cpu_before;
-    let replay_cpu_before = [cpu_s(pids[1]), cpu_s(daemon.pid())];
-    let replay_rt = rt.block_on(async {
-        tokio::time::timeout(
-            PHASE_LIMIT,
-            replay_round(&with_rt, Some(&daemon), replay_n, "sink1"),
-        )
-        .await
-        .expect("replay over its time limit")
-    });
-    println!("replay {replay_n} via readtrack:   {replay_rt:.3} s");
+        });
+        replay_cpu_total[0] += cpu_s(pids[0]) - before;
+        println!("replay round {round}: {replay_n} via mod_offline: {t:.3} s");
+        replay_times[0].push(t);
+        let before = [cpu_s(pids[1]), cpu_s(daemon.pid())];
+        let t = rt.block_on(async {
+            tokio::time::timeout(
+                PHASE_LIMIT,
+                replay_round(&with_rt, Some(&daemon), replay_n, &format!("sinkb{round}")),
+            )
+            .await
+            .expect("replay over its time limit")
+        });
+        replay_cpu_total[1] += cpu_s(pids[1]) - before[0];
+        replay_cpu_total[2] += cpu_s(daemon.pid()) - before[1];
+        println!("replay round {round}: {replay_n} via readtrack:   {t:.3} s");
+        replay_times[1].push(t);
+    }
     keep_lua_profiles("replay");
-    // Includes sending and logging the 10k as well as the replay.
-    println!(
-        "replay CPU s (send + store + replay): prosody alone {alone_replay_cpu:.2}; with readtrack: prosody {:.2}, readtrack {:.2}",
-        cpu_s(pids[1]) - replay_cpu_before[0],
-        cpu_s(daemon.pid()) - replay_cpu_before[1]
-    );
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (replay_alone, replay_rt) = (median(&replay_times[0]), median(&replay_times[1]));
+    let per_round = |c: f64| c / replay_rounds as f64;
+    let alone_replay_cpu = per_round(replay_cpu_total[0]);
     let replay_cpu = [
-        cpu_s(pids[1]) - replay_cpu_before[0],
-        cpu_s(daemon.pid()) - replay_cpu_before[1],
+        per_round(replay_cpu_total[1]),
+        per_round(replay_cpu_total[2]),
     ];
+    println!(
+        "replay CPU s per round (send + store + replay): prosody alone {alone_replay_cpu:.2}; with readtrack: prosody {:.2}, readtrack {:.2}",
+        replay_cpu[0], replay_cpu[1]
+    );
     let (rss_serving, _) = rss_kib(daemon.pid());
 
     let (memory, extrapolated) = measure_memory(&mut daemon, &mem_points);
@@ -692,7 +717,7 @@ fn main() {
     );
     println!(
         "{:<46} {:>12.3} {:>12.3} {:>10.3} {:>10}",
-        format!("replay {replay_n} to one device (s), speed ratio"),
+        format!("replay {replay_n} to one device (s, median), ratio"),
         replay_alone,
         replay_rt,
         replay_ratio,
@@ -742,14 +767,15 @@ fn main() {
     }
     let doc = json!({
         "dialect": dialect(),
-        "config": {"pairs": pairs, "connections": pairs * 2, "msgs_per_pair": msgs, "window": window, "rounds": rounds, "replay": replay_n},
+        "config": {"pairs": pairs, "connections": pairs * 2, "msgs_per_pair": msgs, "window": window, "rounds": rounds, "replay": replay_n, "replay_rounds": replay_rounds},
         "chat": {"alone": {"msgs_per_s": tput_a, "p50_ms": p50_a as f64 / 1e3, "p99_ms": p99_a as f64 / 1e3},
                  "readtrack": {"msgs_per_s": tput_r, "p50_ms": p50_r as f64 / 1e3, "p99_ms": p99_r as f64 / 1e3},
                  "throughput_ratio": tput_ratio, "p99_added_ms": p99_added_ms},
         "chat_cpu_us_per_msg": {"alone": {"prosody": per_msg_us(cpu[0][0]), "clients": per_msg_us(cpu[0][2])},
                                 "readtrack": {"prosody": per_msg_us(cpu[1][0]), "readtrack": per_msg_us(cpu[1][1]), "clients": per_msg_us(cpu[1][2])}},
         "replay": {"mod_offline_s": replay_alone, "readtrack_s": replay_rt, "speed_ratio": replay_ratio,
-                   "cpu_s_send_log_and_replay": {"alone": {"prosody": alone_replay_cpu},
+                   "rounds": {"mod_offline_s": replay_times[0], "readtrack_s": replay_times[1]},
+                   "cpu_s_send_log_and_replay_per_round": {"alone": {"prosody": alone_replay_cpu},
                                                   "readtrack": {"prosody": replay_cpu[0], "readtrack": replay_cpu[1]}}},
         "memory": {"rss_after_load_mib": rss_serving as f64 / 1024.0, "points": memory,
                    "extrapolated_peak_rss_mib_10m_msgs": extrapolated},
