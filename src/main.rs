@@ -165,12 +165,13 @@ fn init_logging(format: LogFormat) {
 }
 
 fn serve(config_path: PathBuf) -> Result<(), Failure> {
-    readtrack::memory::no_transparent_huge_pages();
     // Everything readtrack creates (store files, admin socket) is private to its user.
     // SAFETY: umask only changes the process's file creation mask; no memory is involved.
     unsafe { libc::umask(0o077) };
     let config = Config::load(&config_path).map_err(usage)?;
     init_logging(config.log.format);
+    // Before the store is opened (its page table is most of the memory), after logging is up.
+    readtrack::memory::no_transparent_huge_pages();
     let secret = Secret::new(config.secret().map_err(usage)?);
     let store_path = config.store_path();
     let store = Store::open(

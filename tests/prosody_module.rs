@@ -393,13 +393,8 @@ async fn send_routes_a_server_ack_as_the_host() {
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
 
-    comp.send_raw(&format!(
-        "<message from='{COMPONENT}' to='{DOMAIN}'><send xmlns='{HOOK}'><forwarded xmlns='urn:xmpp:forward:0'>\
-         <message xmlns='jabber:client' id='V4NkR-38' type='crs' from='localhost' to='alice@localhost/phone'>\
-         <body>{{\"time\":\"2013-11-20T06:42:23.761Z\",\"msgType\":\"10013\"}}</body></message>\
-         </forwarded></send></message>"
-    ))
-    .await;
+    comp.send_raw(&send_ack("V4NkR-38", "alice@localhost/phone"))
+        .await;
     let ack = alice
         .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("V4NkR-38"))
         .await;

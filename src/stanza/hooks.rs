@@ -553,11 +553,7 @@ impl CommandBatch {
 
     pub fn new(component: &str, host: &str) -> CommandBatch {
         CommandBatch {
-            open: format!(
-                "<message from=\"{}\" to=\"{}\">",
-                escape(component),
-                escape(host)
-            ),
+            open: envelope_open(component, host),
             buf: String::new(),
             count: 0,
         }
@@ -594,12 +590,13 @@ fn opt_attr(name: &str, value: Option<&str>) -> String {
 }
 
 fn envelope(from: &str, to: &str, body: &str) -> String {
-    // No namespace on the outer element: on a component stream `jabber:client` is not routed.
-    format!(
-        "<message from=\"{}\" to=\"{}\">{body}</message>",
-        escape(from),
-        escape(to)
-    )
+    format!("{}{body}</message>", envelope_open(from, to))
+}
+
+/// The outer `<message>` start tag of an event or command stanza. No namespace on it: on a
+/// component stream `jabber:client` is not routed.
+fn envelope_open(from: &str, to: &str) -> String {
+    format!("<message from=\"{}\" to=\"{}\">", escape(from), escape(to))
 }
 
 fn forwarded(stanza_xml: &str) -> Result<String, HookError> {
