@@ -142,12 +142,14 @@ fn available() -> Input {
     Input::Available {
         jid: jid("bob@example.com/phone"),
         device_id: None,
+        session_id: None,
     }
 }
 
 fn unavailable() -> Input {
     Input::Unavailable {
         jid: jid("bob@example.com/phone"),
+        session_id: None,
     }
 }
 

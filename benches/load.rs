@@ -439,6 +439,7 @@ fn build_store(path: &Path, users: u64, devices: u64, messages: u64) {
                 first_seen: 1_700_000_000_000,
                 last_seen: 1_700_000_000_000,
                 replayed: Default::default(),
+                session_id: None,
             };
             store.put_device(id, None, &record).unwrap();
         }

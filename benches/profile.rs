@@ -105,6 +105,7 @@ fn main() {
                     Input::Available {
                         jid: phone.clone(),
                         device_id: None,
+                        session_id: None,
                     },
                     Millis(T0),
                 )
@@ -147,12 +148,19 @@ fn main() {
                     Input::Available {
                         jid: phone.clone(),
                         device_id: None,
+                        session_id: None,
                     },
                     Millis(T0),
                 )
                 .unwrap();
             engine
-                .handle(Input::Unavailable { jid: phone.clone() }, Millis(T0))
+                .handle(
+                    Input::Unavailable {
+                        jid: phone.clone(),
+                        session_id: None,
+                    },
+                    Millis(T0),
+                )
                 .unwrap();
             for i in 1..=n {
                 engine.handle(routed(i, false), Millis(T0)).unwrap();
@@ -240,6 +248,7 @@ fn measured_replay(engine: &mut Engine, phone: Jid) -> (usize, usize) {
             Input::Available {
                 jid: phone,
                 device_id: None,
+                session_id: None,
             },
             Millis(T0 + 1),
         )

@@ -51,11 +51,17 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
     let event = HookEvent::parse(stanza, host).map_err(|e| e.to_string())?;
     Ok(FromServer::Input(Box::new(match event {
         HookEvent::Done { id } => return Ok(FromServer::Done(id)),
-        HookEvent::Available { jid, device_id } => Input::Available { jid, device_id },
-        HookEvent::Unavailable { jid } => Input::Unavailable { jid },
-        HookEvent::Snapshot { sessions } => Input::Snapshot {
-            sessions: sessions.into_iter().map(|s| (s.jid, s.device_id)).collect(),
+        HookEvent::Available {
+            jid,
+            device_id,
+            session_id,
+        } => Input::Available {
+            jid,
+            device_id,
+            session_id,
         },
+        HookEvent::Unavailable { jid, session_id } => Input::Unavailable { jid, session_id },
+        HookEvent::Snapshot { sessions } => Input::Snapshot { sessions },
         HookEvent::Routed {
             to,
             archive_id,

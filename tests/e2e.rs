@@ -168,6 +168,42 @@ async fn acked_message_survives_sigkill() {
     assert!(got.contains("survive"), "{got}");
 }
 
+/// A device's connection drops with a message in flight while readtrack is down, and the device
+/// connects again with the same resource before readtrack is back: readtrack heard neither,
+/// and the snapshot lists the resource online as before. It is another connection, so the
+/// message written to the old one must be replayed to it (the crash loop lost such messages
+/// when readtrack took the snapshot's session for the one it knew).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_in_flight_to_a_connection_replaced_while_readtrack_was_down_is_replayed() {
+    let p = server();
+    let mut rt = Readtrack::start(
+        &p,
+        ReadtrackOpts {
+            timeout: "60s",
+            ..ReadtrackOpts::default()
+        },
+    );
+    let mut phone = online(&p, "bob", "phone").await;
+    phone.sync().await;
+    rt.wait_online("bob@localhost", "phone");
+    let mut alice = online(&p, "alice", "Spark").await;
+    alice
+        .send_raw(&chat("f1", "bob@localhost", "in flight"))
+        .await;
+    alice.expect_message(WAIT, |s| is_server_ack(s, "f1")).await;
+
+    rt.kill();
+    // The phone never reads f1: the connection goes with it unread.
+    drop(phone.conn);
+    let mut phone = online(&p, "bob", "phone").await;
+    phone.sync().await;
+    rt.start_again();
+
+    let got = phone.expect_message(WAIT, |s| has_id(s, "f1")).await;
+    assert!(got.contains("in flight"), "{got}");
+    assert!(got.contains("urn:xmpp:offline"), "a replay: {got}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_prosody_restart() {
     let mut p = server();

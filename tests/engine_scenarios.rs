@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use readtrack::engine::{Dialect, Engine, EngineConfig, Input, Output, ReceiptPolicy};
 use readtrack::jid::{DeviceKeyRule, Jid};
+use readtrack::stanza::hooks::SessionInfo;
 use readtrack::stanza::{Message, MessageType, Outgoing, Receipt, Replay};
 use readtrack::store::{DeviceRecord, Store, StoreOptions};
 use readtrack::time::Millis;
@@ -62,6 +63,9 @@ struct World {
     now: Millis,
     /// Close and reopen the store before every step.
     reopen_each_step: bool,
+    /// The server's id of each session now online, by full JID (as mod_readtrack numbers them).
+    session_ids: std::collections::HashMap<String, String>,
+    connections: u64,
 }
 
 impl World {
@@ -81,6 +85,8 @@ impl World {
             config,
             now: Millis(T0),
             reopen_each_step,
+            session_ids: Default::default(),
+            connections: 0,
         }
     }
 
@@ -135,15 +141,44 @@ impl World {
         out
     }
 
+    /// A new connection of `full` sends its initial presence.
     fn online(&mut self, full: &str) -> Vec<Output> {
+        let session_id = Some(self.connect(full));
         self.step(Input::Available {
             jid: jid(full),
             device_id: None,
+            session_id,
         })
     }
 
+    /// A new connection of `full`, with a server id of its own; readtrack is not told.
+    fn connect(&mut self, full: &str) -> String {
+        self.connections += 1;
+        let id = format!("conn{}", self.connections);
+        self.session_ids.insert(full.to_string(), id.clone());
+        id
+    }
+
     fn offline(&mut self, full: &str) -> Vec<Output> {
-        self.step(Input::Unavailable { jid: jid(full) })
+        let session_id = self.session_ids.remove(full);
+        self.step(Input::Unavailable {
+            jid: jid(full),
+            session_id,
+        })
+    }
+
+    /// What the server lists after readtrack reconnects: these sessions, each with the id of
+    /// its current connection.
+    fn snapshot(&mut self, online: &[&str]) -> Vec<Output> {
+        let sessions = online
+            .iter()
+            .map(|full| SessionInfo {
+                jid: jid(full),
+                device_id: None,
+                session_id: self.session_ids.get(*full).cloned(),
+            })
+            .collect();
+        self.step(Input::Snapshot { sessions })
     }
 
     fn route(&mut self, message: Message, live_to: &[&str]) -> Vec<Output> {
@@ -709,15 +744,80 @@ fn snapshot_after_reconnect_does_not_resend_in_flight() {
     w.online("bob@example.com/laptop");
     w.reopen();
     // After a reconnect the server lists the live sessions; the phone still has m1 in flight.
-    let out = w.step(Input::Snapshot {
-        sessions: vec![(jid("bob@example.com/phone"), None)],
-    });
+    let out = w.snapshot(&["bob@example.com/phone"]);
     assert!(replays(&out).is_empty());
     assert!(
         !w.device("bob@example.com", "laptop").online,
         "absent from the snapshot: offline"
     );
     assert!(w.device("bob@example.com", "phone").online);
+}
+
+/// The crash loop's loss (CI, seed 1795615400123948180): the phone's connection dropped with m1
+/// in flight, and it connected again with the same resource while readtrack was away, so
+/// readtrack heard neither. The snapshot lists the phone online as before, but the connection
+/// is another one: m1 was lost with the old one and must be replayed.
+#[test]
+fn snapshot_replays_to_a_device_that_reconnected_while_readtrack_was_away() {
+    for reopen_each_step in [false, true] {
+        let mut w = World::new(reopen_each_step);
+        w.online("bob@example.com/phone");
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+            &["bob@example.com/phone"],
+        );
+        w.reopen();
+        w.connect("bob@example.com/phone");
+        let out = w.snapshot(&["bob@example.com/phone"]);
+        assert_eq!(replayed_ids(&out), ["m1"]);
+        // The new connection is now the one that continues: the next snapshot sends nothing twice.
+        let out = w.snapshot(&["bob@example.com/phone"]);
+        assert!(replays(&out).is_empty(), "{out:?}");
+    }
+}
+
+/// A server that names no connection (an older mod_readtrack) cannot tell a continuing session
+/// from a new one: readtrack replays, since a message twice is better than a message lost.
+#[test]
+fn snapshot_without_session_ids_replays_what_is_unacked() {
+    let mut w = World::new(false);
+    w.step(Input::Available {
+        jid: jid("bob@example.com/phone"),
+        device_id: None,
+        session_id: None,
+    });
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+        &["bob@example.com/phone"],
+    );
+    let out = w.step(Input::Snapshot {
+        sessions: vec![SessionInfo {
+            jid: jid("bob@example.com/phone"),
+            device_id: None,
+            session_id: None,
+        }],
+    });
+    assert_eq!(replayed_ids(&out), ["m1"]);
+}
+
+/// The unavailable of a connection the same resource has already replaced is late news: the
+/// device stays online in its new session.
+#[test]
+fn unavailable_of_a_replaced_connection_changes_nothing() {
+    let mut w = World::new(false);
+    w.online("bob@example.com/phone");
+    let old = w.session_ids["bob@example.com/phone"].clone();
+    w.online("bob@example.com/phone");
+    let session = w.device("bob@example.com", "phone").session;
+    w.step(Input::Unavailable {
+        jid: jid("bob@example.com/phone"),
+        session_id: Some(old),
+    });
+    let phone = w.device("bob@example.com", "phone");
+    assert!(phone.online, "the newer connection is still online");
+    assert_eq!(phone.session, session);
+    w.offline("bob@example.com/phone");
+    assert!(!w.device("bob@example.com", "phone").online);
 }
 
 #[test]
@@ -730,6 +830,7 @@ fn inputs_for_other_domains_are_rejected_without_change() {
             Input::Available {
                 jid: jid("bob@elsewhere.org/phone"),
                 device_id: None,
+                session_id: None,
             },
             now,
         )
@@ -744,6 +845,7 @@ fn inputs_for_other_domains_are_rejected_without_change() {
             Input::Available {
                 jid: jid("bob@example.com"),
                 device_id: None,
+                session_id: None,
             },
             now,
         )
@@ -1590,9 +1692,7 @@ fn replay_is_one_range(reopen: bool) {
     let states: Vec<&str> = log.messages.iter().map(|m| m.devices[0].state).collect();
     assert_eq!(states, ["acked", "pending"]);
     // A reconnect snapshot continues the session: nothing is in flight twice.
-    let out = w.step(Input::Snapshot {
-        sessions: vec![(jid("bob@example.com/phone"), None)],
-    });
+    let out = w.snapshot(&["bob@example.com/phone"]);
     assert!(replays(&out).is_empty());
     // A new session gets everything unacked again, once.
     w.offline("bob@example.com/phone");

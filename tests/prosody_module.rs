@@ -108,18 +108,16 @@ async fn lifecycle_events_carry_full_jids() {
     // Bound but silent: a device is not available before its initial presence.
     assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
     alice.send_presence().await;
-    assert_eq!(
+    let alice_id = session_id_of(
         next_event(&mut comp, "available", |_| true).await,
-        HookEvent::Available {
-            jid: jid("alice@localhost/phone"),
-            device_id: None
-        }
+        "alice@localhost/phone",
     );
     alice.send_raw("<presence type='unavailable'/>").await;
     assert_eq!(
         next_event(&mut comp, "unavailable", |_| true).await,
         HookEvent::Unavailable {
-            jid: jid("alice@localhost/phone")
+            jid: jid("alice@localhost/phone"),
+            session_id: Some(alice_id.clone()),
         }
     );
     // The unbind that follows does not repeat it.
@@ -129,23 +127,44 @@ async fn lifecycle_events_carry_full_jids() {
     // A session that never became available still reports that it is gone.
     let mut bob = p.client("bob", "pw", "laptop").await;
     bob.close().await;
-    assert_eq!(
+    let laptop_id = session_id_of(
         next_event(&mut comp, "unavailable", |_| true).await,
-        HookEvent::Unavailable {
-            jid: jid("bob@localhost/laptop")
-        }
+        "bob@localhost/laptop",
     );
 
     // A dropped connection (no stream close) unbinds too.
     let bob = online(&p, "bob", "phone").await;
-    next_event(&mut comp, "available", |_| true).await;
+    let phone_id = session_id_of(
+        next_event(&mut comp, "available", |_| true).await,
+        "bob@localhost/phone",
+    );
     drop(bob.conn);
     assert_eq!(
         next_event(&mut comp, "unavailable", |_| true).await,
         HookEvent::Unavailable {
-            jid: jid("bob@localhost/phone")
+            jid: jid("bob@localhost/phone"),
+            session_id: Some(phone_id.clone()),
         }
     );
+    // Every connection has an id of its own.
+    let ids: std::collections::HashSet<_> = [&alice_id, &laptop_id, &phone_id].into();
+    assert_eq!(ids.len(), 3, "session ids repeat: {ids:?}");
+}
+
+/// The session id an available or unavailable event of `full` carries (it must carry one).
+fn session_id_of(event: HookEvent, full: &str) -> String {
+    match event {
+        HookEvent::Available {
+            jid: j,
+            device_id: None,
+            session_id: Some(id),
+        }
+        | HookEvent::Unavailable {
+            jid: j,
+            session_id: Some(id),
+        } if j == jid(full) => id,
+        other => panic!("expected an event of {full} with a session id, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,13 +513,17 @@ async fn reconnecting_component_gets_a_snapshot() {
     let mut bob = p.client("bob", "pw", "laptop").await;
 
     let (mut comp, snapshot) = component(&p).await;
+    let [only] = &snapshot[..] else {
+        panic!("one session expected: {snapshot:?}")
+    };
     assert_eq!(
-        snapshot,
-        vec![SessionInfo {
-            jid: jid("alice@localhost/phone"),
-            device_id: None
-        }]
+        (&only.jid, &only.device_id),
+        (&jid("alice@localhost/phone"), &None)
     );
+    let alice_id = only
+        .session_id
+        .clone()
+        .expect("snapshot sessions carry an id");
     comp.close().await;
 
     // While disconnected events are dropped; the next snapshot has the news.
@@ -514,6 +537,10 @@ async fn reconnecting_component_gets_a_snapshot() {
             .collect::<Vec<_>>(),
         vec!["alice@localhost/phone", "bob@localhost/laptop"]
     );
+    // The session that went on keeps its id; a new one has another.
+    assert_eq!(snapshot[0].session_id.as_ref(), Some(&alice_id));
+    assert!(snapshot[1].session_id.is_some());
+    assert_ne!(snapshot[1].session_id, snapshot[0].session_id);
     assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
     // Each connection of the component is set to read large command batches in one go.
     assert_eq!(

@@ -92,6 +92,7 @@ fn device_record(acked_upto: Seq, session: u64) -> DeviceRecord {
         first_seen: 1,
         last_seen: 2,
         replayed: Default::default(),
+        session_id: (session % 3 != 0).then(|| format!("c2s{session:x}")),
     }
 }
 
@@ -482,13 +483,66 @@ struct DeviceRecordV2 {
     last_seen: u64,
 }
 
+/// `userdevice_cursor` as schema 3 wrote it (schema 2's fields, then the replay range).
+#[derive(serde::Serialize)]
+struct DeviceRecordV3 {
+    v2: DeviceRecordV2,
+    replayed: readtrack::store::ReplayRange,
+}
+
+/// A device record in the layout of schema `version` (2 or 3).
+fn old_device_bytes(d: &DeviceRecord, version: u32) -> Vec<u8> {
+    let v2 = DeviceRecordV2 {
+        key: d.key.clone(),
+        resource: d.resource.clone(),
+        acked_upto: d.acked_upto,
+        acked_above: d.acked_above.clone(),
+        session: d.session,
+        online: d.online,
+        first_seen: d.first_seen,
+        last_seen: d.last_seen,
+    };
+    let config = bincode::config::standard();
+    match version {
+        2 => bincode::serde::encode_to_vec(&v2, config).unwrap(),
+        3 => bincode::serde::encode_to_vec(
+            &DeviceRecordV3 {
+                v2,
+                replayed: d.replayed,
+            },
+            config,
+        )
+        .unwrap(),
+        v => panic!("no layout for schema {v}"),
+    }
+}
+
 #[test]
 fn a_schema_2_store_is_upgraded_in_place_and_keeps_everything() {
+    upgrade_keeps_everything(2);
+}
+
+#[test]
+fn a_schema_3_store_is_upgraded_in_place_and_keeps_everything() {
+    upgrade_keeps_everything(3);
+}
+
+fn upgrade_keeps_everything(version: u32) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
+    // Older schemas knew no session id; schema 2 knew no replay range either.
     let mut phone = device_record(3, 5);
     phone.acked_above = vec![5, 9];
-    let laptop = device_record(0, 2);
+    phone.session_id = None;
+    if version >= 3 {
+        phone.replayed = readtrack::store::ReplayRange {
+            session: 5,
+            upto: 8,
+            max_upto: 9,
+        };
+    }
+    let mut laptop = device_record(0, 2);
+    laptop.session_id = None;
     let (uid, seq) = {
         let store = Store::open(&path, &StoreOptions::default()).unwrap();
         let uid = store.ensure_user("bob@example.com").unwrap();
@@ -515,29 +569,19 @@ fn a_schema_2_store_is_upgraded_in_place_and_keeps_everything() {
         store.flush().unwrap();
         (uid, seq)
     };
-    // Turn it into a schema 2 store: device records in the old layout, version 2.
+    // Turn it into an old store: device records in the old layout, the old version.
     {
         let raw = sled::open(&path).unwrap();
         let cursors = raw.open_tree("userdevice_cursor").unwrap();
         for (k, d) in [(0u32, &phone), (1, &laptop)] {
             let mut key = uid.to_be_bytes().to_vec();
             key.extend_from_slice(&k.to_be_bytes());
-            let old = DeviceRecordV2 {
-                key: d.key.clone(),
-                resource: d.resource.clone(),
-                acked_upto: d.acked_upto,
-                acked_above: d.acked_above.clone(),
-                session: d.session,
-                online: d.online,
-                first_seen: d.first_seen,
-                last_seen: d.last_seen,
-            };
-            let bytes = bincode::serde::encode_to_vec(&old, bincode::config::standard()).unwrap();
+            let bytes = old_device_bytes(d, version);
             assert!(cursors.insert(key, bytes).unwrap().is_some());
         }
         raw.open_tree("meta")
             .unwrap()
-            .insert("schema_version", &2u32.to_be_bytes())
+            .insert("schema_version", &version.to_be_bytes())
             .unwrap();
         raw.flush().unwrap();
     }

@@ -18,6 +18,7 @@ local jid_split = require "util.jid".split;
 local jid_host = require "util.jid".host;
 local filters = require "util.filters";
 local user_exists = require "core.usermanager".user_exists;
+local new_id = require "util.id".medium;
 
 local xmlns_hook = "urn:readtrack:hook:0";
 local xmlns_forward = "urn:xmpp:forward:0";
@@ -97,11 +98,26 @@ end
 -- Device lifecycle. session.readtrack_state is nil (bound, silent), "available" or "unavailable",
 -- so an unavailable presence followed by the unbind that caused it yields one event.
 
+-- The id readtrack knows this connection by. Prosody's own session.id is made from the session
+-- table's address, which a later session can reuse; this one is random and kept for the
+-- session's lifetime (a stream-management resumption keeps the session table, so it keeps the
+-- id too). It lets readtrack tell, after a reconnect, a session that went on from a new one
+-- that took the same resource while readtrack was away.
+local function session_id(session)
+	local id = session.readtrack_id;
+	if not id then
+		id = new_id();
+		session.readtrack_id = id;
+	end
+	return id;
+end
+
 local function session_tag(name, session)
 	return "<" .. name .. (name ~= "session" and " xmlns='" .. xmlns_hook .. "'" or "")
 		.. xml_attr("jid", session.full_jid)
 		-- Prosody 0.12 has no stable client id (SASL2 <user-agent id> arrives in 0.13).
 		.. xml_attr("device-id", type(session.client_id) == "string" and session.client_id or nil)
+		.. xml_attr("session-id", session_id(session))
 		.. "/>";
 end
 
@@ -115,7 +131,8 @@ end);
 local function went_unavailable(session)
 	if session.readtrack_state == "unavailable" then return; end
 	session.readtrack_state = "unavailable";
-	emit("<unavailable xmlns='" .. xmlns_hook .. "'" .. xml_attr("jid", session.full_jid) .. "/>");
+	emit("<unavailable xmlns='" .. xmlns_hook .. "'" .. xml_attr("jid", session.full_jid)
+		.. xml_attr("session-id", session_id(session)) .. "/>");
 end
 
 module:hook("pre-presence/bare", function(event)

@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::{Dialect, Engine, Output, Result};
 use crate::jid::Jid;
+use crate::stanza::hooks::SessionInfo;
 use crate::stanza::{MessageType, Outgoing, Replay};
 use crate::store::{DeviceNo, DeviceRecord, MessageRecord, Seq, UserId};
 use crate::time::Millis;
@@ -80,25 +81,35 @@ impl Engine {
             first_seen: now.0,
             last_seen: now.0,
             replayed: Default::default(),
+            session_id: None,
         })
     }
 
     /// Rule 6: a session became available; replay what its device has not acked. `continuing`
-    /// (snapshot after a reconnect) keeps the session of a device that was already online with
-    /// the same resource, so what is in flight to it is not sent twice.
+    /// (snapshot after a reconnect) keeps the session of a device that was already online in
+    /// this same connection, so what is in flight to it is not sent twice. A connection the
+    /// server names differently (or not at all) is a new session: the device may have
+    /// reconnected with the same resource while readtrack was away, and what was in flight to
+    /// the old connection is lost unless it is replayed.
     pub(super) fn available(
         &mut self,
-        jid: &Jid,
-        device_id: Option<&str>,
+        session: &SessionInfo,
         now: Millis,
         continuing: bool,
     ) -> Result<Vec<Output>> {
+        let jid = &session.jid;
         let resource = self.local_device(jid, "available session")?;
         let user = self.store.ensure_user(&jid.bare_string())?;
-        let (no, mut device) = self.device_for(user, resource, device_id, now)?;
-        if !(continuing && device.online && device.resource == resource) {
+        let (no, mut device) =
+            self.device_for(user, resource, session.device_id.as_deref(), now)?;
+        let same_connection = device.online
+            && device.resource == resource
+            && session.session_id.is_some()
+            && device.session_id == session.session_id;
+        if !(continuing && same_connection) {
             device.session += 1;
         }
+        device.session_id = session.session_id.clone();
         device.online = true;
         device.resource = resource.to_string();
         device.last_seen = now.0;
@@ -218,7 +229,12 @@ impl Engine {
         }
     }
 
-    pub(super) fn unavailable(&mut self, jid: &Jid, now: Millis) -> Result<Vec<Output>> {
+    pub(super) fn unavailable(
+        &mut self,
+        jid: &Jid,
+        session_id: Option<&str>,
+        now: Millis,
+    ) -> Result<Vec<Output>> {
         let resource = self.local_device(jid, "unavailable session")?;
         let Some(user) = self.store.user_id(&jid.bare_string())? else {
             return Ok(Vec::new());
@@ -226,7 +242,13 @@ impl Engine {
         for (no, mut device) in self.store.devices(user)? {
             // Match the resource, not the key: with a stable device id or `after-hash`, another
             // session of the same device may already be the live one.
-            if device.resource == resource && device.online {
+            // A connection that is not the device's current one (a late event of a session
+            // the same resource replaced) changes nothing.
+            let other_connection = matches!(
+                (session_id, device.session_id.as_deref()),
+                (Some(gone), Some(current)) if gone != current
+            );
+            if device.resource == resource && device.online && !other_connection {
                 device.online = false;
                 device.last_seen = now.0;
                 self.store.put_device(user, Some(no), &device)?;
@@ -239,10 +261,10 @@ impl Engine {
     /// (continuing their session when nothing changed).
     pub(super) fn snapshot(
         &mut self,
-        sessions: &[(Jid, Option<String>)],
+        sessions: &[SessionInfo],
         now: Millis,
     ) -> Result<Vec<Output>> {
-        let live: HashSet<String> = sessions.iter().map(|(j, _)| j.to_string()).collect();
+        let live: HashSet<String> = sessions.iter().map(|s| s.jid.to_string()).collect();
         let mut gone = Vec::new();
         for entry in self.store.all_devices() {
             let (user, no, device) = entry?;
@@ -258,8 +280,8 @@ impl Engine {
             self.store.put_device(user, Some(no), &device)?;
         }
         let mut out = Vec::new();
-        for (jid, device_id) in sessions {
-            match self.available(jid, device_id.as_deref(), now, true) {
+        for session in sessions {
+            match self.available(session, now, true) {
                 Ok(o) => out.extend(o),
                 Err(super::EngineError::Rejected(why)) => tracing::warn!("snapshot: {why}"),
                 Err(e) => return Err(e),

@@ -21,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::jid::{DeviceKeyRule, Jid};
+use crate::stanza::hooks::SessionInfo;
 use crate::stanza::{Message, Outgoing};
 use crate::store::{Counters, Store, StoreError};
 use crate::time::Millis;
@@ -123,10 +124,19 @@ impl EngineConfig {
 /// What the XMPP server tells readtrack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    /// A session sent its initial presence: its device may now receive replays.
-    Available { jid: Jid, device_id: Option<String> },
-    /// A session ended.
-    Unavailable { jid: Jid },
+    /// A session sent its initial presence: its device may now receive replays. `session_id` is
+    /// the server's id of the connection (see [`SessionInfo`]).
+    Available {
+        jid: Jid,
+        device_id: Option<String>,
+        session_id: Option<String>,
+    },
+    /// A session ended. With a `session_id`, only that connection: a newer session of the same
+    /// resource stays online.
+    Unavailable {
+        jid: Jid,
+        session_id: Option<String>,
+    },
     /// The server routed `message` to local user `to` (bare) and wrote it live to `sessions`
     /// (empty when no session was available).
     Routed {
@@ -141,9 +151,7 @@ pub enum Input {
     /// A local client sent `message` (its `from` is the client's full JID): receipts, markers.
     FromClient { message: Message },
     /// The complete set of available sessions, sent when readtrack (re)connects.
-    Snapshot {
-        sessions: Vec<(Jid, Option<String>)>,
-    },
+    Snapshot { sessions: Vec<SessionInfo> },
 }
 
 /// What readtrack asks the XMPP server to write.
@@ -219,10 +227,21 @@ impl Engine {
     /// durability are released by the next [`Engine::commit`].
     pub fn handle(&mut self, input: Input, now: Millis) -> Result<Vec<Output>> {
         match input {
-            Input::Available { jid, device_id } => {
-                self.available(&jid, device_id.as_deref(), now, false)
+            Input::Available {
+                jid,
+                device_id,
+                session_id,
+            } => {
+                let session = SessionInfo {
+                    jid,
+                    device_id,
+                    session_id,
+                };
+                self.available(&session, now, false)
             }
-            Input::Unavailable { jid } => self.unavailable(&jid, now),
+            Input::Unavailable { jid, session_id } => {
+                self.unavailable(&jid, session_id.as_deref(), now)
+            }
             Input::Routed {
                 message,
                 to,

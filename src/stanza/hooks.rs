@@ -30,15 +30,28 @@ pub struct SessionInfo {
     pub jid: Jid,
     /// A stable client id, when the server knows one (SASL2 `<user-agent id>`).
     pub device_id: Option<String>,
+    /// The server's id of this connection, unique for the server's lifetime: it tells a
+    /// session that continued across a reconnect of readtrack from a new one that reused the
+    /// resource meanwhile.
+    pub session_id: Option<String>,
 }
 
 /// What the server module reports (module → component).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookEvent {
     /// A session sent its initial presence: replay to it starts now.
-    Available { jid: Jid, device_id: Option<String> },
+    Available {
+        jid: Jid,
+        device_id: Option<String>,
+        /// As in [`SessionInfo`].
+        session_id: Option<String>,
+    },
     /// A session went away (unavailable presence or resource unbind).
-    Unavailable { jid: Jid },
+    Unavailable {
+        jid: Jid,
+        /// As in [`SessionInfo`]: which connection of that resource went away.
+        session_id: Option<String>,
+    },
     /// A message to the local user `to` was routed and written to exactly `sessions` (full JIDs;
     /// empty when none was online, in which case the server did not store it offline).
     Routed {
@@ -293,6 +306,7 @@ impl<'i> Walker<'i> {
                 sessions.push(SessionInfo {
                     jid: full_jid_attr(&c.start, "jid")?,
                     device_id: attr(&c.start, "device-id")?,
+                    session_id: attr(&c.start, "session-id")?,
                 });
                 self.finish(&c)?;
             } else if c.ns_forward && c.start.local_name().as_ref() == "forwarded" {
@@ -346,9 +360,11 @@ impl HookEvent {
             "available" => HookEvent::Available {
                 jid: full_jid_attr(&el.start, "jid")?,
                 device_id: attr(&el.start, "device-id")?,
+                session_id: attr(&el.start, "session-id")?,
             },
             "unavailable" => HookEvent::Unavailable {
                 jid: full_jid_attr(&el.start, "jid")?,
+                session_id: attr(&el.start, "session-id")?,
             },
             "routed" => {
                 let to = bare_jid_attr(&el.start, "to")?;
@@ -394,14 +410,20 @@ impl HookEvent {
     /// Serialises the event as the module would send it; for tests and for other server modules.
     pub fn to_xml(&self, host: &str, component: &str) -> Result<String, HookError> {
         let body = match self {
-            HookEvent::Available { jid, device_id } => format!(
-                "<available xmlns=\"{NS_HOOK}\" jid=\"{}\"{}/>",
+            HookEvent::Available {
+                jid,
+                device_id,
+                session_id,
+            } => format!(
+                "<available xmlns=\"{NS_HOOK}\" jid=\"{}\"{}{}/>",
                 escape(jid.to_string()),
-                opt_attr("device-id", device_id.as_deref())
+                opt_attr("device-id", device_id.as_deref()),
+                opt_attr("session-id", session_id.as_deref())
             ),
-            HookEvent::Unavailable { jid } => format!(
-                "<unavailable xmlns=\"{NS_HOOK}\" jid=\"{}\"/>",
-                escape(jid.to_string())
+            HookEvent::Unavailable { jid, session_id } => format!(
+                "<unavailable xmlns=\"{NS_HOOK}\" jid=\"{}\"{}/>",
+                escape(jid.to_string()),
+                opt_attr("session-id", session_id.as_deref())
             ),
             HookEvent::Routed {
                 to,
@@ -433,9 +455,10 @@ impl HookEvent {
                     .iter()
                     .map(|s| {
                         format!(
-                            "<session jid=\"{}\"{}/>",
+                            "<session jid=\"{}\"{}{}/>",
                             escape(s.jid.to_string()),
-                            opt_attr("device-id", s.device_id.as_deref())
+                            opt_attr("device-id", s.device_id.as_deref()),
+                            opt_attr("session-id", s.session_id.as_deref())
                         )
                     })
                     .collect();
@@ -669,7 +692,8 @@ mod tests {
             HookEvent::parse(xml, HOST).unwrap(),
             HookEvent::Available {
                 jid: jid("alice@localhost/phone"),
-                device_id: None
+                device_id: None,
+                session_id: None,
             }
         );
     }
@@ -680,13 +704,15 @@ mod tests {
             HookEvent::parse(&fixture("available"), HOST).unwrap(),
             HookEvent::Available {
                 jid: jid("bob@localhost/Spark 2.6.3#android"),
-                device_id: Some("a1b2c3".into())
+                device_id: Some("a1b2c3".into()),
+                session_id: Some("tzQ4Mn0OZ1Tb-8wJ".into()),
             }
         );
         assert_eq!(
             HookEvent::parse(&fixture("unavailable"), HOST).unwrap(),
             HookEvent::Unavailable {
-                jid: jid("bob@localhost/phone")
+                jid: jid("bob@localhost/phone"),
+                session_id: Some("Ve2j_0kTvYk1HQxp".into()),
             }
         );
         assert_eq!(
@@ -721,11 +747,13 @@ mod tests {
                 sessions: vec![
                     SessionInfo {
                         jid: jid("alice@localhost/phone"),
-                        device_id: None
+                        device_id: None,
+                        session_id: Some("Ve2j_0kTvYk1HQxp".into()),
                     },
                     SessionInfo {
                         jid: jid("bob@localhost/laptop"),
-                        device_id: Some("dev-7".into())
+                        device_id: Some("dev-7".into()),
+                        session_id: None,
                     },
                 ]
             }
@@ -791,9 +819,15 @@ mod tests {
             HookEvent::Available {
                 jid: jid("a@localhost/r"),
                 device_id: Some("d\"1".into()),
+                session_id: Some("s'&<1".into()),
             },
             HookEvent::Unavailable {
                 jid: jid("a@localhost/r"),
+                session_id: None,
+            },
+            HookEvent::Unavailable {
+                jid: jid("a@localhost/r"),
+                session_id: Some("x_-9".into()),
             },
             HookEvent::Routed {
                 to: jid("b@localhost"),
@@ -813,10 +847,18 @@ mod tests {
                 message_xml: "<message xmlns=\"jabber:client\" type=\"crs\" to=\"localhost\"><offline xmlns=\"urn:xmpp:offline\"/></message>".into(),
             },
             HookEvent::Snapshot {
-                sessions: vec![SessionInfo {
-                    jid: jid("a@localhost/r"),
-                    device_id: None,
-                }],
+                sessions: vec![
+                    SessionInfo {
+                        jid: jid("a@localhost/r"),
+                        device_id: None,
+                        session_id: None,
+                    },
+                    SessionInfo {
+                        jid: jid("a@localhost/s"),
+                        device_id: Some("d2".into()),
+                        session_id: Some("abc".into()),
+                    },
+                ],
             },
             HookEvent::Snapshot { sessions: vec![] },
         ];
@@ -832,7 +874,8 @@ mod tests {
         assert_eq!(
             HookEvent::parse(xml, HOST).unwrap(),
             HookEvent::Unavailable {
-                jid: jid("a@localhost/r")
+                jid: jid("a@localhost/r"),
+                session_id: None,
             }
         );
     }

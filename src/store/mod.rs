@@ -24,14 +24,15 @@ use records::{decode, encode};
 
 pub use records::{
     ConversationRecord, Counters, DeliveryRecord, DeviceRecord, MessageRecord, ReceiptState,
-    UserRecord,
+    ReplayRange, UserRecord,
 };
 
 /// Version of the on-disk layout. Bump it with every change to a key or record shape and teach
 /// [`Store::open`] the migration.
 /// Version 2 added sent messages, conversations and retention (version 1 never shipped);
-/// version 3 keeps one replay range per device instead of a delivery record per replayed message.
-pub const SCHEMA_VERSION: u32 = 3;
+/// version 3 keeps one replay range per device instead of a delivery record per replayed message;
+/// version 4 remembers the server's id of each device's current session.
+pub const SCHEMA_VERSION: u32 = 4;
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_NEXT_USER: &[u8] = b"next_user_id";
@@ -229,28 +230,29 @@ impl Store {
         Ok(found)
     }
 
-    /// Schema 2 → 3, in one commit.
-    fn upgrade_from_2(&self) -> Result<()> {
-        tracing::info!(path = %self.path.display(), "upgrading store schema 2 -> 3");
+    /// Schema `from` → the current one, in one commit.
+    fn upgrade(&self, from: u32) -> Result<()> {
+        tracing::info!(path = %self.path.display(), from, to = SCHEMA_VERSION, "upgrading store schema");
         let mut w = Writes::default();
         let mut devices = 0u64;
         for kv in self.range(T::UserdeviceCursor, (Bound::Unbounded, Bound::Unbounded)) {
             let (k, v) = kv?;
-            w.put(T::UserdeviceCursor, k, migrate::device_2_to_3(&v)?);
+            w.put(T::UserdeviceCursor, k, migrate::device_from(from, &v)?);
             devices += 1;
         }
         w.put(T::Meta, META_SCHEMA, &SCHEMA_VERSION.to_be_bytes());
         self.apply(w)?;
         self.flush()?;
-        tracing::info!(devices, "store upgraded to schema 3");
+        tracing::info!(devices, version = SCHEMA_VERSION, "store upgraded");
         Ok(())
     }
 
     fn check_schema(&self) -> Result<()> {
         match self.tree(T::Meta).get(META_SCHEMA)? {
             Some(v) => {
-                if Self::known_version(&v, &self.path)? == 2 {
-                    self.upgrade_from_2()?;
+                let found = Self::known_version(&v, &self.path)?;
+                if found != SCHEMA_VERSION {
+                    self.upgrade(found)?;
                 }
             }
             None => {

@@ -119,6 +119,10 @@ pub struct DeviceRecord {
     /// What replays wrote to the device (schema 3): one range instead of a delivery record per
     /// replayed message.
     pub replayed: ReplayRange,
+    /// The server's id of the connection `session` counts (schema 4; `None` when the server
+    /// gave none). A snapshot after a reconnect continues `session` only for this same id: a
+    /// device that reconnected with the same resource while readtrack was away is a new session.
+    pub session_id: Option<String>,
 }
 
 /// What replays wrote to a device. Live writes still have a delivery record each.
@@ -252,6 +256,7 @@ mod tests {
             first_seen: 0,
             last_seen: 0,
             replayed: ReplayRange::default(),
+            session_id: None,
         }
     }
 

@@ -209,21 +209,38 @@ impl Readtrack {
 
     /// Polls `cursors` until `device`'s `acked_upto` is `want` (or fails after 5 s).
     pub fn wait_acked(&self, user: &str, device: &str, want: u64) {
+        self.wait_device(user, device, &format!("acked_upto {want}"), |d| {
+            d["acked_upto"].as_u64() == Some(want)
+        });
+    }
+
+    /// Polls `cursors` until readtrack has `device` online (or fails after 5 s).
+    pub fn wait_online(&self, user: &str, device: &str) {
+        self.wait_device(user, device, "online", |d| d["online"] == true);
+    }
+
+    /// Polls `cursors` until `device`'s entry satisfies `pred` (or fails after 5 s, saying `want`).
+    fn wait_device(
+        &self,
+        user: &str,
+        device: &str,
+        want: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let c = self.cursors(user);
-            let got = c["devices"]
+            let found = c["devices"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|d| d["device"] == device)
-                .map(|d| d["acked_upto"].as_u64().unwrap());
-            if got == Some(want) {
+                .find(|d| d["device"] == device);
+            if found.is_some_and(&pred) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{user}/{device}: acked_upto {got:?}, want {want}: {c}"
+                "{user}/{device}: want {want}, have {found:?}: {c}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
