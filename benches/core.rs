@@ -28,8 +28,8 @@ use readtrack::engine::{Engine, EngineConfig, Input, Output, ReceiptPolicy};
 use readtrack::jid::Jid;
 use readtrack::stanza::{parse_message, write, Framer, Limits, Message, MessageType, Receipt};
 use readtrack::store::{
-    ConversationRecord, Counters, DeliveryRecord, MessageRecord, ReceiptState, Store, StoreOptions,
-    UserRecord,
+    ConversationRecord, Counters, DeliveryRecord, IndexEntry, MessageRecord, ReceiptState, Store,
+    StoreOptions, UserRecord,
 };
 use readtrack::time::Millis;
 use serde_json::json;
@@ -265,18 +265,18 @@ fn bench_ingest(c: &mut Criterion) {
     drop((log, db));
 
     // The target's baseline: the same bytes the store keeps for a batch of 64 messages (per
-    // message: log entry, id index, receipt timer, live delivery, received index; per batch:
-    // the user record, the conversation record and the counters), as plain sled inserts into
-    // trees of the same names, then the same flush. Values are the real records, encoded.
+    // message: log entry, receipt timer, live delivery; per batch: the index records of the
+    // blocks of 32 it touched, as they stand after it, the user record, the conversation record
+    // and the counters), as plain sled inserts into trees of the same names, then the same
+    // flush. Values are the real records, encoded.
     let bytes_dir = scratch();
     let db = raw_sled(bytes_dir.path());
     let tree = |n: &str| db.open_tree(n).unwrap();
-    let (log, ids, timers, deliveries, received, users, convs, meta) = (
+    let (log, index, timers, deliveries, users, convs, meta) = (
         tree("userseq_message"),
-        tree("usermsgid_seq"),
+        tree("userblock_index"),
         tree("deadline_userseq"),
         tree("userdeviceseq_delivery"),
-        tree("userpeerseq_received"),
         tree("userid_user"),
         tree("userpeer_conversation"),
         tree("meta"),
@@ -299,6 +299,7 @@ fn bench_ingest(c: &mut Criterion) {
     let mut seq = 0u64;
     g.bench_function("raw_sled_same_bytes_batch64", |b| {
         b.iter(|| {
+            let first = seq + 1;
             for _ in 0..BATCH {
                 seq += 1;
                 let k24 = |a: u64| {
@@ -310,12 +311,21 @@ fn bench_ingest(c: &mut Criterion) {
                     k
                 };
                 log.insert(user_seq(1, seq), value.as_slice()).unwrap();
-                ids.insert(k24(1), &[]).unwrap();
                 timers.insert(k24(T0 + seq), &[]).unwrap();
                 deliveries
                     .insert(&k24(1)[..20], delivery.as_slice())
                     .unwrap();
-                received.insert(k24(2), &[]).unwrap();
+            }
+            for block in first / 32..=seq / 32 {
+                let entries: Vec<IndexEntry> = (block * 32..=seq.min(block * 32 + 31))
+                    .filter(|s| *s > 0)
+                    .map(|s| IndexEntry {
+                        seq: s,
+                        msgid: s.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+                        peer: 0xaf63_dc4c_8601_ec8c,
+                    })
+                    .collect();
+                index.insert(user_seq(1, block), encoded(&entries)).unwrap();
             }
             users.insert(user_seq(1, 0), user.as_slice()).unwrap();
             convs.insert(user_seq(1, 7), conv.as_slice()).unwrap();
@@ -323,9 +333,7 @@ fn bench_ingest(c: &mut Criterion) {
             db.flush().unwrap();
         })
     });
-    drop((
-        log, ids, timers, deliveries, received, users, convs, meta, db,
-    ));
+    drop((log, index, timers, deliveries, users, convs, meta, db));
 
     let dir = scratch();
     let mut engine = open_engine(&dir.path().join("db"), ReceiptPolicy::All);

@@ -1012,6 +1012,41 @@ fn conversations(w: &mut World, user: &str) -> Vec<(String, u64, u64)> {
     rows
 }
 
+/// Lookups by id start near what the device has not acked (the index is read from there), but
+/// a marker also moves the conversation's read state: it finds a message the device acked long
+/// ago if the conversation has not been read up to it.
+#[test]
+fn marker_for_a_long_acked_message_moves_read_state_and_old_receipts_cost_nothing() {
+    let mut w = World::new(false);
+    w.online("bob@example.com/phone");
+    for i in 1..=200 {
+        let id = format!("a{i}");
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", &id, "x"),
+            &["bob@example.com/phone"],
+        );
+        w.client_sends(crs_received("bob@example.com/phone", &id));
+    }
+    assert_eq!(w.device("bob@example.com", "phone").acked_upto, 200);
+    w.client_sends(displayed(
+        "bob@example.com/phone",
+        "alice@example.com/a",
+        "a3",
+    ));
+    assert_eq!(
+        conversations(&mut w, "bob@example.com"),
+        vec![("alice@example.com".into(), 197, 3)]
+    );
+    // A receipt sent again for a recent message is a duplicate; one for a message acked 190
+    // messages ago is not looked up that far and names nothing unacked.
+    let before = w.engine().counters().clone();
+    w.client_sends(crs_received("bob@example.com/phone", "a199"));
+    w.client_sends(crs_received("bob@example.com/phone", "a10"));
+    let after = w.engine().counters().clone();
+    assert_eq!(after.receipts_duplicate, before.receipts_duplicate + 1);
+    assert_eq!(after.receipts_rejected, before.receipts_rejected + 1);
+}
+
 scenario!(
     displayed_marker_moves_conversation_read_state,
     displayed_marker_moves_conversation_read_state_reopened,

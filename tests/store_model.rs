@@ -322,19 +322,22 @@ impl Harness {
                 .map(|(_, m)| m.clone())
                 .collect();
             assert_eq!(logged, modelled);
+            let head = self.model.heads[uid];
             for id in IDS {
-                let by_id: Vec<Seq> = store
-                    .seqs_by_msgid(*uid, id)
-                    .unwrap()
-                    .into_iter()
-                    .map(|m| m.seq)
-                    .collect();
-                let expected: Vec<Seq> = modelled
-                    .iter()
-                    .filter(|m| m.msg_id.as_deref() == Some(id))
-                    .map(|m| m.seq)
-                    .collect();
-                assert_eq!(by_id, expected, "id index of {id}");
+                for after in [0, head / 3, head / 2 + 1, head] {
+                    let by_id: Vec<Seq> = store
+                        .seqs_by_msgid(*uid, id, after)
+                        .unwrap()
+                        .into_iter()
+                        .map(|m| m.seq)
+                        .collect();
+                    let expected: Vec<Seq> = modelled
+                        .iter()
+                        .filter(|m| m.seq > after && m.msg_id.as_deref() == Some(id))
+                        .map(|m| m.seq)
+                        .collect();
+                    assert_eq!(by_id, expected, "id index of {id} after {after}");
+                }
             }
             let devices = store.devices(*uid).unwrap();
             let expected: Vec<_> = self
@@ -583,10 +586,27 @@ fn upgrade_keeps_everything(version: u32) {
             .unwrap()
             .insert("schema_version", &version.to_be_bytes())
             .unwrap();
+        // Schemas 2 and 3 indexed the log with a key per message in two trees, and had no
+        // block index.
+        assert!(raw.drop_tree("userblock_index").unwrap());
+        let mut old_key = uid.to_be_bytes().to_vec();
+        old_key.extend_from_slice(&[7; 16]);
+        for old in ["usermsgid_seq", "userpeerseq_received"] {
+            raw.open_tree(old)
+                .unwrap()
+                .insert(&old_key, &[] as &[u8])
+                .unwrap();
+        }
         raw.flush().unwrap();
     }
     {
         let store = Store::open(&path, &StoreOptions::default()).unwrap();
+        let by_id = store.seqs_by_msgid(uid, "m1", 0).unwrap();
+        assert_eq!(
+            by_id.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![seq],
+            "the index is rebuilt from the log"
+        );
         let devices: Vec<DeviceRecord> = store
             .devices(uid)
             .unwrap()
@@ -613,5 +633,118 @@ fn upgrade_keeps_everything(version: u32) {
             .as_ref(),
         &readtrack::store::SCHEMA_VERSION.to_be_bytes(),
         "the upgrade is recorded"
+    );
+    let names: Vec<String> = raw
+        .tree_names()
+        .iter()
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    for old in ["usermsgid_seq", "userpeerseq_received"] {
+        assert!(
+            !names.contains(&old.to_string()),
+            "{old} is dropped: {names:?}"
+        );
+    }
+}
+
+/// The log's index keeps one record per 32 messages: lookups by id, read markers and retention
+/// across many records, with two peers interleaved, against a plain list.
+#[test]
+fn the_index_spans_many_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let mut store = Store::open(&path, &StoreOptions::default()).unwrap();
+    let uid = store.ensure_user("bob@example.com").unwrap();
+    // (seq, id, sender or None for a message bob sent)
+    let mut log: Vec<(Seq, String, Option<&str>)> = Vec::new();
+    for i in 1..=150u64 {
+        let from = match i % 5 {
+            0 => None,
+            1 | 2 => Some("carol@example.com"),
+            _ => Some("alice@example.com"),
+        };
+        let id = format!("m{}", i % 7);
+        let m = MessageRecord {
+            seq: 0,
+            stanza_id: i.into(),
+            msg_id: Some(id.clone()),
+            from: from.map_or("bob@example.com/me".into(), |f| format!("{f}/x")),
+            sent: from.is_none(),
+            to: from.is_none().then(|| "dave@example.com/y".to_string()),
+            kind: Some("chat".into()),
+            body: Some("b".into()),
+            thread: None,
+            logged_at: i,
+            system: false,
+            receipt: ReceiptState::NotRequired,
+            archive_id: None,
+        };
+        let seq = store.append_message(uid, &m, &[]).unwrap();
+        assert_eq!(seq, i);
+        log.push((seq, id, from));
+        if i % 40 == 0 {
+            store.flush().unwrap(); // some records come from sled, some from the write set
+        }
+    }
+    let check = |store: &Store, log: &[(Seq, String, Option<&str>)]| {
+        for id in ["m0", "m3", "m6", "nope"] {
+            for after in [0, 31, 32, 33, 95, 149, 150] {
+                let got: Vec<Seq> = store
+                    .seqs_by_msgid(uid, id, after)
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.seq)
+                    .collect();
+                let want: Vec<Seq> = log
+                    .iter()
+                    .filter(|(s, i, _)| *s > after && i == id)
+                    .map(|(s, _, _)| *s)
+                    .collect();
+                assert_eq!(got, want, "{id} after {after}");
+            }
+        }
+    };
+    check(&store, &log);
+    // Read markers count only the peer's received messages in the range, across records.
+    let mut read = 0;
+    for upto in [10, 70, 71, 140, 150] {
+        let got = store.mark_read(uid, "carol@example.com", upto).unwrap();
+        let want = log
+            .iter()
+            .filter(|(s, _, f)| *s > read && *s <= upto && *f == Some("carol@example.com"))
+            .count() as u64;
+        assert_eq!(got, want, "carol up to {upto}");
+        read = upto;
+    }
+    let alice = store
+        .conversation(uid, "alice@example.com")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        alice.unread,
+        log.iter()
+            .filter(|(_, _, f)| *f == Some("alice@example.com"))
+            .count() as u64
+    );
+    // Retention deletes the oldest 70: whole records go, one is cut.
+    for (seq, _, _) in log.drain(..70) {
+        let m = store.message(uid, seq).unwrap().unwrap();
+        store.delete_message(uid, &m, &[]).unwrap();
+    }
+    check(&store, &log);
+    store.flush().unwrap();
+    drop(store);
+    store = Store::open(&path, &StoreOptions::default()).unwrap();
+    check(&store, &log);
+    let alice = store
+        .conversation(uid, "alice@example.com")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        alice.unread,
+        log.iter()
+            .filter(|(_, _, f)| *f == Some("alice@example.com"))
+            .count() as u64,
+        "deleted messages left the unread count"
     );
 }

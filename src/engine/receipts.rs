@@ -3,7 +3,7 @@
 use super::{Dialect, Engine, EngineError, Output, ReceiptPolicy, Result};
 use crate::jid::Jid;
 use crate::stanza::{Message, MessageType, Outgoing, Receipt};
-use crate::store::{DeliveryRecord, MessageRecord, ReceiptState, Timer, UserId};
+use crate::store::{DeliveryRecord, MessageRecord, ReceiptState, Seq, Timer, UserId};
 use crate::time::Millis;
 
 impl Engine {
@@ -154,16 +154,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Candidate messages a receipt or marker names: the user's messages with that id, narrowed
-    /// to the original sender when the receipt is addressed to a user (XEP-0184/0333 go to the
-    /// sender; seed receipts go to the server and name no sender).
+    /// Candidate messages a receipt or marker names: the user's messages above `after` with that
+    /// id, narrowed to the original sender when the receipt is addressed to a user
+    /// (XEP-0184/0333 go to the sender; seed receipts go to the server and name no sender).
+    /// The search reaches [`RECENT_SLACK`] messages below `after`, so a receipt sent again for
+    /// a message acked a moment ago is found (and counted as a duplicate); one naming a message
+    /// acked long before finds nothing, so its cost is what is unread, not what is stored.
     fn named_messages(
         &self,
         user: UserId,
         id: &str,
         to: Option<&Jid>,
+        after: Seq,
     ) -> Result<Vec<MessageRecord>> {
-        let mut found = self.store.seqs_by_msgid(user, id)?;
+        let mut found = self
+            .store
+            .seqs_by_msgid(user, id, after.saturating_sub(RECENT_SLACK))?;
         // Receipts and markers acknowledge what the user received, never what they sent.
         found.retain(|m| !m.sent);
         if let Some(sender) = to.filter(|t| t.local().is_some()) {
@@ -196,13 +202,13 @@ impl Engine {
             self.counters.receipts_rejected += 1;
             return Ok(());
         };
-        let candidates = self.named_messages(user, id, to)?;
+        let (no, mut device) = self.device_for(user, resource, None, now)?;
+        let candidates = self.named_messages(user, id, to, device.acked_upto)?;
         if candidates.is_empty() {
             self.counters.receipts_rejected += 1;
-            tracing::info!(device = %from, id, "receipt names no message of this user; ignored");
+            tracing::info!(device = %from, id, "receipt names no unacked message of this user; ignored");
             return Ok(());
         }
-        let (no, mut device) = self.device_for(user, resource, None, now)?;
         // Two senders may reuse one id: each receipt settles the oldest one this device has not acked.
         let Some(target) = candidates.into_iter().find(|m| !device.is_acked(m.seq)) else {
             self.counters.receipts_duplicate += 1;
@@ -232,14 +238,24 @@ impl Engine {
             self.counters.receipts_rejected += 1;
             return Ok(());
         };
-        let Some(target) = self.named_messages(user, id, to)?.pop() else {
+        let (no, mut device) = self.device_for(user, resource, None, now)?;
+        // A marker moves the device's cursor and the conversation's read state: what both
+        // have passed already is not searched.
+        let mut after = device.acked_upto;
+        if let Some(peer) = to.filter(|t| t.local().is_some()) {
+            let read_upto = self
+                .store
+                .conversation(user, &peer.bare_string())?
+                .map_or(0, |c| c.read_upto);
+            after = after.min(read_upto);
+        }
+        let Some(target) = self.named_messages(user, id, to, after)?.pop() else {
             self.counters.receipts_rejected += 1;
             return Ok(());
         };
         // The user's read state of the conversation moves whichever device read it, and only
         // forward: a marker arriving late changes nothing.
         self.store.mark_read(user, &target.peer(), target.seq)?;
-        let (no, mut device) = self.device_for(user, resource, None, now)?;
         let before = device.acked_upto;
         if !device.ack_upto(target.seq) {
             self.counters.receipts_duplicate += 1;
@@ -367,6 +383,10 @@ impl Engine {
         Ok(())
     }
 }
+
+/// How far below a device's cursor receipts and markers are still looked up (two index
+/// records): far enough for a receipt sent again, near enough to cost nothing.
+const RECENT_SLACK: Seq = 64;
 
 /// How many times one bounce is sent without a confirmation before readtrack gives up.
 pub const MAX_BOUNCE_ATTEMPTS: u32 = 5;

@@ -19,19 +19,20 @@ use std::sync::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 pub use keys::{DeviceNo, Seq, UserId};
-use pending::{Bounds, Merged, Pending, Writes, T, TREES, TREE_NAMES};
+use pending::{Bounds, Merged, Pending, Writes, RETIRED_TREES, T, TREES, TREE_NAMES};
 use records::{decode, encode};
 
 pub use records::{
-    ConversationRecord, Counters, DeliveryRecord, DeviceRecord, MessageRecord, ReceiptState,
-    ReplayRange, UserRecord,
+    ConversationRecord, Counters, DeliveryRecord, DeviceRecord, IndexEntry, MessageRecord,
+    ReceiptState, ReplayRange, UserRecord,
 };
 
 /// Version of the on-disk layout. Bump it with every change to a key or record shape and teach
 /// [`Store::open`] the migration.
 /// Version 2 added sent messages, conversations and retention (version 1 never shipped);
 /// version 3 keeps one replay range per device instead of a delivery record per replayed message;
-/// version 4 remembers the server's id of each device's current session.
+/// version 4 remembers the server's id of each device's current session and indexes the log in
+/// records of 32 messages (`userblock_index`) instead of two keys per message.
 pub const SCHEMA_VERSION: u32 = 4;
 
 const META_SCHEMA: &[u8] = b"schema_version";
@@ -230,9 +231,13 @@ impl Store {
         Ok(found)
     }
 
-    /// Schema `from` → the current one, in one commit.
+    /// Schema `from` → the current one. The new index is built straight into its (cleared)
+    /// tree; device records and the version go in one commit after it. A crash before that
+    /// commit leaves the old version (and the old trees), and the next start runs it again; the
+    /// old index trees are dropped only after it.
     fn upgrade(&self, from: u32) -> Result<()> {
         tracing::info!(path = %self.path.display(), from, to = SCHEMA_VERSION, "upgrading store schema");
+        let messages = self.rebuild_index()?;
         let mut w = Writes::default();
         let mut devices = 0u64;
         for kv in self.range(T::UserdeviceCursor, (Bound::Unbounded, Bound::Unbounded)) {
@@ -243,7 +248,84 @@ impl Store {
         w.put(T::Meta, META_SCHEMA, &SCHEMA_VERSION.to_be_bytes());
         self.apply(w)?;
         self.flush()?;
-        tracing::info!(devices, version = SCHEMA_VERSION, "store upgraded");
+        self.drop_retired_trees()?;
+        tracing::info!(
+            messages,
+            devices,
+            version = SCHEMA_VERSION,
+            "store upgraded"
+        );
+        Ok(())
+    }
+
+    /// Builds `userblock_index` from the message log, logging progress: a long job on a big
+    /// store (it reads every message once). Returns the number of messages indexed.
+    fn rebuild_index(&self) -> Result<u64> {
+        let index = self.tree(T::UserblockIndex);
+        index.clear()?;
+        let total = self.tree(T::UserseqMessage).len();
+        let started = std::time::Instant::now();
+        let mut done = 0u64;
+        let mut block: Option<(UserId, u64)> = None;
+        let mut entries: Vec<IndexEntry> = Vec::new();
+        let write = |key: (UserId, u64), entries: &[IndexEntry]| -> Result<()> {
+            index.insert(keys::user_block(key.0, key.1), encode(&entries)?)?;
+            Ok(())
+        };
+        for kv in self.tree(T::UserseqMessage).iter() {
+            let (k, v) = kv?;
+            let user = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
+                tree: "userseq_message",
+                len: k.len(),
+            })?;
+            let m: MessageRecord = decode("userseq_message", &v)?;
+            let key = (user, keys::block_of(m.seq));
+            if block != Some(key) {
+                if let Some(previous) = block {
+                    write(previous, &entries)?;
+                }
+                block = Some(key);
+                entries.clear();
+            }
+            entries.push(IndexEntry {
+                seq: m.seq,
+                msgid: m.msg_id.as_deref().map_or(0, keys::index_hash),
+                peer: if m.sent {
+                    0
+                } else {
+                    keys::index_hash(&m.peer())
+                },
+            });
+            done += 1;
+            if done % 1_000_000 == 0 {
+                tracing::info!(
+                    done,
+                    total,
+                    elapsed_s = started.elapsed().as_secs(),
+                    "upgrade: indexing the message log"
+                );
+            }
+        }
+        if let Some(last) = block {
+            write(last, &entries)?;
+        }
+        Ok(done)
+    }
+
+    /// Drops the trees earlier schemas kept and this one replaced (left over when a crash came
+    /// between an upgrade's commit and their removal).
+    fn drop_retired_trees(&self) -> Result<()> {
+        for name in RETIRED_TREES {
+            if self
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| n.as_ref() == name.as_bytes())
+            {
+                self.db.drop_tree(name)?;
+                tracing::info!(tree = name, "dropped the index tree of an earlier schema");
+            }
+        }
         Ok(())
     }
 
@@ -253,6 +335,8 @@ impl Store {
                 let found = Self::known_version(&v, &self.path)?;
                 if found != SCHEMA_VERSION {
                     self.upgrade(found)?;
+                } else {
+                    self.drop_retired_trees()?;
                 }
             }
             None => {
@@ -504,9 +588,22 @@ impl Store {
             keys::user_seq(user, seq),
             encode(&entry)?,
         );
-        if let Some(id) = &message.msg_id {
-            w.put(T::UsermsgidSeq, keys::user_msgid_seq(user, id, seq), EMPTY);
-        }
+        let block = keys::block_of(seq);
+        let mut entries = self.index_block(user, block)?;
+        entries.push(IndexEntry {
+            seq,
+            msgid: message.msg_id.as_deref().map_or(0, keys::index_hash),
+            peer: if message.sent {
+                0
+            } else {
+                keys::index_hash(&peer)
+            },
+        });
+        w.put(
+            T::UserblockIndex,
+            keys::user_block(user, block),
+            encode(&entries)?,
+        );
         if let Some(deadline) = message.receipt.timer() {
             w.put(
                 T::DeadlineUserseq,
@@ -523,11 +620,6 @@ impl Store {
         }
         if !message.sent {
             conv.unread += 1;
-            w.put(
-                T::UserpeerseqReceived,
-                keys::user_peer_seq(user, &peer, seq),
-                EMPTY,
-            );
         }
         w.put(T::UserpeerConversation, conv_key, encode(&conv)?);
         self.apply(w)?;
@@ -551,8 +643,17 @@ impl Store {
             w.put(T::UseridUser, keys::user_prefix(user), encode(&record)?);
         }
         w.del(T::UserseqMessage, keys::user_seq(user, seq));
-        if let Some(id) = &message.msg_id {
-            w.del(T::UsermsgidSeq, keys::user_msgid_seq(user, id, seq));
+        let block = keys::block_of(seq);
+        let mut entries = self.index_block(user, block)?;
+        entries.retain(|e| e.seq != seq);
+        if entries.is_empty() {
+            w.del(T::UserblockIndex, keys::user_block(user, block));
+        } else {
+            w.put(
+                T::UserblockIndex,
+                keys::user_block(user, block),
+                encode(&entries)?,
+            );
         }
         if let Some(deadline) = message.receipt.timer() {
             w.del(
@@ -566,9 +667,7 @@ impl Store {
                 keys::user_device_seq(user, *device, seq),
             );
         }
-        let received = keys::user_peer_seq(user, &peer, seq);
-        if self.get(T::UserpeerseqReceived, received)?.is_some() {
-            w.del(T::UserpeerseqReceived, received);
+        if !message.sent {
             let conv_key = keys::user_peer(user, &peer);
             if let Some(v) = self.get(T::UserpeerConversation, conv_key)? {
                 let mut conv: ConversationRecord = decode("userpeer_conversation", &v)?;
@@ -592,6 +691,14 @@ impl Store {
         Ok(out)
     }
 
+    /// The user's conversation with `peer` (a bare JID), if there is one.
+    pub fn conversation(&self, user: UserId, peer: &str) -> Result<Option<ConversationRecord>> {
+        match self.get(T::UserpeerConversation, keys::user_peer(user, peer))? {
+            Some(v) => Ok(Some(self.read("userpeer_conversation", &v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Marks everything received from `peer` up to `upto` as read (XEP-0333 displayed). Read
     /// state only moves forward; returns how many messages became read.
     pub fn mark_read(&self, user: UserId, peer: &str, upto: Seq) -> Result<u64> {
@@ -605,18 +712,12 @@ impl Store {
         if upto <= conv.read_upto {
             return Ok(0);
         }
-        let start = keys::user_peer_seq(user, peer, conv.read_upto + 1);
-        let end = keys::user_peer_seq(user, peer, upto);
+        let peer_hash = keys::index_hash(peer);
         let mut newly = 0u64;
-        for kv in self.range(
-            T::UserpeerseqReceived,
-            (
-                Bound::Included(start.to_vec()),
-                Bound::Included(end.to_vec()),
-            ),
-        ) {
-            kv?;
-            newly += 1;
+        for entry in self.index_entries(user, conv.read_upto, upto) {
+            if entry?.peer == peer_hash {
+                newly += 1;
+            }
         }
         conv.read_upto = upto;
         conv.unread = conv.unread.saturating_sub(newly);
@@ -680,22 +781,73 @@ impl Store {
         self.count(T::UserseqMessage)
     }
 
-    /// Seqs of the user's messages whose id is `msg_id`, oldest first (hash collisions removed).
-    pub fn seqs_by_msgid(&self, user: UserId, msg_id: &str) -> Result<Vec<MessageRecord>> {
+    /// The user's messages with seq above `after` whose id is `msg_id`, oldest first. The cost
+    /// is the index of that range (one record per 32 messages), so callers start where what
+    /// they look for can be: above what the device has acked.
+    pub fn seqs_by_msgid(
+        &self,
+        user: UserId,
+        msg_id: &str,
+        after: Seq,
+    ) -> Result<Vec<MessageRecord>> {
+        let hash = keys::index_hash(msg_id);
+        let head = self.user(user)?.head;
         let mut found = Vec::new();
-        for kv in self.scan_prefix(T::UsermsgidSeq, keys::user_msgid_prefix(user, msg_id)) {
-            let (k, _) = kv?;
-            let seq = keys::be_u64(&k, 16).ok_or(StoreError::BadKey {
-                tree: "usermsgid_seq",
-                len: k.len(),
-            })?;
-            if let Some(m) = self.message(user, seq)? {
+        for entry in self.index_entries(user, after, head) {
+            let entry = entry?;
+            if entry.msgid != hash {
+                continue;
+            }
+            if let Some(m) = self.message(user, entry.seq)? {
                 if m.msg_id.as_deref() == Some(msg_id) {
                     found.push(m);
                 }
             }
         }
         Ok(found)
+    }
+
+    /// The index record of one block of the user's log (empty when there is none).
+    fn index_block(&self, user: UserId, block: u64) -> Result<Vec<IndexEntry>> {
+        match self.get(T::UserblockIndex, keys::user_block(user, block))? {
+            Some(v) => decode("userblock_index", &v),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Index entries of the user's messages with `after < seq <= upto`, in seq order.
+    fn index_entries(
+        &self,
+        user: UserId,
+        after: Seq,
+        upto: Seq,
+    ) -> impl Iterator<Item = Result<IndexEntry>> + '_ {
+        let start = keys::user_block(user, keys::block_of(after.saturating_add(1)));
+        let end = keys::user_block(user, keys::block_of(upto));
+        let blocks = (after < upto).then(|| {
+            self.range(
+                T::UserblockIndex,
+                (
+                    Bound::Included(start.to_vec()),
+                    Bound::Included(end.to_vec()),
+                ),
+            )
+        });
+        blocks
+            .into_iter()
+            .flatten()
+            .flat_map(move |kv| -> Vec<Result<IndexEntry>> {
+                let entries: Result<Vec<IndexEntry>> =
+                    kv.and_then(|(_, v)| decode("userblock_index", &v));
+                match entries {
+                    Ok(entries) => entries
+                        .into_iter()
+                        .filter(|e| e.seq > after && e.seq <= upto)
+                        .map(Ok)
+                        .collect(),
+                    Err(e) => vec![Err(e)],
+                }
+            })
     }
 
     // ---- devices ----

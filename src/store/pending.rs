@@ -17,28 +17,30 @@ pub(super) enum T {
     JidUserid,
     UseridUser,
     UserseqMessage,
-    UsermsgidSeq,
+    UserblockIndex,
     UserdeviceCursor,
     UserdeviceseqDelivery,
     DeadlineUserseq,
     UserpeerConversation,
-    UserpeerseqReceived,
 }
 
-pub(super) const TREES: usize = 10;
+pub(super) const TREES: usize = 9;
 
 pub(super) const TREE_NAMES: [&str; TREES] = [
     "meta",
     "jid_userid",
     "userid_user",
     "userseq_message",
-    "usermsgid_seq",
+    "userblock_index",
     "userdevice_cursor",
     "userdeviceseq_delivery",
     "deadline_userseq",
     "userpeer_conversation",
-    "userpeerseq_received",
 ];
+
+/// Trees of schema 3 and earlier that schema 4 replaced with `userblock_index`; the upgrade
+/// drops them.
+pub(super) const RETIRED_TREES: [&str; 2] = ["usermsgid_seq", "userpeerseq_received"];
 
 /// The writes of one store call, applied to the write set all at once (or not at all).
 #[derive(Default)]

@@ -198,6 +198,17 @@ impl DeviceRecord {
     }
 }
 
+/// One message in a `userblock_index` record (the block holds the messages of 32 consecutive
+/// seqs that are still stored, in seq order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub seq: Seq,
+    /// `keys::index_hash` of the message id; 0 when it has none.
+    pub msgid: u64,
+    /// `keys::index_hash` of the peer of a received message; 0 for a message the user sent.
+    pub peer: u64,
+}
+
 /// `userdeviceseq_delivery`: a message written to a device and not yet acked by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
