@@ -1012,6 +1012,37 @@ fn conversations(w: &mut World, user: &str) -> Vec<(String, u64, u64)> {
     rows
 }
 
+/// A device acking a long replay in order: each receipt finds its message at the front of what
+/// is unacked and stops there, so it reads a few records, not the index of everything pending.
+#[test]
+fn receipts_in_order_cost_the_same_however_much_is_pending() {
+    let mut w = World::new(false);
+    w.online("bob@example.com/phone");
+    let total = 3000;
+    for i in 1..=total {
+        w.route(
+            chat(
+                "alice@example.com/a",
+                "bob@example.com",
+                &format!("p{i}"),
+                "x",
+            ),
+            &["bob@example.com/phone"],
+        );
+    }
+    let mut most = 0;
+    for i in 1..=total {
+        let before = w.engine().store().records_read();
+        w.client_sends(crs_received("bob@example.com/phone", &format!("p{i}")));
+        most = most.max(w.engine().store().records_read() - before);
+    }
+    assert_eq!(w.device("bob@example.com", "phone").acked_upto, total);
+    assert!(
+        most <= 6,
+        "a receipt read up to {most} records with {total} pending"
+    );
+}
+
 /// Lookups by id start near what the device has not acked (the index is read from there), but
 /// a marker also moves the conversation's read state: it finds a message the device acked long
 /// ago if the conversation has not been read up to it.

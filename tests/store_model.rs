@@ -325,18 +325,20 @@ impl Harness {
             let head = self.model.heads[uid];
             for id in IDS {
                 for after in [0, head / 3, head / 2 + 1, head] {
-                    let by_id: Vec<Seq> = store
-                        .seqs_by_msgid(*uid, id, after)
-                        .unwrap()
-                        .into_iter()
-                        .map(|m| m.seq)
-                        .collect();
-                    let expected: Vec<Seq> = modelled
+                    let by_id = |newest_first| -> Vec<Seq> {
+                        store
+                            .messages_by_msgid(*uid, id, after, newest_first)
+                            .map(|m| m.unwrap().seq)
+                            .collect()
+                    };
+                    let mut expected: Vec<Seq> = modelled
                         .iter()
                         .filter(|m| m.seq > after && m.msg_id.as_deref() == Some(id))
                         .map(|m| m.seq)
                         .collect();
-                    assert_eq!(by_id, expected, "id index of {id} after {after}");
+                    assert_eq!(by_id(false), expected, "id index of {id} after {after}");
+                    expected.reverse();
+                    assert_eq!(by_id(true), expected, "newest first: {id} after {after}");
                 }
             }
             let devices = store.devices(*uid).unwrap();
@@ -601,12 +603,11 @@ fn upgrade_keeps_everything(version: u32) {
     }
     {
         let store = Store::open(&path, &StoreOptions::default()).unwrap();
-        let by_id = store.seqs_by_msgid(uid, "m1", 0).unwrap();
-        assert_eq!(
-            by_id.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            vec![seq],
-            "the index is rebuilt from the log"
-        );
+        let by_id: Vec<Seq> = store
+            .messages_by_msgid(uid, "m1", 0, false)
+            .map(|m| m.unwrap().seq)
+            .collect();
+        assert_eq!(by_id, vec![seq], "the index is rebuilt from the log");
         let devices: Vec<DeviceRecord> = store
             .devices(uid)
             .unwrap()
@@ -689,18 +690,20 @@ fn the_index_spans_many_records() {
     let check = |store: &Store, log: &[(Seq, String, Option<&str>)]| {
         for id in ["m0", "m3", "m6", "nope"] {
             for after in [0, 31, 32, 33, 95, 149, 150] {
-                let got: Vec<Seq> = store
-                    .seqs_by_msgid(uid, id, after)
-                    .unwrap()
-                    .iter()
-                    .map(|m| m.seq)
-                    .collect();
-                let want: Vec<Seq> = log
+                let got = |newest_first| -> Vec<Seq> {
+                    store
+                        .messages_by_msgid(uid, id, after, newest_first)
+                        .map(|m| m.unwrap().seq)
+                        .collect()
+                };
+                let mut want: Vec<Seq> = log
                     .iter()
                     .filter(|(s, i, _)| *s > after && i == id)
                     .map(|(s, _, _)| *s)
                     .collect();
-                assert_eq!(got, want, "{id} after {after}");
+                assert_eq!(got(false), want, "{id} after {after}");
+                want.reverse();
+                assert_eq!(got(true), want, "newest first: {id} after {after}");
             }
         }
     };

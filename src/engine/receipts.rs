@@ -154,29 +154,42 @@ impl Engine {
         Ok(())
     }
 
-    /// Candidate messages a receipt or marker names: the user's messages above `after` with that
-    /// id, narrowed to the original sender when the receipt is addressed to a user
-    /// (XEP-0184/0333 go to the sender; seed receipts go to the server and name no sender).
+    /// The first message a receipt or marker names, in the order asked for, among the user's
+    /// messages above `after` with that id that `fits`; narrowed to the original sender when the
+    /// receipt is addressed to a user (XEP-0184/0333 go to the sender; seed receipts go to the
+    /// server and name no sender). Also says whether any message had the id but did not fit.
     /// The search reaches [`RECENT_SLACK`] messages below `after`, so a receipt sent again for
     /// a message acked a moment ago is found (and counted as a duplicate); one naming a message
     /// acked long before finds nothing, so its cost is what is unread, not what is stored.
-    fn named_messages(
+    fn named_message(
         &self,
         user: UserId,
         id: &str,
         to: Option<&Jid>,
         after: Seq,
-    ) -> Result<Vec<MessageRecord>> {
-        let mut found = self
-            .store
-            .seqs_by_msgid(user, id, after.saturating_sub(RECENT_SLACK))?;
-        // Receipts and markers acknowledge what the user received, never what they sent.
-        found.retain(|m| !m.sent);
-        if let Some(sender) = to.filter(|t| t.local().is_some()) {
-            let sender = sender.to_bare();
-            found.retain(|m| Jid::parse(&m.from).is_ok_and(|f| f.to_bare() == sender));
+        newest_first: bool,
+        fits: impl Fn(&MessageRecord) -> bool,
+    ) -> Result<(Option<MessageRecord>, bool)> {
+        let sender = to.filter(|t| t.local().is_some()).map(Jid::to_bare);
+        let mut named = false;
+        let from = after.saturating_sub(RECENT_SLACK);
+        for m in self.store.messages_by_msgid(user, id, from, newest_first) {
+            let m = m?;
+            // Receipts and markers acknowledge what the user received, never what they sent.
+            if m.sent {
+                continue;
+            }
+            if let Some(sender) = &sender {
+                if !Jid::parse(&m.from).is_ok_and(|f| f.to_bare() == *sender) {
+                    continue;
+                }
+            }
+            if fits(&m) {
+                return Ok((Some(m), named));
+            }
+            named = true;
         }
-        Ok(found)
+        Ok((None, named))
     }
 
     /// Rules 3 and 4: a receipt acks one message for the device that sent it. It is looked up
@@ -203,15 +216,18 @@ impl Engine {
             return Ok(());
         };
         let (no, mut device) = self.device_for(user, resource, None, now)?;
-        let candidates = self.named_messages(user, id, to, device.acked_upto)?;
-        if candidates.is_empty() {
-            self.counters.receipts_rejected += 1;
-            tracing::info!(device = %from, id, "receipt names no unacked message of this user; ignored");
-            return Ok(());
-        }
-        // Two senders may reuse one id: each receipt settles the oldest one this device has not acked.
-        let Some(target) = candidates.into_iter().find(|m| !device.is_acked(m.seq)) else {
-            self.counters.receipts_duplicate += 1;
+        // Two senders may reuse one id: each receipt settles the oldest one this device has not
+        // acked. Acks mostly come in order, so the search usually stops at the first record.
+        let (target, named) = self.named_message(user, id, to, device.acked_upto, false, |m| {
+            !device.is_acked(m.seq)
+        })?;
+        let Some(target) = target else {
+            if named {
+                self.counters.receipts_duplicate += 1;
+            } else {
+                self.counters.receipts_rejected += 1;
+                tracing::info!(device = %from, id, "receipt names no unacked message of this user; ignored");
+            }
             return Ok(());
         };
         device.ack(target.seq);
@@ -249,7 +265,8 @@ impl Engine {
                 .map_or(0, |c| c.read_upto);
             after = after.min(read_upto);
         }
-        let Some(target) = self.named_messages(user, id, to, after)?.pop() else {
+        // The newest message with that id: markers name what was just read.
+        let Some(target) = self.named_message(user, id, to, after, true, |_| true)?.0 else {
             self.counters.receipts_rejected += 1;
             return Ok(());
         };

@@ -714,7 +714,7 @@ impl Store {
         }
         let peer_hash = keys::index_hash(peer);
         let mut newly = 0u64;
-        for entry in self.index_entries(user, conv.read_upto, upto) {
+        for entry in self.index_entries(user, conv.read_upto, upto, false) {
             if entry?.peer == peer_hash {
                 newly += 1;
             }
@@ -781,70 +781,85 @@ impl Store {
         self.count(T::UserseqMessage)
     }
 
-    /// The user's messages with seq above `after` whose id is `msg_id`, oldest first. The cost
-    /// is the index of that range (one record per 32 messages), so callers start where what
-    /// they look for can be: above what the device has acked.
-    pub fn seqs_by_msgid(
-        &self,
+    /// The user's messages with seq above `after` whose id is `msg_id`, oldest first, or newest
+    /// first with `newest_first`. Lazy: the cost is the index of the range the caller consumes
+    /// (one record per 32 messages) plus the records of the matches, so callers start where
+    /// what they look for can be (above what the device has acked) and stop at what they need.
+    pub fn messages_by_msgid<'a>(
+        &'a self,
         user: UserId,
-        msg_id: &str,
+        msg_id: &'a str,
         after: Seq,
-    ) -> Result<Vec<MessageRecord>> {
+        newest_first: bool,
+    ) -> impl Iterator<Item = Result<MessageRecord>> + 'a {
         let hash = keys::index_hash(msg_id);
-        let head = self.user(user)?.head;
-        let mut found = Vec::new();
-        for entry in self.index_entries(user, after, head) {
-            let entry = entry?;
-            if entry.msgid != hash {
-                continue;
-            }
-            if let Some(m) = self.message(user, entry.seq)? {
-                if m.msg_id.as_deref() == Some(msg_id) {
-                    found.push(m);
-                }
-            }
-        }
-        Ok(found)
+        let head = match self.user(user) {
+            Ok(u) => u.head,
+            Err(e) => return Box::new(std::iter::once(Err(e))) as Box<dyn Iterator<Item = _>>,
+        };
+        Box::new(
+            self.index_entries(user, after, head, newest_first)
+                .filter(move |e| e.as_ref().map_or(true, |e| e.msgid == hash))
+                .filter_map(move |e| {
+                    let found = e.and_then(|e| self.message(user, e.seq));
+                    match found {
+                        // A hash collision, or an entry of a message deleted meanwhile.
+                        Ok(Some(m)) if m.msg_id.as_deref() == Some(msg_id) => Some(Ok(m)),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e)),
+                    }
+                }),
+        )
     }
 
     /// The index record of one block of the user's log (empty when there is none).
     fn index_block(&self, user: UserId, block: u64) -> Result<Vec<IndexEntry>> {
         match self.get(T::UserblockIndex, keys::user_block(user, block))? {
-            Some(v) => decode("userblock_index", &v),
+            Some(v) => self.read("userblock_index", &v),
             None => Ok(Vec::new()),
         }
     }
 
-    /// Index entries of the user's messages with `after < seq <= upto`, in seq order.
+    /// Index entries of the user's messages with `after < seq <= upto`, in seq order (or
+    /// reversed).
     fn index_entries(
         &self,
         user: UserId,
         after: Seq,
         upto: Seq,
+        reverse: bool,
     ) -> impl Iterator<Item = Result<IndexEntry>> + '_ {
         let start = keys::user_block(user, keys::block_of(after.saturating_add(1)));
         let end = keys::user_block(user, keys::block_of(upto));
         let blocks = (after < upto).then(|| {
-            self.range(
-                T::UserblockIndex,
-                (
-                    Bound::Included(start.to_vec()),
-                    Bound::Included(end.to_vec()),
-                ),
-            )
+            let bounds = (
+                Bound::Included(start.to_vec()),
+                Bound::Included(end.to_vec()),
+            );
+            if reverse {
+                self.range_rev(T::UserblockIndex, bounds)
+            } else {
+                self.range(T::UserblockIndex, bounds)
+            }
         });
         blocks
             .into_iter()
             .flatten()
             .flat_map(move |kv| -> Vec<Result<IndexEntry>> {
                 let entries: Result<Vec<IndexEntry>> =
-                    kv.and_then(|(_, v)| decode("userblock_index", &v));
+                    kv.and_then(|(_, v)| self.read("userblock_index", &v));
                 match entries {
-                    Ok(entries) => entries
-                        .into_iter()
-                        .filter(|e| e.seq > after && e.seq <= upto)
-                        .map(Ok)
-                        .collect(),
+                    Ok(entries) => {
+                        let mut entries: Vec<_> = entries
+                            .into_iter()
+                            .filter(|e| e.seq > after && e.seq <= upto)
+                            .map(Ok)
+                            .collect();
+                        if reverse {
+                            entries.reverse();
+                        }
+                        entries
+                    }
                     Err(e) => vec![Err(e)],
                 }
             })
