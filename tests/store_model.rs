@@ -751,3 +751,91 @@ fn the_index_spans_many_records() {
         "deleted messages left the unread count"
     );
 }
+
+/// A store with one user and `messages` messages, flushed and closed.
+fn small_store(path: &std::path::Path, jid: &str, messages: u64) {
+    let store = Store::open(path, &StoreOptions::default()).unwrap();
+    let uid = store.ensure_user(jid).unwrap();
+    for i in 0..messages {
+        let m = MessageRecord {
+            seq: 0,
+            stanza_id: i.into(),
+            msg_id: Some(format!("m{i}")),
+            from: "alice@example.com/x".into(),
+            sent: false,
+            to: None,
+            kind: Some("chat".into()),
+            body: Some("b".into()),
+            thread: None,
+            logged_at: i,
+            system: false,
+            receipt: ReceiptState::NotRequired,
+            archive_id: None,
+        };
+        store.append_message(uid, &m, &[]).unwrap();
+    }
+    store.flush().unwrap();
+}
+
+/// What an interrupted upgrade leaves beside the store, by where the crash came (see
+/// `src/store/migrate.rs`): the next open finishes or discards it, and nothing is left over.
+#[test]
+fn an_interrupted_upgrade_is_finished_or_discarded_at_the_next_open() {
+    let mark = "readtrack-upgrade-complete";
+    let leftovers = |dir: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let users = |path: &std::path::Path| -> Vec<String> {
+        let store = Store::open(path, &StoreOptions::default()).unwrap();
+        assert!(!path.join(mark).exists(), "the mark is removed");
+        let mut jids = Vec::new();
+        for jid in ["old@example.com", "new@example.com"] {
+            if let Some(uid) = store.user_id(jid).unwrap() {
+                assert_eq!(store.user(uid).unwrap().head, 3);
+                jids.push(jid.to_string());
+            }
+        }
+        jids
+    };
+
+    // Crash while copying: the copy has no mark; the store is untouched, the copy goes.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    small_store(&path, "old@example.com", 3);
+    small_store(&dir.path().join("db.upgrading"), "new@example.com", 3);
+    assert_eq!(users(&path), ["old@example.com"]);
+    assert_eq!(leftovers(dir.path()), ["db"]);
+
+    // Crash after the mark, before the swap: the swap is done.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    small_store(&path, "old@example.com", 3);
+    let fresh = dir.path().join("db.upgrading");
+    small_store(&fresh, "new@example.com", 3);
+    std::fs::write(fresh.join(mark), "4\n").unwrap();
+    assert_eq!(users(&path), ["new@example.com"]);
+    assert_eq!(leftovers(dir.path()), ["db"]);
+
+    // Crash between the two renames: the store was moved aside, the copy takes its name.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    small_store(&dir.path().join("db.schema-old"), "old@example.com", 3);
+    let fresh = dir.path().join("db.upgrading");
+    small_store(&fresh, "new@example.com", 3);
+    std::fs::write(fresh.join(mark), "4\n").unwrap();
+    assert_eq!(users(&path), ["new@example.com"]);
+    assert_eq!(leftovers(dir.path()), ["db"]);
+
+    // Crash before the old store was deleted.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    small_store(&path, "new@example.com", 3);
+    small_store(&dir.path().join("db.schema-old"), "old@example.com", 3);
+    assert_eq!(users(&path), ["new@example.com"]);
+    assert_eq!(leftovers(dir.path()), ["db"]);
+}

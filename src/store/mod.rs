@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 pub use keys::{DeviceNo, Seq, UserId};
-use pending::{Bounds, Merged, Pending, Writes, RETIRED_TREES, T, TREES, TREE_NAMES};
+use pending::{Bounds, Merged, Pending, Writes, T, TREES, TREE_NAMES};
 use records::{decode, encode};
 
 pub use records::{
@@ -128,29 +128,44 @@ const SPILL_ENTRIES: usize = 50_000;
 
 impl Store {
     /// Opens (or creates) the store. Refuses a store of another schema version, or a non-empty
-    /// directory that readtrack did not write, rather than overwrite it.
+    /// directory that readtrack did not write, rather than overwrite it. A store of an earlier
+    /// schema is upgraded first (see [`migrate`]), finishing an upgrade a crash interrupted.
     pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        let db = Self::open_db(&path, options)?;
+        migrate::finish_interrupted(&path)?;
+        let store = Self::open_at(&path, options)?;
+        let found = store.check_schema()?;
+        if found == SCHEMA_VERSION {
+            return Ok(store);
+        }
+        let fresh = migrate::upgrading_path(&path);
+        store.upgrade_into(&fresh, found, options)?;
+        drop(store);
+        migrate::swap_in(&path, &fresh)?;
+        let store = Self::open_at(&path, options)?;
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn open_at(path: &Path, options: &StoreOptions) -> Result<Store> {
+        let db = Self::open_db(path, options)?;
         // Before `open_tree` below creates any missing tree: refusing a store after adding
         // readtrack's trees to it would be exactly the silent rewrite this check exists to stop.
-        Self::check_schema_untouched(&db, &path)?;
+        Self::check_schema_untouched(&db, path)?;
         let mut trees = Vec::with_capacity(TREES);
         for name in TREE_NAMES {
             trees.push(db.open_tree(name)?);
         }
-        let store = Store {
+        Ok(Store {
             trees: trees
                 .try_into()
                 .unwrap_or_else(|_| unreachable!("one tree per name")),
             db,
-            path,
+            path: path.to_path_buf(),
             pending: Mutex::new(Pending::default()),
             reads: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
-        };
-        store.check_schema()?;
-        Ok(store)
+        })
     }
 
     /// sled releases its file lock a little after the last handle is dropped (its flusher
@@ -231,39 +246,68 @@ impl Store {
         Ok(found)
     }
 
-    /// Schema `from` → the current one. The new index is built straight into its (cleared)
-    /// tree; device records and the version go in one commit after it. A crash before that
-    /// commit leaves the old version (and the old trees), and the next start runs it again; the
-    /// old index trees are dropped only after it.
-    fn upgrade(&self, from: u32) -> Result<()> {
-        tracing::info!(path = %self.path.display(), from, to = SCHEMA_VERSION, "upgrading store schema");
-        let messages = self.rebuild_index()?;
-        let mut w = Writes::default();
+    /// Writes this store (of schema `from`) into a fresh sled database at `fresh`, in the
+    /// current schema: every tree copied, device records converted, the log's index built from
+    /// the log. Copying, not rewriting in place, leaves sled's page table of the old layout
+    /// behind (dropping the old index trees in place cost more memory than the whole store,
+    /// and their freed pages stayed in the table). Progress is logged: a long job on a big
+    /// store. The version is written last, then a marker that the copy is complete.
+    fn upgrade_into(&self, fresh: &Path, from: u32, options: &StoreOptions) -> Result<()> {
+        tracing::info!(path = %self.path.display(), from, to = SCHEMA_VERSION, into = %fresh.display(), "upgrading store schema (into a fresh copy; needs as much disk again)");
+        let started = std::time::Instant::now();
+        migrate::remove_dir(fresh)?;
+        let db = Self::open_db(fresh, options)?;
         let mut devices = 0u64;
-        for kv in self.range(T::UserdeviceCursor, (Bound::Unbounded, Bound::Unbounded)) {
-            let (k, v) = kv?;
-            w.put(T::UserdeviceCursor, k, migrate::device_from(from, &v)?);
-            devices += 1;
+        for (i, name) in TREE_NAMES.iter().enumerate() {
+            let source = &self.trees[i];
+            let target = db.open_tree(name)?;
+            if name == &TREE_NAMES[T::UserblockIndex as usize] {
+                continue; // built from the log below
+            }
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for kv in source.iter() {
+                let (k, v) = kv?;
+                if name == &TREE_NAMES[T::Meta as usize] && k.as_ref() == META_SCHEMA {
+                    continue; // written last
+                }
+                if name == &TREE_NAMES[T::UserdeviceCursor as usize] {
+                    batch.insert(k, migrate::device_from(from, &v)?);
+                    devices += 1;
+                } else {
+                    batch.insert(k, v);
+                }
+                in_batch += 1;
+                if in_batch == 10_000 {
+                    target.apply_batch(std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                }
+            }
+            target.apply_batch(batch)?;
         }
-        w.put(T::Meta, META_SCHEMA, &SCHEMA_VERSION.to_be_bytes());
-        self.apply(w)?;
-        self.flush()?;
-        self.drop_retired_trees()?;
+        let messages = Self::build_index(
+            &self.trees[T::UserseqMessage as usize],
+            &db.open_tree(TREE_NAMES[T::UserblockIndex as usize])?,
+        )?;
+        db.open_tree(TREE_NAMES[T::Meta as usize])?
+            .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+        db.flush()?;
+        drop(db);
+        migrate::mark_complete(fresh)?;
         tracing::info!(
             messages,
             devices,
             version = SCHEMA_VERSION,
+            elapsed_s = started.elapsed().as_secs(),
             "store upgraded"
         );
         Ok(())
     }
 
-    /// Builds `userblock_index` from the message log, logging progress: a long job on a big
-    /// store (it reads every message once). Returns the number of messages indexed.
-    fn rebuild_index(&self) -> Result<u64> {
-        let index = self.tree(T::UserblockIndex);
-        index.clear()?;
-        let total = self.tree(T::UserseqMessage).len();
+    /// Builds `userblock_index` into `index` from the message log `log`, logging progress.
+    /// Returns the number of messages indexed.
+    fn build_index(log: &sled::Tree, index: &sled::Tree) -> Result<u64> {
+        let total = log.len();
         let started = std::time::Instant::now();
         let mut done = 0u64;
         let mut block: Option<(UserId, u64)> = None;
@@ -272,7 +316,7 @@ impl Store {
             index.insert(keys::user_block(key.0, key.1), encode(&entries)?)?;
             Ok(())
         };
-        for kv in self.tree(T::UserseqMessage).iter() {
+        for kv in log.iter() {
             let (k, v) = kv?;
             let user = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
                 tree: "userseq_message",
@@ -312,33 +356,11 @@ impl Store {
         Ok(done)
     }
 
-    /// Drops the trees earlier schemas kept and this one replaced (left over when a crash came
-    /// between an upgrade's commit and their removal).
-    fn drop_retired_trees(&self) -> Result<()> {
-        for name in RETIRED_TREES {
-            if self
-                .db
-                .tree_names()
-                .iter()
-                .any(|n| n.as_ref() == name.as_bytes())
-            {
-                self.db.drop_tree(name)?;
-                tracing::info!(tree = name, "dropped the index tree of an earlier schema");
-            }
-        }
-        Ok(())
-    }
-
-    fn check_schema(&self) -> Result<()> {
+    /// The stored schema version (a version this readtrack reads or upgrades); a new store is
+    /// given the current one.
+    fn check_schema(&self) -> Result<u32> {
         match self.tree(T::Meta).get(META_SCHEMA)? {
-            Some(v) => {
-                let found = Self::known_version(&v, &self.path)?;
-                if found != SCHEMA_VERSION {
-                    self.upgrade(found)?;
-                } else {
-                    self.drop_retired_trees()?;
-                }
-            }
+            Some(v) => Self::known_version(&v, &self.path),
             None => {
                 let user_data = [T::JidUserid, T::UseridUser, T::UserseqMessage]
                     .iter()
@@ -351,9 +373,9 @@ impl Store {
                 self.tree(T::Meta)
                     .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
                 self.db.flush()?;
+                Ok(SCHEMA_VERSION)
             }
         }
-        Ok(())
     }
 
     pub fn path(&self) -> &Path {

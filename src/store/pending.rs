@@ -38,10 +38,6 @@ pub(super) const TREE_NAMES: [&str; TREES] = [
     "userpeer_conversation",
 ];
 
-/// Trees of schema 3 and earlier that schema 4 replaced with `userblock_index`; the upgrade
-/// drops them.
-pub(super) const RETIRED_TREES: [&str; 2] = ["usermsgid_seq", "userpeerseq_received"];
-
 /// The writes of one store call, applied to the write set all at once (or not at all).
 #[derive(Default)]
 pub(super) struct Writes(Vec<(T, Vec<u8>, Option<IVec>)>);
