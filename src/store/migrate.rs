@@ -2,8 +2,9 @@
 //! anything reads them. An upgrade writes the whole store into a fresh sled database beside it
 //! (`<store>.upgrading`), marks that copy complete, then swaps the folders: the old store moves
 //! to `<store>.schema-old`, the copy takes its name, and the old one is deleted. A crash before
-//! the mark leaves the old store, and the next start runs the upgrade again; one after it is
-//! finished by the next start ([`finish_interrupted`]). Nothing is ever half upgraded.
+//! the mark leaves the old store, and the next start runs the upgrade again (removing the
+//! incomplete copy while it holds the old store's lock); one after it is finished by the next
+//! start ([`finish_interrupted`]). Nothing is ever half upgraded.
 //!
 //! Since schema 2, device records changed shape (rewritten from the version found straight to
 //! the current one) and the log's index moved to `userblock_index` (built from the log).
@@ -143,21 +144,19 @@ pub(super) fn swap_in(path: &Path, fresh: &Path) -> Result<()> {
 }
 
 /// Before opening: finishes an upgrade a crash interrupted after its copy was complete, and
-/// removes what an interrupted one left (an incomplete copy, or the old store once replaced).
+/// removes the old store an interrupted one left once it was replaced.
 pub(super) fn finish_interrupted(path: &Path) -> Result<()> {
     let fresh = upgrading_path(path);
     let old = old_path(path);
-    if fresh.exists() {
-        if fresh.join(COMPLETE_MARK).exists() {
-            tracing::warn!(path = %path.display(), "finishing a store upgrade a crash interrupted");
-            if path.exists() {
-                swap_in(path, &fresh)?;
-            } else {
-                rename(&fresh, path)?;
-            }
+    // An incomplete copy is left alone here: another process may be writing it right now. It
+    // is removed under the store's lock, by the upgrade that runs again or by the open that
+    // finds the store current.
+    if fresh.join(COMPLETE_MARK).exists() {
+        tracing::warn!(path = %path.display(), "finishing a store upgrade a crash interrupted");
+        if path.exists() {
+            swap_in(path, &fresh)?;
         } else {
-            tracing::warn!(path = %fresh.display(), "removing an incomplete store upgrade; it runs again");
-            remove_dir(&fresh)?;
+            rename(&fresh, path)?;
         }
     }
     if old.exists() {

@@ -136,6 +136,8 @@ impl Store {
         let store = Self::open_at(&path, options)?;
         let found = store.check_schema()?;
         if found == SCHEMA_VERSION {
+            // A copy left by an upgrade a crash interrupted early; the store's lock is ours.
+            migrate::remove_dir(&migrate::upgrading_path(&path))?;
             return Ok(store);
         }
         let fresh = migrate::upgrading_path(&path);
@@ -331,15 +333,7 @@ impl Store {
                 block = Some(key);
                 entries.clear();
             }
-            entries.push(IndexEntry {
-                seq: m.seq,
-                msgid: m.msg_id.as_deref().map_or(0, keys::index_hash),
-                peer: if m.sent {
-                    0
-                } else {
-                    keys::index_hash(&m.peer())
-                },
-            });
+            entries.push(IndexEntry::of(&m));
             done += 1;
             if done % 1_000_000 == 0 {
                 tracing::info!(
@@ -612,15 +606,7 @@ impl Store {
         );
         let block = keys::block_of(seq);
         let mut entries = self.index_block(user, block)?;
-        entries.push(IndexEntry {
-            seq,
-            msgid: message.msg_id.as_deref().map_or(0, keys::index_hash),
-            peer: if message.sent {
-                0
-            } else {
-                keys::index_hash(&peer)
-            },
-        });
+        entries.push(IndexEntry::of(&entry));
         w.put(
             T::UserblockIndex,
             keys::user_block(user, block),

@@ -209,6 +209,21 @@ pub struct IndexEntry {
     pub peer: u64,
 }
 
+impl IndexEntry {
+    /// The entry of a logged message (its `seq` assigned).
+    pub fn of(m: &MessageRecord) -> IndexEntry {
+        IndexEntry {
+            seq: m.seq,
+            msgid: m.msg_id.as_deref().map_or(0, super::keys::index_hash),
+            peer: if m.sent {
+                0
+            } else {
+                super::keys::index_hash(&m.peer())
+            },
+        }
+    }
+}
+
 /// `userdeviceseq_delivery`: a message written to a device and not yet acked by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
