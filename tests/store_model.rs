@@ -803,39 +803,48 @@ fn an_interrupted_upgrade_is_finished_or_discarded_at_the_next_open() {
         jids
     };
 
-    // Crash while copying: the copy has no mark; the store is untouched, the copy goes.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    small_store(&path, "old@example.com", 3);
-    small_store(&dir.path().join("db.upgrading"), "new@example.com", 3);
-    assert_eq!(users(&path), ["old@example.com"]);
-    assert_eq!(leftovers(dir.path()), ["db"]);
-
-    // Crash after the mark, before the swap: the swap is done.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    small_store(&path, "old@example.com", 3);
-    let fresh = dir.path().join("db.upgrading");
-    small_store(&fresh, "new@example.com", 3);
-    std::fs::write(fresh.join(mark), "4\n").unwrap();
-    assert_eq!(users(&path), ["new@example.com"]);
-    assert_eq!(leftovers(dir.path()), ["db"]);
-
-    // Crash between the two renames: the store was moved aside, the copy takes its name.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    small_store(&dir.path().join("db.schema-old"), "old@example.com", 3);
-    let fresh = dir.path().join("db.upgrading");
-    small_store(&fresh, "new@example.com", 3);
-    std::fs::write(fresh.join(mark), "4\n").unwrap();
-    assert_eq!(users(&path), ["new@example.com"]);
-    assert_eq!(leftovers(dir.path()), ["db"]);
-
-    // Crash before the old store was deleted.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    small_store(&path, "new@example.com", 3);
-    small_store(&dir.path().join("db.schema-old"), "old@example.com", 3);
-    assert_eq!(users(&path), ["new@example.com"]);
-    assert_eq!(leftovers(dir.path()), ["db"]);
+    // What a crash at each point leaves: (folder, the user in it, marked complete), and which
+    // store `db` is after the next open.
+    type Folders = &'static [(&'static str, &'static str, bool)];
+    let cases: [(&str, Folders, &str); 4] = [
+        (
+            "crash while copying: the store is untouched, the unmarked copy goes",
+            &[("db", "old", false), ("db.upgrading", "new", false)],
+            "old",
+        ),
+        (
+            "crash after the mark, before the swap: the swap is done",
+            &[("db", "old", false), ("db.upgrading", "new", true)],
+            "new",
+        ),
+        (
+            "crash between the two renames: the copy takes the store's name",
+            &[
+                ("db.schema-old", "old", false),
+                ("db.upgrading", "new", true),
+            ],
+            "new",
+        ),
+        (
+            "crash before the old store was deleted",
+            &[("db", "new", false), ("db.schema-old", "old", false)],
+            "new",
+        ),
+    ];
+    for (what, folders, want) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, user, marked) in folders {
+            let folder = dir.path().join(name);
+            small_store(&folder, &format!("{user}@example.com"), 3);
+            if *marked {
+                std::fs::write(folder.join(mark), "4\n").unwrap();
+            }
+        }
+        assert_eq!(
+            users(&dir.path().join("db")),
+            [format!("{want}@example.com")],
+            "{what}"
+        );
+        assert_eq!(leftovers(dir.path()), ["db"], "{what}");
+    }
 }
