@@ -182,20 +182,16 @@ impl World {
     }
 
     fn route(&mut self, message: Message, live_to: &[&str]) -> Vec<Output> {
-        let to = message.to.clone().unwrap().to_bare();
-        let sessions = live_to.iter().map(|s| jid(s)).collect();
-        self.step(Input::Routed {
-            message,
-            to,
-            sessions,
-            archive_id: None,
-            sent: false,
-        })
+        self.routed(message, live_to, false)
     }
 
     /// Routed with `sent`: the module's single event for a local client's message to a local
     /// user.
     fn route_sent(&mut self, message: Message, live_to: &[&str]) -> Vec<Output> {
+        self.routed(message, live_to, true)
+    }
+
+    fn routed(&mut self, message: Message, live_to: &[&str], sent: bool) -> Vec<Output> {
         let to = message.to.clone().unwrap().to_bare();
         let sessions = live_to.iter().map(|s| jid(s)).collect();
         self.step(Input::Routed {
@@ -203,7 +199,7 @@ impl World {
             to,
             sessions,
             archive_id: None,
-            sent: true,
+            sent,
         })
     }
 

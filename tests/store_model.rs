@@ -328,6 +328,7 @@ impl Harness {
                     let by_id = |newest_first| -> Vec<Seq> {
                         store
                             .messages_by_msgid(*uid, id, after, newest_first)
+                            .unwrap()
                             .map(|m| m.unwrap().seq)
                             .collect()
                     };
@@ -553,21 +554,7 @@ fn upgrade_keeps_everything(version: u32) {
         let uid = store.ensure_user("bob@example.com").unwrap();
         let p = store.put_device(uid, None, &phone).unwrap();
         store.put_device(uid, None, &laptop).unwrap();
-        let m = MessageRecord {
-            seq: 0,
-            stanza_id: 7,
-            msg_id: Some("m1".into()),
-            from: "alice@example.com/x".into(),
-            sent: false,
-            to: None,
-            kind: Some("chat".into()),
-            body: Some("hi".into()),
-            thread: None,
-            logged_at: 5,
-            system: false,
-            receipt: ReceiptState::NotRequired,
-            archive_id: None,
-        };
+        let m = received("m1", "alice@example.com/x", "hi", 5);
         let seq = store
             .append_message(uid, &m, &[(p, DeliveryRecord { session: 5, at: 6 })])
             .unwrap();
@@ -605,6 +592,7 @@ fn upgrade_keeps_everything(version: u32) {
         let store = Store::open(&path, &StoreOptions::default()).unwrap();
         let by_id: Vec<Seq> = store
             .messages_by_msgid(uid, "m1", 0, false)
+            .unwrap()
             .map(|m| m.unwrap().seq)
             .collect();
         assert_eq!(by_id, vec![seq], "the index is rebuilt from the log");
@@ -665,20 +653,13 @@ fn the_index_spans_many_records() {
             _ => Some("alice@example.com"),
         };
         let id = format!("m{}", i % 7);
-        let m = MessageRecord {
-            seq: 0,
-            stanza_id: i.into(),
-            msg_id: Some(id.clone()),
-            from: from.map_or("bob@example.com/me".into(), |f| format!("{f}/x")),
-            sent: from.is_none(),
-            to: from.is_none().then(|| "dave@example.com/y".to_string()),
-            kind: Some("chat".into()),
-            body: Some("b".into()),
-            thread: None,
-            logged_at: i,
-            system: false,
-            receipt: ReceiptState::NotRequired,
-            archive_id: None,
+        let m = match from {
+            Some(f) => received(&id, &format!("{f}/x"), "b", i),
+            None => MessageRecord {
+                sent: true,
+                to: Some("dave@example.com/y".into()),
+                ..received(&id, "bob@example.com/me", "b", i)
+            },
         };
         let seq = store.append_message(uid, &m, &[]).unwrap();
         assert_eq!(seq, i);
@@ -693,6 +674,7 @@ fn the_index_spans_many_records() {
                 let got = |newest_first| -> Vec<Seq> {
                     store
                         .messages_by_msgid(uid, id, after, newest_first)
+                        .unwrap()
                         .map(|m| m.unwrap().seq)
                         .collect()
                 };
@@ -719,16 +701,18 @@ fn the_index_spans_many_records() {
         assert_eq!(got, want, "carol up to {upto}");
         read = upto;
     }
-    let alice = store
-        .conversation(uid, "alice@example.com")
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        alice.unread,
-        log.iter()
+    let alice_unread_is_counted = |store: &Store, log: &[(Seq, String, Option<&str>)]| {
+        let alice = store
+            .conversation(uid, "alice@example.com")
+            .unwrap()
+            .unwrap();
+        let want = log
+            .iter()
             .filter(|(_, _, f)| *f == Some("alice@example.com"))
-            .count() as u64
-    );
+            .count() as u64;
+        assert_eq!(alice.unread, want, "alice's unread count");
+    };
+    alice_unread_is_counted(&store, &log);
     // Retention deletes the oldest 70: whole records go, one is cut.
     for (seq, _, _) in log.drain(..70) {
         let m = store.message(uid, seq).unwrap().unwrap();
@@ -739,17 +723,28 @@ fn the_index_spans_many_records() {
     drop(store);
     store = Store::open(&path, &StoreOptions::default()).unwrap();
     check(&store, &log);
-    let alice = store
-        .conversation(uid, "alice@example.com")
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        alice.unread,
-        log.iter()
-            .filter(|(_, _, f)| *f == Some("alice@example.com"))
-            .count() as u64,
-        "deleted messages left the unread count"
-    );
+    // Deleted messages left the unread count.
+    alice_unread_is_counted(&store, &log);
+}
+
+/// A chat message `id` with `body` received from `from` (a full JID), logged at `at`; the
+/// store assigns its seq.
+fn received(id: &str, from: &str, body: &str, at: u64) -> MessageRecord {
+    MessageRecord {
+        seq: 0,
+        stanza_id: at.into(),
+        msg_id: Some(id.into()),
+        from: from.into(),
+        sent: false,
+        to: None,
+        kind: Some("chat".into()),
+        body: Some(body.into()),
+        thread: None,
+        logged_at: at,
+        system: false,
+        receipt: ReceiptState::NotRequired,
+        archive_id: None,
+    }
 }
 
 /// A store with one user and `messages` messages, flushed and closed.
@@ -757,21 +752,7 @@ fn small_store(path: &std::path::Path, jid: &str, messages: u64) {
     let store = Store::open(path, &StoreOptions::default()).unwrap();
     let uid = store.ensure_user(jid).unwrap();
     for i in 0..messages {
-        let m = MessageRecord {
-            seq: 0,
-            stanza_id: i.into(),
-            msg_id: Some(format!("m{i}")),
-            from: "alice@example.com/x".into(),
-            sent: false,
-            to: None,
-            kind: Some("chat".into()),
-            body: Some("b".into()),
-            thread: None,
-            logged_at: i,
-            system: false,
-            receipt: ReceiptState::NotRequired,
-            archive_id: None,
-        };
+        let m = received(&format!("m{i}"), "alice@example.com/x", "b", i);
         store.append_message(uid, &m, &[]).unwrap();
     }
     store.flush().unwrap();

@@ -173,7 +173,7 @@ impl Engine {
         let sender = to.filter(|t| t.local().is_some()).map(Jid::to_bare);
         let mut named = false;
         let from = after.saturating_sub(RECENT_SLACK);
-        for m in self.store.messages_by_msgid(user, id, from, newest_first) {
+        for m in self.store.messages_by_msgid(user, id, from, newest_first)? {
             let m = m?;
             // Receipts and markers acknowledge what the user received, never what they sent.
             if m.sent {

@@ -39,6 +39,41 @@ const META_SCHEMA: &[u8] = b"schema_version";
 const META_NEXT_USER: &[u8] = b"next_user_id";
 const META_COUNTERS: &[u8] = b"counters";
 
+/// Builds `userblock_index` records from the message log read in key order (an upgrade).
+#[derive(Default)]
+struct IndexBuilder {
+    block: Option<(UserId, u64)>,
+    entries: Vec<IndexEntry>,
+}
+
+impl IndexBuilder {
+    /// Adds the message with this `userseq_message` key and value; writes the record of the
+    /// previous block when this message starts another.
+    fn add(&mut self, key: &[u8], value: &[u8], index: &sled::Tree) -> Result<()> {
+        let user = keys::be_u64(key, 0).ok_or(StoreError::BadKey {
+            tree: "userseq_message",
+            len: key.len(),
+        })?;
+        let m: MessageRecord = decode("userseq_message", value)?;
+        let block = (user, keys::block_of(m.seq));
+        if self.block != Some(block) {
+            self.finish(index)?;
+            self.block = Some(block);
+        }
+        self.entries.push(IndexEntry::of(&m));
+        Ok(())
+    }
+
+    /// Writes the current block's record.
+    fn finish(&mut self, index: &sled::Tree) -> Result<()> {
+        if let Some((user, block)) = self.block.take() {
+            index.insert(keys::user_block(user, block), encode(&self.entries)?)?;
+            self.entries.clear();
+        }
+        Ok(())
+    }
+}
+
 /// How long [`Store::open`] waits for another holder of the store's lock to let go.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -249,34 +284,55 @@ impl Store {
     }
 
     /// Writes this store (of schema `from`) into a fresh sled database at `fresh`, in the
-    /// current schema: every tree copied, device records converted, the log's index built from
-    /// the log. Copying, not rewriting in place, leaves sled's page table of the old layout
-    /// behind (dropping the old index trees in place cost more memory than the whole store,
-    /// and their freed pages stayed in the table). Progress is logged: a long job on a big
-    /// store. The version is written last, then a marker that the copy is complete.
+    /// current schema: every tree copied, device records converted, the log's index built while
+    /// the log is copied (one pass over it). Copying, not rewriting in place, leaves sled's page
+    /// table of the old layout behind (dropping the old index trees in place cost more memory
+    /// than the whole store, and their freed pages stayed in the table). Progress is logged: a
+    /// long job on a big store. The version is written last, then a marker that the copy is
+    /// complete.
     fn upgrade_into(&self, fresh: &Path, from: u32, options: &StoreOptions) -> Result<()> {
         tracing::info!(path = %self.path.display(), from, to = SCHEMA_VERSION, into = %fresh.display(), "upgrading store schema (into a fresh copy; needs as much disk again)");
         let started = std::time::Instant::now();
+        // Every seq from a user's first kept one to its head is stored: the log's size without
+        // a scan of it, for the progress lines.
+        let mut total = 0u64;
+        for kv in self.tree(T::UseridUser).iter() {
+            let user: UserRecord = decode("userid_user", &kv?.1)?;
+            total += (user.head + 1).saturating_sub(user.first_seq.max(1));
+        }
         migrate::remove_dir(fresh)?;
         let db = Self::open_db(fresh, options)?;
-        let mut devices = 0u64;
+        let index = db.open_tree(TREE_NAMES[T::UserblockIndex as usize])?;
+        let mut block = IndexBuilder::default();
+        let (mut devices, mut messages) = (0u64, 0u64);
         for (i, name) in TREE_NAMES.iter().enumerate() {
-            let source = &self.trees[i];
-            let target = db.open_tree(name)?;
-            if name == &TREE_NAMES[T::UserblockIndex as usize] {
-                continue; // built from the log below
+            if i == T::UserblockIndex as usize {
+                continue; // built while the log is copied
             }
+            let target = db.open_tree(name)?;
             let mut batch = sled::Batch::default();
             let mut in_batch = 0;
-            for kv in source.iter() {
+            for kv in self.trees[i].iter() {
                 let (k, v) = kv?;
-                if name == &TREE_NAMES[T::Meta as usize] && k.as_ref() == META_SCHEMA {
+                if i == T::Meta as usize && k.as_ref() == META_SCHEMA {
                     continue; // written last
                 }
-                if name == &TREE_NAMES[T::UserdeviceCursor as usize] {
+                if i == T::UserdeviceCursor as usize {
                     batch.insert(k, migrate::device_from(from, &v)?);
                     devices += 1;
                 } else {
+                    if i == T::UserseqMessage as usize {
+                        block.add(&k, &v, &index)?;
+                        messages += 1;
+                        if messages % 1_000_000 == 0 {
+                            tracing::info!(
+                                messages,
+                                total,
+                                elapsed_s = started.elapsed().as_secs(),
+                                "upgrade: messages copied and indexed"
+                            );
+                        }
+                    }
                     batch.insert(k, v);
                 }
                 in_batch += 1;
@@ -287,14 +343,11 @@ impl Store {
             }
             target.apply_batch(batch)?;
         }
-        let messages = Self::build_index(
-            &self.trees[T::UserseqMessage as usize],
-            &db.open_tree(TREE_NAMES[T::UserblockIndex as usize])?,
-        )?;
+        block.finish(&index)?;
         db.open_tree(TREE_NAMES[T::Meta as usize])?
             .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
         db.flush()?;
-        drop(db);
+        drop((index, db));
         migrate::mark_complete(fresh)?;
         tracing::info!(
             messages,
@@ -304,50 +357,6 @@ impl Store {
             "store upgraded"
         );
         Ok(())
-    }
-
-    /// Builds `userblock_index` into `index` from the message log `log`, logging progress.
-    /// Returns the number of messages indexed.
-    fn build_index(log: &sled::Tree, index: &sled::Tree) -> Result<u64> {
-        let total = log.len();
-        let started = std::time::Instant::now();
-        let mut done = 0u64;
-        let mut block: Option<(UserId, u64)> = None;
-        let mut entries: Vec<IndexEntry> = Vec::new();
-        let write = |key: (UserId, u64), entries: &[IndexEntry]| -> Result<()> {
-            index.insert(keys::user_block(key.0, key.1), encode(&entries)?)?;
-            Ok(())
-        };
-        for kv in log.iter() {
-            let (k, v) = kv?;
-            let user = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
-                tree: "userseq_message",
-                len: k.len(),
-            })?;
-            let m: MessageRecord = decode("userseq_message", &v)?;
-            let key = (user, keys::block_of(m.seq));
-            if block != Some(key) {
-                if let Some(previous) = block {
-                    write(previous, &entries)?;
-                }
-                block = Some(key);
-                entries.clear();
-            }
-            entries.push(IndexEntry::of(&m));
-            done += 1;
-            if done % 1_000_000 == 0 {
-                tracing::info!(
-                    done,
-                    total,
-                    elapsed_s = started.elapsed().as_secs(),
-                    "upgrade: indexing the message log"
-                );
-            }
-        }
-        if let Some(last) = block {
-            write(last, &entries)?;
-        }
-        Ok(done)
     }
 
     /// The stored schema version (a version this readtrack reads or upgrades); a new store is
@@ -799,25 +808,20 @@ impl Store {
         msg_id: &'a str,
         after: Seq,
         newest_first: bool,
-    ) -> impl Iterator<Item = Result<MessageRecord>> + 'a {
+    ) -> Result<impl Iterator<Item = Result<MessageRecord>> + 'a> {
         let hash = keys::index_hash(msg_id);
-        let head = match self.user(user) {
-            Ok(u) => u.head,
-            Err(e) => return Box::new(std::iter::once(Err(e))) as Box<dyn Iterator<Item = _>>,
-        };
-        Box::new(
-            self.index_entries(user, after, head, newest_first)
-                .filter(move |e| e.as_ref().map_or(true, |e| e.msgid == hash))
-                .filter_map(move |e| {
-                    let found = e.and_then(|e| self.message(user, e.seq));
-                    match found {
-                        // A hash collision, or an entry of a message deleted meanwhile.
-                        Ok(Some(m)) if m.msg_id.as_deref() == Some(msg_id) => Some(Ok(m)),
-                        Ok(_) => None,
-                        Err(e) => Some(Err(e)),
-                    }
-                }),
-        )
+        let head = self.user(user)?.head;
+        Ok(self
+            .index_entries(user, after, head, newest_first)
+            .filter(move |e| e.as_ref().map_or(true, |e| e.msgid == hash))
+            .filter_map(move |e| {
+                match e.and_then(|e| self.message(user, e.seq)) {
+                    // A hash collision, or an entry of a message deleted meanwhile.
+                    Ok(Some(m)) if m.msg_id.as_deref() == Some(msg_id) => Some(Ok(m)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            }))
     }
 
     /// The index record of one block of the user's log (empty when there is none).
