@@ -88,6 +88,7 @@ fn routed_sessions(event: HookEvent) -> (Jid, Vec<Jid>, String) {
             to,
             mut sessions,
             message_xml,
+            carbons: _,
             archive_id: _,
             sent: _,
         } => {
@@ -232,11 +233,11 @@ async fn routed_lists_exactly_the_sessions_written_to() {
         .send_raw(&chat("m5", "carol@elsewhere.example", "five"))
         .await;
     match next_event(&mut comp, "sent m5", |e| {
-        matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some("m5"))
+        matches!(e, HookEvent::Sent { message_xml, .. } if attr(message_xml, "id").as_deref() == Some("m5"))
     })
     .await
     {
-        HookEvent::Sent { message_xml } => {
+        HookEvent::Sent { message_xml, .. } => {
             assert_eq!(attr(&message_xml, "from").as_deref(), Some("alice@localhost/phone"));
             assert_eq!(attr(&message_xml, "xmlns").as_deref(), Some("jabber:client"));
         }
@@ -324,11 +325,11 @@ async fn receipts_to_the_host_are_forwarded_and_consumed() {
     bob.send_raw("<message id='HncqL-65' type='crs' to='localhost'><offline xmlns='urn:xmpp:offline'/></message>").await;
     for id in ["V4NkR-38", "gJE6T-2", "HncqL-65"] {
         match next_event(&mut comp, id, |e| {
-            matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some(id))
+            matches!(e, HookEvent::Sent { message_xml, .. } if attr(message_xml, "id").as_deref() == Some(id))
         })
         .await
         {
-            HookEvent::Sent { message_xml } => {
+            HookEvent::Sent { message_xml, .. } => {
                 assert_eq!(attr(&message_xml, "from").as_deref(), Some("bob@localhost/phone"));
                 assert_eq!(attr(&message_xml, "to").as_deref(), Some("localhost"));
             }
@@ -341,7 +342,7 @@ async fn receipts_to_the_host_are_forwarded_and_consumed() {
     // A XEP-0184 receipt to a contact is reported and still delivered.
     bob.send_raw("<message id='r1' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>").await;
     next_event(&mut comp, "sent r1", |e| {
-        matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some("r1"))
+        matches!(e, HookEvent::Sent { message_xml, .. } if attr(message_xml, "id").as_deref() == Some("r1"))
     })
     .await;
     alice
