@@ -106,10 +106,6 @@ fn malformed(err: impl std::fmt::Display) -> ParseError {
     ParseError::Malformed(err.to_string())
 }
 
-fn is_ns(ns: &ResolveResult<'_>, want: &str) -> bool {
-    matches!(ns, ResolveResult::Bound(n) if n.as_ref() == want)
-}
-
 /// The start tag without `to` (when `keep_to` is false), as `<message` plus its attributes,
 /// each with its raw (still escaped) value. `xmlns` is kept: it must be `jabber:client`.
 fn start_tag(start: &BytesStart<'_>, keep_to: bool, out: &mut String) -> Result<(), ParseError> {
@@ -168,8 +164,12 @@ pub fn stored_form(stanza: &str, user: &str, keep_to: bool) -> Result<Stored, Pa
     }
     start_tag(&start, keep_to, &mut out)?;
     if !empty {
+        // Every element is read (not skipped): what is stored is replayed verbatim later, so
+        // it must be well-formed to the last attribute and stand alone (every prefix bound).
         let mut depth = 0usize;
         let mut copied_to = reader.buffer_position() as usize;
+        // Where a dropped child started, until its end tag.
+        let mut dropping: Option<usize> = None;
         loop {
             let before = reader.buffer_position() as usize;
             let (ns, event) = reader.read_resolved_event().map_err(malformed)?;
@@ -182,6 +182,12 @@ pub fn stored_form(stanza: &str, user: &str, keep_to: bool) -> Result<Stored, Pa
                 }
                 Event::End(_) => {
                     depth -= 1;
+                    if depth == 0 {
+                        if let Some(start) = dropping.take() {
+                            out.push_str(&stanza[copied_to..start]);
+                            copied_to = reader.buffer_position() as usize;
+                        }
+                    }
                     continue;
                 }
                 Event::DocType(_) => return Err(ParseError::Malformed("DTD not allowed".into())),
@@ -192,37 +198,39 @@ pub fn stored_form(stanza: &str, user: &str, keep_to: bool) -> Result<Stored, Pa
                 }
                 _ => continue,
             };
-            match () {
-                () if depth == 0 => {
-                    if let ResolveResult::Unknown(prefix) = &ns {
-                        return Err(ParseError::Malformed(format!(
-                            "prefix {:?} is not bound inside the message",
-                            prefix
-                        )));
-                    }
-                    class.add(
-                        match &ns {
-                            ResolveResult::Bound(n) => Some(n.as_ref()),
-                            _ => None,
-                        },
-                        e.local_name().as_ref(),
-                    );
-                    let drop = e.local_name().as_ref() == "stanza-id"
-                        && is_ns(&ns, NS_SID)
-                        && by_names(&e, user)?;
-                    if !child_empty {
-                        let name = e.name().as_ref().to_string();
-                        reader
-                            .read_to_end(quick_xml::name::QName(&name))
-                            .map_err(malformed)?;
-                    }
-                    if drop {
-                        out.push_str(&stanza[copied_to..before]);
-                        copied_to = reader.buffer_position() as usize;
-                    }
+            let ns = match ns {
+                ResolveResult::Bound(n) => Some(n.as_ref().to_string()),
+                ResolveResult::Unbound => None,
+                ResolveResult::Unknown(prefix) => {
+                    return Err(ParseError::Malformed(format!(
+                        "prefix {prefix:?} is not bound inside the message"
+                    )))
                 }
-                () if !child_empty => depth += 1,
-                () => {}
+            };
+            for attr in e.attributes().with_checks(true) {
+                let attr = attr.map_err(malformed)?;
+                if let (ResolveResult::Unknown(prefix), _) =
+                    reader.resolver().resolve_attribute(attr.key)
+                {
+                    return Err(ParseError::Malformed(format!(
+                        "prefix {prefix:?} is not bound inside the message"
+                    )));
+                }
+            }
+            if depth == 0 {
+                class.add(ns.as_deref(), e.local_name().as_ref());
+                let drop = e.local_name().as_ref() == "stanza-id"
+                    && ns.as_deref() == Some(NS_SID)
+                    && by_names(&e, user)?;
+                if drop && child_empty {
+                    out.push_str(&stanza[copied_to..before]);
+                    copied_to = reader.buffer_position() as usize;
+                } else if drop {
+                    dropping = Some(before);
+                }
+            }
+            if !child_empty {
+                depth += 1;
             }
         }
     }
