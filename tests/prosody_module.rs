@@ -693,6 +693,34 @@ async fn harness_restart_keeps_accounts_and_ports() {
     assert_eq!(snapshot, vec![]);
 }
 
+/// The suite runs once per Prosody line (scripts/test): a harness that quietly started the
+/// system's Prosody instead of the selected one would make the second run a copy of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_prosody_is_the_selected_line() {
+    let p = server(&[]);
+    let line = prosody_line();
+    let welcome = format!("Prosody version {}", line.version);
+    assert!(
+        p.log().contains(&welcome),
+        "{line} selected, but its log does not say {welcome:?}:\n{}",
+        p.log()
+    );
+}
+
+/// A line that is not there fails every test that needs it, saying how to get it, rather than
+/// falling back to another Prosody.
+#[test]
+fn a_prosody_line_that_is_not_there_fails_saying_how_to_get_it() {
+    let missing = std::env::temp_dir().join("readtrack-no-such-prosody/usr/bin/prosody");
+    let err = std::panic::catch_unwind(|| ProsodyLine::resolve(&missing.display().to_string()))
+        .expect_err("a missing launcher must not resolve");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains(&missing.display().to_string()) && msg.contains("scripts/prosody13"),
+        "{msg}"
+    );
+}
+
 /// A command with an id is executed once and confirmed with `<done id>` every time it arrives:
 /// readtrack resends a bounce it got no confirmation for, and the sender must see it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

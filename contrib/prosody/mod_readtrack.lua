@@ -9,6 +9,11 @@
 -- schema/hooks.xsd. Everything here degrades to plain Prosody behaviour while the component is
 -- not connected: events are then dropped (readtrack resynchronises from the <snapshot> it gets on
 -- reconnect) and mod_offline stores messages as usual.
+--
+-- One file for Prosody 0.12 and 13; scripts/test runs the suite against both. It requires the
+-- pre-13 module names (util.*, core.*), which 13 still resolves to prosody.util.* and so on.
+-- readtrack's commands come from the component's own domain, as mod_component on both lines
+-- demands of a component.
 
 local st = require "util.stanza";
 local xml_escape = st.xml_escape;
@@ -138,7 +143,8 @@ end
 local function session_tag(name, session)
 	return "<" .. name .. (name ~= "session" and " xmlns='" .. xmlns_hook .. "'" or "")
 		.. xml_attr("jid", session.full_jid)
-		-- Prosody 0.12 has no stable client id (SASL2 <user-agent id> arrives in 0.13).
+		-- Neither 0.12 nor 13 sets session.client_id by itself (SASL2's <user-agent id> is left
+		-- to community modules): it is sent where some module set one.
 		.. xml_attr("device-id", type(session.client_id) == "string" and session.client_id or nil)
 		.. xml_attr("session-id", session_id(session))
 		.. "/>";
@@ -269,8 +275,8 @@ end
 
 local function archive_id(stanza, to)
 	-- A sender can forge <stanza-id by=recipient>. Without mod_mam nothing removes it, so then
-	-- there is no archive id at all. With it, 0.12.3 still lets the forged one through (it
-	-- strips a copy it then ignores) but appends its own after it: the last one is the real one.
+	-- there is no archive id at all. With it, 0.12.3 and 13.0.1 still let the forged one through
+	-- (they strip a copy they then ignore) but append their own after it: the last one is real.
 	if not hosts[host].modules.mam then return nil; end
 	local id;
 	for sid in stanza:childtags("stanza-id", xmlns_sid) do
