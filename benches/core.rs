@@ -74,6 +74,7 @@ fn store_options() -> StoreOptions {
     {
         Some(mb) => StoreOptions {
             cache_bytes: mb << 20,
+            ..StoreOptions::default()
         },
         None => StoreOptions::default(),
     }

@@ -257,7 +257,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let domain = Jid::parse(&self.xmpp.domain)
+        let domain = Jid::prepare(&self.xmpp.domain)
             .map_err(|e| self.invalid(format!("[xmpp] domain: {e}")))?;
         if domain.local().is_some() || domain.is_full() {
             return Err(self.invalid(format!(
@@ -265,10 +265,10 @@ impl Config {
                 self.xmpp.domain
             )));
         }
-        Jid::parse(&self.component())
+        Jid::prepare(&self.component())
             .map_err(|e| self.invalid(format!("[xmpp] component: {e}")))?;
         for s in &self.receipts.system_senders {
-            Jid::parse(s).map_err(|e| self.invalid(format!("[receipts] system_senders: {e}")))?;
+            Jid::prepare(s).map_err(|e| self.invalid(format!("[receipts] system_senders: {e}")))?;
         }
         if self.receipts.timeout.is_zero() {
             return Err(self.invalid("[receipts] timeout must be above zero".into()));
@@ -319,7 +319,11 @@ impl Config {
     }
 
     pub fn engine(&self) -> EngineConfig {
-        let mut e = EngineConfig::new(&self.xmpp.domain);
+        // Validated at load: the domain prepares (as the server prepares its host names).
+        let domain = Jid::prepare(&self.xmpp.domain)
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| self.xmpp.domain.clone());
+        let mut e = EngineConfig::new(&domain);
         e.dialect = self.receipts.dialect;
         e.seed_resources = self.receipts.seed_resources.clone();
         e.policy = self.receipts.require;
@@ -328,7 +332,7 @@ impl Config {
             .receipts
             .system_senders
             .iter()
-            .filter_map(|s| Jid::parse(s).ok())
+            .filter_map(|s| Jid::prepare(s).ok())
             .collect();
         e.device_key = self.devices.key;
         e.history = self.devices.history;

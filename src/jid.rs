@@ -22,9 +22,12 @@ pub enum JidError {
     TooLong(String),
     #[error("JID {0:?} has no resource, but a full JID is needed")]
     NotFull(String),
+    #[error("JID {0:?} cannot be prepared (stringprep): {1}")]
+    Unprepared(String, String),
 }
 
-/// A JID, bare or full. Local and domain parts are stored lowercased.
+/// A JID, bare or full, as the server prepared it (ASCII letters of the local and domain parts
+/// lowered; see [`Jid::prepare`] for a JID a person typed).
 ///
 /// Held as its text (`local@domain/resource`) plus where the parts are, so a parsed JID is one
 /// allocation. Comparison, hashing, `Debug` and serde behave as for the struct of three
@@ -161,19 +164,47 @@ static ASCII_CLASS: [u8; 128] = {
     table
 };
 
-/// Appends `part` lowercased, as `str::to_lowercase` does; ASCII (the usual case) in place,
-/// without the Unicode tables. (A whole part at a time: final sigma depends on context.)
+/// Appends `part` with its ASCII letters lowered, and nothing else changed. A JID from the
+/// server is already prepared (nodeprep, nameprep): lowering ASCII is what preparation does to
+/// ASCII, and every other character is left as the server kept it. Unicode lowercasing would
+/// differ from stringprep's case folding for some characters (letters newer than Unicode 3.2,
+/// which stringprep leaves alone), and that user's sessions would never match again.
 fn push_lower(out: &mut String, part: &str) {
-    if part.is_ascii() {
-        let start = out.len();
-        out.push_str(part);
-        out[start..].make_ascii_lowercase();
-    } else {
-        out.push_str(&part.to_lowercase());
-    }
+    let start = out.len();
+    out.push_str(part);
+    out[start..].make_ascii_lowercase();
 }
 
 impl Jid {
+    /// Prepares a JID a person typed (CLI arguments, configuration) with XMPP's stringprep
+    /// profiles, as the server prepares JIDs (RFC 6122: nodeprep, nameprep, resourceprep), then
+    /// parses it. JIDs the server hands over are already prepared: [`Jid::parse`] them.
+    pub fn prepare(text: &str) -> Result<Jid, JidError> {
+        let (head, resource) = match text.find('/') {
+            Some(i) => (&text[..i], Some(&text[i + 1..])),
+            None => (text, None),
+        };
+        let (local, domain) = match head.find('@') {
+            Some(i) => (Some(&head[..i]), &head[i + 1..]),
+            None => (None, head),
+        };
+        let refused = |what: &str| JidError::Unprepared(text.to_string(), what.to_string());
+        let mut prepared = String::with_capacity(text.len());
+        if let Some(local) = local {
+            prepared.push_str(&stringprep::nodeprep(local).map_err(|e| refused(&e.to_string()))?);
+            prepared.push('@');
+        }
+        let domain = domain.trim_end_matches('.');
+        prepared.push_str(&stringprep::nameprep(domain).map_err(|e| refused(&e.to_string()))?);
+        if let Some(resource) = resource {
+            prepared.push('/');
+            prepared.push_str(
+                &stringprep::resourceprep(resource).map_err(|e| refused(&e.to_string()))?,
+            );
+        }
+        Jid::parse(&prepared)
+    }
+
     pub fn parse(text: &str) -> Result<Jid, JidError> {
         if text.is_empty() {
             return Err(JidError::Empty);
@@ -417,6 +448,47 @@ impl FromStr for DeviceKeyRule {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_jid_from_the_server_is_taken_as_prepared() {
+        // Cherokee capitals are letters in Unicode 3.2 (stringprep's tables) without a case
+        // mapping there; Unicode lowercasing maps them since Unicode 8. The server keeps them.
+        let j = Jid::parse("\u{13A0}\u{13A1}@localhost/r").unwrap();
+        assert_eq!(j.local(), Some("\u{13A0}\u{13A1}"));
+        // ASCII letters are lowered, as nodeprep and nameprep lower them.
+        assert_eq!(
+            Jid::parse("Bob@LocalHost/Phone").unwrap().to_string(),
+            "bob@localhost/Phone"
+        );
+        // Non-ASCII is never changed, even where a lowercase exists.
+        assert_eq!(
+            Jid::parse("Östen@localhost").unwrap().local(),
+            Some("Östen")
+        );
+    }
+
+    #[test]
+    fn a_jid_a_person_typed_is_prepared_as_the_server_prepares_it() {
+        let prepared = |s: &str| Jid::prepare(s).unwrap().to_string();
+        assert_eq!(prepared("ÖSTEN@LocalHost"), "östen@localhost");
+        // Case folding: ß folds to "ss"; final sigma to sigma.
+        assert_eq!(prepared("Straße@localhost"), "strasse@localhost");
+        assert_eq!(prepared("ΛΌΓΟΣ@localhost"), "λόγοσ@localhost");
+        // Compatibility forms (NFKC): fullwidth letters are their ASCII letters.
+        assert_eq!(prepared("ｆｕｌｌ@localhost"), "full@localhost");
+        // IDNA domains keep their Unicode form, lowered by nameprep.
+        assert_eq!(prepared("bob@BÜCHER.example"), "bob@bücher.example");
+        // The resource keeps its case (resourceprep folds nothing).
+        assert_eq!(prepared("bob@localhost/Phone"), "bob@localhost/Phone");
+        // A letter stringprep has no mapping for stays as it is, as on the server.
+        assert_eq!(prepared("\u{13A0}@localhost"), "\u{13A0}@localhost");
+        // Prohibited characters are refused with the reason.
+        let err = Jid::prepare("a\u{FFFC}b@localhost")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot be prepared"), "{err}");
+    }
+
     use super::*;
     use proptest::prelude::*;
 
@@ -463,8 +535,8 @@ mod tests {
             return Err(JidError::Forbidden(text.to_string()));
         }
         Ok(OldJid {
-            local: local.map(str::to_lowercase),
-            domain: domain.trim_end_matches('.').to_lowercase(),
+            local: local.map(str::to_ascii_lowercase),
+            domain: domain.trim_end_matches('.').to_ascii_lowercase(),
             resource: resource.map(str::to_string),
         })
     }

@@ -178,6 +178,7 @@ fn serve(config_path: PathBuf) -> Result<(), Failure> {
         &store_path,
         &StoreOptions {
             cache_bytes: config.store.cache_mb * 1024 * 1024,
+            ..StoreOptions::default()
         },
     )?;
     let engine = Engine::new(store, config.engine())?;

@@ -66,6 +66,7 @@ struct World {
     /// The server's id of each session now online, by full JID (as mod_readtrack numbers them).
     session_ids: std::collections::HashMap<String, String>,
     connections: u64,
+    store_options: StoreOptions,
 }
 
 impl World {
@@ -74,12 +75,20 @@ impl World {
     }
 
     fn with(reopen_each_step: bool, tune: impl FnOnce(&mut EngineConfig)) -> World {
+        World::with_store(reopen_each_step, StoreOptions::default(), tune)
+    }
+
+    fn with_store(
+        reopen_each_step: bool,
+        store_options: StoreOptions,
+        tune: impl FnOnce(&mut EngineConfig),
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let mut config = EngineConfig::new("example.com");
         // The scenarios spell out the seed dialect; `auto` has its own below.
         config.dialect = Dialect::Seed;
         tune(&mut config);
-        let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let store = Store::open(dir.path().join("db"), &store_options).unwrap();
         let engine = Engine::new(store, config.clone()).unwrap();
         World {
             dir,
@@ -89,6 +98,7 @@ impl World {
             reopen_each_step,
             session_ids: Default::default(),
             connections: 0,
+            store_options,
         }
     }
 
@@ -99,7 +109,7 @@ impl World {
     fn reopen(&mut self) {
         let store = self.engine.take().unwrap().close().unwrap();
         drop(store);
-        let store = Store::open(self.dir.path().join("db"), &StoreOptions::default()).unwrap();
+        let store = Store::open(self.dir.path().join("db"), &self.store_options).unwrap();
         self.engine = Some(Engine::new(store, self.config.clone()).unwrap());
     }
 
@@ -759,6 +769,24 @@ fn after_hash_rule_groups_resources_into_one_device() {
         w.device("bob@example.com", "android").resource,
         "Spark 2.7.0#android"
     );
+    assert_eq!(
+        w.engine().counters().device_key_merges,
+        0,
+        "one session at a time"
+    );
+}
+
+/// With `after-hash`, two live sessions whose resources differ before the '#' (two phones
+/// both tagged `#android`, or a server renaming a conflicting resource) become one device:
+/// readtrack cannot tell them apart, so it says so.
+#[test]
+fn two_live_sessions_merged_into_one_device_key_are_counted_and_logged() {
+    let mut w = World::with(false, |c| c.device_key = DeviceKeyRule::AfterHash);
+    w.online("bob@example.com/Spark 2.6.3#android");
+    w.online("bob@example.com/Spark 2.7.0#android");
+    assert_eq!(w.engine().counters().device_key_merges, 1);
+    let devices = w.engine().cursors("bob@example.com").unwrap().devices;
+    assert_eq!(devices.len(), 1, "{devices:?}");
 }
 
 #[test]
@@ -1816,3 +1844,60 @@ fn replay_is_one_range_in_memory() {
 fn replay_is_one_range_across_reopens() {
     replay_is_one_range(true);
 }
+
+scenario!(
+    colliding_index_hashes_change_no_answer,
+    colliding_index_hashes_change_no_answer_reopened,
+    |reopen| {
+        // Every id and every peer shares one hash: each lookup is a collision, which anyone
+        // can craft against a fixed hash. Only the records decide.
+        let options = StoreOptions {
+            index_hash: readtrack::store::IndexHash::Collide,
+            ..StoreOptions::default()
+        };
+        let mut w = World::with_store(reopen, options, |c| {
+            c.receipt_timeout = Duration::from_secs(10);
+        });
+        w.online("bob@example.com/phone");
+        for (from, id) in [
+            ("alice@example.com/a", "a1"),
+            ("carol@example.com/c", "same"),
+            ("alice@example.com/a", "same"),
+            ("carol@example.com/c", "c2"),
+        ] {
+            w.route(
+                chat(from, "bob@example.com", id, "x"),
+                &["bob@example.com/phone"],
+            );
+        }
+        // A XEP-0184 receipt to alice settles alice's "same" (seq 3), not carol's (seq 2).
+        w.client_sends(xep_received(
+            "bob@example.com/phone",
+            "alice@example.com/a",
+            "same",
+        ));
+        let d = w.device("bob@example.com", "phone");
+        assert_eq!((d.acked_upto, d.acked_above.clone()), (0, vec![3]));
+        // The others get their receipts; carol's "same" is settled by the seed receipt.
+        w.client_sends(crs_received("bob@example.com/phone", "a1"));
+        w.client_sends(crs_received("bob@example.com/phone", "same"));
+        w.client_sends(crs_received("bob@example.com/phone", "c2"));
+        assert_eq!(w.device("bob@example.com", "phone").acked_upto, 4);
+        // Nobody is bounced: every message was settled by its own receipt.
+        assert!(bounces(&w.advance(Duration::from_secs(60))).is_empty());
+        // A marker for carol's "same" reads carol's messages up to it (one): alice's a1 below
+        // it shares the hash and is not counted.
+        w.client_sends(displayed(
+            "bob@example.com/phone",
+            "carol@example.com/c",
+            "same",
+        ));
+        assert_eq!(
+            conversations(&mut w, "bob@example.com"),
+            vec![
+                ("alice@example.com".to_string(), 2, 0),
+                ("carol@example.com".to_string(), 1, 2),
+            ]
+        );
+    }
+);

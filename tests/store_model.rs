@@ -657,6 +657,19 @@ fn upgrade_keeps_everything(version: u32) {
             .unwrap()
             .insert("counters", vec![0u8; 10])
             .unwrap();
+        // Conversations were keyed by a hash of the peer.
+        let conversations = raw.open_tree("userpeer_conversation").unwrap();
+        let mut new_key = uid.to_be_bytes().to_vec();
+        new_key.extend_from_slice(b"alice@example.com");
+        let record = conversations
+            .remove(new_key)
+            .unwrap()
+            .expect("alice's conversation");
+        let mut old_key = uid.to_be_bytes().to_vec();
+        old_key.extend_from_slice(
+            &readtrack::store::keys::msgid_hash("alice@example.com").to_be_bytes(),
+        );
+        conversations.insert(old_key, record).unwrap();
         // Schemas 2 and 3 indexed the log with a key per message in two trees, and had no
         // block index.
         assert!(raw.drop_tree("userblock_index").unwrap());
@@ -689,6 +702,9 @@ fn upgrade_keeps_everything(version: u32) {
             store.deliveries(uid, 0, u64::MAX).unwrap(),
             vec![(seq, DeliveryRecord { session: 5, at: 6 })]
         );
+        let alice = store.conversation(uid, "alice@example.com").unwrap();
+        assert_eq!(alice.map(|c| (c.unread, c.last_seq)), Some((1, seq)));
+        assert_eq!(store.conversations(uid).unwrap().len(), 1);
         // The old record's fields, as the stanza its replay used to be built as.
         let upgraded = store.message(uid, seq).unwrap().unwrap();
         assert!(

@@ -191,6 +191,8 @@ pub fn render(request: &Request, answer: &Value) -> String {
                 "devices_expired",
                 "replays_truncated",
                 "timers_refused",
+                "given_back",
+                "device_key_merges",
                 "store_bytes",
             ];
             let rows: Vec<_> = order

@@ -120,6 +120,13 @@ impl Engine {
         let user = self.store.ensure_user(&jid.bare_string())?;
         let (no, mut device) =
             self.device_for(user, resource, session.device_id.as_deref(), now)?;
+        if device.online && device.resource != resource {
+            // Two live sessions with one key: `after-hash` with resources that differ before
+            // the '#' (a server that renamed a conflicting resource, say), or a client id
+            // reused. They share one cursor from now on; the operator should know.
+            self.counters.device_key_merges += 1;
+            tracing::warn!(user = %jid.to_bare(), key = %device.key, live = %device.resource, new = %resource, "a second live session has the same device key; both share one cursor");
+        }
         let same_connection = device.online
             && device.resource == resource
             && session.session_id.is_some()

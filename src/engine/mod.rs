@@ -112,7 +112,7 @@ pub struct EngineConfig {
 impl EngineConfig {
     pub fn new(domain: &str) -> EngineConfig {
         EngineConfig {
-            domain: domain.to_lowercase(),
+            domain: domain.to_ascii_lowercase(),
             dialect: Dialect::Auto,
             seed_resources: default_seed_resources(),
             policy: ReceiptPolicy::All,

@@ -106,6 +106,10 @@ pub struct StoreStats {
     pub devices_expired: u64,
     pub replays_truncated: u64,
     pub timers_refused: u64,
+    /// Messages readtrack could not log, handed back to the server's offline storage.
+    pub given_back: u64,
+    /// Sessions that came online under a device key another live session already had.
+    pub device_key_merges: u64,
     pub store_bytes: u64,
 }
 
@@ -155,7 +159,7 @@ fn view(m: &MessageRecord, body_max: usize) -> MessageView {
 impl Engine {
     fn user_of(&self, jid: &str) -> Result<(UserId, String)> {
         let parsed =
-            Jid::parse(jid).map_err(|e| QueryError::BadJid(jid.to_string(), e.to_string()))?;
+            Jid::prepare(jid).map_err(|e| QueryError::BadJid(jid.to_string(), e.to_string()))?;
         if parsed.local().is_none() || parsed.is_full() {
             return Err(QueryError::NotBare(jid.to_string()).into());
         }
@@ -377,6 +381,8 @@ impl Engine {
             devices_expired: c.devices_expired,
             replays_truncated: c.replays_truncated,
             timers_refused: c.timers_refused,
+            given_back: c.given_back,
+            device_key_merges: c.device_key_merges,
             store_bytes: self.store.size_on_disk()?,
         })
     }

@@ -34,6 +34,26 @@ pub fn index_hash(s: &str) -> u64 {
     msgid_hash(s).max(1)
 }
 
+/// How `userblock_index` hashes ids and peers. The hash only narrows a search: every match is
+/// checked against the message record, so a collision (which anyone can craft for FNV-1a)
+/// costs a record read, never a wrong answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IndexHash {
+    #[default]
+    Fnv1a,
+    /// Every value hashes alike: every lookup is a collision. For tests of the resolution.
+    Collide,
+}
+
+impl IndexHash {
+    pub fn of(self, s: &str) -> u64 {
+        match self {
+            IndexHash::Fnv1a => index_hash(s),
+            IndexHash::Collide => 1,
+        }
+    }
+}
+
 /// Messages per `userblock_index` record. sled splits a leaf at 16 keys whatever their size,
 /// and its page table costs about 300 bytes per page in memory, so one small key per message
 /// cost about 20 bytes of RSS per message per index: the log's index is one record per 32
@@ -50,11 +70,12 @@ pub fn block_of(seq: Seq) -> u64 {
     seq / INDEX_BLOCK
 }
 
-/// `userpeer_conversation`: user(8) ‖ fnv64(peer bare JID)(8).
-pub fn user_peer(user: UserId, peer: &str) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&user.to_be_bytes());
-    k[8..].copy_from_slice(&msgid_hash(peer).to_be_bytes());
+/// `userpeer_conversation`: user(8) ‖ peer bare JID (UTF-8). The whole JID (schema 5; a hash
+/// before): two peers can never share a conversation, whatever their names.
+pub fn user_peer(user: UserId, peer: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + peer.len());
+    k.extend_from_slice(&user.to_be_bytes());
+    k.extend_from_slice(peer.as_bytes());
     k
 }
 

@@ -168,6 +168,7 @@ pub(super) fn counters_from(from: u32, bytes: &[u8]) -> Result<Vec<u8>> {
         replays_truncated: old.replays_truncated,
         timers_refused: old.timers_refused,
         given_back: 0,
+        device_key_merges: 0,
     })
 }
 

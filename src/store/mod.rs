@@ -18,7 +18,7 @@ use std::sync::Mutex;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-pub use keys::{DeviceNo, Seq, UserId};
+pub use keys::{DeviceNo, IndexHash, Seq, UserId};
 use pending::{Bounds, Merged, Pending, Writes, T, TREES, TREE_NAMES};
 use records::{decode, encode};
 
@@ -44,6 +44,7 @@ const META_COUNTERS: &[u8] = b"counters";
 struct IndexBuilder {
     block: Option<(UserId, u64)>,
     entries: Vec<IndexEntry>,
+    hash: keys::IndexHash,
 }
 
 impl IndexBuilder {
@@ -60,7 +61,7 @@ impl IndexBuilder {
             self.finish(index)?;
             self.block = Some(block);
         }
-        self.entries.push(IndexEntry::of(&m));
+        self.entries.push(IndexEntry::of(&m, self.hash));
         Ok(())
     }
 
@@ -134,12 +135,16 @@ pub struct Timer {
 pub struct StoreOptions {
     /// sled page cache, bytes.
     pub cache_bytes: u64,
+    /// How the log's index hashes ids and peers (tests force collisions with it).
+    #[doc(hidden)]
+    pub index_hash: keys::IndexHash,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             cache_bytes: 64 * 1024 * 1024,
+            index_hash: keys::IndexHash::default(),
         }
     }
 }
@@ -154,6 +159,7 @@ pub struct Store {
     /// Records decoded since open: lets tests assert that work is proportional to what is unread.
     reads: AtomicU64,
     flushes: AtomicU64,
+    hash: keys::IndexHash,
 }
 
 /// Above this many pending writes, a store call first moves the write set into sled (not yet
@@ -202,6 +208,7 @@ impl Store {
             pending: Mutex::new(Pending::default()),
             reads: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            hash: options.index_hash,
         })
     }
 
@@ -303,7 +310,11 @@ impl Store {
         migrate::remove_dir(fresh)?;
         let db = Self::open_db(fresh, options)?;
         let index = db.open_tree(TREE_NAMES[T::UserblockIndex as usize])?;
-        let mut block = IndexBuilder::default();
+        let mut block = IndexBuilder {
+            block: None,
+            entries: Vec::new(),
+            hash: options.index_hash,
+        };
         let (mut devices, mut messages) = (0u64, 0u64);
         for (i, name) in TREE_NAMES.iter().enumerate() {
             if i == T::UserblockIndex as usize {
@@ -322,7 +333,15 @@ impl Store {
                     in_batch += 1;
                     continue;
                 }
-                if i == T::UserdeviceCursor as usize {
+                if i == T::UserpeerConversation as usize && from < 5 {
+                    // Keyed by a hash of the peer before schema 5; the record names the peer.
+                    let conv: ConversationRecord = decode("userpeer_conversation", &v)?;
+                    let user = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
+                        tree: "userpeer_conversation",
+                        len: k.len(),
+                    })?;
+                    batch.insert(keys::user_peer(user, &conv.peer), v);
+                } else if i == T::UserdeviceCursor as usize {
                     batch.insert(k, migrate::device_from(from, &v)?);
                     devices += 1;
                 } else if i == T::UserseqMessage as usize {
@@ -600,7 +619,7 @@ impl Store {
             ..message.clone()
         };
         let conv_key = keys::user_peer(user, &peer);
-        let mut conv: ConversationRecord = match self.get(T::UserpeerConversation, conv_key)? {
+        let mut conv: ConversationRecord = match self.get(T::UserpeerConversation, &conv_key)? {
             Some(v) => decode("userpeer_conversation", &v)?,
             None => ConversationRecord {
                 peer: peer.clone(),
@@ -621,7 +640,7 @@ impl Store {
         );
         let block = keys::block_of(seq);
         let mut entries = self.index_block(user, block)?;
-        entries.push(IndexEntry::of(&entry));
+        entries.push(IndexEntry::of(&entry, self.hash));
         w.put(
             T::UserblockIndex,
             keys::user_block(user, block),
@@ -692,7 +711,7 @@ impl Store {
         }
         if message.counts_as_unread() {
             let conv_key = keys::user_peer(user, &peer);
-            if let Some(v) = self.get(T::UserpeerConversation, conv_key)? {
+            if let Some(v) = self.get(T::UserpeerConversation, &conv_key)? {
                 let mut conv: ConversationRecord = decode("userpeer_conversation", &v)?;
                 if seq > conv.read_upto {
                     conv.unread = conv.unread.saturating_sub(1);
@@ -726,7 +745,7 @@ impl Store {
     /// state only moves forward; returns how many messages became read.
     pub fn mark_read(&self, user: UserId, peer: &str, upto: Seq) -> Result<u64> {
         let conv_key = keys::user_peer(user, peer);
-        let Some(v) = self.get(T::UserpeerConversation, conv_key)? else {
+        let Some(v) = self.get(T::UserpeerConversation, &conv_key)? else {
             return Ok(0);
         };
         let mut conv: ConversationRecord = self.read("userpeer_conversation", &v)?;
@@ -735,10 +754,16 @@ impl Store {
         if upto <= conv.read_upto {
             return Ok(0);
         }
-        let peer_hash = keys::index_hash(peer);
+        let peer_hash = self.hash.of(peer);
         let mut newly = 0u64;
         for entry in self.index_entries(user, conv.read_upto, upto, false) {
-            if entry?.peer == peer_hash {
+            let entry = entry?;
+            // The hash narrows; the record decides (a crafted JID can share a hash).
+            if entry.peer == peer_hash
+                && self
+                    .message(user, entry.seq)?
+                    .is_some_and(|m| m.counts_as_unread() && m.peer() == peer)
+            {
                 newly += 1;
             }
         }
@@ -815,7 +840,7 @@ impl Store {
         after: Seq,
         newest_first: bool,
     ) -> Result<impl Iterator<Item = Result<MessageRecord>> + 'a> {
-        let hash = keys::index_hash(msg_id);
+        let hash = self.hash.of(msg_id);
         let head = self.user(user)?.head;
         Ok(self
             .index_entries(user, after, head, newest_first)

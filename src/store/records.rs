@@ -233,14 +233,14 @@ pub struct IndexEntry {
 
 impl IndexEntry {
     /// The entry of a logged message (its `seq` assigned).
-    pub fn of(m: &MessageRecord) -> IndexEntry {
+    pub fn of(m: &MessageRecord, hash: super::keys::IndexHash) -> IndexEntry {
         IndexEntry {
             seq: m.seq,
-            msgid: m.msg_id.as_deref().map_or(0, super::keys::index_hash),
+            msgid: m.msg_id.as_deref().map_or(0, |id| hash.of(id)),
             peer: if m.sent || m.signal {
                 0
             } else {
-                super::keys::index_hash(&m.peer())
+                hash.of(&m.peer())
             },
         }
     }
@@ -273,6 +273,8 @@ pub struct Counters {
     /// Messages readtrack could not log, handed back to the server's offline storage
     /// (schema 5).
     pub given_back: u64,
+    /// A session came online under the device key of another live session (schema 5).
+    pub device_key_merges: u64,
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
