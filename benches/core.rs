@@ -295,6 +295,7 @@ fn bench_ingest(c: &mut Criterion) {
         head: 1 << 20,
         first_seq: 1,
         next_device: 1,
+        account: None,
     });
     let conv = encoded(&ConversationRecord {
         peer: "alice@example.com".into(),

@@ -73,6 +73,13 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Deletes everything readtrack keeps of a user: log, devices, timers, read state (as when
+    /// the server deletes the account).
+    Purge {
+        jid: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Unread messages per conversation (peer) of a user, whichever device reads.
     Conversations {
         jid: String,
@@ -140,6 +147,7 @@ fn main() -> ExitCode {
             device,
             common,
         } => admin(common, Request::Forget { jid, device }),
+        Command::Purge { jid, common } => admin(common, Request::Purge { jid }),
         Command::Stats { common } => admin(common, Request::Stats),
         Command::Conversations { jid, common } => admin(common, Request::Conversations { jid }),
     };

@@ -69,6 +69,8 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
         },
         HookEvent::Unavailable { jid, session_id } => Input::Unavailable { jid, session_id },
         HookEvent::Snapshot { sessions } => Input::Snapshot { sessions },
+        HookEvent::Account { jid, token } => Input::Account { user: jid, token },
+        HookEvent::UserDeleted { jid } => Input::UserDeleted { user: jid },
         HookEvent::Routed {
             to,
             archive_id,

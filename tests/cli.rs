@@ -307,7 +307,8 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
                "messages": 6, "pending_timers": 1, "logged": 6, "replays": 0, "bounces": 0,
                "receipts_accepted": 3, "receipts_duplicate": 0, "receipts_rejected": 0,
                "messages_deleted": 0, "devices_expired": 0, "replays_truncated": 0,
-               "timers_refused": 0, "store_bytes": store_bytes})
+               "timers_refused": 0, "given_back": 0, "device_key_merges": 0, "users_purged": 0,
+               "store_bytes": store_bytes})
     );
     let table = ok(rt, &["stats"]);
     let lines: Vec<&str> = table.lines().collect();
@@ -317,13 +318,13 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
     } else {
         ("no", |v| v == "-")
     };
-    assert_eq!(lines.len(), 18, "{table}");
+    assert_eq!(lines.len(), 21, "{table}");
     assert_eq!(lines[0], "STAT                VALUE");
     assert_eq!(lines[1], format!("service_running     {yes_no}"));
     let uptime_cell = lines[2].strip_prefix("uptime_secs         ").unwrap_or("?");
     assert!(uptime_ok(uptime_cell), "uptime: {table}");
     assert_eq!(
-        lines[3..17],
+        lines[3..20],
         [
             "users               3".to_string(),
             format!("devices             {devices}"),
@@ -339,9 +340,12 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
             "devices_expired     0".to_string(),
             "replays_truncated   0".to_string(),
             "timers_refused      0".to_string(),
+            "given_back          0".to_string(),
+            "device_key_merges   0".to_string(),
+            "users_purged        0".to_string(),
         ]
     );
-    let size_cell = lines[17]
+    let size_cell = lines[20]
         .strip_prefix("store_bytes         ")
         .unwrap_or("?");
     assert!(size_cell.parse::<u64>().is_ok(), "store_bytes: {table}");
@@ -351,7 +355,7 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
 fn check_operator_errors(rt: &Readtrack) {
     assert_eq!(
         fails(rt, &["cursors", "bad jid@@"], 2),
-        r#"readtrack: "bad jid@@" is not a JID: JID "bad jid@@" contains a forbidden character"#
+        r#"readtrack: "bad jid@@" is not a JID: JID "bad jid@@" cannot be prepared (stringprep): prohibited character ` `"#
     );
     assert_eq!(
         fails(rt, &["log", "bob@localhost/phone", "--json"], 2),
@@ -493,14 +497,44 @@ async fn every_command_live_and_on_the_stopped_store() {
          DEVICE  RESOURCE  ACKED_UPTO  UNREAD  PENDING  ONLINE  LAST_SEEN\n"
     );
     check_stats(&rt, false, 3);
+    // purge on the stopped store: carol (no device left, no message) goes entirely.
+    assert_eq!(
+        ok(&rt, &["purge", "carol@localhost"]),
+        "purged carol@localhost: 0 messages, 0 devices, 0 timers\n"
+    );
+    failure(
+        &rt.cli(&["cursors", "carol@localhost"]),
+        2,
+        "cursors of a purged user",
+    );
 
     // What was forgotten on the stopped store stays forgotten when the service comes back.
     rt.start_again();
-    assert_eq!(
-        device_names(&ok_json(&rt, &["cursors", "carol@localhost"])),
-        Vec::<String>::new()
+    failure(
+        &rt.cli(&["cursors", "carol@localhost"]),
+        2,
+        "cursors of a user purged on the stopped store",
     );
     assert_eq!(ok_json(&rt, &["stats"])["service_running"], true);
+    // purge live: bob's log (m1..m3), both devices and m3's receipt timer go, durably.
+    let purged = ok_json(&rt, &["purge", "Bob@LocalHost"]);
+    assert_eq!(
+        purged,
+        serde_json::json!({"user": "bob@localhost", "purged": true, "messages": 3, "devices": 2, "timers": 1})
+    );
+    failure(
+        &rt.cli(&["log", "bob@localhost"]),
+        2,
+        "log of a purged user",
+    );
+    assert_eq!(ok_json(&rt, &["stats"])["users_purged"], 2);
+    let status = rt.stop();
+    assert!(status.success(), "clean stop: {status}");
+    failure(
+        &rt.cli(&["log", "bob@localhost"]),
+        2,
+        "log of a purged user, after a restart",
+    );
 }
 
 /// A config whose socket and store do not exist: the error names both paths.

@@ -1901,3 +1901,51 @@ scenario!(
         );
     }
 );
+
+scenario!(
+    a_re_created_account_never_sees_the_old_ones_data,
+    a_re_created_account_never_sees_the_old_ones_data_reopened,
+    |reopen| {
+        let mut w = World::new(reopen);
+        let account = |token: &str| Input::Account {
+            user: jid("bob@example.com"),
+            token: token.into(),
+        };
+        w.step(account("first"));
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "old", "x"),
+            &[],
+        );
+        // The same account, told again (a reconnect, a login): nothing changes.
+        w.step(account("first"));
+        assert_eq!(w.logged("bob@example.com"), 1);
+        // Deleted and created again while readtrack was away: another token. The old
+        // account's log (and its timer) goes before anything of the new one is recorded.
+        w.step(account("second"));
+        assert_eq!(w.logged("bob@example.com"), 0);
+        assert!(replays(&w.online("bob@example.com/phone")).is_empty());
+        assert!(bounces(&w.advance(Duration::from_secs(60))).is_empty());
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "new", "x"),
+            &[],
+        );
+        assert_eq!(w.logged("bob@example.com"), 1);
+        // The server deletes the account: everything goes, durably.
+        w.step(Input::UserDeleted {
+            user: jid("bob@example.com"),
+        });
+        w.reopen();
+        assert_eq!(w.engine().store().user_id("bob@example.com").unwrap(), None);
+        assert_eq!(w.engine().counters().users_purged, 2);
+        // A user known from before tokens (an upgraded store) adopts the first one it is told.
+        w.route(
+            chat("alice@example.com/a", "carol@example.com", "c1", "x"),
+            &[],
+        );
+        w.step(Input::Account {
+            user: jid("carol@example.com"),
+            token: "t".into(),
+        });
+        assert_eq!(w.logged("carol@example.com"), 1);
+    }
+);

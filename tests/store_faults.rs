@@ -235,7 +235,17 @@ fn locked_by_another_readtrack_process() {
 
 /// Writes `schema_version` = `version` straight into sled's meta tree.
 fn set_schema_version(path: &Path, version: u32) {
-    let db = sled::open(path).unwrap();
+    // sled lets go of its lock a little after a dropped store's last handle: retry a while.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let db = loop {
+        match sled::open(path) {
+            Ok(db) => break db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("open {} with sled: {e}", path.display()),
+        }
+    };
     db.open_tree("meta")
         .unwrap()
         .insert("schema_version", &version.to_be_bytes())

@@ -425,7 +425,7 @@ fn refuses_a_store_of_another_schema_version() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     {
-        let raw = sled::open(&path).unwrap();
+        let raw = raw_open(&path);
         raw.open_tree("meta")
             .unwrap()
             .insert("schema_version", &99u32.to_be_bytes())
@@ -446,7 +446,7 @@ fn refuses_a_foreign_sled_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     {
-        let raw = sled::open(&path).unwrap();
+        let raw = raw_open(&path);
         raw.open_tree("jid_userid")
             .unwrap()
             .insert("x", "y")
@@ -615,7 +615,7 @@ fn upgrade_keeps_everything(version: u32) {
     };
     // Turn it into an old store: device records in the old layout, the old version.
     {
-        let raw = sled::open(&path).unwrap();
+        let raw = raw_open(&path);
         let cursors = raw.open_tree("userdevice_cursor").unwrap();
         for (k, d) in [(0u32, &phone), (1, &laptop)] {
             let mut key = uid.to_be_bytes().to_vec();
@@ -656,6 +656,27 @@ fn upgrade_keeps_everything(version: u32) {
         raw.open_tree("meta")
             .unwrap()
             .insert("counters", vec![0u8; 10])
+            .unwrap();
+        // The user record had no account token.
+        #[derive(serde::Serialize)]
+        struct UserRecordV4<'a> {
+            jid: &'a str,
+            head: Seq,
+            first_seq: Seq,
+            next_device: u32,
+        }
+        let v4 = UserRecordV4 {
+            jid: "bob@example.com",
+            head: seq,
+            first_seq: 1,
+            next_device: 2,
+        };
+        raw.open_tree("userid_user")
+            .unwrap()
+            .insert(
+                uid.to_be_bytes(),
+                bincode::serde::encode_to_vec(&v4, bincode::config::standard()).unwrap(),
+            )
             .unwrap();
         // Conversations were keyed by a hash of the peer.
         let conversations = raw.open_tree("userpeer_conversation").unwrap();
@@ -702,6 +723,11 @@ fn upgrade_keeps_everything(version: u32) {
             store.deliveries(uid, 0, u64::MAX).unwrap(),
             vec![(seq, DeliveryRecord { session: 5, at: 6 })]
         );
+        let user = store.user(uid).unwrap();
+        assert_eq!(
+            (user.jid.as_str(), user.head, user.next_device, user.account),
+            ("bob@example.com", seq, 2, None)
+        );
         let alice = store.conversation(uid, "alice@example.com").unwrap();
         assert_eq!(alice.map(|c| (c.unread, c.last_seq)), Some((1, seq)));
         assert_eq!(store.conversations(uid).unwrap().len(), 1);
@@ -716,7 +742,7 @@ fn upgrade_keeps_everything(version: u32) {
             upgraded.stanza
         );
     }
-    let raw = sled::open(&path).unwrap();
+    let raw = raw_open(&path);
     assert_eq!(
         raw.open_tree("meta")
             .unwrap()
@@ -935,5 +961,22 @@ fn an_interrupted_upgrade_is_finished_or_discarded_at_the_next_open() {
             "{what}"
         );
         assert_eq!(leftovers(dir.path()), ["db"], "{what}");
+    }
+}
+
+/// Opens the folder with sled directly (not through readtrack). sled lets go of its lock a
+/// little after the last handle is dropped (its flusher thread ends asynchronously), so an
+/// open right after a `Store` was dropped is retried for a while: without it this failed
+/// now and then under load.
+fn raw_open(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("open {} with sled: {e}", path.display()),
+        }
     }
 }

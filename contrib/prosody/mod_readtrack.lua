@@ -150,10 +150,55 @@ local function session_tag(name, session)
 		.. "/>";
 end
 
+------------------------------------------------------------------------------------------------
+-- Accounts. Each account gets a random token, kept in this module's storage, which Prosody
+-- purges with the account (in the server, or by prosodyctl in its own process, where no event
+-- reaches this module). readtrack is told the token before the first event about a user on each
+-- connection: another token for a name it knows means the account was deleted and created
+-- again, and the old one's data goes before anything else happens.
+
+local account_store = module:open_store("readtrack_account");
+local account_tokens = {}; -- username -> token, for this process
+local told = {};           -- username -> true: readtrack has it on this connection
+
+-- `fresh`: read the token from storage even if known (at login: an account deleted and created
+-- again by 0.12's prosodyctl, out of process, leaves this cache stale).
+local function tell_account(username, fresh)
+	if not username or not component_connected() then return; end
+	if fresh then
+		local data = account_store:get(username);
+		if not (data and data.token == account_tokens[username]) then
+			account_tokens[username], told[username] = nil, nil;
+		end
+	end
+	if told[username] then return; end
+	local token = account_tokens[username];
+	if not token then
+		local data = account_store:get(username);
+		token = data and data.token;
+		if not token then
+			token = new_id() .. new_id();
+			account_store:set(username, { token = token });
+		end
+		account_tokens[username] = token;
+	end
+	told[username] = true;
+	emit("<account xmlns='" .. xmlns_hook .. "'" .. xml_attr("jid", username .. "@" .. host)
+		.. xml_attr("token", token) .. "/>");
+end
+
+module:hook_global("user-deleted", function(event)
+	if event.host ~= host then return; end
+	account_tokens[event.username] = nil;
+	told[event.username] = nil;
+	emit("<user-deleted xmlns='" .. xmlns_hook .. "'" .. xml_attr("jid", event.username .. "@" .. host) .. "/>");
+end);
+
 module:hook("presence/initial", function(event)
 	local session = event.origin;
 	if session.type ~= "c2s" or not session.full_jid then return; end
 	session.readtrack_state = "available";
+	tell_account(session.username, true);
 	emit(session_tag("available", session));
 end);
 
@@ -320,6 +365,8 @@ local function track_routing(handlers, event_name, event_data)
 	if #record.written == 0 and not record.offline then
 		return ret;
 	end
+	-- The account exists (the server delivered or stored the message): its token first.
+	tell_account((jid_split(to)));
 	local sent_record = client_sent[stanza];
 	local sent = sent_record and origin.type == "c2s" and "true" or nil;
 	client_sent[stanza] = nil;
@@ -391,6 +438,7 @@ end
 local function on_client_message(event)
 	local origin, stanza = event.origin, event.stanza;
 	if origin.type ~= "c2s" or not interesting_sent(stanza, origin) then return; end
+	tell_account(origin.username);
 	if to_server(stanza) then
 		-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody
 		-- would answer each with service-unavailable, which seed clients treat as a failed ack.
@@ -456,6 +504,24 @@ end
 
 local execute;
 
+-- Replays go through the checks a live delivery would: a user who blocked the sender (XEP-0191,
+-- mod_blocklist) after the message was logged does not get it replayed. mod_blocklist keeps
+-- each user's list in its store; it is read once per command stanza and user.
+local blocklist_store = module:open_store("blocklist");
+local blocklists;
+
+local function blocked(username, from)
+	if not (from and hosts[host].modules.blocklist) then return false; end
+	local list = blocklists[username];
+	if list == nil then
+		list = blocklist_store:get(username) or false;
+		blocklists[username] = list;
+	end
+	if not list then return false; end
+	local node, from_host = jid_split(from);
+	return list[from] or (node and list[node .. "@" .. from_host]) or list[from_host] or false;
+end
+
 module:hook("message/host", function(event)
 	local origin, stanza = event.origin, event.stanza;
 	local command = stanza:get_child(nil, xmlns_hook);
@@ -466,6 +532,7 @@ module:hook("message/host", function(event)
 		return true;
 	end
 	-- readtrack packs many commands into one message; they run in document order.
+	blocklists = {};
 	for each in stanza:childtags(nil, xmlns_hook) do
 		local id = each.attr.id;
 		if not (id and executed[id]) then
@@ -490,7 +557,9 @@ function execute(command)
 	if command.name == "deliver" then
 		local to = command.attr.to;
 		local session = to and jid_host(to) == host and full_sessions[to];
-		if session then
+		if session and blocked(session.username, inner.attr.from) then
+			module:log("debug", "readtrack replay from %s to %s dropped: blocked", tostring(inner.attr.from), to);
+		elseif session then
 			replaying[inner] = true;
 			session.send(inner);
 		else
@@ -540,10 +609,12 @@ end
 -- (Re)connection: readtrack lost track of presence while away, so tell it who is online now.
 
 local function send_snapshot()
+	told = {}; -- a new connection: readtrack learns every token again
 	local snapshot = { "<snapshot xmlns='", xmlns_hook, "'>" };
-	for _, user in pairs(hosts[host].sessions or {}) do
+	for username, user in pairs(hosts[host].sessions or {}) do
 		for _, session in pairs(user.sessions or {}) do
 			if session.presence and session.full_jid then
+				tell_account(username);
 				snapshot[#snapshot + 1] = session_tag("session", session);
 			end
 		end

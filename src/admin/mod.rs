@@ -46,6 +46,10 @@ pub enum Request {
         jid: String,
         device: String,
     },
+    /// Deletes everything of a user (as when the server deletes the account).
+    Purge {
+        jid: String,
+    },
     Stats,
     Conversations {
         jid: String,
@@ -89,6 +93,16 @@ pub fn execute(engine: &mut Engine, request: &Request, origin: Origin) -> Respon
             Request::Forget { jid, device } => {
                 let device = engine.forget(jid, device)?;
                 Ok(serde_json::json!({ "user": jid, "device": device, "forgotten": true }))
+            }
+            Request::Purge { jid } => {
+                let (user, report) = engine.purge(jid)?;
+                Ok(serde_json::json!({
+                    "user": user,
+                    "purged": true,
+                    "messages": report.messages,
+                    "devices": report.devices,
+                    "timers": report.timers,
+                }))
             }
             Request::Stats => {
                 let store_stats =

@@ -173,6 +173,13 @@ pub fn render(request: &Request, answer: &Value) -> String {
             text(&answer["device"]),
             text(&answer["user"])
         ),
+        Request::Purge { .. } => format!(
+            "purged {}: {} messages, {} devices, {} timers\n",
+            text(&answer["user"]),
+            text(&answer["messages"]),
+            text(&answer["devices"]),
+            text(&answer["timers"])
+        ),
         Request::Stats => {
             let order = [
                 "service_running",
@@ -193,6 +200,7 @@ pub fn render(request: &Request, answer: &Value) -> String {
                 "timers_refused",
                 "given_back",
                 "device_key_merges",
+                "users_purged",
                 "store_bytes",
             ];
             let rows: Vec<_> = order

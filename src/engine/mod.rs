@@ -195,6 +195,10 @@ pub enum Input {
     },
     /// The complete set of available sessions, sent when readtrack (re)connects.
     Snapshot { sessions: Vec<SessionInfo> },
+    /// The server's token of `user`'s account (see [`crate::stanza::hooks::HookEvent::Account`]).
+    Account { user: Jid, token: String },
+    /// The server deleted `user`'s account: everything of it goes.
+    UserDeleted { user: Jid },
 }
 
 impl Input {
@@ -380,6 +384,12 @@ impl Engine {
                 now,
             ),
             Input::Snapshot { sessions } => self.snapshot(&sessions, now),
+            Input::Account { user, token } => self.account(&user, &token),
+            Input::UserDeleted { user } => {
+                let user = self.local_user(&user, "deleted user")?;
+                self.purge_user(&user.bare_string(), "the server deleted the account")?;
+                Ok(Vec::new())
+            }
         }
     }
 
@@ -389,6 +399,43 @@ impl Engine {
         self.counters.given_back += 1;
         tracing::warn!(recipient = %to, "{why}; handed back to the server's offline storage");
         Output::StoreOffline { to, stanza_xml }
+    }
+
+    /// Rule 10 (account lifecycle): the token the server keeps for an account. A user readtrack
+    /// knows under another token is a new account with an old name: the old one's data goes
+    /// first. A user known without a token (logged before tokens, or by an older store) adopts
+    /// it.
+    fn account(&mut self, user: &Jid, token: &str) -> Result<Vec<Output>> {
+        let user = self.local_user(user, "account")?.bare_string();
+        if let Some(id) = self.store.user_id(&user)? {
+            match self.store.user(id)?.account {
+                Some(known) if known == token => return Ok(Vec::new()),
+                Some(_) => {
+                    self.purge_user(&user, "the account was deleted and created again")?;
+                }
+                None => {}
+            }
+        }
+        let id = self.store.ensure_user(&user)?;
+        self.store.set_account(id, token)?;
+        Ok(Vec::new())
+    }
+
+    /// Deletes everything of a user (log, devices, timers, read state, what they sent), in the
+    /// next commit. Returns what went; `None` when readtrack has nothing of that user.
+    pub fn purge_user(
+        &mut self,
+        bare: &str,
+        why: &str,
+    ) -> Result<Option<crate::store::PurgeReport>> {
+        let Some(id) = self.store.user_id(bare)? else {
+            return Ok(None);
+        };
+        let report = self.store.purge_user(id)?;
+        self.pending_timers = self.pending_timers.saturating_sub(report.timers as usize);
+        self.counters.users_purged += 1;
+        tracing::info!(user = %bare, messages = report.messages, devices = report.devices, "{why}: everything of the user deleted");
+        Ok(Some(report))
     }
 
     /// Fires receipt timers due at `now`. Bounces are held until the next commit.

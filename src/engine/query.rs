@@ -110,6 +110,8 @@ pub struct StoreStats {
     pub given_back: u64,
     /// Sessions that came online under a device key another live session already had.
     pub device_key_merges: u64,
+    /// Users deleted with all their data (account deleted on the server, or `purge`).
+    pub users_purged: u64,
     pub store_bytes: u64,
 }
 
@@ -363,6 +365,17 @@ impl Engine {
         Ok(d.key)
     }
 
+    /// The operator's `purge`: everything of the user goes, durably, as when the server deletes
+    /// the account. Returns the user's bare JID and what was deleted.
+    pub fn purge(&mut self, jid: &str) -> Result<(String, crate::store::PurgeReport)> {
+        let (_, bare) = self.user_of(jid)?;
+        let report = self
+            .purge_user(&bare, "purged by the operator")?
+            .unwrap_or_default();
+        self.commit()?;
+        Ok((bare, report))
+    }
+
     pub fn store_stats(&self) -> Result<StoreStats> {
         let c = &self.counters;
         Ok(StoreStats {
@@ -383,6 +396,7 @@ impl Engine {
             timers_refused: c.timers_refused,
             given_back: c.given_back,
             device_key_merges: c.device_key_merges,
+            users_purged: c.users_purged,
             store_bytes: self.store.size_on_disk()?,
         })
     }

@@ -79,6 +79,12 @@ pub enum HookEvent {
     /// The module executed the command that carried this `id` (or had already: it executes one
     /// id once).
     Done { id: String },
+    /// The server's token of the account `jid` (bare), told before the first event about that
+    /// user on each connection. Another token for a known user: the account was deleted and
+    /// created again meanwhile (possibly outside the running server).
+    Account { jid: Jid, token: String },
+    /// The server deleted the account `jid` (bare).
+    UserDeleted { jid: Jid },
 }
 
 /// What readtrack asks the server module to do (component → host).
@@ -412,6 +418,13 @@ impl HookEvent {
             "snapshot" => HookEvent::Snapshot {
                 sessions: w.hook_content(&el)?.0,
             },
+            "account" => HookEvent::Account {
+                jid: bare_jid_attr(&el.start, "jid")?,
+                token: required(&el.start, "token")?,
+            },
+            "user-deleted" => HookEvent::UserDeleted {
+                jid: bare_jid_attr(&el.start, "jid")?,
+            },
             "done" => HookEvent::Done {
                 id: attr(&el.start, "id")?.ok_or(HookError::MissingAttribute {
                     element: name.clone(),
@@ -489,6 +502,15 @@ impl HookEvent {
             HookEvent::Done { id } => {
                 format!("<done xmlns=\"{NS_HOOK}\" id=\"{}\"/>", escape(id.as_str()))
             }
+            HookEvent::Account { jid, token } => format!(
+                "<account xmlns=\"{NS_HOOK}\" jid=\"{}\" token=\"{}\"/>",
+                escape(jid.to_string()),
+                escape(token.as_str())
+            ),
+            HookEvent::UserDeleted { jid } => format!(
+                "<user-deleted xmlns=\"{NS_HOOK}\" jid=\"{}\"/>",
+                escape(jid.to_string())
+            ),
         };
         Ok(envelope(host, component, &body))
     }
@@ -892,6 +914,13 @@ mod tests {
             HookEvent::Sent {
                 message_xml: "<message xmlns=\"jabber:client\" type=\"crs\" to=\"localhost\"><offline xmlns=\"urn:xmpp:offline\"/></message>".into(),
                 carbons: vec![jid("a@localhost/other")],
+            },
+            HookEvent::Account {
+                jid: jid("b@localhost"),
+                token: "k&1".into(),
+            },
+            HookEvent::UserDeleted {
+                jid: jid("b@localhost"),
             },
             HookEvent::Snapshot {
                 sessions: vec![

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::Seq;
 use super::records::{
-    decode, encode, Counters, DeviceRecord, MessageRecord, ReceiptState, ReplayRange,
+    decode, encode, Counters, DeviceRecord, MessageRecord, ReceiptState, ReplayRange, UserRecord,
 };
 use super::{Result, StoreError};
 
@@ -135,6 +135,31 @@ pub(super) fn stanza_of(old: &MessageRecordV4) -> String {
     out
 }
 
+/// `userid_user` as schemas 2 to 4 stored it (before `account`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct UserRecordV4 {
+    pub jid: String,
+    pub head: Seq,
+    pub first_seq: Seq,
+    pub next_device: super::keys::DeviceNo,
+}
+
+/// A user record of schema `from` as the current one; no account token is known yet (the
+/// first one the server names is adopted).
+pub(super) fn user_from(from: u32, bytes: &[u8]) -> Result<UserRecord> {
+    if from >= 5 {
+        return decode("userid_user", bytes);
+    }
+    let old: UserRecordV4 = decode("userid_user", bytes)?;
+    Ok(UserRecord {
+        jid: old.jid,
+        head: old.head,
+        first_seq: old.first_seq,
+        next_device: old.next_device,
+        account: None,
+    })
+}
+
 /// `meta` counters as schemas 2 to 4 stored them (before `given_back`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct CountersV4 {
@@ -169,6 +194,7 @@ pub(super) fn counters_from(from: u32, bytes: &[u8]) -> Result<Vec<u8>> {
         timers_refused: old.timers_refused,
         given_back: 0,
         device_key_merges: 0,
+        users_purged: 0,
     })
 }
 

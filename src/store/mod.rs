@@ -75,6 +75,14 @@ impl IndexBuilder {
     }
 }
 
+/// What [`Store::purge_user`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PurgeReport {
+    pub messages: u64,
+    pub devices: u64,
+    pub timers: u64,
+}
+
 /// How long [`Store::open`] waits for another holder of the store's lock to let go.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -304,7 +312,7 @@ impl Store {
         // a scan of it, for the progress lines.
         let mut total = 0u64;
         for kv in self.tree(T::UseridUser).iter() {
-            let user: UserRecord = decode("userid_user", &kv?.1)?;
+            let user = migrate::user_from(from, &kv?.1)?;
             total += (user.head + 1).saturating_sub(user.first_seq.max(1));
         }
         migrate::remove_dir(fresh)?;
@@ -333,7 +341,9 @@ impl Store {
                     in_batch += 1;
                     continue;
                 }
-                if i == T::UserpeerConversation as usize && from < 5 {
+                if i == T::UseridUser as usize {
+                    batch.insert(k, encode(&migrate::user_from(from, &v)?)?);
+                } else if i == T::UserpeerConversation as usize && from < 5 {
                     // Keyed by a hash of the peer before schema 5; the record names the peer.
                     let conv: ConversationRecord = decode("userpeer_conversation", &v)?;
                     let user = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
@@ -543,6 +553,7 @@ impl Store {
             head: 0,
             first_seq: 1,
             next_device: 0,
+            account: None,
         })?;
         let id = match self.get(T::Meta, META_NEXT_USER)? {
             Some(v) => keys::be_u64(&v, 0).unwrap_or(1),
@@ -554,6 +565,55 @@ impl Store {
         w.put(T::UseridUser, keys::user_prefix(id), record);
         self.apply(w)?;
         Ok(id)
+    }
+
+    /// Records the server's token of the user's account.
+    pub fn set_account(&self, user: UserId, account: &str) -> Result<()> {
+        let mut record = self.user(user)?;
+        record.account = Some(account.to_string());
+        let mut w = Writes::default();
+        w.put(T::UseridUser, keys::user_prefix(user), encode(&record)?);
+        self.apply(w)
+    }
+
+    /// Deletes everything of one user: the log (received and sent), its index and timers, the
+    /// devices and their delivery logs, the read state, the user record and the JID's mapping,
+    /// all or nothing. The JID is free for a new user afterwards (a new user id).
+    pub fn purge_user(&self, user: UserId) -> Result<PurgeReport> {
+        let record = self.user(user)?;
+        let mut report = PurgeReport::default();
+        let mut w = Writes::default();
+        for kv in self.scan_prefix(T::UserseqMessage, keys::user_prefix(user)) {
+            let (k, v) = kv?;
+            let m: MessageRecord = self.read("userseq_message", &v)?;
+            if let Some(deadline) = m.receipt.timer() {
+                w.del(
+                    T::DeadlineUserseq,
+                    keys::deadline_user_seq(deadline, user, m.seq),
+                );
+                report.timers += 1;
+            }
+            w.del(T::UserseqMessage, k);
+            report.messages += 1;
+        }
+        for t in [
+            T::UserblockIndex,
+            T::UserdeviceCursor,
+            T::UserdeviceseqDelivery,
+            T::UserpeerConversation,
+        ] {
+            for kv in self.scan_prefix(t, keys::user_prefix(user)) {
+                let (k, _) = kv?;
+                if t == T::UserdeviceCursor {
+                    report.devices += 1;
+                }
+                w.del(t, k);
+            }
+        }
+        w.del(T::UseridUser, keys::user_prefix(user));
+        w.del(T::JidUserid, record.jid.as_bytes());
+        self.apply(w)?;
+        Ok(report)
     }
 
     pub fn user(&self, user: UserId) -> Result<UserRecord> {

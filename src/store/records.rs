@@ -17,6 +17,9 @@ pub struct UserRecord {
     pub first_seq: Seq,
     /// Next device number to hand out.
     pub next_device: DeviceNo,
+    /// The server's token for this account (schema 5): a re-created account with the same
+    /// name has another, and never sees the old one's data.
+    pub account: Option<String>,
 }
 
 /// Where a message stands with respect to the receipt policy.
@@ -275,6 +278,8 @@ pub struct Counters {
     pub given_back: u64,
     /// A session came online under the device key of another live session (schema 5).
     pub device_key_merges: u64,
+    /// Users deleted with all their data: the server deleted the account, or `purge`.
+    pub users_purged: u64,
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
