@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use readtrack::jid::Jid;
 use readtrack::stanza::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo};
@@ -37,6 +39,16 @@ async fn component(p: &Prosody) -> (RawComponent, Vec<SessionInfo>) {
     }
 }
 
+/// What the component receives within `window`, account tokens left out (they come before a
+/// user's first event on each connection: `accounts_are_told_once_per_connection` checks them).
+async fn drain(comp: &mut RawComponent, window: Duration) -> Vec<String> {
+    comp.drain(window)
+        .await
+        .into_iter()
+        .filter(|s| !matches!(HookEvent::parse(s, DOMAIN), Ok(HookEvent::Account { .. })))
+        .collect()
+}
+
 /// The first hook event matching `pred`; other events stay queued. Anything the component
 /// receives that is not a valid event from the host fails the test.
 async fn next_event(
@@ -48,7 +60,9 @@ async fn next_event(
         .expect(what, WAIT, |s| {
             let event = HookEvent::parse(s, DOMAIN)
                 .unwrap_or_else(|e| panic!("component got a non-event ({e}): {s}"));
-            pred(&event)
+            // Account tokens come before a user's first event on each connection; the tests
+            // that look at them drain them, the others look past them.
+            !matches!(event, HookEvent::Account { .. }) && pred(&event)
         })
         .await;
     HookEvent::parse(&xml, DOMAIN).unwrap()
@@ -107,7 +121,7 @@ async fn lifecycle_events_carry_full_jids() {
 
     let mut alice = p.client("alice", "pw", "phone").await;
     // Bound but silent: a device is not available before its initial presence.
-    assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+    assert_eq!(drain(&mut comp, QUIET).await, Vec::<String>::new());
     alice.send_presence().await;
     let alice_id = session_id_of(
         next_event(&mut comp, "available", |_| true).await,
@@ -123,7 +137,7 @@ async fn lifecycle_events_carry_full_jids() {
     );
     // The unbind that follows does not repeat it.
     alice.close().await;
-    assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+    assert_eq!(drain(&mut comp, QUIET).await, Vec::<String>::new());
 
     // A session that never became available still reports that it is gone.
     let mut bob = p.client("bob", "pw", "laptop").await;
@@ -216,7 +230,7 @@ async fn routed_lists_exactly_the_sessions_written_to() {
 
     // Sent by a local client to a local user: the routed event stands for the sender's <sent>
     // too, and there is no separate <sent>.
-    let events = comp.drain(QUIET).await;
+    let events = drain(&mut comp, QUIET).await;
     assert!(
         events.iter().all(|e| !e.contains("<sent")),
         "no <sent> for a message to a local user: {events:#?}"
@@ -274,7 +288,7 @@ async fn offline_user_gets_routed_without_sessions_and_no_offline_storage() {
         .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("nobody1"))
         .await;
     assert_eq!(attr(&err, "type").as_deref(), Some("error"), "{err}");
-    let events = comp.drain(QUIET).await;
+    let events = drain(&mut comp, QUIET).await;
     assert!(
         events.iter().all(|e| !e.contains("<routed")),
         "routed for a missing account: {events:#?}"
@@ -309,7 +323,7 @@ async fn without_component_mod_offline_works_as_usual() {
             .collect::<Vec<_>>(),
         vec!["alice@localhost/phone", "bob@localhost/phone"]
     );
-    assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+    assert_eq!(drain(&mut comp, QUIET).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +415,7 @@ async fn deliver_reaches_exactly_the_named_session() {
     .await;
     assert_eq!(b1.messages_within(QUIET).await, Vec::<String>::new());
     assert_eq!(b2.messages_within(QUIET).await, Vec::<String>::new());
-    assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+    assert_eq!(drain(&mut comp, QUIET).await, Vec::<String>::new());
     assert!(p
         .log()
         .contains("without <forwarded><message xmlns='jabber:client'>"));
@@ -542,7 +556,7 @@ async fn reconnecting_component_gets_a_snapshot() {
     assert_eq!(snapshot[0].session_id.as_ref(), Some(&alice_id));
     assert!(snapshot[1].session_id.is_some());
     assert_ne!(snapshot[1].session_id, snapshot[0].session_id);
-    assert_eq!(comp.drain(QUIET).await, Vec::<String>::new());
+    assert_eq!(drain(&mut comp, QUIET).await, Vec::<String>::new());
     // Each connection of the component is set to read large command batches in one go.
     assert_eq!(
         p.log()
@@ -676,7 +690,14 @@ async fn live_events_validate_against_the_schema() {
     }
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
-        vec!["available", "routed", "sent", "snapshot", "unavailable"]
+        vec![
+            "account",
+            "available",
+            "routed",
+            "sent",
+            "snapshot",
+            "unavailable"
+        ]
     );
 }
 
@@ -832,4 +853,35 @@ async fn a_batch_of_commands_runs_in_order_and_confirms_each_id() {
     }
     let want: Vec<String> = (0..2000).map(|n| format!("r{n}")).collect();
     assert_eq!(got, want);
+}
+
+/// The module tells readtrack each account's token before the first event about that user on
+/// a connection, once per connection, and again to a new connection before its snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_are_told_once_per_connection() {
+    let p = server(&["alice"]);
+    let (mut comp, _) = component(&p).await;
+    let _phone = available(&p, &mut comp, "alice", "phone").await;
+    let _laptop = available(&p, &mut comp, "alice", "laptop").await;
+    let tokens: Vec<String> = comp
+        .drain(QUIET)
+        .await
+        .iter()
+        .filter_map(|s| match HookEvent::parse(s, DOMAIN) {
+            Ok(HookEvent::Account { jid: j, token }) if j == jid("alice@localhost") => Some(token),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    // A new connection of the component: told again, the same token, before the snapshot.
+    comp.close().await;
+    let mut comp = p.connect_component().await;
+    let first = comp.next_stanza(WAIT).await.expect("an event");
+    assert_eq!(
+        HookEvent::parse(&first, DOMAIN).unwrap(),
+        HookEvent::Account {
+            jid: jid("alice@localhost"),
+            token: tokens[0].clone(),
+        }
+    );
 }

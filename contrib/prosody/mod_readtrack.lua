@@ -229,10 +229,11 @@ end, 100);
 
 local in_flight = setmetatable({}, { __mode = "k" });
 
--- Messages a local client sent, from pre-message until they are reported: a message to a local
--- user is reported by its <routed sent='true'> event (one copy of the message to readtrack, not
--- two), anything else by a <sent> event once mod_carbons has copied it.
-local client_sent = setmetatable({}, { __mode = "k" });
+-- A message a local client sent is followed from pre-message until it is reported: one to a
+-- local user by its <routed sent='true'> event (one copy of the message to readtrack, not two),
+-- anything else by a <sent> event once mod_carbons has copied it. The record rides on the event
+-- table, which Prosody passes to pre-message/* and then message/*: handlers may replace
+-- event.stanza by a copy (mod_mam does, for what clients send), so the stanza object is no key.
 
 -- The message being routed (message/*) or sent (pre-message/*) right now: mod_carbons writes
 -- its copies while those events run, as new stanzas the filter below recognises.
@@ -367,9 +368,9 @@ local function track_routing(handlers, event_name, event_data)
 	end
 	-- The account exists (the server delivered or stored the message): its token first.
 	tell_account((jid_split(to)));
-	local sent_record = client_sent[stanza];
+	local sent_record = event_data.readtrack_sent;
 	local sent = sent_record and origin.type == "c2s" and "true" or nil;
-	client_sent[stanza] = nil;
+	event_data.readtrack_sent = nil;
 	local carbons = jid_tags("carbon", record.carbons);
 	if sent_record then carbons = carbons .. jid_tags("carbon", sent_record.carbons); end
 	emit(t_concat({ "<routed xmlns='", xmlns_hook, "'", xml_attr("to", to),
@@ -448,7 +449,7 @@ local function on_client_message(event)
 	local record = { id = stanza.attr.id, carbons = {},
 		to = event.to_self and jid_bare(origin.full_jid) or nil,
 		by_routed = reported_by_routed(stanza, origin) };
-	client_sent[stanza] = record;
+	event.readtrack_sent = record;
 	sending = record;
 end
 
@@ -456,10 +457,10 @@ end
 -- client may send (a blocked contact, say, stops it earlier) and its sent carbons are written.
 local function after_carbons(event)
 	local stanza = event.stanza;
-	local record = client_sent[stanza];
+	local record = event.readtrack_sent;
 	if sending == record then sending = nil; end
 	if not record or record.by_routed then return; end
-	client_sent[stanza] = nil;
+	event.readtrack_sent = nil;
 	emit("<sent xmlns='" .. xmlns_hook .. "'>" .. jid_tags("carbon", record.carbons)
 		.. forwarded(stanza, record.to) .. "</sent>");
 end
