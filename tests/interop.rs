@@ -331,23 +331,62 @@ fn an_account_deleted_while_readtrack_is_stopped_and_registered_again_gets_none_
     delete_and_register_again(false);
 }
 
-#[test]
-fn accounts_whose_names_stringprep_keeps_or_folds_get_their_replays() {
-    // As typed at registration; Prosody's nodeprep makes each the account noted beside it.
-    let names = [
-        "ÖSTEN",    // östen: case folded
-        "Straße",   // strasse: ß folds to ss (Unicode lowercasing keeps ß)
-        "ｆｕｌｌ", // full: fullwidth forms, NFKC
-        "ΟΔΟΣ",     // οδοσ: stringprep folds Σ to σ even at the end, not to ς
-        "λόγος",    // λόγοσ: a final sigma folds to σ
-        "İnci",     // i̇nci: U+0130 folds to i + U+0307
-        "ǅemal",    // džemal: titlecase ǅ folds to ǆ, which NFKC splits
-        "Ꭰcher", // Ꭰcher kept: stringprep (Unicode 3.2) does not fold Cherokee, Unicode 8 lowercases it
-    ];
+/// Account names as typed at registration; Prosody's nodeprep makes each the account noted
+/// beside it.
+const NAMES: [&str; 8] = [
+    "ÖSTEN",    // östen: case folded
+    "Straße",   // strasse: ß folds to ss (Unicode lowercasing keeps ß)
+    "ｆｕｌｌ", // full: fullwidth forms, NFKC
+    "ΟΔΟΣ",     // οδοσ: stringprep folds Σ to σ even at the end, not to ς
+    "λόγος",    // λόγοσ: a final sigma folds to σ
+    "İnci",     // i̇nci: U+0130 folds to i + U+0307
+    "ǅemal",    // džemal: titlecase ǅ folds to ǆ, which NFKC splits
+    "Ꭰcher",    // kept: stringprep (Unicode 3.2) does not fold Cherokee, Unicode 8 lowercases it
+];
+
+fn server_with_names() -> Prosody {
     let p = server();
-    for name in names {
+    for name in NAMES {
         p.register(name, PASSWORD);
     }
+    p
+}
+
+#[test]
+fn accounts_whose_names_stringprep_keeps_or_folds_get_their_replays() {
+    let p = server_with_names();
     let _rt = readtrack(&p);
-    scenario(&p, "unusual-names", json!({ "names": names }));
+    scenario(&p, "unusual-names", json!({ "names": NAMES }));
+}
+
+#[test]
+fn the_cli_finds_each_account_by_its_name_as_typed() {
+    let p = server_with_names();
+    let rt = readtrack(&p);
+    scenario(&p, "send-to-names", json!({ "names": NAMES }));
+    let mut wrong = Vec::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        let jid = format!("{name}@{}", p.domain());
+        let out = rt.cli(&["log", &jid, "--json"]);
+        let found = out.status.success()
+            && serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|log| {
+                log["messages"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|m| m["id"] == format!("name-{i}")))
+            });
+        if !found {
+            wrong.push(format!(
+                "readtrack log {jid:?}: {}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the CLI prepares a JID as the server does (nodeprep), so each account is found by \
+         its name as typed:\n{}",
+        wrong.join("\n")
+    );
 }

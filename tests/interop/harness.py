@@ -425,7 +425,7 @@ def check_intact(dev: Device, got: ET.Element, original: ET.Element, sender_full
 # Running a scenario
 
 SCENARIOS: dict[str, Callable] = {}
-BUDGET = 40.0  # seconds for one scenario run, all waits included
+BUDGET = 30.0  # seconds for one scenario run, all waits included
 
 
 def scenario(name: str):
