@@ -82,7 +82,8 @@ impl Default for ProsodyOpts {
 
 impl ProsodyOpts {
     /// The modules a server for today's clients runs: archive, carbons, stream management and
-    /// blocking, with a hibernation long enough to resume in.
+    /// blocking, with a hibernation long enough to resume in; and the admin shell, through which
+    /// Prosody 13's prosodyctl manages accounts ([`Prosody::deluser`]).
     pub fn modern() -> ProsodyOpts {
         ProsodyOpts {
             mam: true,
@@ -90,6 +91,7 @@ impl ProsodyOpts {
             smacks: true,
             blocklist: true,
             smacks_hibernation_time: 5,
+            extra_modules: vec!["admin_shell".into()],
             ..ProsodyOpts::default()
         }
     }
@@ -421,7 +423,9 @@ Component {component}
     }
 
     /// Deletes an account with `prosodyctl deluser`. Prosody 0.12's prosodyctl edits the
-    /// storage from its own process: the running server hears nothing of it.
+    /// storage from its own process: the running server hears nothing of it. Prosody 13's asks
+    /// the running server through its admin shell (load `admin_shell`), which deletes the account
+    /// itself.
     pub fn deluser(&self, user: &str) {
         let jid = format!("{user}@{}", self.opts.domain);
         let out = Command::new("runuser")
