@@ -9,6 +9,7 @@ use super::Prosody;
 /// Settings written into the generated readtrack.toml.
 #[derive(Debug, Clone)]
 pub struct ReadtrackOpts {
+    /// `receipts.dialect`; empty leaves the key out, so readtrack's own default applies.
     pub dialect: &'static str,
     pub timeout: &'static str,
     pub require: &'static str,
@@ -45,13 +46,17 @@ impl Readtrack {
         let config = format!(
             "[xmpp]\ndomain = \"{domain}\"\ncomponent = \"{component}\"\nconnect = \"127.0.0.1:{port}\"\nsecret = \"{secret}\"\n\n\
              [store]\npath = \"data\"\n\n[admin]\nsocket = \"readtrack.sock\"\n\n\
-             [receipts]\ndialect = \"{dialect}\"\ntimeout = \"{timeout}\"\nrequire = \"{require}\"\n\n\
+             [receipts]\n{dialect}timeout = \"{timeout}\"\nrequire = \"{require}\"\n\n\
              [devices]\nhistory = {history}\n\n{extra}\n",
             domain = prosody.domain(),
             component = prosody.component_domain(),
             port = prosody.component_port,
             secret = prosody.secret(),
-            dialect = opts.dialect,
+            dialect = if opts.dialect.is_empty() {
+                String::new()
+            } else {
+                format!("dialect = \"{}\"\n", opts.dialect)
+            },
             timeout = opts.timeout,
             require = opts.require,
             history = opts.history,

@@ -46,6 +46,18 @@ pub struct ProsodyOpts {
     /// Lowest level written to the log file (`prosody.log`): tests keep `debug` for their
     /// failure reports, the load bench runs with `info` as a production server would.
     pub log_level: &'static str,
+    /// mod_mam (XEP-0313), archiving every chat by default and keeping it: what an operator of
+    /// modern clients runs, and what lets a test compare a replay with the archive.
+    pub mam: bool,
+    /// mod_carbons (XEP-0280).
+    pub carbons: bool,
+    /// mod_smacks (XEP-0198).
+    pub smacks: bool,
+    /// mod_blocklist (XEP-0191).
+    pub blocklist: bool,
+    /// `smacks_hibernation_time` in seconds. Short by default, so a dropped connection unbinds
+    /// its resource promptly; a test of resumption needs time to resume in.
+    pub smacks_hibernation_time: u32,
 }
 
 impl Default for ProsodyOpts {
@@ -59,7 +71,41 @@ impl Default for ProsodyOpts {
             extra_global: String::new(),
             extra_host: String::new(),
             log_level: "debug",
+            mam: false,
+            carbons: false,
+            smacks: false,
+            blocklist: false,
+            smacks_hibernation_time: 1,
         }
+    }
+}
+
+impl ProsodyOpts {
+    /// The modules a server for today's clients runs: archive, carbons, stream management and
+    /// blocking, with a hibernation long enough to resume in; and the admin shell, through which
+    /// Prosody 13's prosodyctl manages accounts ([`Prosody::deluser`]).
+    pub fn modern() -> ProsodyOpts {
+        ProsodyOpts {
+            mam: true,
+            carbons: true,
+            smacks: true,
+            blocklist: true,
+            smacks_hibernation_time: 5,
+            extra_modules: vec!["admin_shell".into()],
+            ..ProsodyOpts::default()
+        }
+    }
+
+    /// The global modules these options ask for, besides `extra_modules`.
+    fn optional_modules(&self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.mam, "mam"),
+            (self.carbons, "carbons"),
+            (self.smacks, "smacks"),
+            (self.blocklist, "blocklist"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
     }
 }
 
@@ -235,6 +281,9 @@ impl Prosody {
     fn config_text(&self) -> String {
         let d = self.dir.path().display().to_string();
         let mut modules = vec!["roster", "saslauth", "disco", "ping"];
+        for m in self.opts.optional_modules() {
+            modules.push(m);
+        }
         modules.extend(self.opts.extra_modules.iter().map(String::as_str));
         let modules: Vec<String> = modules.iter().map(|m| lua_str(m)).collect();
         let mut c = String::new();
@@ -257,9 +306,8 @@ c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
 authentication = "internal_plain"
 storage = "internal"
--- Short, so a dropped connection unbinds its resource promptly when smacks is loaded.
-smacks_hibernation_time = 1
-{extra_global}
+smacks_hibernation_time = {hibernation}
+{mam}{extra_global}
 VirtualHost {domain}
 {readtrack}
 {extra_host}
@@ -271,6 +319,12 @@ Component {component}
             comp = self.component_port,
             plugins = lua_str(&plugin_dir().display().to_string()),
             modules = modules.join(", "),
+            hibernation = self.opts.smacks_hibernation_time,
+            mam = if self.opts.mam {
+                "archive_expires_after = \"never\"\ndefault_archive_policy = true\n"
+            } else {
+                ""
+            },
             extra_global = self.opts.extra_global,
             domain = lua_str(&self.opts.domain),
             readtrack = if self.opts.readtrack {
@@ -361,6 +415,30 @@ Component {component}
         assert!(
             out.status.success(),
             "prosodyctl register {user} ({}): {}\n{}{}",
+            prosody_line(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Deletes an account with `prosodyctl deluser`. Prosody 0.12's prosodyctl edits the
+    /// storage from its own process: the running server hears nothing of it. Prosody 13's asks
+    /// the running server through its admin shell (load `admin_shell`), which deletes the account
+    /// itself.
+    pub fn deluser(&self, user: &str) {
+        let jid = format!("{user}@{}", self.opts.domain);
+        let out = Command::new("runuser")
+            .args(["-u", "prosody", "--"])
+            .arg(&prosody_line().prosodyctl)
+            .arg("--config")
+            .arg(self.config_path())
+            .args(["deluser", &jid])
+            .output()
+            .unwrap_or_else(|e| panic!("run prosodyctl ({e}): {INSTALL_HINT}"));
+        assert!(
+            out.status.success(),
+            "prosodyctl deluser {jid} ({}): {}\n{}{}",
             prosody_line(),
             out.status,
             String::from_utf8_lossy(&out.stdout),
