@@ -366,8 +366,12 @@ local function track_routing(handlers, event_name, event_data)
 	if #record.written == 0 and not record.offline then
 		return ret;
 	end
-	-- The account exists (the server delivered or stored the message): its token first.
-	tell_account((jid_split(to)));
+	-- The account exists (the server delivered or stored the message): its token first. For
+	-- an offline recipient it is read from storage again: the account may have been deleted
+	-- and created again by a tool outside the server since this process cached it, and a
+	-- message for the new account must not be filed under the old one (it would be deleted
+	-- with it). A session's login reads it anyway; offline storage writes per message too.
+	tell_account((jid_split(to)), #record.written == 0);
 	local sent_record = event_data.readtrack_sent;
 	local sent = sent_record and origin.type == "c2s" and "true" or nil;
 	event_data.readtrack_sent = nil;
