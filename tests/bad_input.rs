@@ -301,6 +301,12 @@ impl World {
             FromServer::Done(id) => {
                 return Err(format!("a <done id={id:?}> is not an engine input"))
             }
+            FromServer::SnapshotPage { page, sessions } if page.number == 1 && page.last => {
+                readtrack::engine::Input::Snapshot { sessions }
+            }
+            FromServer::SnapshotPage { .. } => {
+                return Err("one page of a snapshot is not an engine input".into())
+            }
         };
         let engine = self.engine.as_mut().unwrap();
         let result = engine.handle(input, Millis(T0 + 1000));

@@ -192,6 +192,8 @@ pub fn render(request: &Request, answer: &Value) -> String {
                 "replays_truncated",
                 "timers_refused",
                 "store_bytes",
+                "stanzas_skipped",
+                "warnings_suppressed",
             ];
             let rows: Vec<_> = order
                 .iter()
