@@ -660,3 +660,91 @@ async fn admin_socket_is_private_and_survives_junk() {
     assert_eq!(v["ok"]["service_running"], true, "{v}");
     assert_eq!(ok_json(&rt, &["stats"])["service_running"], true);
 }
+
+/// The admin socket's path names a file that is not a socket (a typo in the config, someone
+/// else's file): `serve` refuses to start rather than delete it.
+#[test]
+fn serve_refuses_to_remove_a_file_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("readtrack.toml");
+    std::fs::write(
+        &config,
+        "[xmpp]\ndomain = \"localhost\"\ncomponent = \"readtrack.localhost\"\nsecret = \"x\"\n\
+         connect = \"127.0.0.1:9\"\n\n[store]\npath = \"data\"\n\n[admin]\nsocket = \"precious.txt\"\n",
+    )
+    .unwrap();
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "not yours").unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    // `serve` logs to stderr before it fails; its error is the last line.
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.lines().last().unwrap_or_default(),
+        format!(
+            "readtrack: admin socket path {} exists and is not a socket; refusing to remove it",
+            precious.display()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "not yours");
+}
+
+/// The CLI on a stopped store may create files in it (sled writes a new snapshot when the
+/// store is closed): they are as private as those the service creates, whatever the
+/// operator's umask.
+#[test]
+fn cli_on_a_stopped_store_creates_only_private_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("readtrack.toml");
+    std::fs::write(
+        &config,
+        "[xmpp]\ndomain = \"localhost\"\ncomponent = \"readtrack.localhost\"\nsecret = \"x\"\n\n\
+         [store]\npath = \"data\"\n\n[admin]\nsocket = \"readtrack.sock\"\n",
+    )
+    .unwrap();
+    let store = dir.path().join("data");
+    // Made by this test process (umask 022 or so), not by readtrack.
+    drop(
+        readtrack::store::Store::open(&store, &readtrack::store::StoreOptions::default()).unwrap(),
+    );
+    let before: std::collections::BTreeSet<_> = walk(&store).into_iter().collect();
+    for args in [
+        &["forget", "bob@localhost", "phone"][..],
+        &["stats", "--json"],
+    ] {
+        let _ = Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+    }
+    let created: Vec<_> = walk(&store)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(
+        !created.is_empty(),
+        "the CLI created nothing: the test proves nothing"
+    );
+    for path in created {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
