@@ -301,13 +301,27 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
     } else {
         Value::Null
     };
+    // The live counters: the link's and the rate limiter's while running, null otherwise.
+    let (skipped, suppressed, warnings) = if running {
+        let warnings = s["warnings"].clone();
+        let kinds = warnings.as_object().expect("warnings by kind");
+        assert_eq!(kinds.len(), 8, "{warnings}");
+        for (kind, counts) in kinds {
+            assert!(counts["seen"].is_u64(), "{kind}: {counts}");
+            assert_eq!(counts["suppressed"], 0, "{kind}: {counts}");
+        }
+        (json!(0), json!(0), warnings)
+    } else {
+        (Value::Null, Value::Null, Value::Null)
+    };
     assert_eq!(
         s,
         json!({"service_running": running, "uptime_secs": uptime, "users": 3, "devices": devices,
                "messages": 6, "pending_timers": 1, "logged": 6, "replays": 0, "bounces": 0,
                "receipts_accepted": 3, "receipts_duplicate": 0, "receipts_rejected": 0,
                "messages_deleted": 0, "devices_expired": 0, "replays_truncated": 0,
-               "timers_refused": 0, "store_bytes": store_bytes})
+               "timers_refused": 0, "store_bytes": store_bytes, "stanzas_skipped": skipped,
+               "warnings_suppressed": suppressed, "warnings": warnings})
     );
     let table = ok(rt, &["stats"]);
     let lines: Vec<&str> = table.lines().collect();
@@ -317,34 +331,42 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
     } else {
         ("no", |v| v == "-")
     };
-    assert_eq!(lines.len(), 18, "{table}");
-    assert_eq!(lines[0], "STAT                VALUE");
-    assert_eq!(lines[1], format!("service_running     {yes_no}"));
-    let uptime_cell = lines[2].strip_prefix("uptime_secs         ").unwrap_or("?");
+    assert_eq!(lines.len(), 20, "{table}");
+    assert_eq!(lines[0], "STAT                 VALUE");
+    assert_eq!(lines[1], format!("service_running      {yes_no}"));
+    let uptime_cell = lines[2].strip_prefix("uptime_secs          ").unwrap_or("?");
     assert!(uptime_ok(uptime_cell), "uptime: {table}");
     assert_eq!(
         lines[3..17],
         [
-            "users               3".to_string(),
-            format!("devices             {devices}"),
-            "messages            6".to_string(),
-            "pending_timers      1".to_string(),
-            "logged              6".to_string(),
-            "replays             0".to_string(),
-            "bounces             0".to_string(),
-            "receipts_accepted   3".to_string(),
-            "receipts_duplicate  0".to_string(),
-            "receipts_rejected   0".to_string(),
-            "messages_deleted    0".to_string(),
-            "devices_expired     0".to_string(),
-            "replays_truncated   0".to_string(),
-            "timers_refused      0".to_string(),
+            "users                3".to_string(),
+            format!("devices              {devices}"),
+            "messages             6".to_string(),
+            "pending_timers       1".to_string(),
+            "logged               6".to_string(),
+            "replays              0".to_string(),
+            "bounces              0".to_string(),
+            "receipts_accepted    3".to_string(),
+            "receipts_duplicate   0".to_string(),
+            "receipts_rejected    0".to_string(),
+            "messages_deleted     0".to_string(),
+            "devices_expired      0".to_string(),
+            "replays_truncated    0".to_string(),
+            "timers_refused       0".to_string(),
         ]
     );
     let size_cell = lines[17]
-        .strip_prefix("store_bytes         ")
+        .strip_prefix("store_bytes          ")
         .unwrap_or("?");
     assert!(size_cell.parse::<u64>().is_ok(), "store_bytes: {table}");
+    let live = if running { "0" } else { "-" };
+    assert_eq!(
+        lines[18..],
+        [
+            format!("stanzas_skipped      {live}"),
+            format!("warnings_suppressed  {live}"),
+        ]
+    );
 }
 
 /// A malformed JID, a full JID, an unknown user and an unknown device: status 2, one line.
