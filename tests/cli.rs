@@ -334,7 +334,9 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
     assert_eq!(lines.len(), 20, "{table}");
     assert_eq!(lines[0], "STAT                 VALUE");
     assert_eq!(lines[1], format!("service_running      {yes_no}"));
-    let uptime_cell = lines[2].strip_prefix("uptime_secs          ").unwrap_or("?");
+    let uptime_cell = lines[2]
+        .strip_prefix("uptime_secs          ")
+        .unwrap_or("?");
     assert!(uptime_ok(uptime_cell), "uptime: {table}");
     assert_eq!(
         lines[3..17],

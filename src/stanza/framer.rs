@@ -323,8 +323,12 @@ impl Framer {
                     && header_possible
                     && &self.buf[start..end] == b"stream:stream")
             }
-            // The root's name is still being read.
-            None => self.state == State::StartName && !header_possible,
+            // The root's name is still being read: a stanza unless it may yet be the header.
+            None => {
+                self.state == State::StartName
+                    && !(header_possible
+                        && b"stream:stream".starts_with(&self.buf[self.name_start..self.pos]))
+            }
         }
     }
 
