@@ -82,6 +82,7 @@ fn store_options() -> StoreOptions {
 fn open_engine(path: &Path, policy: ReceiptPolicy) -> Engine {
     let store = Store::open(path, &store_options()).unwrap();
     let mut config = EngineConfig::new("example.com");
+    config.dialect = readtrack::engine::Dialect::Seed;
     config.policy = policy;
     Engine::new(store, config).unwrap()
 }
@@ -105,17 +106,17 @@ fn chat(id: &str) -> Message {
 }
 
 fn routed(id: &str, live: bool) -> Input {
-    Input::Routed {
-        message: chat(id),
-        to: jid("bob@example.com"),
-        sessions: if live {
+    Input::routed(
+        chat(id),
+        jid("bob@example.com"),
+        if live {
             vec![jid("bob@example.com/phone")]
         } else {
             Vec::new()
         },
-        archive_id: None,
-        sent: false,
-    }
+        None,
+        false,
+    )
 }
 
 fn crs_received(id: &str) -> Input {
@@ -127,7 +128,7 @@ fn crs_received(id: &str) -> Input {
         id: id.into(),
         status: "200".into(),
     });
-    Input::FromClient { message: m }
+    Input::from_client(m)
 }
 
 fn displayed(id: &str) -> Input {
@@ -135,7 +136,7 @@ fn displayed(id: &str) -> Input {
     m.from = Some(jid("bob@example.com/phone"));
     m.to = Some(jid("alice@example.com/Spark 2.6.3"));
     m.displayed = Some(id.into());
-    Input::FromClient { message: m }
+    Input::from_client(m)
 }
 
 fn available() -> Input {
@@ -165,8 +166,14 @@ fn message_record_bytes() -> Vec<u8> {
         msg_id: Some("m1000000".into()),
         from: "alice@example.com/Spark 2.6.3".into(),
         kind: Some("chat".into()),
-        body: Some(BODY.into()),
-        thread: Some("P2J5R2".into()),
+        stanza: format!(
+            "<message xmlns=\"jabber:client\" type=\"chat\"><body>{}</body></message>",
+            (Some(BODY.into()))
+                .map(|b: String| b.replace('&', "&amp;").replace('<', "&lt;"))
+                .unwrap_or_default()
+        ),
+        signal: false,
+        asks_receipt: false,
         logged_at: T0,
         system: false,
         receipt: ReceiptState::Waiting { deadline: T0 },

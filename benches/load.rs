@@ -441,6 +441,7 @@ fn build_store(path: &Path, users: u64, devices: u64, messages: u64) {
                 last_seen: 1_700_000_000_000,
                 replayed: Default::default(),
                 session_id: None,
+                speaks_seed: false,
             };
             store.put_device(id, None, &record).unwrap();
         }
@@ -454,10 +455,14 @@ fn build_store(path: &Path, users: u64, devices: u64, messages: u64) {
             msg_id: Some(format!("msg{i}")),
             from: "alice@localhost/Spark 2.6.3".into(),
             kind: Some("chat".into()),
-            body: Some(format!(
+            stanza: format!(
+                "<message xmlns=\"jabber:client\" type=\"chat\"><body>{}</body></message>",
+                (Some(format!(
                 r#"{{"time":"2013-11-20T06:41:36.102Z","cnt":"hello {i}","msgTypec":"10000","mtype":"0"}}"#
-            )),
-            thread: None,
+            ))).map(|b: String| b.replace('&', "&amp;").replace('<', "&lt;")).unwrap_or_default()
+            ),
+            signal: false,
+            asks_receipt: false,
             logged_at: 1_700_000_000_000 + i,
             system: false,
             receipt: ReceiptState::NotRequired,

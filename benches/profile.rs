@@ -36,17 +36,17 @@ fn routed(id: u64, live: bool) -> Input {
             .into(),
     );
     m.thread = Some("P2J5R2".into());
-    Input::Routed {
-        message: m,
-        to: jid("bob@example.com"),
-        sessions: if live {
+    Input::routed(
+        m,
+        jid("bob@example.com"),
+        if live {
             vec![jid("bob@example.com/phone")]
         } else {
             Vec::new()
         },
-        archive_id: None,
-        sent: false,
-    }
+        None,
+        false,
+    )
 }
 
 /// The service's allocator (the default `mimalloc` feature), so the benches measure what runs.
@@ -79,6 +79,7 @@ fn main() {
     }
     let store = Store::open(dir.path().join("db"), &options).unwrap();
     let mut config = EngineConfig::new("example.com");
+    config.dialect = readtrack::engine::Dialect::Seed;
     if what == "replay" {
         config.policy = ReceiptPolicy::None;
     }
@@ -130,7 +131,7 @@ fn main() {
                         status: "200".into(),
                     });
                     engine
-                        .handle(Input::FromClient { message: m }, Millis(T0 + n))
+                        .handle(Input::from_client(m), Millis(T0 + n))
                         .unwrap();
                     if i % 64 == 0 {
                         engine.commit().unwrap();
@@ -174,7 +175,7 @@ fn main() {
                 marker.to = Some(jid("alice@example.com/Spark 2.6.3"));
                 marker.displayed = Some(format!("m{}", n - unread));
                 engine
-                    .handle(Input::FromClient { message: marker }, Millis(T0))
+                    .handle(Input::from_client(marker), Millis(T0))
                     .unwrap();
             }
             engine.commit().unwrap();
@@ -204,11 +205,15 @@ fn main() {
                 msg_id: Some("m1000000".into()),
                 from: "alice@example.com/Spark 2.6.3".into(),
                 kind: Some("chat".into()),
-                body: Some(
+                stanza: format!(
+                    "<message xmlns=\"jabber:client\" type=\"chat\"><body>{}</body></message>",
+                    (Some(
                     r#"{"time":"2013-11-20T06:41:36.102Z","cnt":"hello","msgTypec":"10000","mtype":"0"}"#
                         .into(),
+                )).map(|b: String| b.replace('&', "&amp;").replace('<', "&lt;")).unwrap_or_default()
                 ),
-                thread: Some("P2J5R2".into()),
+                signal: false,
+                asks_receipt: false,
                 logged_at: T0,
                 system: false,
                 receipt: readtrack::store::ReceiptState::NotRequired,

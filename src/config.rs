@@ -124,15 +124,19 @@ pub struct ReceiptsSection {
     pub require: ReceiptPolicy,
     /// JIDs (bare or full) whose messages count as system messages, besides the domain itself.
     pub system_senders: Vec<String>,
+    /// Under `dialect = "auto"`: resources of clients that speak the seed dialect (`*`
+    /// matches any run of characters).
+    pub seed_resources: Vec<String>,
 }
 
 impl Default for ReceiptsSection {
     fn default() -> Self {
         ReceiptsSection {
-            dialect: Dialect::Seed,
+            dialect: Dialect::Auto,
             timeout: Duration::from_secs(10),
             require: ReceiptPolicy::All,
             system_senders: Vec::new(),
+            seed_resources: crate::engine::default_seed_resources(),
         }
     }
 }
@@ -345,6 +349,7 @@ impl Config {
     pub fn engine(&self) -> EngineConfig {
         let mut e = EngineConfig::new(&self.xmpp.domain);
         e.dialect = self.receipts.dialect;
+        e.seed_resources = self.receipts.seed_resources.clone();
         e.policy = self.receipts.require;
         e.receipt_timeout = self.receipts.timeout;
         e.system_senders = self

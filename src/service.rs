@@ -44,6 +44,13 @@ pub enum FromServer {
     Input(Box<Input>),
     /// The module executed the command with this id.
     Done(String),
+    /// A message for offline user `to` that readtrack cannot log: it goes back to the
+    /// server's own offline storage, never dropped.
+    GiveBack {
+        why: String,
+        to: crate::jid::Jid,
+        message_xml: String,
+    },
     /// One page of the reconnect snapshot: the loop gathers pages and hands the engine one
     /// whole [`Input::Snapshot`] at the last.
     SnapshotPage {
@@ -112,21 +119,39 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
             to,
             archive_id,
             sessions,
+            carbons,
             message_xml,
             sent,
         } => {
-            let message =
-                parse_message(&message_xml).map_err(|e| format!("routed message: {e}"))?;
+            let message = match parse_message(&message_xml) {
+                Ok(message) => message,
+                // Nothing else has it: the server took it from its offline storage for us.
+                Err(e) if sessions.is_empty() => {
+                    return Ok(FromServer::GiveBack {
+                        why: format!("routed message: {e}"),
+                        to,
+                        message_xml,
+                    })
+                }
+                Err(e) => return Err(format!("routed message: {e}")),
+            };
             Input::Routed {
                 message,
+                message_xml,
                 to,
                 sessions,
+                carbons,
                 archive_id,
                 sent,
             }
         }
-        HookEvent::Sent { message_xml } => Input::FromClient {
+        HookEvent::Sent {
+            message_xml,
+            carbons,
+        } => Input::FromClient {
             message: parse_message(&message_xml).map_err(|e| format!("client message: {e}"))?,
+            message_xml,
+            carbons,
         },
     })))
 }
@@ -291,6 +316,14 @@ impl Service {
                             }
                         }
                     }
+                    Some(FromServer::GiveBack {
+                        why,
+                        to,
+                        message_xml,
+                    }) => {
+                        pending.push(self.engine.give_back(&why, to, message_xml));
+                        return Ok(());
+                    }
                     None => return Ok(()),
                 };
                 match self.engine.handle(input, now) {
@@ -353,6 +386,9 @@ impl Service {
                     },
                     confirm,
                 ),
+                Output::StoreOffline { to, stanza_xml } => {
+                    (HookCommand::StoreOffline { to, stanza_xml }, None)
+                }
             };
             match command.element_xml(confirm.as_deref()) {
                 Ok(element) => {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use readtrack::engine::{Engine, EngineConfig, EngineError};
+use readtrack::engine::{Engine, EngineError};
 use readtrack::service::FromServer;
 use readtrack::stanza::{Frame, FrameError, Framer, Limits};
 use readtrack::store::{Counters, Store, StoreOptions};
@@ -289,7 +289,7 @@ impl World {
 
     fn open(&mut self) {
         let store = Store::open(self.path(), &StoreOptions::default()).unwrap();
-        self.engine = Some(Engine::new(store, EngineConfig::new("localhost")).unwrap());
+        self.engine = Some(Engine::new(store, seed_config()).unwrap());
     }
 
     /// What `readtrack serve` does with one stanza from the server: hook event, inner message,
@@ -307,6 +307,7 @@ impl World {
             FromServer::SnapshotPage { .. } => {
                 return Err("one page of a snapshot is not an engine input".into())
             }
+            FromServer::GiveBack { why, .. } => return Err(format!("handed back: {why}")),
         };
         let engine = self.engine.as_mut().unwrap();
         let result = engine.handle(input, Millis(T0 + 1000));
@@ -621,4 +622,12 @@ fn config_with_a_bad_duration_names_key_and_line() {
         "{output}"
     );
     assert!(!dir.path().join("readtrack-data").exists());
+}
+
+/// The engine's defaults in the seed dialect (server acks to every client), which these tests
+/// exercise.
+fn seed_config() -> readtrack::engine::EngineConfig {
+    let mut config = readtrack::engine::EngineConfig::new("localhost");
+    config.dialect = readtrack::engine::Dialect::Seed;
+    config
 }

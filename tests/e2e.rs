@@ -136,6 +136,17 @@ async fn new_device_gets_recent_history() {
             .expect_message(WAIT, |s| is_server_ack(s, &format!("h{i}")))
             .await;
     }
+    // Bob's first device gets everything nobody had: no message acked to alice is left to
+    // the history window. It acks them.
+    let mut phone = online(&p, "bob", "phone").await;
+    let got = phone.messages_within(Duration::from_millis(1500)).await;
+    let ids: Vec<String> = got.iter().filter_map(|s| attr(s, "id")).collect();
+    assert_eq!(ids, vec!["h1", "h2", "h3"], "{got:?}");
+    for id in &ids {
+        phone.send_raw(&crs_offline_ack(id)).await;
+    }
+    phone.sync().await;
+    // A new device then gets the history window of what the phone read.
     let mut tablet = online(&p, "bob", "tablet").await;
     let got = tablet.messages_within(Duration::from_millis(1500)).await;
     let ids: Vec<String> = got.iter().filter_map(|s| attr(s, "id")).collect();

@@ -76,6 +76,8 @@ impl World {
     fn with(reopen_each_step: bool, tune: impl FnOnce(&mut EngineConfig)) -> World {
         let dir = tempfile::tempdir().unwrap();
         let mut config = EngineConfig::new("example.com");
+        // The scenarios spell out the seed dialect; `auto` has its own below.
+        config.dialect = Dialect::Seed;
         tune(&mut config);
         let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
         let engine = Engine::new(store, config.clone()).unwrap();
@@ -194,17 +196,11 @@ impl World {
     fn routed(&mut self, message: Message, live_to: &[&str], sent: bool) -> Vec<Output> {
         let to = message.to.clone().unwrap().to_bare();
         let sessions = live_to.iter().map(|s| jid(s)).collect();
-        self.step(Input::Routed {
-            message,
-            to,
-            sessions,
-            archive_id: None,
-            sent,
-        })
+        self.step(Input::routed(message, to, sessions, None, sent))
     }
 
     fn client_sends(&mut self, message: Message) -> Vec<Output> {
-        self.step(Input::FromClient { message })
+        self.step(Input::from_client(message))
     }
 
     fn device(&mut self, user: &str, key: &str) -> DeviceRecord {
@@ -241,7 +237,7 @@ fn replays(out: &[Output]) -> Vec<(Jid, Replay)> {
 fn replayed_ids(out: &[Output]) -> Vec<String> {
     replays(out)
         .into_iter()
-        .map(|(_, r)| r.id.unwrap())
+        .map(|(_, r)| r.original().unwrap().id.unwrap())
         .collect()
 }
 
@@ -312,13 +308,7 @@ scenario!(online_chat, online_chat_reopened, |reopen| {
     let immediate = w
         .engine()
         .handle(
-            Input::Routed {
-                message,
-                to,
-                sessions: vec![jid("bob@example.com/phone")],
-                archive_id: None,
-                sent: false,
-            },
+            Input::routed(message, to, vec![jid("bob@example.com/phone")], None, false),
             now,
         )
         .unwrap();
@@ -420,9 +410,12 @@ scenario!(
         assert_eq!(r.len(), 1);
         let (to, replay) = &r[0];
         assert_eq!(to, &jid("bob@example.com/phone"));
-        assert_eq!(replay.from, jid("alice@example.com/Spark"));
-        assert_eq!(replay.id.as_deref(), Some("HncqL-65"));
-        assert_eq!(replay.body.as_deref(), Some("hi bob"));
+        assert_eq!(
+            replay.original().unwrap().from,
+            Some(jid("alice@example.com/Spark"))
+        );
+        assert_eq!(replay.original().unwrap().id.as_deref(), Some("HncqL-65"));
+        assert_eq!(replay.original().unwrap().body.as_deref(), Some("hi bob"));
         assert!(replay.offline_marker);
         assert_eq!(replay.delay_from.as_deref(), Some("example.com"));
         assert_eq!(replay.logged_at, logged_at);
@@ -463,16 +456,68 @@ scenario!(
             1,
             "at least once: replayed again on the next login"
         );
-        assert_eq!(second[0].1.id, first[0].1.id);
+        assert_eq!(
+            second[0].1.original().unwrap().id,
+            first[0].1.original().unwrap().id
+        );
         assert_eq!(second[0].1.stanza_id, first[0].1.stanza_id);
     }
 );
+
+impl World {
+    /// `id` from alice, written live to bob's phone, which acks it.
+    fn read_on_phone(&mut self, id: &str) {
+        self.route(
+            chat("alice@example.com/a", "bob@example.com", id, "x"),
+            &["bob@example.com/phone"],
+        );
+        self.client_sends(crs_received("bob@example.com/phone", id));
+    }
+}
 
 scenario!(
     new_device_gets_history,
     new_device_gets_history_reopened,
     |reopen| {
+        // What another device already acked reaches a new device as history: the last
+        // `history` messages.
         let mut w = World::with(reopen, |c| c.history = 2);
+        for i in 1..=5 {
+            w.read_on_phone(&format!("m{i}"));
+        }
+        let out = w.online("bob@example.com/tablet");
+        assert_eq!(replayed_ids(&out), vec!["m4".to_string(), "m5".to_string()]);
+        assert_eq!(w.device("bob@example.com", "tablet").acked_upto, 3);
+
+        let mut w = World::with(reopen, |c| c.history = 0);
+        w.read_on_phone("m1");
+        assert!(replays(&w.online("bob@example.com/tablet")).is_empty());
+
+        // history_max_age bounds the count: only messages younger than the window.
+        let mut w = World::with(reopen, |c| {
+            c.history = 10;
+            c.history_max_age = Some(Duration::from_secs(3600));
+        });
+        w.read_on_phone("old");
+        w.advance(Duration::from_secs(7200));
+        w.read_on_phone("new");
+        assert_eq!(
+            replayed_ids(&w.online("bob@example.com/tablet")),
+            vec!["new".to_string()]
+        );
+    }
+);
+
+scenario!(
+    a_first_device_after_an_absence_gets_every_undelivered_message,
+    a_first_device_after_an_absence_gets_every_undelivered_message_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| {
+            c.history = 2;
+            c.history_max_age = Some(Duration::from_secs(3600));
+        });
+        // Acked to alice (10013) while bob has no device at all, some of it long ago: none of
+        // it may be left to the history window.
         for i in 1..=5 {
             w.route(
                 chat(
@@ -483,36 +528,23 @@ scenario!(
                 ),
                 &[],
             );
+            w.advance(Duration::from_secs(3000));
         }
-        let out = w.online("bob@example.com/tablet");
+        // Retention keeps what no device has acked, however far outside the window.
+        let now = w.now;
+        assert_eq!(w.engine().retain(now, 1_000).unwrap().deleted, 0);
+        let ids: Vec<String> = (1..=5).map(|i| format!("m{i}")).collect();
+        assert_eq!(replayed_ids(&w.online("bob@example.com/tablet")), ids);
+
+        // The phone, new too, starts at the lower of the undelivered point and the window: the
+        // tablet has acked nothing yet, so it gets everything as well.
+        assert_eq!(replayed_ids(&w.online("bob@example.com/phone")), ids);
+        // Once the tablet acked m1..m3, a third device gets m4, m5 and the window.
+        for i in 1..=3 {
+            w.client_sends(crs_received("bob@example.com/tablet", &format!("m{i}")));
+        }
+        let out = w.online("bob@example.com/laptop");
         assert_eq!(replayed_ids(&out), vec!["m4".to_string(), "m5".to_string()]);
-        assert_eq!(w.device("bob@example.com", "tablet").acked_upto, 3);
-
-        let mut w = World::with(reopen, |c| c.history = 0);
-        w.route(
-            chat("alice@example.com/a", "bob@example.com", "m1", "x"),
-            &[],
-        );
-        assert!(replays(&w.online("bob@example.com/tablet")).is_empty());
-
-        // history_max_age bounds the count: only messages younger than the window.
-        let mut w = World::with(reopen, |c| {
-            c.history = 10;
-            c.history_max_age = Some(Duration::from_secs(3600));
-        });
-        w.route(
-            chat("alice@example.com/a", "bob@example.com", "old", "x"),
-            &[],
-        );
-        w.advance(Duration::from_secs(7200));
-        w.route(
-            chat("alice@example.com/a", "bob@example.com", "new", "x"),
-            &[],
-        );
-        assert_eq!(
-            replayed_ids(&w.online("bob@example.com/tablet")),
-            vec!["new".to_string()]
-        );
     }
 );
 
@@ -876,16 +908,7 @@ fn replay_reads_only_what_is_unread() {
         let now = w.now;
         let sessions = live.iter().map(|s| jid(s)).collect();
         w.engine()
-            .handle(
-                Input::Routed {
-                    message: m,
-                    to,
-                    sessions,
-                    archive_id: None,
-                    sent: false,
-                },
-                now,
-            )
+            .handle(Input::routed(m, to, sessions, None, false), now)
             .unwrap();
     }
     w.engine().commit().unwrap();
@@ -1192,7 +1215,7 @@ fn routed_marked_sent_is_also_the_senders_own_message() {
         matches!(
             &out[..],
             [Output::Deliver { stanza: Outgoing::SentCarbon { inner, .. }, .. }]
-                if inner.id.as_deref() == Some("s1")
+                if inner.original().unwrap().id.as_deref() == Some("s1")
         ),
         "the laptop gets it as a carbon: {out:?}"
     );
@@ -1248,15 +1271,18 @@ scenario!(
                         ("bob@example.com".into(), "bob@example.com/laptop".into())
                     );
                     assert_eq!(
-                        (inner.from.to_string(), inner.to.to_string()),
+                        (
+                            inner.original().unwrap().from.unwrap().to_string(),
+                            inner.original().unwrap().to.unwrap().to_string()
+                        ),
                         ("bob@example.com/phone".into(), "alice@example.com".into())
                     );
-                    ("sent".into(), inner.id.clone().unwrap())
+                    ("sent".into(), inner.original().unwrap().id.unwrap())
                 }
                 Output::Deliver {
                     stanza: Outgoing::Replay(r),
                     ..
-                } => ("received".into(), r.id.clone().unwrap()),
+                } => ("received".into(), r.original().unwrap().id.unwrap()),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
@@ -1413,6 +1439,7 @@ fn retention_runs_in_bounded_batches() {
         c.history = 0;
         c.policy = ReceiptPolicy::None;
     });
+    w.online("bob@example.com/phone");
     for i in 1..=10 {
         w.route(
             chat(
@@ -1421,9 +1448,14 @@ fn retention_runs_in_bounded_batches() {
                 &format!("m{i}"),
                 "x",
             ),
-            &[],
+            &["bob@example.com/phone"],
         );
     }
+    w.client_sends(displayed(
+        "bob@example.com/phone",
+        "alice@example.com/a",
+        "m10",
+    ));
     let now = w.now;
     let first = w.engine().retain(now, 4).unwrap();
     assert_eq!((first.deleted, first.complete), (4, false));
@@ -1572,13 +1604,13 @@ fn store_stays_bounded_under_steady_traffic_with_retention() {
             );
             w.engine()
                 .handle(
-                    Input::Routed {
+                    Input::routed(
                         message,
                         to,
-                        sessions: live.iter().map(|s| jid(s)).collect(),
-                        archive_id: None,
-                        sent: false,
-                    },
+                        live.iter().map(|s| jid(s)).collect(),
+                        None,
+                        false,
+                    ),
                     now,
                 )
                 .unwrap();

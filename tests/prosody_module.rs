@@ -97,6 +97,7 @@ fn routed_sessions(event: HookEvent) -> (Jid, Vec<Jid>, String) {
             to,
             mut sessions,
             message_xml,
+            carbons: _,
             archive_id: _,
             sent: _,
         } => {
@@ -241,11 +242,11 @@ async fn routed_lists_exactly_the_sessions_written_to() {
         .send_raw(&chat("m5", "carol@elsewhere.example", "five"))
         .await;
     match next_event(&mut comp, "sent m5", |e| {
-        matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some("m5"))
+        matches!(e, HookEvent::Sent { message_xml, .. } if attr(message_xml, "id").as_deref() == Some("m5"))
     })
     .await
     {
-        HookEvent::Sent { message_xml } => {
+        HookEvent::Sent { message_xml, .. } => {
             assert_eq!(attr(&message_xml, "from").as_deref(), Some("alice@localhost/phone"));
             assert_eq!(attr(&message_xml, "xmlns").as_deref(), Some("jabber:client"));
         }
@@ -333,11 +334,11 @@ async fn receipts_to_the_host_are_forwarded_and_consumed() {
     bob.send_raw("<message id='HncqL-65' type='crs' to='localhost'><offline xmlns='urn:xmpp:offline'/></message>").await;
     for id in ["V4NkR-38", "gJE6T-2", "HncqL-65"] {
         match next_event(&mut comp, id, |e| {
-            matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some(id))
+            matches!(e, HookEvent::Sent { message_xml, .. } if attr(message_xml, "id").as_deref() == Some(id))
         })
         .await
         {
-            HookEvent::Sent { message_xml } => {
+            HookEvent::Sent { message_xml, .. } => {
                 assert_eq!(attr(&message_xml, "from").as_deref(), Some("bob@localhost/phone"));
                 assert_eq!(attr(&message_xml, "to").as_deref(), Some("localhost"));
             }
@@ -350,7 +351,7 @@ async fn receipts_to_the_host_are_forwarded_and_consumed() {
     // A XEP-0184 receipt to a contact is reported and still delivered.
     bob.send_raw("<message id='r1' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>").await;
     next_event(&mut comp, "sent r1", |e| {
-        matches!(e, HookEvent::Sent { message_xml } if attr(message_xml, "id").as_deref() == Some("r1"))
+        matches!(e, HookEvent::Sent { message_xml, .. } if attr(message_xml, "id").as_deref() == Some("r1"))
     })
     .await;
     alice
@@ -699,6 +700,34 @@ async fn harness_restart_keeps_accounts_and_ports() {
     alice.sync().await;
     let (_comp, snapshot) = component(&p).await;
     assert_eq!(snapshot, vec![]);
+}
+
+/// The suite runs once per Prosody line (scripts/test): a harness that quietly started the
+/// system's Prosody instead of the selected one would make the second run a copy of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_prosody_is_the_selected_line() {
+    let p = server(&[]);
+    let line = prosody_line();
+    let welcome = format!("Prosody version {}", line.version);
+    assert!(
+        p.log().contains(&welcome),
+        "{line} selected, but its log does not say {welcome:?}:\n{}",
+        p.log()
+    );
+}
+
+/// A line that is not there fails every test that needs it, saying how to get it, rather than
+/// falling back to another Prosody.
+#[test]
+fn a_prosody_line_that_is_not_there_fails_saying_how_to_get_it() {
+    let missing = std::env::temp_dir().join("readtrack-no-such-prosody/usr/bin/prosody");
+    let err = std::panic::catch_unwind(|| ProsodyLine::resolve(&missing.display().to_string()))
+        .expect_err("a missing launcher must not resolve");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        msg.contains(&missing.display().to_string()) && msg.contains("scripts/prosody13"),
+        "{msg}"
+    );
 }
 
 /// A command with an id is executed once and confirmed with `<done id>` every time it arrives:

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use readtrack::component::LinkEvent;
-use readtrack::engine::{Engine, EngineConfig};
+use readtrack::engine::Engine;
 use readtrack::jid::Jid;
 use readtrack::service::Service;
 use readtrack::stanza::hooks::{CommandBatch, HookCommand, HookEvent};
@@ -18,6 +18,7 @@ fn routed(from: &str, to: &str, id: &str) -> String {
         archive_id: None,
         sent: false,
         sessions: vec![],
+        carbons: vec![],
         message_xml: format!("<message xmlns='jabber:client' id='{id}' type='chat' from='{from}' to='{to}'><body>flood</body></message>"),
     }
     .to_xml("localhost", "readtrack.localhost")
@@ -28,7 +29,7 @@ fn routed(from: &str, to: &str, id: &str) -> String {
 async fn a_flood_is_committed_in_bounded_batches_and_others_get_their_ack() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
-    let engine = Engine::new(store, EngineConfig::new("localhost")).unwrap();
+    let engine = Engine::new(store, seed_config()).unwrap();
     let (command_tx, mut command_rx) = mpsc::channel(8192);
     let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
     let stats = service.stats();
@@ -85,4 +86,12 @@ async fn a_flood_is_committed_in_bounded_batches_and_others_get_their_ack() {
     assert!(batches >= 6, "{batches} batches for {} events", flood + 1);
     shutdown_tx.send(true).unwrap();
     run.await.unwrap().unwrap();
+}
+
+/// The engine's defaults in the seed dialect (server acks to every client), which these tests
+/// exercise.
+fn seed_config() -> readtrack::engine::EngineConfig {
+    let mut config = readtrack::engine::EngineConfig::new("localhost");
+    config.dialect = readtrack::engine::Dialect::Seed;
+    config
 }

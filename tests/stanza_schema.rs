@@ -5,7 +5,7 @@ use std::process::Command;
 
 use readtrack::jid::Jid;
 use readtrack::stanza::write::outgoing;
-use readtrack::stanza::{MessageType, Outgoing, Replay};
+use readtrack::stanza::{Message, MessageType, Outgoing, Replay};
 use readtrack::time::Millis;
 
 fn root() -> PathBuf {
@@ -54,11 +54,20 @@ fn t(s: &str) -> Millis {
 fn replay(all_options: bool) -> Replay {
     Replay {
         to: jid("bob@example.com/Spark 2.6.3#android"),
-        from: jid("alice@example.com/Spark 2.6.3"),
-        id: Some("HncqL-65".into()),
-        kind: MessageType::Chat,
-        body: Some(r#"{"time":"2013-12-25T14:25:43.963Z","sd":"<&>"}"#.into()),
-        thread: all_options.then(|| "P2J5R2".into()),
+        stored: {
+            let mut m = Message::new(MessageType::Chat);
+            m.from = Some(jid("alice@example.com/Spark 2.6.3"));
+            m.id = Some("HncqL-65".into());
+            m.body = Some(r#"{"time":"2013-12-25T14:25:43.963Z","sd":"<&>"}"#.into());
+            m.thread = all_options.then(|| "P2J5R2".into());
+            readtrack::stanza::original::stored_form(
+                &readtrack::stanza::write::client_message(&m),
+                "bob@example.com",
+                false,
+            )
+            .unwrap()
+            .text
+        },
         logged_at: t("2013-12-25T06:20:00.000Z"),
         stanza_id: "01936f1e-7c1a-7000-8000-000000000001".into(),
         stanza_id_by: "bob@example.com".into(),
@@ -151,6 +160,13 @@ fn seed_protocol_fixtures_validate() {
     }
 }
 
+/// XEP-0203's own example: a delay may carry a natural-language description as text.
+#[test]
+fn a_delay_with_a_description_validates_as_xep_0203_writes_it() {
+    let xml = r#"<message from="romeo@montague.net/orchard" to="juliet@capulet.com" type="chat"><body>O blessed, blessed night!</body><delay xmlns="urn:xmpp:delay" from="capulet.com" stamp="2002-09-10T23:08:25Z">Offline Storage</delay></message>"#;
+    assert_eq!(validate_text("xep0203-example.xml", xml), Ok(()));
+}
+
 /// The schema is not a rubber stamp: each of these breaks one rule of the dialect.
 #[test]
 fn schema_rejects_what_the_dialect_forbids() {
@@ -159,7 +175,7 @@ fn schema_rejects_what_the_dialect_forbids() {
         r#"<message><received xmlns="urn:xmpp:receipts">OK</received></message>"#,
         r#"<message><received xmlns="urn:xmpp:receipts" type="2000"/></message>"#,
         r#"<message><offline xmlns="urn:xmpp:offline" current="yesterday"/></message>"#,
-        r#"<message><delay xmlns="urn:xmpp:delay" current="2013-11-20T07:05:44.445Z">late</delay></message>"#,
+        r#"<message><delay xmlns="urn:xmpp:delay" stamp="yesterday"/></message>"#,
         r#"<message><stanza-id xmlns="urn:xmpp:sid:0" id="x"/></message>"#,
         r#"<message><displayed xmlns="urn:xmpp:chat-markers:0"/></message>"#,
         // The forwarded message must be jabber:client, not unqualified.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use readtrack::engine::{Engine, EngineConfig, Input};
+use readtrack::engine::{Engine, Input};
 use readtrack::jid::Jid;
 use readtrack::stanza::{Message, MessageType};
 use readtrack::store::{Store, StoreError, StoreOptions};
@@ -39,13 +39,7 @@ fn chat(id: &str, body: &str) -> Message {
 }
 
 fn routed(id: &str, body: &str) -> Input {
-    Input::Routed {
-        message: chat(id, body),
-        to: jid("alice@localhost"),
-        sessions: vec![],
-        archive_id: None,
-        sent: false,
-    }
+    Input::routed(chat(id, body), jid("alice@localhost"), vec![], None, false)
 }
 
 /// Opens through readtrack, retrying while sled's lock from a just-closed handle is released.
@@ -55,7 +49,7 @@ fn open(path: &Path) -> Result<Store, StoreError> {
 
 /// A store with `n` messages logged and flushed, then closed.
 fn make_store(path: &Path, n: usize) {
-    let mut engine = Engine::new(open(path).unwrap(), EngineConfig::new("localhost")).unwrap();
+    let mut engine = Engine::new(open(path).unwrap(), seed_config()).unwrap();
     for i in 0..n {
         engine
             .handle(routed(&format!("m{i}"), "hello"), Millis(T0))
@@ -398,7 +392,7 @@ impl Drop for Tmpfs {
 fn disk_full_fails_the_commit_and_keeps_what_was_acked() {
     let fs = Tmpfs::mount("2m");
     let store = fs.0.path().join("data");
-    let mut engine = Engine::new(open(&store).unwrap(), EngineConfig::new("localhost")).unwrap();
+    let mut engine = Engine::new(open(&store).unwrap(), seed_config()).unwrap();
     let body = "x".repeat(8 * 1024);
     let mut acked = 0;
     let err = loop {
@@ -437,4 +431,12 @@ fn disk_full_fails_the_commit_and_keeps_what_was_acked() {
         "{} messages after a disk-full, {acked} were acked",
         store.message_count()
     );
+}
+
+/// The engine's defaults in the seed dialect (server acks to every client), which these tests
+/// exercise.
+fn seed_config() -> readtrack::engine::EngineConfig {
+    let mut config = readtrack::engine::EngineConfig::new("localhost");
+    config.dialect = readtrack::engine::Dialect::Seed;
+    config
 }

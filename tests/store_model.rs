@@ -93,6 +93,7 @@ fn device_record(acked_upto: Seq, session: u64) -> DeviceRecord {
         last_seen: 2,
         replayed: Default::default(),
         session_id: (session % 3 != 0).then(|| format!("c2s{session:x}")),
+        speaks_seed: session % 5 == 0,
     }
 }
 
@@ -150,8 +151,14 @@ impl Harness {
                     sent,
                     to: sent.then(|| format!("{PEER_SENT}/y")),
                     kind: Some("chat".into()),
-                    body: Some("b & <c>".into()),
-                    thread: None,
+                    stanza: format!(
+                        "<message xmlns=\"jabber:client\" type=\"chat\"><body>{}</body></message>",
+                        (Some("b & <c>".into()))
+                            .map(|b: String| b.replace('&', "&amp;").replace('<', "&lt;"))
+                            .unwrap_or_default()
+                    ),
+                    signal: false,
+                    asks_receipt: false,
                     logged_at: 5,
                     system: false,
                     receipt,
@@ -496,7 +503,32 @@ struct DeviceRecordV3 {
     replayed: readtrack::store::ReplayRange,
 }
 
-/// A device record in the layout of schema `version` (2 or 3).
+/// `userdevice_cursor` as schema 4 wrote it (schema 3's fields, then the session id).
+#[derive(serde::Serialize)]
+struct DeviceRecordV4 {
+    v3: DeviceRecordV3,
+    session_id: Option<String>,
+}
+
+/// `userseq_message` as schemas 2 to 4 wrote it: typed fields, body and thread.
+#[derive(serde::Serialize)]
+struct MessageRecordV4<'a> {
+    seq: Seq,
+    stanza_id: u128,
+    msg_id: Option<&'a str>,
+    from: &'a str,
+    kind: Option<&'a str>,
+    body: Option<&'a str>,
+    thread: Option<&'a str>,
+    logged_at: u64,
+    system: bool,
+    receipt: ReceiptState,
+    archive_id: Option<&'a str>,
+    sent: bool,
+    to: Option<&'a str>,
+}
+
+/// A device record in the layout of schema `version` (2, 3 or 4).
 fn old_device_bytes(d: &DeviceRecord, version: u32) -> Vec<u8> {
     let v2 = DeviceRecordV2 {
         key: d.key.clone(),
@@ -519,6 +551,17 @@ fn old_device_bytes(d: &DeviceRecord, version: u32) -> Vec<u8> {
             config,
         )
         .unwrap(),
+        4 => bincode::serde::encode_to_vec(
+            &DeviceRecordV4 {
+                v3: DeviceRecordV3 {
+                    v2,
+                    replayed: d.replayed,
+                },
+                session_id: d.session_id.clone(),
+            },
+            config,
+        )
+        .unwrap(),
         v => panic!("no layout for schema {v}"),
     }
 }
@@ -533,13 +576,21 @@ fn a_schema_3_store_is_upgraded_in_place_and_keeps_everything() {
     upgrade_keeps_everything(3);
 }
 
+#[test]
+fn a_schema_4_store_is_upgraded_in_place_and_keeps_everything() {
+    upgrade_keeps_everything(4);
+}
+
 fn upgrade_keeps_everything(version: u32) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    // Older schemas knew no session id; schema 2 knew no replay range either.
+    // Older schemas knew no seed flag; before 4 no session id; schema 2 no replay range.
     let mut phone = device_record(3, 5);
     phone.acked_above = vec![5, 9];
-    phone.session_id = None;
+    phone.speaks_seed = false;
+    if version < 4 {
+        phone.session_id = None;
+    }
     if version >= 3 {
         phone.replayed = readtrack::store::ReplayRange {
             session: 5,
@@ -549,6 +600,7 @@ fn upgrade_keeps_everything(version: u32) {
     }
     let mut laptop = device_record(0, 2);
     laptop.session_id = None;
+    laptop.speaks_seed = false;
     let (uid, seq) = {
         let store = Store::open(&path, &StoreOptions::default()).unwrap();
         let uid = store.ensure_user("bob@example.com").unwrap();
@@ -574,6 +626,36 @@ fn upgrade_keeps_everything(version: u32) {
         raw.open_tree("meta")
             .unwrap()
             .insert("schema_version", &version.to_be_bytes())
+            .unwrap();
+        // The log entry and the counters in their old layouts (the counters without the
+        // hand-back count; bincode's varints: one byte per zero counter).
+        let old = MessageRecordV4 {
+            seq,
+            stanza_id: 5,
+            msg_id: Some("m1"),
+            from: "alice@example.com/x",
+            kind: Some("chat"),
+            body: Some("hi"),
+            thread: None,
+            logged_at: 5,
+            system: false,
+            receipt: ReceiptState::NotRequired,
+            archive_id: None,
+            sent: false,
+            to: None,
+        };
+        let mut log_key = uid.to_be_bytes().to_vec();
+        log_key.extend_from_slice(&seq.to_be_bytes());
+        raw.open_tree("userseq_message")
+            .unwrap()
+            .insert(
+                log_key,
+                bincode::serde::encode_to_vec(&old, bincode::config::standard()).unwrap(),
+            )
+            .unwrap();
+        raw.open_tree("meta")
+            .unwrap()
+            .insert("counters", vec![0u8; 10])
             .unwrap();
         // Schemas 2 and 3 indexed the log with a key per message in two trees, and had no
         // block index.
@@ -607,9 +689,15 @@ fn upgrade_keeps_everything(version: u32) {
             store.deliveries(uid, 0, u64::MAX).unwrap(),
             vec![(seq, DeliveryRecord { session: 5, at: 6 })]
         );
-        assert_eq!(
-            store.message(uid, seq).unwrap().unwrap().body.as_deref(),
-            Some("hi")
+        // The old record's fields, as the stanza its replay used to be built as.
+        let upgraded = store.message(uid, seq).unwrap().unwrap();
+        assert!(
+            upgraded
+                .stanza
+                .starts_with("<message xmlns=\"jabber:client\"")
+                && upgraded.stanza.ends_with("<body>hi</body></message>"),
+            "{}",
+            upgraded.stanza
         );
     }
     let raw = sled::open(&path).unwrap();
@@ -738,8 +826,12 @@ fn received(id: &str, from: &str, body: &str, at: u64) -> MessageRecord {
         sent: false,
         to: None,
         kind: Some("chat".into()),
-        body: Some(body.into()),
-        thread: None,
+        stanza: format!(
+            "<message xmlns=\"jabber:client\" type=\"chat\"><body>{}</body></message>",
+            body.replace('&', "&amp;").replace('<', "&lt;")
+        ),
+        signal: false,
+        asks_receipt: false,
         logged_at: at,
         system: false,
         receipt: ReceiptState::NotRequired,

@@ -9,6 +9,11 @@
 -- schema/hooks.xsd. Everything here degrades to plain Prosody behaviour while the component is
 -- not connected: events are then dropped (readtrack resynchronises from the <snapshot> it gets on
 -- reconnect) and mod_offline stores messages as usual.
+--
+-- One file for Prosody 0.12 and 13; scripts/test runs the suite against both. It requires the
+-- pre-13 module names (util.*, core.*), which 13 still resolves to prosody.util.* and so on.
+-- readtrack's commands come from the component's own domain, as mod_component on both lines
+-- demands of a component.
 
 local st = require "util.stanza";
 local xml_escape = st.xml_escape;
@@ -27,6 +32,8 @@ local xmlns_sid = "urn:xmpp:sid:0";
 local xmlns_receipts = "urn:xmpp:receipts";
 local xmlns_offline = "urn:xmpp:offline";
 local xmlns_markers = "urn:xmpp:chat-markers:0";
+local xmlns_carbons = "urn:xmpp:carbons:2";
+local xmlns_hints = "urn:xmpp:hints";
 
 local hosts, full_sessions = prosody.hosts, prosody.full_sessions;
 local host = module.host;
@@ -139,20 +146,41 @@ local function forwarded(stanza, to)
 	return "<forwarded xmlns='" .. xmlns_forward .. "'>" .. xml .. "</forwarded>";
 end
 
--- Only what the engine logs gets a <routed> event; receipts and markers travel via <sent>.
-local function loggable(stanza)
+-- What Prosody's mod_mam would archive (its should_store rule, as of 0.12 and 13), for
+-- servers that do not load mod_mam: a chat or normal message with content, a receipt or
+-- marker, an invitation, a call, or a <store/> hint; never with <no-store/>.
+local function archivable(stanza)
+	if stanza:get_child("no-store", xmlns_hints) or stanza:get_child("no-permanent-store", xmlns_hints) then
+		return false;
+	end
+	return stanza:get_child("store", xmlns_hints) or stanza:get_child("body")
+		or stanza:get_child("subject") or stanza:get_child("encryption", "urn:xmpp:eme:0")
+		or stanza:get_child(nil, xmlns_receipts) or stanza:get_child(nil, xmlns_markers)
+		or stanza:get_child("x", "jabber:x:conference")
+		or stanza:find("{http://jabber.org/protocol/muc#user}x/invite")
+		or stanza:get_child(nil, "urn:xmpp:jingle-message:0")
+		or stanza:get_child(nil, "urn:xmpp:jingle-message:1");
+end
+
+-- readtrack tracks what the server's archive keeps. With mod_mam loaded it is asked, so the
+-- operator's own archiving rules apply; without it, its rule is applied here.
+local function loggable(stanza, origin)
 	local t = stanza.attr.type;
-	return (t == nil or t == "normal" or t == "chat") and stanza:get_child("body") ~= nil;
+	if not (t == nil or t == "normal" or t == "chat") then return false; end
+	if hosts[host].modules.mam then
+		return module:fire_event("archive-should-store", { stanza = stanza, session = origin }) and true or false;
+	end
+	return archivable(stanza) and true or false;
 end
 
 -- Things a device sends that readtrack cares about: its own messages and acks of any dialect.
-local function interesting_sent(stanza)
+local function interesting_sent(stanza, origin)
 	local t = stanza.attr.type;
 	if t == "error" or t == "groupchat" or t == "headline" then return false; end
-	return t == "crs" or stanza:get_child("body") ~= nil
-		or stanza:get_child(nil, xmlns_receipts) ~= nil
+	return t == "crs" or stanza:get_child(nil, xmlns_receipts) ~= nil
 		or stanza:get_child(nil, xmlns_offline) ~= nil
-		or stanza:get_child("displayed", xmlns_markers) ~= nil;
+		or stanza:get_child("displayed", xmlns_markers) ~= nil
+		or loggable(stanza, origin);
 end
 
 ------------------------------------------------------------------------------------------------
@@ -176,7 +204,8 @@ end
 local function session_tag(name, session)
 	return "<" .. name .. (name ~= "session" and " xmlns='" .. xmlns_hook .. "'" or "")
 		.. xml_attr("jid", session.full_jid)
-		-- Prosody 0.12 has no stable client id (SASL2 <user-agent id> arrives in 0.13).
+		-- Neither 0.12 nor 13 sets session.client_id by itself (SASL2's <user-agent id> is left
+		-- to community modules): it is sent where some module set one.
 		.. xml_attr("device-id", type(session.client_id) == "string" and session.client_id or nil)
 		.. xml_attr("session-id", session_id(session))
 		.. "/>";
@@ -216,17 +245,70 @@ end, 100);
 
 local in_flight = setmetatable({}, { __mode = "k" });
 
--- Messages a local client sent to a local user: their <routed> event says sent='true' and
--- stands for the <sent> event too (one copy of the message to readtrack, not two).
+-- Messages a local client sent, from pre-message until they are reported: a message to a local
+-- user is reported by its <routed sent='true'> event (one copy of the message to readtrack, not
+-- two), anything else by a <sent> event once mod_carbons has copied it.
 local client_sent = setmetatable({}, { __mode = "k" });
+
+-- The message being routed (message/*) or sent (pre-message/*) right now: mod_carbons writes
+-- its copies while those events run, as new stanzas the filter below recognises.
+local routing, sending;
+
+-- Replays readtrack asked for (<deliver>): written like a live message, tracked the same way.
+local replaying = setmetatable({}, { __mode = "k" });
+
+-- Tracked messages written to a session, by sender and id, so a stream-management failure of
+-- one of them is left to readtrack (it replays what the device has not acked) instead of also
+-- going to mod_offline. Bounded: forgetting one only risks a duplicate, never a loss.
+local written_cap = 10000;
+local function written_key(stanza)
+	return (stanza.attr.from or "") .. "\0" .. (stanza.attr.id or "");
+end
+local function remember_written(session, stanza)
+	if not stanza.attr.id then return; end
+	local written = session.readtrack_written;
+	if not written or written.n >= written_cap then
+		written = { n = 0 };
+		session.readtrack_written = written;
+	end
+	written[written_key(stanza)] = true;
+	written.n = written.n + 1;
+end
+
+-- The id of the message inside a carbon of this direction, if the stanza is one.
+local function carbon_of(stanza, direction)
+	local carbon = stanza:get_child(direction, xmlns_carbons);
+	local fwd = carbon and carbon:get_child("forwarded", xmlns_forward);
+	local inner = fwd and fwd:get_child("message", xmlns_client);
+	return inner;
+end
+
+local function add_jid(list, full_jid)
+	if full_jid and not list[full_jid] then
+		list[full_jid] = true;
+		list[#list + 1] = full_jid;
+	end
+end
 
 -- High priority: see the stanza before any later filter replaces it by a copy.
 local function record_write(stanza, session)
+	if stanza.name ~= "message" then return stanza; end
 	local record = in_flight[stanza];
-	local written = record and record.written;
-	if written and session.full_jid and not written[session.full_jid] then
-		written[session.full_jid] = true;
-		written[#written + 1] = session.full_jid;
+	if record then
+		add_jid(record.written, session.full_jid);
+		remember_written(session, stanza);
+	elseif replaying[stanza] then
+		remember_written(session, stanza);
+	elseif routing or sending then
+		local inner = routing and carbon_of(stanza, "received");
+		if inner and inner.attr.id == routing.id then
+			add_jid(routing.carbons, session.full_jid);
+		else
+			inner = sending and carbon_of(stanza, "sent");
+			if inner and inner.attr.id == sending.id then
+				add_jid(sending.carbons, session.full_jid);
+			end
+		end
 	end
 	return stanza;
 end
@@ -254,8 +336,8 @@ end
 
 local function archive_id(stanza, to)
 	-- A sender can forge <stanza-id by=recipient>. Without mod_mam nothing removes it, so then
-	-- there is no archive id at all. With it, 0.12.3 still lets the forged one through (it
-	-- strips a copy it then ignores) but appends its own after it: the last one is the real one.
+	-- there is no archive id at all. With it, 0.12.3 and 13.0.1 still let the forged one through
+	-- (they strip a copy they then ignore) but append their own after it: the last one is real.
 	if not hosts[host].modules.mam then return nil; end
 	local id;
 	for sid in stanza:childtags("stanza-id", xmlns_sid) do
@@ -264,9 +346,17 @@ local function archive_id(stanza, to)
 	return id;
 end
 
+local function jid_tags(name, list)
+	local out = {};
+	for _, full_jid in ipairs(list) do
+		out[#out + 1] = "<" .. name .. xml_attr("jid", full_jid) .. "/>";
+	end
+	return t_concat(out);
+end
+
 local function track_routing(handlers, event_name, event_data)
 	local stanza, origin = event_data.stanza, event_data.origin;
-	if not (loggable(stanza) and component_connected()) then
+	if not (component_connected() and loggable(stanza, origin)) then
 		return handlers(event_name, event_data);
 	end
 	if not within_budget(stanza) then return handlers(event_name, event_data); end
@@ -275,27 +365,31 @@ local function track_routing(handlers, event_name, event_data)
 		or (origin.username and origin.username .. "@" .. origin.host);
 	if not to then return handlers(event_name, event_data); end
 	local original = forwarded(stanza, to);
-	local record = { to = to, written = {} };
+	local record = { to = to, id = stanza.attr.id, written = {}, carbons = {} };
 	event_data.readtrack = record;
 	in_flight[stanza] = record;
-	local ret = handlers(event_name, event_data);
+	local outer = routing;
+	routing = record;
+	local ok, ret = pcall(handlers, event_name, event_data);
+	routing = outer;
 	in_flight[stanza] = nil;
 	in_flight[event_data.stanza] = nil;
+	if not ok then error(ret, 0); end
 
-	local written = record.written;
-	if #written == 0 and not user_exists(jid_split(to), host) then
-		return ret; -- Prosody bounced it; nothing to track
+	-- Only what the server delivered or stored is reported: a message a policy module
+	-- (blocking, privacy, a firewall) bounced or dropped never reached a session or offline
+	-- handling, and does not exist for readtrack.
+	if #record.written == 0 and not record.offline then
+		return ret;
 	end
-	local sent = client_sent[stanza] and origin.type == "c2s" and "true" or nil;
+	local sent_record = client_sent[stanza];
+	local sent = sent_record and origin.type == "c2s" and "true" or nil;
 	client_sent[stanza] = nil;
-	local routed = { "<routed xmlns='", xmlns_hook, "'", xml_attr("to", to),
-		xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">" };
-	for _, full_jid in ipairs(written) do
-		routed[#routed + 1] = "<session" .. xml_attr("jid", full_jid) .. "/>";
-	end
-	routed[#routed + 1] = original;
-	routed[#routed + 1] = "</routed>";
-	emit(t_concat(routed));
+	local carbons = jid_tags("carbon", record.carbons);
+	if sent_record then carbons = carbons .. jid_tags("carbon", sent_record.carbons); end
+	emit(t_concat({ "<routed xmlns='", xmlns_hook, "'", xml_attr("to", to),
+		xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">",
+		jid_tags("session", record.written), carbons, original, "</routed>" }));
 	return ret;
 end
 
@@ -314,18 +408,34 @@ module:wrap_event("message/bare", track_routing);
 module:wrap_event("message/full", track_routing);
 
 -- mod_offline would hand the message to whichever device logs in first; readtrack replays it to
--- every device instead. Only messages being tracked above are claimed.
+-- every device instead. Only messages being tracked above are claimed, and only once offline
+-- handling is reached: that is when the server has accepted the message for storage.
 module:hook("message/offline/handle", function(event)
-	if in_flight[event.stanza] then return true; end
+	local record = in_flight[event.stanza];
+	if record then
+		record.offline = true;
+		return true;
+	end
 end, 100);
+
+-- A tracked message stream management could not deliver: readtrack replays it at the device's
+-- next login (the device never acked it), so it is not also stored by mod_offline.
+module:hook("delivery/failure", function(event)
+	local session, stanza = event.session, event.stanza;
+	local written = session.readtrack_written;
+	if stanza.name == "message" and written and written[written_key(stanza)]
+		and component_connected() then
+		return true;
+	end
+end, 10);
 
 ------------------------------------------------------------------------------------------------
 -- What local clients send.
 
--- A plain message with a body to a user of this host is reported by its <routed> event alone
--- (sent='true'). Anything that also acknowledges something, or goes elsewhere, gets <sent>.
-local function reported_by_routed(stanza)
-	if not loggable(stanza) or stanza:get_child(nil, xmlns_receipts)
+-- A message to a user of this host that readtrack tracks is reported by its <routed> event
+-- alone (sent='true'). Anything that also acknowledges something, or goes elsewhere, gets <sent>.
+local function reported_by_routed(stanza, origin)
+	if not loggable(stanza, origin) or stanza:get_child(nil, xmlns_receipts)
 		or stanza:get_child(nil, xmlns_offline) or stanza:get_child("displayed", xmlns_markers) then
 		return false;
 	end
@@ -335,26 +445,43 @@ local function reported_by_routed(stanza)
 	return node ~= nil and to_host == host;
 end
 
-local function on_client_message(event)
-	local origin, stanza = event.origin, event.stanza;
-	if origin.type ~= "c2s" or not interesting_sent(stanza) then return; end
-	if reported_by_routed(stanza) then
-		client_sent[stanza] = true;
-		return;
-	end
-	local to = event.to_self and jid_bare(origin.full_jid) or nil;
-	emit("<sent xmlns='" .. xmlns_hook .. "'>" .. forwarded(stanza, to) .. "</sent>");
-	-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody would
-	-- answer each with service-unavailable, which seed clients treat as a failed ack.
-	if stanza.attr.to == host and (stanza.attr.type == "crs"
-		or stanza:get_child(nil, xmlns_receipts) or stanza:get_child(nil, xmlns_offline)) then
-		return true;
-	end
+local function to_server(stanza)
+	return stanza.attr.to == host and (stanza.attr.type == "crs"
+		or stanza:get_child(nil, xmlns_receipts) or stanza:get_child(nil, xmlns_offline));
 end
 
-module:hook("pre-message/bare", on_client_message, 100);
-module:hook("pre-message/full", on_client_message, 100);
-module:hook("pre-message/host", on_client_message, 100);
+local function on_client_message(event)
+	local origin, stanza = event.origin, event.stanza;
+	if origin.type ~= "c2s" or not interesting_sent(stanza, origin) then return; end
+	if to_server(stanza) then
+		-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody
+		-- would answer each with service-unavailable, which seed clients treat as a failed ack.
+		emit("<sent xmlns='" .. xmlns_hook .. "'>" .. forwarded(stanza) .. "</sent>");
+		return true;
+	end
+	local record = { id = stanza.attr.id, carbons = {},
+		to = event.to_self and jid_bare(origin.full_jid) or nil,
+		by_routed = reported_by_routed(stanza, origin) };
+	client_sent[stanza] = record;
+	sending = record;
+end
+
+-- After mod_carbons (-0.5), before routing: the message passed the server's checks on what a
+-- client may send (a blocked contact, say, stops it earlier) and its sent carbons are written.
+local function after_carbons(event)
+	local stanza = event.stanza;
+	local record = client_sent[stanza];
+	if sending == record then sending = nil; end
+	if not record or record.by_routed then return; end
+	client_sent[stanza] = nil;
+	emit("<sent xmlns='" .. xmlns_hook .. "'>" .. jid_tags("carbon", record.carbons)
+		.. forwarded(stanza, record.to) .. "</sent>");
+end
+
+for _, kind in ipairs({ "bare", "full", "host" }) do
+	module:hook("pre-message/" .. kind, on_client_message, 100);
+	module:hook("pre-message/" .. kind, after_carbons, -0.75);
+end
 
 ------------------------------------------------------------------------------------------------
 -- Commands from the component.
@@ -426,6 +553,7 @@ function execute(command)
 		local to = command.attr.to;
 		local session = to and jid_host(to) == host and full_sessions[to];
 		if session then
+			replaying[inner] = true;
 			session.send(inner);
 		else
 			-- Gone since readtrack decided; it replays when the device is next available.
@@ -453,6 +581,18 @@ function execute(command)
 			return true;
 		end
 		module:send(inner);
+	elseif command.name == "store-offline" then
+		-- A message readtrack could not log: it goes where it would have gone without
+		-- readtrack, the server's own offline storage (not claimed by the hook above: it is not
+		-- in flight).
+		local node, to_host = jid_split(command.attr.to);
+		if not node or to_host ~= host then
+			module:log("warn", "readtrack <store-offline> for %s refused: not a user of %s", tostring(command.attr.to), host);
+			return true;
+		end
+		inner.attr.to = inner.attr.to or command.attr.to;
+		module:log("warn", "readtrack could not log a message for %s; stored offline by the server", command.attr.to);
+		module:fire_event("message/offline/handle", { origin = hosts[host], username = node, stanza = inner });
 	else
 		module:log("warn", "Unknown readtrack command <%s>", command.name);
 	end

@@ -220,7 +220,7 @@ pub fn check_hooks(data: &[u8]) {
             "event does not survive a round trip through {xml:?}"
         );
         match &event {
-            HookEvent::Routed { message_xml, .. } | HookEvent::Sent { message_xml } => {
+            HookEvent::Routed { message_xml, .. } | HookEvent::Sent { message_xml, .. } => {
                 let _ = parse_message(message_xml);
             }
             _ => {}

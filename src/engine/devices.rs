@@ -1,11 +1,11 @@
 //! Device lifecycle and replay (rules 6 and 7).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::{Dialect, Engine, Output, Result};
 use crate::jid::Jid;
 use crate::stanza::hooks::SessionInfo;
-use crate::stanza::{MessageType, Outgoing, Replay};
+use crate::stanza::{Outgoing, Replay};
 use crate::store::{DeviceNo, DeviceRecord, MessageRecord, Seq, UserId};
 use crate::time::Millis;
 
@@ -45,8 +45,10 @@ impl Engine {
         }
     }
 
-    /// Rule 7: a new device starts with the last `history` messages (no older than
-    /// `history_max_age`) unread, so it receives recent history.
+    /// Rule 7: a new device starts at the lower of two points: the user's undelivered point
+    /// (every message no device of the user has acked is replayed to it, so a user's first
+    /// device after an absence gets everything that was acked to its senders) and the history
+    /// window (the last `history` messages, none older than `history_max_age`), as context.
     fn new_device(
         &self,
         user: UserId,
@@ -71,6 +73,7 @@ impl Engine {
                 acked_upto = m.seq;
             }
         }
+        let acked_upto = acked_upto.min(self.undelivered_point(user, &record)?.saturating_sub(1));
         Ok(DeviceRecord {
             key,
             resource: resource.to_string(),
@@ -82,7 +85,22 @@ impl Engine {
             last_seen: now.0,
             replayed: Default::default(),
             session_id: None,
+            speaks_seed: false,
         })
+    }
+
+    /// The lowest stored seq that no device of the user has acked (`head + 1` when every one
+    /// was). Everything at or below the highest cursor is acked by that device; above it only
+    /// the devices' short out-of-order sets can hold a seq, so this costs the devices, not the
+    /// log.
+    fn undelivered_point(&self, user: UserId, record: &crate::store::UserRecord) -> Result<Seq> {
+        let devices = self.store.devices(user)?;
+        let highest = devices.iter().map(|(_, d)| d.acked_upto).max().unwrap_or(0);
+        let mut point = (highest + 1).max(record.first_seq);
+        while point <= record.head && devices.iter().any(|(_, d)| d.is_acked(point)) {
+            point += 1;
+        }
+        Ok(point)
     }
 
     /// Rule 6: a session became available; replay what its device has not acked. `continuing`
@@ -110,6 +128,9 @@ impl Engine {
             device.session += 1;
         }
         device.session_id = session.session_id.clone();
+        if self.resource_speaks_seed(resource) {
+            device.speaks_seed = true;
+        }
         device.online = true;
         device.resource = resource.to_string();
         device.last_seen = now.0;
@@ -127,7 +148,14 @@ impl Engine {
     ) -> Result<Vec<Output>> {
         let bare = to.bare_string();
         let mut out = Vec::new();
-        let mut carbons = Vec::new();
+        // Written in a form nobody receipts (a carbon of the user's own message, a receipt or
+        // marker): handing it over is what acks it for this device.
+        let mut acked_by_writing = Vec::new();
+        let seed = match self.config.dialect {
+            Dialect::Seed => true,
+            Dialect::Xep => false,
+            Dialect::Auto => device.speaks_seed,
+        };
         let mut replayed_upto = None;
         // Live writes in this session have a delivery record each (usually a handful): one
         // scan, not a lookup per replayed message.
@@ -138,8 +166,6 @@ impl Engine {
             .filter(|(_, d)| d.session == device.session)
             .map(|(seq, _)| seq)
             .collect();
-        // Senders repeat (a conversation is one peer): parse each once.
-        let mut senders: HashMap<String, Jid> = HashMap::new();
         for m in self.store.messages_after(user, device.acked_upto) {
             let m = m?;
             if device.is_acked(m.seq) {
@@ -155,26 +181,10 @@ impl Engine {
                 }
                 break;
             }
-            let from = match senders.get(&m.from) {
-                Some(from) => from.clone(),
-                None => {
-                    let Ok(from) = Jid::parse(&m.from) else {
-                        tracing::warn!(user = %bare, seq = m.seq, from = %m.from, "logged message has an unparsable sender; not replayed");
-                        continue;
-                    };
-                    senders.insert(m.from.clone(), from.clone());
-                    from
-                }
-            };
             let stanza = if m.sent {
-                // Rule 8: the user's own message, sent from another device. Clients send no
-                // receipt for a carbon, so handing it over is what acks it for this device.
-                let Some(peer) = m.to.as_deref().and_then(|t| Jid::parse(t).ok()) else {
-                    continue;
-                };
-                carbons.push(m.seq);
-                let mut inner = self.replay_stanza(m, from, &peer, &bare, now);
-                inner.offline_marker = false;
+                // Rule 8: the user's own message, sent from another device.
+                acked_by_writing.push(m.seq);
+                let mut inner = self.replay_stanza(m, to, &bare, now, false);
                 inner.request_receipt = false;
                 Outgoing::SentCarbon {
                     from: to.to_bare(),
@@ -182,52 +192,60 @@ impl Engine {
                     inner,
                 }
             } else {
-                replayed_upto = Some(m.seq);
-                Outgoing::Replay(self.replay_stanza(m, from, to, &bare, now))
+                if m.signal {
+                    acked_by_writing.push(m.seq);
+                } else {
+                    replayed_upto = Some(m.seq);
+                }
+                Outgoing::Replay(self.replay_stanza(m, to, &bare, now, seed))
             };
             out.push(Output::Deliver {
                 to: to.clone(),
                 stanza,
             });
         }
-        for seq in &carbons {
+        for seq in &acked_by_writing {
             device.ack(*seq);
         }
         if let Some(upto) = replayed_upto {
             device.record_replay(upto);
         }
-        if replayed_upto.is_some() || !carbons.is_empty() {
+        if replayed_upto.is_some() || !acked_by_writing.is_empty() {
             self.store.put_device(user, Some(no), &device)?;
         }
         self.counters.replays += out.len() as u64;
         Ok(out)
     }
 
+    /// Rule 6: the logged stanza for one device, with its markers: the seed's offline marker
+    /// (devices that speak it), a XEP-0203 delay, the XEP-0359 id (the archive's where the
+    /// server archived it, so a client that also catches up through MAM sees one message), and
+    /// a receipt request where a receipt acks it.
     fn replay_stanza(
         &self,
         m: MessageRecord,
-        from: Jid,
         to: &Jid,
         bare: &str,
         now: Millis,
+        seed: bool,
     ) -> Replay {
-        Replay {
-            to: to.clone(),
-            from,
-            kind: MessageType::from_attr(m.kind.as_deref()),
-            id: m.msg_id,
-            body: m.body,
-            thread: m.thread,
-            logged_at: Millis(m.logged_at),
-            stanza_id: uuid::Uuid::from_u128(m.stanza_id)
+        let stanza_id = match m.archive_id {
+            Some(id) => id,
+            None => uuid::Uuid::from_u128(m.stanza_id)
                 .hyphenated()
                 .encode_lower(&mut uuid::Uuid::encode_buffer())
                 .to_owned(),
+        };
+        Replay {
+            to: to.clone(),
+            request_receipt: !m.signal && !m.asks_receipt && m.msg_id.is_some(),
+            stored: m.stanza,
+            logged_at: Millis(m.logged_at),
+            stanza_id,
             stanza_id_by: bare.to_string(),
-            offline_marker: self.config.dialect == Dialect::Seed,
+            offline_marker: seed,
             delay_from: Some(self.config.domain.clone()),
             now,
-            request_receipt: true,
         }
     }
 

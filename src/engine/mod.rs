@@ -30,11 +30,15 @@ use crate::time::Millis;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dialect {
-    /// seed-protocol.md: crs server ack, delay-501 bounce, offline marker on replays.
-    #[default]
+    /// The seed dialect for everyone: crs server ack, delay-501 bounce, offline marker on
+    /// replays, to every client.
     Seed,
     /// Standards only: no server ack, no bounce; replays carry XEP-0203 delay and XEP-0359 ids.
     Xep,
+    /// Per device: the seed's stanzas only to devices that speak it (a resource matching
+    /// `seed_resources`, or a device that sent a seed stanza); standards to every other client.
+    #[default]
+    Auto,
 }
 
 /// Which messages need a receipt from some device of the recipient (config `[receipts] require`).
@@ -53,8 +57,9 @@ impl FromStr for Dialect {
         match s {
             "seed" => Ok(Dialect::Seed),
             "xep" => Ok(Dialect::Xep),
+            "auto" => Ok(Dialect::Auto),
             other => Err(format!(
-                "unknown dialect {other:?} (expected \"seed\" or \"xep\")"
+                "unknown dialect {other:?} (expected \"auto\", \"seed\" or \"xep\")"
             )),
         }
     }
@@ -79,6 +84,9 @@ pub struct EngineConfig {
     /// The tracked XMPP domain (`example.com`); server acks and bounces come from it.
     pub domain: String,
     pub dialect: Dialect,
+    /// Under [`Dialect::Auto`]: resources of clients that speak the seed dialect (`*` matches
+    /// any run of characters).
+    pub seed_resources: Vec<String>,
     pub policy: ReceiptPolicy,
     /// Time a message needing a receipt may wait for one before the sender gets the bounce.
     pub receipt_timeout: Duration,
@@ -105,7 +113,8 @@ impl EngineConfig {
     pub fn new(domain: &str) -> EngineConfig {
         EngineConfig {
             domain: domain.to_lowercase(),
-            dialect: Dialect::Seed,
+            dialect: Dialect::Auto,
+            seed_resources: default_seed_resources(),
             policy: ReceiptPolicy::All,
             receipt_timeout: Duration::from_secs(10),
             system_senders: Vec::new(),
@@ -119,6 +128,31 @@ impl EngineConfig {
             expire_after: Duration::from_secs(90 * 86_400),
         }
     }
+}
+
+/// The seed's clients bind resources like `Spark 2.6.3#android`.
+pub fn default_seed_resources() -> Vec<String> {
+    vec!["*#*".to_string(), "Spark*".to_string()]
+}
+
+/// Whether `text` matches a pattern where `*` stands for any run of characters.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty(); // no `*`: the whole text
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// What the XMPP server tells readtrack.
@@ -138,20 +172,68 @@ pub enum Input {
         session_id: Option<String>,
     },
     /// The server routed `message` to local user `to` (bare) and wrote it live to `sessions`
-    /// (empty when no session was available).
+    /// (empty when no session was available), and its carbons to `carbons` (sessions of the
+    /// recipient for a received carbon, of the sender for a sent one).
     Routed {
         message: Message,
+        /// The routed stanza as the server serialised it (`jabber:client`): what is logged.
+        message_xml: String,
         to: Jid,
         sessions: Vec<Jid>,
+        carbons: Vec<Jid>,
         archive_id: Option<String>,
         /// A local client (the message's `from`, a full JID) sent it: it is also that
         /// client's [`Input::FromClient`] (the module reports a message to a local user once).
         sent: bool,
     },
-    /// A local client sent `message` (its `from` is the client's full JID): receipts, markers.
-    FromClient { message: Message },
+    /// A local client sent `message` (its `from` is the client's full JID): receipts, markers,
+    /// messages to users elsewhere. `carbons`: the sender's other sessions that got a carbon.
+    FromClient {
+        message: Message,
+        message_xml: String,
+        carbons: Vec<Jid>,
+    },
     /// The complete set of available sessions, sent when readtrack (re)connects.
     Snapshot { sessions: Vec<SessionInfo> },
+}
+
+impl Input {
+    /// A routed message built in code (tests, benches, other server modules): its text is the
+    /// typed message written in `jabber:client`, as a server would serialise it.
+    pub fn routed(
+        message: Message,
+        to: Jid,
+        sessions: Vec<Jid>,
+        archive_id: Option<String>,
+        sent: bool,
+    ) -> Input {
+        Input::Routed {
+            message_xml: crate::stanza::write::client_message(&message),
+            message,
+            to,
+            sessions,
+            carbons: Vec::new(),
+            archive_id,
+            sent,
+        }
+    }
+
+    /// A client's stanza built in code, as [`Input::routed`].
+    pub fn from_client(message: Message) -> Input {
+        Input::FromClient {
+            message_xml: crate::stanza::write::client_message(&message),
+            message,
+            carbons: Vec::new(),
+        }
+    }
+}
+
+/// One message as the server handed it over: typed, as text, and where its carbons went.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Routed<'a> {
+    pub message: &'a Message,
+    pub xml: &'a str,
+    pub carbons: &'a [Jid],
 }
 
 /// What readtrack asks the XMPP server to write.
@@ -166,6 +248,9 @@ pub enum Output {
         stanza: Outgoing,
         confirm: Option<String>,
     },
+    /// Store `stanza_xml` in the server's own offline storage for local user `to`: a message
+    /// the server accepted that readtrack cannot log goes back where it would have gone.
+    StoreOffline { to: Jid, stanza_xml: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +260,10 @@ pub enum EngineError {
     /// An input that cannot apply to this domain; nothing was changed.
     #[error("rejected input: {0}")]
     Rejected(String),
+    /// A message the server accepted that readtrack cannot log (it cannot stand alone as a
+    /// stanza). Nothing was changed; the caller hands it back to the server's own storage.
+    #[error("cannot log: {0}")]
+    Unloggable(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
@@ -244,8 +333,10 @@ impl Engine {
             }
             Input::Routed {
                 message,
+                message_xml,
                 to,
                 sessions,
+                carbons,
                 archive_id,
                 sent,
             } => {
@@ -253,8 +344,13 @@ impl Engine {
                 // refusal (a sender that is not a local device) must not cost the recipient
                 // the message, so it is reported and routing goes on.
                 let mut out = Vec::new();
+                let routed = Routed {
+                    message: &message,
+                    xml: &message_xml,
+                    carbons: &carbons,
+                };
                 if sent {
-                    match self.client_stanza(&message, now) {
+                    match self.client_stanza(&routed, now) {
                         Ok(o) => out = o,
                         Err(EngineError::Rejected(why)) => {
                             if crate::warnlimit::admit(crate::warnlimit::Warning::SentRejected, now)
@@ -265,12 +361,37 @@ impl Engine {
                         Err(e) => return Err(e),
                     }
                 }
-                out.extend(self.routed(message, &to, &sessions, archive_id, now)?);
+                match self.routed(&routed, &to, &sessions, archive_id, now) {
+                    Ok(o) => out.extend(o),
+                    Err(EngineError::Unloggable(why)) if sessions.is_empty() => {
+                        out.push(self.give_back(&why, to, message_xml));
+                    }
+                    Err(e) => return Err(e),
+                }
                 Ok(out)
             }
-            Input::FromClient { message } => self.client_stanza(&message, now),
+            Input::FromClient {
+                message,
+                message_xml,
+                carbons,
+            } => self.client_stanza(
+                &Routed {
+                    message: &message,
+                    xml: &message_xml,
+                    carbons: &carbons,
+                },
+                now,
+            ),
             Input::Snapshot { sessions } => self.snapshot(&sessions, now),
         }
+    }
+
+    /// Rule 9: a message for an offline user that readtrack cannot log goes back to the
+    /// server's own offline storage (counted and logged), never dropped.
+    pub fn give_back(&mut self, why: &str, to: Jid, stanza_xml: String) -> Output {
+        self.counters.given_back += 1;
+        tracing::warn!(recipient = %to, "{why}; handed back to the server's offline storage");
+        Output::StoreOffline { to, stanza_xml }
     }
 
     /// Fires receipt timers due at `now`. Bounces are held until the next commit.

@@ -148,7 +148,7 @@ fn view(m: &MessageRecord, body_max: usize) -> MessageView {
         time: Millis(m.logged_at).rfc3339(),
         from: m.from.clone(),
         id: m.msg_id.clone(),
-        body: shorten(m.body.clone(), body_max),
+        body: shorten(super::receipts::logged_body(m), body_max),
     }
 }
 

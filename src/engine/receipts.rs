@@ -1,9 +1,10 @@
 //! Logging, receipts and receipt timers (rules 1-5, 9, 11).
 
-use super::{Dialect, Engine, EngineError, Output, ReceiptPolicy, Result};
+use super::{Dialect, Engine, EngineError, Output, ReceiptPolicy, Result, Routed};
 use crate::jid::Jid;
+use crate::stanza::original::{self, Class, Stored};
 use crate::stanza::{Message, MessageType, Outgoing, Receipt};
-use crate::store::{DeliveryRecord, MessageRecord, ReceiptState, Seq, Timer, UserId};
+use crate::store::{DeliveryRecord, DeviceNo, MessageRecord, ReceiptState, Seq, Timer, UserId};
 use crate::time::Millis;
 
 impl Engine {
@@ -18,16 +19,60 @@ impl Engine {
             })
     }
 
-    /// Rule 1: messages with a body (or from a system sender) are logged; receipts, markers,
-    /// errors and readtrack's own crs acks are not.
-    fn is_loggable(message: &Message, system: bool) -> bool {
+    /// Rule 1 (tracked messages): a chat or normal message the server's archive would keep
+    /// (mod_mam's `should_store`: see [`Class::archivable`]), or any message from a system
+    /// sender. readtrack's own crs acks, errors, headlines and groupchat are never logged.
+    fn is_loggable(message: &Message, class: &Class, system: bool) -> bool {
         let kind_ok = matches!(message.kind, MessageType::Chat | MessageType::Normal);
-        kind_ok && message.receipt.is_none() && (message.body.is_some() || system)
+        kind_ok && (class.archivable() || system)
     }
 
-    fn needs_receipt(&self, message: &Message, system: bool) -> bool {
-        // Without an id no receipt can name the message, so there is nothing to wait for.
-        self.config.dialect == Dialect::Seed
+    /// Whether the sender of a message speaks the seed dialect, and so gets its server ack and
+    /// delay bounce. Under `auto`, a local device by its resource or what it sent before, a
+    /// system sender always (the seed's system messages), anyone else never.
+    fn sender_speaks_seed(&self, from: &Jid, system: bool) -> Result<bool> {
+        Ok(match self.config.dialect {
+            Dialect::Seed => true,
+            Dialect::Xep => false,
+            Dialect::Auto => {
+                if system {
+                    return Ok(true);
+                }
+                let (Some(resource), true) = (
+                    from.resource(),
+                    from.domain() == self.config.domain && from.local().is_some(),
+                ) else {
+                    return Ok(false);
+                };
+                if self.resource_speaks_seed(resource) {
+                    return Ok(true);
+                }
+                match self.store.user_id(&from.bare_string())? {
+                    Some(user) => {
+                        let key = self.config.device_key.device_key(resource, None);
+                        self.store
+                            .devices(user)?
+                            .iter()
+                            .any(|(_, d)| d.key == key && d.speaks_seed)
+                    }
+                    None => false,
+                }
+            }
+        })
+    }
+
+    /// Rule 11: a resource the configured seed clients bind.
+    pub(super) fn resource_speaks_seed(&self, resource: &str) -> bool {
+        self.config
+            .seed_resources
+            .iter()
+            .any(|p| super::glob_match(p, resource))
+    }
+
+    fn needs_receipt(&self, message: &Message, class: &Class, system: bool, seed: bool) -> bool {
+        // Without an id no receipt can name the message, so there is nothing to wait for; the
+        // bounce is the seed's, so only a sender that speaks it waits.
+        seed && !class.signal()
             && message.id.is_some()
             && match self.config.policy {
                 ReceiptPolicy::All => true,
@@ -38,39 +83,59 @@ impl Engine {
 
     pub(super) fn routed(
         &mut self,
-        message: Message,
+        routed: &Routed<'_>,
         to: &Jid,
         sessions: &[Jid],
         archive_id: Option<String>,
         now: Millis,
     ) -> Result<Vec<Output>> {
+        let message = routed.message;
         let to = self.local_user(to, "recipient")?;
         let Some(from) = message.from.clone() else {
             return Err(EngineError::Rejected("routed message has no sender".into()));
         };
         let system = self.is_system_sender(&from);
-        if !Self::is_loggable(&message, system) {
+        let user_jid = to.bare_string();
+        let stored = original::stored_form(routed.xml, &user_jid, false)
+            .map_err(|e| EngineError::Unloggable(format!("routed message: {e}")))?;
+        if !Self::is_loggable(message, &stored.class, system) {
             return Ok(Vec::new());
         }
-        let user = self.store.ensure_user(&to.bare_string())?;
+        let seed_sender = self.sender_speaks_seed(&from, system)?;
+        let user = self.store.ensure_user(&user_jid)?;
         let mut delivered = Vec::new();
-        for session in sessions {
-            let Some(resource) = session.resource().filter(|_| session.to_bare() == to) else {
-                tracing::warn!(session = %session, recipient = %to, "routed message lists a session of another user; ignored");
+        let mut carbon_devices = Vec::new();
+        for (session, carbon) in sessions
+            .iter()
+            .map(|s| (s, false))
+            .chain(routed.carbons.iter().map(|s| (s, true)))
+        {
+            if session.to_bare() != to {
+                if !carbon {
+                    tracing::warn!(session = %session, recipient = %to, "routed message lists a session of another user; ignored");
+                }
+                continue; // a sent carbon: the sender's side, see `log_sent`
+            }
+            let Some(resource) = session.resource() else {
                 continue;
             };
             let (no, device) = self.device_for(user, resource, None, now)?;
             let session_no = device.session;
             let no = self.stored_device(user, no, &device)?;
-            delivered.push((
-                no,
-                DeliveryRecord {
-                    session: session_no,
-                    at: now.0,
-                },
-            ));
+            if carbon || stored.class.signal() {
+                // Nobody receipts a carbon or a receipt: being written is its ack.
+                carbon_devices.push(no);
+            } else {
+                delivered.push((
+                    no,
+                    DeliveryRecord {
+                        session: session_no,
+                        at: now.0,
+                    },
+                ));
+            }
         }
-        let receipt = if !self.needs_receipt(&message, system) {
+        let receipt = if !self.needs_receipt(message, &stored.class, system, seed_sender) {
             ReceiptState::NotRequired
         } else if self.pending_timers >= self.config.max_pending_timers {
             // A bound on memory and on tick work: past it, messages are still logged and
@@ -90,14 +155,15 @@ impl Engine {
             system,
             receipt,
             archive_id,
-            ..log_entry(&message, &from, now)
+            ..log_entry(message, &from, stored, now)
         };
         let seq = self.store.append_message(user, &entry, &delivered)?;
         self.counters.messages_logged += 1;
+        self.ack_written(user, &carbon_devices, seq)?;
         tracing::debug!(user = %to, seq, live = delivered.len(), "logged");
         let local_sender =
             from.domain() == self.config.domain && from.local().is_some() && from.is_full();
-        if let (Dialect::Seed, true, Some(id)) = (self.config.dialect, local_sender, &message.id) {
+        if let (true, true, Some(id)) = (seed_sender, local_sender, &message.id) {
             self.held.push(Output::SendAsHost {
                 confirm: None,
                 stanza: Outgoing::ServerAck {
@@ -111,41 +177,87 @@ impl Engine {
         Ok(Vec::new())
     }
 
-    pub(super) fn client_stanza(&mut self, message: &Message, now: Millis) -> Result<Vec<Output>> {
+    /// Acks `seq` for devices it was written to in a form nobody receipts (a carbon, a
+    /// receipt): otherwise they would be replayed what they already have.
+    fn ack_written(&mut self, user: UserId, devices: &[DeviceNo], seq: Seq) -> Result<()> {
+        for no in devices {
+            if let Some(mut device) = self.store.device(user, *no)? {
+                if device.ack(seq) {
+                    self.store.apply_ack(user, *no, &device, &[], &[])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn client_stanza(
+        &mut self,
+        routed: &Routed<'_>,
+        now: Millis,
+    ) -> Result<Vec<Output>> {
+        let message = routed.message;
         let Some(from) = &message.from else {
             return Err(EngineError::Rejected("client stanza has no sender".into()));
         };
         let resource = self.local_device(from, "client")?;
+        if self.config.dialect == Dialect::Auto && is_seed_stanza(message) {
+            self.learn_seed(from, resource, now)?;
+        }
         if let Some(receipt) = &message.receipt {
             self.receipt(from, resource, receipt, message.to.as_ref(), now)?;
         }
         if let Some(id) = &message.displayed {
             self.displayed(from, resource, id, message.to.as_ref(), now)?;
         }
-        if Self::is_loggable(message, false) {
-            self.log_sent(message, from, resource, now)?;
+        if message.kind == MessageType::Crs
+            || message.to.as_ref().is_some_and(|t| t.local().is_none())
+        {
+            return Ok(Vec::new()); // acks to the server, not messages to anyone
         }
+        self.log_sent(routed, from, resource, now)?;
         Ok(Vec::new())
     }
 
+    /// Rule 11 (`auto`): a device that sent a seed stanza speaks the seed from now on.
+    fn learn_seed(&mut self, from: &Jid, resource: &str, now: Millis) -> Result<()> {
+        let user = self.store.ensure_user(&from.bare_string())?;
+        let (no, mut device) = self.device_for(user, resource, None, now)?;
+        if !device.speaks_seed {
+            device.speaks_seed = true;
+            tracing::debug!(device = %from, "device speaks the seed dialect");
+            self.store.put_device(user, no, &device)?;
+        }
+        Ok(())
+    }
+
     /// Rule 8: what a user sends from one device is logged in the user's own log, acked for that
-    /// device at once, and replayed to the user's other devices as a `<sent>` carbon.
+    /// device at once (and for the devices that got its carbon), and replayed to the user's
+    /// other devices as a `<sent>` carbon.
     fn log_sent(
         &mut self,
-        message: &Message,
+        routed: &Routed<'_>,
         from: &Jid,
         resource: &str,
         now: Millis,
     ) -> Result<()> {
+        let message = routed.message;
         let Some(to) = &message.to else { return Ok(()) };
         if to.to_bare() == from.to_bare() {
             return Ok(()); // to one's own account: it is routed back and logged as received
         }
-        let user = self.store.ensure_user(&from.bare_string())?;
+        let user_jid = from.bare_string();
+        let stored = original::stored_form(routed.xml, &user_jid, true)
+            .map_err(|e| EngineError::Unloggable(format!("sent message: {e}")))?;
+        // The user's own receipts and markers move their cursors and read state (above); they
+        // are not copied to the user's other devices, whose read state readtrack keeps itself.
+        if !Self::is_loggable(message, &stored.class, false) || stored.class.signal() {
+            return Ok(());
+        }
+        let user = self.store.ensure_user(&user_jid)?;
         let entry = MessageRecord {
             sent: true,
             to: Some(to.to_string()),
-            ..log_entry(message, from, now)
+            ..log_entry(message, from, stored, now)
         };
         let seq = self.store.append_message(user, &entry, &[])?;
         self.counters.messages_logged += 1;
@@ -153,6 +265,14 @@ impl Engine {
         device.ack(seq);
         let no = self.stored_device(user, no, &device)?;
         self.store.apply_ack(user, no, &device, &[], &[])?;
+        let mut carbon_devices = Vec::new();
+        for session in routed.carbons {
+            if let (true, Some(r)) = (session.to_bare() == from.to_bare(), session.resource()) {
+                let (no, device) = self.device_for(user, r, None, now)?;
+                carbon_devices.push(self.stored_device(user, no, &device)?);
+            }
+        }
+        self.ack_written(user, &carbon_devices, seq)?;
         Ok(())
     }
 
@@ -365,7 +485,7 @@ impl Engine {
                     from: self.config.domain.clone(),
                     to,
                     id,
-                    body: m.body.clone(),
+                    body: logged_body(&m),
                     time: now,
                 },
                 confirm: Some(bounce_confirmation(timer.user, timer.seq)),
@@ -424,22 +544,41 @@ fn parse_bounce_confirmation(id: &str) -> Option<(UserId, u64)> {
 
 /// The log entry of `message` from `from`, logged at `now`: a received message that needs no
 /// receipt; callers change what differs. The store assigns `seq`.
-fn log_entry(message: &Message, from: &Jid, now: Millis) -> MessageRecord {
+fn log_entry(message: &Message, from: &Jid, stored: Stored, now: Millis) -> MessageRecord {
     MessageRecord {
         seq: 0,
         stanza_id: new_stanza_id(now),
         msg_id: message.id.clone(),
         from: from.to_string(),
         kind: message.kind.as_attr().map(str::to_string),
-        body: message.body.clone(),
-        thread: message.thread.clone(),
         logged_at: now.0,
         system: false,
         receipt: ReceiptState::NotRequired,
         archive_id: None,
         sent: false,
         to: None,
+        signal: stored.class.signal(),
+        asks_receipt: stored.class.asks_receipt,
+        stanza: stored.text,
     }
+}
+
+/// The body of a logged message (the first one: later ones are translations), read from its
+/// stanza: for the seed's bounce and the operator's views.
+pub(super) fn logged_body(m: &MessageRecord) -> Option<String> {
+    crate::stanza::parse_message(&m.stanza)
+        .ok()
+        .and_then(|p| p.body)
+}
+
+/// A stanza only a seed client sends: a crs receipt or ack, an offline ack, a receipt whose
+/// status is text.
+fn is_seed_stanza(message: &Message) -> bool {
+    message.kind == MessageType::Crs
+        || matches!(
+            message.receipt,
+            Some(Receipt::SeedReceived { .. } | Receipt::SeedOffline { .. })
+        )
 }
 
 /// UUID v7 from the time given (the engine never reads the clock) and random bits.

@@ -1,8 +1,9 @@
 //! Rule 10: retention and device expiry, in bounded batches so message handling never waits
 //! long behind it.
 //!
-//! A message is deleted when every live device of its user has acked it and it lies outside the
-//! history window (by count and by age), or when it is older than `retention_max_age`. Deletion
+//! A message is deleted when every live device of its user has acked it (and the user has one)
+//! and it lies outside the history window (by count and by age), or when it is older than
+//! `retention_max_age`: a message no device has acked waits for the next device until then. Deletion
 //! always takes the oldest messages of a user first (a prefix of the log), so `first_seq` says
 //! what is left and cursors can be moved past what is gone.
 
@@ -85,7 +86,9 @@ impl Engine {
             let too_old = m.logged_at < max_cutoff;
             let outside_window =
                 m.seq <= window_start || age_cutoff.is_some_and(|c| m.logged_at < c);
-            let all_acked = live.iter().all(|(_, d)| d.is_acked(m.seq));
+            // "Every device acked it" must not hold vacuously: a message for a user with no
+            // device (yet, or any more) was delivered nowhere and waits for the next one.
+            let all_acked = !live.is_empty() && live.iter().all(|(_, d)| d.is_acked(m.seq));
             // A message still waiting for its receipt keeps its timer until it fires.
             let waiting = m.receipt.timer().is_some();
             if !(too_old || (outside_window && all_acked && !waiting)) {

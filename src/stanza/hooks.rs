@@ -75,14 +75,21 @@ pub enum HookEvent {
         /// The MAM `<stanza-id>` the server archived it under, if any.
         archive_id: Option<String>,
         sessions: Vec<Jid>,
+        /// Sessions a carbon of it was written to (`<carbon jid>`): the recipient's other
+        /// sessions (received carbons) and, for `sent="true"`, the sender's (sent carbons).
+        carbons: Vec<Jid>,
         /// The routed `<message xmlns="jabber:client">`, as text.
         message_xml: String,
         /// Sent by the local session its `from` names: this event also stands for that
         /// session's [`HookEvent::Sent`], which the module then does not send (`sent="true"`).
         sent: bool,
     },
-    /// A stanza a local client sent (its own message, a receipt, a marker), as text.
-    Sent { message_xml: String },
+    /// A stanza a local client sent (its own message, a receipt, a marker), as text, and the
+    /// sender's other sessions a carbon of it was written to.
+    Sent {
+        message_xml: String,
+        carbons: Vec<Jid>,
+    },
     /// All available sessions, sent when the component (re)connects, in pages of a bounded
     /// number of sessions (so no stanza grows with the number of sessions): the snapshot is
     /// the sessions of pages 1 to the one marked `last`, in order.
@@ -102,6 +109,9 @@ pub enum HookCommand {
     Deliver { to: Jid, stanza_xml: String },
     /// Route `stanza_xml` as the host (server acks and bounces, `from` = the domain).
     Send { stanza_xml: String },
+    /// Hand a message readtrack could not log back to the server's own offline storage for
+    /// the local user `to` (bare), as if readtrack were not there.
+    StoreOffline { to: Jid, stanza_xml: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -248,6 +258,9 @@ struct Child {
     offset: usize,
 }
 
+/// What a hook element holds: sessions, carbons, the forwarded message.
+type HookContent = (Vec<SessionInfo>, Vec<Jid>, Option<String>);
+
 /// Walks one element's children with an [`NsReader`], keeping byte offsets so inner stanzas can
 /// be handed over verbatim.
 struct Walker<'i> {
@@ -312,18 +325,19 @@ impl<'i> Walker<'i> {
         Ok(found)
     }
 
-    /// Walks the children of a hook element: `<session>`s and one `<forwarded>`.
-    fn hook_content(
-        &mut self,
-        element: &Child,
-    ) -> Result<(Vec<SessionInfo>, Option<String>), HookError> {
+    /// Walks the children of a hook element: `<session>`s, `<carbon>`s and one `<forwarded>`.
+    fn hook_content(&mut self, element: &Child) -> Result<HookContent, HookError> {
         let mut sessions = Vec::new();
+        let mut carbons = Vec::new();
         let mut message = None;
         if element.empty {
-            return Ok((sessions, message));
+            return Ok((sessions, carbons, message));
         }
         while let Some(c) = self.next_child()? {
-            if c.ns_hook && c.start.local_name().as_ref() == "session" {
+            if c.ns_hook && c.start.local_name().as_ref() == "carbon" {
+                carbons.push(full_jid_attr(&c.start, "jid")?);
+                self.finish(&c)?;
+            } else if c.ns_hook && c.start.local_name().as_ref() == "session" {
                 sessions.push(SessionInfo {
                     jid: full_jid_attr(&c.start, "jid")?,
                     device_id: attr(&c.start, "device-id")?,
@@ -337,7 +351,7 @@ impl<'i> Walker<'i> {
                 self.finish(&c)?;
             }
         }
-        Ok((sessions, message))
+        Ok((sessions, carbons, message))
     }
 
     /// Opens the outer `<message>`, checks its sender and returns its hook child.
@@ -399,19 +413,21 @@ impl HookEvent {
                         )))
                     }
                 };
-                let (sessions, message) = w.hook_content(&el)?;
+                let (sessions, carbons, message) = w.hook_content(&el)?;
                 HookEvent::Routed {
                     to,
                     archive_id,
                     sent,
                     sessions: sessions.into_iter().map(|s| s.jid).collect(),
+                    carbons,
                     message_xml: message.ok_or(HookError::MissingForwarded(name))?,
                 }
             }
             "sent" => {
-                let (_, message) = w.hook_content(&el)?;
+                let (_, carbons, message) = w.hook_content(&el)?;
                 HookEvent::Sent {
                     message_xml: message.ok_or(HookError::MissingForwarded(name))?,
+                    carbons,
                 }
             }
             "snapshot" => {
@@ -475,12 +491,14 @@ impl HookEvent {
                 to,
                 archive_id,
                 sessions,
+                carbons,
                 message_xml,
                 sent,
             } => {
                 let sessions: String = sessions
                     .iter()
                     .map(|s| format!("<session jid=\"{}\"/>", escape(s.to_string())))
+                    .chain(carbons_xml(carbons))
                     .collect();
                 format!(
                     "<routed xmlns=\"{NS_HOOK}\" to=\"{}\"{}{}>{sessions}{}</routed>",
@@ -490,9 +508,13 @@ impl HookEvent {
                     forwarded(message_xml)?
                 )
             }
-            HookEvent::Sent { message_xml } => {
+            HookEvent::Sent {
+                message_xml,
+                carbons,
+            } => {
                 format!(
-                    "<sent xmlns=\"{NS_HOOK}\">{}</sent>",
+                    "<sent xmlns=\"{NS_HOOK}\">{}{}</sent>",
+                    carbons_xml(carbons).collect::<String>(),
                     forwarded(message_xml)?
                 )
             }
@@ -557,6 +579,11 @@ impl HookCommand {
                     forwarded(stanza_xml)?
                 )
             }
+            HookCommand::StoreOffline { to, stanza_xml } => format!(
+                "<store-offline xmlns=\"{NS_HOOK}\" to=\"{}\"{id}>{}</store-offline>",
+                escape(to.to_string()),
+                forwarded(stanza_xml)?
+            ),
         })
     }
 
@@ -589,15 +616,23 @@ impl HookCommand {
         let command = match name.as_str() {
             "deliver" => {
                 let to = full_jid_attr(&el.start, "to")?;
-                let (_, message) = w.hook_content(el)?;
+                let (_, _, message) = w.hook_content(el)?;
                 HookCommand::Deliver {
                     to,
                     stanza_xml: message.ok_or(HookError::MissingForwarded(name))?,
                 }
             }
             "send" => {
-                let (_, message) = w.hook_content(el)?;
+                let (_, _, message) = w.hook_content(el)?;
                 HookCommand::Send {
+                    stanza_xml: message.ok_or(HookError::MissingForwarded(name))?,
+                }
+            }
+            "store-offline" => {
+                let to = bare_jid_attr(&el.start, "to")?;
+                let (_, _, message) = w.hook_content(el)?;
+                HookCommand::StoreOffline {
+                    to,
                     stanza_xml: message.ok_or(HookError::MissingForwarded(name))?,
                 }
             }
@@ -657,6 +692,12 @@ impl CommandBatch {
         self.buf.push_str("</message>");
         Some(std::mem::take(&mut self.buf))
     }
+}
+
+fn carbons_xml(carbons: &[Jid]) -> impl Iterator<Item = String> + '_ {
+    carbons
+        .iter()
+        .map(|c| format!("<carbon jid=\"{}\"/>", escape(c.to_string())))
 }
 
 fn opt_attr(name: &str, value: Option<&str>) -> String {
@@ -772,6 +813,7 @@ mod tests {
                 to: jid("bob@localhost"),
                 archive_id: Some("NgaSxP0KLmjNp2nP".into()),
                 sessions: vec![jid("bob@localhost/phone"), jid("bob@localhost/laptop")],
+                carbons: vec![],
                 message_xml: "<message xmlns='jabber:client' id='V4NkR-38' type='chat' from='alice@localhost/Spark 2.6.3' to='bob@localhost'>\n        <body>{&quot;cnt&quot;:&quot;hello&quot;,&quot;msgTypec&quot;:&quot;10000&quot;}</body>\n        <thread>P2J5R2</thread>\n      </message>".into(),
                 sent: true,
             }
@@ -782,6 +824,7 @@ mod tests {
                 to: jid("bob@localhost"),
                 archive_id: None,
                 sessions: vec![],
+                carbons: vec![],
                 message_xml: "<message xmlns='jabber:client' id='m2' type='chat' from='alice@localhost/phone' to='bob@localhost'><body>later</body></message>".into(),
                 sent: false,
             }
@@ -790,6 +833,7 @@ mod tests {
             HookEvent::parse(&fixture("sent-receipt"), HOST).unwrap(),
             HookEvent::Sent {
                 message_xml: "<message xmlns='jabber:client' id='V4NkR-38' type='crs' from='bob@localhost/phone' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>".into(),
+                carbons: vec![],
             }
         );
         assert_eq!(
@@ -902,6 +946,7 @@ mod tests {
                 to: jid("b@localhost"),
                 archive_id: Some("x1".into()),
                 sessions: vec![jid("b@localhost/1"), jid("b@localhost/2")],
+                carbons: vec![jid("b@localhost/3"), jid("a@localhost/x")],
                 message_xml: "<message xmlns=\"jabber:client\" type=\"chat\"><body>hi</body></message>".into(),
                 sent: true,
             },
@@ -909,11 +954,13 @@ mod tests {
                 to: jid("b@localhost"),
                 archive_id: None,
                 sessions: vec![],
+                carbons: vec![],
                 message_xml: "<message xmlns=\"jabber:client\"><body>hi</body></message>".into(),
                 sent: false,
             },
             HookEvent::Sent {
                 message_xml: "<message xmlns=\"jabber:client\" type=\"crs\" to=\"localhost\"><offline xmlns=\"urn:xmpp:offline\"/></message>".into(),
+                carbons: vec![jid("a@localhost/other")],
             },
             HookEvent::Snapshot {
                 page: SnapshotPage::WHOLE,

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod framer;
 pub mod hooks;
+pub mod original;
 pub mod parse;
 pub mod write;
 
@@ -152,21 +153,18 @@ impl Message {
     }
 }
 
-/// The fields of a logged message that a replay needs, plus how to mark it.
+/// A logged message written again to one device: the stored stanza (see [`original`]) with
+/// `to` set to the device and readtrack's markers added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replay {
     /// Full JID of the device the replay is for.
     pub to: Jid,
-    /// The original sender, kept as is.
-    pub from: Jid,
-    /// The original `id`, kept so receipts name it.
-    pub id: Option<String>,
-    pub kind: MessageType,
-    pub body: Option<String>,
-    pub thread: Option<String>,
+    /// The message in its stored form ([`original::stored_form`]).
+    pub stored: String,
     /// When readtrack logged the message.
     pub logged_at: Millis,
-    /// readtrack's stanza id (UUID v7 text), exposed as XEP-0359 `by` = the user's bare JID.
+    /// The XEP-0359 id: the server archive's where it archived the message, else readtrack's
+    /// own (UUID v7 text); `by` = the user's bare JID.
     pub stanza_id: String,
     pub stanza_id_by: String,
     /// Seed `<offline xmlns="urn:xmpp:offline" current=NOW/>`.
@@ -177,6 +175,14 @@ pub struct Replay {
     pub now: Millis,
     /// Adds XEP-0184 `<request xmlns="urn:xmpp:receipts"/>`.
     pub request_receipt: bool,
+}
+
+impl Replay {
+    /// The logged message itself, typed (its `to` is the peer for a message the user sent,
+    /// none for one received): for checks and operator views, not the replay path.
+    pub fn original(&self) -> Result<Message, ParseError> {
+        parse_message(&self.stored)
+    }
 }
 
 /// Everything readtrack writes to the XMPP server, typed. [`write::outgoing`] serialises it.

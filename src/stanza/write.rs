@@ -7,8 +7,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    Message, Outgoing, Receipt, Replay, NS_CARBONS, NS_CLIENT, NS_DELAY, NS_FORWARD, NS_MARKERS,
-    NS_OFFLINE, NS_RECEIPTS, NS_SID,
+    Message, Outgoing, Receipt, Replay, NS_CARBONS, NS_DELAY, NS_FORWARD, NS_MARKERS, NS_OFFLINE,
+    NS_RECEIPTS, NS_SID,
 };
 use crate::jid::Jid;
 use crate::time::Millis;
@@ -70,7 +70,7 @@ fn push_text(out: &mut String, text: &str) {
 
 /// Escapes an attribute value for double quotes. Tab and line ends become references because
 /// attribute-value normalisation would turn literal ones into spaces.
-fn push_attr_value(out: &mut String, value: &str) {
+pub(super) fn push_attr_value(out: &mut String, value: &str) {
     push_escaped(out, value, flagged_in_attr, |c| match c {
         '<' => Some("&lt;"),
         '>' => Some("&gt;"),
@@ -116,12 +116,6 @@ struct DelayParts<'a> {
     code: Option<&'a str>,
 }
 
-/// XEP-0359 ids: a typed message's list, or the one a replay carries.
-enum StanzaIds<'a> {
-    Many(&'a [super::StanzaId]),
-    One { id: &'a str, by: &'a str },
-}
-
 /// Everything one `<message>` element holds, borrowed: the single writer behind every message
 /// readtrack writes, so a replay is written from the logged fields without building a typed
 /// [`Message`] first.
@@ -136,7 +130,7 @@ struct Parts<'a> {
     /// `Some(current)`: an `<offline>` element, with `current` if given.
     offline: Option<Option<Millis>>,
     delay: Option<DelayParts<'a>>,
-    stanza_ids: StanzaIds<'a>,
+    stanza_ids: &'a [super::StanzaId],
     receipt: Option<&'a Receipt>,
     receipt_request: bool,
     displayed: Option<&'a str>,
@@ -144,7 +138,7 @@ struct Parts<'a> {
 
 /// An attribute whose value is a JID, escaped part by part (escaping is per char, so this is
 /// the same as escaping `jid.to_string()`, without building it).
-fn jid_attr(out: &mut String, name: &str, jid: &Jid) {
+pub(super) fn jid_attr(out: &mut String, name: &str, jid: &Jid) {
     out.push(' ');
     out.push_str(name);
     out.push_str("=\"");
@@ -161,7 +155,7 @@ fn jid_attr(out: &mut String, name: &str, jid: &Jid) {
 }
 
 /// An attribute whose value is a timestamp (RFC 3339 needs no escaping).
-fn time_attr(out: &mut String, name: &str, at: Millis) {
+pub(super) fn time_attr(out: &mut String, name: &str, at: Millis) {
     out.push(' ');
     out.push_str(name);
     out.push_str("=\"");
@@ -221,15 +215,11 @@ fn write_parts(out: &mut String, m: &Parts) {
             None => out.push_str("/>"),
         }
     }
-    let mut stanza_id = |id: &str, by: &str| {
+    for sid in m.stanza_ids {
         open_element(out, "stanza-id", NS_SID);
-        attr(out, "id", id);
-        attr(out, "by", by);
+        attr(out, "id", &sid.id);
+        attr(out, "by", &sid.by);
         out.push_str("/>");
-    };
-    match m.stanza_ids {
-        StanzaIds::Many(sids) => sids.iter().for_each(|s| stanza_id(&s.id, &s.by)),
-        StanzaIds::One { id, by } => stanza_id(id, by),
     }
     match m.receipt {
         Some(Receipt::Xep0184 { id }) => {
@@ -280,7 +270,7 @@ fn write_message(out: &mut String, msg: &Message, xmlns: Option<&str>) {
                 current: d.current,
                 code: d.code.as_deref(),
             }),
-            stanza_ids: StanzaIds::Many(&msg.stanza_ids),
+            stanza_ids: &msg.stanza_ids,
             receipt: msg.receipt.as_ref(),
             receipt_request: msg.receipt_request,
             displayed: msg.displayed.as_deref(),
@@ -288,38 +278,23 @@ fn write_message(out: &mut String, msg: &Message, xmlns: Option<&str>) {
     );
 }
 
-/// A replay as [`replay_message`] would type it, written straight from its fields. `xmlns` and
-/// `with_delay` serve the carbon, whose inner message names `jabber:client` and leaves the
-/// original time to `<forwarded>`.
-fn write_replay(out: &mut String, r: &Replay, xmlns: Option<&str>, with_delay: bool) {
-    write_parts(
+/// A replay: the stored stanza addressed to the device, with its markers. The carbon's inner
+/// message keeps its own `to` (the peer) and leaves the original time to `<forwarded>`.
+fn write_replay(out: &mut String, r: &Replay, carbon: bool) {
+    let delay = r
+        .delay_from
+        .as_deref()
+        .filter(|_| !carbon)
+        .map(|from| (from, r.logged_at));
+    super::original::write_with_markers(
         out,
-        &Parts {
-            xmlns,
-            id: r.id.as_deref(),
-            kind: r.kind.as_attr(),
-            from: Some(&r.from),
-            to: Some(&r.to),
-            body: r.body.as_deref(),
-            thread: r.thread.as_deref(),
-            offline: r.offline_marker.then_some(Some(r.now)),
-            delay: r
-                .delay_from
-                .as_deref()
-                .filter(|_| with_delay)
-                .map(|from| DelayParts {
-                    from: Some(from),
-                    stamp: Some(r.logged_at),
-                    current: None,
-                    code: None,
-                }),
-            stanza_ids: StanzaIds::One {
-                id: &r.stanza_id,
-                by: &r.stanza_id_by,
-            },
-            receipt: None,
-            receipt_request: r.request_receipt,
-            displayed: None,
+        &r.stored,
+        (!carbon).then_some(&r.to),
+        &super::original::Markers {
+            offline: r.offline_marker.then_some(r.now),
+            delay,
+            stanza_id: Some((&r.stanza_id, &r.stanza_id_by)),
+            request_receipt: r.request_receipt,
         },
     );
 }
@@ -331,34 +306,21 @@ pub fn message(msg: &Message) -> String {
     out
 }
 
-/// The message a replay writes: original sender, id, type, body and thread, addressed to the
-/// device, with the markers the replay asks for.
-pub fn replay_message(replay: &Replay) -> Message {
-    let mut msg = Message::new(replay.kind.clone());
-    msg.id = replay.id.clone();
-    msg.from = Some(replay.from.clone());
-    msg.to = Some(replay.to.clone());
-    msg.body = replay.body.clone();
-    msg.thread = replay.thread.clone();
-    msg.offline = replay.offline_marker.then_some(Some(replay.now));
-    msg.delay = replay.delay_from.as_ref().map(|from| super::Delay {
-        stamp: Some(replay.logged_at),
-        from: Some(from.clone()),
-        current: None,
-        code: None,
-    });
-    msg.stanza_ids = vec![super::StanzaId {
-        id: replay.stanza_id.clone(),
-        by: replay.stanza_id_by.clone(),
-    }];
-    msg.receipt_request = replay.request_receipt;
-    msg
+/// A typed message as a client stanza (`xmlns="jabber:client"` on the outer element), as a
+/// server would hand it over inside `<forwarded>`.
+pub fn client_message(msg: &Message) -> String {
+    let mut out = String::with_capacity(256);
+    write_message(&mut out, msg, Some(super::NS_CLIENT));
+    out
 }
 
 /// Serialises one thing readtrack sends to the server.
 pub fn outgoing(out: &Outgoing) -> String {
-    // A replay with its markers is about 500 bytes: one allocation, no regrowth.
-    let mut s = String::with_capacity(768);
+    // A replay with its markers is the stanza plus about 300 bytes: one allocation, no regrowth.
+    let mut s = String::with_capacity(match out {
+        Outgoing::Replay(r) | Outgoing::SentCarbon { inner: r, .. } => r.stored.len() + 512,
+        _ => 512,
+    });
     match out {
         Outgoing::ServerAck { from, to, id, time } => {
             s.push_str("<message");
@@ -393,7 +355,7 @@ pub fn outgoing(out: &Outgoing) -> String {
                 time.rfc3339()
             );
         }
-        Outgoing::Replay(replay) => write_replay(&mut s, replay, None, true),
+        Outgoing::Replay(replay) => write_replay(&mut s, replay, false),
         Outgoing::SentCarbon { from, to, inner } => {
             s.push_str("<message");
             // XEP-0280: a carbon comes from the user's bare JID, whatever device sent it.
@@ -408,7 +370,7 @@ pub fn outgoing(out: &Outgoing) -> String {
             attr(&mut s, "stamp", &inner.logged_at.rfc3339());
             s.push_str("/>");
             // The original time travels on <forwarded>, not twice.
-            write_replay(&mut s, inner, Some(NS_CLIENT), false);
+            write_replay(&mut s, inner, true);
             s.push_str("</forwarded></sent></message>");
         }
     }

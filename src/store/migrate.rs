@@ -7,18 +7,22 @@
 //! start ([`finish_interrupted`]). Nothing is ever half upgraded.
 //!
 //! Since schema 2, device records changed shape (rewritten from the version found straight to
-//! the current one) and the log's index moved to `userblock_index` (built from the log).
+//! the current one), the log's index moved to `userblock_index` (built from the log), and the
+//! log keeps each message as its stanza (schema 5; older entries are written as the stanza
+//! their replay used to be built as).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::keys::Seq;
-use super::records::{decode, encode, DeviceRecord, ReplayRange};
+use super::records::{
+    decode, encode, Counters, DeviceRecord, MessageRecord, ReceiptState, ReplayRange,
+};
 use super::{Result, StoreError};
 
 /// Versions [`super::Store::open`] can upgrade from.
-pub(super) const UPGRADABLE: &[u32] = &[2, 3];
+pub(super) const UPGRADABLE: &[u32] = &[2, 3, 4];
 
 /// `userdevice_cursor` as schema 2 stored it (before `replayed`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,39 +51,206 @@ pub(super) struct DeviceRecordV3 {
     pub replayed: ReplayRange,
 }
 
+/// `userdevice_cursor` as schema 4 stored it (before `speaks_seed`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct DeviceRecordV4 {
+    pub key: String,
+    pub resource: String,
+    pub acked_upto: Seq,
+    pub acked_above: Vec<Seq>,
+    pub session: u64,
+    pub online: bool,
+    pub first_seen: u64,
+    pub last_seen: u64,
+    pub replayed: ReplayRange,
+    pub session_id: Option<String>,
+}
+
+/// `userseq_message` as schemas 2 to 4 stored it: typed fields, body and thread only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct MessageRecordV4 {
+    pub seq: Seq,
+    pub stanza_id: u128,
+    pub msg_id: Option<String>,
+    pub from: String,
+    pub kind: Option<String>,
+    pub body: Option<String>,
+    pub thread: Option<String>,
+    pub logged_at: u64,
+    pub system: bool,
+    pub receipt: ReceiptState,
+    pub archive_id: Option<String>,
+    pub sent: bool,
+    pub to: Option<String>,
+}
+
+/// Escapes text for a double-quoted attribute value or character data. Old records hold only
+/// what readtrack's parser accepted, so every char is one XML may carry; `\r`, tab and line
+/// ends become references so the stanza reads back exactly.
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The stanza an old record's replay was built as: the typed fields it kept, in the stored form
+/// of schema 5 (`xmlns="jabber:client"`, no `to` for a received message).
+pub(super) fn stanza_of(old: &MessageRecordV4) -> String {
+    let mut out = String::from("<message xmlns=\"jabber:client\"");
+    let attrs = [
+        ("id", old.msg_id.as_deref()),
+        ("type", old.kind.as_deref()),
+        ("from", Some(old.from.as_str())),
+        ("to", old.to.as_deref().filter(|_| old.sent)),
+    ];
+    for (name, value) in attrs {
+        if let Some(value) = value {
+            out.push(' ');
+            out.push_str(name);
+            out.push_str("=\"");
+            escape_into(&mut out, value);
+            out.push('"');
+        }
+    }
+    out.push('>');
+    for (name, text) in [("body", &old.body), ("thread", &old.thread)] {
+        if let Some(text) = text {
+            out.push('<');
+            out.push_str(name);
+            out.push('>');
+            escape_into(&mut out, text);
+            out.push_str("</");
+            out.push_str(name);
+            out.push('>');
+        }
+    }
+    out.push_str("</message>");
+    out
+}
+
+/// `meta` counters as schemas 2 to 4 stored them (before `given_back`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct CountersV4 {
+    pub messages_logged: u64,
+    pub replays: u64,
+    pub bounces: u64,
+    pub receipts_accepted: u64,
+    pub receipts_duplicate: u64,
+    pub receipts_rejected: u64,
+    pub messages_deleted: u64,
+    pub devices_expired: u64,
+    pub replays_truncated: u64,
+    pub timers_refused: u64,
+}
+
+/// The counters of schema `from` in the current shape.
+pub(super) fn counters_from(from: u32, bytes: &[u8]) -> Result<Vec<u8>> {
+    if from >= 5 {
+        return Ok(bytes.to_vec());
+    }
+    let old: CountersV4 = decode("meta", bytes)?;
+    encode(&Counters {
+        messages_logged: old.messages_logged,
+        replays: old.replays,
+        bounces: old.bounces,
+        receipts_accepted: old.receipts_accepted,
+        receipts_duplicate: old.receipts_duplicate,
+        receipts_rejected: old.receipts_rejected,
+        messages_deleted: old.messages_deleted,
+        devices_expired: old.devices_expired,
+        replays_truncated: old.replays_truncated,
+        timers_refused: old.timers_refused,
+        given_back: 0,
+    })
+}
+
+/// A message record of schema `from` (2 to 4) in the current shape.
+pub(super) fn message_from(from: u32, bytes: &[u8]) -> Result<Vec<u8>> {
+    if from >= 5 {
+        return Ok(bytes.to_vec());
+    }
+    let old: MessageRecordV4 = decode("userseq_message", bytes)?;
+    let stanza = stanza_of(&old);
+    encode(&MessageRecord {
+        seq: old.seq,
+        stanza_id: old.stanza_id,
+        msg_id: old.msg_id,
+        from: old.from,
+        kind: old.kind,
+        logged_at: old.logged_at,
+        system: old.system,
+        receipt: old.receipt,
+        archive_id: old.archive_id,
+        sent: old.sent,
+        to: old.to,
+        stanza,
+        // Schemas 2 to 4 logged only messages with a body (or system messages).
+        signal: false,
+        asks_receipt: false,
+    })
+}
+
 /// A device record of schema `from` in the current shape. Schema 2 devices gain an empty replay
 /// range (their replayed messages still have the delivery records schema 2 wrote, which later
 /// schemas read the same way); devices of schema 2 and 3 gain no session id, so the first
 /// snapshot after the upgrade treats their sessions as new and replays what they have not acked.
 pub(super) fn device_from(from: u32, bytes: &[u8]) -> Result<Vec<u8>> {
-    let v3 = match from {
-        2 => {
-            let old: DeviceRecordV2 = decode("userdevice_cursor", bytes)?;
-            DeviceRecordV3 {
-                key: old.key,
-                resource: old.resource,
-                acked_upto: old.acked_upto,
-                acked_above: old.acked_above,
-                session: old.session,
-                online: old.online,
-                first_seen: old.first_seen,
-                last_seen: old.last_seen,
-                replayed: ReplayRange::default(),
+    let v4 = match from {
+        2 | 3 => {
+            let v3 = match from {
+                2 => {
+                    let old: DeviceRecordV2 = decode("userdevice_cursor", bytes)?;
+                    DeviceRecordV3 {
+                        key: old.key,
+                        resource: old.resource,
+                        acked_upto: old.acked_upto,
+                        acked_above: old.acked_above,
+                        session: old.session,
+                        online: old.online,
+                        first_seen: old.first_seen,
+                        last_seen: old.last_seen,
+                        replayed: ReplayRange::default(),
+                    }
+                }
+                _ => decode("userdevice_cursor", bytes)?,
+            };
+            DeviceRecordV4 {
+                key: v3.key,
+                resource: v3.resource,
+                acked_upto: v3.acked_upto,
+                acked_above: v3.acked_above,
+                session: v3.session,
+                online: v3.online,
+                first_seen: v3.first_seen,
+                last_seen: v3.last_seen,
+                replayed: v3.replayed,
+                session_id: None,
             }
         }
-        _ => decode("userdevice_cursor", bytes)?,
+        4 => decode("userdevice_cursor", bytes)?,
+        _ => return Ok(bytes.to_vec()),
     };
     encode(&DeviceRecord {
-        key: v3.key,
-        resource: v3.resource,
-        acked_upto: v3.acked_upto,
-        acked_above: v3.acked_above,
-        session: v3.session,
-        online: v3.online,
-        first_seen: v3.first_seen,
-        last_seen: v3.last_seen,
-        replayed: v3.replayed,
-        session_id: None,
+        key: v4.key,
+        resource: v4.resource,
+        acked_upto: v4.acked_upto,
+        acked_above: v4.acked_above,
+        session: v4.session,
+        online: v4.online,
+        first_seen: v4.first_seen,
+        last_seen: v4.last_seen,
+        replayed: v4.replayed,
+        session_id: v4.session_id,
+        // Old stores ran one dialect for everyone; `auto` learns a device's from its next
+        // session (its resource, or a seed stanza it sends).
+        speaks_seed: false,
     })
 }
 

@@ -33,7 +33,7 @@ pub use records::{
 /// version 3 keeps one replay range per device instead of a delivery record per replayed message;
 /// version 4 remembers the server's id of each device's current session and indexes the log in
 /// records of 32 messages (`userblock_index`) instead of two keys per message.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_NEXT_USER: &[u8] = b"next_user_id";
@@ -317,22 +317,28 @@ impl Store {
                 if i == T::Meta as usize && k.as_ref() == META_SCHEMA {
                     continue; // written last
                 }
+                if i == T::Meta as usize && k.as_ref() == META_COUNTERS {
+                    batch.insert(k, migrate::counters_from(from, &v)?);
+                    in_batch += 1;
+                    continue;
+                }
                 if i == T::UserdeviceCursor as usize {
                     batch.insert(k, migrate::device_from(from, &v)?);
                     devices += 1;
-                } else {
-                    if i == T::UserseqMessage as usize {
-                        block.add(&k, &v, &index)?;
-                        messages += 1;
-                        if messages % 1_000_000 == 0 {
-                            tracing::info!(
-                                messages,
-                                total,
-                                elapsed_s = started.elapsed().as_secs(),
-                                "upgrade: messages copied and indexed"
-                            );
-                        }
+                } else if i == T::UserseqMessage as usize {
+                    let v = migrate::message_from(from, &v)?;
+                    block.add(&k, &v, &index)?;
+                    messages += 1;
+                    if messages % 1_000_000 == 0 {
+                        tracing::info!(
+                            messages,
+                            total,
+                            elapsed_s = started.elapsed().as_secs(),
+                            "upgrade: messages copied and indexed"
+                        );
                     }
+                    batch.insert(k, v);
+                } else {
                     batch.insert(k, v);
                 }
                 in_batch += 1;
@@ -635,7 +641,7 @@ impl Store {
                 encode(d)?,
             );
         }
-        if !message.sent {
+        if message.counts_as_unread() {
             conv.unread += 1;
         }
         w.put(T::UserpeerConversation, conv_key, encode(&conv)?);
@@ -684,7 +690,7 @@ impl Store {
                 keys::user_device_seq(user, *device, seq),
             );
         }
-        if !message.sent {
+        if message.counts_as_unread() {
             let conv_key = keys::user_peer(user, &peer);
             if let Some(v) = self.get(T::UserpeerConversation, conv_key)? {
                 let mut conv: ConversationRecord = decode("userpeer_conversation", &v)?;
@@ -891,6 +897,14 @@ impl Store {
             out.push((no, self.read("userdevice_cursor", &v)?));
         }
         Ok(out)
+    }
+
+    /// One device of the user, if it exists.
+    pub fn device(&self, user: UserId, device: DeviceNo) -> Result<Option<DeviceRecord>> {
+        match self.get(T::UserdeviceCursor, keys::user_device(user, device))? {
+            Some(v) => Ok(Some(self.read("userdevice_cursor", &v)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn device_count(&self) -> usize {

@@ -48,10 +48,15 @@ impl ReceiptState {
 }
 
 /// `userseq_message`: one logged message for one recipient user.
+///
+/// Schema 5: the message is kept as the stanza the server routed (`stanza`), every child and
+/// namespace included; the typed fields beside it are what the engine looks up without parsing
+/// it (ids, sender, receipt state). A replay is `stanza` with only `to` changed and markers added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
     pub seq: Seq,
-    /// readtrack's stanza id (UUID v7), exposed as XEP-0359 on replays.
+    /// readtrack's stanza id (UUID v7), exposed as XEP-0359 on replays where the server's
+    /// archive gave none.
     pub stanza_id: u128,
     /// The sender's `id` attribute; receipts name it.
     pub msg_id: Option<String>,
@@ -59,8 +64,6 @@ pub struct MessageRecord {
     pub from: String,
     /// The message `type` attribute (`None` = normal).
     pub kind: Option<String>,
-    pub body: Option<String>,
-    pub thread: Option<String>,
     /// Time of logging, ms since the epoch.
     pub logged_at: u64,
     /// Sent by the server domain or a configured system sender.
@@ -68,12 +71,26 @@ pub struct MessageRecord {
     pub receipt: ReceiptState,
     /// The server's own archive id (MAM), if it told us.
     pub archive_id: Option<String>,
-    /// Sent by the user from one of their own devices (rule 8); `to` is the peer.
+    /// Sent by the user from one of their own devices; `to` is the peer.
     pub sent: bool,
     pub to: Option<String>,
+    /// The stanza in readtrack's stored form (`stanza::original`): the routed `<message>` with
+    /// `xmlns="jabber:client"`, without its `to` (a received message; a sent one keeps it) and
+    /// without `<stanza-id by=user>` elements nobody but the archive may set.
+    pub stanza: String,
+    /// A receipt or chat marker with no content of its own: replayed so every device sees it,
+    /// acked by being written (no client receipts a receipt), never counted as unread.
+    pub signal: bool,
+    /// The original already asks for a XEP-0184 receipt: a replay adds no second request.
+    pub asks_receipt: bool,
 }
 
 impl MessageRecord {
+    /// Whether the message counts in its conversation's unread count.
+    pub fn counts_as_unread(&self) -> bool {
+        !self.sent && !self.signal
+    }
+
     /// The other party of the conversation, as a bare JID.
     pub fn peer(&self) -> String {
         let jid = if self.sent {
@@ -123,6 +140,10 @@ pub struct DeviceRecord {
     /// gave none). A snapshot after a reconnect continues `session` only for this same id: a
     /// device that reconnected with the same resource while readtrack was away is a new session.
     pub session_id: Option<String>,
+    /// The device speaks the seed dialect (schema 5): its resource matched a configured
+    /// pattern, or it sent a seed stanza. Under `dialect = "auto"` only such devices get the
+    /// seed's acks, bounces and offline markers.
+    pub speaks_seed: bool,
 }
 
 /// What replays wrote to a device. Live writes still have a delivery record each.
@@ -205,7 +226,8 @@ pub struct IndexEntry {
     pub seq: Seq,
     /// `keys::index_hash` of the message id; 0 when it has none.
     pub msgid: u64,
-    /// `keys::index_hash` of the peer of a received message; 0 for a message the user sent.
+    /// `keys::index_hash` of the peer of a received message that counts as unread; 0 for a
+    /// message the user sent and for a signal (receipt, marker).
     pub peer: u64,
 }
 
@@ -215,7 +237,7 @@ impl IndexEntry {
         IndexEntry {
             seq: m.seq,
             msgid: m.msg_id.as_deref().map_or(0, super::keys::index_hash),
-            peer: if m.sent {
+            peer: if m.sent || m.signal {
                 0
             } else {
                 super::keys::index_hash(&m.peer())
@@ -248,6 +270,9 @@ pub struct Counters {
     pub replays_truncated: u64,
     /// Messages logged without a receipt timer because `max_pending_timers` was reached.
     pub timers_refused: u64,
+    /// Messages readtrack could not log, handed back to the server's offline storage
+    /// (schema 5).
+    pub given_back: u64,
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -283,6 +308,7 @@ mod tests {
             last_seen: 0,
             replayed: ReplayRange::default(),
             session_id: None,
+            speaks_seed: false,
         }
     }
 

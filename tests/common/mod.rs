@@ -92,6 +92,90 @@ fn require_binary(name: &str) -> PathBuf {
     panic!("`{name}` not found on PATH: {INSTALL_HINT}");
 }
 
+/// Selects the Prosody the tests run against. Unset (or `system`): `prosody` and `prosodyctl` on
+/// PATH, Debian's 0.12. `13`: the copy `scripts/prosody13` unpacks into target/prosody13. Any
+/// other value: the path of a `prosody` launcher with its `prosodyctl` beside it.
+pub const PROSODY_ENV: &str = "READTRACK_PROSODY";
+
+/// The Prosody every test of this process runs against, named in each test's output so that a
+/// failure says which line it happened on.
+#[derive(Debug)]
+pub struct ProsodyLine {
+    pub prosody: PathBuf,
+    pub prosodyctl: PathBuf,
+    /// As the launcher's source folder says (`prosody.version`), e.g. `0.12.3` or `13.0.1`.
+    pub version: String,
+}
+
+impl std::fmt::Display for ProsodyLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Prosody {} ({})", self.version, self.prosody.display())
+    }
+}
+
+/// The selected line, resolved once per test binary. A selection that is not there panics in
+/// every test that needs Prosody, with how to get it.
+pub fn prosody_line() -> &'static ProsodyLine {
+    static LINE: std::sync::OnceLock<ProsodyLine> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| ProsodyLine::resolve(&std::env::var(PROSODY_ENV).unwrap_or_default()))
+}
+
+impl ProsodyLine {
+    /// The line a value of [`PROSODY_ENV`] selects; panics, saying how to get it, when it is not
+    /// there.
+    pub fn resolve(chosen: &str) -> ProsodyLine {
+        let (prosody, prosodyctl) = match chosen {
+            "" | "system" => (require_binary("prosody"), require_binary("prosodyctl")),
+            other => {
+                let prosody = if other == "13" {
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/prosody13/usr/bin/prosody")
+                } else {
+                    PathBuf::from(other)
+                };
+                let prosodyctl = prosody.with_file_name("prosodyctl");
+                for p in [&prosody, &prosodyctl] {
+                    assert!(
+                        p.is_file(),
+                        "{PROSODY_ENV}={other}: {} is not there. Prosody 13 is unpacked into \
+                         target/prosody13 by scripts/prosody13 (scripts/test runs it; it needs \
+                         root or sudo once, to add Debian's bookworm-backports to apt)",
+                        p.display()
+                    );
+                }
+                (prosody, prosodyctl)
+            }
+        };
+        let version = launcher_version(&prosody).unwrap_or_else(|| "(version unknown)".into());
+        if chosen == "13" {
+            assert!(
+                version.starts_with("13."),
+                "{PROSODY_ENV}=13 selects {}, which is Prosody {version}: rerun scripts/prosody13",
+                prosody.display()
+            );
+        }
+        ProsodyLine {
+            prosody,
+            prosodyctl,
+            version,
+        }
+    }
+}
+
+/// Prosody's launcher is a Lua script that names its source folder (`CFG_SOURCEDIR='...'`), where
+/// the package keeps `prosody.version`. Read rather than asked: 0.12's `prosody --version` starts
+/// the server.
+fn launcher_version(launcher: &Path) -> Option<String> {
+    let script = std::fs::read_to_string(launcher).ok()?;
+    let line = script
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("CFG_SOURCEDIR="))?;
+    let dir = line
+        .trim_end_matches(';')
+        .trim_matches(|c| c == '\'' || c == '"');
+    let version = std::fs::read_to_string(Path::new(dir).join("prosody.version")).ok()?;
+    Some(version.trim().to_string())
+}
+
 fn lua_str(s: &str) -> String {
     format!("{s:?}") // Rust's escaping is a subset Lua accepts for the ASCII we generate
 }
@@ -104,8 +188,8 @@ pub fn plugin_dir() -> PathBuf {
 impl Prosody {
     /// Writes a config into a fresh temp dir and starts Prosody as the `prosody` user.
     pub fn start(opts: ProsodyOpts) -> Prosody {
-        require_binary("prosody");
-        require_binary("prosodyctl");
+        // Shown with the test's output when it fails: which Prosody line the failure is on.
+        eprintln!("readtrack test harness: {}", prosody_line());
         let dir = tempfile::Builder::new()
             .prefix("readtrack-prosody-")
             .tempdir()
@@ -218,7 +302,9 @@ Component {component}
         let log_path = self.log_path();
         let _ = std::fs::remove_file(&log_path);
         let child = Command::new("runuser")
-            .args(["-u", "prosody", "--", "prosody", "-F", "--config"])
+            .args(["-u", "prosody", "--"])
+            .arg(&prosody_line().prosody)
+            .args(["-F", "--config"])
             .arg(self.config_path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -236,7 +322,8 @@ Component {component}
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!(
-                    "prosody exited during start ({status})\n--- stderr ---\n{}\n--- log ---\n{}",
+                    "{} exited during start ({status})\n--- stderr ---\n{}\n--- log ---\n{}",
+                    prosody_line(),
                     std::fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap_or_default(),
                     self.log()
                 );
@@ -252,7 +339,8 @@ Component {component}
             }
             if Instant::now() > deadline {
                 panic!(
-                    "prosody did not come up in 20 s\n--- log ---\n{}",
+                    "{} did not come up in 20 s\n--- log ---\n{}",
+                    prosody_line(),
                     self.log()
                 );
             }
@@ -263,14 +351,17 @@ Component {component}
     /// Creates an account with `prosodyctl register`; works while Prosody runs.
     pub fn register(&self, user: &str, pass: &str) {
         let out = Command::new("runuser")
-            .args(["-u", "prosody", "--", "prosodyctl", "--config"])
+            .args(["-u", "prosody", "--"])
+            .arg(&prosody_line().prosodyctl)
+            .arg("--config")
             .arg(self.config_path())
             .args(["register", user, &self.opts.domain, pass])
             .output()
             .unwrap_or_else(|e| panic!("run prosodyctl ({e}): {INSTALL_HINT}"));
         assert!(
             out.status.success(),
-            "prosodyctl register {user}: {}\n{}{}",
+            "prosodyctl register {user} ({}): {}\n{}{}",
+            prosody_line(),
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -319,7 +410,8 @@ impl Drop for Prosody {
         self.stop();
         if std::thread::panicking() {
             eprintln!(
-                "--- prosody log ({}) ---\n{}",
+                "--- {} log ({}) ---\n{}",
+                prosody_line(),
                 self.log_path().display(),
                 tail(&self.log(), 200)
             );
