@@ -88,8 +88,10 @@ struct Window {
 }
 
 impl Window {
+    /// No interval open yet: the first warning opens one (a start in the future reads as a
+    /// clock that went back).
     const NEW: Window = Window {
-        start: 0,
+        start: u64::MAX,
         logged: 0,
         pending: 0,
         seen: 0,
