@@ -76,6 +76,9 @@ pub struct XmppSection {
     pub component: Option<String>,
     /// The server's component port.
     pub connect: String,
+    /// The XEP-0114 link is plaintext, authenticated by a hash of the secret: only a loopback
+    /// `connect` is accepted unless this says the path between the two is protected otherwise.
+    pub allow_remote_connect: bool,
     pub secret: Option<String>,
     pub secret_file: Option<PathBuf>,
 }
@@ -86,6 +89,7 @@ impl Default for XmppSection {
             domain: "localhost".into(),
             component: None,
             connect: "127.0.0.1:5347".into(),
+            allow_remote_connect: false,
             secret: None,
             secret_file: None,
         }
@@ -180,13 +184,21 @@ pub struct LimitsSection {
     pub max_replay: usize,
     /// Receipt timers running at once; past it, messages are logged without a timer.
     pub max_pending_timers: usize,
+    /// Longest stanza taken from the component stream; a longer one is skipped and counted.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting in one stanza from the component stream (the stanza's root is
+    /// 1); a deeper one is skipped and counted.
+    pub max_stanza_depth: usize,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
+        let framer = crate::stanza::Limits::default();
         LimitsSection {
             max_replay: 10_000,
             max_pending_timers: 1_000_000,
+            max_stanza_bytes: framer.max_stanza_bytes,
+            max_stanza_depth: framer.max_depth,
         }
     }
 }
@@ -273,7 +285,23 @@ impl Config {
         if self.receipts.timeout.is_zero() {
             return Err(self.invalid("[receipts] timeout must be above zero".into()));
         }
+        // Below these the module's own events (a stanza inside three levels of wrapping, the
+        // snapshot's pages) would be skipped.
+        if self.limits.max_stanza_bytes < 64 * 1024 {
+            return Err(self.invalid("[limits] max_stanza_bytes must be at least 65536".into()));
+        }
+        if self.limits.max_stanza_depth < 8 {
+            return Err(self.invalid("[limits] max_stanza_depth must be at least 8".into()));
+        }
         Ok(())
+    }
+
+    /// What the framer accepts from the component stream.
+    pub fn stanza_limits(&self) -> crate::stanza::Limits {
+        crate::stanza::Limits {
+            max_stanza_bytes: self.limits.max_stanza_bytes,
+            max_depth: self.limits.max_stanza_depth,
+        }
     }
 
     /// The folder relative paths are resolved against.
@@ -450,6 +478,29 @@ mod tests {
     }
 
     #[test]
+    fn stanza_limits_are_read_and_bounded_below() {
+        let c = parse("[limits]\nmax_stanza_bytes = 2000000\nmax_stanza_depth = 40\n").unwrap();
+        assert_eq!(
+            c.stanza_limits(),
+            crate::stanza::Limits {
+                max_stanza_bytes: 2_000_000,
+                max_depth: 40
+            }
+        );
+        let err = parse("[limits]\nmax_stanza_bytes = 1000\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "config /etc/readtrack/readtrack.toml: [limits] max_stanza_bytes must be at least 65536");
+        let err = parse("[limits]\nmax_stanza_depth = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config /etc/readtrack/readtrack.toml: [limits] max_stanza_depth must be at least 8"
+        );
+    }
+
+    #[test]
     fn secret_from_config_wins() {
         let c = parse("[xmpp]\nsecret = \"s3cret\"\n").unwrap();
         assert_eq!(c.secret().unwrap(), "s3cret");
@@ -487,5 +538,7 @@ mod example {
             (d.limits.max_replay, d.limits.max_pending_timers)
         );
         assert_eq!(c.devices.expire_after, d.devices.expire_after);
+        assert_eq!(c.stanza_limits(), d.stanza_limits());
+        assert_eq!(c.xmpp.allow_remote_connect, d.xmpp.allow_remote_connect);
     }
 }

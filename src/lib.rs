@@ -11,6 +11,7 @@
 //! - [`admin`]: the admin socket (server, client) and the CLI's tables.
 //! - [`config`]: the `readtrack.toml` settings.
 //! - [`memory`]: process-wide memory settings (transparent huge pages).
+//! - [`warnlimit`]: rate limiting, with counts, of the warnings a peer can trigger.
 
 pub mod admin;
 pub mod component;
@@ -22,3 +23,4 @@ pub mod service;
 pub mod stanza;
 pub mod store;
 pub mod time;
+pub mod warnlimit;

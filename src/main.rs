@@ -8,12 +8,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::{mpsc, watch};
 
 use readtrack::admin::{self, AdminError, AdminSocket, Origin, Request, Response};
-use readtrack::component::{self, ComponentConfig, Secret};
+use readtrack::component::{self, ComponentConfig, LinkCounters, Secret};
 use readtrack::config::{Config, LogFormat};
 use readtrack::engine::Engine;
 use readtrack::service::{Retention, Service};
@@ -172,10 +173,15 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn serve(config_path: PathBuf) -> Result<(), Failure> {
-    // Everything readtrack creates (store files, admin socket) is private to its user.
+/// Everything readtrack creates (store files, admin socket) is private to its user: the
+/// service and the CLI (which may create or upgrade a stopped store) both set this first.
+fn private_files() {
     // SAFETY: umask only changes the process's file creation mask; no memory is involved.
     unsafe { libc::umask(0o077) };
+}
+
+fn serve(config_path: PathBuf) -> Result<(), Failure> {
+    private_files();
     let config = Config::load(&config_path).map_err(usage)?;
     init_logging(config.log.format);
     // Before the store is opened (its page table is most of the memory), after logging is up.
@@ -206,18 +212,27 @@ fn serve(config_path: PathBuf) -> Result<(), Failure> {
         });
         let (event_tx, event_rx) = mpsc::channel(4096);
         let (command_tx, command_rx) = mpsc::channel(4096);
-        let link_config =
+        let mut link_config =
             ComponentConfig::new(config.xmpp.connect.clone(), config.component(), secret);
-        let link = tokio::spawn(component::run(
+        link_config.limits = config.stanza_limits();
+        link_config.allow_remote = config.xmpp.allow_remote_connect;
+        let link_counters = Arc::new(LinkCounters::default());
+        let link = tokio::spawn(component::run_with_counters(
             link_config,
             event_tx,
             command_rx,
             shutdown_rx.clone(),
+            link_counters.clone(),
         ));
         let (query_tx, query_rx) = mpsc::channel(64);
         let socket = AdminSocket::bind(&config.socket_path()).await?;
         tracing::info!(socket = %config.socket_path().display(), "admin socket ready");
-        tokio::spawn(socket.serve(query_tx, std::time::Instant::now(), shutdown_rx.clone()));
+        tokio::spawn(socket.serve(
+            query_tx,
+            std::time::Instant::now(),
+            link_counters,
+            shutdown_rx.clone(),
+        ));
         let service =
             Service::new(engine, config.component(), command_tx).with_retention(Retention {
                 every: config.retention.every,
@@ -314,6 +329,9 @@ fn admin(common: Common, request: Request) -> Result<(), Failure> {
                     ),
                 });
             }
+            // Opening may create files (sled's) or upgrade the store: they must be as private
+            // as the service makes them.
+            private_files();
             let store = Store::open(&store_path, &StoreOptions::default()).map_err(|e| Failure {
                 status: 1,
                 message: format!("no service answers at {} ({socket_error}), and the store cannot be opened directly: {e}", socket.display()),

@@ -11,9 +11,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::component::LinkEvent;
 use crate::engine::{Engine, EngineError, Input, Output};
-use crate::stanza::hooks::{CommandBatch, HookCommand, HookEvent};
+use crate::stanza::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo, SnapshotPage};
 use crate::stanza::{parse_message, write};
 use crate::time::Millis;
+use crate::warnlimit::{self, Warning};
 
 /// How many link events one batch (one flush) takes at most.
 const BATCH: usize = 512;
@@ -50,6 +51,49 @@ pub enum FromServer {
         to: crate::jid::Jid,
         message_xml: String,
     },
+    /// One page of the reconnect snapshot: the loop gathers pages and hands the engine one
+    /// whole [`Input::Snapshot`] at the last.
+    SnapshotPage {
+        page: SnapshotPage,
+        sessions: Vec<SessionInfo>,
+    },
+}
+
+/// The pages of the snapshot received so far on this connection.
+#[derive(Debug, Default)]
+struct SnapshotPages {
+    /// Pages 1 to `received` are in `sessions`.
+    received: u32,
+    sessions: Vec<SessionInfo>,
+}
+
+impl SnapshotPages {
+    /// Adds a page; the whole snapshot once `page` is the last, or why the pages so far are
+    /// of no use (the engine must never see part of a snapshot as the whole: every session not
+    /// listed would be taken offline).
+    fn add(
+        &mut self,
+        page: SnapshotPage,
+        sessions: Vec<SessionInfo>,
+    ) -> Result<Option<Vec<SessionInfo>>, String> {
+        if page.number == 1 {
+            // A new snapshot starts; whatever came before it is superseded.
+            *self = SnapshotPages::default();
+        } else if page.number != self.received + 1 {
+            let expected = self.received + 1;
+            *self = SnapshotPages::default();
+            return Err(format!(
+                "snapshot page {} arrived when page {expected} was due; pages dropped",
+                page.number
+            ));
+        }
+        self.received = page.number;
+        self.sessions.extend(sessions);
+        Ok(page
+            .last
+            .then(|| std::mem::take(self))
+            .map(|whole| whole.sessions))
+    }
 }
 
 /// What one stanza from the server means: an engine input (hook event, then the client message
@@ -68,7 +112,9 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
             session_id,
         },
         HookEvent::Unavailable { jid, session_id } => Input::Unavailable { jid, session_id },
-        HookEvent::Snapshot { sessions } => Input::Snapshot { sessions },
+        HookEvent::Snapshot { page, sessions } => {
+            return Ok(FromServer::SnapshotPage { page, sessions })
+        }
         HookEvent::Account { jid, token } => Input::Account { user: jid, token },
         HookEvent::UserDeleted { jid } => Input::UserDeleted { user: jid },
         HookEvent::Routed {
@@ -124,6 +170,7 @@ pub struct Service {
     retention: Retention,
     /// Whether the component link is up (between `Connected` and `Disconnected`).
     connected: bool,
+    snapshot: SnapshotPages,
 }
 
 /// When and how much retention runs.
@@ -153,6 +200,7 @@ impl Service {
             stats: Arc::default(),
             retention: Retention::default(),
             connected: false,
+            snapshot: SnapshotPages::default(),
         }
     }
 
@@ -177,6 +225,7 @@ impl Service {
         let mut next_retention = Millis::now().plus(self.retention.every);
         loop {
             let now = Millis::now();
+            warnlimit::flush(now);
             if now >= next_retention {
                 let report =
                     tokio::task::block_in_place(|| self.engine.retain(now, self.retention.batch))?;
@@ -240,6 +289,7 @@ impl Service {
         match event {
             LinkEvent::Connected => {
                 self.connected = true;
+                self.snapshot = SnapshotPages::default();
                 tracing::info!(component = %self.component, "connected to the server; waiting for its session snapshot")
             }
             LinkEvent::Disconnected { reason } => {
@@ -248,11 +298,25 @@ impl Service {
             }
             LinkEvent::Stanza(stanza) => {
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
-                let input = match self.input(&stanza) {
+                let now = Millis::now();
+                let input = match self.input(&stanza, now) {
                     Some(FromServer::Input(input)) => *input,
                     Some(FromServer::Done(id)) => {
                         self.engine.confirm(&id)?;
                         return Ok(());
+                    }
+                    Some(FromServer::SnapshotPage { page, sessions }) => {
+                        match self.snapshot.add(page, sessions) {
+                            Ok(Some(sessions)) => Input::Snapshot { sessions },
+                            Ok(None) => return Ok(()),
+                            Err(why) => {
+                                self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
+                                if warnlimit::admit(Warning::StanzaRejected, now) {
+                                    tracing::warn!("{why}");
+                                }
+                                return Ok(());
+                            }
+                        }
                     }
                     Some(FromServer::GiveBack {
                         why,
@@ -264,11 +328,13 @@ impl Service {
                     }
                     None => return Ok(()),
                 };
-                match self.engine.handle(input, Millis::now()) {
+                match self.engine.handle(input, now) {
                     Ok(out) => pending.extend(out),
                     Err(EngineError::Rejected(why)) => {
                         self.stats.rejected_inputs.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("{why}");
+                        if warnlimit::admit(Warning::InputRejected, now) {
+                            tracing::warn!("{why}");
+                        }
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -278,15 +344,17 @@ impl Service {
     }
 
     /// A hook event as an engine input; `None` (logged and counted) when it is not one.
-    fn input(&self, stanza: &str) -> Option<FromServer> {
+    fn input(&self, stanza: &str, now: Millis) -> Option<FromServer> {
         match from_server(stanza, &self.host) {
             Ok(event) => Some(event),
             Err(what) => {
                 self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    stanza_bytes = stanza.len(),
-                    "rejected stanza from the server: {what}"
-                );
+                if warnlimit::admit(Warning::StanzaRejected, now) {
+                    tracing::warn!(
+                        stanza_bytes = stanza.len(),
+                        "rejected stanza from the server: {what}"
+                    );
+                }
                 None
             }
         }
@@ -338,5 +406,61 @@ impl Service {
             self.send_command_stanza(stanza).await;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jid::Jid;
+
+    fn sessions(jids: &[&str]) -> Vec<SessionInfo> {
+        jids.iter()
+            .map(|j| SessionInfo {
+                jid: Jid::parse(j).unwrap(),
+                device_id: None,
+                session_id: None,
+            })
+            .collect()
+    }
+
+    fn page(number: u32, last: bool) -> SnapshotPage {
+        SnapshotPage { number, last }
+    }
+
+    #[test]
+    fn snapshot_is_whole_only_at_its_last_page() {
+        let mut pages = SnapshotPages::default();
+        assert_eq!(pages.add(page(1, false), sessions(&["a@h/1"])), Ok(None));
+        assert_eq!(pages.add(page(2, false), sessions(&["b@h/1"])), Ok(None));
+        assert_eq!(
+            pages.add(page(3, true), sessions(&["c@h/1"])),
+            Ok(Some(sessions(&["a@h/1", "b@h/1", "c@h/1"])))
+        );
+        // A snapshot without pages is page 1, last.
+        assert_eq!(
+            pages.add(SnapshotPage::WHOLE, sessions(&["d@h/1"])),
+            Ok(Some(sessions(&["d@h/1"])))
+        );
+    }
+
+    #[test]
+    fn a_page_out_of_order_drops_the_pages_so_far() {
+        let mut pages = SnapshotPages::default();
+        assert_eq!(pages.add(page(1, false), sessions(&["a@h/1"])), Ok(None));
+        assert_eq!(
+            pages.add(page(3, true), sessions(&["c@h/1"])),
+            Err("snapshot page 3 arrived when page 2 was due; pages dropped".into())
+        );
+        // Nothing of the broken one leaks into the next snapshot.
+        assert_eq!(
+            pages.add(page(2, true), sessions(&["b@h/1"])),
+            Err("snapshot page 2 arrived when page 1 was due; pages dropped".into())
+        );
+        assert_eq!(pages.add(page(1, false), sessions(&["e@h/1"])), Ok(None));
+        assert_eq!(
+            pages.add(page(2, true), vec![]),
+            Ok(Some(sessions(&["e@h/1"])))
+        );
     }
 }

@@ -53,28 +53,127 @@ fn frame_err(input: &[u8]) -> (Vec<String>, FrameError) {
 
 const GOOD: &str = "<message id='ok'><body>fine</body></message>";
 
-#[test]
-fn stanza_over_the_size_limit() {
-    let big = format!(
-        "{GOOD}<message><body>{}</body></message>",
-        "x".repeat(300_000)
-    );
-    let (before, err) = frame_err(big.as_bytes());
-    assert_eq!(before, vec![GOOD.to_string()]);
-    assert_eq!(err.to_string(), "stanza exceeds 262144 bytes");
+/// Feeds `input` in one push and then again one byte per push (the two must agree); returns
+/// every frame, and the most the framer held at once.
+fn frame_ok(input: &[u8]) -> (Vec<Frame>, usize) {
+    let run = |chunks: Vec<&[u8]>| {
+        let mut framer = Framer::new(Limits::default());
+        let mut frames = Vec::new();
+        let mut held = 0;
+        for chunk in chunks {
+            framer.push(chunk);
+            held = held.max(framer.buffered());
+            loop {
+                match framer.next_frame() {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(e) => panic!("{e} for {:?}", String::from_utf8_lossy(&input[..200])),
+                }
+            }
+        }
+        (frames, held)
+    };
+    let (whole, _) = run(vec![input]);
+    let (bytewise, held) = run(input.chunks(1).collect());
+    assert_eq!(whole, bytewise, "chunking changed the outcome");
+    (whole, held)
 }
 
 #[test]
-fn stanza_nested_too_deep() {
-    let deep = format!("{GOOD}{}{}", "<a>".repeat(33), "</a>".repeat(33));
-    let (before, err) = frame_err(deep.as_bytes());
-    assert_eq!(before, vec![GOOD.to_string()]);
-    assert_eq!(err.to_string(), "stanza nests deeper than 32 elements");
+fn stanza_over_the_size_limit_is_skipped_and_the_stream_goes_on() {
+    let body = "x".repeat(2_000_000);
+    let big = format!("<message><body>{body}</body></message>");
+    let input = format!("{GOOD}{big}{GOOD}");
+    let (frames, held) = frame_ok(input.as_bytes());
+    assert_eq!(
+        frames,
+        vec![
+            Frame::Stanza(GOOD.into()),
+            Frame::Skipped {
+                bytes: big.len(),
+                depth: 2
+            },
+            Frame::Stanza(GOOD.into()),
+        ]
+    );
+    // Counted while scanning, not buffered: the framer never held much more than the limit.
+    assert!(
+        held <= Limits::default().max_stanza_bytes + 1,
+        "held {held}"
+    );
+}
+
+#[test]
+fn stanza_nested_too_deep_is_skipped_and_the_stream_goes_on() {
+    let deep = format!("{}{}", "<a>".repeat(33), "</a>".repeat(33));
+    let input = format!("{GOOD}{deep}{GOOD}");
+    let (frames, _) = frame_ok(input.as_bytes());
+    assert_eq!(
+        frames,
+        vec![
+            Frame::Stanza(GOOD.into()),
+            Frame::Skipped {
+                bytes: deep.len(),
+                depth: 33
+            },
+            Frame::Stanza(GOOD.into()),
+        ]
+    );
     // 32 is allowed: the limit is not off by one.
     let ok = format!("{}{}", "<a>".repeat(32), "</a>".repeat(32));
     let mut framer = Framer::new(Limits::default());
     framer.push(ok.as_bytes());
     assert_eq!(framer.next_frame(), Ok(Some(Frame::Stanza(ok))));
+}
+
+#[test]
+fn a_million_open_elements_are_counted_not_kept() {
+    let n = 1_000_000;
+    let deep = format!("<m>{}{}</m>", "<a>".repeat(n), "</a>".repeat(n));
+    let (frames, held) = frame_ok(format!("{deep}{GOOD}").as_bytes());
+    assert_eq!(
+        frames,
+        vec![
+            Frame::Skipped {
+                bytes: deep.len(),
+                depth: n + 1
+            },
+            Frame::Stanza(GOOD.into()),
+        ]
+    );
+    assert!(held < 1024, "held {held}");
+}
+
+#[test]
+fn broken_xml_inside_a_skipped_stanza_still_breaks_the_stream() {
+    // Skipping is no way around the stream's rules: a DOCTYPE or an undefined entity deep
+    // inside an oversized stanza is as fatal as anywhere else.
+    let deep = "<a>".repeat(40);
+    let (before, err) = frame_err(format!("{GOOD}{deep}&xxe;").as_bytes());
+    assert_eq!(before, vec![GOOD.to_string()]);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "undefined entity &xxe; (at byte {})",
+            GOOD.len() + deep.len()
+        )
+    );
+    let (_, err) = frame_err(format!("{deep}<!DOCTYPE x>").as_bytes());
+    assert_eq!(
+        err.to_string(),
+        format!("DOCTYPE is not allowed (at byte {})", deep.len())
+    );
+}
+
+#[test]
+fn stream_header_over_the_size_limit_ends_the_stream() {
+    let header = format!(
+        "<stream:stream xmlns:stream='http://etherx.jabber.org/streams' x='{}'>",
+        "y".repeat(1_100_000)
+    );
+    let (before, err) = frame_err(header.as_bytes());
+    assert!(before.is_empty());
+    assert_eq!(err.to_string(), "stanza exceeds 1048576 bytes");
 }
 
 #[test]
@@ -201,6 +300,12 @@ impl World {
             FromServer::Input(input) => *input,
             FromServer::Done(id) => {
                 return Err(format!("a <done id={id:?}> is not an engine input"))
+            }
+            FromServer::SnapshotPage { page, sessions } if page.number == 1 && page.last => {
+                readtrack::engine::Input::Snapshot { sessions }
+            }
+            FromServer::SnapshotPage { .. } => {
+                return Err("one page of a snapshot is not an engine input".into())
             }
             FromServer::GiveBack { why, .. } => return Err(format!("handed back: {why}")),
         };

@@ -301,6 +301,19 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
     } else {
         Value::Null
     };
+    // The live counters: the link's and the rate limiter's while running, null otherwise.
+    let (skipped, suppressed, warnings) = if running {
+        let warnings = s["warnings"].clone();
+        let kinds = warnings.as_object().expect("warnings by kind");
+        assert_eq!(kinds.len(), 8, "{warnings}");
+        for (kind, counts) in kinds {
+            assert!(counts["seen"].is_u64(), "{kind}: {counts}");
+            assert_eq!(counts["suppressed"], 0, "{kind}: {counts}");
+        }
+        (json!(0), json!(0), warnings)
+    } else {
+        (Value::Null, Value::Null, Value::Null)
+    };
     assert_eq!(
         s,
         json!({"service_running": running, "uptime_secs": uptime, "users": 3, "devices": devices,
@@ -308,7 +321,8 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
                "receipts_accepted": 3, "receipts_duplicate": 0, "receipts_rejected": 0,
                "messages_deleted": 0, "devices_expired": 0, "replays_truncated": 0,
                "timers_refused": 0, "given_back": 0, "device_key_merges": 0, "users_purged": 0,
-               "store_bytes": store_bytes})
+               "store_bytes": store_bytes, "stanzas_skipped": skipped,
+               "warnings_suppressed": suppressed, "warnings": warnings})
     );
     let table = ok(rt, &["stats"]);
     let lines: Vec<&str> = table.lines().collect();
@@ -318,37 +332,47 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
     } else {
         ("no", |v| v == "-")
     };
-    assert_eq!(lines.len(), 21, "{table}");
-    assert_eq!(lines[0], "STAT                VALUE");
-    assert_eq!(lines[1], format!("service_running     {yes_no}"));
-    let uptime_cell = lines[2].strip_prefix("uptime_secs         ").unwrap_or("?");
+    assert_eq!(lines.len(), 23, "{table}");
+    assert_eq!(lines[0], "STAT                 VALUE");
+    assert_eq!(lines[1], format!("service_running      {yes_no}"));
+    let uptime_cell = lines[2]
+        .strip_prefix("uptime_secs          ")
+        .unwrap_or("?");
     assert!(uptime_ok(uptime_cell), "uptime: {table}");
     assert_eq!(
         lines[3..20],
         [
-            "users               3".to_string(),
-            format!("devices             {devices}"),
-            "messages            6".to_string(),
-            "pending_timers      1".to_string(),
-            "logged              6".to_string(),
-            "replays             0".to_string(),
-            "bounces             0".to_string(),
-            "receipts_accepted   3".to_string(),
-            "receipts_duplicate  0".to_string(),
-            "receipts_rejected   0".to_string(),
-            "messages_deleted    0".to_string(),
-            "devices_expired     0".to_string(),
-            "replays_truncated   0".to_string(),
-            "timers_refused      0".to_string(),
-            "given_back          0".to_string(),
-            "device_key_merges   0".to_string(),
-            "users_purged        0".to_string(),
+            "users                3".to_string(),
+            format!("devices              {devices}"),
+            "messages             6".to_string(),
+            "pending_timers       1".to_string(),
+            "logged               6".to_string(),
+            "replays              0".to_string(),
+            "bounces              0".to_string(),
+            "receipts_accepted    3".to_string(),
+            "receipts_duplicate   0".to_string(),
+            "receipts_rejected    0".to_string(),
+            "messages_deleted     0".to_string(),
+            "devices_expired      0".to_string(),
+            "replays_truncated    0".to_string(),
+            "timers_refused       0".to_string(),
+            "given_back           0".to_string(),
+            "device_key_merges    0".to_string(),
+            "users_purged         0".to_string(),
         ]
     );
     let size_cell = lines[20]
-        .strip_prefix("store_bytes         ")
+        .strip_prefix("store_bytes          ")
         .unwrap_or("?");
     assert!(size_cell.parse::<u64>().is_ok(), "store_bytes: {table}");
+    let live = if running { "0" } else { "-" };
+    assert_eq!(
+        lines[21..],
+        [
+            format!("stanzas_skipped      {live}"),
+            format!("warnings_suppressed  {live}"),
+        ]
+    );
 }
 
 /// A malformed JID, a full JID, an unknown user and an unknown device: status 2, one line.
@@ -693,4 +717,92 @@ async fn admin_socket_is_private_and_survives_junk() {
     let v: Value = serde_json::from_str(answer.trim()).expect("stats answer");
     assert_eq!(v["ok"]["service_running"], true, "{v}");
     assert_eq!(ok_json(&rt, &["stats"])["service_running"], true);
+}
+
+/// The admin socket's path names a file that is not a socket (a typo in the config, someone
+/// else's file): `serve` refuses to start rather than delete it.
+#[test]
+fn serve_refuses_to_remove_a_file_that_is_not_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("readtrack.toml");
+    std::fs::write(
+        &config,
+        "[xmpp]\ndomain = \"localhost\"\ncomponent = \"readtrack.localhost\"\nsecret = \"x\"\n\
+         connect = \"127.0.0.1:9\"\n\n[store]\npath = \"data\"\n\n[admin]\nsocket = \"precious.txt\"\n",
+    )
+    .unwrap();
+    let precious = dir.path().join("precious.txt");
+    std::fs::write(&precious, "not yours").unwrap();
+    let out = Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    // `serve` logs to stderr before it fails; its error is the last line.
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr.lines().last().unwrap_or_default(),
+        format!(
+            "readtrack: admin socket path {} exists and is not a socket; refusing to remove it",
+            precious.display()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "not yours");
+}
+
+/// The CLI on a stopped store may create files in it (sled writes a new snapshot when the
+/// store is closed): they are as private as those the service creates, whatever the
+/// operator's umask.
+#[test]
+fn cli_on_a_stopped_store_creates_only_private_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("readtrack.toml");
+    std::fs::write(
+        &config,
+        "[xmpp]\ndomain = \"localhost\"\ncomponent = \"readtrack.localhost\"\nsecret = \"x\"\n\n\
+         [store]\npath = \"data\"\n\n[admin]\nsocket = \"readtrack.sock\"\n",
+    )
+    .unwrap();
+    let store = dir.path().join("data");
+    // Made by this test process (umask 022 or so), not by readtrack.
+    drop(
+        readtrack::store::Store::open(&store, &readtrack::store::StoreOptions::default()).unwrap(),
+    );
+    let before: std::collections::BTreeSet<_> = walk(&store).into_iter().collect();
+    for args in [
+        &["forget", "bob@localhost", "phone"][..],
+        &["stats", "--json"],
+    ] {
+        let _ = Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+    }
+    let created: Vec<_> = walk(&store)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert!(
+        !created.is_empty(),
+        "the CLI created nothing: the test proves nothing"
+    );
+    for path in created {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
 }

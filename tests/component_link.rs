@@ -39,6 +39,7 @@ fn config(addr: &str, secret: &str) -> ComponentConfig {
         backoff_max: Duration::from_millis(160),
         connect_timeout: Duration::from_secs(2),
         keepalive: None,
+        allow_remote: false,
     }
 }
 
@@ -451,7 +452,7 @@ async fn the_server_closing_its_stream_is_a_disconnect() {
 }
 
 #[tokio::test]
-async fn an_oversized_stanza_is_a_framing_error_and_a_new_stream() {
+async fn oversized_and_too_deep_stanzas_are_skipped_and_the_link_stays_up() {
     let server = FakeServer::start().await;
     let mut config = config(&server.addr, SECRET);
     config.limits = Limits {
@@ -465,19 +466,54 @@ async fn an_oversized_stanza_is_a_framing_error_and_a_new_stream() {
         "<message id='big'><body>{}</body></message>",
         "x".repeat(2000)
     );
-    conn.accept_component(&format!("{small}{big}")).await;
+    let deep = format!(
+        "<message>{}{}</message>",
+        "<a>".repeat(20),
+        "</a>".repeat(20)
+    );
+    conn.accept_component(&format!("{small}{big}{small}{deep}{small}"))
+        .await;
+    assert_eq!(client.event().await, LinkEvent::Connected);
+    for _ in 0..3 {
+        assert_eq!(client.event().await, LinkEvent::Stanza(small.to_string()));
+    }
+    let stats = client.counters.snapshot();
+    assert_eq!(
+        (
+            stats.stanzas_skipped,
+            stats.framing_errors,
+            stats.stanzas_in
+        ),
+        (2, 0, 3)
+    );
+    // Still the same stream: commands go out on it.
+    client.command("<message id='out'/>").await;
+    assert_eq!(conn.stanza().await, "<message id='out'/>");
+    let (result, _, stats) = client.stop().await;
+    result.unwrap();
+    assert_eq!((stats.connections, stats.disconnects), (1, 0));
+}
+
+#[tokio::test]
+async fn malformed_xml_is_a_framing_error_and_a_new_stream() {
+    let server = FakeServer::start().await;
+    let mut client = Client::start(config(&server.addr, SECRET));
+    let mut conn = server.accept().await;
+    let small = "<message id='small'><body>fits</body></message>";
+    conn.accept_component(&format!("{small}<message><body></message>"))
+        .await;
     assert_eq!(client.event().await, LinkEvent::Connected);
     assert_eq!(client.event().await, LinkEvent::Stanza(small.to_string()));
-    assert_eq!(
-        client.event().await,
-        LinkEvent::Disconnected {
-            reason: format!(
-                "the server at {} sent malformed XML to component readtrack.localhost: \
-                 stanza exceeds 512 bytes",
-                server.addr
-            )
-        }
-    );
+    match client.event().await {
+        LinkEvent::Disconnected { reason } => assert!(
+            reason.contains(
+                "sent malformed XML to component readtrack.localhost: \
+                 end tag </message> does not match <body> (at byte"
+            ),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(client.counters.snapshot().framing_errors, 1);
     let mut conn = server.accept().await;
     conn.accept_component(small).await;
@@ -486,6 +522,42 @@ async fn an_oversized_stanza_is_a_framing_error_and_a_new_stream() {
     let (result, _, stats) = client.stop().await;
     result.unwrap();
     assert_eq!((stats.framing_errors, stats.connections), (1, 2));
+}
+
+#[tokio::test]
+async fn a_handshake_reply_with_content_is_not_an_acceptance() {
+    let server = FakeServer::start().await;
+    let mut client = Client::start(config(&server.addr, SECRET));
+    let mut conn = server.accept().await;
+    conn.open_stream(Some(STREAM_ID)).await;
+    conn.handshake_digest().await;
+    // Whoever sits on the port can echo anything; only <handshake/> means the digest passed.
+    conn.send("<handshake>welcome</handshake>").await;
+    // Refused, and retried like any other failed attempt: no Connected was announced.
+    let mut again = server.accept().await;
+    again.accept_component("").await;
+    assert_eq!(client.event().await, LinkEvent::Connected);
+    let (result, _, stats) = client.stop().await;
+    result.unwrap();
+    assert_eq!((stats.attempts, stats.connections), (2, 1));
+}
+
+#[tokio::test]
+async fn a_non_loopback_address_is_refused_without_connecting() {
+    let mut client = Client::start(config("192.0.2.1:5347", SECRET));
+    let result = timeout(Duration::from_secs(1), &mut client.handle)
+        .await
+        .expect("run did not give up promptly")
+        .unwrap();
+    let err = result.unwrap_err();
+    assert!(err.is_fatal());
+    assert_eq!(
+        err.to_string(),
+        "refusing to connect component readtrack.localhost to 192.0.2.1:5347: not a loopback \
+         address (the XEP-0114 link is plaintext; set [xmpp] allow_remote_connect only if the \
+         path is protected otherwise)"
+    );
+    assert_eq!(client.events.recv().await, None);
 }
 
 #[tokio::test]

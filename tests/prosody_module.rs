@@ -23,20 +23,29 @@ fn server(users: &[&str]) -> Prosody {
     p
 }
 
-/// Connects the raw component and consumes the snapshot it is greeted with.
+/// Connects the raw component and consumes the snapshot it is greeted with (every page, which
+/// must come numbered from 1, in order, up to the one marked last).
 async fn component(p: &Prosody) -> (RawComponent, Vec<SessionInfo>) {
     let mut comp = p.connect_component().await;
-    match next_event(&mut comp, "snapshot", |e| {
-        matches!(e, HookEvent::Snapshot { .. })
-    })
-    .await
-    {
-        HookEvent::Snapshot { mut sessions } => {
-            sessions.sort_by(|a, b| a.jid.cmp(&b.jid));
-            (comp, sessions)
+    let mut all = Vec::new();
+    for expected in 1.. {
+        match next_event(&mut comp, "snapshot", |e| {
+            matches!(e, HookEvent::Snapshot { .. })
+        })
+        .await
+        {
+            HookEvent::Snapshot { page, sessions } => {
+                assert_eq!(page.number, expected, "snapshot pages out of order");
+                all.extend(sessions);
+                if page.last {
+                    break;
+                }
+            }
+            _ => unreachable!(),
         }
-        _ => unreachable!(),
     }
+    all.sort_by(|a, b| a.jid.cmp(&b.jid));
+    (comp, all)
 }
 
 /// What the component receives within `window`, account tokens left out (they come before a

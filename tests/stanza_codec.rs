@@ -691,28 +691,32 @@ fn incomplete_input_is_not_an_error() {
 }
 
 #[test]
-fn oversize_stanza_is_refused_while_still_incomplete() {
+fn oversize_stanza_is_skipped_without_holding_more_than_the_limit() {
     let limits = Limits {
         max_stanza_bytes: 64,
         max_depth: 32,
     };
     let mut framer = Framer::new(limits);
-    let partial = format!("<message><body>{}", "a".repeat(200));
-    for (i, byte) in partial.as_bytes().iter().enumerate() {
+    let big = format!("<message><body>{}</body></message>", "a".repeat(200));
+    let mut held = 0;
+    for (i, byte) in big.as_bytes().iter().enumerate() {
         framer.push(std::slice::from_ref(byte));
-        let pushed = i + 1;
-        if pushed <= 64 {
-            assert_eq!(framer.next_frame(), Ok(None), "after {pushed} bytes");
-        } else {
+        held = held.max(framer.buffered());
+        let frame = framer.next_frame();
+        if i + 1 == big.len() {
             assert_eq!(
-                framer.next_frame().unwrap_err().to_string(),
-                "stanza exceeds 64 bytes"
+                frame,
+                Ok(Some(Frame::Skipped {
+                    bytes: big.len(),
+                    depth: 2
+                }))
             );
-            assert_eq!(pushed, 65);
-            break;
+        } else {
+            assert_eq!(frame, Ok(None));
         }
     }
-    // Exactly at the limit is fine, one byte over is not, even when complete in one push.
+    assert!(held <= 66, "held {held} bytes");
+    // Exactly at the limit is framed, one byte over is skipped, even when complete in one push.
     let exact = format!("<message>{}</message>", "b".repeat(64 - 19));
     assert_eq!(exact.len(), 64);
     assert_eq!(
@@ -721,8 +725,14 @@ fn oversize_stanza_is_refused_while_still_incomplete() {
     );
     let over = format!("<message>{}</message>", "b".repeat(64 - 18));
     assert_eq!(
-        frame_chunks(limits, [over.as_bytes()]),
-        Err(FrameError::TooLarge { limit: 64 })
+        frame_chunks(limits, [over.as_bytes(), b"<message/>"]),
+        Ok(vec![
+            Frame::Skipped {
+                bytes: 65,
+                depth: 1
+            },
+            Frame::Stanza("<message/>".into())
+        ])
     );
     // Whitespace between stanzas is not buffered, so it never counts.
     let spaced = format!("{}<message/>", " ".repeat(1000));
@@ -742,11 +752,17 @@ fn nesting_depth_is_limited() {
         frame_chunks(limits, [&b"<a><b><c/></b></a>"[..]]),
         Ok(vec![Frame::Stanza("<a><b><c/></b></a>".into())])
     );
+    // Deeper is skipped up to its end (end tag names are not compared any more) and the
+    // stream goes on.
     assert_eq!(
-        frame_chunks(limits, [&b"<a><b><c><d>"[..]])
-            .unwrap_err()
-            .to_string(),
-        "stanza nests deeper than 3 elements"
+        frame_chunks(limits, [&b"<a><b><c><d><e/></d></x></b></a><ok/>"[..]]),
+        Ok(vec![
+            Frame::Skipped {
+                bytes: 32,
+                depth: 5
+            },
+            Frame::Stanza("<ok/>".into())
+        ])
     );
     // The stream element does not count towards a stanza's depth.
     assert_eq!(
@@ -760,7 +776,7 @@ fn default_limits() {
     assert_eq!(
         Limits::default(),
         Limits {
-            max_stanza_bytes: 256 * 1024,
+            max_stanza_bytes: 1024 * 1024,
             max_depth: 32
         }
     );

@@ -66,6 +66,67 @@ local function emit(event_xml)
 	session.send(event_open .. event_xml .. "</message>");
 end
 
+------------------------------------------------------------------------------------------------
+-- Budget. readtrack skips (and counts) a stanza over its framer limits (1 MiB, 32 elements
+-- deep by default); a message is only worth claiming from mod_offline if its event will fit.
+-- Over the budget, the message is left to Prosody's own handling (mod_offline included), as
+-- when readtrack is away. The defaults leave room for the event's wrapping: <message> <routed>
+-- <forwarded> add 3 levels, and the <session> list and attributes add bytes.
+local max_event_bytes = module:get_option_number("readtrack_max_event_bytes", 256 * 1024);
+local max_depth = module:get_option_number("readtrack_max_depth", 20);
+
+-- A user can trigger it at will: one line per minute at most, with the count of the others.
+local over_budget = { count = 0, logged_at = -math.huge, suppressed = 0 };
+local function note_over_budget(stanza, why)
+	over_budget.count = over_budget.count + 1;
+	local now = os.time();
+	if now - over_budget.logged_at < 60 then
+		over_budget.suppressed = over_budget.suppressed + 1;
+		return;
+	end
+	module:log("warn", "Message to %s over readtrack's budget (%s), left to the server (%d so far, %d similar warnings suppressed)",
+		tostring(stanza.attr.to), why, over_budget.count, over_budget.suppressed);
+	over_budget.logged_at, over_budget.suppressed = now, 0;
+end
+
+-- Deeper than `limit` (the stanza's root is 1)? Stops at limit + 1, so a hostile nesting costs
+-- no more than the budget.
+local function deeper_than(stanza, limit)
+	if limit < 1 then return true; end
+	for _, child in ipairs(stanza.tags) do
+		if deeper_than(child, limit - 1) then return true; end
+	end
+	return false;
+end
+
+-- Bytes of the stanza's text before escaping, times 6 (the longest escape, &apos;, for one
+-- byte): an upper bound on its serialised size that needs no serialising.
+local function escaped_bound(stanza)
+	local bytes = 2 * #stanza.name + 5;
+	for k, v in pairs(stanza.attr) do bytes = bytes + #k + 6 * #v + 4; end
+	for _, child in ipairs(stanza) do
+		if type(child) == "string" then
+			bytes = bytes + 6 * #child;
+		else
+			bytes = bytes + escaped_bound(child);
+		end
+	end
+	return bytes;
+end
+
+local function within_budget(stanza)
+	if deeper_than(stanza, max_depth) then
+		note_over_budget(stanza, "deeper than " .. max_depth .. " elements");
+		return false;
+	end
+	-- Most messages are far below the bound; only the others are serialised to be measured.
+	if escaped_bound(stanza) > max_event_bytes and #tostring(stanza) > max_event_bytes then
+		note_over_budget(stanza, "over " .. max_event_bytes .. " bytes");
+		return false;
+	end
+	return true;
+end
+
 local function xml_attr(name, value)
 	if value == nil then return ""; end
 	return " " .. name .. "='" .. xml_escape(value) .. "'";
@@ -344,6 +405,7 @@ local function track_routing(handlers, event_name, event_data)
 	if not (component_connected() and loggable(stanza, origin)) then
 		return handlers(event_name, event_data);
 	end
+	if not within_budget(stanza) then return handlers(event_name, event_data); end
 	-- core_post_stanza clears 'to' on a message a user sends to their own bare JID.
 	local to = stanza.attr.to and jid_bare(stanza.attr.to)
 		or (origin.username and origin.username .. "@" .. origin.host);
@@ -443,6 +505,9 @@ end
 local function on_client_message(event)
 	local origin, stanza = event.origin, event.stanza;
 	if origin.type ~= "c2s" or not interesting_sent(stanza, origin) then return; end
+	-- Over the budget, readtrack would have to skip the event: it is not sent (the message
+	-- goes its way through Prosody untouched).
+	if not within_budget(stanza) then return; end
 	tell_account(origin.username);
 	if to_server(stanza) then
 		-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody
@@ -613,19 +678,34 @@ end
 ------------------------------------------------------------------------------------------------
 -- (Re)connection: readtrack lost track of presence while away, so tell it who is online now.
 
+-- In pages, so no stanza grows with the number of sessions: at most this many sessions or
+-- about this many bytes each (one session tag is at most ~8 KiB: a 1023-byte resource of
+-- characters that escape to 6 bytes), far below readtrack's stanza limit.
+local snapshot_page_sessions = module:get_option_number("readtrack_snapshot_page_sessions", 100);
+local snapshot_page_bytes = module:get_option_number("readtrack_snapshot_page_bytes", 32 * 1024);
+
 local function send_snapshot()
 	told = {}; -- a new connection: readtrack learns every token again
-	local snapshot = { "<snapshot xmlns='", xmlns_hook, "'>" };
+	local page, tags, bytes = 1, {}, 0;
+	local function flush(last)
+		emit("<snapshot xmlns='" .. xmlns_hook .. "' page='" .. page .. "' last='"
+			.. (last and "true" or "false") .. "'>" .. t_concat(tags) .. "</snapshot>");
+		page, tags, bytes = page + 1, {}, 0;
+	end
 	for username, user in pairs(hosts[host].sessions or {}) do
 		for _, session in pairs(user.sessions or {}) do
 			if session.presence and session.full_jid then
-				tell_account(username);
-				snapshot[#snapshot + 1] = session_tag("session", session);
+				tell_account(username); -- before the page that names the user
+				local tag = session_tag("session", session);
+				if #tags > 0 and (#tags >= snapshot_page_sessions or bytes + #tag > snapshot_page_bytes) then
+					flush(false);
+				end
+				tags[#tags + 1] = tag;
+				bytes = bytes + #tag;
 			end
 		end
 	end
-	snapshot[#snapshot + 1] = "</snapshot>";
-	emit(t_concat(snapshot));
+	flush(true);
 end
 
 -- Prosody's epoll backend reads a connection 8 KiB at a time, and when more is buffered it

@@ -77,10 +77,11 @@ fn cuts_from(seed: u64, len: usize) -> Vec<usize> {
 /// Framer target. The first 8 bytes choose the split points, the rest is the stream.
 ///
 /// Properties: no panic; every stanza is within the limits (size in bytes, and it was framed at
-/// all only if its depth was within the limit); every stanza is a piece of the input, in order;
-/// the result does not depend on how the stream was chunked (one push, one byte per push, a
-/// seeded split), except that a stream running past the size limit may be refused with
-/// `TooLarge` before a later error is seen.
+/// all only if its depth was within the limit), and every skipped one is over one of them;
+/// every stanza is a piece of the input, in order; the result does not depend on how the stream
+/// was chunked (one push, one byte per push, a seeded split), skipped stanzas included, except
+/// that a stream whose header or top-level comment runs past the size limit may be refused
+/// with `TooLarge` before a later error is seen.
 pub fn check_framer(data: &[u8]) {
     let (seed, input) = match data.split_first_chunk::<8>() {
         Some((seed, rest)) => (u64::from_le_bytes(*seed), rest),
@@ -122,6 +123,17 @@ fn same_outcome(whole: &Framed, other: &Framed, how: &str) {
 fn check_frames(limits: Limits, input: &[u8], framed: &Framed) {
     let mut from = 0;
     for frame in &framed.frames {
+        if let Frame::Skipped { bytes, depth } = frame {
+            assert!(
+                *bytes > limits.max_stanza_bytes || *depth > limits.max_depth,
+                "a stanza of {bytes} bytes and depth {depth} was skipped within the limits"
+            );
+            assert!(
+                *bytes >= 4 && *bytes <= input.len() - from,
+                "skipped {bytes} bytes"
+            );
+            from += bytes;
+        }
         if let Frame::Stanza(text) = frame {
             assert!(
                 text.len() <= limits.max_stanza_bytes,
@@ -138,7 +150,7 @@ fn check_frames(limits: Limits, input: &[u8], framed: &Framed) {
     if let Err(e) = &framed.end {
         // Every error names a place in the stream, and the place exists.
         let offset = match e {
-            FrameError::TooLarge { .. } | FrameError::TooDeep { .. } => None,
+            FrameError::TooLarge { .. } => None,
             FrameError::Doctype { offset }
             | FrameError::ProcessingInstruction { offset }
             | FrameError::UndefinedEntity { offset, .. }

@@ -7,8 +7,9 @@
 pub mod table;
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -17,8 +18,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::component::{LinkCounters, LinkStats};
 use crate::engine::{Engine, EngineError};
 use crate::service::Query;
+use crate::warnlimit;
 
 /// The longest request line accepted; anything longer is junk.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -74,7 +77,11 @@ pub enum Response {
 /// Where the answer came from, for `stats`.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin {
-    Service { started: Instant },
+    /// The running service, with its link's counters at the time of the request.
+    Service {
+        started: Instant,
+        link: LinkStats,
+    },
     StoppedStore,
 }
 
@@ -107,11 +114,14 @@ pub fn execute(engine: &mut Engine, request: &Request, origin: Origin) -> Respon
             Request::Stats => {
                 let store_stats =
                     serde_json::to_value(engine.store_stats()?).expect("stats serialise");
-                let (running, uptime) = match origin {
-                    Origin::Service { started } => (true, Some(started.elapsed().as_secs())),
-                    Origin::StoppedStore => (false, None),
+                let (running, uptime, link) = match origin {
+                    Origin::Service { started, link } => {
+                        (true, Some(started.elapsed().as_secs()), Some(link))
+                    }
+                    Origin::StoppedStore => (false, None, None),
                 };
-                // Liveness first, then the store's figures.
+                // Liveness first, then the store's figures, then the live counters (null
+                // when no service runs: there is nothing to count).
                 let mut stats = serde_json::Map::new();
                 stats.insert("service_running".into(), Value::Bool(running));
                 stats.insert(
@@ -121,6 +131,7 @@ pub fn execute(engine: &mut Engine, request: &Request, origin: Origin) -> Respon
                 if let Value::Object(fields) = store_stats {
                     stats.extend(fields);
                 }
+                stats.extend(live_stats(link));
                 Ok(Value::Object(stats))
             }
         }
@@ -136,10 +147,39 @@ pub fn execute(engine: &mut Engine, request: &Request, origin: Origin) -> Respon
     }
 }
 
+/// `stanzas_skipped` (over the framer's limits, the link stayed up), `warnings_suppressed`
+/// (log lines left out by the rate limit) and `warnings` (per kind: `seen`, `suppressed`).
+fn live_stats(link: Option<LinkStats>) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    let Some(link) = link else {
+        for key in ["stanzas_skipped", "warnings_suppressed", "warnings"] {
+            out.insert(key.into(), Value::Null);
+        }
+        return out;
+    };
+    out.insert("stanzas_skipped".into(), link.stanzas_skipped.into());
+    let counts = warnlimit::counts();
+    let suppressed: u64 = counts.iter().map(|(_, c)| c.suppressed).sum();
+    out.insert("warnings_suppressed".into(), suppressed.into());
+    let kinds = counts
+        .into_iter()
+        .map(|(kind, c)| {
+            (
+                kind.name().to_string(),
+                serde_json::json!({ "seen": c.seen, "suppressed": c.suppressed }),
+            )
+        })
+        .collect();
+    out.insert("warnings".into(), Value::Object(kinds));
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("another readtrack is already serving the admin socket {0}")]
     InUse(PathBuf),
+    #[error("admin socket path {0} exists and is not a socket; refusing to remove it")]
+    NotASocket(PathBuf),
     #[error("cannot create admin socket {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
     #[error("cannot reach the service at admin socket {path}: {source}")]
@@ -158,7 +198,13 @@ impl AdminSocket {
     /// Binds the socket. A socket file left by a crash (nobody answers) is replaced; one that
     /// answers belongs to a running readtrack and is left alone.
     pub async fn bind(path: &Path) -> Result<AdminSocket, AdminError> {
-        if path.exists() {
+        // symlink_metadata: a link is judged as itself, never followed to what it names.
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                // A typo in [admin] socket, or someone else's file: removing it could destroy
+                // data (the store, a config) that is not ours to remove.
+                return Err(AdminError::NotASocket(path.to_path_buf()));
+            }
             if UnixStream::connect(path).await.is_ok() {
                 return Err(AdminError::InUse(path.to_path_buf()));
             }
@@ -190,6 +236,7 @@ impl AdminSocket {
         self,
         queries: mpsc::Sender<Query>,
         started: Instant,
+        link: Arc<LinkCounters>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
@@ -198,8 +245,9 @@ impl AdminSocket {
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let queries = queries.clone();
+                        let link = link.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = answer(stream, queries, started).await {
+                            if let Err(e) = answer(stream, queries, started, link).await {
                                 tracing::debug!("admin connection: {e}");
                             }
                         });
@@ -221,6 +269,7 @@ async fn answer(
     stream: UnixStream,
     queries: mpsc::Sender<Query>,
     started: Instant,
+    link: Arc<LinkCounters>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     // Bytes, not a String: a line that is not UTF-8 gets a "malformed request" answer rather
@@ -240,7 +289,11 @@ async fn answer(
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
             let query: Query = Box::new(move |engine: &mut Engine, _now| {
-                let _ = tx.send(execute(engine, &request, Origin::Service { started }));
+                let origin = Origin::Service {
+                    started,
+                    link: link.snapshot(),
+                };
+                let _ = tx.send(execute(engine, &request, origin));
             });
             if queries.send(query).await.is_err() {
                 Response::Err(Failure {

@@ -202,6 +202,8 @@ pub fn render(request: &Request, answer: &Value) -> String {
                 "device_key_merges",
                 "users_purged",
                 "store_bytes",
+                "stanzas_skipped",
+                "warnings_suppressed",
             ];
             let rows: Vec<_> = order
                 .iter()

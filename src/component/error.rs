@@ -59,6 +59,12 @@ pub enum ComponentError {
     },
     #[error("the server at {addr} sent a stream header without an id to component {domain}")]
     MissingStreamId { addr: String, domain: String },
+    #[error(
+        "refusing to connect component {domain} to {addr}: not a loopback address (the \
+         XEP-0114 link is plaintext; set [xmpp] allow_remote_connect only if the path is \
+         protected otherwise)"
+    )]
+    NotLoopback { addr: String, domain: String },
     #[error("the server at {addr} broke the stream protocol of component {domain}: {detail}")]
     Protocol {
         addr: String,
@@ -100,7 +106,9 @@ impl ComponentError {
     pub fn is_fatal(&self) -> bool {
         matches!(
             self,
-            ComponentError::NotAuthorized { .. } | ComponentError::HostUnknown { .. }
+            ComponentError::NotAuthorized { .. }
+                | ComponentError::HostUnknown { .. }
+                | ComponentError::NotLoopback { .. }
         )
     }
 }

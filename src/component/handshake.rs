@@ -7,6 +7,7 @@ use super::Secret;
 use crate::stanza::stanza_name;
 
 pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+const NS_COMPONENT: &str = "jabber:component:accept";
 pub const STREAM_CLOSE: &str = "</stream:stream>";
 
 /// Our stream header. The domain is escaped because it comes from configuration, and a quote
@@ -184,10 +185,39 @@ pub fn classify_reply(header: &ServerHeader, stanza: &str) -> Reply {
     if header.is_stream_error(stanza) {
         return Reply::StreamError(parse_stream_error(stanza));
     }
+    // Only what XEP-0114 says the server answers: an empty <handshake/> in the stream's
+    // namespace. Anything else (text in it, another namespace) did not come from a server
+    // that checked our digest, so it is no sign of being accepted.
     match stanza_name(stanza) {
-        Ok(name) if name.local == "handshake" => Reply::Accepted,
+        Ok(name)
+            if name.qname == "handshake"
+                && name.ns.as_deref().map_or(true, |ns| ns == NS_COMPONENT) =>
+        {
+            if is_empty_element(stanza, "handshake") {
+                Reply::Accepted
+            } else {
+                Reply::Unexpected("handshake with content".to_string())
+            }
+        }
         Ok(name) => Reply::Unexpected(name.qname),
         Err(_) => Reply::Unexpected("malformed element".to_string()),
+    }
+}
+
+/// `<name .../>` or `<name ...></name>` with nothing but whitespace between, as framed (one
+/// element, so the first `>` ends its start tag unless an attribute value holds one).
+fn is_empty_element(stanza: &str, name: &str) -> bool {
+    let mut reader = quick_xml::Reader::from_str(stanza);
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Empty(_)) if depth == 0 => depth = usize::MAX,
+            Ok(Event::Start(_)) if depth == 0 => depth = 1,
+            Ok(Event::End(e)) if depth == 1 && e.name().as_ref() == name => depth = usize::MAX,
+            Ok(Event::Text(t)) if t.as_ref().trim().is_empty() => {}
+            Ok(Event::Eof) => return depth == usize::MAX,
+            _ => return false,
+        }
     }
 }
 
@@ -283,9 +313,28 @@ mod tests {
             Reply::Accepted
         );
         assert_eq!(
+            classify_reply(
+                &header,
+                "<handshake xmlns='jabber:component:accept'></handshake>"
+            ),
+            Reply::Accepted
+        );
+        assert_eq!(
             classify_reply(&header, "<iq type='get'/>"),
             Reply::Unexpected("iq".into())
         );
+        // Not what a server that checked the digest sends: no sign of being accepted.
+        for reply in [
+            "<handshake>ok</handshake>",
+            "<handshake><x/></handshake>",
+            "<handshake xmlns='urn:example'/>",
+            "<h:handshake xmlns:h='jabber:component:accept'/>",
+        ] {
+            assert!(
+                matches!(classify_reply(&header, reply), Reply::Unexpected(_)),
+                "{reply} accepted"
+            );
+        }
         assert_eq!(
             classify_reply(
                 &header,

@@ -6,9 +6,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{lookup_host, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -18,6 +19,8 @@ use super::handshake::{
 };
 use super::{bump, ComponentConfig, ComponentError, LinkCounters, LinkEvent};
 use crate::stanza::{Frame, FrameError, Framer, Limits};
+use crate::time::Millis;
+use crate::warnlimit::{self, Warning};
 
 /// How long a polite close may take: our `</stream:stream>`, and the server's in reply.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -104,6 +107,7 @@ pub struct FrameReader {
     read: OwnedReadHalf,
     framer: Framer,
     chunk: Box<[u8]>,
+    limits: Limits,
 }
 
 impl FrameReader {
@@ -112,7 +116,12 @@ impl FrameReader {
             read,
             framer: Framer::new(limits),
             chunk: vec![0; READ_CHUNK].into_boxed_slice(),
+            limits,
         }
+    }
+
+    fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The next frame; the framer is drained before the socket is read again, which is what
@@ -170,13 +179,29 @@ async fn handshake(
     peer: &Peer,
     counters: &LinkCounters,
 ) -> Result<Established, ComponentError> {
-    let stream = TcpStream::connect(config.addr.as_str())
+    let connect_error = |source| ComponentError::Connect {
+        addr: peer.addr.clone(),
+        domain: peer.domain.clone(),
+        source,
+    };
+    let mut addrs: Vec<SocketAddr> = lookup_host(config.addr.as_str())
         .await
-        .map_err(|source| ComponentError::Connect {
-            addr: peer.addr.clone(),
-            domain: peer.domain.clone(),
-            source,
-        })?;
+        .map_err(connect_error)?
+        .collect();
+    if !config.allow_remote {
+        // The stream is plaintext and its handshake a hash anyone on the path can replay
+        // against the same stream id: it may only cross the loopback interface.
+        addrs.retain(|a| a.ip().is_loopback());
+        if addrs.is_empty() {
+            return Err(ComponentError::NotLoopback {
+                addr: peer.addr.clone(),
+                domain: peer.domain.clone(),
+            });
+        }
+    }
+    let stream = TcpStream::connect(&addrs[..])
+        .await
+        .map_err(connect_error)?;
     // Stanzas are small and each is written whole; Nagle would only add latency to acks.
     stream.set_nodelay(true).map_err(|e| peer.io(e))?;
     let (read, mut write) = stream.into_split();
@@ -191,7 +216,9 @@ async fn handshake(
         .map_err(|f| peer.read_failure(f))?
     {
         Frame::StreamOpen { attrs } => ServerHeader::from_attrs(&attrs),
-        Frame::Stanza(_) => return Err(peer.protocol("a stanza before the stream header")),
+        Frame::Stanza(_) | Frame::Skipped { .. } => {
+            return Err(peer.protocol("a stanza before the stream header"))
+        }
         Frame::StreamClose => return Err(peer.server_closed()),
     };
     let Some(stream_id) = header.id.clone() else {
@@ -229,6 +256,7 @@ async fn handshake(
                 element,
             }),
         },
+        Frame::Skipped { .. } => Err(peer.protocol("an oversized reply to the handshake")),
         Frame::StreamClose => Err(peer.server_closed()),
         Frame::StreamOpen { .. } => Err(peer.protocol("a second stream header")),
     }
@@ -270,6 +298,21 @@ pub async fn read_stanzas(
                 bump(&counters.stanzas_in);
                 if events.send(LinkEvent::Stanza(stanza)).await.is_err() {
                     return ReaderEnd::EventsClosed;
+                }
+            }
+            Frame::Skipped { bytes, depth } => {
+                // One user's stanza over a limit (mod_component forwards anything addressed
+                // to the component; a message the module did not budget): the stream itself is
+                // fine, and dropping it would lose every event behind this one.
+                bump(&counters.stanzas_skipped);
+                if warnlimit::admit(Warning::StanzaSkipped, Millis::now()) {
+                    tracing::warn!(
+                        bytes,
+                        depth,
+                        max_bytes = frames.limits().max_stanza_bytes,
+                        max_depth = frames.limits().max_depth,
+                        "skipped a stanza from the server over the size or depth limit"
+                    );
                 }
             }
             Frame::StreamClose => return ReaderEnd::Lost(peer.server_closed()),

@@ -80,6 +80,8 @@ pub struct ComponentConfig {
     /// A single space is written after this long without writing, so NATs and the server's
     /// idle timeout keep the connection. `None` disables it.
     pub keepalive: Option<Duration>,
+    /// Connect to an address that is not loopback (config `[xmpp] allow_remote_connect`).
+    pub allow_remote: bool,
 }
 
 impl ComponentConfig {
@@ -94,6 +96,7 @@ impl ComponentConfig {
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             keepalive: Some(Duration::from_secs(60)),
+            allow_remote: false,
         }
     }
 }
@@ -119,6 +122,7 @@ pub struct LinkCounters {
     stanzas_in: AtomicU64,
     stanzas_out: AtomicU64,
     framing_errors: AtomicU64,
+    stanzas_skipped: AtomicU64,
     dropped_commands: AtomicU64,
     keepalives: AtomicU64,
 }
@@ -138,6 +142,8 @@ pub struct LinkStats {
     /// Commands written completely to the socket.
     pub stanzas_out: u64,
     pub framing_errors: u64,
+    /// Stanzas over the size or depth limit, skipped while the stream went on.
+    pub stanzas_skipped: u64,
     /// Commands that arrived while disconnected, or whose write failed.
     pub dropped_commands: u64,
     pub keepalives: u64,
@@ -154,6 +160,7 @@ impl LinkCounters {
             stanzas_in: get(&self.stanzas_in),
             stanzas_out: get(&self.stanzas_out),
             framing_errors: get(&self.framing_errors),
+            stanzas_skipped: get(&self.stanzas_skipped),
             dropped_commands: get(&self.dropped_commands),
             keepalives: get(&self.keepalives),
         }

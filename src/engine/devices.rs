@@ -183,7 +183,9 @@ impl Engine {
             }
             if out.len() >= self.config.max_replay {
                 self.counters.replays_truncated += 1;
-                tracing::warn!(device = %to, limit = self.config.max_replay, "replay cut at max_replay; the rest follows at the next login");
+                if crate::warnlimit::admit(crate::warnlimit::Warning::ReplayCut, now) {
+                    tracing::warn!(device = %to, limit = self.config.max_replay, "replay cut at max_replay; the rest follows at the next login");
+                }
                 break;
             }
             let stanza = if m.sent {
@@ -308,7 +310,14 @@ impl Engine {
         for session in sessions {
             match self.available(session, now, true) {
                 Ok(o) => out.extend(o),
-                Err(super::EngineError::Rejected(why)) => tracing::warn!("snapshot: {why}"),
+                Err(super::EngineError::Rejected(why)) => {
+                    if crate::warnlimit::admit(
+                        crate::warnlimit::Warning::SnapshotSessionRejected,
+                        now,
+                    ) {
+                        tracing::warn!("snapshot: {why}")
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }

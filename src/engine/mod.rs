@@ -357,7 +357,10 @@ impl Engine {
                     match self.client_stanza(&routed, now) {
                         Ok(o) => out = o,
                         Err(EngineError::Rejected(why)) => {
-                            tracing::warn!("routed message marked sent by a client: {why}")
+                            if crate::warnlimit::admit(crate::warnlimit::Warning::SentRejected, now)
+                            {
+                                tracing::warn!("routed message marked sent by a client: {why}")
+                            }
                         }
                         Err(e) => return Err(e),
                     }

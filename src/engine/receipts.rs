@@ -141,7 +141,9 @@ impl Engine {
             // A bound on memory and on tick work: past it, messages are still logged and
             // replayed, but nobody waits for their receipt.
             self.counters.timers_refused += 1;
-            tracing::warn!(limit = self.config.max_pending_timers, recipient = %to, "pending receipt timers at their limit; message logged without a timer");
+            if crate::warnlimit::admit(crate::warnlimit::Warning::TimersFull, now) {
+                tracing::warn!(limit = self.config.max_pending_timers, recipient = %to, "pending receipt timers at their limit; message logged without a timer");
+            }
             ReceiptState::NotRequired
         } else {
             self.pending_timers += 1;
@@ -449,7 +451,9 @@ impl Engine {
                 continue;
             };
             let (Ok(to), Some(id)) = (Jid::parse(&m.from), m.msg_id.clone()) else {
-                tracing::warn!(seq = m.seq, from = %m.from, "cannot bounce: sender or id unusable");
+                if crate::warnlimit::admit(crate::warnlimit::Warning::BounceUnusable, now) {
+                    tracing::warn!(seq = m.seq, from = %m.from, "cannot bounce: sender or id unusable");
+                }
                 self.settle_bounced(timer, m)?;
                 continue;
             };

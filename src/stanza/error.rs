@@ -3,13 +3,13 @@
 
 /// Why the framer refused the stream. All of these are fatal for the stream (XMPP answers them
 /// with a `<not-well-formed/>`, `<restricted-xml/>` or `<policy-violation/>` stream error): once
-/// returned, the framer keeps returning the same error.
+/// returned, the framer keeps returning the same error. A stanza over a limit is not one of
+/// them: it is skipped ([`super::Frame::Skipped`]) and the stream goes on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
+    /// Something between stanzas (the stream header, a comment) over the stanza limit.
     #[error("stanza exceeds {limit} bytes")]
     TooLarge { limit: usize },
-    #[error("stanza nests deeper than {limit} elements")]
-    TooDeep { limit: usize },
     #[error("DOCTYPE is not allowed (at byte {offset})")]
     Doctype { offset: usize },
     #[error("processing instruction is not allowed (at byte {offset})")]

@@ -15,9 +15,11 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// Above anything mod_readtrack emits with its own defaults (256 KiB of event, stanzas 20
+    /// elements deep inside an event that adds 3): an event the module sent is never skipped.
     fn default() -> Self {
         Limits {
-            max_stanza_bytes: 256 * 1024,
+            max_stanza_bytes: 1024 * 1024,
             max_depth: 32,
         }
     }
@@ -31,6 +33,18 @@ pub enum Frame {
     Stanza(String),
     /// `</stream:stream>`.
     StreamClose,
+    /// A top-level stanza over a limit, skipped without being buffered: `bytes` is its whole
+    /// length, `depth` the deepest nesting in it. The stream goes on after it.
+    Skipped { bytes: usize, depth: usize },
+}
+
+/// A stanza being skipped: only counts are kept, the bytes are dropped as they are scanned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Skip {
+    /// Stream offset of the stanza's `<`.
+    start: usize,
+    depth: usize,
+    max_depth: usize,
 }
 
 /// Where the tokenizer stopped.
@@ -136,6 +150,10 @@ pub struct Framer {
     seen_element: bool,
     /// A self-closed `<stream:stream/>` owes a [`Frame::StreamClose`].
     pending_close: bool,
+    /// Set while the current stanza is over a limit. Skipping still runs the tokenizer, so a
+    /// broken stream is found inside a skipped stanza too; only end tag names are not compared
+    /// (that would need every open name kept, which is what skipping avoids).
+    skip: Option<Skip>,
     error: Option<FrameError>,
 }
 
@@ -214,7 +232,9 @@ impl Framer {
             self.consumed += cut;
             self.item_start = 0;
             self.pos -= cut;
-            self.name_start = self.name_start.saturating_sub(cut);
+            // Only a skipped stanza drops bytes of a name being read; `MAX` then keeps
+            // "first character of the name" false, which it is.
+            self.name_start = self.name_start.checked_sub(cut).unwrap_or(usize::MAX);
             self.name_end = self.name_end.saturating_sub(cut);
             self.ref_start = self.ref_start.saturating_sub(cut);
             for (start, end) in &mut self.open {
@@ -223,6 +243,11 @@ impl Framer {
             }
         }
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes held: what [`Framer::next_frame`] has not finished with.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     /// The next complete frame, `Ok(None)` if more bytes are needed.
@@ -234,7 +259,27 @@ impl Framer {
             self.pending_close = false;
             return Ok(Some(Frame::StreamClose));
         }
-        let result = match self.scan() {
+        let mut result = self.scan();
+        if matches!(result, Ok(None))
+            && self.skip.is_none()
+            && self.buf.len() - self.item_start > self.limits.max_stanza_bytes
+            && self.in_stanza()
+        {
+            // The scan ran through plain text past the limit without a step to notice it; no
+            // tag was passed over, so starting here is the same as starting at the limit.
+            self.begin_skip();
+        }
+        result = match result {
+            Ok(None) if self.skip.is_some() => {
+                // Everything scanned can go, except a reference still being read.
+                self.item_start = match self.state {
+                    State::Reference { .. } => self.ref_start,
+                    _ => self.pos,
+                };
+                Ok(None)
+            }
+            // A stanza never gets here over the limit (the scan skips it from there on); a
+            // stream header, comment or declaration that long is not worth resyncing after.
             Ok(None) if self.buf.len() - self.item_start > self.limits.max_stanza_bytes => {
                 Err(FrameError::TooLarge {
                     limit: self.limits.max_stanza_bytes,
@@ -264,12 +309,65 @@ impl Framer {
         }
     }
 
+    /// Between top-level items: not inside a stanza, skipped or not.
+    fn at_top(&self) -> bool {
+        self.open.is_empty() && self.skip.is_none()
+    }
+
+    /// Inside a stanza (not a stream header, which may not be skipped: it is the stream).
+    fn in_stanza(&self) -> bool {
+        let header_possible = self.stream == Stream::None && !self.seen_element;
+        match self.open.first() {
+            Some(&(start, end)) => {
+                !(self.open.len() == 1
+                    && header_possible
+                    && &self.buf[start..end] == b"stream:stream")
+            }
+            // The root's name is still being read: a stanza unless it may yet be the header.
+            None => {
+                self.state == State::StartName
+                    && !(header_possible
+                        && b"stream:stream".starts_with(&self.buf[self.name_start..self.pos]))
+            }
+        }
+    }
+
+    fn begin_skip(&mut self) {
+        let depth = self.open.len();
+        self.skip = Some(Skip {
+            start: self.at(self.item_start),
+            depth,
+            max_depth: depth,
+        });
+        self.open.clear();
+    }
+
+    /// `pos` is past the `>` that closed a skipped stanza.
+    fn end_skip(&mut self, skip: Skip) -> Frame {
+        self.skip = None;
+        self.item_start = self.pos;
+        self.seen_markup = true;
+        self.seen_element = true;
+        Frame::Skipped {
+            bytes: self.at(self.pos) - skip.start,
+            depth: skip.max_depth,
+        }
+    }
+
     fn scan(&mut self) -> Result<Option<Frame>, FrameError> {
         while self.pos < self.buf.len() {
+            // Checked before each step, not after a read: where skipping starts (and so what
+            // is checked before it) must not depend on how the stream was cut into reads.
+            if self.skip.is_none()
+                && self.pos - self.item_start >= self.limits.max_stanza_bytes
+                && self.in_stanza()
+            {
+                self.begin_skip();
+            }
             let b = self.buf[self.pos];
             match self.state {
                 State::Content => {
-                    if self.open.is_empty() {
+                    if self.at_top() {
                         if is_space(b) {
                             self.pos += 1;
                             self.item_start = self.pos;
@@ -321,7 +419,7 @@ impl Framer {
                         // Only the XML declaration, and only as the first thing in the stream.
                         if self.seen_markup || self.at(self.pos) != 1 {
                             return Err(FrameError::ProcessingInstruction {
-                                offset: self.at(self.pos - 1),
+                                offset: self.at(self.pos) - 1,
                             });
                         }
                         self.state = State::DeclTarget { matched: 0 };
@@ -336,9 +434,9 @@ impl Framer {
                     let want = if matched == 0 {
                         match b {
                             b'-' => BangKind::Comment,
-                            b'[' if self.open.is_empty() => {
+                            b'[' if self.at_top() => {
                                 return Err(FrameError::TopLevelText {
-                                    offset: self.at(self.pos - 2),
+                                    offset: self.at(self.pos) - 2,
                                 })
                             }
                             b'[' => BangKind::CData,
@@ -363,7 +461,7 @@ impl Framer {
                             BangKind::CData => State::CData { brackets: 0 },
                             BangKind::Doctype => {
                                 return Err(FrameError::Doctype {
-                                    offset: self.at(self.pos + 1 - 2 - text.len()),
+                                    offset: self.at(self.pos) + 1 - 2 - text.len(),
                                 })
                             }
                         };
@@ -391,7 +489,7 @@ impl Framer {
                             return Err(self.syntax("'--' inside a comment"));
                         }
                         self.state = State::Content;
-                        if self.open.is_empty() {
+                        if self.at_top() {
                             self.pos += 1;
                             self.seen_markup = true;
                             self.check_utf8(self.item_start, self.pos)?;
@@ -456,11 +554,14 @@ impl Framer {
                         if !(is_space(b) || b == b'/' || b == b'>') {
                             return Err(self.syntax("invalid character in element name"));
                         }
-                        self.open.push((self.name_start, self.pos));
-                        if self.open.len() > self.limits.max_depth {
-                            return Err(FrameError::TooDeep {
-                                limit: self.limits.max_depth,
-                            });
+                        if let Some(skip) = &mut self.skip {
+                            skip.depth += 1;
+                            skip.max_depth = skip.max_depth.max(skip.depth);
+                        } else {
+                            self.open.push((self.name_start, self.pos));
+                            if self.open.len() > self.limits.max_depth {
+                                self.begin_skip();
+                            }
                         }
                         match b {
                             b'/' => self.state = State::EmptyEnd,
@@ -617,6 +718,16 @@ impl Framer {
     fn start_tag_done(&mut self, empty: bool) -> Result<Option<Frame>, FrameError> {
         self.pos += 1;
         self.state = State::Content;
+        if let Some(mut skip) = self.skip {
+            if empty {
+                skip.depth -= 1;
+                if skip.depth == 0 {
+                    return Ok(Some(self.end_skip(skip)));
+                }
+            }
+            self.skip = Some(skip);
+            return Ok(None);
+        }
         if self.open.len() == 1 && !self.seen_element && self.stream == Stream::None {
             let (start, end) = self.open[0];
             if &self.buf[start..end] == b"stream:stream" {
@@ -652,6 +763,16 @@ impl Framer {
 
     /// `pos` is on the `>` of an end tag named `buf[name_start..name_end]`.
     fn end_tag_done(&mut self) -> Result<Option<Frame>, FrameError> {
+        if let Some(mut skip) = self.skip {
+            self.pos += 1;
+            self.state = State::Content;
+            skip.depth -= 1;
+            if skip.depth == 0 {
+                return Ok(Some(self.end_skip(skip)));
+            }
+            self.skip = Some(skip);
+            return Ok(None);
+        }
         let (found_start, found_end) = (self.name_start, self.name_end);
         let found = || lossy(&self.buf[found_start..found_end]);
         let tag_offset = self.at(self.name_start - 2);

@@ -36,6 +36,22 @@ pub struct SessionInfo {
     pub session_id: Option<String>,
 }
 
+/// Where one `<snapshot>` stanza is in its snapshot. A module older than pages sends the whole
+/// snapshot in one stanza without these attributes: page 1, last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPage {
+    /// From 1.
+    pub number: u32,
+    pub last: bool,
+}
+
+impl SnapshotPage {
+    pub const WHOLE: SnapshotPage = SnapshotPage {
+        number: 1,
+        last: true,
+    };
+}
+
 /// What the server module reports (module → component).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookEvent {
@@ -74,8 +90,13 @@ pub enum HookEvent {
         message_xml: String,
         carbons: Vec<Jid>,
     },
-    /// All available sessions, sent when the component (re)connects.
-    Snapshot { sessions: Vec<SessionInfo> },
+    /// All available sessions, sent when the component (re)connects, in pages of a bounded
+    /// number of sessions (so no stanza grows with the number of sessions): the snapshot is
+    /// the sessions of pages 1 to the one marked `last`, in order.
+    Snapshot {
+        page: SnapshotPage,
+        sessions: Vec<SessionInfo>,
+    },
     /// The module executed the command that carried this `id` (or had already: it executes one
     /// id once).
     Done { id: String },
@@ -415,9 +436,34 @@ impl HookEvent {
                     carbons,
                 }
             }
-            "snapshot" => HookEvent::Snapshot {
-                sessions: w.hook_content(&el)?.0,
-            },
+            "snapshot" => {
+                let number = match attr(&el.start, "page")?.as_deref() {
+                    None => 1,
+                    Some(text) => {
+                        text.parse::<u32>()
+                            .ok()
+                            .filter(|n| *n >= 1)
+                            .ok_or_else(|| {
+                                HookError::Xml(format!(
+                                    "<snapshot page> must be a number from 1, got {text:?}"
+                                ))
+                            })?
+                    }
+                };
+                let last = match attr(&el.start, "last")?.as_deref() {
+                    None | Some("true") | Some("1") => true,
+                    Some("false") | Some("0") => false,
+                    Some(other) => {
+                        return Err(HookError::Xml(format!(
+                            "<snapshot last> must be a boolean, got {other:?}"
+                        )))
+                    }
+                };
+                HookEvent::Snapshot {
+                    page: SnapshotPage { number, last },
+                    sessions: w.hook_content(&el)?.0,
+                }
+            }
             "account" => HookEvent::Account {
                 jid: bare_jid_attr(&el.start, "jid")?,
                 token: required(&el.start, "token")?,
@@ -485,7 +531,7 @@ impl HookEvent {
                     forwarded(message_xml)?
                 )
             }
-            HookEvent::Snapshot { sessions } => {
+            HookEvent::Snapshot { page, sessions } => {
                 let sessions: String = sessions
                     .iter()
                     .map(|s| {
@@ -497,7 +543,12 @@ impl HookEvent {
                         )
                     })
                     .collect();
-                format!("<snapshot xmlns=\"{NS_HOOK}\">{sessions}</snapshot>")
+                let page = if *page == SnapshotPage::WHOLE {
+                    String::new()
+                } else {
+                    format!(" page=\"{}\" last=\"{}\"", page.number, page.last)
+                };
+                format!("<snapshot xmlns=\"{NS_HOOK}\"{page}>{sessions}</snapshot>")
             }
             HookEvent::Done { id } => {
                 format!("<done xmlns=\"{NS_HOOK}\" id=\"{}\"/>", escape(id.as_str()))
@@ -810,6 +861,7 @@ mod tests {
         assert_eq!(
             HookEvent::parse(&fixture("snapshot"), HOST).unwrap(),
             HookEvent::Snapshot {
+                page: SnapshotPage::WHOLE,
                 sessions: vec![
                     SessionInfo {
                         jid: jid("alice@localhost/phone"),
@@ -826,7 +878,24 @@ mod tests {
         );
         assert_eq!(
             HookEvent::parse(&fixture("snapshot-empty"), HOST).unwrap(),
-            HookEvent::Snapshot { sessions: vec![] }
+            HookEvent::Snapshot {
+                page: SnapshotPage::WHOLE,
+                sessions: vec![]
+            }
+        );
+        assert_eq!(
+            HookEvent::parse(&fixture("snapshot-page"), HOST).unwrap(),
+            HookEvent::Snapshot {
+                page: SnapshotPage {
+                    number: 2,
+                    last: false
+                },
+                sessions: vec![SessionInfo {
+                    jid: jid("carol@localhost/tablet"),
+                    device_id: None,
+                    session_id: Some("kq81Hs0aPz2mXw7e".into()),
+                }]
+            }
         );
         assert_eq!(
             HookCommand::parse(&fixture("deliver"), COMP).unwrap(),
@@ -923,6 +992,7 @@ mod tests {
                 jid: jid("b@localhost"),
             },
             HookEvent::Snapshot {
+                page: SnapshotPage::WHOLE,
                 sessions: vec![
                     SessionInfo {
                         jid: jid("a@localhost/r"),
@@ -936,7 +1006,24 @@ mod tests {
                     },
                 ],
             },
-            HookEvent::Snapshot { sessions: vec![] },
+            HookEvent::Snapshot {
+                page: SnapshotPage::WHOLE,
+                sessions: vec![],
+            },
+            HookEvent::Snapshot {
+                page: SnapshotPage {
+                    number: 7,
+                    last: false,
+                },
+                sessions: vec![],
+            },
+            HookEvent::Snapshot {
+                page: SnapshotPage {
+                    number: 8,
+                    last: true,
+                },
+                sessions: vec![],
+            },
         ];
         for event in events {
             let xml = event.to_xml(HOST, COMP).unwrap();
@@ -1031,7 +1118,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 11, "fixtures in {dir}");
+        assert_eq!(names.len(), 12, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);
