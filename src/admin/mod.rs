@@ -126,6 +126,8 @@ pub fn execute(engine: &mut Engine, request: &Request, origin: Origin) -> Respon
 pub enum AdminError {
     #[error("another readtrack is already serving the admin socket {0}")]
     InUse(PathBuf),
+    #[error("admin socket path {0} is taken by something that is not a socket; move it away or set [admin] socket")]
+    NotASocket(PathBuf),
     #[error("cannot create admin socket {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
     #[error("cannot reach the service at admin socket {path}: {source}")]
@@ -144,7 +146,12 @@ impl AdminSocket {
     /// Binds the socket. A socket file left by a crash (nobody answers) is replaced; one that
     /// answers belongs to a running readtrack and is left alone.
     pub async fn bind(path: &Path) -> Result<AdminSocket, AdminError> {
-        if path.exists() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            // Only a socket is ours to replace: a typo in [admin] socket must not delete the
+            // config or the store it points at.
+            if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+                return Err(AdminError::NotASocket(path.to_path_buf()));
+            }
             if UnixStream::connect(path).await.is_ok() {
                 return Err(AdminError::InUse(path.to_path_buf()));
             }
