@@ -641,3 +641,159 @@ async fn check_beside_a_running_service_reports_it_in_use_and_does_not_probe() {
         .await;
     alice.expect_message(WAIT, |s| is_server_ack(s, "c1")).await;
 }
+
+// ---- packaging ----
+
+fn repo_file(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// `Key=value` settings of the unit, in order (a key may repeat).
+fn unit_settings(unit: &str) -> Vec<(String, String)> {
+    unit.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not Key=value: {l}"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn setting<'a>(settings: &'a [(String, String)], key: &str) -> &'a str {
+    let values: Vec<_> = settings.iter().filter(|(k, _)| k == key).collect();
+    assert_eq!(values.len(), 1, "{key} set {} times", values.len());
+    &values[0].1
+}
+
+/// Where the package puts `source` (from Cargo.toml's `[package.metadata.deb] assets`), as an
+/// absolute path.
+fn installed_path(source: &str) -> String {
+    let manifest: toml::Value = toml::from_str(&repo_file("Cargo.toml")).unwrap();
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .expect("deb assets");
+    let asset = assets
+        .iter()
+        .find(|a| a[0].as_str() == Some(source))
+        .unwrap_or_else(|| panic!("the package does not install {source}"));
+    let target = asset[1].as_str().unwrap();
+    let file = Path::new(source).file_name().unwrap().to_str().unwrap();
+    if target.ends_with('/') {
+        format!("/{target}{file}")
+    } else {
+        format!("/{target}")
+    }
+}
+
+#[test]
+fn the_unit_names_the_paths_the_package_installs() {
+    let settings = unit_settings(&repo_file("contrib/systemd/readtrack.service"));
+    let binary = installed_path("target/release/readtrack");
+    let config = installed_path("contrib/debian/readtrack.toml");
+    assert_eq!(binary, "/usr/bin/readtrack");
+    assert_eq!(config, "/etc/readtrack/readtrack.toml");
+    assert_eq!(
+        setting(&settings, "ExecStart"),
+        format!("{binary} serve --config {config}")
+    );
+    assert_eq!(setting(&settings, "User"), "readtrack");
+    // The packaged config keeps the store and the socket where the unit gives write access.
+    let state = format!("/var/lib/{}/", setting(&settings, "StateDirectory"));
+    let runtime = format!("/run/{}/", setting(&settings, "RuntimeDirectory"));
+    let packaged = readtrack::config::Config::parse(
+        &repo_file("contrib/debian/readtrack.toml"),
+        Path::new(&config),
+    )
+    .expect("the packaged config is valid");
+    assert!(
+        packaged.store_path().starts_with(&state),
+        "{}",
+        packaged.store_path().display()
+    );
+    assert!(
+        packaged.socket_path().starts_with(&runtime),
+        "{}",
+        packaged.socket_path().display()
+    );
+    // The postinst creates the unit's user and the secret file the config names.
+    let postinst = repo_file("contrib/debian/postinst");
+    assert!(postinst.contains("adduser --system --group"), "{postinst}");
+    let secret = packaged.xmpp.secret_file.expect("secret_file");
+    assert!(
+        postinst.contains(&format!("> {}", secret.display())),
+        "{postinst}"
+    );
+    assert!(
+        postinst.contains("#DEBHELPER#")
+            && repo_file("contrib/debian/postrm").contains("#DEBHELPER#")
+    );
+    // The module where the docs tell Prosody's plugin_paths to look.
+    let module = installed_path("contrib/prosody/mod_readtrack.lua");
+    assert_eq!(module, "/usr/share/readtrack/prosody/mod_readtrack.lua");
+    for doc in ["README.md", "docs/operations.md"] {
+        assert!(
+            repo_file(doc).contains("plugin_paths = { \"/usr/share/readtrack/prosody\" }"),
+            "{doc} does not say where the module is"
+        );
+    }
+}
+
+fn systemd_analyze() -> PathBuf {
+    let found = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|dir| Path::new(dir).join("systemd-analyze"))
+        .find(|p| p.is_file());
+    found.expect("`systemd-analyze` not found on PATH: apt-get install -y systemd")
+}
+
+#[test]
+fn systemd_accepts_the_unit_and_rates_its_sandbox_ok() {
+    let analyze = systemd_analyze();
+    let dir = tempfile::tempdir().unwrap();
+    // `verify` wants the ExecStart binary to exist: this build's stands in for /usr/bin's.
+    let unit = repo_file("contrib/systemd/readtrack.service")
+        .replace("/usr/bin/readtrack", binary().to_str().unwrap());
+    let path = dir.path().join("readtrack.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new(&analyze)
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The sandbox, rated offline from the unit file: "OK" is an exposure of 2.0 or less.
+    let root = dir.path().join("root");
+    let units = root.join("lib/systemd/system");
+    std::fs::create_dir_all(&units).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/systemd/readtrack.service"),
+        units.join("readtrack.service"),
+    )
+    .unwrap();
+    let out = Command::new(&analyze)
+        .args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
+        .arg(format!("--root={}", root.display()))
+        .arg("readtrack.service")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exposure above 2.0:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("Overall exposure level for readtrack.service"),
+        "{report}"
+    );
+}
