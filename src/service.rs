@@ -332,21 +332,23 @@ impl Service {
                 };
                 let availability = matches!(input, Input::Available { .. });
                 let held = self.engine.held();
-                match self.engine.handle(input, Millis::now()) {
-                    Ok(out) => {
-                        if let Some(arrived) = arrived {
-                            // The engine holds each 10013 ack until the commit; bounces are
-                            // held only by `tick`, so what this event added is its acks.
-                            for _ in held..self.engine.held() {
-                                self.ack_arrivals.push_back(arrived);
-                            }
-                            if availability && !out.is_empty() {
-                                self.replay_arrivals
-                                    .push((arrived, pending.len() + out.len()));
-                            }
-                        }
-                        pending.extend(out)
+                let result = self.engine.handle(input, Millis::now());
+                if let Some(arrived) = arrived {
+                    // The engine holds each 10013 ack until the commit, even from an input it
+                    // then rejects; bounces are held only by `tick`, so what this event added
+                    // is its acks.
+                    for _ in held..self.engine.held() {
+                        self.ack_arrivals.push_back(arrived);
                     }
+                    if let (true, Ok(out)) = (availability, &result) {
+                        if !out.is_empty() {
+                            self.replay_arrivals
+                                .push((arrived, pending.len() + out.len()));
+                        }
+                    }
+                }
+                match result {
+                    Ok(out) => pending.extend(out),
                     Err(EngineError::Rejected(why)) => {
                         self.stats.rejected_inputs.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("{why}");

@@ -719,6 +719,22 @@ fn the_unit_names_the_paths_the_package_installs() {
         "{}",
         packaged.socket_path().display()
     );
+    // The socket's folder exists from boot (tmpfiles.d), so `check` finds it before a start.
+    assert_eq!(
+        installed_path("contrib/debian/readtrack.tmpfiles"),
+        "/usr/lib/tmpfiles.d/readtrack.conf"
+    );
+    let folder = format!(
+        "d {} 0700 readtrack readtrack",
+        runtime.trim_end_matches('/')
+    );
+    assert!(
+        repo_file("contrib/debian/readtrack.tmpfiles")
+            .lines()
+            .any(|l| l.starts_with(&folder)),
+        "no {folder:?} in the tmpfiles.d entry"
+    );
+    assert_eq!(setting(&settings, "RuntimeDirectoryPreserve"), "yes");
     // The postinst creates the unit's user and the secret file the config names.
     let postinst = repo_file("contrib/debian/postinst");
     assert!(postinst.contains("adduser --system --group"), "{postinst}");
