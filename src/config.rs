@@ -2,6 +2,7 @@
 //! component secret. Unknown keys and bad values are errors that name the key and the line,
 //! because a typo silently falling back to a default is worse than refusing to start.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -62,6 +63,7 @@ pub struct Config {
     pub admin: AdminSection,
     pub log: LogSection,
     pub limits: LimitsSection,
+    pub metrics: MetricsSection,
     /// The file this was read from; relative paths in it are relative to its folder.
     #[serde(skip)]
     pub source: PathBuf,
@@ -227,6 +229,17 @@ impl Default for AdminSection {
     }
 }
 
+/// The OpenMetrics endpoint (`GET /metrics`). Off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// `IP:port` to serve on, e.g. `127.0.0.1:9464`.
+    pub listen: Option<String>,
+    /// The endpoint has no authentication and names the service's load, so an address other
+    /// than loopback must be asked for explicitly.
+    pub allow_remote: bool,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -293,6 +306,7 @@ impl Config {
         if self.limits.max_stanza_depth < 8 {
             return Err(self.invalid("[limits] max_stanza_depth must be at least 8".into()));
         }
+        self.metrics_listen()?;
         Ok(())
     }
 
@@ -302,6 +316,25 @@ impl Config {
             max_stanza_bytes: self.limits.max_stanza_bytes,
             max_depth: self.limits.max_stanza_depth,
         }
+    }
+
+    /// Where the metrics endpoint listens, if it is on. A name (`localhost:9464`) is refused:
+    /// what it resolves to could change under the loopback rule.
+    pub fn metrics_listen(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(listen) = &self.metrics.listen else {
+            return Ok(None);
+        };
+        let addr: SocketAddr = listen.parse().map_err(|_| {
+            self.invalid(format!(
+                "[metrics] listen: {listen:?} is not IP:port (write e.g. \"127.0.0.1:9464\" or \"[::1]:9464\")"
+            ))
+        })?;
+        if !addr.ip().is_loopback() && !self.metrics.allow_remote {
+            return Err(self.invalid(format!(
+                "[metrics] listen: {addr} is not a loopback address; the endpoint has no authentication, so set [metrics] allow_remote = true to serve it there"
+            )));
+        }
+        Ok(Some(addr))
     }
 
     /// The folder relative paths are resolved against.
@@ -501,6 +534,46 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_off_by_default() {
+        assert_eq!(parse("").unwrap().metrics_listen().unwrap(), None);
+    }
+
+    #[test]
+    fn metrics_on_loopback_are_accepted() {
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(
+            c.metrics_listen().unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        let c = parse("[metrics]\nlisten = \"[::1]:9464\"\n").unwrap();
+        assert_eq!(
+            c.metrics_listen().unwrap(),
+            Some("[::1]:9464".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn metrics_on_a_remote_address_need_allow_remote() {
+        let err = parse("[metrics]\nlisten = \"0.0.0.0:9464\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "config /etc/readtrack/readtrack.toml: [metrics] listen: 0.0.0.0:9464 is not a loopback address; the endpoint has no authentication, so set [metrics] allow_remote = true to serve it there");
+        let c = parse("[metrics]\nlisten = \"0.0.0.0:9464\"\nallow_remote = true\n").unwrap();
+        assert_eq!(
+            c.metrics_listen().unwrap(),
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn metrics_listen_must_be_ip_and_port() {
+        let err = parse("[metrics]\nlisten = \"localhost:9464\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "config /etc/readtrack/readtrack.toml: [metrics] listen: \"localhost:9464\" is not IP:port (write e.g. \"127.0.0.1:9464\" or \"[::1]:9464\")");
+    }
+
+    #[test]
     fn secret_from_config_wins() {
         let c = parse("[xmpp]\nsecret = \"s3cret\"\n").unwrap();
         assert_eq!(c.secret().unwrap(), "s3cret");
@@ -540,5 +613,9 @@ mod example {
         assert_eq!(c.devices.expire_after, d.devices.expire_after);
         assert_eq!(c.stanza_limits(), d.stanza_limits());
         assert_eq!(c.xmpp.allow_remote_connect, d.xmpp.allow_remote_connect);
+        assert_eq!(
+            (c.metrics.listen, c.metrics.allow_remote),
+            (d.metrics.listen, d.metrics.allow_remote)
+        );
     }
 }

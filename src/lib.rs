@@ -10,15 +10,19 @@
 //! - [`service`]: the `serve` loop: link events in, engine, group commit, commands out.
 //! - [`admin`]: the admin socket (server, client) and the CLI's tables.
 //! - [`config`]: the `readtrack.toml` settings.
+//! - [`check`]: `readtrack check`, the pre-flight verdicts on config, store, socket and server.
 //! - [`memory`]: process-wide memory settings (transparent huge pages).
 //! - [`warnlimit`]: rate limiting, with counts, of the warnings a peer can trigger.
+//! - [`metrics`]: the OpenMetrics endpoint (`GET /metrics`) and its encoding.
 
 pub mod admin;
+pub mod check;
 pub mod component;
 pub mod config;
 pub mod engine;
 pub mod jid;
 pub mod memory;
+pub mod metrics;
 pub mod service;
 pub mod stanza;
 pub mod store;

@@ -17,6 +17,7 @@ use readtrack::admin::{self, AdminError, AdminSocket, Origin, Request, Response}
 use readtrack::component::{self, ComponentConfig, LinkCounters, Secret};
 use readtrack::config::{Config, LogFormat};
 use readtrack::engine::Engine;
+use readtrack::metrics::{self, http::MetricsServer};
 use readtrack::service::{Retention, Service};
 use readtrack::store::{Store, StoreOptions};
 
@@ -92,6 +93,12 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Checks the config, the store, the admin socket path and the server's component port:
+    /// one OK/FAIL line each; exits 1 if any fails.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(clap::Args)]
@@ -151,6 +158,7 @@ fn main() -> ExitCode {
         Command::Purge { jid, common } => admin(common, Request::Purge { jid }),
         Command::Stats { common } => admin(common, Request::Stats),
         Command::Conversations { jid, common } => admin(common, Request::Conversations { jid }),
+        Command::Check { common } => check(common),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -187,6 +195,7 @@ fn serve(config_path: PathBuf) -> Result<(), Failure> {
     // Before the store is opened (its page table is most of the memory), after logging is up.
     readtrack::memory::no_transparent_huge_pages();
     let secret = Secret::new(config.secret().map_err(usage)?);
+    let metrics_listen = config.metrics_listen().map_err(usage)?;
     let store_path = config.store_path();
     let store = Store::open(
         &store_path,
@@ -225,19 +234,28 @@ fn serve(config_path: PathBuf) -> Result<(), Failure> {
             link_counters.clone(),
         ));
         let (query_tx, query_rx) = mpsc::channel(64);
+        let started = std::time::Instant::now();
         let socket = AdminSocket::bind(&config.socket_path()).await?;
         tracing::info!(socket = %config.socket_path().display(), "admin socket ready");
         tokio::spawn(socket.serve(
-            query_tx,
-            std::time::Instant::now(),
+            query_tx.clone(),
+            started,
             link_counters,
             shutdown_rx.clone(),
         ));
-        let service =
-            Service::new(engine, config.component(), command_tx).with_retention(Retention {
+        let service = Service::new(engine, config.component(), command_tx)
+            .with_retention(Retention {
                 every: config.retention.every,
                 batch: config.retention.batch,
-            });
+            })
+            .timed(metrics_listen.is_some());
+        if let Some(addr) = metrics_listen {
+            let server = MetricsServer::bind(addr).await?;
+            let addr = server.local_addr()?;
+            tracing::info!(%addr, "metrics endpoint ready at http://{addr}/metrics");
+            let source = metrics::http::Source::new(service.stats(), query_tx, started);
+            tokio::spawn(server.serve(source, shutdown_rx.clone()));
+        }
         // The service ends on shutdown, or when the link gives up (its event sender is dropped).
         let engine = service.run(event_rx, query_rx, shutdown_rx).await?;
         engine.close()?;
@@ -289,6 +307,29 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `readtrack check`: every verdict is printed; the status says whether all are OK.
+fn check(common: Common) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(readtrack::check::run(&common.config));
+    if common.json {
+        let value = serde_json::to_value(&report).expect("the report serialises");
+        print!("{}", admin::table::json(&value));
+    } else {
+        print!("{}", report.text());
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        // The lines said it all; `main` prints the message, so it is a summary only.
+        Err(Failure {
+            status: 1,
+            message: "some checks failed".into(),
+        })
+    }
 }
 
 /// A CLI command: asks the running service over the admin socket; when no service answers, opens

@@ -3,16 +3,17 @@
 //! covers every message of the batch, then their acks go out), fires receipt timers, and answers
 //! admin queries. This is where the clock is read; the engine only receives `now`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 use crate::component::LinkEvent;
 use crate::engine::{Engine, EngineError, Input, Output};
 use crate::stanza::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo, SnapshotPage};
-use crate::stanza::{parse_message, write};
+use crate::stanza::{parse_message, write, Outgoing};
 use crate::time::Millis;
 use crate::warnlimit::{self, Warning};
 
@@ -37,6 +38,83 @@ pub struct ServiceStats {
     pub rejected_inputs: AtomicU64,
     pub commands: AtomicU64,
     pub batches: AtomicU64,
+    /// Whether the component link is up.
+    pub connected: AtomicBool,
+    /// Filled only when [`Service::timed`] is on (the metrics endpoint is configured).
+    pub timings: Timings,
+}
+
+/// Durations the loop measures for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Timings {
+    /// One [`Engine::commit`]: the store flush of a batch (group commit).
+    pub commit: Latency,
+    /// From the service taking a message's event off the link's queue to the command stanza
+    /// holding its 10013 ack being handed to the link's writer.
+    pub ack: Latency,
+    /// From the service taking a session's availability off the queue to the last command
+    /// stanza of its replay being handed to the writer; only availabilities that replay.
+    pub replay: Latency,
+}
+
+/// Upper bounds of [`Latency`]'s buckets, in nanoseconds: 100 us to 60 s, about 2.5x apart,
+/// which covers a flush (milliseconds) as well as a replay of thousands of messages (seconds).
+pub const LATENCY_BOUNDS_NANOS: [u64; 18] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+    60_000_000_000,
+];
+
+/// A histogram of durations, lock-free: an observation is a search over 18 bounds and two
+/// relaxed atomic adds, so the service task never waits for a scrape.
+#[derive(Debug, Default)]
+pub struct Latency {
+    /// Observations per bucket (not cumulative); the last one is above every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS_NANOS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+/// A copy of a [`Latency`] at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencySnapshot {
+    pub sum_seconds: f64,
+    /// Observations per bucket, not cumulative; one more than [`LATENCY_BOUNDS_NANOS`].
+    pub buckets: Vec<u64>,
+}
+
+impl Latency {
+    pub fn observe(&self, took: Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            sum_seconds: self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
 }
 
 /// What one hook stanza from the server means to the loop.
@@ -171,6 +249,16 @@ pub struct Service {
     /// Whether the component link is up (between `Connected` and `Disconnected`).
     connected: bool,
     snapshot: SnapshotPages,
+    /// Whether to measure [`Timings`]: off, the loop does not read the clock for them.
+    timed: bool,
+    /// When the event of each 10013 ack now held by the engine was taken off the queue, in the
+    /// order the engine releases the acks.
+    ack_arrivals: VecDeque<Instant>,
+    /// Availabilities that replayed: when each was taken off the queue, and the end of its
+    /// replay in the pending outputs.
+    replay_arrivals: Vec<(Instant, usize)>,
+    /// Arrivals of the acks in the command stanza being filled (kept to reuse its memory).
+    acks_in_stanza: Vec<Instant>,
 }
 
 /// When and how much retention runs.
@@ -201,7 +289,17 @@ impl Service {
             retention: Retention::default(),
             connected: false,
             snapshot: SnapshotPages::default(),
+            timed: false,
+            ack_arrivals: VecDeque::new(),
+            replay_arrivals: Vec::new(),
+            acks_in_stanza: Vec::new(),
         }
+    }
+
+    /// Measures commit, ack and replay times into [`ServiceStats::timings`].
+    pub fn timed(mut self, on: bool) -> Service {
+        self.timed = on;
+        self
     }
 
     pub fn with_retention(mut self, retention: Retention) -> Service {
@@ -290,15 +388,18 @@ impl Service {
             LinkEvent::Connected => {
                 self.connected = true;
                 self.snapshot = SnapshotPages::default();
+                self.stats.connected.store(true, Ordering::Relaxed);
                 tracing::info!(component = %self.component, "connected to the server; waiting for its session snapshot")
             }
             LinkEvent::Disconnected { reason } => {
                 self.connected = false;
+                self.stats.connected.store(false, Ordering::Relaxed);
                 tracing::warn!(%reason, "disconnected from the server; it falls back to its own offline handling")
             }
             LinkEvent::Stanza(stanza) => {
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
                 let now = Millis::now();
+                let arrived = self.timed.then(Instant::now);
                 let input = match self.input(&stanza, now) {
                     Some(FromServer::Input(input)) => *input,
                     Some(FromServer::Done(id)) => {
@@ -328,7 +429,24 @@ impl Service {
                     }
                     None => return Ok(()),
                 };
-                match self.engine.handle(input, now) {
+                let availability = matches!(input, Input::Available { .. });
+                let held = self.engine.held();
+                let result = self.engine.handle(input, now);
+                if let Some(arrived) = arrived {
+                    // The engine holds each 10013 ack until the commit, even from an input it
+                    // then rejects; bounces are held only by `tick`, so what this event added
+                    // is its acks.
+                    for _ in held..self.engine.held() {
+                        self.ack_arrivals.push_back(arrived);
+                    }
+                    if let (true, Ok(out)) = (availability, &result) {
+                        if !out.is_empty() {
+                            self.replay_arrivals
+                                .push((arrived, pending.len() + out.len()));
+                        }
+                    }
+                }
+                match result {
                     Ok(out) => pending.extend(out),
                     Err(EngineError::Rejected(why)) => {
                         self.stats.rejected_inputs.fetch_add(1, Ordering::Relaxed);
@@ -369,11 +487,23 @@ impl Service {
     /// Flushes the store, then sends everything the batch produced, in order, packed into as
     /// few command stanzas as [`CommandBatch`] allows.
     async fn commit(&mut self, pending: &mut Vec<Output>) -> Result<(), ServiceError> {
+        let started = self.timed.then(Instant::now);
         let released = tokio::task::block_in_place(|| self.engine.commit())?;
+        if let Some(started) = started {
+            self.stats.timings.commit.observe(started.elapsed());
+        }
         pending.extend(released);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         let mut batch = CommandBatch::new(&self.component, &self.host);
-        for output in pending.drain(..) {
+        let mut acks_in_stanza = std::mem::take(&mut self.acks_in_stanza);
+        for (index, output) in pending.drain(..).enumerate() {
+            let ack = match &output {
+                Output::SendAsHost {
+                    stanza: Outgoing::ServerAck { .. },
+                    ..
+                } if self.timed => self.ack_arrivals.pop_front(),
+                _ => None,
+            };
             let (command, confirm) = match output {
                 Output::Deliver { to, stanza } => (
                     HookCommand::Deliver {
@@ -397,15 +527,41 @@ impl Service {
                     self.stats.commands.fetch_add(1, Ordering::Relaxed);
                     if let Some(stanza) = batch.push(&element) {
                         self.send_command_stanza(stanza).await;
+                        self.written(index, &mut acks_in_stanza);
                     }
                 }
                 Err(e) => tracing::error!("cannot write command: {e}"),
             }
+            acks_in_stanza.extend(ack);
         }
         if let Some(stanza) = batch.finish() {
             self.send_command_stanza(stanza).await;
         }
+        self.written(usize::MAX, &mut acks_in_stanza);
+        self.acks_in_stanza = acks_in_stanza;
+        // Every held ack was released by this commit; none may be matched with a later one.
+        self.ack_arrivals.clear();
         Ok(())
+    }
+
+    /// The outputs before `upto` are handed to the link: observes the acks among them, and
+    /// the replays that ended there.
+    fn written(&mut self, upto: usize, acks: &mut Vec<Instant>) {
+        if !self.timed {
+            return;
+        }
+        let now = Instant::now();
+        for arrived in acks.drain(..) {
+            self.stats.timings.ack.observe(now - arrived);
+        }
+        let timings = &self.stats.timings;
+        self.replay_arrivals.retain(|&(arrived, end)| {
+            let done = end <= upto;
+            if done {
+                timings.replay.observe(now - arrived);
+            }
+            !done
+        });
     }
 }
 

@@ -15,6 +15,7 @@ mod backoff;
 mod error;
 mod handshake;
 mod link;
+mod probe;
 mod supervisor;
 
 use std::fmt;
@@ -24,6 +25,7 @@ use std::time::Duration;
 pub use backoff::Backoff;
 pub use error::ComponentError;
 pub use handshake::{handshake_digest, stream_header, STREAM_CLOSE};
+pub use probe::probe;
 pub use supervisor::{run, run_with_counters, SHUTDOWN_REASON};
 
 use crate::stanza::Limits;

@@ -6,6 +6,7 @@
 //! [`Store::flush`]. Callers must not tell anyone about a write (the 10013 ack, a bounce) before
 //! the flush that covers it has returned.
 
+mod inspect;
 pub mod keys;
 mod migrate;
 mod pending;
@@ -18,6 +19,7 @@ use std::sync::Mutex;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+pub use inspect::{inspect, StoreState};
 pub use keys::{DeviceNo, IndexHash, Seq, UserId};
 use pending::{Bounds, Merged, Pending, Writes, T, TREES, TREE_NAMES};
 use records::{decode, encode};
