@@ -560,7 +560,8 @@ fn check_fails_when_a_regular_file_blocks_the_socket_path_and_serve_leaves_it() 
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("is taken by something that is not a socket"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("exists and is not a socket; refusing to remove it"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
