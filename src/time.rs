@@ -67,8 +67,29 @@ impl Millis {
 
     /// Parses an XEP-0082 timestamp (`Z` or no offset; fractional seconds optional).
     pub fn parse_rfc3339(text: &str) -> Option<Millis> {
-        let t = humantime::parse_rfc3339_weak(text.trim()).ok()?;
-        Some(Millis(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as u64))
+        let text = text.trim();
+        // XEP-0082 times may carry a numeric offset (`+02:00`); humantime reads UTC only.
+        let (base, offset_ms) = match text.len().checked_sub(6).map(|at| (at, &text[at..])) {
+            Some((at, tail))
+                if text.is_char_boundary(at)
+                    && matches!(tail.as_bytes(), [b'+' | b'-', _, _, b':', _, _]) =>
+            {
+                let hours: i64 = tail[1..3].parse().ok()?;
+                let minutes: i64 = tail[4..6].parse().ok()?;
+                if hours > 23 || minutes > 59 {
+                    return None;
+                }
+                let sign = if tail.starts_with('-') { -1 } else { 1 };
+                (
+                    std::borrow::Cow::Owned(format!("{}Z", &text[..at])),
+                    sign * (hours * 60 + minutes) * 60_000,
+                )
+            }
+            _ => (std::borrow::Cow::Borrowed(text), 0),
+        };
+        let t = humantime::parse_rfc3339_weak(&base).ok()?;
+        let utc = i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()? - offset_ms;
+        u64::try_from(utc).ok().map(Millis)
     }
 }
 
@@ -96,6 +117,29 @@ impl fmt::Display for Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_with_an_offset_is_the_same_instant_in_utc() {
+        let utc = Millis::parse_rfc3339("2002-09-10T21:08:25Z").unwrap();
+        assert_eq!(
+            Millis::parse_rfc3339("2002-09-10T23:08:25+02:00"),
+            Some(utc)
+        );
+        assert_eq!(
+            Millis::parse_rfc3339("2002-09-10T16:38:25.000-04:30"),
+            Some(utc)
+        );
+        assert_eq!(
+            Millis::parse_rfc3339("2002-09-10T21:08:25+00:00"),
+            Some(utc)
+        );
+        assert_eq!(Millis::parse_rfc3339("2002-09-10T21:08:25+24:00"), None);
+        assert_eq!(
+            Millis::parse_rfc3339("1970-01-01T00:00:00+01:00"),
+            None,
+            "before 1970"
+        );
+    }
 
     proptest::proptest! {
         /// The hand-written formatter says what humantime says, up to the end of year 9999
