@@ -65,21 +65,24 @@ impl Millis {
         out.push_str(std::str::from_utf8(&buf).unwrap_or_default());
     }
 
-    /// Parses an XEP-0082 timestamp (`Z` or no offset; fractional seconds optional).
+    /// Parses an XEP-0082 timestamp (`Z`, no offset or a numeric one; fractional seconds
+    /// optional).
     pub fn parse_rfc3339(text: &str) -> Option<Millis> {
         let text = text.trim();
         // XEP-0082 times may carry a numeric offset (`+02:00`); humantime reads UTC only.
-        let (base, offset_ms) = match text.len().checked_sub(6).map(|at| (at, &text[at..])) {
-            Some((at, tail))
-                if text.is_char_boundary(at)
-                    && matches!(tail.as_bytes(), [b'+' | b'-', _, _, b':', _, _]) =>
+        let at = text.len().saturating_sub(6);
+        let tail = text.as_bytes().get(at..).unwrap_or_default();
+        let (base, offset_ms) = match tail {
+            [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2]
+                if [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()) =>
             {
-                let hours: i64 = tail[1..3].parse().ok()?;
-                let minutes: i64 = tail[4..6].parse().ok()?;
+                let digit = |d: &u8| i64::from(d - b'0');
+                let hours = digit(h1) * 10 + digit(h2);
+                let minutes = digit(m1) * 10 + digit(m2);
                 if hours > 23 || minutes > 59 {
                     return None;
                 }
-                let sign = if tail.starts_with('-') { -1 } else { 1 };
+                let sign = if *sign == b'-' { -1 } else { 1 };
                 (
                     std::borrow::Cow::Owned(format!("{}Z", &text[..at])),
                     sign * (hours * 60 + minutes) * 60_000,

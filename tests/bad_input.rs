@@ -631,3 +631,27 @@ fn seed_config() -> readtrack::engine::EngineConfig {
     config.dialect = readtrack::engine::Dialect::Seed;
     config
 }
+
+/// A message the server accepted whose children are not as the XEPs write them (a
+/// `<stanza-id>` without `by`, a `<delay>` no clock can read) is still logged, as it was sent:
+/// readtrack reads only its top element then. Nothing the server accepted is handed back.
+#[test]
+fn a_routed_message_with_odd_children_is_logged_as_it_was_sent() {
+    let mut w = World::new();
+    let odd = "<message xmlns='jabber:client' id='o1' type='chat' from='alice@localhost/phone' \
+               to='bob@localhost'><body>odd</body><stanza-id xmlns='urn:xmpp:sid:0' id='x'/>\
+               <delay xmlns='urn:xmpp:delay' stamp='yesterday'/></message>";
+    w.apply(&routed("bob@localhost", &[], odd)).unwrap();
+    let engine = w.engine.as_mut().unwrap();
+    let store = engine.store();
+    let bob = store
+        .user_id("bob@localhost")
+        .unwrap()
+        .expect("bob is logged");
+    let logged: Vec<_> = store.messages_after(bob, 0).map(|m| m.unwrap()).collect();
+    assert_eq!(logged.len(), 1);
+    assert!(logged[0]
+        .stanza
+        .contains("<delay xmlns='urn:xmpp:delay' stamp='yesterday'/>"));
+    assert_eq!(engine.counters().given_back, 0);
+}
