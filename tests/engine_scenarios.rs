@@ -826,9 +826,34 @@ fn snapshot_replays_to_a_device_that_reconnected_while_readtrack_was_away() {
         w.connect("bob@example.com/phone");
         let out = w.snapshot(&["bob@example.com/phone"]);
         assert_eq!(replayed_ids(&out), ["m1"]);
-        // The new connection is now the one that continues: the next snapshot sends nothing twice.
+        // The same connection at the next reconnect: the replay is sent again while unacked
+        // (readtrack cannot know whether its commands reached the server before the link
+        // broke); once the phone acks it, nothing is sent twice.
+        let out = w.snapshot(&["bob@example.com/phone"]);
+        assert_eq!(replayed_ids(&out), ["m1"]);
+        w.client_sends(crs_received("bob@example.com/phone", "m1"));
         let out = w.snapshot(&["bob@example.com/phone"]);
         assert!(replays(&out).is_empty(), "{out:?}");
+    }
+}
+
+/// The crash loop's second loss (CI, seed 1796175484754600584): a device logged in, readtrack
+/// recorded its replay and flushed, and was killed before the replay's commands reached the
+/// server. The snapshot after the restart lists the device on the same connection; the replay
+/// must go again, not count as in flight.
+#[test]
+fn a_replay_cut_by_a_crash_is_sent_again_to_the_same_connection() {
+    for reopen_each_step in [false, true] {
+        let mut w = World::new(reopen_each_step);
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+            &[],
+        );
+        assert_eq!(replayed_ids(&w.online("bob@example.com/phone")), ["m1"]);
+        // The commands are lost with the process; the server's session goes on.
+        w.reopen();
+        let out = w.snapshot(&["bob@example.com/phone"]);
+        assert_eq!(replayed_ids(&out), ["m1"]);
     }
 }
 
@@ -1813,9 +1838,15 @@ fn replay_is_one_range(reopen: bool) {
     let log = w.engine().log("bob@example.com", 3, 2).unwrap();
     let states: Vec<&str> = log.messages.iter().map(|m| m.devices[0].state).collect();
     assert_eq!(states, ["acked", "pending"]);
-    // A reconnect snapshot continues the session: nothing is in flight twice.
+    // A reconnect snapshot continues the session: what the server reported writing live (m11)
+    // is not sent twice; the replay's messages are (their commands may not have reached the
+    // server before the link broke).
     let out = w.snapshot(&["bob@example.com/phone"]);
-    assert!(replays(&out).is_empty());
+    let resent: Vec<String> = (1..=10)
+        .filter(|i| *i != 4)
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(replayed_ids(&out), resent);
     // A new session gets everything unacked again, once.
     w.offline("bob@example.com/phone");
     let again = replayed_ids(&w.online("bob@example.com/phone"));

@@ -105,10 +105,13 @@ impl Engine {
 
     /// Rule 6: a session became available; replay what its device has not acked. `continuing`
     /// (snapshot after a reconnect) keeps the session of a device that was already online in
-    /// this same connection, so what is in flight to it is not sent twice. A connection the
-    /// server names differently (or not at all) is a new session: the device may have
-    /// reconnected with the same resource while readtrack was away, and what was in flight to
-    /// the old connection is lost unless it is replayed.
+    /// this same connection, so what the server reported writing to it live is not sent twice.
+    /// What readtrack's own replay sent it is sent again: the replay was recorded before its
+    /// commands were written, and readtrack cannot know whether they reached the server before
+    /// the link broke (the crash loop lost messages that way). A connection the server names
+    /// differently (or not at all) is a new session: the device may have reconnected with the
+    /// same resource while readtrack was away, and what was in flight to the old connection is
+    /// lost unless it is replayed.
     pub(super) fn available(
         &mut self,
         session: &SessionInfo,
@@ -133,6 +136,8 @@ impl Engine {
             && device.session_id == session.session_id;
         if !(continuing && same_connection) {
             device.session += 1;
+        } else {
+            device.replayed.upto = 0;
         }
         device.session_id = session.session_id.clone();
         if self.resource_speaks_seed(resource) {
