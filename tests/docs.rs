@@ -103,9 +103,9 @@ fn broken_link(doc: &Path, target: &str) -> Option<String> {
     {
         match part {
             Component::ParentDir => {
-                if !resolved.pop() {
+                let true = resolved.pop() else {
                     return Some("it leads outside the repository".into());
-                }
+                };
             }
             Component::Normal(p) => resolved.push(p),
             _ => {}
