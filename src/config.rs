@@ -1,4 +1,4 @@
-//! `readtrack.toml`: the keys of DESIGN.md section 5. Every key has a default except the
+//! `readtrack.toml`: the keys of `readtrack.example.toml`. Every key has a default except the
 //! component secret. Unknown keys and bad values are errors that name the key and the line,
 //! because a typo silently falling back to a default is worse than refusing to start.
 

@@ -5,7 +5,7 @@
 //! - [`time`]: instants as values; the clock is read only at the edges.
 //! - [`stanza`]: sans-IO framing, parsing and writing of stanzas, and the hook vocabulary.
 //! - [`store`]: the only user of sled: key layout, records, durability.
-//! - [`engine`]: the rules (DESIGN.md section 3) as a state machine over the store.
+//! - [`engine`]: the rules (`docs/rules.md`) as a state machine over the store.
 //! - [`component`]: the XEP-0114 connection to the server: handshake, reconnect, shutdown.
 //! - [`service`]: the `serve` loop: link events in, engine, group commit, commands out.
 //! - [`admin`]: the admin socket (server, client) and the CLI's tables.

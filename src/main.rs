@@ -1,7 +1,7 @@
 //! `readtrack`: the service (`serve`) and the operator CLI.
 
 /// mimalloc (the default feature) instead of the system allocator: with glibc's, a replay of the
-/// same 10k messages took 4x longer among 1M logged than among 10k (README "Performance").
+/// same 10k messages took 4x longer among 1M logged than among 10k (docs/performance.md).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

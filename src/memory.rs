@@ -4,7 +4,7 @@
 /// Turns transparent huge pages off for this process. mimalloc (the default allocator) backs
 /// each thread's heap with 2 MiB huge pages when the kernel allows them, which nearly tripled the
 /// RSS of a small store (100k messages: 62 MiB with them, 28 MiB without) and made nothing
-/// measurably faster (README "Performance"). Applies to existing mappings from their next fault.
+/// measurably faster (docs/performance.md). Applies to existing mappings from their next fault.
 pub fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     {

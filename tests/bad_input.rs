@@ -386,7 +386,7 @@ fn sent(message: &str) -> String {
     )
 }
 
-/// Seed receipt as a client sends it to the server (seed-protocol.md).
+/// Seed receipt as a client sends it to the server (docs/protocol.md).
 fn seed_receipt(from: &str, id: Option<&str>) -> String {
     let id = id.map(|i| format!(" id='{i}'")).unwrap_or_default();
     format!("<message xmlns='jabber:client' type='crs'{id} from='{from}' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>")

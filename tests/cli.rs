@@ -119,14 +119,14 @@ struct Views {
 
 /// Checks every read-only view of bob against the scenario's exact values; returns them as text.
 fn check_views(rt: &Readtrack) -> Views {
-    // cursors --json: DESIGN.md section 5, key for key, in that order. What the devices acked:
-    // phone acked m1 and m2 and holds m3 unacked; laptop acked m1 and went away.
+    // cursors --json: the shape docs/cli.md documents, key for key, in that order. What the devices
+    // acked: phone acked m1 and m2 and holds m3 unacked; laptop acked m1 and went away.
     let cursors_json = ok(rt, &["cursors", "bob@localhost", "--json"]);
     let c: Value = serde_json::from_str(&cursors_json).unwrap();
     let phone_seen = time_of(&c["devices"][0]["last_seen"]);
     let laptop_seen = time_of(&c["devices"][1]["last_seen"]);
     let conversation_time = time_of(&c["conversations"][0]["last_time"]);
-    // DESIGN.md's shape, extended (never renamed) with unread per conversation.
+    // The documented shape, extended (never renamed) with unread per conversation.
     assert_eq!(
         c,
         json!({"user": "bob@localhost", "head": 3, "devices": [
@@ -176,7 +176,7 @@ fn check_views(rt: &Readtrack) -> Views {
 }}
 "#
         ),
-        "cursors --json prints the keys in the order of DESIGN.md section 5"
+        "cursors --json prints the keys in the order docs/cli.md documents"
     );
     let cursors_table = ok(rt, &["cursors", "bob@localhost"]);
     assert_eq!(

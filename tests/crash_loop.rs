@@ -1,7 +1,7 @@
-//! Crash loop: the real `readtrack serve` beside a real Prosody under a steady message load,
-//! killed with SIGKILL at seeded random moments and started again, many times. At the end the
-//! run is judged from the clients' side against the promise of the 10013 ack (DESIGN.md rule 9
-//! and section 7):
+//! Crash loop: the real `readtrack serve` beside a real Prosody under a steady message load, killed
+//! with SIGKILL at seeded random moments and started again, many times. At the end the run is
+//! judged from the clients' side against the promise of the 10013 ack (`at-least-once` and
+//! `bounce-on-timeout` in docs/rules.md):
 //!
 //! - every message whose sender got a 10013 ack reached every device of its recipient at least
 //!   once, live or replayed, somewhere in the run;
@@ -240,8 +240,8 @@ impl CrashLoop {
                 run.connect(d).await;
             }
         }
-        // Every device must be known before the first message: a device seen for the first
-        // time later would start from the history window (rule 7), not from the beginning.
+        // Every device must be known before the first message: a device seen for the first time
+        // later would start from the history window (`new-device-start`), not from the beginning.
         let deadline = Instant::now() + WAIT;
         for r in 0..RECIPIENTS {
             let user = bare(&recipient_name(r));

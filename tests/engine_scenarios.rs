@@ -17,7 +17,7 @@ fn jid(s: &str) -> Jid {
     Jid::parse(s).unwrap()
 }
 
-/// A chat message as a client sends it (seed-protocol.md section 1).
+/// A chat message as a client sends it (docs/protocol.md, the seed dialect).
 fn chat(from: &str, to: &str, id: &str, body: &str) -> Message {
     let mut m = Message::new(MessageType::Chat);
     m.id = Some(id.into());
@@ -586,7 +586,7 @@ scenario!(
     |reopen| {
         let mut w = World::with(reopen, |c| c.policy = ReceiptPolicy::System);
         w.online("carol@example.com/phone");
-        // seed-protocol.md section 4: from the domain itself, no type.
+        // docs/protocol.md, system messages: from the domain itself, no type.
         let mut system = Message::new(MessageType::Normal);
         system.id = Some("gJE6T-2".into());
         system.from = Some(jid("example.com"));
@@ -938,7 +938,8 @@ fn inputs_for_other_domains_are_rejected_without_change() {
     assert_eq!(w.engine().store().user_count(), 0);
 }
 
-/// Rule 6: replay work is proportional to what is unread, not to what is stored.
+/// `replay-on-available` (docs/rules.md): replay work is proportional to what is unread, not to
+/// what is stored.
 #[test]
 fn replay_reads_only_what_is_unread() {
     let mut w = World::with(false, |c| c.policy = ReceiptPolicy::None);
@@ -995,14 +996,15 @@ fn fixture(name: &str) -> Message {
     readtrack::stanza::parse_message(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// The wire examples of seed-protocol.md, parsed from the fixtures, drive the engine; what it
+/// The wire examples of docs/protocol.md, parsed from the fixtures, drive the engine; what it
 /// writes parses back to the dialect's shapes.
 #[test]
 fn seed_protocol_wire_examples_drive_the_engine() {
     use readtrack::stanza::{parse_message, write};
     let mut w = World::with(false, |c| c.device_key = DeviceKeyRule::AfterHash);
 
-    // Section 1: A's chat to B's Spark, written live; the ack; B's receipt (both status forms).
+    // Chat and server ack: A's chat to B's Spark, written live; the ack; B's receipt (both
+    // status forms).
     let chat = fixture("seed-chat.xml");
     let out = w.route(chat.clone(), &["bob@example.com/Spark 2.6.3"]);
     let ack = out.iter().find_map(|o| match o {
@@ -1023,7 +1025,8 @@ fn seed_protocol_wire_examples_drive_the_engine() {
     w.client_sends(fixture("seed-receipt-attr.xml"));
     assert_eq!(w.engine().counters().receipts_duplicate, 1);
 
-    // Section 3: B's android was never online; A's message waits, then is replayed with the marker.
+    // Offline replay: B's android was never online; A's message waits, then is replayed with
+    // the marker.
     let mut later = chat.clone();
     later.id = Some("HncqL-65".into());
     w.route(later, &[]);
@@ -1050,7 +1053,7 @@ fn seed_protocol_wire_examples_drive_the_engine() {
     let android = w.device("bob@example.com", "android");
     assert_eq!((android.acked_upto, android.acked_above), (0, vec![2]));
 
-    // Section 4: the system message and its type="200" receipt.
+    // System messages: the system message and its type="200" receipt.
     w.online("carol@example.com/phone");
     w.route(
         fixture("seed-system-message.xml"),
@@ -1059,11 +1062,12 @@ fn seed_protocol_wire_examples_drive_the_engine() {
     w.client_sends(fixture("seed-system-receipt.xml"));
     assert_eq!(w.device("carol@example.com", "phone").acked_upto, 1);
 
-    // Section 2: nothing acked the Spark... except V4NkR-38; HncqL-65 was acked by android: no bounce.
+    // Delay bounce: nothing acked the Spark... except V4NkR-38; HncqL-65 was acked by android:
+    // no bounce.
     assert!(bounces(&w.advance(Duration::from_secs(10))).is_empty());
 }
 
-// ---- Read state, sent-message sync, retention, limits (rules 3, 8, 10) ----
+// ---- Read state, sent-message sync, retention, limits (docs/rules.md) ----
 
 fn displayed(from: &str, to: &str, id: &str) -> Message {
     let mut m = Message::new(MessageType::Chat);
@@ -1630,7 +1634,7 @@ fn replay_and_timers_are_bounded_by_configuration() {
     );
 }
 
-/// Rule 10 over time: under steady traffic that every device reads, retention keeps the log at
+/// `retention` over time: under steady traffic that every device reads, retention keeps the log at
 /// the history window (plus at most one pass of slack), whatever the volume.
 #[test]
 fn store_stays_bounded_under_steady_traffic_with_retention() {

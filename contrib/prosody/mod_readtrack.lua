@@ -54,7 +54,7 @@ end
 
 -- Events are written as text straight to the component's stream: they are addressed to it
 -- alone, and routing each through Prosody (core_post_stanza, mod_component) as a stanza object
--- cost more than everything else the module does (see README "Performance"). The bytes are
+-- cost more than everything else the module does (see docs/performance.md). The bytes are
 -- what Prosody's routing wrote: <message from=HOST to=COMPONENT> with no namespace.
 local event_open = "<message from='" .. xml_escape(host) .. "' to='" .. xml_escape(component) .. "'>";
 

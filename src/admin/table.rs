@@ -78,7 +78,7 @@ fn conversations(answer: &Value) -> String {
 }
 
 /// `--json` output. Keys keep the order of the views' fields (serde_json's `preserve_order`),
-/// which is the order of DESIGN.md section 5.
+/// which is the order `docs/cli.md` documents.
 pub fn json(answer: &Value) -> String {
     serde_json::to_string_pretty(answer).expect("JSON values serialise") + "\n"
 }

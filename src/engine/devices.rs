@@ -1,4 +1,4 @@
-//! Device lifecycle and replay (rules 6 and 7).
+//! Device lifecycle and replay (`replay-on-available`, `new-device-start` in `docs/rules.md`).
 
 use std::collections::HashSet;
 
@@ -45,10 +45,11 @@ impl Engine {
         }
     }
 
-    /// Rule 7: a new device starts at the lower of two points: the user's undelivered point
-    /// (every message no device of the user has acked is replayed to it, so a user's first
-    /// device after an absence gets everything that was acked to its senders) and the history
-    /// window (the last `history` messages, none older than `history_max_age`), as context.
+    /// `new-device-start` (`docs/rules.md`): a new device starts at the lower of two points: the
+    /// user's undelivered point (every message no device of the user has acked is replayed to it,
+    /// so a user's first device after an absence gets everything that was acked to its senders) and
+    /// the history window (the last `history` messages, none older than `history_max_age`), as
+    /// context.
     fn new_device(
         &self,
         user: UserId,
@@ -103,7 +104,7 @@ impl Engine {
         Ok(point)
     }
 
-    /// Rule 6: a session became available; replay what its device has not acked. `continuing`
+    /// `replay-on-available` (`docs/rules.md`): a session became available; replay what its device has not acked. `continuing`
     /// (snapshot after a reconnect) keeps the session of a device that was already online in
     /// this same connection, so what the server reported writing to it live is not sent twice.
     /// What readtrack's own replay sent it is sent again: the replay was recorded before its
@@ -194,7 +195,7 @@ impl Engine {
                 break;
             }
             let stanza = if m.sent {
-                // Rule 8: the user's own message, sent from another device.
+                // `sent-sync`: the user's own message, sent from another device.
                 acked_by_writing.push(m.seq);
                 let mut inner = self.replay_stanza(m, to, &bare, now, false);
                 inner.request_receipt = false;
@@ -229,10 +230,10 @@ impl Engine {
         Ok(out)
     }
 
-    /// Rule 6: the logged stanza for one device, with its markers: the seed's offline marker
-    /// (devices that speak it), a XEP-0203 delay, the XEP-0359 id (the archive's where the
-    /// server archived it, so a client that also catches up through MAM sees one message), and
-    /// a receipt request where a receipt acks it.
+    /// `replay-on-available`: the logged stanza for one device, with its markers: the seed's
+    /// offline marker (devices that speak it), a XEP-0203 delay, the XEP-0359 id (the archive's
+    /// where the server archived it, so a client that also catches up through MAM sees one
+    /// message), and a receipt request where a receipt acks it.
     fn replay_stanza(
         &self,
         m: MessageRecord,

@@ -1,4 +1,4 @@
-//! The rules of DESIGN.md section 3 as a state machine over the [`Store`].
+//! The rules of `docs/rules.md` as a state machine over the [`Store`].
 //!
 //! Inputs are events from the XMPP server ([`Input`]) and the passing of time ([`Engine::tick`]);
 //! outputs are stanzas to write ([`Output`]). The engine never reads the clock (every call takes
@@ -396,17 +396,17 @@ impl Engine {
         }
     }
 
-    /// Rule 9: a message for an offline user that readtrack cannot log goes back to the
-    /// server's own offline storage (counted and logged), never dropped.
+    /// `at-least-once` (`docs/rules.md`): a message for an offline user that readtrack cannot log
+    /// goes back to the server's own offline storage (counted and logged), never dropped.
     pub fn give_back(&mut self, why: &str, to: Jid, stanza_xml: String) -> Output {
         self.counters.given_back += 1;
         tracing::warn!(recipient = %to, "{why}; handed back to the server's offline storage");
         Output::StoreOffline { to, stanza_xml }
     }
 
-    /// Rule 10 (account lifecycle): the token the server keeps for an account. A user readtrack
-    /// knows under another token is a new account with an old name: the old one's data goes
-    /// first. A user known without a token (logged before tokens, or by an older store) adopts
+    /// `account-lifecycle` (`docs/rules.md`): the token the server keeps for an account. A user
+    /// readtrack knows under another token is a new account with an old name: the old one's data
+    /// goes first. A user known without a token (logged before tokens, or by an older store) adopts
     /// it.
     fn account(&mut self, user: &Jid, token: &str) -> Result<Vec<Output>> {
         let user = self.local_user(user, "account")?.bare_string();

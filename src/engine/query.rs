@@ -8,13 +8,13 @@ use crate::jid::Jid;
 use crate::store::{DeviceNo, DeviceRecord, MessageRecord, ReceiptState, Seq, UserId};
 use crate::time::Millis;
 
-/// `readtrack cursors --json`: DESIGN.md section 5 (fields may be added, never renamed).
+/// `readtrack cursors --json`, as `docs/cli.md` documents it (fields may be added, never renamed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserCursors {
     pub user: String,
     pub head: u64,
     pub devices: Vec<DeviceCursor>,
-    /// Added to the DESIGN.md shape: unread per conversation, like an inbox.
+    /// Added to the documented shape: unread per conversation, like an inbox.
     pub conversations: Vec<ConversationView>,
 }
 

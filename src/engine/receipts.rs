@@ -1,4 +1,6 @@
-//! Logging, receipts and receipt timers (rules 1-5, 9, 11).
+//! Logging, receipts and receipt timers (`tracked-messages`, `log-before-ack`, `device-receipts`,
+//! `acked-by-writing`, `read-state`, `receipt-from-recipient-only`, `bounce-on-timeout`,
+//! `sent-sync`, `dialects` in `docs/rules.md`).
 
 use super::{Dialect, Engine, EngineError, Output, ReceiptPolicy, Result, Routed};
 use crate::jid::Jid;
@@ -19,8 +21,8 @@ impl Engine {
             })
     }
 
-    /// Rule 1 (tracked messages): a chat or normal message the server's archive would keep
-    /// (mod_mam's `should_store`: see [`Class::archivable`]), or any message from a system
+    /// `tracked-messages` (`docs/rules.md`): a chat or normal message the server's archive would
+    /// keep (mod_mam's `should_store`: see [`Class::archivable`]), or any message from a system
     /// sender. readtrack's own crs acks, errors, headlines and groupchat are never logged.
     fn is_loggable(message: &Message, class: &Class, system: bool) -> bool {
         let kind_ok = matches!(message.kind, MessageType::Chat | MessageType::Normal);
@@ -61,7 +63,7 @@ impl Engine {
         })
     }
 
-    /// Rule 11: a resource the configured seed clients bind.
+    /// `dialects` (`docs/rules.md`): a resource the configured seed clients bind.
     pub(super) fn resource_speaks_seed(&self, resource: &str) -> bool {
         self.config
             .seed_resources
@@ -218,7 +220,7 @@ impl Engine {
         Ok(Vec::new())
     }
 
-    /// Rule 11 (`auto`): a device that sent a seed stanza speaks the seed from now on.
+    /// `dialects` (`auto`): a device that sent a seed stanza speaks the seed from now on.
     fn learn_seed(&mut self, from: &Jid, resource: &str, now: Millis) -> Result<()> {
         let user = self.store.ensure_user(&from.bare_string())?;
         let (no, mut device) = self.device_for(user, resource, None, now)?;
@@ -230,9 +232,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Rule 8: what a user sends from one device is logged in the user's own log, acked for that
-    /// device at once (and for the devices that got its carbon), and replayed to the user's
-    /// other devices as a `<sent>` carbon.
+    /// `sent-sync` (`docs/rules.md`): what a user sends from one device is logged in the user's own
+    /// log, acked for that device at once (and for the devices that got its carbon), and replayed
+    /// to the user's other devices as a `<sent>` carbon.
     fn log_sent(
         &mut self,
         routed: &Routed<'_>,
@@ -314,8 +316,9 @@ impl Engine {
         Ok((None, named))
     }
 
-    /// Rules 3 and 4: a receipt acks one message for the device that sent it. It is looked up
-    /// only in the sender's own log, so a receipt from another user's device finds nothing.
+    /// `device-receipts`, `receipt-from-recipient-only` (`docs/rules.md`): a receipt acks one
+    /// message for the device that sent it. It is looked up only in the sender's own log, so a
+    /// receipt from another user's device finds nothing.
     fn receipt(
         &mut self,
         from: &Jid,
@@ -440,8 +443,8 @@ impl Engine {
         }
     }
 
-    /// Rule 5: a message that needed a receipt and got none in time is bounced to its sender
-    /// (seed dialect). It stays logged and unread.
+    /// `bounce-on-timeout` (`docs/rules.md`): a message that needed a receipt and got none in time
+    /// is bounced to its sender (seed dialect). It stays logged and unread.
     pub(super) fn fire_timers(&mut self, now: Millis) -> Result<()> {
         for timer in self.store.due_timers(now.0, self.config.timers_per_tick)? {
             let message = self.store.message(timer.user, timer.seq)?;

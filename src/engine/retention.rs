@@ -1,5 +1,5 @@
-//! Rule 10: retention and device expiry, in bounded batches so message handling never waits
-//! long behind it.
+//! `retention` (`docs/rules.md`): retention and device expiry, in bounded batches so message
+//! handling never waits long behind it.
 //!
 //! A message is deleted when every live device of its user has acked it (and the user has one)
 //! and it lies outside the history window (by count and by age), or when it is older than

@@ -262,13 +262,13 @@ async def carbon_sent(env):
     await expect_once(alice, "carb-2", "from bob")
     await expect_once(laptop, "carb-2", "as a sent carbon", kinds=("sent-carbon",))
     await laptop.close()
-    # Sent after carb-2 while the laptop was away: replayed to it (rule 8) after any replay of
-    # carb-2, so once it is there, carb-2 is not on its way.
+    # Sent after carb-2 while the laptop was away: replayed to it (`sent-sync`, docs/rules.md) after
+    # any replay of carb-2, so once it is there, carb-2 is not on its way.
     await send_all(phone, [chat(env.bare("alice"), "carb-ctl", "sent while the laptop was away")])
     again = await with_carbons(env, "laptop")
     await expect_once(again, "carb-ctl", "as a sent carbon: it missed it", kinds=("sent-carbon",))
     expect_none(again, ["carb-2"], "the laptop had it as a sent carbon before it reconnected")
-    # The message is in bob's log all the same: a device bob has never used gets it (rule 8).
+    # The message is in bob's log all the same: a device bob has never used gets it (`sent-sync`).
     tablet = await with_carbons(env, "tablet")
     await expect_once(tablet, "carb-2", "as a sent carbon, new device", kinds=("sent-carbon",))
 
