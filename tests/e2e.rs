@@ -276,3 +276,50 @@ async fn xep_dialect_with_standard_receipts() {
         "{seen:?}"
     );
 }
+
+/// An IDNA domain: Prosody serves a VirtualHost whose name has non-ASCII letters; readtrack
+/// tracks its users as Prosody prepared their JIDs, and the CLI finds them however the operator
+/// writes the name (stringprep's nameprep, as the server applies it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_of_a_domain_with_non_ascii_letters_are_tracked_and_found_as_typed() {
+    let domain = "bücher.example";
+    let p = Prosody::start(ProsodyOpts {
+        domain: domain.into(),
+        component: format!("readtrack.{domain}"),
+        ..ProsodyOpts::default()
+    });
+    p.register("alice", "pw");
+    p.register("bob", "pw");
+    let rt = Readtrack::start(
+        &p,
+        ReadtrackOpts {
+            timeout: "60s",
+            ..ReadtrackOpts::default()
+        },
+    );
+    let mut alice = online(&p, "alice", "Spark").await;
+    alice
+        .send_raw(&format!(
+            "<message id='i1' type='chat' to='bob@{domain}'><body>hallo</body></message>"
+        ))
+        .await;
+    alice
+        .expect_message(WAIT, |s| {
+            has_id(s, "i1") && attr(s, "type").as_deref() == Some("crs")
+        })
+        .await;
+    let mut phone = online(&p, "bob", "phone").await;
+    let got = phone.expect_message(WAIT, |s| has_id(s, "i1")).await;
+    assert!(got.contains("hallo"), "{got}");
+    let out = rt.cli(&["log", "Bob@BÜCHER.Example", "--json"]);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{log}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        log.contains("\"i1\"") && log.contains("bob@bücher.example"),
+        "{log}"
+    );
+}
