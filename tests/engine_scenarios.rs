@@ -2034,6 +2034,7 @@ scenario!(
         assert_eq!(w.engine().counters().devices_evicted, 0);
         // Once one is offline, the next new device makes it go.
         w.offline("bob@example.com/laptop");
+        w.advance(Duration::from_secs(60));
         w.online("bob@example.com/desk");
         assert_eq!(
             w.device_keys("bob@example.com"),
@@ -2258,4 +2259,20 @@ fn a_receipt_for_an_unknown_id_reads_a_bounded_part_of_a_large_backlog() {
     // What is within reach is still found.
     w.client_sends(crs_received("bob@example.com/phone", "p1"));
     assert_eq!(w.device("bob@example.com", "phone").acked_upto, 1);
+}
+
+/// A message routed live to two sessions readtrack has not seen yet creates both devices
+/// (offline: no presence yet); at the device limit the first of them is not taken for an idle
+/// device when the second comes.
+#[test]
+fn devices_created_by_one_event_do_not_evict_each_other() {
+    let mut w = World::with(false, |c| c.max_devices_per_user = 2);
+    w.online("bob@example.com/phone");
+    w.advance(Duration::from_secs(60));
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+        &["bob@example.com/a", "bob@example.com/b"],
+    );
+    assert_eq!(w.device_keys("bob@example.com"), ["a", "b", "phone"]);
+    assert_eq!(w.engine().counters().devices_evicted, 0);
 }

@@ -61,8 +61,8 @@ impl Engine {
         Ok(self.store.put_device(user, no, device)?)
     }
 
-    /// `max_devices_per_user`: the devices idle longest (oldest `last_seen`, offline) are
-    /// forgotten until the new one fits, as if they had expired. A live session is never
+    /// `max_devices_per_user`: the devices idle longest (oldest `last_seen`, offline, not seen
+    /// at `now`) are forgotten until the new one fits, as if they had expired. A live session is never
     /// refused: when every device is online the new one is admitted anyway, with a warning.
     fn make_room_for_device(&mut self, user: UserId, new_key: &str, now: Millis) -> Result<()> {
         let devices = self.store.devices(user)?;
@@ -71,7 +71,12 @@ impl Engine {
             return Ok(());
         }
         let excess = devices.len() + 1 - limit;
-        let mut idle: Vec<_> = devices.into_iter().filter(|(_, d)| !d.online).collect();
+        // A device seen at `now` belongs to the event at hand (a message routed to two new
+        // sessions creates both): it is not idle.
+        let mut idle: Vec<_> = devices
+            .into_iter()
+            .filter(|(_, d)| !d.online && d.last_seen < now.0)
+            .collect();
         idle.sort_by_key(|(no, d)| (d.last_seen, *no));
         let jid = self.store.user(user)?.jid;
         let mut evicted = 0;
