@@ -383,11 +383,11 @@ impl Engine {
             !device.is_acked(m.seq)
         })?;
         let Some(target) = target else {
-            if capped {
+            if named {
+                self.counters.receipts_duplicate += 1;
+            } else if capped {
                 self.counters.receipts_rejected += 1;
                 tracing::debug!(device = %from, id, limit = self.config.max_receipt_scan, "receipt: max_receipt_scan reached without finding the message; ignored");
-            } else if named {
-                self.counters.receipts_duplicate += 1;
             } else {
                 self.counters.receipts_rejected += 1;
                 tracing::info!(device = %from, id, "receipt names no unacked message of this user; ignored");
