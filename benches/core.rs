@@ -296,6 +296,7 @@ fn bench_ingest(c: &mut Criterion) {
         first_seq: 1,
         next_device: 1,
         account: None,
+        log_bytes: 300 << 20,
     });
     let conv = encoded(&ConversationRecord {
         peer: "alice@example.com".into(),

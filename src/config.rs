@@ -191,6 +191,17 @@ pub struct LimitsSection {
     /// Deepest element nesting in one stanza from the component stream (the stanza's root is
     /// 1); a deeper one is skipped and counted.
     pub max_stanza_depth: usize,
+    /// Devices kept per user; a new one past it makes the longest idle offline device go.
+    pub max_devices_per_user: usize,
+    /// Messages in one user's log; past it the oldest history every device acked goes first,
+    /// else the new message goes back to the server's offline storage.
+    pub max_log_messages_per_user: u64,
+    /// Stanza bytes in one user's log; at it, as `max_log_messages_per_user`.
+    pub max_log_bytes_per_user: u64,
+    /// Stanza bytes one login's replay writes; the rest follows at the next login.
+    pub max_replay_bytes: u64,
+    /// Index entries one receipt or marker may examine looking for the message it names.
+    pub max_receipt_scan: usize,
 }
 
 impl Default for LimitsSection {
@@ -201,6 +212,11 @@ impl Default for LimitsSection {
             max_pending_timers: 1_000_000,
             max_stanza_bytes: framer.max_stanza_bytes,
             max_stanza_depth: framer.max_depth,
+            max_devices_per_user: 32,
+            max_log_messages_per_user: 100_000,
+            max_log_bytes_per_user: 256 * 1024 * 1024,
+            max_replay_bytes: 8 * 1024 * 1024,
+            max_receipt_scan: 100_000,
         }
     }
 }
@@ -306,6 +322,20 @@ impl Config {
         if self.limits.max_stanza_depth < 8 {
             return Err(self.invalid("[limits] max_stanza_depth must be at least 8".into()));
         }
+        // Zero would refuse every device, message, replay or receipt: never what is meant.
+        let l = &self.limits;
+        for (key, value) in [
+            ("max_replay", l.max_replay as u64),
+            ("max_devices_per_user", l.max_devices_per_user as u64),
+            ("max_log_messages_per_user", l.max_log_messages_per_user),
+            ("max_log_bytes_per_user", l.max_log_bytes_per_user),
+            ("max_replay_bytes", l.max_replay_bytes),
+            ("max_receipt_scan", l.max_receipt_scan as u64),
+        ] {
+            if value == 0 {
+                return Err(self.invalid(format!("[limits] {key} must be above zero")));
+            }
+        }
         self.metrics_listen()?;
         Ok(())
     }
@@ -402,6 +432,11 @@ impl Config {
         e.retention_max_age = self.retention.max_age;
         e.max_replay = self.limits.max_replay;
         e.max_pending_timers = self.limits.max_pending_timers;
+        e.max_devices_per_user = self.limits.max_devices_per_user;
+        e.max_log_messages_per_user = self.limits.max_log_messages_per_user;
+        e.max_log_bytes_per_user = self.limits.max_log_bytes_per_user;
+        e.max_replay_bytes = self.limits.max_replay_bytes;
+        e.max_receipt_scan = self.limits.max_receipt_scan;
         e
     }
 }
@@ -534,6 +569,56 @@ mod tests {
     }
 
     #[test]
+    fn per_user_limits_have_defaults_and_reach_the_engine() {
+        let e = parse("").unwrap().engine();
+        assert_eq!(
+            (
+                e.max_devices_per_user,
+                e.max_log_messages_per_user,
+                e.max_log_bytes_per_user,
+                e.max_replay_bytes,
+                e.max_receipt_scan
+            ),
+            (32, 100_000, 256 * 1024 * 1024, 8 * 1024 * 1024, 100_000)
+        );
+        let e = parse(
+            "[limits]\nmax_devices_per_user = 4\nmax_log_messages_per_user = 50\nmax_log_bytes_per_user = 9000\nmax_replay_bytes = 7000\nmax_receipt_scan = 64\n",
+        )
+        .unwrap()
+        .engine();
+        assert_eq!(
+            (
+                e.max_devices_per_user,
+                e.max_log_messages_per_user,
+                e.max_log_bytes_per_user,
+                e.max_replay_bytes,
+                e.max_receipt_scan
+            ),
+            (4, 50, 9000, 7000, 64)
+        );
+    }
+
+    #[test]
+    fn a_zero_limit_is_refused_by_name() {
+        for key in [
+            "max_replay",
+            "max_devices_per_user",
+            "max_log_messages_per_user",
+            "max_log_bytes_per_user",
+            "max_replay_bytes",
+            "max_receipt_scan",
+        ] {
+            let err = parse(&format!("[limits]\n{key} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("config /etc/readtrack/readtrack.toml: [limits] {key} must be above zero")
+            );
+        }
+    }
+
+    #[test]
     fn metrics_are_off_by_default() {
         assert_eq!(parse("").unwrap().metrics_listen().unwrap(), None);
     }
@@ -609,6 +694,22 @@ mod example {
         assert_eq!(
             (c.limits.max_replay, c.limits.max_pending_timers),
             (d.limits.max_replay, d.limits.max_pending_timers)
+        );
+        assert_eq!(
+            (
+                c.limits.max_devices_per_user,
+                c.limits.max_log_messages_per_user,
+                c.limits.max_log_bytes_per_user,
+                c.limits.max_replay_bytes,
+                c.limits.max_receipt_scan
+            ),
+            (
+                d.limits.max_devices_per_user,
+                d.limits.max_log_messages_per_user,
+                d.limits.max_log_bytes_per_user,
+                d.limits.max_replay_bytes,
+                d.limits.max_receipt_scan
+            )
         );
         assert_eq!(c.devices.expire_after, d.devices.expire_after);
         assert_eq!(c.stanza_limits(), d.stanza_limits());

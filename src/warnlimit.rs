@@ -36,10 +36,15 @@ pub enum Warning {
     BounceUnusable,
     /// A session of the reconnect snapshot the engine refused.
     SnapshotSessionRejected,
+    /// A message not logged: its user's log is at `max_log_messages_per_user` or
+    /// `max_log_bytes_per_user` with nothing acked left to delete.
+    LogLimit,
+    /// A new device admitted past `max_devices_per_user`: every device of the user is online.
+    DevicesAllOnline,
 }
 
 impl Warning {
-    pub const ALL: [Warning; 8] = [
+    pub const ALL: [Warning; 10] = [
         Warning::StanzaSkipped,
         Warning::StanzaRejected,
         Warning::InputRejected,
@@ -48,6 +53,8 @@ impl Warning {
         Warning::TimersFull,
         Warning::BounceUnusable,
         Warning::SnapshotSessionRejected,
+        Warning::LogLimit,
+        Warning::DevicesAllOnline,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +67,8 @@ impl Warning {
             Warning::TimersFull => "timers_full",
             Warning::BounceUnusable => "bounce_unusable",
             Warning::SnapshotSessionRejected => "snapshot_session_rejected",
+            Warning::LogLimit => "log_limit",
+            Warning::DevicesAllOnline => "devices_all_online",
         }
     }
 

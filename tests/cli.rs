@@ -305,7 +305,7 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
     let (skipped, suppressed, warnings) = if running {
         let warnings = s["warnings"].clone();
         let kinds = warnings.as_object().expect("warnings by kind");
-        assert_eq!(kinds.len(), 8, "{warnings}");
+        assert_eq!(kinds.len(), 10, "{warnings}");
         for (kind, counts) in kinds {
             assert!(counts["seen"].is_u64(), "{kind}: {counts}");
             assert_eq!(counts["suppressed"], 0, "{kind}: {counts}");
@@ -321,6 +321,7 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
                "receipts_accepted": 3, "receipts_duplicate": 0, "receipts_rejected": 0,
                "messages_deleted": 0, "devices_expired": 0, "replays_truncated": 0,
                "timers_refused": 0, "given_back": 0, "device_key_merges": 0, "users_purged": 0,
+               "devices_evicted": 0, "log_limit_given_back": 0, "sent_not_logged": 0,
                "store_bytes": store_bytes, "stanzas_skipped": skipped,
                "warnings_suppressed": suppressed, "warnings": warnings})
     );
@@ -332,45 +333,48 @@ fn check_stats(rt: &Readtrack, running: bool, devices: u64) {
     } else {
         ("no", |v| v == "-")
     };
-    assert_eq!(lines.len(), 23, "{table}");
-    assert_eq!(lines[0], "STAT                 VALUE");
-    assert_eq!(lines[1], format!("service_running      {yes_no}"));
+    assert_eq!(lines.len(), 26, "{table}");
+    assert_eq!(lines[0], "STAT                  VALUE");
+    assert_eq!(lines[1], format!("service_running       {yes_no}"));
     let uptime_cell = lines[2]
-        .strip_prefix("uptime_secs          ")
+        .strip_prefix("uptime_secs           ")
         .unwrap_or("?");
     assert!(uptime_ok(uptime_cell), "uptime: {table}");
     assert_eq!(
-        lines[3..20],
+        lines[3..23],
         [
-            "users                3".to_string(),
-            format!("devices              {devices}"),
-            "messages             6".to_string(),
-            "pending_timers       1".to_string(),
-            "logged               6".to_string(),
-            "replays              0".to_string(),
-            "bounces              0".to_string(),
-            "receipts_accepted    3".to_string(),
-            "receipts_duplicate   0".to_string(),
-            "receipts_rejected    0".to_string(),
-            "messages_deleted     0".to_string(),
-            "devices_expired      0".to_string(),
-            "replays_truncated    0".to_string(),
-            "timers_refused       0".to_string(),
-            "given_back           0".to_string(),
-            "device_key_merges    0".to_string(),
-            "users_purged         0".to_string(),
+            "users                 3".to_string(),
+            format!("devices               {devices}"),
+            "messages              6".to_string(),
+            "pending_timers        1".to_string(),
+            "logged                6".to_string(),
+            "replays               0".to_string(),
+            "bounces               0".to_string(),
+            "receipts_accepted     3".to_string(),
+            "receipts_duplicate    0".to_string(),
+            "receipts_rejected     0".to_string(),
+            "messages_deleted      0".to_string(),
+            "devices_expired       0".to_string(),
+            "replays_truncated     0".to_string(),
+            "timers_refused        0".to_string(),
+            "given_back            0".to_string(),
+            "device_key_merges     0".to_string(),
+            "users_purged          0".to_string(),
+            "devices_evicted       0".to_string(),
+            "log_limit_given_back  0".to_string(),
+            "sent_not_logged       0".to_string(),
         ]
     );
-    let size_cell = lines[20]
-        .strip_prefix("store_bytes          ")
+    let size_cell = lines[23]
+        .strip_prefix("store_bytes           ")
         .unwrap_or("?");
     assert!(size_cell.parse::<u64>().is_ok(), "store_bytes: {table}");
     let live = if running { "0" } else { "-" };
     assert_eq!(
-        lines[21..],
+        lines[24..],
         [
-            format!("stanzas_skipped      {live}"),
-            format!("warnings_suppressed  {live}"),
+            format!("stanzas_skipped       {live}"),
+            format!("warnings_suppressed   {live}"),
         ]
     );
 }

@@ -1984,3 +1984,330 @@ scenario!(
         assert_eq!(w.logged("carol@example.com"), 1);
     }
 );
+
+// ---- per-user bounds (`[limits]`, issue 14 item 3) ----
+
+impl World {
+    fn device_keys(&mut self, user: &str) -> Vec<String> {
+        let store = self.engine().store();
+        let uid = store.user_id(user).unwrap().expect("user exists");
+        let mut keys: Vec<_> = store
+            .devices(uid)
+            .unwrap()
+            .into_iter()
+            .map(|(_, d)| d.key)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The user's running byte total, checked against the stored log it sums.
+    fn log_bytes(&mut self, user: &str) -> u64 {
+        let store = self.engine().store();
+        let uid = store.user_id(user).unwrap().expect("user exists");
+        let summed: u64 = store
+            .messages_after(uid, 0)
+            .map(|m| m.unwrap().stanza.len() as u64)
+            .sum();
+        let kept = store.user(uid).unwrap().log_bytes;
+        assert_eq!(kept, summed, "the running total matches the stored stanzas");
+        kept
+    }
+}
+
+fn given_back(out: &[Output]) -> Vec<(Jid, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::StoreOffline { to, stanza_xml } => Some((to.clone(), stanza_xml.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+scenario!(
+    past_max_devices_the_device_idle_longest_is_forgotten,
+    past_max_devices_the_device_idle_longest_is_forgotten_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| c.max_devices_per_user = 2);
+        w.online("bob@example.com/phone");
+        w.offline("bob@example.com/phone");
+        w.advance(Duration::from_secs(60));
+        w.online("bob@example.com/laptop");
+        w.offline("bob@example.com/laptop");
+        w.advance(Duration::from_secs(60));
+        w.online("bob@example.com/tablet");
+        assert_eq!(w.device_keys("bob@example.com"), ["laptop", "tablet"]);
+        assert_eq!(w.engine().counters().devices_evicted, 1);
+        // The phone comes back: it is a new device now, and the laptop is the idlest.
+        w.advance(Duration::from_secs(60));
+        w.online("bob@example.com/phone");
+        assert_eq!(w.device_keys("bob@example.com"), ["phone", "tablet"]);
+        assert_eq!(w.engine().counters().devices_evicted, 2);
+        w.reopen();
+        assert_eq!(w.engine().counters().devices_evicted, 2);
+    }
+);
+
+scenario!(
+    a_new_session_is_admitted_past_max_devices_when_every_device_is_online,
+    a_new_session_is_admitted_past_max_devices_when_every_device_is_online_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| c.max_devices_per_user = 2);
+        w.online("bob@example.com/phone");
+        w.online("bob@example.com/laptop");
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+            &[],
+        );
+        // Never refuse a live session: the third device gets its replay like any other.
+        let out = w.online("bob@example.com/tablet");
+        assert_eq!(replayed_ids(&out), ["m1".to_string()]);
+        assert_eq!(
+            w.device_keys("bob@example.com"),
+            ["laptop", "phone", "tablet"]
+        );
+        assert_eq!(w.engine().counters().devices_evicted, 0);
+        // Once one is offline, the next new device makes it go.
+        w.offline("bob@example.com/laptop");
+        w.advance(Duration::from_secs(60));
+        w.online("bob@example.com/desk");
+        assert_eq!(
+            w.device_keys("bob@example.com"),
+            ["desk", "phone", "tablet"]
+        );
+        assert_eq!(w.engine().counters().devices_evicted, 1);
+    }
+);
+
+scenario!(
+    at_max_log_messages_acked_history_goes_first_then_the_message_goes_back_to_the_server,
+    at_max_log_messages_acked_history_goes_first_then_the_message_goes_back_to_the_server_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| {
+            c.max_log_messages_per_user = 3;
+            c.history = 0;
+            c.history_max_age = None;
+        });
+        w.online("bob@example.com/phone");
+        let phone = ["bob@example.com/phone"];
+        for id in ["m1", "m2", "m3"] {
+            w.route(
+                chat("alice@example.com/a", "bob@example.com", id, "x"),
+                &phone,
+            );
+        }
+        w.client_sends(crs_received("bob@example.com/phone", "m1"));
+        w.client_sends(crs_received("bob@example.com/phone", "m2"));
+        // Full: the oldest acked message makes room, one for one.
+        let out = w.route(
+            chat("alice@example.com/a", "bob@example.com", "m4", "x"),
+            &phone,
+        );
+        assert!(given_back(&out).is_empty());
+        assert_eq!(w.logged("bob@example.com"), 3);
+        assert_eq!(w.engine().counters().messages_deleted, 1);
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "m5", "x"),
+            &phone,
+        );
+        assert_eq!(w.engine().counters().messages_deleted, 2);
+        w.log_bytes("bob@example.com");
+        // m3 is the oldest now and nobody acked it: it stays, and m6 goes back to the server
+        // (also when it was written live: that write may not have reached the phone).
+        let out = w.route(
+            chat("alice@example.com/a", "bob@example.com", "m6", "x"),
+            &phone,
+        );
+        let back = given_back(&out);
+        assert_eq!(back.len(), 1, "{out:?}");
+        assert_eq!(back[0].0, jid("bob@example.com"));
+        assert!(back[0].1.contains("id=\"m6\""), "{}", back[0].1);
+        assert_eq!(w.logged("bob@example.com"), 3);
+        assert_eq!(w.engine().counters().log_limit_given_back, 1);
+        assert_eq!(w.engine().counters().given_back, 1);
+        assert_eq!(w.engine().counters().messages_deleted, 2);
+        let bytes = w.log_bytes("bob@example.com");
+        assert!(bytes > 0);
+        // Retention keeps the total right too.
+        for id in ["m3", "m4", "m5"] {
+            w.client_sends(crs_received("bob@example.com/phone", id));
+        }
+        let now = w.now;
+        assert_eq!(w.engine().retain(now, 1_000).unwrap().deleted, 3);
+        w.engine().commit().unwrap();
+        assert_eq!(w.log_bytes("bob@example.com"), 0);
+        w.reopen();
+        assert_eq!(w.engine().counters().log_limit_given_back, 1);
+    }
+);
+
+scenario!(
+    at_max_log_bytes_acked_history_goes_first_and_an_unacked_log_is_never_trimmed,
+    at_max_log_bytes_acked_history_goes_first_and_an_unacked_log_is_never_trimmed_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| c.max_log_bytes_per_user = 2_500);
+        let body = "x".repeat(1_000);
+        w.online("bob@example.com/phone");
+        w.offline("bob@example.com/phone");
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "b1", &body),
+            &[],
+        );
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "b2", &body),
+            &[],
+        );
+        assert!(w.log_bytes("bob@example.com") > 2_000);
+        // No device acked anything: nothing is deleted to make room.
+        let out = w.route(
+            chat("alice@example.com/a", "bob@example.com", "b3", &body),
+            &[],
+        );
+        assert_eq!(given_back(&out).len(), 1);
+        assert_eq!(w.logged("bob@example.com"), 2);
+        // The phone reads b1: it goes to make room for b4.
+        w.online("bob@example.com/phone");
+        w.client_sends(crs_offline("bob@example.com/phone", "b1"));
+        let out = w.route(
+            chat("alice@example.com/a", "bob@example.com", "b4", &body),
+            &["bob@example.com/phone"],
+        );
+        assert!(given_back(&out).is_empty(), "{out:?}");
+        assert_eq!(w.engine().counters().messages_deleted, 1);
+        assert!(w.log_bytes("bob@example.com") <= 2_500);
+        // A message alone over the budget never fits, and costs no history.
+        w.client_sends(crs_received("bob@example.com/phone", "b2"));
+        let big = "y".repeat(3_000);
+        let out = w.route(
+            chat("alice@example.com/a", "bob@example.com", "big", &big),
+            &[],
+        );
+        assert_eq!(given_back(&out).len(), 1);
+        assert_eq!(w.logged("bob@example.com"), 2);
+        assert_eq!(w.engine().counters().log_limit_given_back, 2);
+    }
+);
+
+scenario!(
+    at_the_log_limit_a_users_own_sent_copy_is_not_logged,
+    at_the_log_limit_a_users_own_sent_copy_is_not_logged_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| c.max_log_messages_per_user = 2);
+        // The tablet never acks what alice sends from her phone, so nothing can go.
+        w.online("alice@example.com/phone");
+        w.online("alice@example.com/tablet");
+        w.online("bob@example.com/pc");
+        for id in ["s1", "s2", "s3"] {
+            w.route_sent(
+                chat("alice@example.com/phone", "bob@example.com", id, "x"),
+                &["bob@example.com/pc"],
+            );
+        }
+        assert_eq!(w.logged("alice@example.com"), 2);
+        assert_eq!(w.engine().counters().sent_not_logged, 1);
+        // Bob's log is at its limit as well (nothing acked): s3 goes back to the server.
+        assert_eq!(w.logged("bob@example.com"), 2);
+        assert_eq!(w.engine().counters().log_limit_given_back, 1);
+    }
+);
+
+scenario!(
+    replay_stops_at_max_replay_bytes_and_the_rest_follows_at_the_next_login,
+    replay_stops_at_max_replay_bytes_and_the_rest_follows_at_the_next_login_reopened,
+    |reopen| {
+        let mut w = World::with(reopen, |c| c.max_replay_bytes = 2_500);
+        let body = "x".repeat(1_000);
+        w.online("bob@example.com/phone");
+        w.offline("bob@example.com/phone");
+        for id in ["r1", "r2", "r3"] {
+            w.route(
+                chat("alice@example.com/a", "bob@example.com", id, &body),
+                &[],
+            );
+        }
+        let big = "y".repeat(4_000);
+        w.route(
+            chat("alice@example.com/a", "bob@example.com", "r4", &big),
+            &[],
+        );
+        let out = w.online("bob@example.com/phone");
+        assert_eq!(replayed_ids(&out), ["r1".to_string(), "r2".to_string()]);
+        assert_eq!(w.engine().counters().replays_truncated, 1);
+        for id in ["r1", "r2"] {
+            w.client_sends(crs_offline("bob@example.com/phone", id));
+        }
+        w.offline("bob@example.com/phone");
+        // r3 fits, r4 would pass the budget: next time.
+        let out = w.online("bob@example.com/phone");
+        assert_eq!(replayed_ids(&out), ["r3".to_string()]);
+        w.client_sends(crs_offline("bob@example.com/phone", "r3"));
+        w.offline("bob@example.com/phone");
+        // A message larger than the whole budget still goes, alone.
+        let out = w.online("bob@example.com/phone");
+        assert_eq!(replayed_ids(&out), ["r4".to_string()]);
+        assert_eq!(w.engine().counters().replays_truncated, 2);
+    }
+);
+
+/// A receipt or marker naming an id that is nowhere examines at most `max_receipt_scan` index
+/// entries (here 320: ten index records), however large the unread backlog, and is rejected.
+#[test]
+fn a_receipt_for_an_unknown_id_reads_a_bounded_part_of_a_large_backlog() {
+    let mut w = World::with(false, |c| {
+        c.max_receipt_scan = 320;
+        c.policy = ReceiptPolicy::None;
+    });
+    w.online("bob@example.com/phone");
+    let total = 2_000; // 63 index records
+    for i in 1..=total {
+        w.route(
+            chat(
+                "alice@example.com/a",
+                "bob@example.com",
+                &format!("p{i}"),
+                "x",
+            ),
+            &["bob@example.com/phone"],
+        );
+    }
+    let rejected = w.engine().counters().receipts_rejected;
+    let before = w.engine().store().records_read();
+    w.client_sends(crs_received(
+        "bob@example.com/phone",
+        "3f9c2a71-unknown-e4b8",
+    ));
+    let read = w.engine().store().records_read() - before;
+    assert!(
+        read <= 16,
+        "a receipt for an unknown id read {read} records"
+    );
+    assert_eq!(w.engine().counters().receipts_rejected, rejected + 1);
+    let before = w.engine().store().records_read();
+    w.client_sends(displayed(
+        "bob@example.com/phone",
+        "alice@example.com",
+        "7d01-no-such-id",
+    ));
+    let read = w.engine().store().records_read() - before;
+    assert!(read <= 16, "a marker for an unknown id read {read} records");
+    assert_eq!(w.engine().counters().receipts_rejected, rejected + 2);
+    // What is within reach is still found.
+    w.client_sends(crs_received("bob@example.com/phone", "p1"));
+    assert_eq!(w.device("bob@example.com", "phone").acked_upto, 1);
+}
+
+/// A message routed live to two sessions readtrack has not seen yet creates both devices
+/// (offline: no presence yet); at the device limit the first of them is not taken for an idle
+/// device when the second comes.
+#[test]
+fn devices_created_by_one_event_do_not_evict_each_other() {
+    let mut w = World::with(false, |c| c.max_devices_per_user = 2);
+    w.online("bob@example.com/phone");
+    w.advance(Duration::from_secs(60));
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "m1", "x"),
+        &["bob@example.com/a", "bob@example.com/b"],
+    );
+    assert_eq!(w.device_keys("bob@example.com"), ["a", "b", "phone"]);
+    assert_eq!(w.engine().counters().devices_evicted, 0);
+}

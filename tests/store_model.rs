@@ -329,12 +329,24 @@ impl Harness {
                 .map(|(_, m)| m.clone())
                 .collect();
             assert_eq!(logged, modelled);
+            assert_eq!(
+                store.user(*uid).unwrap().log_bytes,
+                modelled.iter().map(|m| m.stanza.len() as u64).sum::<u64>(),
+                "the user's running byte total is the sum of the stored stanzas"
+            );
             let head = self.model.heads[uid];
             for id in IDS {
                 for after in [0, head / 3, head / 2 + 1, head] {
                     let by_id = |newest_first| -> Vec<Seq> {
                         store
-                            .messages_by_msgid(*uid, id, after, newest_first)
+                            .messages_by_msgid(
+                                *uid,
+                                id,
+                                after,
+                                newest_first,
+                                usize::MAX,
+                                &std::cell::Cell::new(0),
+                            )
                             .unwrap()
                             .map(|m| m.unwrap().seq)
                             .collect()
@@ -707,7 +719,7 @@ fn upgrade_keeps_everything(version: u32) {
     {
         let store = Store::open(&path, &StoreOptions::default()).unwrap();
         let by_id: Vec<Seq> = store
-            .messages_by_msgid(uid, "m1", 0, false)
+            .messages_by_msgid(uid, "m1", 0, false, usize::MAX, &std::cell::Cell::new(0))
             .unwrap()
             .map(|m| m.unwrap().seq)
             .collect();
@@ -740,6 +752,11 @@ fn upgrade_keeps_everything(version: u32) {
                 && upgraded.stanza.ends_with("<body>hi</body></message>"),
             "{}",
             upgraded.stanza
+        );
+        assert_eq!(
+            user.log_bytes,
+            upgraded.stanza.len() as u64,
+            "the byte total is summed from the upgraded log"
         );
     }
     let raw = raw_open(&path);
@@ -803,7 +820,14 @@ fn the_index_spans_many_records() {
             for after in [0, 31, 32, 33, 95, 149, 150] {
                 let got = |newest_first| -> Vec<Seq> {
                     store
-                        .messages_by_msgid(uid, id, after, newest_first)
+                        .messages_by_msgid(
+                            uid,
+                            id,
+                            after,
+                            newest_first,
+                            usize::MAX,
+                            &std::cell::Cell::new(0),
+                        )
                         .unwrap()
                         .map(|m| m.unwrap().seq)
                         .collect()

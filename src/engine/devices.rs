@@ -34,15 +34,64 @@ impl Engine {
     /// The number of a device from [`Engine::device_for`], storing it first if it is new (its
     /// record is written again by the caller's atomic update anyway).
     pub(super) fn stored_device(
-        &self,
+        &mut self,
         user: UserId,
         no: Option<DeviceNo>,
         device: &DeviceRecord,
+        now: Millis,
     ) -> Result<DeviceNo> {
         match no {
             Some(no) => Ok(no),
-            None => Ok(self.store.put_device(user, None, device)?),
+            None => self.put_device(user, None, device, now),
         }
+    }
+
+    /// Stores a device record; a new device (`no` is `None`) first makes room for itself under
+    /// `max_devices_per_user`.
+    pub(super) fn put_device(
+        &mut self,
+        user: UserId,
+        no: Option<DeviceNo>,
+        device: &DeviceRecord,
+        now: Millis,
+    ) -> Result<DeviceNo> {
+        if no.is_none() {
+            self.make_room_for_device(user, &device.key, now)?;
+        }
+        Ok(self.store.put_device(user, no, device)?)
+    }
+
+    /// `max_devices_per_user`: the devices idle longest (oldest `last_seen`, offline, not seen
+    /// at `now`) are forgotten until the new one fits, as if they had expired. A live session is never
+    /// refused: when every device is online the new one is admitted anyway, with a warning.
+    fn make_room_for_device(&mut self, user: UserId, new_key: &str, now: Millis) -> Result<()> {
+        let devices = self.store.devices(user)?;
+        let limit = self.config.max_devices_per_user;
+        if devices.len() < limit {
+            return Ok(());
+        }
+        let excess = devices.len() + 1 - limit;
+        // A device seen at `now` belongs to the event at hand (a message routed to two new
+        // sessions creates both): it is not idle.
+        let mut idle: Vec<_> = devices
+            .into_iter()
+            .filter(|(_, d)| !d.online && d.last_seen < now.0)
+            .collect();
+        idle.sort_by_key(|(no, d)| (d.last_seen, *no));
+        let jid = self.store.user(user)?.jid;
+        let mut evicted = 0;
+        for (no, device) in idle.into_iter().take(excess) {
+            self.store.remove_device(user, no)?;
+            self.counters.devices_evicted += 1;
+            evicted += 1;
+            tracing::info!(user = %jid, device = %device.key, last_seen = %Millis(device.last_seen), new = %new_key, limit, "max_devices_per_user reached: the device idle longest is forgotten");
+        }
+        if evicted < excess
+            && crate::warnlimit::admit(crate::warnlimit::Warning::DevicesAllOnline, now)
+        {
+            tracing::warn!(user = %jid, device = %new_key, limit, "max_devices_per_user reached but every device is online; the new device is admitted anyway");
+        }
+        Ok(())
     }
 
     /// `new-device-start` (`docs/rules.md`): a new device starts at the lower of two points: the
@@ -147,7 +196,7 @@ impl Engine {
         device.online = true;
         device.resource = resource.to_string();
         device.last_seen = now.0;
-        let no = self.store.put_device(user, no, &device)?;
+        let no = self.put_device(user, no, &device, now)?;
         self.replay(user, no, device, jid, now)
     }
 
@@ -170,6 +219,7 @@ impl Engine {
             Dialect::Auto => device.speaks_seed,
         };
         let mut replayed_upto = None;
+        let mut written_bytes = 0u64;
         // Live writes in this session have a delivery record each (usually a handful): one
         // scan, not a lookup per replayed message.
         let live: HashSet<Seq> = self
@@ -194,6 +244,17 @@ impl Engine {
                 }
                 break;
             }
+            // Far below a server's send buffer (Prosody 13 drops a connection past 32 MiB); a
+            // single message larger than the budget still goes, alone.
+            let size = m.stanza.len() as u64;
+            if !out.is_empty() && written_bytes + size > self.config.max_replay_bytes {
+                self.counters.replays_truncated += 1;
+                if crate::warnlimit::admit(crate::warnlimit::Warning::ReplayCut, now) {
+                    tracing::warn!(device = %to, limit = self.config.max_replay_bytes, "replay cut at max_replay_bytes; the rest follows at the next login");
+                }
+                break;
+            }
+            written_bytes += size;
             let stanza = if m.sent {
                 // `sent-sync`: the user's own message, sent from another device.
                 acked_by_writing.push(m.seq);

@@ -107,6 +107,19 @@ pub struct EngineConfig {
     pub retention_max_age: Duration,
     /// A device unseen this long is forgotten and stops holding messages back.
     pub expire_after: Duration,
+    /// Devices kept per user: a new one past it makes the longest idle offline device go (a
+    /// new session is never refused, even when every device is online).
+    pub max_devices_per_user: usize,
+    /// Messages and stanza bytes in one user's log: at the limit the oldest messages every
+    /// device acked go first; if none can, a received message goes back to the server's
+    /// offline storage and a sent copy is not logged.
+    pub max_log_messages_per_user: u64,
+    pub max_log_bytes_per_user: u64,
+    /// Stanza bytes one login's replay writes (at least one message); the rest follows at the
+    /// next login.
+    pub max_replay_bytes: u64,
+    /// Index entries one receipt or marker may examine; one that reaches it is rejected.
+    pub max_receipt_scan: usize,
 }
 
 impl EngineConfig {
@@ -126,6 +139,11 @@ impl EngineConfig {
             max_pending_timers: 1_000_000,
             retention_max_age: Duration::from_secs(365 * 86_400),
             expire_after: Duration::from_secs(90 * 86_400),
+            max_devices_per_user: 32,
+            max_log_messages_per_user: 100_000,
+            max_log_bytes_per_user: 256 * 1024 * 1024,
+            max_replay_bytes: 8 * 1024 * 1024,
+            max_receipt_scan: 100_000,
         }
     }
 }

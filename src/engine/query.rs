@@ -112,6 +112,13 @@ pub struct StoreStats {
     pub device_key_merges: u64,
     /// Users deleted with all their data (account deleted on the server, or `purge`).
     pub users_purged: u64,
+    /// Devices forgotten to admit a new one past `max_devices_per_user`.
+    pub devices_evicted: u64,
+    /// Received messages handed back to the server's offline storage because the user's log
+    /// was at its limit (also in `given_back`).
+    pub log_limit_given_back: u64,
+    /// Users' own sent copies not logged because their log was at its limit.
+    pub sent_not_logged: u64,
     pub store_bytes: u64,
 }
 
@@ -397,6 +404,9 @@ impl Engine {
             given_back: c.given_back,
             device_key_merges: c.device_key_merges,
             users_purged: c.users_purged,
+            devices_evicted: c.devices_evicted,
+            log_limit_given_back: c.log_limit_given_back,
+            sent_not_logged: c.sent_not_logged,
             store_bytes: self.store.size_on_disk()?,
         })
     }

@@ -105,6 +105,19 @@ impl Engine {
         }
         let seed_sender = self.sender_speaks_seed(&from, system)?;
         let user = self.store.ensure_user(&user_jid)?;
+        if !self.make_room_in_log(user, stored.text.len() as u64)? {
+            // Left where it would have gone without readtrack (even when the server wrote it
+            // live: the write may not have reached the device, and nothing here would replay it).
+            self.counters.log_limit_given_back += 1;
+            self.counters.given_back += 1;
+            if crate::warnlimit::admit(crate::warnlimit::Warning::LogLimit, now) {
+                tracing::warn!(recipient = %to, "the user's log is at its limit with nothing acked to delete; message handed back to the server's offline storage");
+            }
+            return Ok(vec![Output::StoreOffline {
+                to,
+                stanza_xml: routed.xml.to_string(),
+            }]);
+        }
         let mut delivered = Vec::new();
         let mut carbon_devices = Vec::new();
         for (session, carbon) in sessions
@@ -123,7 +136,7 @@ impl Engine {
             };
             let (no, device) = self.device_for(user, resource, None, now)?;
             let session_no = device.session;
-            let no = self.stored_device(user, no, &device)?;
+            let no = self.stored_device(user, no, &device, now)?;
             if carbon || stored.class.signal() {
                 // Nobody receipts a carbon or a receipt: being written is its ack.
                 carbon_devices.push(no);
@@ -227,7 +240,7 @@ impl Engine {
         if !device.speaks_seed {
             device.speaks_seed = true;
             tracing::debug!(device = %from, "device speaks the seed dialect");
-            self.store.put_device(user, no, &device)?;
+            self.put_device(user, no, &device, now)?;
         }
         Ok(())
     }
@@ -256,6 +269,14 @@ impl Engine {
             return Ok(());
         }
         let user = self.store.ensure_user(&user_jid)?;
+        if !self.make_room_in_log(user, stored.text.len() as u64)? {
+            // The user's own copy: the recipient's log and the server's archive are not affected.
+            self.counters.sent_not_logged += 1;
+            if crate::warnlimit::admit(crate::warnlimit::Warning::LogLimit, now) {
+                tracing::warn!(user = %from.to_bare(), "the user's log is at its limit with nothing acked to delete; their sent copy is not logged");
+            }
+            return Ok(());
+        }
         let entry = MessageRecord {
             sent: true,
             to: Some(to.to_string()),
@@ -265,13 +286,13 @@ impl Engine {
         self.counters.messages_logged += 1;
         let (no, mut device) = self.device_for(user, resource, None, now)?;
         device.ack(seq);
-        let no = self.stored_device(user, no, &device)?;
+        let no = self.stored_device(user, no, &device, now)?;
         self.store.apply_ack(user, no, &device, &[], &[])?;
         let mut carbon_devices = Vec::new();
         for session in routed.carbons {
             if let (true, Some(r)) = (session.to_bare() == from.to_bare(), session.resource()) {
                 let (no, device) = self.device_for(user, r, None, now)?;
-                carbon_devices.push(self.stored_device(user, no, &device)?);
+                carbon_devices.push(self.stored_device(user, no, &device, now)?);
             }
         }
         self.ack_written(user, &carbon_devices, seq)?;
@@ -293,11 +314,17 @@ impl Engine {
         after: Seq,
         newest_first: bool,
         fits: impl Fn(&MessageRecord) -> bool,
-    ) -> Result<(Option<MessageRecord>, bool)> {
+    ) -> Result<Named> {
         let sender = to.filter(|t| t.local().is_some()).map(Jid::to_bare);
         let mut named = false;
         let from = after.saturating_sub(RECENT_SLACK);
-        for m in self.store.messages_by_msgid(user, id, from, newest_first)? {
+        // An id that names nothing would otherwise cost the whole unread backlog's index.
+        let examined = std::cell::Cell::new(0);
+        let limit = self.config.max_receipt_scan;
+        for m in self
+            .store
+            .messages_by_msgid(user, id, from, newest_first, limit, &examined)?
+        {
             let m = m?;
             // Receipts and markers acknowledge what the user received, never what they sent.
             if m.sent {
@@ -309,11 +336,19 @@ impl Engine {
                 }
             }
             if fits(&m) {
-                return Ok((Some(m), named));
+                return Ok(Named {
+                    message: Some(m),
+                    named,
+                    capped: false,
+                });
             }
             named = true;
         }
-        Ok((None, named))
+        Ok(Named {
+            message: None,
+            named,
+            capped: examined.get() >= limit,
+        })
     }
 
     /// `device-receipts`, `receipt-from-recipient-only` (`docs/rules.md`): a receipt acks one
@@ -343,12 +378,19 @@ impl Engine {
         let (no, mut device) = self.device_for(user, resource, None, now)?;
         // Two senders may reuse one id: each receipt settles the oldest one this device has not
         // acked. Acks mostly come in order, so the search usually stops at the first record.
-        let (target, named) = self.named_message(user, id, to, device.acked_upto, false, |m| {
+        let Named {
+            message: target,
+            named,
+            capped,
+        } = self.named_message(user, id, to, device.acked_upto, false, |m| {
             !device.is_acked(m.seq)
         })?;
         let Some(target) = target else {
             if named {
                 self.counters.receipts_duplicate += 1;
+            } else if capped {
+                self.counters.receipts_rejected += 1;
+                tracing::debug!(device = %from, id, limit = self.config.max_receipt_scan, "receipt: max_receipt_scan reached without finding the message; ignored");
             } else {
                 self.counters.receipts_rejected += 1;
                 tracing::info!(device = %from, id, "receipt names no unacked message of this user; ignored");
@@ -357,7 +399,7 @@ impl Engine {
         };
         device.ack(target.seq);
         device.last_seen = now.0;
-        let no = self.stored_device(user, no, &device)?;
+        let no = self.stored_device(user, no, &device, now)?;
         let seq = target.seq;
         let settled: Vec<_> = Self::settle(user, target).into_iter().collect();
         self.store.apply_ack(user, no, &device, &[seq], &settled)?;
@@ -391,7 +433,11 @@ impl Engine {
             after = after.min(read_upto);
         }
         // The newest message with that id: markers name what was just read.
-        let Some(target) = self.named_message(user, id, to, after, true, |_| true)?.0 else {
+        // Not found within `max_receipt_scan` entries counts as not found: rejected.
+        let Some(target) = self
+            .named_message(user, id, to, after, true, |_| true)?
+            .message
+        else {
             self.counters.receipts_rejected += 1;
             return Ok(());
         };
@@ -404,7 +450,7 @@ impl Engine {
             return Ok(());
         }
         device.last_seen = now.0;
-        let no = self.stored_device(user, no, &device)?;
+        let no = self.stored_device(user, no, &device, now)?;
         let mut settled = Vec::new();
         for m in self.store.messages_after(user, before) {
             let m = m?;
@@ -526,6 +572,15 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What [`Engine::named_message`] found.
+struct Named {
+    message: Option<MessageRecord>,
+    /// Some message had the id but did not fit.
+    named: bool,
+    /// The search stopped at `max_receipt_scan` index entries.
+    capped: bool,
 }
 
 /// How far below a device's cursor receipts and markers are still looked up (two index

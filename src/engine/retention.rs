@@ -115,3 +115,66 @@ impl Engine {
         Ok(())
     }
 }
+
+/// At most this many acked messages are deleted to make room for one new message, so one
+/// append costs a bounded amount of work even right after the limits were lowered.
+const MAX_DELETED_FOR_ROOM: u64 = 1024;
+
+impl Engine {
+    /// `max_log_messages_per_user` / `max_log_bytes_per_user`: whether a message of `bytes`
+    /// fits in the user's log, after deleting the oldest messages every device of the user has
+    /// acked (history goes first, as retention would, whatever the history window says). A
+    /// message no device has acked is never deleted to make room: then it does not fit.
+    pub(super) fn make_room_in_log(&mut self, user: UserId, bytes: u64) -> Result<bool> {
+        let record = self.store.user(user)?;
+        let (max_count, max_bytes) = (
+            self.config.max_log_messages_per_user,
+            self.config.max_log_bytes_per_user,
+        );
+        let over = |count: u64, total: u64| count + 1 > max_count || total + bytes > max_bytes;
+        let (mut count, mut total) = (record.log_messages(), record.log_bytes);
+        if !over(count, total) {
+            return Ok(true);
+        }
+        if bytes > max_bytes {
+            return Ok(false); // alone over the budget: deleting history cannot help
+        }
+        let devices = self.store.devices(user)?;
+        if devices.is_empty() {
+            return Ok(false); // nothing was acked by anyone
+        }
+        let device_nos: Vec<_> = devices.iter().map(|(no, _)| *no).collect();
+        let mut deleted = 0;
+        let mut first_kept = record.first_seq;
+        for m in self
+            .store
+            .messages_after(user, record.first_seq.saturating_sub(1))
+        {
+            if !over(count, total) || deleted >= MAX_DELETED_FOR_ROOM {
+                break;
+            }
+            let m = m?;
+            if !devices.iter().all(|(_, d)| d.is_acked(m.seq)) {
+                break; // a prefix only: first_seq says what is left
+            }
+            self.store.delete_message(user, &m, &device_nos)?;
+            if m.receipt.timer().is_some() {
+                self.pending_timers = self.pending_timers.saturating_sub(1);
+            }
+            count -= 1;
+            total = total.saturating_sub(m.stanza.len() as u64);
+            deleted += 1;
+            first_kept = m.seq + 1;
+        }
+        if deleted > 0 {
+            for (no, mut device) in devices {
+                if device.ack_upto(first_kept - 1) {
+                    self.store.put_device(user, Some(no), &device)?;
+                }
+            }
+            self.counters.messages_deleted += deleted;
+            tracing::debug!(user = %record.jid, deleted, first_kept, "log limit: acked history deleted to make room");
+        }
+        Ok(!over(count, total))
+    }
+}

@@ -206,6 +206,24 @@ impl prometheus_client::collector::Collector for Collected {
                 "Users deleted with all their data: account deleted on the server, or purge (stats: users_purged).",
                 store.users_purged,
             )?;
+            counter(
+                &mut e,
+                "readtrack_devices_evicted",
+                "Devices forgotten, the longest idle first, to admit a new one past max_devices_per_user (stats: devices_evicted).",
+                store.devices_evicted,
+            )?;
+            counter(
+                &mut e,
+                "readtrack_log_limit_given_back",
+                "Received messages handed back to the server's offline storage: the user's log was at its limit with nothing acked to delete (stats: log_limit_given_back).",
+                store.log_limit_given_back,
+            )?;
+            counter(
+                &mut e,
+                "readtrack_sent_not_logged",
+                "Users' own sent copies not logged: their log was at its limit with nothing acked to delete (stats: sent_not_logged).",
+                store.sent_not_logged,
+            )?;
             gauge(
                 &mut e,
                 "readtrack_users",
@@ -339,6 +357,9 @@ mod tests {
             given_back: 0,
             device_key_merges: 0,
             users_purged: 0,
+            devices_evicted: 7,
+            log_limit_given_back: 11,
+            sent_not_logged: 12,
             store_bytes: 4096,
         }
     }
@@ -349,6 +370,9 @@ mod tests {
         for line in [
             "# TYPE readtrack_messages_logged counter",
             "readtrack_messages_logged_total 5",
+            "readtrack_devices_evicted_total 7",
+            "readtrack_log_limit_given_back_total 11",
+            "readtrack_sent_not_logged_total 12",
             "readtrack_receipts_total{outcome=\"duplicate\"} 9",
             "# TYPE readtrack_store_size_bytes gauge",
             "# UNIT readtrack_store_size_bytes bytes",

@@ -157,6 +157,8 @@ pub(super) fn user_from(from: u32, bytes: &[u8]) -> Result<UserRecord> {
         first_seq: old.first_seq,
         next_device: old.next_device,
         account: None,
+        // Summed from the log while the upgrade copies it (`Store::upgrade_into`).
+        log_bytes: 0,
     })
 }
 
@@ -195,6 +197,9 @@ pub(super) fn counters_from(from: u32, bytes: &[u8]) -> Result<Vec<u8>> {
         given_back: 0,
         device_key_merges: 0,
         users_purged: 0,
+        devices_evicted: 0,
+        log_limit_given_back: 0,
+        sent_not_logged: 0,
     })
 }
 

@@ -326,6 +326,9 @@ impl Store {
             hash: options.index_hash,
         };
         let (mut devices, mut messages) = (0u64, 0u64);
+        // Each user's stored stanza bytes (`UserRecord::log_bytes`), summed while the log is
+        // copied and written into the user records after it.
+        let mut log_bytes: std::collections::HashMap<UserId, u64> = Default::default();
         for (i, name) in TREE_NAMES.iter().enumerate() {
             if i == T::UserblockIndex as usize {
                 continue; // built while the log is copied
@@ -358,6 +361,10 @@ impl Store {
                     devices += 1;
                 } else if i == T::UserseqMessage as usize {
                     let v = migrate::message_from(from, &v)?;
+                    let m: MessageRecord = decode("userseq_message", &v)?;
+                    if let Some(user) = keys::be_u64(&k, 0) {
+                        *log_bytes.entry(user).or_default() += m.stanza.len() as u64;
+                    }
                     block.add(&k, &v, &index)?;
                     messages += 1;
                     if messages % 1_000_000 == 0 {
@@ -381,6 +388,15 @@ impl Store {
             target.apply_batch(batch)?;
         }
         block.finish(&index)?;
+        let users = db.open_tree(TREE_NAMES[T::UseridUser as usize])?;
+        for (user, bytes) in log_bytes {
+            let key = keys::user_prefix(user);
+            if let Some(v) = users.get(key)? {
+                let mut record: UserRecord = decode("userid_user", &v)?;
+                record.log_bytes = bytes;
+                users.insert(key, encode(&record)?)?;
+            }
+        }
         db.open_tree(TREE_NAMES[T::Meta as usize])?
             .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
         db.flush()?;
@@ -556,6 +572,7 @@ impl Store {
             first_seq: 1,
             next_device: 0,
             account: None,
+            log_bytes: 0,
         })?;
         let id = match self.get(T::Meta, META_NEXT_USER)? {
             Some(v) => keys::be_u64(&v, 0).unwrap_or(1),
@@ -675,6 +692,7 @@ impl Store {
         let peer = message.peer();
         let mut record = self.user(user)?;
         record.head += 1;
+        record.log_bytes += message.stanza.len() as u64;
         let seq = record.head;
         let entry = MessageRecord {
             seq,
@@ -744,6 +762,7 @@ impl Store {
         if let Some(v) = self.get(T::UseridUser, keys::user_prefix(user))? {
             let mut record: UserRecord = decode("userid_user", &v)?;
             record.first_seq = record.first_seq.max(seq + 1);
+            record.log_bytes = record.log_bytes.saturating_sub(message.stanza.len() as u64);
             w.put(T::UseridUser, keys::user_prefix(user), encode(&record)?);
         }
         w.del(T::UserseqMessage, keys::user_seq(user, seq));
@@ -895,17 +914,24 @@ impl Store {
     /// first with `newest_first`. Lazy: the cost is the index of the range the caller consumes
     /// (one record per 32 messages) plus the records of the matches, so callers start where
     /// what they look for can be (above what the device has acked) and stop at what they need.
+    ///
+    /// At most `max_entries` index entries are examined; `examined` counts them, so the caller
+    /// can tell a search that stopped at the bound from one that saw everything.
     pub fn messages_by_msgid<'a>(
         &'a self,
         user: UserId,
         msg_id: &'a str,
         after: Seq,
         newest_first: bool,
+        max_entries: usize,
+        examined: &'a std::cell::Cell<usize>,
     ) -> Result<impl Iterator<Item = Result<MessageRecord>> + 'a> {
         let hash = self.hash.of(msg_id);
         let head = self.user(user)?.head;
         Ok(self
             .index_entries(user, after, head, newest_first)
+            .take(max_entries)
+            .inspect(move |_| examined.set(examined.get() + 1))
             .filter(move |e| e.as_ref().map_or(true, |e| e.msgid == hash))
             .filter_map(move |e| {
                 match e.and_then(|e| self.message(user, e.seq)) {

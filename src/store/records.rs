@@ -20,6 +20,17 @@ pub struct UserRecord {
     /// The server's token for this account (schema 5): a re-created account with the same
     /// name has another, and never sees the old one's data.
     pub account: Option<String>,
+    /// Bytes of the stanzas of the messages stored in the user's log (schema 5), kept on append,
+    /// delete and purge: the `[limits] max_log_bytes_per_user` check costs no scan.
+    pub log_bytes: u64,
+}
+
+impl UserRecord {
+    /// Messages stored in the user's log: retention and the log limits delete a prefix, so
+    /// every seq from `first_seq` to `head` is stored.
+    pub fn log_messages(&self) -> u64 {
+        (self.head + 1).saturating_sub(self.first_seq.max(1))
+    }
 }
 
 /// Where a message stands with respect to the receipt policy.
@@ -280,6 +291,13 @@ pub struct Counters {
     pub device_key_merges: u64,
     /// Users deleted with all their data: the server deleted the account, or `purge`.
     pub users_purged: u64,
+    /// Devices forgotten to admit a new one past `max_devices_per_user` (the longest idle first).
+    pub devices_evicted: u64,
+    /// Received messages not logged because the user's log was at its limit and nothing acked
+    /// could go: handed back to the server's offline storage (also counted in `given_back`).
+    pub log_limit_given_back: u64,
+    /// The user's own sent copies not logged because their log was at its limit.
+    pub sent_not_logged: u64,
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
