@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`jid`]: JIDs and device keys.
 //! - [`time`]: instants as values; the clock is read only at the edges.
-//! - [`stanza`]: sans-IO framing, parsing and writing of stanzas, and the hook vocabulary.
+//! - [`stanza`]: sans-IO framing, parsing and writing of stanzas.
+//! - [`hooks`]: the vocabulary between the server module and readtrack (events, commands),
+//!   sans-IO like `stanza`.
 //! - [`store`]: the only user of sled: key layout, records, durability.
 //! - [`engine`]: the rules (`docs/rules.md`) as a state machine over the store.
 //! - [`component`]: the XEP-0114 connection to the server: handshake, reconnect, shutdown.
@@ -20,6 +22,7 @@ pub mod check;
 pub mod component;
 pub mod config;
 pub mod engine;
+pub mod hooks;
 pub mod jid;
 pub mod memory;
 pub mod metrics;

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::component::LinkEvent;
 use crate::engine::{Engine, EngineError, Input, Output};
-use crate::stanza::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo, SnapshotPage};
+use crate::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo, SnapshotPage};
 use crate::stanza::parse::parse_message_header;
 use crate::stanza::{parse_message, write, Outgoing};
 use crate::time::Millis;

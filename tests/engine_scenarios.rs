@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use readtrack::engine::{Dialect, Engine, EngineConfig, Input, Output, ReceiptPolicy};
+use readtrack::hooks::SessionInfo;
 use readtrack::jid::{DeviceKeyRule, Jid};
-use readtrack::stanza::hooks::SessionInfo;
 use readtrack::stanza::{Message, MessageType, Outgoing, Receipt, Replay};
 use readtrack::store::{DeviceRecord, Store, StoreOptions};
 use readtrack::time::Millis;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::daemon::{Readtrack, ReadtrackOpts};
 use common::*;
-use readtrack::stanza::hooks::HookEvent;
+use readtrack::hooks::HookEvent;
 
 /// What "promptly" means for an ack on loopback, with room for a loaded CI machine.
 const PROMPT: Duration = Duration::from_secs(2);

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use readtrack::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo};
 use readtrack::jid::Jid;
-use readtrack::stanza::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo};
 
 const HOOK: &str = "urn:readtrack:hook:0";
 

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
+use readtrack::hooks::with_client_ns;
 use readtrack::jid::Jid;
-use readtrack::stanza::hooks::with_client_ns;
 use readtrack::stanza::original::{stored_form, write_with_markers, Markers};
 use readtrack::time::Millis;
 

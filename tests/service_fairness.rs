@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use readtrack::component::LinkEvent;
 use readtrack::engine::Engine;
+use readtrack::hooks::{CommandBatch, HookCommand, HookEvent};
 use readtrack::jid::Jid;
 use readtrack::service::Service;
-use readtrack::stanza::hooks::{CommandBatch, HookCommand, HookEvent};
 use readtrack::store::{Store, StoreOptions};
 use tokio::sync::{mpsc, watch};
 

@@ -1,5 +1,5 @@
-//! The layering ARCHITECTURE.md promises, checked on the source: the engine and the stanza code
-//! are sans-IO. They never open a socket, never read the clock (time is an argument) and never
+//! The layering ARCHITECTURE.md promises, checked on the source: the engine, the stanza code
+//! and the hook vocabulary are sans-IO. They never open a socket, never read the clock (time is an argument) and never
 //! name a sled type (only `store` touches the database). A use of any of these in `src/engine`
 //! or `src/stanza` fails here, naming the file and line.
 
@@ -57,6 +57,7 @@ fn engine_and_stanza_never_touch_sockets_the_clock_or_sled() {
     for dir in ["src/engine", "src/stanza"] {
         rust_files(&root.join(dir), &mut files);
     }
+    files.push(root.join("src/hooks.rs"));
     assert!(files.len() >= 8, "the layout moved: {files:?}");
     let mut found = Vec::new();
     for file in &files {

@@ -5,7 +5,7 @@
 //! Each function panics (with a message saying which property broke) on a violation, and only
 //! then. It must stay cheap: the fuzzer calls it millions of times.
 
-use readtrack::stanza::hooks::{HookCommand, HookEvent};
+use readtrack::hooks::{HookCommand, HookEvent};
 use readtrack::stanza::{parse_message, stanza_name, Frame, FrameError, Framer, Limits};
 
 /// The XMPP domain and component the hook vocabulary is checked against (the test harness's).

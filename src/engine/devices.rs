@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use super::{Dialect, Engine, Output, Result};
+use crate::hooks::SessionInfo;
 use crate::jid::Jid;
-use crate::stanza::hooks::SessionInfo;
 use crate::stanza::{Outgoing, Replay};
 use crate::store::{DeviceNo, DeviceRecord, MessageRecord, Seq, UserId};
 use crate::time::Millis;

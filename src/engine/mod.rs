@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::hooks::SessionInfo;
 use crate::jid::{DeviceKeyRule, Jid};
-use crate::stanza::hooks::SessionInfo;
 use crate::stanza::{Message, Outgoing};
 use crate::store::{Counters, Store, StoreError};
 use crate::time::Millis;
@@ -213,7 +213,7 @@ pub enum Input {
     },
     /// The complete set of available sessions, sent when readtrack (re)connects.
     Snapshot { sessions: Vec<SessionInfo> },
-    /// The server's token of `user`'s account (see [`crate::stanza::hooks::HookEvent::Account`]).
+    /// The server's token of `user`'s account (see [`crate::hooks::HookEvent::Account`]).
     Account { user: Jid, token: String },
     /// The server deleted `user`'s account: everything of it goes.
     UserDeleted { user: Jid },

@@ -5,7 +5,6 @@
 
 pub mod error;
 pub mod framer;
-pub mod hooks;
 pub mod original;
 pub mod parse;
 pub mod write;

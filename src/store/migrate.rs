@@ -19,6 +19,7 @@ use super::keys::Seq;
 use super::records::{
     decode, encode, Counters, DeviceRecord, MessageRecord, ReceiptState, ReplayRange, UserRecord,
 };
+use super::*;
 use super::{Result, StoreError};
 
 /// Versions [`super::Store::open`] can upgrade from.
@@ -373,4 +374,159 @@ pub(super) fn finish_interrupted(path: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_file(path.join(COMPLETE_MARK));
     Ok(())
+}
+
+/// Builds `userblock_index` records from the message log read in key order (an upgrade).
+#[derive(Default)]
+struct IndexBuilder {
+    block: Option<(UserId, u64)>,
+    entries: Vec<IndexEntry>,
+    hash: keys::IndexHash,
+}
+
+impl IndexBuilder {
+    /// Adds the message with this `userseq_message` key and value; writes the record of the
+    /// previous block when this message starts another.
+    fn add(&mut self, key: &[u8], value: &[u8], index: &sled::Tree) -> Result<()> {
+        let user = keys::be_u64(key, 0).ok_or(StoreError::BadKey {
+            tree: "userseq_message",
+            len: key.len(),
+        })?;
+        let m: MessageRecord = decode("userseq_message", value)?;
+        let block = (user, keys::block_of(m.seq));
+        if self.block != Some(block) {
+            self.finish(index)?;
+            self.block = Some(block);
+        }
+        self.entries.push(IndexEntry::of(&m, self.hash));
+        Ok(())
+    }
+
+    /// Writes the current block's record.
+    fn finish(&mut self, index: &sled::Tree) -> Result<()> {
+        if let Some((user, block)) = self.block.take() {
+            index.insert(keys::user_block(user, block), encode(&self.entries)?)?;
+            self.entries.clear();
+        }
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Writes this store (of schema `from`) into a fresh sled database at `fresh`, in the
+    /// current schema: every tree copied, device records converted, the log's index built while
+    /// the log is copied (one pass over it). Copying, not rewriting in place, leaves sled's page
+    /// table of the old layout behind (dropping the old index trees in place cost more memory
+    /// than the whole store, and their freed pages stayed in the table). Progress is logged: a
+    /// long job on a big store. The version is written last, then a marker that the copy is
+    /// complete.
+    pub(super) fn upgrade_into(
+        &self,
+        fresh: &Path,
+        from: u32,
+        options: &StoreOptions,
+    ) -> Result<()> {
+        tracing::info!(path = %self.path.display(), from, to = SCHEMA_VERSION, into = %fresh.display(), "upgrading store schema (into a fresh copy; needs as much disk again)");
+        let started = std::time::Instant::now();
+        // Every seq from a user's first kept one to its head is stored: the log's size without
+        // a scan of it, for the progress lines.
+        let mut total = 0u64;
+        for kv in self.tree(T::UseridUser).iter() {
+            let user = migrate::user_from(from, &kv?.1)?;
+            total += (user.head + 1).saturating_sub(user.first_seq.max(1));
+        }
+        migrate::remove_dir(fresh)?;
+        let db = Self::open_db(fresh, options)?;
+        let index = db.open_tree(TREE_NAMES[T::UserblockIndex as usize])?;
+        let mut block = IndexBuilder {
+            block: None,
+            entries: Vec::new(),
+            hash: options.index_hash,
+        };
+        let (mut devices, mut messages) = (0u64, 0u64);
+        // Each user's stored stanza bytes (`UserRecord::log_bytes`), summed while the log is
+        // copied and written into the user records after it.
+        let mut log_bytes: std::collections::HashMap<UserId, u64> = Default::default();
+        for (i, name) in TREE_NAMES.iter().enumerate() {
+            if i == T::UserblockIndex as usize {
+                continue; // built while the log is copied
+            }
+            let target = db.open_tree(name)?;
+            let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
+            for kv in self.trees[i].iter() {
+                let (k, v) = kv?;
+                if i == T::Meta as usize && k.as_ref() == META_SCHEMA {
+                    continue; // written last
+                }
+                if i == T::Meta as usize && k.as_ref() == META_COUNTERS {
+                    batch.insert(k, migrate::counters_from(from, &v)?);
+                    in_batch += 1;
+                    continue;
+                }
+                if i == T::UseridUser as usize {
+                    batch.insert(k, encode(&migrate::user_from(from, &v)?)?);
+                } else if i == T::UserpeerConversation as usize && from < 5 {
+                    // Keyed by a hash of the peer before schema 5; the record names the peer.
+                    let conv: ConversationRecord = decode("userpeer_conversation", &v)?;
+                    let user = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
+                        tree: "userpeer_conversation",
+                        len: k.len(),
+                    })?;
+                    batch.insert(keys::user_peer(user, &conv.peer), v);
+                } else if i == T::UserdeviceCursor as usize {
+                    batch.insert(k, migrate::device_from(from, &v)?);
+                    devices += 1;
+                } else if i == T::UserseqMessage as usize {
+                    let v = migrate::message_from(from, &v)?;
+                    let m: MessageRecord = decode("userseq_message", &v)?;
+                    if let Some(user) = keys::be_u64(&k, 0) {
+                        *log_bytes.entry(user).or_default() += m.stanza.len() as u64;
+                    }
+                    block.add(&k, &v, &index)?;
+                    messages += 1;
+                    if messages % 1_000_000 == 0 {
+                        tracing::info!(
+                            messages,
+                            total,
+                            elapsed_s = started.elapsed().as_secs(),
+                            "upgrade: messages copied and indexed"
+                        );
+                    }
+                    batch.insert(k, v);
+                } else {
+                    batch.insert(k, v);
+                }
+                in_batch += 1;
+                if in_batch == 10_000 {
+                    target.apply_batch(std::mem::take(&mut batch))?;
+                    in_batch = 0;
+                }
+            }
+            target.apply_batch(batch)?;
+        }
+        block.finish(&index)?;
+        let users = db.open_tree(TREE_NAMES[T::UseridUser as usize])?;
+        for (user, bytes) in log_bytes {
+            let key = keys::user_prefix(user);
+            if let Some(v) = users.get(key)? {
+                let mut record: UserRecord = decode("userid_user", &v)?;
+                record.log_bytes = bytes;
+                users.insert(key, encode(&record)?)?;
+            }
+        }
+        db.open_tree(TREE_NAMES[T::Meta as usize])?
+            .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+        db.flush()?;
+        drop((index, db));
+        migrate::mark_complete(fresh)?;
+        tracing::info!(
+            messages,
+            devices,
+            version = SCHEMA_VERSION,
+            elapsed_s = started.elapsed().as_secs(),
+            "store upgraded"
+        );
+        Ok(())
+    }
 }

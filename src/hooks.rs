@@ -18,8 +18,8 @@ use quick_xml::name::{QName, ResolveResult};
 use quick_xml::NsReader;
 use quick_xml::XmlVersion;
 
-use super::{NS_CLIENT, NS_FORWARD};
 use crate::jid::{Jid, JidError};
+use crate::stanza::{NS_CLIENT, NS_FORWARD};
 
 pub const NS_HOOK: &str = "urn:readtrack:hook:0";
 

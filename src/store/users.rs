@@ -1,0 +1,127 @@
+//! Users: the JID to id mapping, user records (head, first kept seq, account token), purge.
+
+use super::*;
+
+impl Store {
+    pub fn user_id(&self, bare_jid: &str) -> Result<Option<UserId>> {
+        Ok(self
+            .get(T::JidUserid, bare_jid.as_bytes())?
+            .map(|v| keys::be_u64(&v, 0).unwrap_or(0)))
+    }
+
+    /// The user's id, creating the user on first sight.
+    pub fn ensure_user(&self, bare_jid: &str) -> Result<UserId> {
+        if let Some(id) = self.user_id(bare_jid)? {
+            return Ok(id);
+        }
+        let record = encode(&UserRecord {
+            jid: bare_jid.to_string(),
+            head: 0,
+            first_seq: 1,
+            next_device: 0,
+            account: None,
+            log_bytes: 0,
+        })?;
+        let id = match self.get(T::Meta, META_NEXT_USER)? {
+            Some(v) => keys::be_u64(&v, 0).unwrap_or(1),
+            None => 1,
+        };
+        let mut w = Writes::default();
+        w.put(T::Meta, META_NEXT_USER, &(id + 1).to_be_bytes());
+        w.put(T::JidUserid, bare_jid.as_bytes(), &id.to_be_bytes());
+        w.put(T::UseridUser, keys::user_prefix(id), record);
+        self.apply(w)?;
+        Ok(id)
+    }
+
+    /// Records the server's token of the user's account.
+    pub fn set_account(&self, user: UserId, account: &str) -> Result<()> {
+        let mut record = self.user(user)?;
+        record.account = Some(account.to_string());
+        let mut w = Writes::default();
+        w.put(T::UseridUser, keys::user_prefix(user), encode(&record)?);
+        self.apply(w)
+    }
+
+    /// Deletes everything of one user: the log (received and sent), its index and timers, the
+    /// devices and their delivery logs, the read state, the user record and the JID's mapping,
+    /// all or nothing. The JID is free for a new user afterwards (a new user id).
+    pub fn purge_user(&self, user: UserId) -> Result<PurgeReport> {
+        let record = self.user(user)?;
+        let mut report = PurgeReport::default();
+        let mut w = Writes::default();
+        for kv in self.scan_prefix(T::UserseqMessage, keys::user_prefix(user)) {
+            let (k, v) = kv?;
+            let m: MessageRecord = self.read("userseq_message", &v)?;
+            if let Some(deadline) = m.receipt.timer() {
+                w.del(
+                    T::DeadlineUserseq,
+                    keys::deadline_user_seq(deadline, user, m.seq),
+                );
+                report.timers += 1;
+            }
+            w.del(T::UserseqMessage, k);
+            report.messages += 1;
+        }
+        for t in [
+            T::UserblockIndex,
+            T::UserdeviceCursor,
+            T::UserdeviceseqDelivery,
+            T::UserpeerConversation,
+        ] {
+            for kv in self.scan_prefix(t, keys::user_prefix(user)) {
+                let (k, _) = kv?;
+                if t == T::UserdeviceCursor {
+                    report.devices += 1;
+                }
+                w.del(t, k);
+            }
+        }
+        w.del(T::UseridUser, keys::user_prefix(user));
+        w.del(T::JidUserid, record.jid.as_bytes());
+        self.apply(w)?;
+        Ok(report)
+    }
+
+    pub fn user(&self, user: UserId) -> Result<UserRecord> {
+        match self.get(T::UseridUser, keys::user_prefix(user))? {
+            Some(v) => self.read("userid_user", &v),
+            None => Err(StoreError::UnknownUser(user)),
+        }
+    }
+
+    /// Users with id ≥ `start`, in id order (retention walks users with a cursor).
+    pub fn users_from(
+        &self,
+        start: UserId,
+    ) -> impl Iterator<Item = Result<(UserId, UserRecord)>> + '_ {
+        self.range(
+            T::UseridUser,
+            (
+                Bound::Included(keys::user_prefix(start).to_vec()),
+                Bound::Unbounded,
+            ),
+        )
+        .map(move |kv| {
+            let (k, v) = kv?;
+            let id = keys::be_u64(&k, 0).ok_or(StoreError::BadKey {
+                tree: "userid_user",
+                len: k.len(),
+            })?;
+            Ok((id, self.read("userid_user", &v)?))
+        })
+    }
+
+    /// Users ever created, from the id counter (no scan).
+    pub fn users_created(&self) -> Result<u64> {
+        Ok(match self.get(T::Meta, META_NEXT_USER)? {
+            Some(v) => keys::be_u64(&v, 0).unwrap_or(1).saturating_sub(1),
+            None => 0,
+        })
+    }
+
+    /// Scans the user tree: for tests and small stores only.
+    pub fn user_count(&self) -> usize {
+        self.count(T::UseridUser)
+    }
+}
