@@ -1,7 +1,7 @@
 //! The layering ARCHITECTURE.md promises, checked on the source: the engine, the stanza code
-//! and the hook vocabulary are sans-IO. They never open a socket, never read the clock (time is an argument) and never
-//! name a sled type (only `store` touches the database). A use of any of these in `src/engine`
-//! or `src/stanza` fails here, naming the file and line.
+//! and the hook vocabulary are sans-IO. They never open a socket, never read the clock (time is
+//! an argument) and never name a sled type (only `store` touches the database). A use of any of
+//! these in `src/engine`, `src/stanza` or `src/hooks.rs` fails here, naming the file and line.
 
 use std::path::{Path, PathBuf};
 

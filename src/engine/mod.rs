@@ -8,9 +8,10 @@
 //! back and released by [`Engine::commit`] only after the store flush that makes the write
 //! durable. Replays are not held: they are at-least-once and a lost one is sent again.
 
+mod bounces;
 mod devices;
 mod retention;
-pub use receipts::MAX_BOUNCE_ATTEMPTS;
+pub use bounces::MAX_BOUNCE_ATTEMPTS;
 pub use retention::RetentionReport;
 pub mod query;
 mod receipts;
