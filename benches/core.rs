@@ -129,7 +129,7 @@ fn crs_received(id: &str) -> Input {
         id: id.into(),
         status: "200".into(),
     });
-    Input::from_client(m)
+    Input::sent(m)
 }
 
 fn displayed(id: &str) -> Input {
@@ -137,7 +137,7 @@ fn displayed(id: &str) -> Input {
     m.from = Some(jid("bob@example.com/phone"));
     m.to = Some(jid("alice@example.com/Spark 2.6.3"));
     m.displayed = Some(id.into());
-    Input::from_client(m)
+    Input::sent(m)
 }
 
 fn available() -> Input {

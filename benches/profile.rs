@@ -130,9 +130,7 @@ fn main() {
                         id: format!("m{i}"),
                         status: "200".into(),
                     });
-                    engine
-                        .handle(Input::from_client(m), Millis(T0 + n))
-                        .unwrap();
+                    engine.handle(Input::sent(m), Millis(T0 + n)).unwrap();
                     if i % 64 == 0 {
                         engine.commit().unwrap();
                     }
@@ -174,9 +172,7 @@ fn main() {
                 marker.from = Some(phone.clone());
                 marker.to = Some(jid("alice@example.com/Spark 2.6.3"));
                 marker.displayed = Some(format!("m{}", n - unread));
-                engine
-                    .handle(Input::from_client(marker), Millis(T0))
-                    .unwrap();
+                engine.handle(Input::sent(marker), Millis(T0)).unwrap();
             }
             engine.commit().unwrap();
             let logged = start.elapsed();

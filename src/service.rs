@@ -234,7 +234,7 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
         HookEvent::Sent {
             message_xml,
             carbons,
-        } => Input::FromClient {
+        } => Input::Sent {
             // Strict: what a client sends acknowledges something only if it says so as the XEPs
             // do. (The message itself went its way through Prosody; a message to a local user
             // comes as a routed event, which takes what the server accepted.)

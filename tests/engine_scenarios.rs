@@ -210,7 +210,7 @@ impl World {
     }
 
     fn client_sends(&mut self, message: Message) -> Vec<Output> {
-        self.step(Input::from_client(message))
+        self.step(Input::sent(message))
     }
 
     fn device(&mut self, user: &str, key: &str) -> DeviceRecord {

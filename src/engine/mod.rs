@@ -202,12 +202,12 @@ pub enum Input {
         carbons: Vec<Jid>,
         archive_id: Option<String>,
         /// A local client (the message's `from`, a full JID) sent it: it is also that
-        /// client's [`Input::FromClient`] (the module reports a message to a local user once).
+        /// client's [`Input::Sent`] (the module reports a message to a local user once).
         sent: bool,
     },
     /// A local client sent `message` (its `from` is the client's full JID): receipts, markers,
     /// messages to users elsewhere. `carbons`: the sender's other sessions that got a carbon.
-    FromClient {
+    Sent {
         message: Message,
         message_xml: String,
         carbons: Vec<Jid>,
@@ -242,8 +242,8 @@ impl Input {
     }
 
     /// A client's stanza built in code, as [`Input::routed`].
-    pub fn from_client(message: Message) -> Input {
-        Input::FromClient {
+    pub fn sent(message: Message) -> Input {
+        Input::Sent {
             message_xml: crate::stanza::write::client_message(&message),
             message,
             carbons: Vec::new(),
@@ -363,7 +363,7 @@ impl Engine {
                 archive_id,
                 sent,
             } => {
-                // The sender's side first, as when it came as its own FromClient input. Its
+                // The sender's side first, as when it came as its own Sent input. Its
                 // refusal (a sender that is not a local device) must not cost the recipient
                 // the message, so it is reported and routing goes on.
                 let mut out = Vec::new();
@@ -373,7 +373,7 @@ impl Engine {
                     carbons: &carbons,
                 };
                 if sent {
-                    match self.client_stanza(&routed, now) {
+                    match self.sent(&routed, now) {
                         Ok(o) => out = o,
                         Err(EngineError::Rejected(why)) => {
                             if crate::warnlimit::admit(crate::warnlimit::Warning::SentRejected, now)
@@ -393,11 +393,11 @@ impl Engine {
                 }
                 Ok(out)
             }
-            Input::FromClient {
+            Input::Sent {
                 message,
                 message_xml,
                 carbons,
-            } => self.client_stanza(
+            } => self.sent(
                 &Routed {
                     message: &message,
                     xml: &message_xml,

@@ -178,11 +178,7 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) fn client_stanza(
-        &mut self,
-        routed: &Routed<'_>,
-        now: Millis,
-    ) -> Result<Vec<Output>> {
+    pub(super) fn sent(&mut self, routed: &Routed<'_>, now: Millis) -> Result<Vec<Output>> {
         let message = routed.message;
         let Some(from) = &message.from else {
             return Err(EngineError::Rejected("client stanza has no sender".into()));
