@@ -175,19 +175,25 @@ fn push_lower(out: &mut String, part: &str) {
     out[start..].make_ascii_lowercase();
 }
 
+/// `local@domain/resource` into its parts: the resource is what follows the first `/`, the
+/// local part what precedes the first `@` before it.
+fn split(text: &str) -> (Option<&str>, &str, Option<&str>) {
+    let (head, resource) = match text.find('/') {
+        Some(i) => (&text[..i], Some(&text[i + 1..])),
+        None => (text, None),
+    };
+    match head.find('@') {
+        Some(i) => (Some(&head[..i]), &head[i + 1..], resource),
+        None => (None, head, resource),
+    }
+}
+
 impl Jid {
     /// Prepares a JID a person typed (CLI arguments, configuration) with XMPP's stringprep
     /// profiles, as the server prepares JIDs (RFC 6122: nodeprep, nameprep, resourceprep), then
     /// parses it. JIDs the server hands over are already prepared: [`Jid::parse`] them.
     pub fn prepare(text: &str) -> Result<Jid, JidError> {
-        let (head, resource) = match text.find('/') {
-            Some(i) => (&text[..i], Some(&text[i + 1..])),
-            None => (text, None),
-        };
-        let (local, domain) = match head.find('@') {
-            Some(i) => (Some(&head[..i]), &head[i + 1..]),
-            None => (None, head),
-        };
+        let (local, domain, resource) = split(text);
         let refused = |what: &str| JidError::Unprepared(text.to_string(), what.to_string());
         let mut prepared = String::with_capacity(text.len());
         if let Some(local) = local {
@@ -209,14 +215,7 @@ impl Jid {
         if text.is_empty() {
             return Err(JidError::Empty);
         }
-        let (head, resource) = match text.find('/') {
-            Some(i) => (&text[..i], Some(&text[i + 1..])),
-            None => (text, None),
-        };
-        let (local, domain) = match head.find('@') {
-            Some(i) => (Some(&head[..i]), &head[i + 1..]),
-            None => (None, head),
-        };
+        let (local, domain, resource) = split(text);
         if local == Some("") {
             return Err(JidError::EmptyLocal(text.to_string()));
         }
