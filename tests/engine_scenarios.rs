@@ -2311,3 +2311,31 @@ fn devices_created_by_one_event_do_not_evict_each_other() {
     assert_eq!(w.device_keys("bob@example.com"), ["a", "b", "phone"]);
     assert_eq!(w.engine().counters().devices_evicted, 0);
 }
+
+/// A receipt one user sends another is logged for the recipient (a device learns its message was
+/// read) but, being a receipt, gets no seed server ack: the sender's client would show the ack as
+/// a message (the load bench's receivers saw a 10013 body where they expected a chat).
+#[test]
+fn a_receipt_to_a_local_user_is_logged_as_a_signal_and_not_acked() {
+    let mut w = World::new(false);
+    w.online("alice@example.com/a");
+    let out = w.route(
+        xep_received("bob@example.com/phone", "alice@example.com/a", "m1"),
+        &["alice@example.com/a"],
+    );
+    assert!(acks(&out).is_empty(), "{out:?}");
+    assert_eq!(w.logged("alice@example.com"), 1);
+    let alice = w
+        .engine()
+        .store()
+        .user_id("alice@example.com")
+        .unwrap()
+        .unwrap();
+    let logged = w.engine().store().message(alice, 1).unwrap().unwrap();
+    assert!(logged.signal && !logged.counts_as_unread());
+    assert_eq!(
+        w.device("alice@example.com", "a").acked_upto,
+        1,
+        "acked by being written"
+    );
+}

@@ -139,6 +139,8 @@ impl Engine {
             }
         }
         let receipt = self.arm_bounce(message, &stored.class, system, seed_sender, &to, now);
+        // The seed acks what a person sent; a receipt or marker is not acked in turn.
+        let signal = stored.class.signal();
         let entry = MessageRecord {
             system,
             receipt,
@@ -151,7 +153,7 @@ impl Engine {
         tracing::debug!(user = %to, seq, live = delivered.len(), "logged");
         let local_sender =
             from.domain() == self.config.domain && from.local().is_some() && from.is_full();
-        if let (true, true, Some(id)) = (seed_sender, local_sender, &message.id) {
+        if let (true, true, false, Some(id)) = (seed_sender, local_sender, signal, &message.id) {
             self.held.push(Output::SendAsHost {
                 confirm: None,
                 stanza: Outgoing::ServerAck {
