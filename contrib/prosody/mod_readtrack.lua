@@ -164,23 +164,32 @@ end
 
 -- readtrack tracks what the server's archive keeps. With mod_mam loaded it is asked, so the
 -- operator's own archiving rules apply; without it, its rule is applied here.
-local function loggable(stanza, origin)
+-- `event`: the answer is kept on the event table, which Prosody passes to pre-message/* and then
+-- message/*: one message is decided once, not at every hook that asks.
+local function loggable(stanza, origin, event)
+	local known = event and event.readtrack_loggable;
+	if known ~= nil then return known; end
 	local t = stanza.attr.type;
-	if not (t == nil or t == "normal" or t == "chat") then return false; end
-	if hosts[host].modules.mam then
-		return module:fire_event("archive-should-store", { stanza = stanza, session = origin }) and true or false;
+	local answer;
+	if not (t == nil or t == "normal" or t == "chat") then
+		answer = false;
+	elseif hosts[host].modules.mam then
+		answer = module:fire_event("archive-should-store", { stanza = stanza, session = origin }) and true or false;
+	else
+		answer = archivable(stanza) and true or false;
 	end
-	return archivable(stanza) and true or false;
+	if event then event.readtrack_loggable = answer; end
+	return answer;
 end
 
 -- Things a device sends that readtrack cares about: its own messages and acks of any dialect.
-local function interesting_sent(stanza, origin)
+local function interesting_sent(stanza, origin, event)
 	local t = stanza.attr.type;
 	if t == "error" or t == "groupchat" or t == "headline" then return false; end
 	return t == "crs" or stanza:get_child(nil, xmlns_receipts) ~= nil
 		or stanza:get_child(nil, xmlns_offline) ~= nil
 		or stanza:get_child("displayed", xmlns_markers) ~= nil
-		or loggable(stanza, origin);
+		or loggable(stanza, origin, event);
 end
 
 ------------------------------------------------------------------------------------------------
@@ -402,7 +411,7 @@ end
 
 local function track_routing(handlers, event_name, event_data)
 	local stanza, origin = event_data.stanza, event_data.origin;
-	if not (component_connected() and loggable(stanza, origin)) then
+	if not (component_connected() and loggable(stanza, origin, event_data)) then
 		return handlers(event_name, event_data);
 	end
 	if not within_budget(stanza) then return handlers(event_name, event_data); end
@@ -486,8 +495,8 @@ end, 10);
 
 -- A message to a user of this host that readtrack tracks is reported by its <routed> event
 -- alone (sent='true'). Anything that also acknowledges something, or goes elsewhere, gets <sent>.
-local function reported_by_routed(stanza, origin)
-	if not loggable(stanza, origin) or stanza:get_child(nil, xmlns_receipts)
+local function reported_by_routed(stanza, origin, event)
+	if not loggable(stanza, origin, event) or stanza:get_child(nil, xmlns_receipts)
 		or stanza:get_child(nil, xmlns_offline) or stanza:get_child("displayed", xmlns_markers) then
 		return false;
 	end
@@ -504,7 +513,7 @@ end
 
 local function on_client_message(event)
 	local origin, stanza = event.origin, event.stanza;
-	if origin.type ~= "c2s" or not interesting_sent(stanza, origin) then return; end
+	if origin.type ~= "c2s" or not interesting_sent(stanza, origin, event) then return; end
 	-- Over the budget, readtrack would have to skip the event: it is not sent (the message
 	-- goes its way through Prosody untouched).
 	if not within_budget(stanza) then return; end
@@ -517,7 +526,7 @@ local function on_client_message(event)
 	end
 	local record = { id = stanza.attr.id, carbons = {},
 		to = event.to_self and jid_bare(origin.full_jid) or nil,
-		by_routed = reported_by_routed(stanza, origin) };
+		by_routed = reported_by_routed(stanza, origin, event) };
 	event.readtrack_sent = record;
 	sending = record;
 end
