@@ -20,15 +20,11 @@ impl Engine {
         now: Millis,
     ) -> Result<(Option<DeviceNo>, DeviceRecord)> {
         let key = self.config.device_key.device_key(resource, device_id);
-        if let Some((no, record)) = self
-            .store
-            .devices(user)?
-            .into_iter()
-            .find(|(_, d)| d.key == key)
-        {
-            return Ok((Some(no), record));
+        let devices = self.store.devices(user)?;
+        if let Some((no, record)) = devices.iter().find(|(_, d)| d.key == key) {
+            return Ok((Some(*no), record.clone()));
         }
-        Ok((None, self.new_device(user, key, resource, now)?))
+        Ok((None, self.new_device(user, &devices, key, resource, now)?))
     }
 
     /// The number of a device from [`Engine::device_for`], storing it first if it is new (its
@@ -102,6 +98,7 @@ impl Engine {
     fn new_device(
         &self,
         user: UserId,
+        devices: &[(DeviceNo, DeviceRecord)],
         key: String,
         resource: &str,
         now: Millis,
@@ -123,7 +120,7 @@ impl Engine {
                 acked_upto = m.seq;
             }
         }
-        let acked_upto = acked_upto.min(self.undelivered_point(user, &record)?.saturating_sub(1));
+        let acked_upto = acked_upto.min(undelivered_point(devices, &record).saturating_sub(1));
         Ok(DeviceRecord {
             key,
             resource: resource.to_string(),
@@ -137,20 +134,6 @@ impl Engine {
             session_id: None,
             speaks_seed: false,
         })
-    }
-
-    /// The lowest stored seq that no device of the user has acked (`head + 1` when every one
-    /// was). Everything at or below the highest cursor is acked by that device; above it only
-    /// the devices' short out-of-order sets can hold a seq, so this costs the devices, not the
-    /// log.
-    fn undelivered_point(&self, user: UserId, record: &crate::store::UserRecord) -> Result<Seq> {
-        let devices = self.store.devices(user)?;
-        let highest = devices.iter().map(|(_, d)| d.acked_upto).max().unwrap_or(0);
-        let mut point = (highest + 1).max(record.first_seq);
-        while point <= record.head && devices.iter().any(|(_, d)| d.is_acked(point)) {
-            point += 1;
-        }
-        Ok(point)
     }
 
     /// `replay-on-available` (`docs/rules.md`): a session became available; replay what its device has not acked. `continuing`
@@ -390,4 +373,19 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// The lowest stored seq that no device of the user has acked (`head + 1` when every one was).
+/// Everything at or below the highest cursor is acked by that device; above it only the devices'
+/// short out-of-order sets can hold a seq, so this costs the devices, not the log.
+fn undelivered_point(
+    devices: &[(DeviceNo, DeviceRecord)],
+    record: &crate::store::UserRecord,
+) -> Seq {
+    let highest = devices.iter().map(|(_, d)| d.acked_upto).max().unwrap_or(0);
+    let mut point = (highest + 1).max(record.first_seq);
+    while point <= record.head && devices.iter().any(|(_, d)| d.is_acked(point)) {
+        point += 1;
+    }
+    point
 }
