@@ -114,7 +114,35 @@ local function escaped_bound(stanza)
 	return bytes;
 end
 
+-- Prosody 13 destroys a connection whose send buffer passes 32 MiB (`max_send_buffer_size`), and
+-- with it every event queued for readtrack (offline messages included). While readtrack is behind
+-- (stopped, or slower than the traffic) by this many bytes, new messages are left to the server as
+-- when readtrack is away, until the queue drains.
+local max_link_backlog = module:get_option_number("readtrack_max_link_backlog", 8 * 1024 * 1024);
+
+-- Are at least `limit` bytes queued to readtrack? Counts no further than the limit. 0.12's epoll
+-- queues a string or a list of strings, 13's a string or a buffer that knows its length (`#`);
+-- a backend that keeps its queue elsewhere (select) reports nothing.
+local function link_backlog_at_least(limit)
+	local session = component_session();
+	local buffer = session and session.conn and session.conn.writebuffer;
+	if type(buffer) == "string" then return #buffer >= limit; end
+	if type(buffer) ~= "table" then return false; end
+	local mt = getmetatable(buffer);
+	if mt and mt.__len then return #buffer >= limit; end
+	local bytes = 0;
+	for i = 1, #buffer do
+		bytes = bytes + #buffer[i];
+		if bytes >= limit then return true; end
+	end
+	return false;
+end
+
 local function within_budget(stanza)
+	if max_link_backlog > 0 and link_backlog_at_least(max_link_backlog) then
+		note_over_budget(stanza, "readtrack is " .. max_link_backlog .. " bytes behind");
+		return false;
+	end
 	if deeper_than(stanza, max_depth) then
 		note_over_budget(stanza, "deeper than " .. max_depth .. " elements");
 		return false;
