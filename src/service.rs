@@ -196,6 +196,7 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
         }
         HookEvent::Account { jid, token } => Input::Account { user: jid, token },
         HookEvent::UserDeleted { jid } => Input::UserDeleted { user: jid },
+        HookEvent::Drained { jid, token } => Input::Drained { jid, token },
         HookEvent::Routed {
             to,
             archive_id,
@@ -530,6 +531,7 @@ impl Service {
                 Output::StoreOffline { to, stanza_xml } => {
                     (HookCommand::StoreOffline { to, stanza_xml }, None)
                 }
+                Output::Pace { to, token } => (HookCommand::Pace { to, token }, None),
             };
             match command.element_xml(confirm.as_deref()) {
                 Ok(element) => {

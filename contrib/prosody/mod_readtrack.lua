@@ -609,6 +609,83 @@ local function remember(id)
 	executed[id] = true;
 end
 
+------------------------------------------------------------------------------------------------
+-- Replay flow control. readtrack writes a long replay in chunks of a bounded number of bytes;
+-- each chunk ends with <pace to token>, answered by <drained jid token> once the session's
+-- connection has written out everything buffered so far. Only then does the next chunk come,
+-- so Prosody holds about one chunk for a device however slowly it reads (13 destroys a
+-- connection whose send buffer passes max_send_buffer_size, 32 MiB; 0.12's has no bound).
+
+-- Seconds between two looks at the send buffers of paced sessions. c2s-ondrain answers at
+-- once for plain c2s connections; the look also covers connections that do not fire it (a
+-- websocket, a session smacks resumed on a new connection).
+local pace_poll_interval = 0.1;
+local epoll = require "net.server".get_backend() == "epoll";
+local paced = setmetatable({}, { __mode = "k" }); -- session -> { token, link }
+local pace_polling = false;
+
+-- Bytes the session's connection still has to write; nil when this module cannot see them
+-- (another network backend, BOSH): such a session is not paced.
+local function send_buffered(session)
+	if not epoll then return nil; end
+	local conn = session.conn;
+	if not conn then
+		-- Hibernating (smacks): what was written waits in smacks' queue for a resumption.
+		return session.hibernating and math.huge or nil;
+	end
+	local buffer = conn.writebuffer;
+	if buffer == nil then return 0; end
+	if type(buffer) == "string" then return #buffer; end
+	if type(buffer) ~= "table" then return nil; end
+	local mt = getmetatable(buffer);
+	if mt and mt.__len then return #buffer; end -- 13: a util.dbuffer
+	local bytes = 0;
+	for _, piece in ipairs(buffer) do bytes = bytes + #piece; end -- 0.12: a list of strings
+	return bytes;
+end
+
+local function check_paced(session)
+	local wait = paced[session];
+	if not wait then return; end
+	if session.destroyed then
+		paced[session] = nil; -- readtrack replays the rest at the device's next login
+		return;
+	end
+	local buffered = send_buffered(session);
+	if buffered and buffered > 0 then return; end
+	paced[session] = nil;
+	-- A pace from an earlier connection of readtrack: its successor replays afresh.
+	if wait.link ~= component_session() then return; end
+	emit("<drained xmlns='" .. xmlns_hook .. "'" .. xml_attr("jid", session.full_jid)
+		.. xml_attr("token", wait.token) .. "/>");
+end
+
+local function poll_paced()
+	for session in pairs(paced) do check_paced(session); end
+	if next(paced) == nil then
+		pace_polling = false;
+		return nil;
+	end
+	return pace_poll_interval;
+end
+
+local function pace(command)
+	local to = command.attr.to;
+	local session = to and jid_host(to) == host and full_sessions[to];
+	if not (session and command.attr.token) then
+		return true; -- gone: its device's replay goes on at its next login
+	end
+	paced[session] = { token = command.attr.token, link = component_session() };
+	check_paced(session);
+	if paced[session] and not pace_polling then
+		pace_polling = true;
+		module:add_timer(pace_poll_interval, poll_paced);
+	end
+	return true;
+end
+
+module:hook("c2s-ondrain", function(event) check_paced(event.session); end);
+
 local execute;
 
 -- Replays go through the checks a live delivery would: a user who blocked the sender (XEP-0191,
@@ -656,6 +733,7 @@ module:hook("message/host", function(event)
 end, 100);
 
 function execute(command)
+	if command.name == "pace" then return pace(command); end
 	local inner = inner_message(command);
 	if not inner then
 		module:log("warn", "readtrack <%s> without <forwarded><message xmlns='jabber:client'>", command.name);
