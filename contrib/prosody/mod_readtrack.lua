@@ -429,10 +429,37 @@ local function archive_id(stanza, to)
 	return id;
 end
 
+-- Bytes of one list of sessions or carbons in an event. A user can hold any number of sessions
+-- (resources of up to 1023 bytes, each ' escaped to 6), and a message to them lists each: without
+-- a bound one event could pass readtrack's stanza limit and be skipped, message and all. A
+-- session left off is only not known to have got the message live: readtrack replays it there at
+-- that device's next login (a duplicate with the same stanza id), never loses it.
+local max_list_bytes = module:get_option_number("readtrack_max_list_bytes", 64 * 1024);
+
+local list_cut = { count = 0, logged_at = -math.huge, suppressed = 0 };
+local function note_list_cut(name, left_off)
+	list_cut.count = list_cut.count + 1;
+	local now = os.time();
+	if now - list_cut.logged_at < 60 then
+		list_cut.suppressed = list_cut.suppressed + 1;
+		return;
+	end
+	module:log("warn", "readtrack event lists %d fewer <%s> than written (over %d bytes); they get the message again at their next login (%d so far, %d similar warnings suppressed)",
+		left_off, name, max_list_bytes, list_cut.count, list_cut.suppressed);
+	list_cut.logged_at, list_cut.suppressed = now, 0;
+end
+
 local function jid_tags(name, list)
-	local out = {};
-	for _, full_jid in ipairs(list) do
-		out[#out + 1] = "<" .. name .. xml_attr("jid", full_jid) .. "/>";
+	local out, bytes = {}, 0;
+	for i, full_jid in ipairs(list) do
+		local tag = "<" .. name .. xml_attr("jid", full_jid) .. "/>";
+		bytes = bytes + #tag;
+		-- The first tag always goes: an empty session list means "taken from offline storage".
+		if i > 1 and bytes > max_list_bytes then
+			note_list_cut(name, #list - i + 1);
+			break;
+		end
+		out[#out + 1] = tag;
 	end
 	return t_concat(out);
 end
