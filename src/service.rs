@@ -54,7 +54,8 @@ pub struct Timings {
     /// holding its 10013 ack being handed to the link's writer.
     pub ack: Latency,
     /// From the service taking a session's availability off the queue to the last command
-    /// stanza of its replay being handed to the writer; only availabilities that replay.
+    /// stanza of its replay being handed to the writer; only availabilities that replay. A
+    /// paced replay's first chunk: the rest waits for the server, not for readtrack.
     pub replay: Latency,
 }
 
