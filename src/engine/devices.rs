@@ -305,8 +305,8 @@ impl Engine {
                 }
                 break;
             }
-            // Far below a server's send buffer (Prosody 13 drops a connection past 32 MiB); a
-            // single message larger than the budget still goes, alone.
+            // One login's total, over all its chunks (the window below bounds what is in flight
+            // at once); a single message larger than the budget still goes, alone.
             let size = m.stanza.len() as u64;
             let first = out.is_empty() && progress.messages == 0;
             if !first && progress.bytes + written_bytes + size > self.config.max_replay_bytes {
