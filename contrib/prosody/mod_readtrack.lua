@@ -120,22 +120,30 @@ end
 -- when readtrack is away, until the queue drains.
 local max_link_backlog = module:get_option_number("readtrack_max_link_backlog", 8 * 1024 * 1024);
 
--- Are at least `limit` bytes queued to readtrack? Counts no further than the limit. 0.12's epoll
--- queues a string or a list of strings, 13's a string or a buffer that knows its length (`#`);
--- a backend that keeps its queue elsewhere (select) reports nothing.
-local function link_backlog_at_least(limit)
-	local session = component_session();
-	local buffer = session and session.conn and session.conn.writebuffer;
-	if type(buffer) == "string" then return #buffer >= limit; end
-	if type(buffer) ~= "table" then return false; end
+-- Bytes a connection still has to write, counted no further than `limit` (nil: all of them);
+-- nil when this module cannot see them. 0.12's epoll queues a string or a list of strings, 13's
+-- a string or a util.dbuffer, which knows its length (`#`); other backends (select) keep their
+-- queue out of reach.
+local epoll = require "net.server".get_backend() == "epoll";
+local function queued_bytes(conn, limit)
+	if not (epoll and conn) then return nil; end
+	local buffer = conn.writebuffer;
+	if buffer == nil then return 0; end
+	if type(buffer) == "string" then return #buffer; end
+	if type(buffer) ~= "table" then return nil; end
 	local mt = getmetatable(buffer);
-	if mt and mt.__len then return #buffer >= limit; end
+	if mt and mt.__len then return #buffer; end
 	local bytes = 0;
 	for i = 1, #buffer do
 		bytes = bytes + #buffer[i];
-		if bytes >= limit then return true; end
+		if limit and bytes >= limit then break; end
 	end
-	return false;
+	return bytes;
+end
+
+local function link_backlog_at_least(limit)
+	local session = component_session();
+	return (queued_bytes(session and session.conn, limit) or 0) >= limit;
 end
 
 local function within_budget(stanza)
@@ -647,28 +655,17 @@ end
 -- once for plain c2s connections; the look also covers connections that do not fire it (a
 -- websocket, a session smacks resumed on a new connection).
 local pace_poll_interval = 0.1;
-local epoll = require "net.server".get_backend() == "epoll";
 local paced = setmetatable({}, { __mode = "k" }); -- session -> { token, link }
 local pace_polling = false;
 
 -- Bytes the session's connection still has to write; nil when this module cannot see them
 -- (another network backend, BOSH): such a session is not paced.
 local function send_buffered(session)
-	if not epoll then return nil; end
-	local conn = session.conn;
-	if not conn then
+	if not session.conn then
 		-- Hibernating (smacks): what was written waits in smacks' queue for a resumption.
-		return session.hibernating and math.huge or nil;
+		return epoll and session.hibernating and math.huge or nil;
 	end
-	local buffer = conn.writebuffer;
-	if buffer == nil then return 0; end
-	if type(buffer) == "string" then return #buffer; end
-	if type(buffer) ~= "table" then return nil; end
-	local mt = getmetatable(buffer);
-	if mt and mt.__len then return #buffer; end -- 13: a util.dbuffer
-	local bytes = 0;
-	for _, piece in ipairs(buffer) do bytes = bytes + #piece; end -- 0.12: a list of strings
-	return bytes;
+	return queued_bytes(session.conn);
 end
 
 local function check_paced(session)
