@@ -39,6 +39,11 @@ pub(super) trait Backend: Send + Sync {
     /// Bytes the store occupies (on disk, or in the database's tables).
     fn size(&self) -> Result<u64>;
 
+    /// Statements sent to a database server since open (a local backend sends none).
+    fn round_trips(&self) -> u64 {
+        0
+    }
+
     /// Closes the backend after the last flush (releases what it holds: a lease, a lock).
     fn close(&self) {}
 }

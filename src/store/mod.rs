@@ -14,6 +14,7 @@ pub mod keys;
 mod log;
 mod migrate;
 mod pending;
+mod pg;
 pub mod records;
 mod sled_backend;
 mod timers;
@@ -31,6 +32,8 @@ use backend::Backend;
 pub use inspect::{inspect, StoreState};
 pub use keys::{DeviceNo, IndexHash, Seq, UserId};
 use pending::{Bounds, Merged, Pending, Writes, T, TREE_NAMES};
+use pg::PgBackend;
+pub use pg::{redact as redact_url, PG_SCHEMA_VERSION};
 use records::{decode, encode};
 use sled_backend::SledBackend;
 
@@ -90,6 +93,31 @@ pub enum StoreError {
     BadKey { tree: &'static str, len: usize },
     #[error("unknown user id {0}")]
     UnknownUser(UserId),
+    #[error("PostgreSQL store {url}: {source}")]
+    Postgres {
+        url: String,
+        source: postgres::Error,
+    },
+    #[error("PostgreSQL store: {0}")]
+    Pg(String),
+    #[error("PostgreSQL store {url} has schema version {found}, this readtrack knows version {expected}; refusing to touch it")]
+    PgSchemaVersion {
+        url: String,
+        found: i32,
+        expected: i32,
+    },
+    /// Another process owns the store (several processes on one database would corrupt it).
+    #[error("PostgreSQL store {url} is in use by {holder} (its lease ends at {until} unless renewed); one readtrack process per database: stop it, or wait for its lease to expire if it died")]
+    Held {
+        url: String,
+        holder: String,
+        until: String,
+    },
+    /// This process lost the store's lease to another: its commit was rolled back.
+    #[error("PostgreSQL store {url}: this process no longer owns the store (lease epoch {epoch} was taken over by another process); the commit was rolled back")]
+    Fenced { url: String, epoch: i64 },
+    #[error("a key of tree {tree} does not fit its PostgreSQL table (a value above 2^63-1, or a partial key)")]
+    KeyRange { tree: &'static str },
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -119,6 +147,9 @@ pub struct StoreOptions {
     /// How the log's index hashes ids and peers (tests force collisions with it).
     #[doc(hidden)]
     pub index_hash: keys::IndexHash,
+    /// PostgreSQL: how long the store's lease lasts without renewal (a process killed holding
+    /// it keeps the store from others this long).
+    pub lease: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -126,6 +157,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 64 * 1024 * 1024,
             index_hash: keys::IndexHash::default(),
+            lease: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -135,6 +167,18 @@ impl Default for StoreOptions {
 pub enum Location {
     /// A sled folder.
     Sled(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://user@host:port/database`).
+    Postgres(String),
+}
+
+impl std::fmt::Display for Location {
+    /// For logs and messages: a folder, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sled(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => write!(f, "{}", pg::redact(url)),
+        }
+    }
 }
 
 pub struct Store {
@@ -164,6 +208,30 @@ impl Store {
         Ok(Self::over(Box::new(backend), Location::Sled(path), options))
     }
 
+    /// Opens (or creates) the store at `location`, on the backend it names. On PostgreSQL this
+    /// applies the project's migrations and takes the store's lease (refusing when another
+    /// process holds it).
+    pub fn open_location(location: &Location, options: &StoreOptions) -> Result<Store> {
+        match location {
+            Location::Sled(path) => Self::open(path, options),
+            Location::Postgres(url) => {
+                let backend = PgBackend::open(url, options)?;
+                Ok(Self::over(Box::new(backend), location.clone(), options))
+            }
+        }
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Statements sent to the database since open (0 on sled): what a test measures a message
+    /// by on PostgreSQL.
+    #[doc(hidden)]
+    pub fn round_trips(&self) -> u64 {
+        self.backend.round_trips()
+    }
+
     fn over(backend: Box<dyn Backend>, location: Location, options: &StoreOptions) -> Store {
         Store {
             backend,
@@ -175,10 +243,11 @@ impl Store {
         }
     }
 
-    /// The sled folder of a sled store.
+    /// The sled folder of a sled store; an empty path on PostgreSQL.
     pub fn path(&self) -> &Path {
         match &self.location {
             Location::Sled(path) => path,
+            Location::Postgres(_) => Path::new(""),
         }
     }
 
