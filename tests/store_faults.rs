@@ -684,3 +684,130 @@ fn migrations_are_applied_once_in_order() {
     assert_eq!(applied(&url), first, "nothing applied twice");
     backend::drop_location(&location);
 }
+
+/// A connection the server cut (a restart, an idle timeout) is opened again at the next call:
+/// the commit after it goes through, and nothing committed before is lost.
+#[test]
+fn a_broken_connection_is_opened_again_and_the_commit_goes_through() {
+    let url = backend::fresh_database();
+    let location = Location::Postgres(url.clone());
+    let mut engine = Engine::new(
+        Store::open_location(&location, &StoreOptions::default()).unwrap(),
+        seed_config(),
+    )
+    .unwrap();
+    engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
+    engine.commit().unwrap();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let admin = std::env::var("READTRACK_TEST_PG_URL").unwrap();
+    let cut: Vec<postgres::Row> = sql(
+        &admin,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' \
+             AND pid <> pg_backend_pid()"
+        ),
+    );
+    assert!(!cut.is_empty(), "readtrack's connections were cut");
+    engine
+        .handle(routed("m2", "after"), Millis(T0 + 1))
+        .unwrap();
+    engine
+        .commit()
+        .expect("the commit runs on a new connection");
+    assert_eq!(count(&url, "readtrack_userseq_message"), 2);
+    drop(engine);
+    backend::drop_location(&location);
+}
+
+/// `readtrack check` on a PostgreSQL store: the connection and the schema, one verdict each,
+/// the password never shown.
+#[test]
+fn check_reports_the_postgres_connection_and_schema() {
+    let url = backend::fresh_database();
+    let with_password = url.replacen("://postgres@", "://postgres:not-shown@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_pg_config(dir.path(), &with_password, 30);
+    let check = || -> (String, serde_json::Value) {
+        let out = Command::new(binary())
+            .args(["check", "--json", "--config"])
+            .arg(&config)
+            .env_remove("READTRACK_SECRET")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (text, serde_json::from_slice(&out.stdout).unwrap())
+    };
+    let verdict = |report: &serde_json::Value, name: &str| -> (bool, String) {
+        let c = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {report}"));
+        (
+            c["ok"].as_bool().unwrap(),
+            c["detail"].as_str().unwrap().to_string(),
+        )
+    };
+    let (text, report) = check();
+    assert!(!text.contains("not-shown"), "the password is shown: {text}");
+    let (ok, detail) = verdict(&report, "store");
+    assert!(
+        ok && detail.contains("PostgreSQL") && detail.contains("answers"),
+        "{detail}"
+    );
+    assert_eq!(
+        verdict(&report, "schema"),
+        (
+            true,
+            format!(
+                "{url}: no readtrack tables yet; serve creates them (schema {})",
+                readtrack::store::PG_SCHEMA_VERSION
+            )
+        )
+    );
+    let location = Location::Postgres(url.clone());
+    let store = Store::open_location(&location, &StoreOptions::default()).unwrap();
+    let (_, report) = check();
+    let (ok, detail) = verdict(&report, "schema");
+    assert!(
+        !ok && detail.contains("in use by") && detail.contains("no service answers"),
+        "a store held by a process with no admin socket fails the check: {detail}"
+    );
+    drop(store);
+    let (_, report) = check();
+    assert_eq!(
+        verdict(&report, "schema"),
+        (
+            true,
+            format!(
+                "{url}: schema {}, not in use",
+                readtrack::store::PG_SCHEMA_VERSION
+            )
+        )
+    );
+    // An unreachable server fails the store check and names the URL.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = write_pg_config(
+        dir.path(),
+        &format!("postgres://postgres:not-shown@127.0.0.1:{closed}/nothing"),
+        30,
+    );
+    let out = Command::new(binary())
+        .args(["check", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, detail) = verdict(&report, "store");
+    assert!(
+        !ok && detail.contains(&format!("postgres://postgres@127.0.0.1:{closed}/nothing")),
+        "{detail}"
+    );
+    assert!(!detail.contains("not-shown"));
+    backend::drop_location(&location);
+}

@@ -372,6 +372,8 @@ impl Conn {
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement> {
+        // First: a new connection forgets the statements prepared on the last one.
+        self.client()?;
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -445,9 +447,14 @@ impl PgBackend {
     }
 
     /// Runs `f` on the connection's thread and waits for its result.
+    ///
+    /// A job that failed because the connection broke (the server restarted, an idle
+    /// connection was cut) runs once more on a new connection: every job is a read or a whole
+    /// write set of final values, so running it twice is the same as once, even when the
+    /// first `COMMIT` did reach the server.
     fn call<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Conn) -> Result<R> + Send + 'static,
+        f: impl Fn(&mut Conn) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let (tx, rx) = mpsc::sync_channel(1);
         let gone = || StoreError::Pg("the PostgreSQL thread has stopped".into());
@@ -455,7 +462,12 @@ impl PgBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(Box::new(move |conn| {
-                let _ = tx.send(f(conn));
+                let mut result = f(conn);
+                if result.is_err() && conn.client.as_ref().is_some_and(|c| c.is_closed()) {
+                    tracing::warn!(url = %redact(&conn.url), "the connection to the database broke; connecting again");
+                    result = f(conn);
+                }
+                let _ = tx.send(result);
             }))
             .map_err(|_| gone())?;
         rx.recv().map_err(|_| gone())?
