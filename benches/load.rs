@@ -29,9 +29,9 @@
 //! `LOAD_WINDOW`, `LOAD_ROUNDS`, `LOAD_REPLAY`, `LOAD_REPLAY_ROUNDS` (3), `LOAD_MEM`
 //! (`users:devices_per_user:messages` pairs separated by `,`; default `1000:3:100000,10000:3:1000000`).
 //! `LOAD_DIALECT=xep` runs readtrack without the seed server ack. `LOAD_CLIENT=harness` (default
-//! `raw`) picks the clients, `LOAD_CLIENT_THREADS` (2) their runtime's threads. Profiling: `LOAD_LUA_PROFILE=1`
-//! (Prosody's Lua, see `benches/prosody/mod_lprof.lua`), `LOAD_PAUSE_S=N` (time to attach
-//! `perf record -p` to the pids it prints).
+//! `raw`) picks the clients, `LOAD_CLIENT_THREADS` (2) their runtime's threads. Profiling:
+//! `LOAD_LUA_PROFILE=1` (Prosody's Lua, see `benches/prosody/mod_lprof.lua`), `LOAD_PAUSE_S=N`
+//! (time to attach `perf record -p` to the pids it prints).
 
 #[path = "common/mod.rs"]
 mod bench_common;
@@ -738,14 +738,29 @@ fn measure_memory(
 
 fn main() {
     // `cargo bench` passes `--bench`; this runner takes its settings from the environment.
-    let pairs = env_num("LOAD_PAIRS", 8);
-    let msgs = env_num("LOAD_MSGS", 500);
+    // `cargo test --benches` (or `--all-targets`) runs this without `--bench`: a smoke run of
+    // every phase at tiny sizes, so a broken bench shows in a test run and not on the day
+    // someone measures. Its figures mean nothing.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let size = |bench: u64, smoke_size: u64| if smoke { smoke_size } else { bench };
+    if smoke {
+        println!("smoke run (no --bench): tiny sizes, the figures mean nothing");
+    }
+    let pairs = env_num("LOAD_PAIRS", size(8, 2));
+    let msgs = env_num("LOAD_MSGS", size(500, 20));
     let window = env_num("LOAD_WINDOW", 8);
-    let rounds = env_num("LOAD_ROUNDS", 2);
-    let replay_n = env_num("LOAD_REPLAY", 10_000);
-    let replay_rounds = env_num("LOAD_REPLAY_ROUNDS", 3).max(1);
+    let rounds = env_num("LOAD_ROUNDS", size(2, 1));
+    let replay_n = env_num("LOAD_REPLAY", size(10_000, 50));
+    let replay_rounds = env_num("LOAD_REPLAY_ROUNDS", size(3, 1)).max(1);
     let mem_points: Vec<(u64, u64, u64)> = std::env::var("LOAD_MEM")
-        .unwrap_or_else(|_| "1000:3:100000,10000:3:1000000".into())
+        .unwrap_or_else(|_| {
+            if smoke {
+                "10:3:1000"
+            } else {
+                "1000:3:100000,10000:3:1000000"
+            }
+            .into()
+        })
         .split(',')
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -1056,7 +1071,12 @@ fn main() {
         "memory": {"rss_after_load_mib": rss_serving as f64 / 1024.0, "points": memory,
                    "extrapolated_peak_rss_mib_10m_msgs": extrapolated},
     });
-    let out = scratch_base().parent().unwrap().join("readtrack-load.json");
+    // A smoke run does not overwrite a measurement.
+    let out = scratch_base().parent().unwrap().join(if smoke {
+        "readtrack-load-smoke.json"
+    } else {
+        "readtrack-load.json"
+    });
     std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("written {}", out.display());
     let _ = std::fs::remove_dir_all(scratch_base());
