@@ -375,6 +375,65 @@ async fn receipts_to_the_host_are_forwarded_and_consumed() {
         .await;
 }
 
+/// Once readtrack announced it reads them, a receipt or marker with nothing else in it comes as
+/// a compact `<signal>` holding what the whole stanza gives readtrack; one with content still
+/// comes whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_accepts_receipts_and_markers_come_as_signals() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='signal' id='a1'/></message>"
+    ))
+    .await;
+    next_event(
+        &mut comp,
+        "done a1",
+        |e| matches!(e, HookEvent::Done { id } if id == "a1"),
+    )
+    .await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    let stanzas = [
+        ("V4NkR-38", "<message id='V4NkR-38' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>"),
+        ("HncqL-65", "<message id='HncqL-65' type='crs' to='localhost'><offline xmlns='urn:xmpp:offline'/></message>"),
+        ("r1", "<message id='r1' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>"),
+        ("d1", "<message id='d1' type='chat' to='alice@localhost'><displayed xmlns='urn:xmpp:chat-markers:0' id='m9'/></message>"),
+    ];
+    for (id, stanza) in stanzas {
+        bob.send_raw(stanza).await;
+        let HookEvent::Signal { message } = next_event(
+            &mut comp,
+            id,
+            |e| matches!(e, HookEvent::Signal { message } if message.id.as_deref() == Some(id)),
+        )
+        .await
+        else {
+            unreachable!()
+        };
+        // What readtrack reads of the whole stanza as Prosody stamped it (from the session).
+        let whole = stanza.replacen(
+            "<message ",
+            "<message xmlns='jabber:client' from='bob@localhost/phone' ",
+            1,
+        );
+        assert_eq!(
+            message,
+            readtrack::stanza::parse_message(&whole).unwrap(),
+            "{stanza}"
+        );
+    }
+    alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("r1"))
+        .await;
+    // Content beside the receipt: the stanza goes whole.
+    bob.send_raw("<message id='b1' type='chat' to='alice@localhost/phone'><body>hi</body><received xmlns='urn:xmpp:receipts' id='m9'/></message>").await;
+    next_event(&mut comp, "sent b1", |e| {
+        matches!(e, HookEvent::Sent { message, .. } if attr(message.original.text(), "id").as_deref() == Some("b1"))
+    })
+    .await;
+}
+
 fn deliver(to: &str, inner: &str) -> String {
     format!(
         "<message from='{COMPONENT}' to='{DOMAIN}'><deliver xmlns='{HOOK}' to='{to}'>\
