@@ -169,9 +169,19 @@ fn local_name(e: &BytesStart) -> String {
     e.local_name().as_ref().to_string()
 }
 
+fn xml_err(e: impl std::fmt::Display) -> HookError {
+    HookError::Xml(e.to_string())
+}
+
 fn attr(e: &BytesStart, name: &str) -> Result<Option<String>, HookError> {
-    let [value] = parse::get_attrs(e, [name]).map_err(broken_xml)?;
-    Ok(value.map(std::borrow::Cow::into_owned))
+    match e.try_get_attribute(name).map_err(xml_err)? {
+        None => Ok(None),
+        Some(a) => Ok(Some(
+            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                .map_err(xml_err)?
+                .into_owned(),
+        )),
+    }
 }
 
 fn required(e: &BytesStart, name: &'static str) -> Result<String, HookError> {

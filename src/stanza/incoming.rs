@@ -513,16 +513,9 @@ fn head(start: &BytesStart<'_>) -> Result<(String, Option<Range<usize>>), ParseE
             to = Some(at..out.len());
         }
     };
-    // The common tag split without quick-xml's checked iterator, which gives the same pairs.
-    if let Some((attrs, count)) = split_attrs(start.attributes_raw()) {
-        for &(key, raw) in &attrs[..count] {
-            push(key, raw);
-        }
-    } else {
-        for attr in start.attributes().with_checks(true) {
-            let attr = attr.map_err(malformed)?;
-            push(attr.key.as_ref(), &attr.value);
-        }
+    for attr in start.attributes().with_checks(true) {
+        let attr = attr.map_err(malformed)?;
+        push(attr.key.as_ref(), &attr.value);
     }
     Ok((out, to))
 }

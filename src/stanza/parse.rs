@@ -70,7 +70,7 @@ pub fn stanza_name(stanza: &str) -> Result<StanzaName, ParseError> {
 /// Values of the named unprefixed attributes, unescaped and normalised as XML requires, borrowed
 /// from the tag when nothing needed changing. Duplicate attributes are an error (quick-xml's
 /// checked iterator).
-pub(crate) fn get_attrs<'a, const N: usize>(
+pub(super) fn get_attrs<'a, const N: usize>(
     e: &'a BytesStart<'_>,
     names: [&str; N],
 ) -> Result<[Option<Cow<'a, str>>; N], ParseError> {
@@ -313,15 +313,6 @@ impl<'i> Events<'i> {
             .ok_or_else(|| malformed(NamespaceError::TooDeeplyNested(u16::MAX as usize)))?;
         // A declaration's name starts with `xmlns`; without it there is nothing to add.
         if !e.attributes_raw().contains("xmlns") {
-            return Ok(());
-        }
-        // The common tag, split without quick-xml's iterator (the same pairs, see `split_attrs`).
-        if let Some((attrs, count)) = split_attrs(e.attributes_raw()) {
-            for &(key, value) in &attrs[..count] {
-                if let Some(decl) = QName(key).as_namespace_binding() {
-                    self.add(decl, value).map_err(malformed)?;
-                }
-            }
             return Ok(());
         }
         // Unchecked, and stopping at the first broken attribute, as quick-xml does.
