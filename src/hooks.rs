@@ -7,8 +7,11 @@
 //! tell the inner stanza from the wrapper, and a `<message>` without it would inherit
 //! `urn:xmpp:forward:0` from `<forwarded>`.
 //!
-//! Inner stanzas are handed over as text (the exact bytes received) so the stanza parser sees
-//! them as the client sent them. Sans-IO: text in, values out, and back.
+//! An event is read in one pass: the client message inside it is read where it stands
+//! ([`crate::stanza::incoming`]), typed and laid out for its stored form, and kept as the exact
+//! bytes received. A command's inner stanza is readtrack's own output, written in `jabber:client`
+//! by [`crate::stanza::write::client_outgoing`], and is wrapped as it is. Sans-IO: text in,
+//! values out, and back.
 
 use quick_xml::escape::escape;
 use quick_xml::events::{BytesStart, Event};
