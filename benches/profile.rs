@@ -7,7 +7,9 @@
 //! callgrind_annotate --inclusive=yes target/cg.ingest | head -60
 //! ```
 //!
-//! Workloads: `parse N`, `ingest N` (routed to a live device, receipts required, commit every 64),
+//! Workloads: `parse N`, `events N` (N routed chat events and N receipt events from the server,
+//! read as the service reads them and the chat message's stored form cut as the engine logs
+//! it; no store), `ingest N` (routed to a live device, receipts required, commit every 64),
 //! `receipt N` (N acks after logging N messages, commit every 64), `replay N U` (log N messages
 //! offline, read all but the last U, then one login replays them), `scan N U` (raw sled baseline:
 //! N values of the same size, range scan of the last U).
@@ -47,6 +49,18 @@ fn routed(id: u64, live: bool) -> Input {
         None,
         false,
     )
+}
+
+/// What the engine logs of an input: the stored form of a routed message.
+fn logged_bytes(input: &Input) -> usize {
+    match input {
+        Input::Routed { original, .. } => original
+            .stored_form("bob@localhost", false)
+            .unwrap()
+            .text
+            .len(),
+        _ => 1,
+    }
 }
 
 /// The service's allocator (the default `mimalloc` feature), so the benches measure what runs.
@@ -97,6 +111,28 @@ fn main() {
             for _ in 0..n {
                 let m = parse_message(&stanza).unwrap();
                 bytes += write::message(&m).len();
+            }
+            println!("{bytes}");
+        }
+        "events" => {
+            let fixture = |name: &str| {
+                std::fs::read_to_string(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join(format!("tests/fixtures/hooks/{name}.xml")),
+                )
+                .unwrap()
+            };
+            let (chat, receipt) = (fixture("routed"), fixture("sent-receipt"));
+            let mut bytes = 0;
+            for _ in 0..n {
+                for stanza in [&chat, &receipt] {
+                    match readtrack::service::from_server(stanza, "localhost") {
+                        Ok(readtrack::service::FromServer::Input(input)) => {
+                            bytes += logged_bytes(&input)
+                        }
+                        _ => panic!("not an input: {stanza}"),
+                    }
+                }
             }
             println!("{bytes}");
         }

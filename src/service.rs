@@ -13,10 +13,12 @@ use tokio::sync::{mpsc, watch};
 use crate::component::LinkEvent;
 use crate::engine::{Engine, EngineError, Input, Output};
 use crate::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo, SnapshotPage};
-use crate::stanza::parse::parse_message_header;
-use crate::stanza::{parse_message, write, Outgoing};
+use crate::stanza::{write, Outgoing};
 use crate::time::Millis;
 use crate::warnlimit::{self, Warning};
+
+/// Event forms beyond the first vocabulary this readtrack reads (told to the module).
+const ACCEPTED_EVENTS: &str = "signal";
 
 /// How many link events one batch (one flush) takes at most.
 const BATCH: usize = 512;
@@ -129,7 +131,7 @@ pub enum FromServer {
     GiveBack {
         why: String,
         to: crate::jid::Jid,
-        message_xml: String,
+        stanza_xml: String,
     },
     /// One page of the reconnect snapshot: the loop gathers pages and hands the engine one
     /// whole [`Input::Snapshot`] at the last.
@@ -176,8 +178,9 @@ impl SnapshotPages {
     }
 }
 
-/// What one stanza from the server means: an engine input (hook event, then the client message
-/// inside it), or the confirmation of a command. The error is the line `serve` logs for it.
+/// What one stanza from the server means: an engine input, or the confirmation of a command.
+/// The event and the client message inside it are read in one pass ([`HookEvent::parse`]);
+/// this only chooses what of it the engine gets. The error is the line `serve` logs for it.
 pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
     let event = HookEvent::parse(stanza, host).map_err(|e| e.to_string())?;
     Ok(FromServer::Input(Box::new(match event {
@@ -195,37 +198,34 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
         HookEvent::Snapshot { page, sessions } => {
             return Ok(FromServer::SnapshotPage { page, sessions })
         }
-        HookEvent::Account { jid, token } => Input::Account { user: jid, token },
-        HookEvent::UserDeleted { jid } => Input::UserDeleted { user: jid },
         HookEvent::Drained { jid, token } => Input::Drained { jid, token },
+        HookEvent::Account { user, token } => Input::Account { user, token },
+        HookEvent::UserDeleted { user } => Input::UserDeleted { user },
         HookEvent::Routed {
             to,
             archive_id,
             sessions,
             carbons,
-            message_xml,
+            message,
             sent,
         } => {
-            let message = match parse_message(&message_xml) {
-                Ok(message) => message,
-                // A child the XEPs describe otherwise: the message is logged all the same.
-                Err(e) if e.is_about_a_child() => match parse_message_header(&message_xml) {
-                    Ok(message) => message,
-                    Err(e) => return Err(format!("routed message: {e}")),
-                },
+            // A child the XEPs describe otherwise: the message is logged all the same, on its
+            // header.
+            let (message, original) = match message.lenient() {
+                (Ok(message), original) => (message, original),
                 // Nothing else has it: the server took it from its offline storage for us.
-                Err(e) if sessions.is_empty() => {
+                (Err(e), original) if sessions.is_empty() => {
                     return Ok(FromServer::GiveBack {
                         why: format!("routed message: {e}"),
                         to,
-                        message_xml,
+                        stanza_xml: original.into_text(),
                     })
                 }
-                Err(e) => return Err(format!("routed message: {e}")),
+                (Err(e), _) => return Err(format!("routed message: {e}")),
             };
             Input::Routed {
                 message,
-                message_xml,
+                original,
                 to,
                 sessions,
                 carbons,
@@ -233,15 +233,18 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
                 sent,
             }
         }
-        HookEvent::Sent {
-            message_xml,
-            carbons,
-        } => Input::Sent {
+        // The compact form: what a whole <sent> of a receipt or marker would have given.
+        HookEvent::Signal { message } => Input::Sent {
+            message,
+            original: None,
+            carbons: Vec::new(),
+        },
+        HookEvent::Sent { message, carbons } => Input::Sent {
             // Strict: what a client sends acknowledges something only if it says so as the XEPs
             // do. (The message itself went its way through Prosody; a message to a local user
             // comes as a routed event, which takes what the server accepted.)
-            message: parse_message(&message_xml).map_err(|e| format!("client message: {e}"))?,
-            message_xml,
+            message: message.parsed.map_err(|e| format!("client message: {e}"))?,
+            original: Some(message.original),
             carbons,
         },
     })))
@@ -259,6 +262,9 @@ pub struct Service {
     retention: Retention,
     /// Whether the component link is up (between `Connected` and `Disconnected`).
     connected: bool,
+    /// The link came up: the next command stanza first tells the module what events this
+    /// readtrack accepts ([`HookCommand::Accepts`]).
+    announce: bool,
     snapshot: SnapshotPages,
     /// Whether to measure [`Timings`]: off, the loop does not read the clock for them.
     timed: bool,
@@ -299,6 +305,7 @@ impl Service {
             stats: Arc::default(),
             retention: Retention::default(),
             connected: false,
+            announce: false,
             snapshot: SnapshotPages::default(),
             timed: false,
             ack_arrivals: VecDeque::new(),
@@ -398,6 +405,7 @@ impl Service {
         match event {
             LinkEvent::Connected => {
                 self.connected = true;
+                self.announce = true;
                 self.snapshot = SnapshotPages::default();
                 self.stats.connected.store(true, Ordering::Relaxed);
                 tracing::info!(component = %self.component, "connected to the server; waiting for its session snapshot")
@@ -433,9 +441,9 @@ impl Service {
                     Some(FromServer::GiveBack {
                         why,
                         to,
-                        message_xml,
+                        stanza_xml,
                     }) => {
-                        pending.push(self.engine.give_back(&why, to, message_xml));
+                        pending.push(self.engine.give_back(&why, to, stanza_xml));
                         return Ok(());
                     }
                     None => return Ok(()),
@@ -506,6 +514,13 @@ impl Service {
         pending.extend(released);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         let mut batch = CommandBatch::new(&self.component, &self.host);
+        if std::mem::take(&mut self.announce) {
+            let accepts = HookCommand::Accepts {
+                events: ACCEPTED_EVENTS.into(),
+            };
+            // First in an empty batch: nothing is sent before it.
+            let _ = batch.push(&accepts.element_xml(None));
+        }
         let mut acks_in_stanza = std::mem::take(&mut self.acks_in_stanza);
         for (index, output) in pending.drain(..).enumerate() {
             let ack = match &output {
@@ -519,13 +534,13 @@ impl Service {
                 Output::Deliver { to, stanza } => (
                     HookCommand::Deliver {
                         to,
-                        stanza_xml: write::outgoing(&stanza),
+                        stanza_xml: write::client_outgoing(&stanza),
                     },
                     None,
                 ),
                 Output::SendAsHost { stanza, confirm } => (
-                    HookCommand::Send {
-                        stanza_xml: write::outgoing(&stanza),
+                    HookCommand::SendAsHost {
+                        stanza_xml: write::client_outgoing(&stanza),
                     },
                     confirm,
                 ),
@@ -534,15 +549,10 @@ impl Service {
                 }
                 Output::Pace { to, token } => (HookCommand::Pace { to, token }, None),
             };
-            match command.element_xml(confirm.as_deref()) {
-                Ok(element) => {
-                    self.stats.commands.fetch_add(1, Ordering::Relaxed);
-                    if let Some(stanza) = batch.push(&element) {
-                        self.send_command_stanza(stanza).await;
-                        self.written(index, &mut acks_in_stanza);
-                    }
-                }
-                Err(e) => tracing::error!("cannot write command: {e}"),
+            self.stats.commands.fetch_add(1, Ordering::Relaxed);
+            if let Some(stanza) = batch.push(&command.element_xml(confirm.as_deref())) {
+                self.send_command_stanza(stanza).await;
+                self.written(index, &mut acks_in_stanza);
             }
             acks_in_stanza.extend(ack);
         }

@@ -51,7 +51,19 @@ fn stats(rt: &Readtrack) -> serde_json::Value {
 async fn wait_offline(rt: &Readtrack, user: &str, device: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let c = rt.cursors(user);
+        // The user is unknown until readtrack has applied their first event, which may still
+        // be queued behind the test's own sync with the server.
+        let out = rt.cli(&["cursors", user, "--json"]);
+        if !out.status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "{user}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let c: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let d = c["devices"]
             .as_array()
             .unwrap()

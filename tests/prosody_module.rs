@@ -102,7 +102,7 @@ fn chat(id: &str, to: &str, body: &str) -> String {
 }
 
 fn routed_for(id: &str) -> impl Fn(&HookEvent) -> bool + '_ {
-    move |e| matches!(e, HookEvent::Routed { message_xml, .. } if attr(message_xml, "id").as_deref() == Some(id))
+    move |e| matches!(e, HookEvent::Routed { message, .. } if attr(message.original.text(), "id").as_deref() == Some(id))
 }
 
 fn routed_sessions(event: HookEvent) -> (Jid, Vec<Jid>, String) {
@@ -110,13 +110,13 @@ fn routed_sessions(event: HookEvent) -> (Jid, Vec<Jid>, String) {
         HookEvent::Routed {
             to,
             mut sessions,
-            message_xml,
+            message,
             carbons: _,
             archive_id: _,
             sent: _,
         } => {
             sessions.sort();
-            (to, sessions, message_xml)
+            (to, sessions, message.original.into_text())
         }
         other => panic!("expected routed, got {other:?}"),
     }
@@ -256,13 +256,14 @@ async fn routed_lists_exactly_the_sessions_written_to() {
         .send_raw(&chat("m5", "carol@elsewhere.example", "five"))
         .await;
     match next_event(&mut comp, "sent m5", |e| {
-        matches!(e, HookEvent::Sent { message_xml, .. } if attr(message_xml, "id").as_deref() == Some("m5"))
+        matches!(e, HookEvent::Sent { message, .. } if attr(message.original.text(), "id").as_deref() == Some("m5"))
     })
     .await
     {
-        HookEvent::Sent { message_xml, .. } => {
-            assert_eq!(attr(&message_xml, "from").as_deref(), Some("alice@localhost/phone"));
-            assert_eq!(attr(&message_xml, "xmlns").as_deref(), Some("jabber:client"));
+        HookEvent::Sent { message, .. } => {
+            let message_xml = message.original.text();
+            assert_eq!(attr(message_xml, "from").as_deref(), Some("alice@localhost/phone"));
+            assert_eq!(attr(message_xml, "xmlns").as_deref(), Some("jabber:client"));
         }
         _ => unreachable!(),
     }
@@ -348,13 +349,14 @@ async fn receipts_to_the_host_are_forwarded_and_consumed() {
     bob.send_raw("<message id='HncqL-65' type='crs' to='localhost'><offline xmlns='urn:xmpp:offline'/></message>").await;
     for id in ["V4NkR-38", "gJE6T-2", "HncqL-65"] {
         match next_event(&mut comp, id, |e| {
-            matches!(e, HookEvent::Sent { message_xml, .. } if attr(message_xml, "id").as_deref() == Some(id))
+            matches!(e, HookEvent::Sent { message, .. } if attr(message.original.text(), "id").as_deref() == Some(id))
         })
         .await
         {
-            HookEvent::Sent { message_xml, .. } => {
-                assert_eq!(attr(&message_xml, "from").as_deref(), Some("bob@localhost/phone"));
-                assert_eq!(attr(&message_xml, "to").as_deref(), Some("localhost"));
+            HookEvent::Sent { message, .. } => {
+            let message_xml = message.original.text();
+                assert_eq!(attr(message_xml, "from").as_deref(), Some("bob@localhost/phone"));
+                assert_eq!(attr(message_xml, "to").as_deref(), Some("localhost"));
             }
             _ => unreachable!(),
         }
@@ -365,12 +367,71 @@ async fn receipts_to_the_host_are_forwarded_and_consumed() {
     // A XEP-0184 receipt to a contact is reported and still delivered.
     bob.send_raw("<message id='r1' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>").await;
     next_event(&mut comp, "sent r1", |e| {
-        matches!(e, HookEvent::Sent { message_xml, .. } if attr(message_xml, "id").as_deref() == Some("r1"))
+        matches!(e, HookEvent::Sent { message, .. } if attr(message.original.text(), "id").as_deref() == Some("r1"))
     })
     .await;
     alice
         .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("r1"))
         .await;
+}
+
+/// Once readtrack announced it reads them, a receipt or marker with nothing else in it comes as
+/// a compact `<signal>` holding what the whole stanza gives readtrack; one with content still
+/// comes whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_accepts_receipts_and_markers_come_as_signals() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='signal' id='a1'/></message>"
+    ))
+    .await;
+    next_event(
+        &mut comp,
+        "done a1",
+        |e| matches!(e, HookEvent::Done { id } if id == "a1"),
+    )
+    .await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    let stanzas = [
+        ("V4NkR-38", "<message id='V4NkR-38' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>"),
+        ("HncqL-65", "<message id='HncqL-65' type='crs' to='localhost'><offline xmlns='urn:xmpp:offline'/></message>"),
+        ("r1", "<message id='r1' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>"),
+        ("d1", "<message id='d1' type='chat' to='alice@localhost'><displayed xmlns='urn:xmpp:chat-markers:0' id='m9'/></message>"),
+    ];
+    for (id, stanza) in stanzas {
+        bob.send_raw(stanza).await;
+        let HookEvent::Signal { message } = next_event(
+            &mut comp,
+            id,
+            |e| matches!(e, HookEvent::Signal { message } if message.id.as_deref() == Some(id)),
+        )
+        .await
+        else {
+            unreachable!()
+        };
+        // What readtrack reads of the whole stanza as Prosody stamped it (from the session).
+        let whole = stanza.replacen(
+            "<message ",
+            "<message xmlns='jabber:client' from='bob@localhost/phone' ",
+            1,
+        );
+        assert_eq!(
+            message,
+            readtrack::stanza::parse_message(&whole).unwrap(),
+            "{stanza}"
+        );
+    }
+    alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("r1"))
+        .await;
+    // Content beside the receipt: the stanza goes whole.
+    bob.send_raw("<message id='b1' type='chat' to='alice@localhost/phone'><body>hi</body><received xmlns='urn:xmpp:receipts' id='m9'/></message>").await;
+    next_event(&mut comp, "sent b1", |e| {
+        matches!(e, HookEvent::Sent { message, .. } if attr(message.original.text(), "id").as_deref() == Some("b1"))
+    })
+    .await;
 }
 
 fn deliver(to: &str, inner: &str) -> String {
@@ -790,8 +851,9 @@ async fn a_batch_of_commands_runs_in_order_and_confirms_each_id() {
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    // In jabber:client, as readtrack's writer writes what it forwards.
     let chat = |id: &str, to: &str| {
-        format!("<message id='{id}' type='chat' from='carol@localhost/x' to='{to}'><body>{id}</body></message>")
+        format!("<message xmlns='jabber:client' id='{id}' type='chat' from='carol@localhost/x' to='{to}'><body>{id}</body></message>")
     };
     let commands = [
         (
@@ -802,8 +864,8 @@ async fn a_batch_of_commands_runs_in_order_and_confirms_each_id() {
             None,
         ),
         (
-            HookCommand::Send {
-                stanza_xml: "<message id='b2' type='crs' from='localhost' to='alice@localhost/phone'><body>ack</body></message>".into(),
+            HookCommand::SendAsHost {
+                stanza_xml: "<message xmlns='jabber:client' id='b2' type='crs' from='localhost' to='alice@localhost/phone'><body>ack</body></message>".into(),
             },
             Some("cmd-a"),
         ),
@@ -825,7 +887,7 @@ async fn a_batch_of_commands_runs_in_order_and_confirms_each_id() {
     // Written by readtrack's own batcher: one stanza for all four.
     let mut batch = CommandBatch::new(COMPONENT, DOMAIN);
     for (command, id) in &commands {
-        assert_eq!(batch.push(&command.element_xml(*id).unwrap()), None);
+        assert_eq!(batch.push(&command.element_xml(*id)), None);
     }
     comp.send_raw(&batch.finish().unwrap()).await;
 
@@ -847,7 +909,7 @@ async fn a_batch_of_commands_runs_in_order_and_confirms_each_id() {
             stanza_xml: chat(&format!("r{n}"), "bob@localhost")
                 .replace("</body>", &format!("{}</body>", "x".repeat(400))),
         };
-        stream.extend(batch.push(&command.element_xml(None).unwrap()));
+        stream.extend(batch.push(&command.element_xml(None)));
     }
     stream.extend(batch.finish());
     comp.send_raw(&stream).await;
@@ -877,7 +939,7 @@ async fn accounts_are_told_once_per_connection() {
         .await
         .iter()
         .filter_map(|s| match HookEvent::parse(s, DOMAIN) {
-            Ok(HookEvent::Account { jid: j, token }) if j == jid("alice@localhost") => Some(token),
+            Ok(HookEvent::Account { user, token }) if user == jid("alice@localhost") => Some(token),
             _ => None,
         })
         .collect();
@@ -889,7 +951,7 @@ async fn accounts_are_told_once_per_connection() {
     assert_eq!(
         HookEvent::parse(&first, DOMAIN).unwrap(),
         HookEvent::Account {
-            jid: jid("alice@localhost"),
+            user: jid("alice@localhost"),
             token: tokens[0].clone(),
         }
     );

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
-use readtrack::hooks::with_client_ns;
 use readtrack::jid::Jid;
 use readtrack::stanza::original::{stored_form, write_with_markers, Markers};
 use readtrack::time::Millis;
@@ -184,8 +183,8 @@ fn every_logged_fixture_and_corpus_stanza_is_replayed_as_it_was_sent() {
             continue; // binary fuzz inputs
         };
         // A message as a server forwards it names jabber:client; the seed fixtures leave it out.
-        let Ok(original) = with_client_ns(text.trim()) else {
-            continue; // not one <message> element
+        let Some(original) = in_client_ns(text.trim()) else {
+            continue; // not a <message> element
         };
         let Ok(stored) = stored_form(&original, USER, false) else {
             continue; // readtrack does not log it (and says why)
@@ -297,12 +296,16 @@ fn every_message_prosodys_serialiser_writes_is_accepted_and_replayed_as_written(
                 Ok(_) => panic!("{}: handed back, not logged: {event}", sources.display()),
                 Err(e) => panic!("{}: refused ({e}): {event}", sources.display()),
             };
-            let readtrack::engine::Input::Routed { message_xml, .. } = input else {
+            let readtrack::engine::Input::Routed { original, .. } = input else {
                 panic!("not a routed input: {event}");
             };
-            let stored = stored_form(&message_xml, "bob@localhost", false).unwrap_or_else(|e| {
-                panic!("{}: not logged ({e}): {message_xml}", sources.display())
-            });
+            // What the engine logs: the stored form cut from the one pass over the event.
+            let message_xml = original.text();
+            let stored = original
+                .stored_form("bob@localhost", false)
+                .unwrap_or_else(|e| {
+                    panic!("{}: not logged ({e}): {message_xml}", sources.display())
+                });
             let mut replay = String::new();
             write_with_markers(
                 &mut replay,
@@ -318,7 +321,7 @@ fn every_message_prosodys_serialiser_writes_is_accepted_and_replayed_as_written(
             assert_eq!(
                 normalised(without(tree(&replay), |_| false)),
                 normalised(without(
-                    tree(&message_xml),
+                    tree(message_xml),
                     forged_stanza_id("bob@localhost")
                 )),
                 "{}: {message_xml}",
@@ -328,4 +331,16 @@ fn every_message_prosodys_serialiser_writes_is_accepted_and_replayed_as_written(
         }
         assert_eq!(checked, 500, "{}", sources.display());
     }
+}
+
+/// `text` with `xmlns="jabber:client"` on its `<message>` start tag where it names no namespace
+/// (what does not stand alone is then refused by the stored form, as it would be logged).
+fn in_client_ns(text: &str) -> Option<String> {
+    let rest = text.strip_prefix("<message")?;
+    let tag = &rest[..rest.find('>')?];
+    Some(if tag.contains("xmlns=") {
+        text.to_string()
+    } else {
+        format!("<message xmlns=\"jabber:client\"{rest}")
+    })
 }

@@ -569,6 +569,60 @@ local function reported_by_routed(stanza, origin, event)
 	return node ~= nil and to_host == host;
 end
 
+-- readtrack tells, once per connection (<accepts events='signal'/>), which event forms it reads
+-- beyond the first vocabulary; until then (an older readtrack says nothing) every receipt goes
+-- whole, as <sent>.
+local accepts_signal = false;
+
+-- A receipt or chat marker with nothing else in it (readtrack's "signal": it is never logged)
+-- in the compact form: the values readtrack reads of it, as attributes, instead of the whole
+-- stanza serialised again. nil where the stanza holds anything else, or something this reads
+-- differently from readtrack's parser: the stanza then goes whole.
+local function signal(stanza, to)
+	local attr = stanza.attr;
+	if not (accepts_signal and attr.from) then return nil; end
+	local receipt, receipt_id, status, displayed, offline, marker;
+	for _, child in ipairs(stanza.tags) do
+		local ns, name = child.attr.xmlns, child.name;
+		if ns == xmlns_receipts and name == "received" then
+			if receipt == nil then
+				if #child.tags > 0 then return nil; end
+				if child.attr.id then
+					receipt, receipt_id = "xep0184", child.attr.id;
+				else
+					local text = (child:get_text() or ""):match("^%s*(.-)%s*$");
+					receipt, status = "seed", text ~= "" and text or child.attr.type;
+				end
+			end
+		elseif ns == xmlns_offline and name == "offline" then
+			if child.attr.current then return nil; end -- a time readtrack would check
+			offline = true;
+		elseif ns == xmlns_markers then
+			if name == "displayed" and displayed == nil then
+				displayed = child.attr.id;
+				if not displayed then return nil; end
+			end
+			marker = marker or name ~= "markable";
+		elseif ns == xmlns_sid then
+			if name == "stanza-id" and not (child.attr.id and child.attr.by) then return nil; end
+		elseif not (ns == xmlns_receipts and name == "request") then
+			return nil; -- content, or something else readtrack reads
+		end
+	end
+	if attr.type == "crs" and offline and not receipt then receipt = "seed-offline"; end
+	if (receipt == "seed" or receipt == "seed-offline") and not attr.id then return nil; end
+	if not (receipt or displayed) then return nil; end
+	-- Logged by nobody either way: an ack to the server, or a signal (a <received> or a marker
+	-- other than <markable/>, with no content).
+	if not (attr.to == host or attr.type == "crs" or receipt == "xep0184" or receipt == "seed" or marker) then
+		return nil;
+	end
+	return "<signal xmlns='" .. xmlns_hook .. "'" .. xml_attr("from", attr.from)
+		.. xml_attr("to", attr.to or to) .. xml_attr("id", attr.id) .. xml_attr("type", attr.type)
+		.. xml_attr("receipt", receipt) .. xml_attr("receipt-id", receipt_id)
+		.. xml_attr("status", status ~= "" and status or nil) .. xml_attr("displayed", displayed) .. "/>";
+end
+
 local function to_server(stanza)
 	return stanza.attr.to == host and (stanza.attr.type == "crs"
 		or stanza:get_child(nil, xmlns_receipts) or stanza:get_child(nil, xmlns_offline));
@@ -584,7 +638,7 @@ local function on_client_message(event)
 	if to_server(stanza) then
 		-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody
 		-- would answer each with service-unavailable, which seed clients treat as a failed ack.
-		emit("<sent xmlns='" .. xmlns_hook .. "'>" .. forwarded(stanza) .. "</sent>");
+		emit(signal(stanza) or "<sent xmlns='" .. xmlns_hook .. "'>" .. forwarded(stanza) .. "</sent>");
 		return true;
 	end
 	local record = { id = stanza.attr.id, carbons = {},
@@ -602,8 +656,8 @@ local function after_carbons(event)
 	if sending == record then sending = nil; end
 	if not record or record.by_routed then return; end
 	event.readtrack_sent = nil;
-	emit("<sent xmlns='" .. xmlns_hook .. "'>" .. jid_tags("carbon", record.carbons)
-		.. forwarded(stanza, record.to) .. "</sent>");
+	emit(signal(stanza, record.to) or "<sent xmlns='" .. xmlns_hook .. "'>"
+		.. jid_tags("carbon", record.carbons) .. forwarded(stanza, record.to) .. "</sent>");
 end
 
 for _, kind in ipairs({ "bare", "full", "host" }) do
@@ -758,6 +812,10 @@ end, 100);
 
 function execute(command)
 	if command.name == "pace" then return pace(command); end
+	if command.name == "accepts" then
+		accepts_signal = (" " .. (command.attr.events or "") .. " "):find(" signal ", 1, true) ~= nil;
+		return true;
+	end
 	local inner = inner_message(command);
 	if not inner then
 		module:log("warn", "readtrack <%s> without <forwarded><message xmlns='jabber:client'>", command.name);
@@ -862,6 +920,7 @@ local function tune_connection(session)
 end
 
 local function on_component_authenticated(event)
+	accepts_signal = false; -- until this connection's readtrack says otherwise
 	tune_connection(event.session);
 	send_snapshot();
 end

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hooks::SessionInfo;
 use crate::jid::{DeviceKeyRule, Jid};
-use crate::stanza::{Message, Outgoing};
+use crate::stanza::{Message, Original, Outgoing};
 use crate::store::{Counters, Store, StoreError};
 use crate::time::Millis;
 
@@ -201,8 +201,9 @@ pub enum Input {
     /// recipient for a received carbon, of the sender for a sent one).
     Routed {
         message: Message,
-        /// The routed stanza as the server serialised it (`jabber:client`): what is logged.
-        message_xml: String,
+        /// The routed stanza as the server serialised it (`jabber:client`), laid out when it
+        /// was read: what is logged.
+        original: Original,
         to: Jid,
         sessions: Vec<Jid>,
         carbons: Vec<Jid>,
@@ -215,7 +216,8 @@ pub enum Input {
     /// messages to users elsewhere. `carbons`: the sender's other sessions that got a carbon.
     Sent {
         message: Message,
-        message_xml: String,
+        /// None for a receipt or marker sent in the compact form (nothing of it is logged).
+        original: Option<Original>,
         carbons: Vec<Jid>,
     },
     /// The complete set of available sessions, sent when readtrack (re)connects.
@@ -240,7 +242,7 @@ impl Input {
         sent: bool,
     ) -> Input {
         Input::Routed {
-            message_xml: crate::stanza::write::client_message(&message),
+            original: Original::read(crate::stanza::write::client_message(&message)),
             message,
             to,
             sessions,
@@ -253,7 +255,9 @@ impl Input {
     /// A client's stanza built in code, as [`Input::routed`].
     pub fn sent(message: Message) -> Input {
         Input::Sent {
-            message_xml: crate::stanza::write::client_message(&message),
+            original: Some(Original::read(crate::stanza::write::client_message(
+                &message,
+            ))),
             message,
             carbons: Vec::new(),
         }
@@ -264,7 +268,8 @@ impl Input {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Routed<'a> {
     pub message: &'a Message,
-    pub xml: &'a str,
+    /// None only for a client's compact receipt or marker ([`Input::Sent`]).
+    pub original: Option<&'a Original>,
     pub carbons: &'a [Jid],
 }
 
@@ -372,7 +377,7 @@ impl Engine {
             }
             Input::Routed {
                 message,
-                message_xml,
+                original,
                 to,
                 sessions,
                 carbons,
@@ -385,7 +390,7 @@ impl Engine {
                 let mut out = Vec::new();
                 let routed = Routed {
                     message: &message,
-                    xml: &message_xml,
+                    original: Some(&original),
                     carbons: &carbons,
                 };
                 if sent {
@@ -403,7 +408,7 @@ impl Engine {
                 match self.routed(&routed, &to, &sessions, archive_id, now) {
                     Ok(o) => out.extend(o),
                     Err(EngineError::Unloggable(why)) if sessions.is_empty() => {
-                        out.push(self.give_back(&why, to, message_xml));
+                        out.push(self.give_back(&why, to, original.into_text()));
                     }
                     Err(e) => return Err(e),
                 }
@@ -411,12 +416,12 @@ impl Engine {
             }
             Input::Sent {
                 message,
-                message_xml,
+                original,
                 carbons,
             } => self.sent(
                 &Routed {
                     message: &message,
-                    xml: &message_xml,
+                    original: original.as_ref(),
                     carbons: &carbons,
                 },
                 now,

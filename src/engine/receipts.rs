@@ -4,7 +4,7 @@
 
 use super::{Dialect, Engine, EngineError, Output, Result, Routed};
 use crate::jid::Jid;
-use crate::stanza::original::{self, Class, Stored};
+use crate::stanza::original::{Class, Stored};
 use crate::stanza::{Message, MessageType, Outgoing, Receipt};
 use crate::store::{DeliveryRecord, DeviceNo, MessageRecord, ReceiptState, Seq, UserId};
 use crate::time::Millis;
@@ -86,7 +86,11 @@ impl Engine {
         };
         let system = self.is_system_sender(&from);
         let user_jid = to.bare_string();
-        let stored = original::stored_form(routed.xml, &user_jid, false)
+        let Some(original) = routed.original else {
+            return Err(EngineError::Rejected("routed message has no text".into()));
+        };
+        let stored = original
+            .stored_form(&user_jid, false)
             .map_err(|e| EngineError::Unloggable(format!("routed message: {e}")))?;
         if !Self::is_loggable(message, &stored.class, system) {
             return Ok(Vec::new());
@@ -103,7 +107,7 @@ impl Engine {
             }
             return Ok(vec![Output::StoreOffline {
                 to,
-                stanza_xml: routed.xml.to_string(),
+                stanza_xml: original.text().to_string(),
             }]);
         }
         let mut delivered = Vec::new();
@@ -232,7 +236,12 @@ impl Engine {
             return Ok(()); // to one's own account: it is routed back and logged as received
         }
         let user_jid = from.bare_string();
-        let stored = original::stored_form(routed.xml, &user_jid, true)
+        // A receipt or marker in the compact form: a signal, which is not logged (below).
+        let Some(original) = routed.original else {
+            return Ok(());
+        };
+        let stored = original
+            .stored_form(&user_jid, true)
             .map_err(|e| EngineError::Unloggable(format!("sent message: {e}")))?;
         // The user's own receipts and markers move their cursors and read state (above); they
         // are not copied to the user's other devices, whose read state readtrack keeps itself.

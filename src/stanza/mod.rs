@@ -1,16 +1,19 @@
 //! Sans-IO stanza handling: [`framer`] cuts a byte stream into top-level stanzas, [`parse`] turns one
-//! stanza into the typed values below, [`write`] serialises everything readtrack emits.
+//! stanza into the typed values below, [`incoming`] reads a client's message inside a hook event
+//! once (typed values and stored form together), [`write`] serialises everything readtrack emits.
 //!
 //! Nothing here touches a socket, the clock or the store: time comes in as [`Millis`].
 
 pub mod error;
 pub mod framer;
+pub mod incoming;
 pub mod original;
 pub mod parse;
 pub mod write;
 
 pub use error::{FrameError, ParseError};
 pub use framer::{Frame, Framer, Limits};
+pub use incoming::{Incoming, Original};
 pub use parse::{parse_message, stanza_name, StanzaName};
 
 use crate::jid::Jid;

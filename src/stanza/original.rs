@@ -75,7 +75,7 @@ impl Class {
         !self.content() && (self.receipt || self.marker)
     }
 
-    fn add(&mut self, ns: Option<&str>, local: &str) {
+    pub(super) fn add(&mut self, ns: Option<&str>, local: &str) {
         match (ns.unwrap_or(""), local) {
             (NS_CLIENT, "body") => self.body = true,
             (NS_CLIENT, "subject") => self.subject = true,

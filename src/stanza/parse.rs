@@ -23,7 +23,7 @@ use crate::jid::Jid;
 use crate::time::Millis;
 
 /// Namespace of the server-to-server stream; a message relayed from it is still a message.
-const NS_SERVER: &str = "jabber:server";
+pub(super) const NS_SERVER: &str = "jabber:server";
 
 /// The root element of a stanza, for routing it before a full parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct StanzaName {
     pub ns: Option<String>,
 }
 
-fn malformed(err: impl std::fmt::Display) -> ParseError {
+pub(crate) fn malformed(err: impl std::fmt::Display) -> ParseError {
     ParseError::Malformed(err.to_string())
 }
 
@@ -70,7 +70,7 @@ pub fn stanza_name(stanza: &str) -> Result<StanzaName, ParseError> {
 /// Values of the named unprefixed attributes, unescaped and normalised as XML requires, borrowed
 /// from the tag when nothing needed changing. Duplicate attributes are an error (quick-xml's
 /// checked iterator).
-fn get_attrs<'a, const N: usize>(
+pub(super) fn get_attrs<'a, const N: usize>(
     e: &'a BytesStart<'_>,
     names: [&str; N],
 ) -> Result<[Option<Cow<'a, str>>; N], ParseError> {
@@ -118,7 +118,7 @@ const FEW_ATTRS: usize = 8;
 /// twice. This is the grammar quick-xml's checked attribute iterator accepts, so where this
 /// returns pairs that iterator returns the same pairs without error. Anything else (including
 /// every input that iterator reports an error for) is `None`, to be read by quick-xml itself.
-fn split_attrs(raw: &str) -> Option<([(&str, &str); FEW_ATTRS], usize)> {
+pub(super) fn split_attrs(raw: &str) -> Option<([(&str, &str); FEW_ATTRS], usize)> {
     let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
     let bytes = raw.as_bytes();
     let mut pairs = [("", ""); FEW_ATTRS];
@@ -162,7 +162,10 @@ fn split_attrs(raw: &str) -> Option<([(&str, &str); FEW_ATTRS], usize)> {
     }
 }
 
-fn parse_jid(attr: &'static str, value: Option<&str>) -> Result<Option<Jid>, ParseError> {
+pub(super) fn parse_jid(
+    attr: &'static str,
+    value: Option<&str>,
+) -> Result<Option<Jid>, ParseError> {
     value
         .map(|v| {
             Jid::parse(v).map_err(|reason| ParseError::InvalidJid {
@@ -174,7 +177,7 @@ fn parse_jid(attr: &'static str, value: Option<&str>) -> Result<Option<Jid>, Par
         .transpose()
 }
 
-fn parse_time(
+pub(super) fn parse_time(
     element: &'static str,
     attr: &'static str,
     value: Option<&str>,
@@ -190,7 +193,7 @@ fn parse_time(
         .transpose()
 }
 
-fn required(
+pub(super) fn required(
     element: &'static str,
     attr: &'static str,
     value: Option<Cow<'_, str>>,
@@ -200,7 +203,7 @@ fn required(
         .ok_or(ParseError::MissingAttribute { element, attr })
 }
 
-fn is_xml_char(c: char) -> bool {
+pub(super) fn is_xml_char(c: char) -> bool {
     matches!(c as u32, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
 }
 
@@ -234,7 +237,7 @@ struct Binding<'i> {
 }
 
 /// The namespace of an element name.
-enum Resolved<'a> {
+pub(crate) enum Resolved<'a> {
     /// No prefix and no default namespace in scope.
     Unbound,
     Bound(&'a str),
@@ -244,7 +247,7 @@ enum Resolved<'a> {
 
 /// quick-xml's plain reader plus the namespace scoping of its `NsReader`: declarations are
 /// added when a start (or empty) tag is read, and dropped on the read after its end.
-struct Events<'i> {
+pub(crate) struct Events<'i> {
     input: &'i str,
     reader: Reader<&'i [u8]>,
     /// In declaration order, so innermost last. The reserved `xml` and `xmlns` bindings are not
@@ -253,35 +256,53 @@ struct Events<'i> {
     level: u16,
     /// The last event was an end tag or an empty element: its scope ends before the next read.
     pending_pop: bool,
+    /// Declarations of elements above this depth are not seen by [`Events::resolve`]: a
+    /// message read inside a hook event resolves its names as if it stood alone.
+    floor: u16,
 }
 
 impl<'i> Events<'i> {
-    fn new(input: &'i str) -> Events<'i> {
+    pub(crate) fn new(input: &'i str) -> Events<'i> {
         Events {
             input,
             reader: Reader::from_str(input),
             bindings: Vec::new(),
             level: 0,
             pending_pop: false,
+            floor: 0,
         }
     }
 
-    fn next(&mut self) -> Result<Event<'i>, ParseError> {
+    pub(crate) fn next(&mut self) -> Result<Event<'i>, ParseError> {
+        match self.next_scoped()? {
+            (_, Some(refused)) => Err(refused),
+            (event, None) => Ok(event),
+        }
+    }
+
+    /// As [`Events::next`], except that a declaration the scope refuses is returned beside
+    /// its event rather than instead of it, for a reader that goes on (and judges whether the
+    /// element concerned it).
+    pub(crate) fn next_scoped(&mut self) -> Result<(Event<'i>, Option<ParseError>), ParseError> {
         if self.pending_pop {
             self.pending_pop = false;
             self.pop();
         }
         let event = self.reader.read_event().map_err(malformed)?;
-        match &event {
-            Event::Start(e) => self.push(e)?,
+        let refused = match &event {
+            Event::Start(e) => self.push(e).err(),
             Event::Empty(e) => {
-                self.push(e)?;
+                let refused = self.push(e).err();
                 self.pending_pop = true;
+                refused
             }
-            Event::End(_) => self.pending_pop = true,
-            _ => {}
-        }
-        Ok(event)
+            Event::End(_) => {
+                self.pending_pop = true;
+                None
+            }
+            _ => None,
+        };
+        Ok((event, refused))
     }
 
     /// Opens the scope of a start tag with the declarations among its attributes.
@@ -343,19 +364,52 @@ impl<'i> Events<'i> {
         }
     }
 
+    /// Depth of the element last opened (the root is 1).
+    pub(crate) fn level(&self) -> u16 {
+        self.level
+    }
+
+    /// Where the next event starts, in bytes from the start of the input.
+    pub(crate) fn position(&self) -> usize {
+        self.reader.buffer_position() as usize
+    }
+
+    /// Declarations made above depth `floor` are ignored from now on (see [`Events::floor`]);
+    /// returns the floor it replaces.
+    pub(crate) fn set_floor(&mut self, floor: u16) -> u16 {
+        std::mem::replace(&mut self.floor, floor)
+    }
+
+    fn visible(&self) -> impl Iterator<Item = &Binding<'i>> {
+        let floor = self.floor;
+        self.bindings
+            .iter()
+            .rev()
+            .take_while(move |b| b.level >= floor)
+    }
+
+    /// The namespace of an attribute name: as an element's, except that an unprefixed
+    /// attribute is in no namespace whatever the default.
+    pub(crate) fn resolve_attribute(&self, name: QName<'_>) -> Resolved<'_> {
+        match name.prefix() {
+            None => Resolved::Unbound,
+            Some(_) => self.resolve(name),
+        }
+    }
+
     /// The namespace of an element name in the current scope.
-    fn resolve(&self, name: QName<'_>) -> Resolved<'_> {
+    pub(crate) fn resolve(&self, name: QName<'_>) -> Resolved<'_> {
         fn bound(ns: &str) -> Option<&str> {
             (!ns.is_empty()).then_some(ns)
         }
         match name.prefix().map(|p| p.into_inner()) {
-            None => match self.bindings.iter().rev().find(|b| b.prefix.is_empty()) {
+            None => match self.visible().find(|b| b.prefix.is_empty()) {
                 Some(b) => bound(&b.ns).map_or(Resolved::Unbound, Resolved::Bound),
                 None => Resolved::Unbound,
             },
             // An empty prefix (`<:x>`) names no declaration.
             Some("") => Resolved::Unknown,
-            Some(prefix) => match self.bindings.iter().rev().find(|b| b.prefix == prefix) {
+            Some(prefix) => match self.visible().find(|b| b.prefix == prefix) {
                 Some(b) => bound(&b.ns).map_or(Resolved::Unknown, Resolved::Bound),
                 None => match prefix {
                     "xml" => Resolved::Bound(NS_XML),
@@ -382,7 +436,7 @@ impl<'i> Events<'i> {
 }
 
 /// Appends `piece` to `text`, copying only when both are non-empty.
-fn append<'i>(text: &mut Cow<'i, str>, piece: Cow<'i, str>) {
+pub(super) fn append<'i>(text: &mut Cow<'i, str>, piece: Cow<'i, str>) {
     if text.is_empty() {
         *text = piece;
     } else if !piece.is_empty() {
@@ -436,12 +490,12 @@ fn read_text<'i>(events: &mut Events<'i>, empty: bool) -> Result<Cow<'i, str>, P
     }
 }
 
-fn unexpected_eof() -> ParseError {
+pub(crate) fn unexpected_eof() -> ParseError {
     ParseError::Malformed("unexpected end of input inside <message>".to_string())
 }
 
 /// Which known child an element is.
-enum Child {
+pub(super) enum Child {
     Body,
     Thread,
     StanzaId,
@@ -453,7 +507,7 @@ enum Child {
     Unknown,
 }
 
-fn classify(ns: Resolved<'_>, local: &str, message_ns: Option<&str>) -> Child {
+pub(super) fn classify(ns: Resolved<'_>, local: &str, message_ns: Option<&str>) -> Child {
     let ns = match ns {
         Resolved::Bound(n) => Some(n),
         Resolved::Unbound => None,
@@ -1015,6 +1069,32 @@ mod tests {
             reference::parse_message(text),
             "{text:?}"
         );
+        same_in_one_pass(text);
+    }
+
+    /// The one pass of [`crate::stanza::incoming`] yields what the separate readers do: the
+    /// typed message (or the header where only a child is refused) and every stored form.
+    fn same_in_one_pass(text: &str) {
+        let once = crate::stanza::Incoming::read(text);
+        let typed = parse_message(text);
+        assert_eq!(once.parsed, typed, "typed: {text:?}");
+        match &typed {
+            Err(e) if e.is_about_a_child() => assert_eq!(
+                once.header.as_ref(),
+                parse_message_header(text).as_ref().ok(),
+                "header: {text:?}"
+            ),
+            _ => assert_eq!(once.header, None, "header: {text:?}"),
+        }
+        for user in ["bob@example.com", "b@c", "B@C"] {
+            for keep_to in [false, true] {
+                assert_eq!(
+                    once.original.stored_form(user, keep_to),
+                    crate::stanza::original::stored_form(text, user, keep_to),
+                    "stored form for {user}, keep_to {keep_to}: {text:?}"
+                );
+            }
+        }
     }
 
     /// Every fixture and fuzz corpus input, whole and as the framer cuts it.
@@ -1266,6 +1346,7 @@ mod tests {
         #[test]
         fn agrees_with_the_reference_on_generated_messages(text in message()) {
             prop_assert_eq!(parse_message(&text), reference::parse_message(&text), "{:?}", text);
+            same_in_one_pass(&text);
         }
     }
 
@@ -1277,6 +1358,7 @@ mod tests {
         ) {
             let text = pieces.concat();
             prop_assert_eq!(parse_message(&text), reference::parse_message(&text), "{:?}", text);
+            same_in_one_pass(&text);
         }
     }
 }

@@ -1,8 +1,10 @@
 //! Serialises what readtrack emits.
 //!
-//! The outer element never carries `xmlns`: it goes out on a `jabber:component:accept` stream,
-//! where a `jabber:client` outer element would not be routed. Only a message forwarded inside
-//! a carbon names `jabber:client`, as XEP-0297 requires.
+//! What readtrack sends travels inside a hook command's XEP-0297 `<forwarded>`, which requires
+//! `xmlns="jabber:client"` on the forwarded stanza: [`client_outgoing`] writes it there, once,
+//! where the stanza is written (a replay's stored form already carries it). [`outgoing`] writes
+//! the same stanza with no `xmlns` on the outer element, as it would stand on a component
+//! stream.
 
 use std::fmt::Write as _;
 
@@ -314,8 +316,27 @@ pub fn client_message(msg: &Message) -> String {
     out
 }
 
-/// Serialises one thing readtrack sends to the server.
+/// Serialises one thing readtrack sends to the server, with no `xmlns` on the outer element.
 pub fn outgoing(out: &Outgoing) -> String {
+    write_outgoing(out, None)
+}
+
+/// Serialises one thing readtrack sends to the server as a command forwards it: the outer
+/// element in `jabber:client`.
+pub fn client_outgoing(out: &Outgoing) -> String {
+    write_outgoing(out, Some(super::NS_CLIENT))
+}
+
+fn open_message(s: &mut String, ns: Option<&str>) {
+    s.push_str("<message");
+    if let Some(ns) = ns {
+        s.push_str(" xmlns=\"");
+        s.push_str(ns);
+        s.push('"');
+    }
+}
+
+fn write_outgoing(out: &Outgoing, ns: Option<&str>) -> String {
     // A replay with its markers is the stanza plus about 300 bytes: one allocation, no regrowth.
     let mut s = String::with_capacity(match out {
         Outgoing::Replay(r) | Outgoing::SentCarbon { inner: r, .. } => r.stored.len() + 512,
@@ -323,7 +344,7 @@ pub fn outgoing(out: &Outgoing) -> String {
     });
     match out {
         Outgoing::ServerAck { from, to, id, time } => {
-            s.push_str("<message");
+            open_message(&mut s, ns);
             attr(&mut s, "id", id);
             s.push_str(" type=\"crs\"");
             attr(&mut s, "from", from);
@@ -340,7 +361,7 @@ pub fn outgoing(out: &Outgoing) -> String {
             body,
             time,
         } => {
-            s.push_str("<message");
+            open_message(&mut s, ns);
             attr(&mut s, "id", id);
             s.push_str(" type=\"error\"");
             attr(&mut s, "from", from);
@@ -357,7 +378,7 @@ pub fn outgoing(out: &Outgoing) -> String {
         }
         Outgoing::Replay(replay) => write_replay(&mut s, replay, false),
         Outgoing::SentCarbon { from, to, inner } => {
-            s.push_str("<message");
+            open_message(&mut s, ns);
             // XEP-0280: a carbon comes from the user's bare JID, whatever device sent it.
             attr(&mut s, "from", &from.bare_string());
             attr(&mut s, "to", &to.to_string());
