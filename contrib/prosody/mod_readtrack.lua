@@ -18,6 +18,7 @@
 local st = require "util.stanza";
 local xml_escape = st.xml_escape;
 local t_concat = table.concat;
+local t_unpack = table.unpack or unpack; -- Lua 5.1 kept it global
 local jid_bare = require "util.jid".bare;
 local jid_split = require "util.jid".split;
 local jid_host = require "util.jid".host;
@@ -75,18 +76,29 @@ end
 local max_event_bytes = module:get_option_number("readtrack_max_event_bytes", 256 * 1024);
 local max_depth = module:get_option_number("readtrack_max_depth", 20);
 
--- A user can trigger it at will: one line per minute at most, with the count of the others.
-local over_budget = { count = 0, logged_at = -math.huge, suppressed = 0 };
-local function note_over_budget(stanza, why)
-	over_budget.count = over_budget.count + 1;
-	local now = os.time();
-	if now - over_budget.logged_at < 60 then
-		over_budget.suppressed = over_budget.suppressed + 1;
-		return;
+-- Warnings a user can trigger at will: one line per minute at most for each kind, with the count
+-- of the others. `warn(...)` gets the count so far and the suppressed count as its last two
+-- arguments.
+local function rate_limited(format)
+	local state = { count = 0, logged_at = -math.huge, suppressed = 0 };
+	return function(...)
+		state.count = state.count + 1;
+		local now = os.time();
+		if now - state.logged_at < 60 then
+			state.suppressed = state.suppressed + 1;
+			return;
+		end
+		local args = { ... };
+		args[#args + 1] = state.count;
+		args[#args + 1] = state.suppressed;
+		module:log("warn", format, t_unpack(args));
+		state.logged_at, state.suppressed = now, 0;
 	end
-	module:log("warn", "Message to %s over readtrack's budget (%s), left to the server (%d so far, %d similar warnings suppressed)",
-		tostring(stanza.attr.to), why, over_budget.count, over_budget.suppressed);
-	over_budget.logged_at, over_budget.suppressed = now, 0;
+end
+
+local warn_over_budget = rate_limited("Message to %s over readtrack's budget (%s), left to the server (%d so far, %d similar warnings suppressed)");
+local function note_over_budget(stanza, why)
+	warn_over_budget(tostring(stanza.attr.to), why);
 end
 
 -- Deeper than `limit` (the stanza's root is 1)? Stops at limit + 1, so a hostile nesting costs
@@ -444,17 +456,9 @@ end
 -- that device's next login (a duplicate with the same stanza id), never loses it.
 local max_list_bytes = module:get_option_number("readtrack_max_list_bytes", 64 * 1024);
 
-local list_cut = { count = 0, logged_at = -math.huge, suppressed = 0 };
+local warn_list_cut = rate_limited("readtrack event lists %d fewer <%s> than written (over %d bytes); they get the message again at their next login (%d so far, %d similar warnings suppressed)");
 local function note_list_cut(name, left_off)
-	list_cut.count = list_cut.count + 1;
-	local now = os.time();
-	if now - list_cut.logged_at < 60 then
-		list_cut.suppressed = list_cut.suppressed + 1;
-		return;
-	end
-	module:log("warn", "readtrack event lists %d fewer <%s> than written (over %d bytes); they get the message again at their next login (%d so far, %d similar warnings suppressed)",
-		left_off, name, max_list_bytes, list_cut.count, list_cut.suppressed);
-	list_cut.logged_at, list_cut.suppressed = now, 0;
+	warn_list_cut(left_off, name, max_list_bytes);
 end
 
 local function jid_tags(name, list)

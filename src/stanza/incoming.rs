@@ -501,14 +501,7 @@ fn head(start: &BytesStart<'_>) -> Result<(String, Option<Range<usize>>), ParseE
     out.push_str("<message");
     let mut push = |key: &str, raw: &str| {
         let at = out.len();
-        // A raw value cannot hold its own quote unescaped, so the other quote always fits.
-        let quote = if raw.contains('"') { '\'' } else { '"' };
-        out.push(' ');
-        out.push_str(key);
-        out.push('=');
-        out.push(quote);
-        out.push_str(raw);
-        out.push(quote);
+        super::original::push_raw_attr(&mut out, key, raw);
         if key == "to" {
             to = Some(at..out.len());
         }

@@ -116,18 +116,22 @@ fn start_tag(start: &BytesStart<'_>, keep_to: bool, out: &mut String) -> Result<
         if key == "to" && !keep_to {
             continue;
         }
-        let raw: &str = &attr.value;
-        // A raw value cannot hold its own quote unescaped, so the other quote always fits.
-        let quote = if raw.contains('"') { '\'' } else { '"' };
-        out.push(' ');
-        out.push_str(key);
-        out.push('=');
-        out.push(quote);
-        out.push_str(raw);
-        out.push(quote);
+        push_raw_attr(out, key, &attr.value);
     }
     out.push('>');
     Ok(())
+}
+
+/// Writes ` key="raw"` with the value as it stood in the input (still escaped).
+pub(crate) fn push_raw_attr(out: &mut String, key: &str, raw: &str) {
+    // A raw value cannot hold its own quote unescaped, so the other quote always fits.
+    let quote = if raw.contains('"') { '\'' } else { '"' };
+    out.push(' ');
+    out.push_str(key);
+    out.push('=');
+    out.push(quote);
+    out.push_str(raw);
+    out.push(quote);
 }
 
 /// The stored form of a routed message (see the module documentation). `user` is the bare JID

@@ -27,6 +27,21 @@ pub(super) enum T {
 
 pub(super) const TREES: usize = 9;
 
+impl T {
+    /// Every tree, in the order of [`TREE_NAMES`] (a tree's index is `T as usize`).
+    pub(super) const ALL: [T; TREES] = [
+        T::Meta,
+        T::JidUserid,
+        T::UseridUser,
+        T::UserseqMessage,
+        T::UserblockIndex,
+        T::UserdeviceCursor,
+        T::UserdeviceseqDelivery,
+        T::DeadlineUserseq,
+        T::UserpeerConversation,
+    ];
+}
+
 pub(super) const TREE_NAMES: [&str; TREES] = [
     "meta",
     "jid_userid",

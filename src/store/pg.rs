@@ -642,7 +642,7 @@ impl Backend for PgBackend {
     fn apply(&self, pending: &Pending) -> Result<()> {
         let batches = pending
             .trees()
-            .map(|(i, writes)| TableBatch::of(tree_at(i), writes))
+            .map(|(i, writes)| TableBatch::of(T::ALL[i], writes))
             .collect::<Result<Vec<_>>>()?;
         let statements = 2 + batches
             .iter()
@@ -656,7 +656,7 @@ impl Backend for PgBackend {
         for (i, writes) in pending.trees() {
             if CACHED[i] {
                 for (key, value) in writes {
-                    cache.committed(tree_at(i), key, value.clone());
+                    cache.committed(T::ALL[i], key, value.clone());
                 }
             }
         }
@@ -804,21 +804,6 @@ impl Cache {
         }
         self.remember(tree, key, value);
     }
-}
-
-fn tree_at(i: usize) -> T {
-    use T::*;
-    [
-        Meta,
-        JidUserid,
-        UseridUser,
-        UserseqMessage,
-        UserblockIndex,
-        UserdeviceCursor,
-        UserdeviceseqDelivery,
-        DeadlineUserseq,
-        UserpeerConversation,
-    ][i]
 }
 
 /// A range read page by page, each page continuing after the last key of the one before.
