@@ -1,4 +1,5 @@
-//! The engine's rules as scenarios, one test each, on a real sled store in a temp folder.
+//! The engine's rules as scenarios, one test each, on a real store: sled in a temp folder, or a
+//! fresh PostgreSQL database with `READTRACK_TEST_BACKEND=postgres` (tests/common/backend.rs).
 //! Every scenario also runs in a `_reopened` variant that closes and reopens the store between
 //! any two steps: durability must change no outcome.
 
@@ -8,7 +9,10 @@ use readtrack::engine::{Dialect, Engine, EngineConfig, Input, Output, ReceiptPol
 use readtrack::hooks::SessionInfo;
 use readtrack::jid::{DeviceKeyRule, Jid};
 use readtrack::stanza::{Message, MessageType, Outgoing, Receipt, Replay};
-use readtrack::store::{DeviceRecord, Store, StoreOptions};
+use readtrack::store::{DeviceRecord, Location, Store, StoreOptions};
+
+#[path = "common/backend.rs"]
+mod backend;
 use readtrack::time::Millis;
 
 const T0: u64 = 1_700_000_000_000;
@@ -57,7 +61,10 @@ fn xep_received(from: &str, to: &str, id: &str) -> Message {
 }
 
 struct World {
+    /// Holds a sled store's folder for the test's length.
+    #[allow(dead_code)]
     dir: tempfile::TempDir,
+    location: Location,
     engine: Option<Engine>,
     config: EngineConfig,
     now: Millis,
@@ -67,6 +74,13 @@ struct World {
     session_ids: std::collections::HashMap<String, String>,
     connections: u64,
     store_options: StoreOptions,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        drop(self.engine.take());
+        backend::drop_location(&self.location);
+    }
 }
 
 impl World {
@@ -88,10 +102,12 @@ impl World {
         // The scenarios spell out the seed dialect; `auto` has its own below.
         config.dialect = Dialect::Seed;
         tune(&mut config);
-        let store = Store::open(dir.path().join("db"), &store_options).unwrap();
+        let location = backend::test_location(dir.path());
+        let store = Store::open_location(&location, &store_options).unwrap();
         let engine = Engine::new(store, config.clone()).unwrap();
         World {
             dir,
+            location,
             engine: Some(engine),
             config,
             now: Millis(T0),
@@ -109,7 +125,7 @@ impl World {
     fn reopen(&mut self) {
         let store = self.engine.take().unwrap().close().unwrap();
         drop(store);
-        let store = Store::open(self.dir.path().join("db"), &self.store_options).unwrap();
+        let store = Store::open_location(&self.location, &self.store_options).unwrap();
         self.engine = Some(Engine::new(store, self.config.clone()).unwrap());
     }
 

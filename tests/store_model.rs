@@ -1,4 +1,5 @@
-//! Model-based test of the store: random operations run against sled and against a plain
+//! Model-based test of the store: random operations run against the store (sled, or PostgreSQL
+//! with `READTRACK_TEST_BACKEND=postgres`: tests/common/backend.rs) and against a plain
 //! `BTreeMap` model, with the database closed and reopened at random points. After every
 //! operation, everything readable through the store's API must equal the model.
 
@@ -6,9 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use readtrack::store::{
-    DeliveryRecord, DeviceNo, DeviceRecord, MessageRecord, ReceiptState, Seq, Store, StoreOptions,
-    Timer, UserId,
+    DeliveryRecord, DeviceNo, DeviceRecord, Location, MessageRecord, ReceiptState, Seq, Store,
+    StoreOptions, Timer, UserId,
 };
+
+#[path = "common/backend.rs"]
+mod backend;
 
 const USERS: [&str; 3] = ["alice@example.com", "bob@example.com", "carol@example.com"];
 const IDS: [&str; 3] = ["V4NkR-38", "HncqL-65", "gJE6T-2"];
@@ -98,9 +102,19 @@ fn device_record(acked_upto: Seq, session: u64) -> DeviceRecord {
 }
 
 struct Harness {
+    /// Holds a sled store's folder for the test's length.
+    #[allow(dead_code)]
     dir: tempfile::TempDir,
+    location: Location,
     store: Option<Store>,
     model: Model,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        drop(self.store.take());
+        backend::drop_location(&self.location);
+    }
 }
 
 impl Harness {
@@ -308,9 +322,8 @@ impl Harness {
             Op::Reopen => {
                 self.store().flush().unwrap();
                 drop(self.store.take());
-                self.store = Some(
-                    Store::open(self.dir.path().join("db"), &StoreOptions::default()).unwrap(),
-                );
+                self.store =
+                    Some(Store::open_location(&self.location, &StoreOptions::default()).unwrap());
             }
         }
     }
@@ -423,8 +436,9 @@ proptest! {
     #[test]
     fn store_matches_model(ops in proptest::collection::vec(op(), 1..80)) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
-        let mut h = Harness { dir, store: Some(store), model: Model::default() };
+        let location = backend::test_location(dir.path());
+        let store = Store::open_location(&location, &StoreOptions::default()).unwrap();
+        let mut h = Harness { dir, location, store: Some(store), model: Model::default() };
         for op in &ops {
             h.apply(op);
             h.check();
@@ -788,8 +802,8 @@ fn upgrade_keeps_everything(version: u32) {
 #[test]
 fn the_index_spans_many_records() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db");
-    let mut store = Store::open(&path, &StoreOptions::default()).unwrap();
+    let location = backend::test_location(dir.path());
+    let mut store = Store::open_location(&location, &StoreOptions::default()).unwrap();
     let uid = store.ensure_user("bob@example.com").unwrap();
     // (seq, id, sender or None for a message bob sent)
     let mut log: Vec<(Seq, String, Option<&str>)> = Vec::new();
@@ -875,10 +889,12 @@ fn the_index_spans_many_records() {
     check(&store, &log);
     store.flush().unwrap();
     drop(store);
-    store = Store::open(&path, &StoreOptions::default()).unwrap();
+    store = Store::open_location(&location, &StoreOptions::default()).unwrap();
     check(&store, &log);
     // Deleted messages left the unread count.
     alice_unread_is_counted(&store, &log);
+    drop(store);
+    backend::drop_location(&location);
 }
 
 /// A chat message `id` with `body` received from `from` (a full JID), logged at `at`; the

@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use super::{migrate, Result, Store, StoreOptions, META_SCHEMA, SCHEMA_VERSION};
+use super::sled_backend::SledBackend;
+use super::{migrate, Result, StoreOptions, META_SCHEMA, SCHEMA_VERSION};
 
 /// What [`inspect`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,21 +28,21 @@ pub fn inspect(path: &Path) -> Result<StoreState> {
         return Ok(StoreState::Absent);
     }
     // A small cache: only the meta tree is read.
-    let db = Store::open_db(
+    let db = SledBackend::open_db(
         path,
         &StoreOptions {
             cache_bytes: 1024 * 1024,
             ..StoreOptions::default()
         },
     )?;
-    Store::check_schema_untouched(&db, path)?;
+    SledBackend::check_schema_untouched(&db, path)?;
     if !db.tree_names().iter().any(|n| n.as_ref() == b"meta") {
         return Ok(StoreState::Empty);
     }
     let Some(version) = db.open_tree("meta")?.get(META_SCHEMA)? else {
         return Ok(StoreState::Empty);
     };
-    Ok(match Store::known_version(&version, path)? {
+    Ok(match SledBackend::known_version(&version, path)? {
         SCHEMA_VERSION => StoreState::Current,
         found => {
             debug_assert!(migrate::UPGRADABLE.contains(&found));

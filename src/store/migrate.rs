@@ -412,7 +412,7 @@ impl IndexBuilder {
     }
 }
 
-impl Store {
+impl SledBackend {
     /// Writes this store (of schema `from`) into a fresh sled database at `fresh`, in the
     /// current schema: every tree copied, device records converted, the log's index built while
     /// the log is copied (one pass over it). Copying, not rewriting in place, leaves sled's page

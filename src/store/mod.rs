@@ -6,6 +6,7 @@
 //! [`Store::flush`]. Callers must not tell anyone about a write (the 10013 ack, a bounce) before
 //! the flush that covers it has returned.
 
+mod backend;
 mod conversations;
 mod devices;
 mod inspect;
@@ -13,7 +14,9 @@ pub mod keys;
 mod log;
 mod migrate;
 mod pending;
+mod pg;
 pub mod records;
+mod sled_backend;
 mod timers;
 mod users;
 
@@ -22,12 +25,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::TransactionError;
+use sled::IVec;
 
+use backend::Backend;
 pub use inspect::{inspect, StoreState};
 pub use keys::{DeviceNo, IndexHash, Seq, UserId};
-use pending::{Bounds, Merged, Pending, Writes, T, TREES, TREE_NAMES};
+use pending::{Bounds, Merged, Pending, Writes, T, TREE_NAMES};
+use pg::PgBackend;
+pub use pg::{redact as redact_url, PG_SCHEMA_VERSION};
 use records::{decode, encode};
+use sled_backend::SledBackend;
 
 pub use records::{
     ConversationRecord, Counters, DeliveryRecord, DeviceRecord, IndexEntry, MessageRecord,
@@ -53,9 +61,6 @@ pub struct PurgeReport {
     pub devices: u64,
     pub timers: u64,
 }
-
-/// How long [`Store::open`] waits for another holder of the store's lock to let go.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +93,31 @@ pub enum StoreError {
     BadKey { tree: &'static str, len: usize },
     #[error("unknown user id {0}")]
     UnknownUser(UserId),
+    #[error("PostgreSQL store {url}: {source}")]
+    Postgres {
+        url: String,
+        source: postgres::Error,
+    },
+    #[error("PostgreSQL store: {0}")]
+    Pg(String),
+    #[error("PostgreSQL store {url} has schema version {found}, this readtrack knows version {expected}; refusing to touch it")]
+    PgSchemaVersion {
+        url: String,
+        found: i32,
+        expected: i32,
+    },
+    /// Another process owns the store (several processes on one database would corrupt it).
+    #[error("PostgreSQL store {url} is in use by {holder} (its lease ends at {until} unless renewed); one readtrack process per database: stop it, or wait for its lease to expire if it died")]
+    Held {
+        url: String,
+        holder: String,
+        until: String,
+    },
+    /// This process lost the store's lease to another: its commit was rolled back.
+    #[error("PostgreSQL store {url}: this process no longer owns the store (lease epoch {epoch} was taken over by another process); the commit was rolled back")]
+    Fenced { url: String, epoch: i64 },
+    #[error("a key of tree {tree} does not fit its PostgreSQL table (a value above 2^63-1, or a partial key)")]
+    KeyRange { tree: &'static str },
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -117,6 +147,9 @@ pub struct StoreOptions {
     /// How the log's index hashes ids and peers (tests force collisions with it).
     #[doc(hidden)]
     pub index_hash: keys::IndexHash,
+    /// PostgreSQL: how long the store's lease lasts without renewal (a process killed holding
+    /// it keeps the store from others this long).
+    pub lease: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -124,15 +157,33 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 64 * 1024 * 1024,
             index_hash: keys::IndexHash::default(),
+            lease: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A sled folder.
+    Sled(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://user@host:port/database`).
+    Postgres(String),
+}
+
+impl std::fmt::Display for Location {
+    /// For logs and messages: a folder, or the URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sled(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => write!(f, "{}", pg::redact(url)),
         }
     }
 }
 
 pub struct Store {
-    path: PathBuf,
-    db: sled::Db,
-    /// Indexed by [`T`].
-    trees: [sled::Tree; TREES],
+    backend: Box<dyn Backend>,
+    location: Location,
     /// Writes since the last flush; see [`pending`].
     pending: Mutex<Pending>,
     /// Records decoded since open: lets tests assert that work is proportional to what is unread.
@@ -147,173 +198,66 @@ pub struct Store {
 const SPILL_ENTRIES: usize = 50_000;
 
 impl Store {
-    /// Opens (or creates) the store. Refuses a store of another schema version, or a non-empty
-    /// directory that readtrack did not write, rather than overwrite it. A store of an earlier
-    /// schema is upgraded first (see [`migrate`]), finishing an upgrade a crash interrupted.
+    /// Opens (or creates) the sled store at `path`. Refuses a store of another schema version,
+    /// or a non-empty directory that readtrack did not write, rather than overwrite it. A store
+    /// of an earlier schema is upgraded first (see [`migrate`]), finishing an upgrade a crash
+    /// interrupted.
     pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
-        migrate::finish_interrupted(&path)?;
-        let store = Self::open_at(&path, options)?;
-        let found = store.check_schema()?;
-        if found == SCHEMA_VERSION {
-            // A copy left by an upgrade a crash interrupted early; the store's lock is ours.
-            migrate::remove_dir(&migrate::upgrading_path(&path))?;
-            return Ok(store);
-        }
-        let fresh = migrate::upgrading_path(&path);
-        store.upgrade_into(&fresh, found, options)?;
-        drop(store);
-        migrate::swap_in(&path, &fresh)?;
-        let store = Self::open_at(&path, options)?;
-        store.check_schema()?;
-        Ok(store)
+        let backend = SledBackend::open(&path, options)?;
+        Ok(Self::over(Box::new(backend), Location::Sled(path), options))
     }
 
-    fn open_at(path: &Path, options: &StoreOptions) -> Result<Store> {
-        let db = Self::open_db(path, options)?;
-        // Before `open_tree` below creates any missing tree: refusing a store after adding
-        // readtrack's trees to it would be exactly the silent rewrite this check exists to stop.
-        Self::check_schema_untouched(&db, path)?;
-        let mut trees = Vec::with_capacity(TREES);
-        for name in TREE_NAMES {
-            trees.push(db.open_tree(name)?);
+    /// Opens (or creates) the store at `location`, on the backend it names. On PostgreSQL this
+    /// applies the project's migrations and takes the store's lease (refusing when another
+    /// process holds it).
+    pub fn open_location(location: &Location, options: &StoreOptions) -> Result<Store> {
+        match location {
+            Location::Sled(path) => Self::open(path, options),
+            Location::Postgres(url) => {
+                let backend = PgBackend::open(url, options)?;
+                Ok(Self::over(Box::new(backend), location.clone(), options))
+            }
         }
-        Ok(Store {
-            trees: trees
-                .try_into()
-                .unwrap_or_else(|_| unreachable!("one tree per name")),
-            db,
-            path: path.to_path_buf(),
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Statements sent to the database since open (0 on sled): what a test measures a message
+    /// by on PostgreSQL.
+    #[doc(hidden)]
+    pub fn round_trips(&self) -> u64 {
+        self.backend.round_trips()
+    }
+
+    fn over(backend: Box<dyn Backend>, location: Location, options: &StoreOptions) -> Store {
+        Store {
+            backend,
+            location,
             pending: Mutex::new(Pending::default()),
             reads: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             hash: options.index_hash,
-        })
-    }
-
-    /// sled releases its file lock a little after the last handle is dropped (its flusher
-    /// thread lets go asynchronously), and a restarting service can race its predecessor's exit,
-    /// so a held lock is retried for a short while before it is reported.
-    fn open_db(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
-        loop {
-            match sled::Config::new()
-                .path(path)
-                .cache_capacity(options.cache_bytes)
-                .open()
-            {
-                Ok(db) => return Ok(db),
-                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                    if std::time::Instant::now() >= deadline {
-                        return Err(StoreError::Locked {
-                            path: path.to_path_buf(),
-                        });
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(source) => {
-                    return Err(StoreError::Open {
-                        path: path.to_path_buf(),
-                        source,
-                    })
-                }
-            }
         }
     }
 
-    /// Refuses a store of another schema version, or a sled database with data but no
-    /// readtrack schema, looking only at trees that already exist.
-    fn check_schema_untouched(db: &sled::Db, path: &Path) -> Result<()> {
-        let names = db.tree_names();
-        let has = |name: &[u8]| names.iter().any(|n| n.as_ref() == name);
-        let version = if has(b"meta") {
-            db.open_tree("meta")?.get(META_SCHEMA)?
-        } else {
-            None
-        };
-        match version {
-            Some(v) => {
-                Self::known_version(&v, path)?;
-            }
-            None => {
-                // sled always has its default tree; anything else, or data in it, is not ours.
-                let foreign = !db.is_empty()
-                    || names.iter().any(|n| {
-                        n.as_ref() != b"__sled__default"
-                            && (n.as_ref() != b"meta"
-                                || db.open_tree(n).map_or(true, |t| !t.is_empty()))
-                    });
-                if foreign {
-                    return Err(StoreError::NoSchema {
-                        path: path.to_path_buf(),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The stored version, if this readtrack reads it or can upgrade it.
-    fn known_version(v: &[u8], path: &Path) -> Result<u32> {
-        let found = u32::from_be_bytes(v.try_into().map_err(|_| StoreError::Decode {
-            tree: "meta",
-            reason: "schema_version is not 4 bytes".into(),
-        })?);
-        if found != SCHEMA_VERSION && !migrate::UPGRADABLE.contains(&found) {
-            return Err(StoreError::SchemaVersion {
-                path: path.to_path_buf(),
-                found,
-                expected: SCHEMA_VERSION,
-            });
-        }
-        Ok(found)
-    }
-
-    /// The stored schema version (a version this readtrack reads or upgrades); a new store is
-    /// given the current one.
-    fn check_schema(&self) -> Result<u32> {
-        match self.tree(T::Meta).get(META_SCHEMA)? {
-            Some(v) => Self::known_version(&v, &self.path),
-            None => {
-                let user_data = [T::JidUserid, T::UseridUser, T::UserseqMessage]
-                    .iter()
-                    .any(|t| !self.tree(*t).is_empty());
-                if user_data {
-                    return Err(StoreError::NoSchema {
-                        path: self.path.clone(),
-                    });
-                }
-                self.tree(T::Meta)
-                    .insert(META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
-                self.db.flush()?;
-                Ok(SCHEMA_VERSION)
-            }
-        }
-    }
-
+    /// The sled folder of a sled store; an empty path on PostgreSQL.
     pub fn path(&self) -> &Path {
-        &self.path
+        match &self.location {
+            Location::Sled(path) => path,
+            Location::Postgres(_) => Path::new(""),
+        }
     }
 
     /// Makes every earlier write durable: applies the write set as one transaction, then flushes
-    /// sled. The only durability point.
+    /// the backend. The only durability point.
     pub fn flush(&self) -> Result<()> {
         self.apply_pending()?;
-        self.db.flush().map_err(|e| self.write_error(e))?;
+        self.backend.flush()?;
         self.flushes.fetch_add(1, Ordering::Release);
         Ok(())
-    }
-
-    /// sled's own text for an I/O error is the `Debug` of `io::Error` and names no path; an
-    /// operator whose disk filled up needs the OS message and the store's location.
-    fn write_error(&self, e: sled::Error) -> StoreError {
-        match e {
-            sled::Error::Io(source) => StoreError::Write {
-                path: self.path.clone(),
-                source,
-            },
-            other => StoreError::Sled(other),
-        }
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -321,32 +265,14 @@ impl Store {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Moves the write set into sled as one transaction (not yet durable). Kept on failure, so
-    /// the next flush tries again.
+    /// Moves the write set into the backend as one transaction (not yet durable). Kept on
+    /// failure, so the next flush tries again.
     fn apply_pending(&self) -> Result<()> {
         let mut pending = self.pending();
         if pending.entries() == 0 {
             return Ok(());
         }
-        let written: Vec<_> = pending.trees().collect();
-        let trees: Vec<&sled::Tree> = written.iter().map(|(i, _)| &self.trees[*i]).collect();
-        trees[..]
-            .transaction(|txs| {
-                for (tx, (_, writes)) in txs.iter().zip(&written) {
-                    for (key, value) in writes.iter() {
-                        match value {
-                            Some(v) => tx.insert(key.as_slice(), v.clone())?,
-                            None => tx.remove(key.as_slice())?,
-                        };
-                    }
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => self.write_error(e),
-            })?;
-        drop(written);
+        self.backend.apply(&pending)?;
         pending.clear();
         Ok(())
     }
@@ -360,28 +286,24 @@ impl Store {
         Ok(())
     }
 
-    fn tree(&self, t: T) -> &sled::Tree {
-        &self.trees[t as usize]
-    }
-
-    fn get(&self, t: T, key: impl AsRef<[u8]>) -> Result<Option<sled::IVec>> {
+    fn get(&self, t: T, key: impl AsRef<[u8]>) -> Result<Option<IVec>> {
         if let Some(decided) = self.pending().get(t, key.as_ref()) {
             return Ok(decided);
         }
-        Ok(self.tree(t).get(key)?)
+        self.backend.get(t, key.as_ref())
     }
 
-    fn range(&self, t: T, bounds: Bounds) -> Merged {
+    fn range(&self, t: T, bounds: Bounds) -> Merged<'_> {
         let pending = self.pending().range(t, &bounds, false);
-        Merged::new(self.tree(t).range(bounds), pending, false)
+        Merged::new(self.backend.range(t, bounds, false), pending, false)
     }
 
-    fn range_rev(&self, t: T, bounds: Bounds) -> Merged {
+    fn range_rev(&self, t: T, bounds: Bounds) -> Merged<'_> {
         let pending = self.pending().range(t, &bounds, true);
-        Merged::new(self.tree(t).range(bounds), pending, true)
+        Merged::new(self.backend.range(t, bounds, true), pending, true)
     }
 
-    fn scan_prefix(&self, t: T, prefix: impl AsRef<[u8]>) -> Merged {
+    fn scan_prefix(&self, t: T, prefix: impl AsRef<[u8]>) -> Merged<'_> {
         self.range(t, pending::prefix_bounds(prefix.as_ref()))
     }
 
@@ -405,9 +327,9 @@ impl Store {
         decode(tree, bytes)
     }
 
-    /// Bytes on disk.
+    /// Bytes on disk (sled), or in the store's tables (PostgreSQL).
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        self.backend.size()
     }
 
     // ---- meta ----
@@ -440,5 +362,6 @@ impl Drop for Store {
                 );
             }
         }
+        self.backend.close();
     }
 }

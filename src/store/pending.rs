@@ -8,7 +8,8 @@ use std::ops::Bound;
 
 use sled::IVec;
 
-use super::{Result, StoreError};
+use super::backend::RowIter;
+use super::Result;
 
 /// The trees of the store, in the order of [`TREE_NAMES`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,24 +137,25 @@ pub(super) fn prefix_bounds(prefix: &[u8]) -> Bounds {
     (Bound::Included(prefix.to_vec()), Bound::Unbounded)
 }
 
-/// A sled range merged with the write set's entries in the same range: pending values win,
-/// pending removals hide the key.
-pub(super) struct Merged {
-    sled: sled::Iter,
+/// A backend's range merged with the write set's entries in the same range: pending values
+/// win, pending removals hide the key. `committed` comes in iteration order already (reversed
+/// for `rev`).
+pub(super) struct Merged<'a> {
+    committed: RowIter<'a>,
     sled_head: Option<(IVec, IVec)>,
     sled_done: bool,
     pending: std::iter::Peekable<std::vec::IntoIter<(Vec<u8>, Option<IVec>)>>,
     rev: bool,
 }
 
-impl Merged {
+impl<'a> Merged<'a> {
     pub(super) fn new(
-        sled: sled::Iter,
+        committed: RowIter<'a>,
         pending: Vec<(Vec<u8>, Option<IVec>)>,
         rev: bool,
-    ) -> Merged {
+    ) -> Merged<'a> {
         Merged {
-            sled,
+            committed,
             sled_head: None,
             sled_done: false,
             pending: pending.into_iter().peekable(),
@@ -162,20 +164,15 @@ impl Merged {
     }
 }
 
-impl Iterator for Merged {
+impl Iterator for Merged<'_> {
     type Item = Result<(IVec, IVec)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if self.sled_head.is_none() && !self.sled_done {
-                let next = if self.rev {
-                    self.sled.next_back()
-                } else {
-                    self.sled.next()
-                };
-                match next {
+                match self.committed.next() {
                     None => self.sled_done = true,
-                    Some(Err(e)) => return Some(Err(StoreError::Sled(e))),
+                    Some(Err(e)) => return Some(Err(e)),
                     Some(Ok(kv)) => self.sled_head = Some(kv),
                 }
             }
@@ -266,7 +263,12 @@ mod tests {
                 let b2 = (as_slice(&bounds.0), as_slice(&bounds.1));
                 let want: Vec<(Vec<u8>, Vec<u8>)> = model.range::<[u8], _>(b2).map(|(k, v)| (k.clone(), v.clone())).collect();
                 for rev in [false, true] {
-                    let got: Vec<(Vec<u8>, Vec<u8>)> = Merged::new(tree.range(bounds.clone()), p.range(T::Meta, &bounds, rev), rev)
+                    let committed: RowIter<'_> = if rev {
+                        Box::new(tree.range(bounds.clone()).rev().map(|kv| kv.map_err(crate::store::StoreError::Sled)))
+                    } else {
+                        Box::new(tree.range(bounds.clone()).map(|kv| kv.map_err(crate::store::StoreError::Sled)))
+                    };
+                    let got: Vec<(Vec<u8>, Vec<u8>)> = Merged::new(committed, p.range(T::Meta, &bounds, rev), rev)
                         .map(|kv| { let (k, v) = kv.unwrap(); (k.to_vec(), v.to_vec()) })
                         .collect();
                     let mut want = want.clone();

@@ -1,0 +1,1204 @@
+//! The PostgreSQL backend: one table per tree with typed key columns (`schema/postgres/`),
+//! the write set applied as one transaction that first proves this process still owns the
+//! store (the `readtrack_owner` lease), every range an index range over the primary key.
+//!
+//! The engine is synchronous and the service calls it from tokio tasks. The `postgres` client
+//! runs its own runtime and cannot be driven from a runtime thread, so one thread of the backend
+//! owns the connection and every call is a job sent to it: any thread may call the store, the
+//! way it calls sled, and waits the round trip the way it waits sled's disk.
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Statement};
+use sled::IVec;
+
+use super::backend::{Backend, Row, RowIter};
+use super::pending::{Bounds, Pending, T, TREES};
+use super::{Result, StoreError, StoreOptions, META_SCHEMA, SCHEMA_VERSION};
+
+/// The project's migrations, applied in order, each once, each in a transaction, recorded in
+/// `readtrack_schema`.
+pub(super) const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../schema/postgres/001_initial.sql"),
+)];
+
+/// The schema version this readtrack brings a database to.
+pub const PG_SCHEMA_VERSION: i32 = 1;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Col {
+    /// A big-endian u64 in the byte key, `bigint` in the table.
+    U64,
+    /// A big-endian u32 in the byte key, `bigint` in the table.
+    U32,
+    /// The rest of the byte key (UTF-8), `text COLLATE "C"` (byte order) in the table.
+    Text,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Val {
+    Record,
+    /// `jid_userid`: the 8-byte big-endian id as a `user_id bigint`.
+    UserId,
+    /// `deadline_userseq`: the key is everything.
+    Nothing,
+}
+
+struct Table {
+    name: &'static str,
+    cols: &'static [(&'static str, Col)],
+    val: Val,
+}
+
+/// Indexed by [`T`], like sled's trees.
+const TABLES: [Table; TREES] = [
+    Table {
+        name: "readtrack_meta",
+        cols: &[("key", Col::Text)],
+        val: Val::Record,
+    },
+    Table {
+        name: "readtrack_jid_userid",
+        cols: &[("jid", Col::Text)],
+        val: Val::UserId,
+    },
+    Table {
+        name: "readtrack_userid_user",
+        cols: &[("user_id", Col::U64)],
+        val: Val::Record,
+    },
+    Table {
+        name: "readtrack_userseq_message",
+        cols: &[("user_id", Col::U64), ("seq", Col::U64)],
+        val: Val::Record,
+    },
+    Table {
+        name: "readtrack_userblock_index",
+        cols: &[("user_id", Col::U64), ("block", Col::U64)],
+        val: Val::Record,
+    },
+    Table {
+        name: "readtrack_userdevice_cursor",
+        cols: &[("user_id", Col::U64), ("device", Col::U32)],
+        val: Val::Record,
+    },
+    Table {
+        name: "readtrack_userdeviceseq_delivery",
+        cols: &[
+            ("user_id", Col::U64),
+            ("device", Col::U32),
+            ("seq", Col::U64),
+        ],
+        val: Val::Record,
+    },
+    Table {
+        name: "readtrack_deadline_userseq",
+        cols: &[
+            ("deadline", Col::U64),
+            ("user_id", Col::U64),
+            ("seq", Col::U64),
+        ],
+        val: Val::Nothing,
+    },
+    Table {
+        name: "readtrack_userpeer_conversation",
+        cols: &[("user_id", Col::U64), ("peer", Col::Text)],
+        val: Val::Record,
+    },
+];
+
+/// One key column's value as a query parameter.
+#[derive(Debug, Clone, PartialEq)]
+enum Param {
+    Int(i64),
+    Text(String),
+}
+
+impl Param {
+    fn sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Param::Int(i) => i,
+            Param::Text(s) => s,
+        }
+    }
+}
+
+/// A key decoded into its column values: all of them (a whole key) or a leading part.
+struct Decoded {
+    params: Vec<Param>,
+    whole: bool,
+    /// A component above `i64::MAX` was cut to it (only bounds can hold one).
+    clamped: bool,
+}
+
+fn bad_key(t: T, key: &[u8]) -> StoreError {
+    StoreError::BadKey {
+        tree: super::TREE_NAMES[t as usize],
+        len: key.len(),
+    }
+}
+
+/// Decodes a byte key of tree `t` into column values. A bound may stop inside a column (sled's
+/// prefix bounds carry the last byte into an earlier one): the column is padded with zeros,
+/// which orders the same way against every whole key (see [`typed_bound`]).
+fn decode_key(t: T, key: &[u8]) -> Result<Decoded> {
+    let mut params = Vec::new();
+    let mut rest = key;
+    let mut clamped = false;
+    for (_, col) in TABLES[t as usize].cols {
+        if rest.is_empty() {
+            return Ok(Decoded {
+                params,
+                whole: false,
+                clamped,
+            });
+        }
+        match col {
+            Col::U64 | Col::U32 => {
+                let width = if *col == Col::U64 { 8 } else { 4 };
+                let mut bytes = [0u8; 8];
+                let n = rest.len().min(width);
+                bytes[8 - width..8 - width + n].copy_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                let v = u64::from_be_bytes(bytes);
+                if n < width {
+                    params.push(Param::Int(v as i64));
+                    return Ok(Decoded {
+                        params,
+                        whole: false,
+                        clamped,
+                    });
+                }
+                if v > i64::MAX as u64 {
+                    params.push(Param::Int(i64::MAX));
+                    clamped = true;
+                    return Ok(Decoded {
+                        params,
+                        whole: false,
+                        clamped,
+                    });
+                }
+                params.push(Param::Int(v as i64));
+            }
+            Col::Text => {
+                let s = std::str::from_utf8(rest).map_err(|_| bad_key(t, key))?;
+                params.push(Param::Text(s.to_string()));
+                rest = &[];
+            }
+        }
+    }
+    if !rest.is_empty() {
+        return Err(bad_key(t, key));
+    }
+    Ok(Decoded {
+        params,
+        whole: true,
+        clamped,
+    })
+}
+
+/// A whole key for a point read or a write: every column, nothing clamped.
+fn whole_key(t: T, key: &[u8]) -> Result<Vec<Param>> {
+    let d = decode_key(t, key)?;
+    if !d.whole || d.clamped {
+        return Err(StoreError::KeyRange {
+            tree: super::TREE_NAMES[t as usize],
+        });
+    }
+    Ok(d.params)
+}
+
+/// Rebuilds the byte key of a row from its key columns.
+fn encode_key(t: T, row: &postgres::Row) -> Vec<u8> {
+    let mut key = Vec::with_capacity(24);
+    for (i, (_, col)) in TABLES[t as usize].cols.iter().enumerate() {
+        match col {
+            Col::U64 => key.extend_from_slice(&(row.get::<_, i64>(i) as u64).to_be_bytes()),
+            Col::U32 => key.extend_from_slice(&(row.get::<_, i64>(i) as u32).to_be_bytes()),
+            Col::Text => key.extend_from_slice(row.get::<_, &str>(i).as_bytes()),
+        }
+    }
+    key
+}
+
+fn value_of(t: T, row: &postgres::Row) -> IVec {
+    let at = TABLES[t as usize].cols.len();
+    match TABLES[t as usize].val {
+        Val::Record => IVec::from(row.get::<_, &[u8]>(at)),
+        Val::UserId => IVec::from(&(row.get::<_, i64>(at) as u64).to_be_bytes()[..]),
+        Val::Nothing => IVec::from(&[][..]),
+    }
+}
+
+/// A comparison of the leading key columns with a tuple of values, `(a, b) >= ($1, $2)`.
+#[derive(Debug, Clone, PartialEq)]
+struct Cmp {
+    op: &'static str,
+    params: Vec<Param>,
+}
+
+/// Turns one side of a byte range into a comparison on columns. A whole key keeps its bound.
+/// A key that stops at (or inside, padded with zeros) a column compares the columns it has:
+/// every whole key at or above it in bytes is `>=` it and every key below it is `<` it,
+/// whatever the bound said. A component cut to `i64::MAX` sits above every stored value:
+/// a lower bound becomes `>`, an upper one `<=`.
+fn typed_bound(t: T, bound: &Bound<Vec<u8>>, lower: bool) -> Result<Option<Cmp>> {
+    let (key, included) = match bound {
+        Bound::Unbounded => return Ok(None),
+        Bound::Included(k) => (k, true),
+        Bound::Excluded(k) => (k, false),
+    };
+    let d = decode_key(t, key)?;
+    if d.params.is_empty() {
+        // An empty key: everything is at or above it.
+        return Ok(if lower {
+            None
+        } else {
+            Some(Cmp {
+                op: "<",
+                params: vec![Param::Int(i64::MIN)],
+            })
+        });
+    }
+    let op = match (d.whole, d.clamped, lower, included) {
+        (_, true, true, _) => ">",
+        (_, true, false, _) => "<=",
+        (false, _, true, _) => ">=",
+        (false, _, false, _) => "<",
+        (true, _, true, true) => ">=",
+        (true, _, true, false) => ">",
+        (true, _, false, true) => "<=",
+        (true, _, false, false) => "<",
+    };
+    Ok(Some(Cmp {
+        op,
+        params: d.params,
+    }))
+}
+
+/// The password of a URL is never shown: `postgres://user:secret@host/db` is shown as
+/// `postgres://user@host/db`, and a `password=` setting as `password=***`.
+pub fn redact(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..auth_end].rfind('@') {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            return format!("{}{}{}", &url[..scheme_end + 3], user, &rest[at..])
+                .split("password=")
+                .enumerate()
+                .map(|(i, part)| {
+                    if i == 0 {
+                        part.to_string()
+                    } else {
+                        let end = part.find('&').unwrap_or(part.len());
+                        format!("password=***{}", &part[end..])
+                    }
+                })
+                .collect();
+        }
+    }
+    url.split_whitespace()
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***".to_string()
+            } else {
+                kv.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The client's settings from the URL; a password may also come from `PGPASSWORD`.
+fn config_of(url: &str) -> Result<postgres::Config> {
+    let mut config: postgres::Config = url.parse().map_err(|e| StoreError::Postgres {
+        url: redact(url),
+        source: e,
+    })?;
+    if config.get_password().is_none() {
+        if let Ok(password) = std::env::var("PGPASSWORD") {
+            config.password(password);
+        }
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("readtrack");
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    Ok(config)
+}
+
+/// The connection and what belongs to it, owned by the backend's thread.
+struct Conn {
+    url: String,
+    config: postgres::Config,
+    client: Option<Client>,
+    statements: HashMap<String, Statement>,
+    /// The lease's epoch this process holds (0 before it has one).
+    epoch: i64,
+    lease: Duration,
+}
+
+impl Conn {
+    fn err(&self, source: postgres::Error) -> StoreError {
+        StoreError::Postgres {
+            url: redact(&self.url),
+            source,
+        }
+    }
+
+    /// The connection, opened again when the last one broke (a database restart): what it
+    /// held (the lease) is a row, not a session, so nothing is lost with it.
+    fn client(&mut self) -> Result<&mut Client> {
+        if self.client.as_ref().is_some_and(|c| c.is_closed()) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            self.statements.clear();
+            let client = self.config.connect(NoTls).map_err(|e| self.err(e))?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = self.client()?.prepare(sql);
+        let s = prepared.map_err(|e| self.err(e))?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<postgres::Row>> {
+        let s = self.statement(sql)?;
+        let rows = self.client()?.query(&s, params);
+        rows.map_err(|e| self.err(e))
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Conn) + Send>;
+
+pub(super) struct PgBackend {
+    url: String,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    /// Statements sent to the database since open: a chat message's cost in round trips.
+    round_trips: Arc<AtomicU64>,
+    renewer: Mutex<Option<Renewer>>,
+}
+
+/// Rows asked for by the first page of a range; each further page doubles, up to the last.
+const FIRST_PAGE: i64 = 64;
+const LAST_PAGE: i64 = 4096;
+
+impl PgBackend {
+    /// Connects, brings the schema up to date, checks the records' schema version, and takes
+    /// the store's lease (refusing when another process holds it).
+    pub(super) fn open(url: &str, options: &StoreOptions) -> Result<PgBackend> {
+        let config = config_of(url)?;
+        let mut conn = Conn {
+            url: url.to_string(),
+            config,
+            client: None,
+            statements: HashMap::new(),
+            epoch: 0,
+            lease: options.lease,
+        };
+        conn.client()?;
+        migrate(&mut conn)?;
+        check_records_schema(&mut conn)?;
+        let holder = holder_id();
+        take_lease(&mut conn, &holder)?;
+        let epoch = conn.epoch;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("readtrack-pg".into())
+            .spawn(move || {
+                let mut conn = conn;
+                for job in rx {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Pg(format!("cannot start the PostgreSQL thread: {e}")))?;
+        let backend = PgBackend {
+            url: url.to_string(),
+            jobs: Mutex::new(tx),
+            round_trips: Arc::new(AtomicU64::new(0)),
+            renewer: Mutex::new(None),
+        };
+        *backend.renewer.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Renewer::start(url, epoch, options.lease)?);
+        Ok(backend)
+    }
+
+    /// Runs `f` on the connection's thread and waits for its result.
+    fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let gone = || StoreError::Pg("the PostgreSQL thread has stopped".into());
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())?
+    }
+
+    fn page(
+        &self,
+        t: T,
+        lower: Option<Cmp>,
+        upper: Option<Cmp>,
+        rev: bool,
+        limit: i64,
+    ) -> Result<Vec<Row>> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.call(move |conn| {
+            let table = &TABLES[t as usize];
+            let mut sql = String::from("SELECT ");
+            let names: Vec<&str> = table.cols.iter().map(|(n, _)| *n).collect();
+            sql.push_str(&names.join(", "));
+            match table.val {
+                Val::Record => sql.push_str(", record"),
+                Val::UserId => sql.push_str(", user_id"),
+                Val::Nothing => {}
+            }
+            sql.push_str(" FROM ");
+            sql.push_str(table.name);
+            let mut params: Vec<Param> = Vec::new();
+            let mut clauses = Vec::new();
+            for cmp in [&lower, &upper].into_iter().flatten() {
+                let cols = &names[..cmp.params.len()];
+                let placeholders: Vec<String> = (0..cmp.params.len())
+                    .map(|i| format!("${}", params.len() + i + 1))
+                    .collect();
+                clauses.push(format!(
+                    "({}) {} ({})",
+                    cols.join(", "),
+                    cmp.op,
+                    placeholders.join(", ")
+                ));
+                params.extend(cmp.params.iter().cloned());
+            }
+            if !clauses.is_empty() {
+                sql.push_str(" WHERE ");
+                sql.push_str(&clauses.join(" AND "));
+            }
+            let order: Vec<String> = names
+                .iter()
+                .map(|n| format!("{n}{}", if rev { " DESC" } else { "" }))
+                .collect();
+            sql.push_str(" ORDER BY ");
+            sql.push_str(&order.join(", "));
+            sql.push_str(&format!(" LIMIT {limit}"));
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(Param::sql).collect();
+            let rows = conn.query(&sql, &refs)?;
+            Ok(rows
+                .iter()
+                .map(|r| (IVec::from(encode_key(t, r)), value_of(t, r)))
+                .collect())
+        })
+    }
+}
+
+impl Backend for PgBackend {
+    fn get(&self, tree: T, key: &[u8]) -> Result<Option<IVec>> {
+        let params = whole_key(tree, key)?;
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.call(move |conn| {
+            let table = &TABLES[tree as usize];
+            let value = match table.val {
+                Val::Record => "record",
+                Val::UserId => "user_id",
+                Val::Nothing => "1",
+            };
+            let wheres: Vec<String> = table
+                .cols
+                .iter()
+                .enumerate()
+                .map(|(i, (n, _))| format!("{n} = ${}", i + 1))
+                .collect();
+            let sql = format!(
+                "SELECT {value} FROM {} WHERE {}",
+                table.name,
+                wheres.join(" AND ")
+            );
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(Param::sql).collect();
+            let rows = conn.query(&sql, &refs)?;
+            Ok(rows.first().map(|r| match table.val {
+                Val::Record => IVec::from(r.get::<_, &[u8]>(0)),
+                Val::UserId => IVec::from(&(r.get::<_, i64>(0) as u64).to_be_bytes()[..]),
+                Val::Nothing => IVec::from(&[][..]),
+            }))
+        })
+    }
+
+    fn range(&self, tree: T, bounds: Bounds, rev: bool) -> RowIter<'_> {
+        let lower = typed_bound(tree, &bounds.0, true);
+        let upper = typed_bound(tree, &bounds.1, false);
+        match (lower, upper) {
+            (Ok(lower), Ok(upper)) => Box::new(PgRange {
+                backend: self,
+                tree,
+                lower,
+                upper,
+                rev,
+                buffered: VecDeque::new(),
+                page: FIRST_PAGE,
+                done: false,
+            }),
+            (Err(e), _) | (_, Err(e)) => Box::new(std::iter::once(Err(e))),
+        }
+    }
+
+    fn apply(&self, pending: &Pending) -> Result<()> {
+        let batches = pending
+            .trees()
+            .map(|(i, writes)| TableBatch::of(tree_at(i), writes))
+            .collect::<Result<Vec<_>>>()?;
+        let statements = 2 + batches
+            .iter()
+            .map(|b| u64::from(!b.put_keys.is_empty()) + u64::from(!b.del_keys.is_empty()))
+            .sum::<u64>();
+        self.round_trips.fetch_add(statements, Ordering::Relaxed);
+        self.call(move |conn| commit(conn, &batches))
+    }
+
+    /// Each apply is a committed transaction: durable as the server's `synchronous_commit`
+    /// makes it (docs/reliability.md), with nothing left to flush.
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn size(&self) -> Result<u64> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        self.call(|conn| {
+            let names: Vec<String> = TABLES.iter().map(|t| t.name.to_string()).collect();
+            // pg_total_relation_size is PostgreSQL's (CockroachDB has no equivalent): a
+            // database without it reports 0 rather than failing `stats`.
+            let s = "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+                     FROM pg_class c WHERE c.relname = ANY($1) AND pg_table_is_visible(c.oid)";
+            match conn.query(s, &[&names]) {
+                Ok(rows) => Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64)),
+                Err(e) => {
+                    tracing::debug!("store size unavailable: {e}");
+                    Ok(0)
+                }
+            }
+        })
+    }
+
+    fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    fn close(&self) {
+        if let Some(renewer) = self
+            .renewer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            renewer.stop();
+        }
+        let released = self.call(|conn| {
+            let epoch = conn.epoch;
+            conn.query(
+                "UPDATE readtrack_owner SET expires = now() WHERE id = 1 AND epoch = $1",
+                &[&epoch],
+            )?;
+            Ok(())
+        });
+        if let Err(e) = released {
+            tracing::warn!(url = %redact(&self.url), "could not release the store's lease (it expires by itself): {e}");
+        }
+    }
+}
+
+fn tree_at(i: usize) -> T {
+    use T::*;
+    [
+        Meta,
+        JidUserid,
+        UseridUser,
+        UserseqMessage,
+        UserblockIndex,
+        UserdeviceCursor,
+        UserdeviceseqDelivery,
+        DeadlineUserseq,
+        UserpeerConversation,
+    ][i]
+}
+
+/// A range read page by page, each page continuing after the last key of the one before.
+struct PgRange<'a> {
+    backend: &'a PgBackend,
+    tree: T,
+    lower: Option<Cmp>,
+    upper: Option<Cmp>,
+    rev: bool,
+    buffered: VecDeque<Row>,
+    page: i64,
+    done: bool,
+}
+
+impl Iterator for PgRange<'_> {
+    type Item = Result<Row>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buffered.is_empty() && !self.done {
+            let rows = match self.backend.page(
+                self.tree,
+                self.lower.clone(),
+                self.upper.clone(),
+                self.rev,
+                self.page,
+            ) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            };
+            if (rows.len() as i64) < self.page {
+                self.done = true;
+            }
+            if let Some((last, _)) = rows.last() {
+                let after = match decode_key(self.tree, last) {
+                    Ok(d) => d.params,
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                };
+                let cmp = Some(Cmp {
+                    op: if self.rev { "<" } else { ">" },
+                    params: after,
+                });
+                if self.rev {
+                    self.upper = cmp;
+                } else {
+                    self.lower = cmp;
+                }
+            }
+            self.page = (self.page * 2).min(LAST_PAGE);
+            self.buffered = rows.into();
+        }
+        self.buffered.pop_front().map(Ok)
+    }
+}
+
+/// One column of many keys, as an array parameter.
+enum Column {
+    Ints(Vec<i64>),
+    Texts(Vec<String>),
+}
+
+impl Column {
+    fn sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Column::Ints(v) => v,
+            Column::Texts(v) => v,
+        }
+    }
+}
+
+/// The writes of one table in a commit, as column arrays for `unnest`.
+struct TableBatch {
+    tree: T,
+    put_keys: Vec<Column>,
+    put_records: Vec<Vec<u8>>,
+    put_ids: Vec<i64>,
+    del_keys: Vec<Column>,
+}
+
+impl TableBatch {
+    fn of(tree: T, writes: &super::pending::TreeWrites) -> Result<TableBatch> {
+        let table = &TABLES[tree as usize];
+        let empty = || -> Vec<Column> {
+            table
+                .cols
+                .iter()
+                .map(|(_, c)| match c {
+                    Col::Text => Column::Texts(Vec::new()),
+                    _ => Column::Ints(Vec::new()),
+                })
+                .collect()
+        };
+        let mut batch = TableBatch {
+            tree,
+            put_keys: empty(),
+            put_records: Vec::new(),
+            put_ids: Vec::new(),
+            del_keys: empty(),
+        };
+        for (key, value) in writes {
+            let params = whole_key(tree, key)?;
+            let cols = if value.is_some() {
+                &mut batch.put_keys
+            } else {
+                &mut batch.del_keys
+            };
+            for (col, p) in cols.iter_mut().zip(params) {
+                match (col, p) {
+                    (Column::Ints(v), Param::Int(i)) => v.push(i),
+                    (Column::Texts(v), Param::Text(s)) => v.push(s),
+                    _ => unreachable!("columns follow the table"),
+                }
+            }
+            if let Some(v) = value {
+                match table.val {
+                    Val::Record => batch.put_records.push(v.to_vec()),
+                    Val::UserId => batch.put_ids.push(
+                        super::keys::be_u64(v, 0)
+                            .filter(|id| *id <= i64::MAX as u64)
+                            .ok_or(StoreError::KeyRange {
+                                tree: super::TREE_NAMES[tree as usize],
+                            })? as i64,
+                    ),
+                    Val::Nothing => {}
+                }
+            }
+        }
+        if batch.put_keys.iter().all(Column::is_empty) {
+            batch.put_keys.clear();
+        }
+        if batch.del_keys.iter().all(Column::is_empty) {
+            batch.del_keys.clear();
+        }
+        Ok(batch)
+    }
+}
+
+impl Column {
+    fn is_empty(&self) -> bool {
+        match self {
+            Column::Ints(v) => v.is_empty(),
+            Column::Texts(v) => v.is_empty(),
+        }
+    }
+}
+
+/// The SQL type of a key column's array.
+fn array_type(col: Col) -> &'static str {
+    match col {
+        Col::Text => "text[]",
+        _ => "bigint[]",
+    }
+}
+
+/// One commit: the fence on the lease, then per table one upsert and one delete of arrays.
+fn commit(conn: &mut Conn, batches: &[TableBatch]) -> Result<()> {
+    let epoch = conn.epoch;
+    let lease = conn.lease.as_secs_f64();
+    let mut sqls = Vec::new();
+    for b in batches {
+        let table = &TABLES[b.tree as usize];
+        let names: Vec<&str> = table.cols.iter().map(|(n, _)| *n).collect();
+        let key_list = names.join(", ");
+        if !b.put_keys.is_empty() {
+            let mut casts: Vec<String> = table
+                .cols
+                .iter()
+                .enumerate()
+                .map(|(i, (_, c))| format!("${}::{}", i + 1, array_type(*c)))
+                .collect();
+            let mut insert_cols = key_list.clone();
+            let conflict = match table.val {
+                Val::Record => {
+                    casts.push(format!("${}::bytea[]", names.len() + 1));
+                    insert_cols.push_str(", record");
+                    "DO UPDATE SET record = EXCLUDED.record"
+                }
+                Val::UserId => {
+                    casts.push(format!("${}::bigint[]", names.len() + 1));
+                    insert_cols.push_str(", user_id");
+                    "DO UPDATE SET user_id = EXCLUDED.user_id"
+                }
+                Val::Nothing => "DO NOTHING",
+            };
+            sqls.push((
+                b,
+                true,
+                format!(
+                    "INSERT INTO {} ({insert_cols}) SELECT * FROM unnest({}) ON CONFLICT ({key_list}) {conflict}",
+                    table.name,
+                    casts.join(", ")
+                ),
+            ));
+        }
+        if !b.del_keys.is_empty() {
+            let casts: Vec<String> = table
+                .cols
+                .iter()
+                .enumerate()
+                .map(|(i, (_, c))| format!("${}::{}", i + 1, array_type(*c)))
+                .collect();
+            sqls.push((
+                b,
+                false,
+                format!(
+                    "DELETE FROM {} WHERE ({key_list}) IN (SELECT * FROM unnest({}))",
+                    table.name,
+                    casts.join(", ")
+                ),
+            ));
+        }
+    }
+    let fence = "UPDATE readtrack_owner SET expires = now() + $2::float8 * interval '1 second' \
+                 WHERE id = 1 AND epoch = $1";
+    let mut statements = vec![conn.statement(fence)?];
+    for (_, _, sql) in &sqls {
+        statements.push(conn.statement(sql)?);
+    }
+    let url = redact(&conn.url);
+    let client = conn.client()?;
+    let err = |source| StoreError::Postgres {
+        url: url.clone(),
+        source,
+    };
+    let mut tx = client.transaction().map_err(err)?;
+    let fenced = tx.execute(&statements[0], &[&epoch, &lease]).map_err(err)?;
+    if fenced != 1 {
+        // Dropping `tx` rolls back: an old owner's late commit moves nothing.
+        return Err(StoreError::Fenced { url, epoch });
+    }
+    for ((b, put, _), statement) in sqls.iter().zip(&statements[1..]) {
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        let keys = if *put { &b.put_keys } else { &b.del_keys };
+        params.extend(keys.iter().map(Column::sql));
+        if *put {
+            match TABLES[b.tree as usize].val {
+                Val::Record => params.push(&b.put_records),
+                Val::UserId => params.push(&b.put_ids),
+                Val::Nothing => {}
+            }
+        }
+        tx.execute(statement, &params).map_err(err)?;
+    }
+    tx.commit().map_err(err)
+}
+
+/// Applies the project's migrations that the database has not had, in order, each once.
+fn migrate(conn: &mut Conn) -> Result<()> {
+    let url = redact(&conn.url);
+    let client = conn.client()?;
+    let err = |source| StoreError::Postgres {
+        url: url.clone(),
+        source,
+    };
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS readtrack_schema (\
+                version integer NOT NULL PRIMARY KEY, \
+                name text NOT NULL, \
+                applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .map_err(err)?;
+    let newest: Option<i32> = client
+        .query_one("SELECT max(version) FROM readtrack_schema", &[])
+        .map_err(err)?
+        .get(0);
+    if let Some(found) = newest.filter(|v| *v > PG_SCHEMA_VERSION) {
+        return Err(StoreError::PgSchemaVersion {
+            url: url.clone(),
+            found,
+            expected: PG_SCHEMA_VERSION,
+        });
+    }
+    for (version, name, sql) in MIGRATIONS {
+        // Two processes opening a new database at once: the loser's transaction fails on the
+        // version's primary key (or a table it creates) and finds the migration applied.
+        for attempt in 0..2 {
+            let mut tx = client.transaction().map_err(err)?;
+            let applied = tx
+                .query_opt(
+                    "SELECT 1 FROM readtrack_schema WHERE version = $1",
+                    &[version],
+                )
+                .map_err(err)?
+                .is_some();
+            if applied {
+                break;
+            }
+            let done = tx.batch_execute(sql).and_then(|_| {
+                tx.execute(
+                    "INSERT INTO readtrack_schema (version, name) VALUES ($1, $2)",
+                    &[version, name],
+                )
+            });
+            match done.and_then(|_| tx.commit()) {
+                Ok(_) => {
+                    tracing::info!(url = %url, version, name, "PostgreSQL schema migration applied");
+                    break;
+                }
+                Err(e) if attempt == 0 => {
+                    tracing::debug!("migration {version} raced another process: {e}");
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The records are sled's (schema 5): a database written by another record version is refused.
+fn check_records_schema(conn: &mut Conn) -> Result<()> {
+    let url = redact(&conn.url);
+    let client = conn.client()?;
+    let err = |source| StoreError::Postgres {
+        url: url.clone(),
+        source,
+    };
+    let key = std::str::from_utf8(META_SCHEMA).expect("ASCII");
+    let found = client
+        .query_opt("SELECT record FROM readtrack_meta WHERE key = $1", &[&key])
+        .map_err(err)?;
+    match found {
+        Some(row) => {
+            let v: &[u8] = row.get(0);
+            let version = u32::from_be_bytes(v.try_into().map_err(|_| StoreError::Decode {
+                tree: "meta",
+                reason: "schema_version is not 4 bytes".into(),
+            })?);
+            if version != SCHEMA_VERSION {
+                return Err(StoreError::PgSchemaVersion {
+                    url,
+                    found: version as i32,
+                    expected: SCHEMA_VERSION as i32,
+                });
+            }
+        }
+        None => {
+            client
+                .execute(
+                    "INSERT INTO readtrack_meta (key, record) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                    &[&key, &&SCHEMA_VERSION.to_be_bytes()[..]],
+                )
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Who holds a lease: the host, the process, and a random part (a pid is reused).
+fn holder_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!(
+        "{host}:{}:{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+/// Takes the store's lease if it is free or expired (a new epoch), else refuses, naming the
+/// holder and when its lease ends. The database's clock decides, for every process alike.
+fn take_lease(conn: &mut Conn, holder: &str) -> Result<()> {
+    let url = redact(&conn.url);
+    let lease = conn.lease.as_secs_f64();
+    let client = conn.client()?;
+    let err = |source| StoreError::Postgres {
+        url: url.clone(),
+        source,
+    };
+    let mut tx = client.transaction().map_err(err)?;
+    tx.execute(
+        "INSERT INTO readtrack_owner (id, holder, epoch, expires) \
+         VALUES (1, '', 0, '1970-01-01T00:00:00Z') ON CONFLICT (id) DO NOTHING",
+        &[],
+    )
+    .map_err(err)?;
+    let row = tx
+        .query_one(
+            "SELECT holder, epoch, expires > now(), \
+             to_char(expires AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+             FROM readtrack_owner WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .map_err(err)?;
+    let (current, epoch, live, until): (String, i64, bool, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if live {
+        return Err(StoreError::Held {
+            url,
+            holder: current,
+            until,
+        });
+    }
+    tx.execute(
+        "UPDATE readtrack_owner SET holder = $1, epoch = $2, \
+         expires = now() + $3::float8 * interval '1 second' WHERE id = 1",
+        &[&holder, &(epoch + 1), &lease],
+    )
+    .map_err(err)?;
+    tx.commit().map_err(err)?;
+    conn.epoch = epoch + 1;
+    tracing::info!(url = %url, holder, epoch = epoch + 1, "store lease taken");
+    Ok(())
+}
+
+/// Renews the lease on its own connection, a third of the lease apart, so a process that is
+/// idle (no commits) keeps its store; one that cannot renew loses it to the next opener when it
+/// expires, and its commits are refused from then on.
+struct Renewer {
+    stop: mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Renewer {
+    fn start(url: &str, epoch: i64, lease: Duration) -> Result<Renewer> {
+        let config = config_of(url)?;
+        let shown = redact(url);
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("readtrack-pg-lease".into())
+            .spawn(move || {
+                let mut client: Option<Client> = None;
+                let every = (lease / 3).max(Duration::from_millis(100));
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                    if client.as_ref().map_or(true, |c| c.is_closed()) {
+                        client = config.connect(NoTls).ok();
+                    }
+                    let Some(c) = client.as_mut() else {
+                        tracing::warn!(url = %shown, "cannot reach the database to renew the store's lease");
+                        continue;
+                    };
+                    match c.execute(
+                        "UPDATE readtrack_owner SET expires = now() + $2::float8 * interval '1 second' \
+                         WHERE id = 1 AND epoch = $1",
+                        &[&epoch, &lease.as_secs_f64()],
+                    ) {
+                        Ok(1) => {}
+                        Ok(_) => {
+                            tracing::error!(url = %shown, epoch, "the store's lease was taken over by another process; this process can no longer commit");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(url = %shown, "cannot renew the store's lease: {e}"),
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Pg(format!("cannot start the lease thread: {e}")))?;
+        Ok(Renewer { stop, thread })
+    }
+
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::keys;
+
+    fn ints(c: &Cmp) -> Vec<i64> {
+        c.params
+            .iter()
+            .map(|p| match p {
+                Param::Int(i) => *i,
+                Param::Text(_) => panic!("text"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_prefix_bound_compares_the_columns_it_has() {
+        let b = super::super::pending::prefix_bounds(&keys::user_prefix(7));
+        let lower = typed_bound(T::UserseqMessage, &b.0, true).unwrap().unwrap();
+        let upper = typed_bound(T::UserseqMessage, &b.1, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((lower.op, ints(&lower)), (">=", vec![7]));
+        assert_eq!((upper.op, ints(&upper)), ("<", vec![8]));
+    }
+
+    #[test]
+    fn a_prefix_bound_that_carried_into_an_earlier_byte_is_padded() {
+        // The prefix of user 255 ends before the byte sled's bound carried into.
+        let b = super::super::pending::prefix_bounds(&keys::user_prefix(255));
+        let upper = typed_bound(T::UserdeviceCursor, &b.1, false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((upper.op, ints(&upper)), ("<", vec![256]));
+    }
+
+    #[test]
+    fn a_bound_above_the_bigint_range_is_cut_to_it() {
+        let end = keys::deadline_user_seq(5, u64::MAX, u64::MAX);
+        let upper = typed_bound(T::DeadlineUserseq, &Bound::Included(end.to_vec()), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((upper.op, ints(&upper)), ("<=", vec![5, i64::MAX]));
+        let lower = typed_bound(
+            T::UserseqMessage,
+            &Bound::Included(keys::user_seq(3, u64::MAX).to_vec()),
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((lower.op, ints(&lower)), (">", vec![3, i64::MAX]));
+    }
+
+    #[test]
+    fn a_whole_key_keeps_its_bound() {
+        let k = keys::user_device_seq(1, 2, 3).to_vec();
+        let lower = typed_bound(T::UserdeviceseqDelivery, &Bound::Excluded(k.clone()), true)
+            .unwrap()
+            .unwrap();
+        let upper = typed_bound(T::UserdeviceseqDelivery, &Bound::Included(k), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((lower.op, ints(&lower)), (">", vec![1, 2, 3]));
+        assert_eq!((upper.op, ints(&upper)), ("<=", vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn a_key_that_does_not_fit_its_table_is_refused() {
+        assert!(matches!(
+            whole_key(T::UserseqMessage, &[1, 2, 3]),
+            Err(StoreError::KeyRange { .. })
+        ));
+        assert!(matches!(
+            whole_key(T::UserseqMessage, &[0; 17]),
+            Err(StoreError::BadKey { .. })
+        ));
+        assert!(matches!(
+            whole_key(T::UserseqMessage, &keys::user_seq(1, u64::MAX)),
+            Err(StoreError::KeyRange { .. })
+        ));
+    }
+
+    #[test]
+    fn a_password_is_never_shown() {
+        assert_eq!(
+            redact("postgres://rt:s3cret@127.0.0.1:5432/readtrack"),
+            "postgres://rt@127.0.0.1:5432/readtrack"
+        );
+        assert_eq!(
+            redact("host=127.0.0.1 user=rt password=s3cret dbname=x"),
+            "host=127.0.0.1 user=rt password=*** dbname=x"
+        );
+        assert_eq!(
+            redact("postgres://rt@h/db?password=s3cret&sslmode=disable"),
+            "postgres://rt@h/db?password=***&sslmode=disable"
+        );
+    }
+}
