@@ -128,10 +128,14 @@ pub async fn run(config_path: &Path) -> Report {
     ));
     let socket = config.socket_path();
     let service = service(&socket).await;
-    checks.push(verdict(
-        "store",
-        check_store(&config.store_path(), &service),
-    ));
+    match config.store_location() {
+        store::Location::Sled(path) => checks.push(verdict("store", check_store(&path, &service))),
+        store::Location::Postgres(url) => {
+            let (connection, schema) = check_postgres(&url, &service);
+            checks.push(verdict("store", connection));
+            checks.push(verdict("schema", schema));
+        }
+    }
     checks.push(verdict("socket", check_socket(&socket, &service)));
     let component = match (secret, &service) {
         (Err(_), _) => Err("not checked: no component secret".to_string()),
@@ -194,6 +198,43 @@ fn check_store(path: &Path, service: &Service) -> Result<String, String> {
         }),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A PostgreSQL store: whether it answers, and its schema and lease (two verdicts).
+fn check_postgres(
+    url: &str,
+    service: &Service,
+) -> (Result<String, String>, Result<String, String>) {
+    let shown = store::redact_url(url);
+    let state = match store::inspect_postgres(url) {
+        Ok(state) => state,
+        Err(e) => return (Err(e.to_string()), Err("not checked: no connection".into())),
+    };
+    let connection = Ok(format!("{shown}: PostgreSQL {} answers", state.server));
+    let schema = match (state.schema, &state.holder) {
+        (Some(v), _) if v > store::PG_SCHEMA_VERSION => Err(format!(
+            "{shown}: schema {v}, newer than this readtrack's {}; serve refuses it",
+            store::PG_SCHEMA_VERSION
+        )),
+        (None, _) => Ok(format!(
+            "{shown}: no readtrack tables yet; serve creates them (schema {})",
+            store::PG_SCHEMA_VERSION
+        )),
+        (Some(v), Some((holder, until))) => match service {
+            Service::Running(_) => Ok(format!(
+                "{shown}: schema {v}, in use by the running service ({holder})"
+            )),
+            _ => Err(format!(
+                "{shown}: schema {v}, in use by {holder} (lease until {until}), and no service answers on the admin socket"
+            )),
+        },
+        (Some(v), None) if v < store::PG_SCHEMA_VERSION => Ok(format!(
+            "{shown}: schema {v}; serve migrates it to {} at start",
+            store::PG_SCHEMA_VERSION
+        )),
+        (Some(v), None) => Ok(format!("{shown}: schema {v}, not in use")),
+    };
+    (connection, schema)
 }
 
 /// The folder that will hold `path` exists and this user may create files in it.

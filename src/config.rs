@@ -101,16 +101,50 @@ impl Default for XmppSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
+    /// `sled` (embedded, the default) or `postgres`.
+    #[serde(deserialize_with = "from_text")]
+    pub backend: StoreBackend,
+    /// sled: the database folder.
     pub path: PathBuf,
     /// sled page cache in MiB.
     pub cache_mb: u64,
+    /// postgres: the connection URL (`postgres://user@host:port/database`); a password may be
+    /// in it or in the `PGPASSWORD` environment variable.
+    pub url: Option<String>,
+    /// postgres: how long the store's lease lasts unrenewed, in seconds: a process killed while
+    /// holding it keeps others out this long.
+    pub lease_seconds: u64,
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
+            backend: StoreBackend::Sled,
             path: PathBuf::from("readtrack-data"),
             cache_mb: 64,
+            url: None,
+            lease_seconds: 30,
+        }
+    }
+}
+
+/// `[store] backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sled,
+    Postgres,
+}
+
+impl std::str::FromStr for StoreBackend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sled" => Ok(StoreBackend::Sled),
+            "postgres" => Ok(StoreBackend::Postgres),
+            other => Err(format!(
+                "unknown store backend {other:?} (use \"sled\" or \"postgres\")"
+            )),
         }
     }
 }
@@ -311,6 +345,17 @@ impl Config {
         for s in &self.receipts.system_senders {
             Jid::prepare(s).map_err(|e| self.invalid(format!("[receipts] system_senders: {e}")))?;
         }
+        if self.store.backend == StoreBackend::Postgres
+            && self.store.url.as_deref().map_or(true, str::is_empty)
+        {
+            return Err(self.invalid(
+                "[store] backend = \"postgres\" needs url = \"postgres://user@host:port/database\""
+                    .into(),
+            ));
+        }
+        if self.store.lease_seconds == 0 {
+            return Err(self.invalid("[store] lease_seconds must be above zero".into()));
+        }
         if self.receipts.timeout.is_zero() {
             return Err(self.invalid("[receipts] timeout must be above zero".into()));
         }
@@ -384,6 +429,25 @@ impl Config {
 
     pub fn store_path(&self) -> PathBuf {
         self.base().join(&self.store.path)
+    }
+
+    /// Where the store lives: the sled folder, or the PostgreSQL URL.
+    pub fn store_location(&self) -> crate::store::Location {
+        match self.store.backend {
+            StoreBackend::Sled => crate::store::Location::Sled(self.store_path()),
+            StoreBackend::Postgres => {
+                crate::store::Location::Postgres(self.store.url.clone().unwrap_or_default())
+            }
+        }
+    }
+
+    /// The store's options from `[store]`.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            cache_bytes: self.store.cache_mb * 1024 * 1024,
+            lease: Duration::from_secs(self.store.lease_seconds),
+            ..crate::store::StoreOptions::default()
+        }
     }
 
     pub fn socket_path(&self) -> PathBuf {

@@ -20,7 +20,7 @@ use readtrack::engine::Engine;
 use readtrack::metrics::{self, http::MetricsServer};
 use readtrack::service::{Retention, Service};
 use readtrack::store::transfer::{self, TransferError};
-use readtrack::store::{Location, Store, StoreOptions};
+use readtrack::store::{Location, Store};
 
 #[derive(Parser)]
 #[command(
@@ -217,17 +217,11 @@ fn serve(config_path: PathBuf) -> Result<(), Failure> {
     readtrack::memory::no_transparent_huge_pages();
     let secret = Secret::new(config.secret().map_err(usage)?);
     let metrics_listen = config.metrics_listen().map_err(usage)?;
-    let store_path = config.store_path();
-    let store = Store::open(
-        &store_path,
-        &StoreOptions {
-            cache_bytes: config.store.cache_mb * 1024 * 1024,
-            ..StoreOptions::default()
-        },
-    )?;
+    let location = config.store_location();
+    let store = Store::open_location(&location, &config.store_options())?;
     let engine = Engine::new(store, config.engine())?;
     release_freed_heap();
-    tracing::info!(domain = %config.xmpp.domain, component = %config.component(), server = %config.xmpp.connect, store = %store_path.display(), "readtrack starting");
+    tracing::info!(domain = %config.xmpp.domain, component = %config.component(), server = %config.xmpp.connect, store = %location, "readtrack starting");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -382,8 +376,7 @@ fn refuse_if_served(config: &Config, what: &str) -> Result<(), Failure> {
 
 /// The store a copy reads from or writes to, opened directly (never through a service).
 fn open_for_transfer(config: &Config, must_exist: bool) -> Result<(Store, String), Failure> {
-    // Until `[store] backend` is read from the config (pgstore), the config's store is sled.
-    let location = Location::Sled(config.store_path());
+    let location = config.store_location();
     let name = location.to_string();
     if let Location::Sled(path) = &location {
         if must_exist && !path.exists() {
@@ -395,7 +388,7 @@ fn open_for_transfer(config: &Config, must_exist: bool) -> Result<(Store, String
     }
     // Opening may create the store (an import's target): as private as the service makes it.
     private_files();
-    let store = Store::open_location(&location, &StoreOptions::default()).map_err(|e| Failure {
+    let store = Store::open_location(&location, &config.store_options()).map_err(|e| Failure {
         status: 1,
         message: format!("cannot open the store {name}: {e}"),
     })?;
@@ -511,8 +504,9 @@ fn admin(common: Common, request: Request) -> Result<(), Failure> {
             source: socket_error,
             ..
         }) => {
+            let location = config.store_location();
             let store_path = config.store_path();
-            if !store_path.exists() {
+            if matches!(location, Location::Sled(_)) && !store_path.exists() {
                 return Err(Failure {
                     status: 1,
                     message: format!(
@@ -525,7 +519,7 @@ fn admin(common: Common, request: Request) -> Result<(), Failure> {
             // Opening may create files (sled's) or upgrade the store: they must be as private
             // as the service makes them.
             private_files();
-            let store = Store::open(&store_path, &StoreOptions::default()).map_err(|e| Failure {
+            let store = Store::open_location(&location, &config.store_options()).map_err(|e| Failure {
                 status: 1,
                 message: format!("no service answers at {} ({socket_error}), and the store cannot be opened directly: {e}", socket.display()),
             })?;

@@ -594,7 +594,7 @@ fn config_with_an_unknown_key_names_key_and_line() {
     let first = output.lines().next().unwrap_or_default();
     assert!(
         first.starts_with(&format!(
-            "readtrack: config {}: line 6: unknown field `pth`, expected `path` or `cache_mb`",
+            "readtrack: config {}: line 6: unknown field `pth`, expected one of `backend`, `path`, `cache_mb`, `url`, `lease_seconds`",
             dir.path().join("readtrack.toml").display()
         )),
         "{output}"

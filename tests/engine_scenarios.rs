@@ -1708,6 +1708,9 @@ fn store_stays_bounded_under_steady_traffic_with_retention() {
             50,
             "round {round}: only the history window is kept"
         );
+        // PostgreSQL reuses the space of deleted rows once they are vacuumed, which its
+        // autovacuum does on its own schedule; the test runs it after each round.
+        backend::vacuum(&w.location);
         sizes.push(w.engine().store().size_on_disk().unwrap());
     }
     assert_eq!(
@@ -2354,4 +2357,81 @@ fn a_receipt_to_a_local_user_is_logged_as_a_signal_and_not_acked() {
         1,
         "acked by being written"
     );
+}
+
+/// What one chat message costs in statements sent to the database, in the steady state (the
+/// users and devices known, both of bob's devices online): reads while it is handled, and one
+/// commit for the whole batch, whatever its size (the service commits once per batch). Then
+/// the same for a receipt of each message. On PostgreSQL every statement is a round trip; the
+/// store's read cache keeps the reads to a few per message. sled sends none.
+#[test]
+fn a_chat_message_costs_a_few_round_trips() {
+    let mut w = World::new(false);
+    w.online("bob@example.com/phone");
+    w.online("bob@example.com/laptop");
+    let live = ["bob@example.com/phone", "bob@example.com/laptop"];
+    let routed = |i: u32| {
+        let message = chat(
+            "alice@example.com/a",
+            "bob@example.com",
+            &format!("m{i}"),
+            "hi",
+        );
+        Input::routed(
+            message,
+            jid("bob@example.com"),
+            live.iter().map(|s| jid(s)).collect(),
+            None,
+            false,
+        )
+    };
+    w.route(
+        chat("alice@example.com/a", "bob@example.com", "warm", "hi"),
+        &live,
+    );
+    let trips = |w: &mut World| w.engine().store().round_trips();
+    let messages = 40u32;
+    let (start, now) = (trips(&mut w), w.now);
+    for i in 0..messages {
+        w.engine().handle(routed(i), now).unwrap();
+    }
+    let reads = trips(&mut w) - start;
+    let start = trips(&mut w);
+    w.engine().commit().unwrap();
+    let commit = trips(&mut w) - start;
+    let start = trips(&mut w);
+    for i in 0..messages {
+        w.engine()
+            .handle(
+                Input::sent(crs_received("bob@example.com/phone", &format!("m{i}"))),
+                now,
+            )
+            .unwrap();
+    }
+    let receipt_reads = trips(&mut w) - start;
+    let start = trips(&mut w);
+    w.engine().commit().unwrap();
+    let receipt_commit = trips(&mut w) - start;
+    eprintln!(
+        "{messages} messages: {reads} reads, a commit of {commit} statements; \
+         their receipts: {receipt_reads} reads, a commit of {receipt_commit}"
+    );
+    if backend::on_postgres() {
+        let per = |n: u64| n as f64 / f64::from(messages);
+        assert!(per(reads) <= 3.0, "{reads} reads for {messages} messages");
+        assert!(
+            per(receipt_reads) <= 4.0,
+            "{receipt_reads} reads for {messages} receipts"
+        );
+        // The fence, then at most an upsert and a delete per table.
+        for c in [commit, receipt_commit] {
+            assert!(c <= 2 + 2 * 9, "a commit of {c} statements");
+        }
+    } else {
+        assert_eq!(
+            (reads, commit, receipt_reads, receipt_commit),
+            (0, 0, 0, 0),
+            "sled sends no statement"
+        );
+    }
 }

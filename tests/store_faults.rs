@@ -7,6 +7,12 @@
 //! Runs the real binary as a second process where a process boundary matters (the lock), and the
 //! library elsewhere. The tmpfs tests mount a filesystem and therefore need root; without it they
 //! fail with a hint rather than pass silently.
+//!
+//! The sled cases (a held file lock, a schema version or foreign data in sled's files, a garbled
+//! snapshot, a full disk) are sled's own and run on sled whatever the backend. The PostgreSQL
+//! cases at the end (a second process on one database, an old owner's late commit, a schema
+//! from a newer readtrack, migrations applied once) need the cluster named by
+//! `READTRACK_TEST_PG_URL` (tests/common/backend.rs) and fail saying so without it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +22,10 @@ use std::time::{Duration, Instant};
 use readtrack::engine::{Engine, Input};
 use readtrack::jid::Jid;
 use readtrack::stanza::{Message, MessageType};
-use readtrack::store::{Store, StoreError, StoreOptions};
+use readtrack::store::{Location, Store, StoreError, StoreOptions};
+
+#[path = "common/backend.rs"]
+mod backend;
 use readtrack::time::Millis;
 
 const T0: u64 = 1_700_000_000_000;
@@ -449,4 +458,356 @@ fn seed_config() -> readtrack::engine::EngineConfig {
     let mut config = readtrack::engine::EngineConfig::new("localhost");
     config.dialect = readtrack::engine::Dialect::Seed;
     config
+}
+
+// ---- PostgreSQL ----
+
+/// Runs SQL on a test database as the admin, off any runtime thread.
+fn sql(url: &str, statement: &str) -> Vec<postgres::Row> {
+    let (url, statement) = (url.to_string(), statement.to_string());
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        client.query(&statement, &[]).unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+fn count(url: &str, table: &str) -> i64 {
+    sql(url, &format!("SELECT count(*) FROM {table}"))[0].get(0)
+}
+
+/// A config for `serve` on the PostgreSQL database `url`, its component port closed.
+fn write_pg_config(dir: &Path, url: &str, lease_seconds: u64) -> PathBuf {
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let path = dir.join("readtrack.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[xmpp]\nconnect = \"127.0.0.1:{closed_port}\"\nsecret = \"s3cret-store-faults\"\n\
+             [store]\nbackend = \"postgres\"\nurl = \"{url}\"\nlease_seconds = {lease_seconds}\n\
+             [admin]\nsocket = \"{}\"\n",
+            dir.join("admin.sock").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Waits until `log` says the service started; panics if the process exits first.
+fn wait_started(child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("readtrack starting")
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "readtrack exited ({status}) before starting:\n{}",
+                std::fs::read_to_string(log).unwrap()
+            );
+        }
+        assert!(Instant::now() < deadline, "readtrack did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` to exit by itself within 10 s; returns its status code and stderr.
+fn wait_exit(child: &mut Child, log: &Path) -> (Option<i32>, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status.code(), std::fs::read_to_string(log).unwrap());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "readtrack serve started beside a live owner:\n{}",
+                std::fs::read_to_string(log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Two real `readtrack serve` processes on one database: the second is refused with the
+/// holder's name while the first runs; after the first is killed (-9, no clean release) the
+/// second gets the store once the lease has expired, under a new epoch.
+#[test]
+fn a_second_process_on_one_database_is_refused_until_the_first_ones_lease_expires() {
+    let url = backend::fresh_database();
+    let first_dir = tempfile::tempdir().unwrap();
+    let first_log = first_dir.path().join("stderr");
+    let mut first = spawn_serve(&write_pg_config(first_dir.path(), &url, 2), &first_log);
+    wait_started(&mut first, &first_log);
+
+    let second_dir = tempfile::tempdir().unwrap();
+    let second_config = write_pg_config(second_dir.path(), &url, 2);
+    let second_log = second_dir.path().join("stderr");
+    let mut second = spawn_serve(&second_config, &second_log);
+    let (code, stderr) = wait_exit(&mut second, &second_log);
+    assert_eq!(code, Some(1), "{stderr}");
+    let refusal = last_line(&stderr);
+    assert!(
+        refusal.starts_with(&format!("readtrack: PostgreSQL store {url} is in use by "))
+            && refusal.contains(&format!(":{}:", first.id()))
+            && refusal.contains("one readtrack process per database"),
+        "the refusal names the holder (host:pid:random) and what to do: {refusal}"
+    );
+    let epoch: i64 = sql(&url, "SELECT epoch FROM readtrack_owner")[0].get(0);
+
+    // No clean close: the lease stays until it expires.
+    Command::new("kill")
+        .args(["-KILL", &first.id().to_string()])
+        .status()
+        .unwrap();
+    first.wait().unwrap();
+    let mut early = spawn_serve(&second_config, &second_log);
+    let (code, stderr) = wait_exit(&mut early, &second_log);
+    assert_eq!(
+        code,
+        Some(1),
+        "refused while the dead holder's lease runs: {stderr}"
+    );
+
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut second = spawn_serve(&second_config, &second_log);
+    wait_started(&mut second, &second_log);
+    let (holder, new_epoch): (String, i64) = {
+        let rows = sql(&url, "SELECT holder, epoch FROM readtrack_owner");
+        (rows[0].get(0), rows[0].get(1))
+    };
+    assert!(holder.contains(&format!(":{}:", second.id())), "{holder}");
+    assert_eq!(new_epoch, epoch + 1, "a takeover is a new epoch");
+    Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(second.wait().unwrap().success());
+    // A clean stop releases the lease: the next process is not kept waiting.
+    let store = Store::open_location(&Location::Postgres(url.clone()), &StoreOptions::default())
+        .expect("the lease was released at the clean stop");
+    drop(store);
+    backend::drop_location(&Location::Postgres(url));
+}
+
+/// An owner that lost its lease (another process took the store over) cannot commit: its
+/// transaction is rolled back whole, so a late commit moves no cursor and logs nothing.
+#[test]
+fn an_old_owners_late_commit_moves_nothing() {
+    let url = backend::fresh_database();
+    let location = Location::Postgres(url.clone());
+    let mut engine = Engine::new(
+        Store::open_location(&location, &StoreOptions::default()).unwrap(),
+        seed_config(),
+    )
+    .unwrap();
+    engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
+    engine.commit().unwrap();
+    assert_eq!(count(&url, "readtrack_userseq_message"), 1);
+    // What a process that found the lease expired does: a new holder, a new epoch.
+    sql(
+        &url,
+        "UPDATE readtrack_owner SET holder = 'newcomer', epoch = epoch + 1, \
+         expires = now() + interval '1 hour'",
+    );
+    engine.handle(routed("m2", "late"), Millis(T0 + 1)).unwrap();
+    let err = engine.commit().expect_err("the fenced commit fails");
+    assert!(
+        err.to_string()
+            .contains("this process no longer owns the store"),
+        "{err}"
+    );
+    assert_eq!(count(&url, "readtrack_userseq_message"), 1, "nothing moved");
+    drop(engine);
+    backend::drop_location(&location);
+}
+
+/// A database whose schema a newer readtrack wrote is refused, and left as it was.
+#[test]
+fn a_database_of_a_newer_schema_is_refused_and_left_alone() {
+    let url = backend::fresh_database();
+    sql(
+        &url,
+        "CREATE TABLE readtrack_schema (version integer PRIMARY KEY, name text NOT NULL, \
+         applied_at timestamptz NOT NULL DEFAULT now())",
+    );
+    sql(
+        &url,
+        "INSERT INTO readtrack_schema (version, name) VALUES (99, 'future')",
+    );
+    let location = Location::Postgres(url.clone());
+    let err = Store::open_location(&location, &StoreOptions::default())
+        .err()
+        .expect("refused");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "PostgreSQL store {url} has schema version 99, this readtrack knows version {}; refusing to touch it",
+            readtrack::store::PG_SCHEMA_VERSION
+        )
+    );
+    let tables: i64 = sql(
+        &url,
+        "SELECT count(*) FROM information_schema.tables WHERE table_name LIKE 'readtrack_%'",
+    )[0]
+    .get(0);
+    assert_eq!(tables, 1, "only the schema table is there");
+    backend::drop_location(&location);
+}
+
+/// A fresh database gets the schema once; reopening applies nothing again.
+#[test]
+fn migrations_are_applied_once_in_order() {
+    let url = backend::fresh_database();
+    let location = Location::Postgres(url.clone());
+    drop(Store::open_location(&location, &StoreOptions::default()).unwrap());
+    let applied = |url: &str| -> Vec<(i32, String)> {
+        sql(
+            url,
+            "SELECT version, name || ' ' || applied_at::text FROM readtrack_schema ORDER BY version",
+        )
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    let first = applied(&url);
+    assert_eq!(
+        first.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        (1..=readtrack::store::PG_SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    drop(Store::open_location(&location, &StoreOptions::default()).unwrap());
+    assert_eq!(applied(&url), first, "nothing applied twice");
+    backend::drop_location(&location);
+}
+
+/// A connection the server cut (a restart, an idle timeout) is opened again at the next call:
+/// the commit after it goes through, and nothing committed before is lost.
+#[test]
+fn a_broken_connection_is_opened_again_and_the_commit_goes_through() {
+    let url = backend::fresh_database();
+    let location = Location::Postgres(url.clone());
+    let mut engine = Engine::new(
+        Store::open_location(&location, &StoreOptions::default()).unwrap(),
+        seed_config(),
+    )
+    .unwrap();
+    engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
+    engine.commit().unwrap();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let admin = std::env::var("READTRACK_TEST_PG_URL").unwrap();
+    let cut: Vec<postgres::Row> = sql(
+        &admin,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' \
+             AND pid <> pg_backend_pid()"
+        ),
+    );
+    assert!(!cut.is_empty(), "readtrack's connections were cut");
+    engine
+        .handle(routed("m2", "after"), Millis(T0 + 1))
+        .unwrap();
+    engine
+        .commit()
+        .expect("the commit runs on a new connection");
+    assert_eq!(count(&url, "readtrack_userseq_message"), 2);
+    drop(engine);
+    backend::drop_location(&location);
+}
+
+/// `readtrack check` on a PostgreSQL store: the connection and the schema, one verdict each,
+/// the password never shown.
+#[test]
+fn check_reports_the_postgres_connection_and_schema() {
+    let url = backend::fresh_database();
+    let with_password = url.replacen("://postgres@", "://postgres:not-shown@", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_pg_config(dir.path(), &with_password, 30);
+    let check = || -> (String, serde_json::Value) {
+        let out = Command::new(binary())
+            .args(["check", "--json", "--config"])
+            .arg(&config)
+            .env_remove("READTRACK_SECRET")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (text, serde_json::from_slice(&out.stdout).unwrap())
+    };
+    let verdict = |report: &serde_json::Value, name: &str| -> (bool, String) {
+        let c = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {report}"));
+        (
+            c["ok"].as_bool().unwrap(),
+            c["detail"].as_str().unwrap().to_string(),
+        )
+    };
+    let (text, report) = check();
+    assert!(!text.contains("not-shown"), "the password is shown: {text}");
+    let (ok, detail) = verdict(&report, "store");
+    assert!(
+        ok && detail.contains("PostgreSQL") && detail.contains("answers"),
+        "{detail}"
+    );
+    assert_eq!(
+        verdict(&report, "schema"),
+        (
+            true,
+            format!(
+                "{url}: no readtrack tables yet; serve creates them (schema {})",
+                readtrack::store::PG_SCHEMA_VERSION
+            )
+        )
+    );
+    let location = Location::Postgres(url.clone());
+    let store = Store::open_location(&location, &StoreOptions::default()).unwrap();
+    let (_, report) = check();
+    let (ok, detail) = verdict(&report, "schema");
+    assert!(
+        !ok && detail.contains("in use by") && detail.contains("no service answers"),
+        "a store held by a process with no admin socket fails the check: {detail}"
+    );
+    drop(store);
+    let (_, report) = check();
+    assert_eq!(
+        verdict(&report, "schema"),
+        (
+            true,
+            format!(
+                "{url}: schema {}, not in use",
+                readtrack::store::PG_SCHEMA_VERSION
+            )
+        )
+    );
+    // An unreachable server fails the store check and names the URL.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = write_pg_config(
+        dir.path(),
+        &format!("postgres://postgres:not-shown@127.0.0.1:{closed}/nothing"),
+        30,
+    );
+    let out = Command::new(binary())
+        .args(["check", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, detail) = verdict(&report, "store");
+    assert!(
+        !ok && detail.contains(&format!("postgres://postgres@127.0.0.1:{closed}/nothing")),
+        "{detail}"
+    );
+    assert!(!detail.contains("not-shown"));
+    backend::drop_location(&location);
 }

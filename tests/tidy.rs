@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// What sans-IO code must not name, and why.
 const FORBIDDEN: &[(&str, &str)] = &[
     ("sled::", "only src/store touches sled"),
+    ("postgres::", "only src/store touches PostgreSQL"),
     (
         "std::net",
         "only src/component, src/admin and src/metrics open sockets",

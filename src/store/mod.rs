@@ -34,7 +34,7 @@ pub use inspect::{inspect, StoreState};
 pub use keys::{DeviceNo, IndexHash, Seq, UserId};
 use pending::{Bounds, Merged, Pending, Writes, T, TREE_NAMES};
 use pg::PgBackend;
-pub use pg::{redact as redact_url, PG_SCHEMA_VERSION};
+pub use pg::{inspect_postgres, redact as redact_url, PgState, PG_SCHEMA_VERSION};
 use records::{decode, encode};
 use sled_backend::SledBackend;
 

@@ -12,7 +12,7 @@ use super::backend::RowIter;
 use super::Result;
 
 /// The trees of the store, in the order of [`TREE_NAMES`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum T {
     Meta,
     JidUserid,

@@ -372,6 +372,8 @@ impl Conn {
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement> {
+        // First: a new connection forgets the statements prepared on the last one.
+        self.client()?;
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -392,6 +394,7 @@ type Job = Box<dyn FnOnce(&mut Conn) + Send>;
 
 pub(super) struct PgBackend {
     url: String,
+    cache: Mutex<Cache>,
     jobs: Mutex<mpsc::Sender<Job>>,
     /// Statements sent to the database since open: a chat message's cost in round trips.
     round_trips: Arc<AtomicU64>,
@@ -433,6 +436,7 @@ impl PgBackend {
             .map_err(|e| StoreError::Pg(format!("cannot start the PostgreSQL thread: {e}")))?;
         let backend = PgBackend {
             url: url.to_string(),
+            cache: Mutex::new(Cache::default()),
             jobs: Mutex::new(tx),
             round_trips: Arc::new(AtomicU64::new(0)),
             renewer: Mutex::new(None),
@@ -443,9 +447,14 @@ impl PgBackend {
     }
 
     /// Runs `f` on the connection's thread and waits for its result.
+    ///
+    /// A job that failed because the connection broke (the server restarted, an idle
+    /// connection was cut) runs once more on a new connection: every job is a read or a whole
+    /// write set of final values, so running it twice is the same as once, even when the
+    /// first `COMMIT` did reach the server.
     fn call<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Conn) -> Result<R> + Send + 'static,
+        f: impl Fn(&mut Conn) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let (tx, rx) = mpsc::sync_channel(1);
         let gone = || StoreError::Pg("the PostgreSQL thread has stopped".into());
@@ -453,7 +462,12 @@ impl PgBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(Box::new(move |conn| {
-                let _ = tx.send(f(conn));
+                let mut result = f(conn);
+                if result.is_err() && conn.client.as_ref().is_some_and(|c| c.is_closed()) {
+                    tracing::warn!(url = %redact(&conn.url), "the connection to the database broke; connecting again");
+                    result = f(conn);
+                }
+                let _ = tx.send(result);
             }))
             .map_err(|_| gone())?;
         rx.recv().map_err(|_| gone())?
@@ -516,8 +530,12 @@ impl PgBackend {
     }
 }
 
-impl Backend for PgBackend {
-    fn get(&self, tree: T, key: &[u8]) -> Result<Option<IVec>> {
+impl PgBackend {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get_uncached(&self, tree: T, key: &[u8]) -> Result<Option<IVec>> {
         let params = whole_key(tree, key)?;
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         self.call(move |conn| {
@@ -548,7 +566,7 @@ impl Backend for PgBackend {
         })
     }
 
-    fn range(&self, tree: T, bounds: Bounds, rev: bool) -> RowIter<'_> {
+    fn uncached_range(&self, tree: T, bounds: Bounds, rev: bool) -> RowIter<'_> {
         let lower = typed_bound(tree, &bounds.0, true);
         let upper = typed_bound(tree, &bounds.1, false);
         match (lower, upper) {
@@ -565,6 +583,45 @@ impl Backend for PgBackend {
             (Err(e), _) | (_, Err(e)) => Box::new(std::iter::once(Err(e))),
         }
     }
+}
+
+impl Backend for PgBackend {
+    fn get(&self, tree: T, key: &[u8]) -> Result<Option<IVec>> {
+        if !CACHED[tree as usize] {
+            return self.get_uncached(tree, key);
+        }
+        if let Some(hit) = self.cache().get(tree, key) {
+            return Ok(hit);
+        }
+        let value = self.get_uncached(tree, key)?;
+        self.cache().remember(tree, key, value.clone());
+        Ok(value)
+    }
+
+    fn range(&self, tree: T, bounds: Bounds, rev: bool) -> RowIter<'_> {
+        if let Some(prefix) = whole_prefix(tree, &bounds) {
+            let cached = self.cache().prefix(tree, &prefix);
+            let rows = match cached {
+                Some(rows) => rows,
+                None => {
+                    let rows: Result<Vec<Row>> = self.uncached_range(tree, bounds, false).collect();
+                    match rows {
+                        Ok(rows) => {
+                            self.cache().remember_prefix(tree, prefix, rows.clone());
+                            rows
+                        }
+                        Err(e) => return Box::new(std::iter::once(Err(e))),
+                    }
+                }
+            };
+            return if rev {
+                Box::new(rows.into_iter().rev().map(Ok))
+            } else {
+                Box::new(rows.into_iter().map(Ok))
+            };
+        }
+        self.uncached_range(tree, bounds, rev)
+    }
 
     fn apply(&self, pending: &Pending) -> Result<()> {
         let batches = pending
@@ -576,7 +633,18 @@ impl Backend for PgBackend {
             .map(|b| u64::from(!b.put_keys.is_empty()) + u64::from(!b.del_keys.is_empty()))
             .sum::<u64>();
         self.round_trips.fetch_add(statements, Ordering::Relaxed);
-        self.call(move |conn| commit(conn, &batches))
+        self.call(move |conn| commit(conn, &batches))?;
+        // Only a committed write enters the cache: after a failed commit it still holds what
+        // the database holds, and the write set (kept by the caller) shadows it until retried.
+        let mut cache = self.cache();
+        for (i, writes) in pending.trees() {
+            if CACHED[i] {
+                for (key, value) in writes {
+                    cache.committed(tree_at(i), key, value.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Each apply is a committed transaction: durable as the server's `synchronous_commit`
@@ -627,6 +695,98 @@ impl Backend for PgBackend {
         if let Err(e) = released {
             tracing::warn!(url = %redact(&self.url), "could not release the store's lease (it expires by itself): {e}");
         }
+    }
+}
+
+/// Trees read on every message whose rows are few per user (the user, the JID, devices, read
+/// state, meta, the log index's current block): a process owns its store (the lease), so what
+/// it read or committed stays true until it commits again, and the cache is coherent.
+const CACHED: [bool; TREES] = {
+    let mut cached = [false; TREES];
+    cached[T::Meta as usize] = true;
+    cached[T::JidUserid as usize] = true;
+    cached[T::UseridUser as usize] = true;
+    cached[T::UserblockIndex as usize] = true;
+    cached[T::UserdeviceCursor as usize] = true;
+    cached[T::UserpeerConversation as usize] = true;
+    cached
+};
+
+/// Trees whose whole-user ranges (a user's devices, a user's conversations) are cached.
+fn prefix_cached(tree: T) -> bool {
+    matches!(tree, T::UserdeviceCursor | T::UserpeerConversation)
+}
+
+/// Past this many cached rows the cache starts over (a bound on memory, not a policy).
+const CACHE_ROWS: usize = 200_000;
+
+/// The user prefix when `bounds` are exactly the keys of one user in a prefix-cached tree.
+fn whole_prefix(tree: T, bounds: &Bounds) -> Option<Vec<u8>> {
+    if !prefix_cached(tree) {
+        return None;
+    }
+    match &bounds.0 {
+        Bound::Included(k) if k.len() == 8 => {
+            (*bounds == super::pending::prefix_bounds(k)).then(|| k.clone())
+        }
+        _ => None,
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    /// Committed values (`None`: known absent).
+    points: HashMap<(T, Vec<u8>), Option<IVec>>,
+    /// Every committed row of one user in a prefix-cached tree, in key order.
+    prefixes: HashMap<(T, Vec<u8>), Vec<Row>>,
+    rows: usize,
+}
+
+impl Cache {
+    fn get(&self, tree: T, key: &[u8]) -> Option<Option<IVec>> {
+        self.points.get(&(tree, key.to_vec())).cloned()
+    }
+
+    fn prefix(&self, tree: T, prefix: &[u8]) -> Option<Vec<Row>> {
+        self.prefixes.get(&(tree, prefix.to_vec())).cloned()
+    }
+
+    fn make_room(&mut self, rows: usize) {
+        if self.rows + rows > CACHE_ROWS {
+            self.points.clear();
+            self.prefixes.clear();
+            self.rows = 0;
+        }
+        self.rows += rows;
+    }
+
+    fn remember(&mut self, tree: T, key: &[u8], value: Option<IVec>) {
+        self.make_room(1);
+        self.points.insert((tree, key.to_vec()), value);
+    }
+
+    fn remember_prefix(&mut self, tree: T, prefix: Vec<u8>, rows: Vec<Row>) {
+        self.make_room(rows.len() + 1);
+        self.prefixes.insert((tree, prefix), rows);
+    }
+
+    /// A write the database has committed.
+    fn committed(&mut self, tree: T, key: &[u8], value: Option<IVec>) {
+        if prefix_cached(tree) && key.len() >= 8 {
+            if let Some(rows) = self.prefixes.get_mut(&(tree, key[..8].to_vec())) {
+                let at = rows.binary_search_by(|(k, _)| k.as_ref().cmp(key));
+                match (at, &value) {
+                    (Ok(i), Some(v)) => rows[i].1 = v.clone(),
+                    (Ok(i), None) => {
+                        rows.remove(i);
+                    }
+                    (Err(i), Some(v)) => rows.insert(i, (IVec::from(key), v.clone())),
+                    (Err(_), None) => {}
+                }
+                self.rows += 1;
+            }
+        }
+        self.remember(tree, key, value);
     }
 }
 
@@ -1102,6 +1262,74 @@ impl Renewer {
         let _ = self.stop.send(());
         let _ = self.thread.join();
     }
+}
+
+/// What `readtrack check` reports of a PostgreSQL store, read without changing anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgState {
+    /// The server's `server_version`.
+    pub server: String,
+    /// The newest migration applied (`None`: readtrack has not initialised the database).
+    pub schema: Option<i32>,
+    /// A live lease: who holds it and until when (UTC).
+    pub holder: Option<(String, String)>,
+}
+
+/// Connects to `url` and reads the schema version and the lease, on a thread of its own (the
+/// caller may be a runtime thread). Creates nothing, migrates nothing, takes no lease.
+pub fn inspect_postgres(url: &str) -> Result<PgState> {
+    let url = url.to_string();
+    std::thread::spawn(move || -> Result<PgState> {
+        let shown = redact(&url);
+        let err = |source| StoreError::Postgres {
+            url: shown.clone(),
+            source,
+        };
+        let mut client = config_of(&url)?.connect(NoTls).map_err(err)?;
+        let server: String = client
+            .query_one("SHOW server_version", &[])
+            .map_err(err)?
+            .get(0);
+        let tables: i64 = client
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_name IN ('readtrack_schema', 'readtrack_owner') \
+                 AND table_schema = current_schema()",
+                &[],
+            )
+            .map_err(err)?
+            .get(0);
+        if tables == 0 {
+            return Ok(PgState {
+                server,
+                schema: None,
+                holder: None,
+            });
+        }
+        let schema: Option<i32> = client
+            .query_one("SELECT max(version) FROM readtrack_schema", &[])
+            .map_err(err)?
+            .get(0);
+        let holder = if tables == 2 {
+            client
+                .query_opt(
+                    "SELECT holder, to_char(expires AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+                     FROM readtrack_owner WHERE id = 1 AND expires > now()",
+                    &[],
+                )
+                .map_err(err)?
+                .map(|r| (r.get(0), r.get(1)))
+        } else {
+            None
+        };
+        Ok(PgState {
+            server,
+            schema,
+            holder,
+        })
+    })
+    .join()
+    .unwrap_or_else(|_| Err(StoreError::Pg("the inspection thread panicked".into())))
 }
 
 #[cfg(test)]

@@ -112,3 +112,19 @@ pub fn drop_location(location: &Location) {
     })
     .join();
 }
+
+/// Runs `VACUUM` on a PostgreSQL test database (deleted rows' space becomes reusable, as
+/// autovacuum would make it); nothing on sled.
+pub fn vacuum(location: &Location) {
+    let Location::Postgres(url) = location else {
+        return;
+    };
+    let url = url.clone();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
+        client.batch_execute("VACUUM").unwrap();
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+}
