@@ -663,8 +663,14 @@ impl CrashLoop {
         for _ in 0..2 {
             self.load(AFTER_PG_RESTART, None).await;
             if let Some(status) = self.readtrack.exited() {
+                let log = self.readtrack.log();
+                let said = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("readtrack: ") || l.contains("ERROR"))
+                    .unwrap_or("(nothing)");
                 println!(
-                    "  cycle {}: readtrack exited ({status}) after the PostgreSQL restart; starting it again",
+                    "  cycle {}: readtrack exited ({status}) after the PostgreSQL restart, saying {said}; starting it again",
                     self.cycle
                 );
                 self.fig.exits_after_pg_restart += 1;
