@@ -14,8 +14,9 @@
 //!   `scripts/postgres start` prints): its own baselines in the same groups, a batched `INSERT`
 //!   of the log rows a batch writes (`ingest/pg_insert_batch64`: user_id bigint, seq bigint,
 //!   record bytea, one transaction per 64 rows) and an indexed range read of 10k rows of one user
-//!   among 1M (`replay/pg_range_10k_of_1m`), in a scratch database the run creates and drops.
-//!   Unset, those rows say "not measured".
+//!   among 1M (`replay/pg_range_10k_of_1m`), and the engine on PostgreSQL beside the engine on
+//!   sled (`engine_pg_batch64`, `engine_pg_ack_batch64`, `engine_pg_replay_10k_of_1m`), each in
+//!   a scratch database the run creates and drops. Unset, those rows say "not measured".
 //!
 //! After criterion finishes, the ratios (baseline time / subject time, so 1.0 = as fast as the
 //! baseline) are printed as a table and written to `target/readtrack-bench.json`. Only estimates
@@ -34,8 +35,8 @@ use readtrack::engine::{Engine, EngineConfig, Input, Output, ReceiptPolicy};
 use readtrack::jid::Jid;
 use readtrack::stanza::{parse_message, write, Framer, Limits, Message, MessageType, Receipt};
 use readtrack::store::{
-    ConversationRecord, Counters, DeliveryRecord, IndexEntry, MessageRecord, ReceiptState, Store,
-    StoreOptions, UserRecord,
+    ConversationRecord, Counters, DeliveryRecord, IndexEntry, Location, MessageRecord,
+    ReceiptState, Store, StoreOptions, UserRecord,
 };
 use readtrack::time::Millis;
 use serde_json::json;
@@ -87,7 +88,11 @@ fn store_options() -> StoreOptions {
 }
 
 fn open_engine(path: &Path, policy: ReceiptPolicy) -> Engine {
-    let store = Store::open(path, &store_options()).unwrap();
+    open_engine_at(&Location::Sled(path.to_path_buf()), policy)
+}
+
+fn open_engine_at(location: &Location, policy: ReceiptPolicy) -> Engine {
+    let store = Store::open_location(location, &store_options()).unwrap();
     let mut config = EngineConfig::new("example.com");
     config.dialect = readtrack::engine::Dialect::Seed;
     config.policy = policy;
@@ -464,26 +469,44 @@ fn bench_ingest(c: &mut Criterion) {
     engine.commit().unwrap();
     let mut n = 0u64;
     g.bench_function("engine_batch64", |b| {
-        b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let inputs: Vec<Input> = (0..BATCH)
-                    .map(|_| {
-                        n += 1;
-                        routed(&format!("m{n}"), true)
-                    })
-                    .collect();
-                let start = Instant::now();
-                for input in inputs {
-                    engine.handle(input, Millis(T0 + n)).unwrap();
-                }
-                black_box(engine.commit().unwrap());
-                spent += start.elapsed();
-            }
-            spent
-        })
+        b.iter_custom(|iters| timed_ingest(&mut engine, &mut n, iters))
     });
+    drop(engine);
+
+    // The engine on PostgreSQL, the same batches: one transaction per commit.
+    if let Some(pg) = pg_admin_url().map(|admin| PgScratch::create(&admin, "engine_ingest")) {
+        let mut engine = open_engine_at(&Location::Postgres(pg.url()), ReceiptPolicy::All);
+        engine.handle(available(), Millis(T0)).unwrap();
+        engine.commit().unwrap();
+        let mut n = 0u64;
+        g.bench_function("engine_pg_batch64", |b| {
+            b.iter_custom(|iters| timed_ingest(&mut engine, &mut n, iters))
+        });
+    } else {
+        println!("ingest/engine_pg_batch64: {PG_NOT_MEASURED}");
+    }
     g.finish();
+}
+
+/// `iters` batches of 64 routed messages, each followed by its group commit; only the engine's
+/// work is timed (building the inputs is not).
+fn timed_ingest(engine: &mut Engine, n: &mut u64, iters: u64) -> Duration {
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let inputs: Vec<Input> = (0..BATCH)
+            .map(|_| {
+                *n += 1;
+                routed(&format!("m{n}"), true)
+            })
+            .collect();
+        let start = Instant::now();
+        for input in inputs {
+            engine.handle(input, Millis(T0 + *n)).unwrap();
+        }
+        black_box(engine.commit().unwrap());
+        spent += start.elapsed();
+    }
+    spent
 }
 
 // ---- receipts ----
@@ -516,36 +539,57 @@ fn bench_receipt(c: &mut Criterion) {
     engine.commit().unwrap();
     let (mut logged, mut acked) = (0u64, 0u64);
     g.bench_function("engine_ack_batch64", |b| {
-        b.iter_custom(|iters| {
-            // Messages waiting for a receipt, written live to the phone: logged outside the clock.
-            let need = acked + iters * BATCH as u64;
-            log_untimed(&mut engine, &mut logged, need, "r", true);
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let inputs: Vec<Input> = (0..BATCH)
-                    .map(|_| {
-                        acked += 1;
-                        crs_received(&format!("r{acked}"))
-                    })
-                    .collect();
-                let start = Instant::now();
-                for input in inputs {
-                    engine.handle(input, Millis(T0 + 1)).unwrap();
-                }
-                black_box(engine.commit().unwrap());
-                spent += start.elapsed();
-            }
-            spent
-        })
+        b.iter_custom(|iters| timed_acks(&mut engine, &mut logged, &mut acked, iters))
     });
+    assert_acked(&engine, acked);
+    drop(engine);
+
+    if let Some(pg) = pg_admin_url().map(|admin| PgScratch::create(&admin, "engine_receipt")) {
+        let mut engine = open_engine_at(&Location::Postgres(pg.url()), ReceiptPolicy::All);
+        engine.handle(available(), Millis(T0)).unwrap();
+        engine.commit().unwrap();
+        let (mut logged, mut acked) = (0u64, 0u64);
+        g.bench_function("engine_pg_ack_batch64", |b| {
+            b.iter_custom(|iters| timed_acks(&mut engine, &mut logged, &mut acked, iters))
+        });
+        assert_acked(&engine, acked);
+    } else {
+        println!("receipt/engine_pg_ack_batch64: {PG_NOT_MEASURED}");
+    }
     g.finish();
-    let unacked: u64 = engine
+}
+
+/// `iters` batches of 64 receipts for messages waiting for one (logged outside the clock, written
+/// live to the phone), each batch followed by its commit.
+fn timed_acks(engine: &mut Engine, logged: &mut u64, acked: &mut u64, iters: u64) -> Duration {
+    let need = *acked + iters * BATCH as u64;
+    log_untimed(engine, logged, need, "r", true);
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let inputs: Vec<Input> = (0..BATCH)
+            .map(|_| {
+                *acked += 1;
+                crs_received(&format!("r{acked}"))
+            })
+            .collect();
+        let start = Instant::now();
+        for input in inputs {
+            engine.handle(input, Millis(T0 + 1)).unwrap();
+        }
+        black_box(engine.commit().unwrap());
+        spent += start.elapsed();
+    }
+    spent
+}
+
+fn assert_acked(engine: &Engine, acked: u64) {
+    let acked_upto: u64 = engine
         .store()
         .devices(engine.store().user_id("bob@example.com").unwrap().unwrap())
         .unwrap()[0]
         .1
         .acked_upto;
-    assert_eq!(unacked, acked, "every receipt moved the cursor");
+    assert_eq!(acked_upto, acked, "every receipt moved the cursor");
 }
 
 // ---- replay and scaling ----
@@ -731,6 +775,24 @@ fn bench_replay_and_scaling(c: &mut Criterion) -> serde_json::Value {
                     .sum::<usize>()
             })
         });
+        // The engine on PostgreSQL, the same log built the same way (outside the clock).
+        let engine_db = PgScratch::create(pg_admin_url().as_deref().unwrap(), "engine_replay");
+        let mut pg_engine =
+            open_engine_at(&Location::Postgres(engine_db.url()), ReceiptPolicy::None);
+        pg_engine.handle(available(), Millis(T0)).unwrap();
+        pg_engine.handle(unavailable(), Millis(T0)).unwrap();
+        pg_engine.commit().unwrap();
+        let built = Instant::now();
+        let mut pg_logged = 0u64;
+        log_untimed(&mut pg_engine, &mut pg_logged, total, "m", false);
+        println!(
+            "replay store on PostgreSQL: {total} messages built in {:.1} s",
+            built.elapsed().as_secs_f64()
+        );
+        read_upto(&mut pg_engine, total - UNREAD);
+        g.bench_function("engine_pg_replay_10k_of_1m", |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| one_replay(&mut pg_engine).0).sum())
+        });
     } else {
         println!("replay/pg_range_10k_of_1m: {PG_NOT_MEASURED}");
     }
@@ -787,7 +849,7 @@ fn main() {
 
     // (what, group, subject, baseline, target ratio)
     // For a row whose subject is its own baseline, the target is a time limit in ms.
-    let pairs: [(&str, &str, &str, &str, Option<f64>); 10] = [
+    let pairs: [(&str, &str, &str, &str, Option<f64>); 14] = [
         (
             "parse vs quick-xml scan",
             "parse",
@@ -857,6 +919,34 @@ fn main() {
             "pg_range_10k_of_1m",
             "raw_sled_scan_10k_of_1m",
             None,
+        ),
+        (
+            "ingest on PostgreSQL vs its batched insert",
+            "ingest",
+            "engine_pg_batch64",
+            "pg_insert_batch64",
+            Some(0.5),
+        ),
+        (
+            "receipts on PostgreSQL vs on sled",
+            "receipt",
+            "engine_pg_ack_batch64",
+            "engine_ack_batch64",
+            None,
+        ),
+        (
+            "replay 10k/1M on PostgreSQL vs range read",
+            "replay",
+            "engine_pg_replay_10k_of_1m",
+            "pg_range_10k_of_1m",
+            None,
+        ),
+        (
+            "replay 10k/1M on PostgreSQL (ms, ≤ 50)",
+            "replay",
+            "engine_pg_replay_10k_of_1m",
+            "engine_pg_replay_10k_of_1m",
+            Some(50.0),
         ),
     ];
     let mut rows = Vec::new();
