@@ -6,7 +6,8 @@
 //! - [`stanza`]: sans-IO framing, parsing and writing of stanzas.
 //! - [`hooks`]: the vocabulary between the server module and readtrack (events, commands),
 //!   sans-IO like `stanza`.
-//! - [`store`]: the only user of sled: key layout, records, durability.
+//! - [`store`]: the only user of sled and PostgreSQL: the typed store over a backend trait, key
+//!   layout, records, durability.
 //! - [`engine`]: the rules (`docs/rules.md`) as a state machine over the store.
 //! - [`component`]: the XEP-0114 connection to the server: handshake, reconnect, shutdown.
 //! - [`service`]: the `serve` loop: link events in, engine, group commit, commands out.
