@@ -189,13 +189,15 @@ async fn a_served_store_moves_to_the_other_backend_and_back_record_for_record() 
         cli(&other_config, &["export", "--to", second.to_str().unwrap()]),
         "export from the other backend",
     );
-    ok(
+    let said_back = ok(
         cli(
             &back_config,
             &["import", "--from", second.to_str().unwrap()],
         ),
         "import back",
     );
+    // What docs/cli.md shows (`--nocapture`).
+    print!("{said}{said_back}");
     assert_eq!(views(&back_config), want, "the store came back changed");
 
     // Every record, byte for byte: the export of each copy is the same file.
