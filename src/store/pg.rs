@@ -338,6 +338,17 @@ fn config_of(url: &str) -> Result<postgres::Config> {
     Ok(config)
 }
 
+/// The error says the connection is gone (closed, or the server ended the session: a shutdown
+/// or restart, `pg_terminate_backend`), not that the statement was wrong. The client notices a
+/// closed connection a moment after the error, so the error itself is asked.
+fn connection_broke(e: &postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_some_and(|c| {
+            let code = c.code();
+            code.starts_with("57P") || code.starts_with("08")
+        })
+}
+
 /// The connection and what belongs to it, owned by the backend's thread.
 struct Conn {
     url: String,
@@ -463,8 +474,13 @@ impl PgBackend {
             .unwrap_or_else(|p| p.into_inner())
             .send(Box::new(move |conn| {
                 let mut result = f(conn);
-                if result.is_err() && conn.client.as_ref().is_some_and(|c| c.is_closed()) {
+                let broke = match &result {
+                    Err(StoreError::Postgres { source, .. }) => connection_broke(source),
+                    _ => false,
+                } || conn.client.as_ref().is_some_and(|c| c.is_closed());
+                if result.is_err() && broke {
                     tracing::warn!(url = %redact(&conn.url), "the connection to the database broke; connecting again");
+                    conn.client = None;
                     result = f(conn);
                 }
                 let _ = tx.send(result);
