@@ -234,6 +234,9 @@ pub struct LimitsSection {
     pub max_log_bytes_per_user: u64,
     /// Stanza bytes one login's replay writes; the rest follows at the next login.
     pub max_replay_bytes: u64,
+    /// Stanza bytes of a replay in flight to one device before the server reports them flushed
+    /// (the next chunk waits for that); 0 writes a replay at once.
+    pub replay_window_bytes: u64,
     /// Index entries one receipt or marker may examine looking for the message it names.
     pub max_receipt_scan: usize,
 }
@@ -250,6 +253,7 @@ impl Default for LimitsSection {
             max_log_messages_per_user: 100_000,
             max_log_bytes_per_user: 256 * 1024 * 1024,
             max_replay_bytes: 8 * 1024 * 1024,
+            replay_window_bytes: 256 * 1024,
             max_receipt_scan: 100_000,
         }
     }
@@ -500,6 +504,7 @@ impl Config {
         e.max_log_messages_per_user = self.limits.max_log_messages_per_user;
         e.max_log_bytes_per_user = self.limits.max_log_bytes_per_user;
         e.max_replay_bytes = self.limits.max_replay_bytes;
+        e.replay_window_bytes = self.limits.replay_window_bytes;
         e.max_receipt_scan = self.limits.max_receipt_scan;
         e
     }
@@ -660,6 +665,19 @@ mod tests {
             ),
             (4, 50, 9000, 7000, 64)
         );
+    }
+
+    #[test]
+    fn the_replay_window_defaults_to_256_kib_and_zero_turns_pacing_off() {
+        assert_eq!(parse("").unwrap().engine().replay_window_bytes, 256 * 1024);
+        let e = parse("[limits]\nreplay_window_bytes = 0\n")
+            .unwrap()
+            .engine();
+        assert_eq!(e.replay_window_bytes, 0);
+        let e = parse("[limits]\nreplay_window_bytes = 65536\n")
+            .unwrap()
+            .engine();
+        assert_eq!(e.replay_window_bytes, 65536);
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub enum HookEvent {
     Account { jid: Jid, token: String },
     /// The server deleted the account `jid` (bare).
     UserDeleted { jid: Jid },
+    /// Answer to [`HookCommand::Pace`]: everything written to session `jid` up to that command
+    /// has left the server's send buffer for the connection (issue 14: replay flow control).
+    Drained { jid: Jid, token: u64 },
 }
 
 /// What readtrack asks the server module to do (component → host).
@@ -118,6 +121,9 @@ pub enum HookCommand {
     /// Hand a message readtrack could not log back to the server's own offline storage for
     /// the local user `to` (bare), as if readtrack were not there.
     StoreOffline { to: Jid, stanza_xml: String },
+    /// Answer with [`HookEvent::Drained`] carrying `token` once what was written to session `to`
+    /// so far has left the server (its send buffer drained); nothing if the session goes away.
+    Pace { to: Jid, token: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,6 +201,16 @@ fn jid_attr(e: &BytesStart, name: &'static str) -> Result<Jid, HookError> {
         attr: name,
         source,
     })
+}
+
+/// The `token` of `<pace>` and `<drained>`: a decimal u64.
+fn token_attr(e: &BytesStart, element: &str) -> Result<u64, HookError> {
+    let text = attr(e, "token")?.ok_or_else(|| HookError::MissingAttribute {
+        element: element.to_string(),
+        attr: "token",
+    })?;
+    text.parse()
+        .map_err(|_| HookError::Xml(format!("<{element} token> must be a number, got {text:?}")))
 }
 
 fn full_jid_attr(e: &BytesStart, name: &'static str) -> Result<Jid, HookError> {
@@ -477,6 +493,10 @@ impl HookEvent {
                     attr: "id",
                 })?,
             },
+            "drained" => HookEvent::Drained {
+                jid: full_jid_attr(&el.start, "jid")?,
+                token: token_attr(&el.start, &name)?,
+            },
             _ => return Err(HookError::UnknownEvent(name)),
         };
         Ok(event)
@@ -562,6 +582,10 @@ impl HookEvent {
                 "<user-deleted xmlns=\"{NS_HOOK}\" jid=\"{}\"/>",
                 escape(jid.to_string())
             ),
+            HookEvent::Drained { jid, token } => format!(
+                "<drained xmlns=\"{NS_HOOK}\" jid=\"{}\" token=\"{token}\"/>",
+                escape(jid.to_string())
+            ),
         };
         Ok(envelope(host, component, &body))
     }
@@ -605,6 +629,10 @@ impl HookCommand {
                 "<store-offline xmlns=\"{NS_HOOK}\" to=\"{}\"{id}>{}</store-offline>",
                 escape(to.to_string()),
                 forwarded(stanza_xml)?
+            ),
+            HookCommand::Pace { to, token } => format!(
+                "<pace xmlns=\"{NS_HOOK}\" to=\"{}\" token=\"{token}\"{id}/>",
+                escape(to.to_string())
             ),
         })
     }
@@ -657,6 +685,14 @@ impl HookCommand {
                     to,
                     stanza_xml: message.ok_or(HookError::MissingForwarded(name))?,
                 }
+            }
+            "pace" => {
+                let command = HookCommand::Pace {
+                    to: full_jid_attr(&el.start, "to")?,
+                    token: token_attr(&el.start, &name)?,
+                };
+                w.hook_content(el)?;
+                command
             }
             _ => return Err(HookError::UnknownCommand(name)),
         };
@@ -1118,7 +1154,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 12, "fixtures in {dir}");
+        assert_eq!(names.len(), 14, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);
@@ -1333,5 +1369,58 @@ mod tests {
             HookCommand::parse_batch(&bad, COMP),
             Err(HookError::UnknownCommand(n)) if n == "nope"
         ));
+    }
+
+    #[test]
+    fn pace_and_drained_carry_a_session_and_a_token_both_ways() {
+        let event = HookEvent::parse(&fixture("drained"), HOST).unwrap();
+        assert_eq!(
+            event,
+            HookEvent::Drained {
+                jid: jid("bob@localhost/phone"),
+                token: 17
+            }
+        );
+        assert_eq!(
+            HookEvent::parse(&event.to_xml(HOST, COMP).unwrap(), HOST),
+            Ok(event)
+        );
+        let command = HookCommand::parse(&fixture("pace"), COMP).unwrap();
+        assert_eq!(
+            command,
+            HookCommand::Pace {
+                to: jid("bob@localhost/phone"),
+                token: 17
+            }
+        );
+        assert_eq!(
+            HookCommand::parse(&command.to_xml(COMP, HOST).unwrap(), COMP),
+            Ok(command)
+        );
+        assert_eq!(
+            event_err(&wrap(
+                "<drained xmlns='urn:readtrack:hook:0' jid='bob@localhost/phone' token='x'/>"
+            )),
+            "malformed hook stanza: <drained token> must be a number, got \"x\""
+        );
+        assert_eq!(
+            event_err(&wrap(
+                "<drained xmlns='urn:readtrack:hook:0' jid='bob@localhost/phone'/>"
+            )),
+            "<drained> has no token attribute"
+        );
+        assert_eq!(
+            event_err(&wrap(
+                "<drained xmlns='urn:readtrack:hook:0' jid='bob@localhost' token='1'/>"
+            )),
+            HookEvent::parse(
+                &wrap("<available xmlns='urn:readtrack:hook:0' jid='bob@localhost'/>"),
+                HOST
+            )
+            .unwrap_err()
+            .to_string()
+            .replace("available", "drained"),
+            "a drained session is a full JID"
+        );
     }
 }

@@ -54,7 +54,8 @@ pub struct Timings {
     /// holding its 10013 ack being handed to the link's writer.
     pub ack: Latency,
     /// From the service taking a session's availability off the queue to the last command
-    /// stanza of its replay being handed to the writer; only availabilities that replay.
+    /// stanza of its replay being handed to the writer; only availabilities that replay. A
+    /// paced replay's first chunk: the rest waits for the server, not for readtrack.
     pub replay: Latency,
 }
 
@@ -196,6 +197,7 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
         }
         HookEvent::Account { jid, token } => Input::Account { user: jid, token },
         HookEvent::UserDeleted { jid } => Input::UserDeleted { user: jid },
+        HookEvent::Drained { jid, token } => Input::Drained { jid, token },
         HookEvent::Routed {
             to,
             archive_id,
@@ -530,6 +532,7 @@ impl Service {
                 Output::StoreOffline { to, stanza_xml } => {
                     (HookCommand::StoreOffline { to, stanza_xml }, None)
                 }
+                Output::Pace { to, token } => (HookCommand::Pace { to, token }, None),
             };
             match command.element_xml(confirm.as_deref()) {
                 Ok(element) => {

@@ -298,3 +298,101 @@ async fn readtrack_reconnects_to_a_server_with_many_long_sessions() {
     erin.expect_message(WAIT, |s| has_id(s, "after-snapshot"))
         .await;
 }
+
+/// Prosody 13 destroys a connection whose send buffer passes 32 MiB, with every event queued on
+/// it. While readtrack is stopped (SIGSTOP: the link stays open, nothing is read), the module
+/// stops reporting messages once `readtrack_max_link_backlog` bytes wait for readtrack, and leaves
+/// the next ones to mod_offline. Bob then gets every message once: the ones reported before the
+/// mark from readtrack, the later ones from mod_offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_past_the_link_backlog_mark_are_left_to_mod_offline_and_none_is_lost() {
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["offline".into()],
+        extra_host: "readtrack_max_link_backlog = 256 * 1024\n".into(),
+        ..ProsodyOpts::default()
+    });
+    for u in ["alice", "bob", "dave", "erin"] {
+        p.register(u, "pw");
+    }
+    let rt = Readtrack::start(&p, ReadtrackOpts::default());
+    let mut bob = online(&p, "bob", "phone").await;
+    bob.close().await;
+    wait_offline(&rt, "bob@localhost", "phone").await;
+    let mut alice = online(&p, "alice", "a").await;
+
+    let pid = rt.pid().expect("running").to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    // 32 KB messages until the module says readtrack is behind: first the kernel's socket
+    // buffers fill, then Prosody's queue reaches the mark. Then a few more, all left to the server.
+    let body = "x".repeat(32 * 1024);
+    let mut sent = 0;
+    let mut behind_at = None;
+    while sent < 1000 {
+        alice
+            .send_raw(&chat(&format!("bl-{sent}"), "bob@localhost", &body))
+            .await;
+        sent += 1;
+        if behind_at.is_some() && sent >= behind_at.unwrap() + 5 {
+            break;
+        }
+        if behind_at.is_none() && sent % 10 == 0 {
+            alice.sync().await;
+            if p.log().contains("bytes behind") {
+                behind_at = Some(sent);
+            }
+        }
+    }
+    alice.sync().await;
+    signal("-CONT");
+    assert!(
+        behind_at.is_some(),
+        "the module never saw readtrack behind after {sent} messages"
+    );
+
+    // readtrack catches up with what was reported before the mark.
+    let deadline = Instant::now() + WAIT;
+    let mut last = 0;
+    loop {
+        let head = rt.cursors("bob@localhost")["head"].as_u64().unwrap_or(0);
+        if head > 0 && head == last {
+            break;
+        }
+        last = head;
+        assert!(Instant::now() < deadline, "readtrack did not catch up");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        last < sent as u64,
+        "readtrack logged all {sent} messages: the mark left nothing to the server"
+    );
+
+    let mut bob = p.client("bob", "pw", "phone").await;
+    bob.send_presence().await;
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let deadline = Instant::now() + WAIT * 2;
+    while seen.len() < sent && Instant::now() < deadline {
+        for m in bob.messages_within(Duration::from_millis(500)).await {
+            if let Some(id) = attr(&m, "id").filter(|id| id.starts_with("bl-")) {
+                *seen.entry(id).or_default() += 1;
+            }
+        }
+    }
+    let missing: Vec<_> = (0..sent)
+        .map(|i| format!("bl-{i}"))
+        .filter(|id| !seen.contains_key(id))
+        .collect();
+    assert!(missing.is_empty(), "lost: {missing:?}");
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    let mut dave = online(&p, "dave", "d").await;
+    let mut erin = online(&p, "erin", "e").await;
+    others_still_get_acks(&rt, &mut dave, &mut erin, "after-backlog").await;
+}

@@ -114,7 +114,43 @@ local function escaped_bound(stanza)
 	return bytes;
 end
 
+-- Prosody 13 destroys a connection whose send buffer passes 32 MiB (`max_send_buffer_size`), and
+-- with it every event queued for readtrack (offline messages included). While readtrack is behind
+-- (stopped, or slower than the traffic) by this many bytes, new messages are left to the server as
+-- when readtrack is away, until the queue drains.
+local max_link_backlog = module:get_option_number("readtrack_max_link_backlog", 8 * 1024 * 1024);
+
+-- Bytes a connection still has to write, counted no further than `limit` (nil: all of them);
+-- nil when this module cannot see them. 0.12's epoll queues a string or a list of strings, 13's
+-- a string or a util.dbuffer, which knows its length (`#`); other backends (select) keep their
+-- queue out of reach.
+local epoll = require "net.server".get_backend() == "epoll";
+local function queued_bytes(conn, limit)
+	if not (epoll and conn) then return nil; end
+	local buffer = conn.writebuffer;
+	if buffer == nil then return 0; end
+	if type(buffer) == "string" then return #buffer; end
+	if type(buffer) ~= "table" then return nil; end
+	local mt = getmetatable(buffer);
+	if mt and mt.__len then return #buffer; end
+	local bytes = 0;
+	for i = 1, #buffer do
+		bytes = bytes + #buffer[i];
+		if limit and bytes >= limit then break; end
+	end
+	return bytes;
+end
+
+local function link_backlog_at_least(limit)
+	local session = component_session();
+	return (queued_bytes(session and session.conn, limit) or 0) >= limit;
+end
+
 local function within_budget(stanza)
+	if max_link_backlog > 0 and link_backlog_at_least(max_link_backlog) then
+		note_over_budget(stanza, "readtrack is " .. max_link_backlog .. " bytes behind");
+		return false;
+	end
 	if deeper_than(stanza, max_depth) then
 		note_over_budget(stanza, "deeper than " .. max_depth .. " elements");
 		return false;
@@ -401,10 +437,37 @@ local function archive_id(stanza, to)
 	return id;
 end
 
+-- Bytes of one list of sessions or carbons in an event. A user can hold any number of sessions
+-- (resources of up to 1023 bytes, each ' escaped to 6), and a message to them lists each: without
+-- a bound one event could pass readtrack's stanza limit and be skipped, message and all. A
+-- session left off is only not known to have got the message live: readtrack replays it there at
+-- that device's next login (a duplicate with the same stanza id), never loses it.
+local max_list_bytes = module:get_option_number("readtrack_max_list_bytes", 64 * 1024);
+
+local list_cut = { count = 0, logged_at = -math.huge, suppressed = 0 };
+local function note_list_cut(name, left_off)
+	list_cut.count = list_cut.count + 1;
+	local now = os.time();
+	if now - list_cut.logged_at < 60 then
+		list_cut.suppressed = list_cut.suppressed + 1;
+		return;
+	end
+	module:log("warn", "readtrack event lists %d fewer <%s> than written (over %d bytes); they get the message again at their next login (%d so far, %d similar warnings suppressed)",
+		left_off, name, max_list_bytes, list_cut.count, list_cut.suppressed);
+	list_cut.logged_at, list_cut.suppressed = now, 0;
+end
+
 local function jid_tags(name, list)
-	local out = {};
-	for _, full_jid in ipairs(list) do
-		out[#out + 1] = "<" .. name .. xml_attr("jid", full_jid) .. "/>";
+	local out, bytes = {}, 0;
+	for i, full_jid in ipairs(list) do
+		local tag = "<" .. name .. xml_attr("jid", full_jid) .. "/>";
+		bytes = bytes + #tag;
+		-- The first tag always goes: an empty session list means "taken from offline storage".
+		if i > 1 and bytes > max_list_bytes then
+			note_list_cut(name, #list - i + 1);
+			break;
+		end
+		out[#out + 1] = tag;
 	end
 	return t_concat(out);
 end
@@ -581,6 +644,72 @@ local function remember(id)
 	executed[id] = true;
 end
 
+------------------------------------------------------------------------------------------------
+-- Replay flow control. readtrack writes a long replay in chunks of a bounded number of bytes;
+-- each chunk ends with <pace to token>, answered by <drained jid token> once the session's
+-- connection has written out everything buffered so far. Only then does the next chunk come,
+-- so Prosody holds about one chunk for a device however slowly it reads (13 destroys a
+-- connection whose send buffer passes max_send_buffer_size, 32 MiB; 0.12's has no bound).
+
+-- Seconds between two looks at the send buffers of paced sessions. c2s-ondrain answers at
+-- once for plain c2s connections; the look also covers connections that do not fire it (a
+-- websocket, a session smacks resumed on a new connection).
+local pace_poll_interval = 0.1;
+local paced = setmetatable({}, { __mode = "k" }); -- session -> { token, link }
+local pace_polling = false;
+
+-- Bytes the session's connection still has to write; nil when this module cannot see them
+-- (another network backend, BOSH): such a session is not paced.
+local function send_buffered(session)
+	if not session.conn then
+		-- Hibernating (smacks): what was written waits in smacks' queue for a resumption.
+		return epoll and session.hibernating and math.huge or nil;
+	end
+	return queued_bytes(session.conn);
+end
+
+local function check_paced(session)
+	local wait = paced[session];
+	if not wait then return; end
+	if session.destroyed then
+		paced[session] = nil; -- readtrack replays the rest at the device's next login
+		return;
+	end
+	local buffered = send_buffered(session);
+	if buffered and buffered > 0 then return; end
+	paced[session] = nil;
+	-- A pace from an earlier connection of readtrack: its successor replays afresh.
+	if wait.link ~= component_session() then return; end
+	emit("<drained xmlns='" .. xmlns_hook .. "'" .. xml_attr("jid", session.full_jid)
+		.. xml_attr("token", wait.token) .. "/>");
+end
+
+local function poll_paced()
+	for session in pairs(paced) do check_paced(session); end
+	if next(paced) == nil then
+		pace_polling = false;
+		return nil;
+	end
+	return pace_poll_interval;
+end
+
+local function pace(command)
+	local to = command.attr.to;
+	local session = to and jid_host(to) == host and full_sessions[to];
+	if not (session and command.attr.token) then
+		return true; -- gone: its device's replay goes on at its next login
+	end
+	paced[session] = { token = command.attr.token, link = component_session() };
+	check_paced(session);
+	if paced[session] and not pace_polling then
+		pace_polling = true;
+		module:add_timer(pace_poll_interval, poll_paced);
+	end
+	return true;
+end
+
+module:hook("c2s-ondrain", function(event) check_paced(event.session); end);
+
 local execute;
 
 -- Replays go through the checks a live delivery would: a user who blocked the sender (XEP-0191,
@@ -628,6 +757,7 @@ module:hook("message/host", function(event)
 end, 100);
 
 function execute(command)
+	if command.name == "pace" then return pace(command); end
 	local inner = inner_message(command);
 	if not inner then
 		module:log("warn", "readtrack <%s> without <forwarded><message xmlns='jabber:client'>", command.name);

@@ -1,6 +1,6 @@
 //! Device lifecycle and replay (`replay-on-available`, `new-device-start` in `docs/rules.md`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{Dialect, Engine, Output, Result};
 use crate::hooks::SessionInfo;
@@ -8,6 +8,29 @@ use crate::jid::Jid;
 use crate::stanza::{Outgoing, Replay};
 use crate::store::{DeviceNo, DeviceRecord, MessageRecord, Seq, UserId};
 use crate::time::Millis;
+
+/// A paced replay between two chunks (`replay-pacing` in `docs/rules.md`).
+#[derive(Debug, Clone, Copy)]
+struct ReplayProgress {
+    /// The device's session the replay belongs to: a later session voids it.
+    session: u64,
+    /// The last seq this replay has dealt with; the next chunk reads the log after it, so a
+    /// long replay reads each message once, not once per chunk.
+    after: Seq,
+    /// Messages and stanza bytes written so far, for `max_replay` and `max_replay_bytes`.
+    messages: usize,
+    bytes: u64,
+    /// The token of the `Pace` that ended the last chunk; only its `Drained` goes on.
+    token: u64,
+}
+
+/// Replays waiting for the server to flush their last chunk, by device.
+#[derive(Debug, Default)]
+pub(super) struct PacedReplays {
+    waiting: HashMap<(UserId, DeviceNo), ReplayProgress>,
+    /// Tokens are unique for the process: a late answer to an earlier chunk matches nothing.
+    last_token: u64,
+}
 
 impl Engine {
     /// Finds the device a session belongs to, creating it (with the new-device cursor) on first
@@ -183,13 +206,62 @@ impl Engine {
         self.replay(user, no, device, jid, now)
     }
 
+    /// A replay from the start: its first chunk.
     fn replay(
+        &mut self,
+        user: UserId,
+        no: DeviceNo,
+        device: DeviceRecord,
+        to: &Jid,
+        now: Millis,
+    ) -> Result<Vec<Output>> {
+        self.replays.waiting.remove(&(user, no));
+        let progress = ReplayProgress {
+            session: device.session,
+            after: device.acked_upto,
+            messages: 0,
+            bytes: 0,
+            token: 0,
+        };
+        self.replay_chunk(user, no, device, to, now, progress)
+    }
+
+    /// `replay-pacing` (`docs/rules.md`): the server flushed the chunk that ended with the
+    /// `Pace` carrying `token` to session `jid`; the next chunk follows. A token that is not
+    /// the one the device's replay waits for (a session since replaced, a replay started
+    /// again) changes nothing.
+    pub(super) fn drained(&mut self, jid: &Jid, token: u64, now: Millis) -> Result<Vec<Output>> {
+        let resource = self.local_device(jid, "drained session")?;
+        let Some(user) = self.store.user_id(&jid.bare_string())? else {
+            return Ok(Vec::new());
+        };
+        let live = self
+            .store
+            .devices(user)?
+            .into_iter()
+            .find(|(_, d)| d.online && d.resource == resource);
+        let Some((no, device)) = live else {
+            return Ok(Vec::new());
+        };
+        match self.replays.waiting.get(&(user, no)).copied() {
+            Some(progress) if progress.token == token && progress.session == device.session => {
+                self.replays.waiting.remove(&(user, no));
+                self.replay_chunk(user, no, device, jid, now, progress)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Writes the next chunk of a replay: unacked messages after `progress.after`, up to
+    /// `replay_window_bytes`, then a `Pace` if more is left (within the per-login totals).
+    fn replay_chunk(
         &mut self,
         user: UserId,
         no: DeviceNo,
         mut device: DeviceRecord,
         to: &Jid,
         now: Millis,
+        mut progress: ReplayProgress,
     ) -> Result<Vec<Output>> {
         let bare = to.bare_string();
         let mut out = Vec::new();
@@ -212,32 +284,48 @@ impl Engine {
             .filter(|(_, d)| d.session == device.session)
             .map(|(seq, _)| seq)
             .collect();
-        for m in self.store.messages_after(user, device.acked_upto) {
+        let mut more = false;
+        for m in self
+            .store
+            .messages_after(user, progress.after.max(device.acked_upto))
+        {
             let m = m?;
             if device.is_acked(m.seq) {
+                progress.after = m.seq;
                 continue;
             }
             if device.replayed_in_session(m.seq) || live.contains(&m.seq) {
+                progress.after = m.seq;
                 continue; // in flight in this session already
             }
-            if out.len() >= self.config.max_replay {
+            if progress.messages + out.len() >= self.config.max_replay {
                 self.counters.replays_truncated += 1;
                 if crate::warnlimit::admit(crate::warnlimit::Warning::ReplayCut, now) {
                     tracing::warn!(device = %to, limit = self.config.max_replay, "replay cut at max_replay; the rest follows at the next login");
                 }
                 break;
             }
-            // Far below a server's send buffer (Prosody 13 drops a connection past 32 MiB); a
-            // single message larger than the budget still goes, alone.
+            // One login's total, over all its chunks (the window below bounds what is in flight
+            // at once); a single message larger than the budget still goes, alone.
             let size = m.stanza.len() as u64;
-            if !out.is_empty() && written_bytes + size > self.config.max_replay_bytes {
+            let first = out.is_empty() && progress.messages == 0;
+            if !first && progress.bytes + written_bytes + size > self.config.max_replay_bytes {
                 self.counters.replays_truncated += 1;
                 if crate::warnlimit::admit(crate::warnlimit::Warning::ReplayCut, now) {
                     tracing::warn!(device = %to, limit = self.config.max_replay_bytes, "replay cut at max_replay_bytes; the rest follows at the next login");
                 }
                 break;
             }
+            // What is in flight to one device stays within the window: the rest waits until
+            // the server reports this chunk flushed (Prosody 13 destroys a connection whose
+            // send buffer passes 32 MiB; 0.12's grows without bound).
+            let window = self.config.replay_window_bytes;
+            if window > 0 && !out.is_empty() && written_bytes + size > window {
+                more = true;
+                break;
+            }
             written_bytes += size;
+            progress.after = m.seq;
             let stanza = if m.sent {
                 // `sent-sync`: the user's own message, sent from another device.
                 acked_by_writing.push(m.seq);
@@ -271,6 +359,17 @@ impl Engine {
             self.store.put_device(user, Some(no), &device)?;
         }
         self.counters.replays += out.len() as u64;
+        progress.messages += out.len();
+        progress.bytes += written_bytes;
+        if more {
+            self.replays.last_token += 1;
+            progress.token = self.replays.last_token;
+            self.replays.waiting.insert((user, no), progress);
+            out.push(Output::Pace {
+                to: to.clone(),
+                token: progress.token,
+            });
+        }
         Ok(out)
     }
 
@@ -326,6 +425,8 @@ impl Engine {
                 (Some(gone), Some(current)) if gone != current
             );
             if device.resource == resource && device.online && !other_connection {
+                // What the paced replay has not written yet is replayed at the next login.
+                self.replays.waiting.remove(&(user, no));
                 device.online = false;
                 device.last_seen = now.0;
                 self.store.put_device(user, Some(no), &device)?;
@@ -353,6 +454,7 @@ impl Engine {
             }
         }
         for (user, no, mut device) in gone {
+            self.replays.waiting.remove(&(user, no));
             device.online = false;
             self.store.put_device(user, Some(no), &device)?;
         }

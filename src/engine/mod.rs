@@ -119,6 +119,11 @@ pub struct EngineConfig {
     /// Stanza bytes one login's replay writes (at least one message); the rest follows at the
     /// next login.
     pub max_replay_bytes: u64,
+    /// Stanza bytes of a replay in flight to one device: after this many (at least one message)
+    /// the replay waits for the server to report them flushed ([`Input::Drained`]) before it
+    /// writes the next chunk. 0 writes the whole replay at once (a server module without flow
+    /// control).
+    pub replay_window_bytes: u64,
     /// Index entries one receipt or marker may examine; one that reaches it is rejected.
     pub max_receipt_scan: usize,
 }
@@ -144,6 +149,7 @@ impl EngineConfig {
             max_log_messages_per_user: 100_000,
             max_log_bytes_per_user: 256 * 1024 * 1024,
             max_replay_bytes: 8 * 1024 * 1024,
+            replay_window_bytes: 256 * 1024,
             max_receipt_scan: 100_000,
         }
     }
@@ -218,6 +224,9 @@ pub enum Input {
     Account { user: Jid, token: String },
     /// The server deleted `user`'s account: everything of it goes.
     UserDeleted { user: Jid },
+    /// What was written to session `jid` up to the [`Output::Pace`] with `token` has left the
+    /// server: the paced replay to it goes on.
+    Drained { jid: Jid, token: u64 },
 }
 
 impl Input {
@@ -274,6 +283,9 @@ pub enum Output {
     /// Store `stanza_xml` in the server's own offline storage for local user `to`: a message
     /// the server accepted that readtrack cannot log goes back where it would have gone.
     StoreOffline { to: Jid, stanza_xml: String },
+    /// Tell readtrack ([`Input::Drained`] with `token`) once everything written to session `to`
+    /// so far has left the server: a replay chunk ends here and more follows.
+    Pace { to: Jid, token: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +313,9 @@ pub struct Engine {
     pending_timers: usize,
     /// The user retention looks at next (retention works through users in id order).
     retention_cursor: u64,
+    /// Replays waiting for their last chunk to drain. In memory only: after a restart the
+    /// snapshot replays afresh.
+    replays: devices::PacedReplays,
 }
 
 impl Engine {
@@ -314,6 +329,7 @@ impl Engine {
             counters,
             pending_timers,
             retention_cursor: 0,
+            replays: Default::default(),
         })
     }
 
@@ -406,6 +422,7 @@ impl Engine {
                 now,
             ),
             Input::Snapshot { sessions } => self.snapshot(&sessions, now),
+            Input::Drained { jid, token } => self.drained(&jid, token, now),
             Input::Account { user, token } => self.account(&user, &token),
             Input::UserDeleted { user } => {
                 let user = self.local_user(&user, "deleted user")?;
