@@ -10,6 +10,13 @@
 //!   raw sled range scan of 10k keys among 1M values of the same size;
 //! - scaling: ingest rate and replay time at 10k, 100k and 1M logged messages for one user,
 //!   measured while the 1M log is built (once per run).
+//! - PostgreSQL, when `READTRACK_BENCH_PG_URL` names a server (an admin URL such as
+//!   `scripts/postgres start` prints): its own baselines in the same groups, a batched `INSERT`
+//!   of the log rows a batch writes (`ingest/pg_insert_batch64`: user_id bigint, seq bigint,
+//!   record bytea, one transaction per 64 rows) and an indexed range read of 10k rows of one user
+//!   among 1M (`replay/pg_range_10k_of_1m`), and the engine on PostgreSQL beside the engine on
+//!   sled (`engine_pg_batch64`, `engine_pg_ack_batch64`, `engine_pg_replay_10k_of_1m`), each in
+//!   a scratch database the run creates and drops. Unset, those rows say "not measured".
 //!
 //! After criterion finishes, the ratios (baseline time / subject time, so 1.0 = as fast as the
 //! baseline) are printed as a table and written to `target/readtrack-bench.json`. Only estimates
@@ -28,8 +35,8 @@ use readtrack::engine::{Engine, EngineConfig, Input, Output, ReceiptPolicy};
 use readtrack::jid::Jid;
 use readtrack::stanza::{parse_message, write, Framer, Limits, Message, MessageType, Receipt};
 use readtrack::store::{
-    ConversationRecord, Counters, DeliveryRecord, IndexEntry, MessageRecord, ReceiptState, Store,
-    StoreOptions, UserRecord,
+    ConversationRecord, Counters, DeliveryRecord, IndexEntry, Location, MessageRecord,
+    ReceiptState, Store, StoreOptions, UserRecord,
 };
 use readtrack::time::Millis;
 use serde_json::json;
@@ -81,7 +88,11 @@ fn store_options() -> StoreOptions {
 }
 
 fn open_engine(path: &Path, policy: ReceiptPolicy) -> Engine {
-    let store = Store::open(path, &store_options()).unwrap();
+    open_engine_at(&Location::Sled(path.to_path_buf()), policy)
+}
+
+fn open_engine_at(location: &Location, policy: ReceiptPolicy) -> Engine {
+    let store = Store::open_location(location, &store_options()).unwrap();
     let mut config = EngineConfig::new("example.com");
     config.dialect = readtrack::engine::Dialect::Seed;
     config.policy = policy;
@@ -206,6 +217,93 @@ fn log_untimed(engine: &mut Engine, logged: &mut u64, upto: u64, prefix: &str, l
     }
     engine.commit().unwrap();
 }
+
+// ---- PostgreSQL ----
+
+/// The server of the PostgreSQL figures: `READTRACK_BENCH_PG_URL`, an admin URL (one that may
+/// create databases).
+fn pg_admin_url() -> Option<String> {
+    std::env::var("READTRACK_BENCH_PG_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+const PG_NOT_MEASURED: &str =
+    "not measured: READTRACK_BENCH_PG_URL is unset (eval \"$(scripts/postgres start)\"; READTRACK_BENCH_PG_URL=$READTRACK_TEST_PG_URL)";
+
+/// A database of the run's own on the bench server, dropped at the end.
+struct PgScratch {
+    admin: String,
+    database: String,
+}
+
+impl PgScratch {
+    fn create(admin: &str, name: &str) -> PgScratch {
+        let database = format!("readtrack_bench_{}_{name}", std::process::id());
+        let mut client = postgres::Client::connect(admin, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("READTRACK_BENCH_PG_URL={admin}: {e}"));
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
+            ))
+            .unwrap();
+        PgScratch {
+            admin: admin.to_string(),
+            database,
+        }
+    }
+
+    fn url(&self) -> String {
+        let (server, _) = self
+            .admin
+            .rsplit_once('/')
+            .expect("READTRACK_BENCH_PG_URL ends with /DATABASE");
+        format!("{server}/{}", self.database)
+    }
+
+    fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
+    }
+}
+
+impl Drop for PgScratch {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
+            let _ = client.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            ));
+        }
+    }
+}
+
+/// The log table's shape, as a store keeps a log: the baseline's rows are the ones the ingest
+/// figure writes, the record bytes included.
+fn pg_log_table(client: &mut postgres::Client) {
+    client
+        .batch_execute(
+            "CREATE TABLE log (user_id bigint NOT NULL, seq bigint NOT NULL, record bytea NOT NULL, \
+             PRIMARY KEY (user_id, seq))",
+        )
+        .unwrap();
+}
+
+/// Rows `first..=last` of user 1 in one statement (arrays unnested: one round trip).
+fn pg_insert_rows(
+    client: &mut impl postgres::GenericClient,
+    insert: &postgres::Statement,
+    first: u64,
+    last: u64,
+    record: &[u8],
+) {
+    let users: Vec<i64> = vec![1; (last + 1 - first) as usize];
+    let seqs: Vec<i64> = (first..=last).map(|s| s as i64).collect();
+    let records: Vec<&[u8]> = vec![record; users.len()];
+    client.execute(insert, &[&users, &seqs, &records]).unwrap();
+}
+
+const PG_INSERT: &str =
+    "INSERT INTO log (user_id, seq, record) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[])";
 
 // ---- parse ----
 
@@ -345,32 +443,70 @@ fn bench_ingest(c: &mut Criterion) {
     });
     drop((log, index, timers, deliveries, users, convs, meta, db));
 
+    // PostgreSQL's own: the log rows of a batch of 64 in one transaction, committed as the
+    // server is set (synchronous_commit as the operator leaves it, like the engine's commits).
+    let pg = pg_admin_url().map(|admin| PgScratch::create(&admin, "ingest"));
+    if let Some(pg) = &pg {
+        let mut client = pg.client();
+        pg_log_table(&mut client);
+        let insert = client.prepare(PG_INSERT).unwrap();
+        let mut seq = 0u64;
+        g.bench_function("pg_insert_batch64", |b| {
+            b.iter(|| {
+                let mut tx = client.transaction().unwrap();
+                pg_insert_rows(&mut tx, &insert, seq + 1, seq + BATCH as u64, &value);
+                tx.commit().unwrap();
+                seq += BATCH as u64;
+            })
+        });
+    } else {
+        println!("ingest/pg_insert_batch64: {PG_NOT_MEASURED}");
+    }
+
     let dir = scratch();
     let mut engine = open_engine(&dir.path().join("db"), ReceiptPolicy::All);
     engine.handle(available(), Millis(T0)).unwrap();
     engine.commit().unwrap();
     let mut n = 0u64;
     g.bench_function("engine_batch64", |b| {
-        b.iter_custom(|iters| {
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let inputs: Vec<Input> = (0..BATCH)
-                    .map(|_| {
-                        n += 1;
-                        routed(&format!("m{n}"), true)
-                    })
-                    .collect();
-                let start = Instant::now();
-                for input in inputs {
-                    engine.handle(input, Millis(T0 + n)).unwrap();
-                }
-                black_box(engine.commit().unwrap());
-                spent += start.elapsed();
-            }
-            spent
-        })
+        b.iter_custom(|iters| timed_ingest(&mut engine, &mut n, iters))
     });
+    drop(engine);
+
+    // The engine on PostgreSQL, the same batches: one transaction per commit.
+    if let Some(pg) = pg_admin_url().map(|admin| PgScratch::create(&admin, "engine_ingest")) {
+        let mut engine = open_engine_at(&Location::Postgres(pg.url()), ReceiptPolicy::All);
+        engine.handle(available(), Millis(T0)).unwrap();
+        engine.commit().unwrap();
+        let mut n = 0u64;
+        g.bench_function("engine_pg_batch64", |b| {
+            b.iter_custom(|iters| timed_ingest(&mut engine, &mut n, iters))
+        });
+    } else {
+        println!("ingest/engine_pg_batch64: {PG_NOT_MEASURED}");
+    }
     g.finish();
+}
+
+/// `iters` batches of 64 routed messages, each followed by its group commit; only the engine's
+/// work is timed (building the inputs is not).
+fn timed_ingest(engine: &mut Engine, n: &mut u64, iters: u64) -> Duration {
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let inputs: Vec<Input> = (0..BATCH)
+            .map(|_| {
+                *n += 1;
+                routed(&format!("m{n}"), true)
+            })
+            .collect();
+        let start = Instant::now();
+        for input in inputs {
+            engine.handle(input, Millis(T0 + *n)).unwrap();
+        }
+        black_box(engine.commit().unwrap());
+        spent += start.elapsed();
+    }
+    spent
 }
 
 // ---- receipts ----
@@ -403,36 +539,57 @@ fn bench_receipt(c: &mut Criterion) {
     engine.commit().unwrap();
     let (mut logged, mut acked) = (0u64, 0u64);
     g.bench_function("engine_ack_batch64", |b| {
-        b.iter_custom(|iters| {
-            // Messages waiting for a receipt, written live to the phone: logged outside the clock.
-            let need = acked + iters * BATCH as u64;
-            log_untimed(&mut engine, &mut logged, need, "r", true);
-            let mut spent = Duration::ZERO;
-            for _ in 0..iters {
-                let inputs: Vec<Input> = (0..BATCH)
-                    .map(|_| {
-                        acked += 1;
-                        crs_received(&format!("r{acked}"))
-                    })
-                    .collect();
-                let start = Instant::now();
-                for input in inputs {
-                    engine.handle(input, Millis(T0 + 1)).unwrap();
-                }
-                black_box(engine.commit().unwrap());
-                spent += start.elapsed();
-            }
-            spent
-        })
+        b.iter_custom(|iters| timed_acks(&mut engine, &mut logged, &mut acked, iters))
     });
+    assert_acked(&engine, acked);
+    drop(engine);
+
+    if let Some(pg) = pg_admin_url().map(|admin| PgScratch::create(&admin, "engine_receipt")) {
+        let mut engine = open_engine_at(&Location::Postgres(pg.url()), ReceiptPolicy::All);
+        engine.handle(available(), Millis(T0)).unwrap();
+        engine.commit().unwrap();
+        let (mut logged, mut acked) = (0u64, 0u64);
+        g.bench_function("engine_pg_ack_batch64", |b| {
+            b.iter_custom(|iters| timed_acks(&mut engine, &mut logged, &mut acked, iters))
+        });
+        assert_acked(&engine, acked);
+    } else {
+        println!("receipt/engine_pg_ack_batch64: {PG_NOT_MEASURED}");
+    }
     g.finish();
-    let unacked: u64 = engine
+}
+
+/// `iters` batches of 64 receipts for messages waiting for one (logged outside the clock, written
+/// live to the phone), each batch followed by its commit.
+fn timed_acks(engine: &mut Engine, logged: &mut u64, acked: &mut u64, iters: u64) -> Duration {
+    let need = *acked + iters * BATCH as u64;
+    log_untimed(engine, logged, need, "r", true);
+    let mut spent = Duration::ZERO;
+    for _ in 0..iters {
+        let inputs: Vec<Input> = (0..BATCH)
+            .map(|_| {
+                *acked += 1;
+                crs_received(&format!("r{acked}"))
+            })
+            .collect();
+        let start = Instant::now();
+        for input in inputs {
+            engine.handle(input, Millis(T0 + 1)).unwrap();
+        }
+        black_box(engine.commit().unwrap());
+        spent += start.elapsed();
+    }
+    spent
+}
+
+fn assert_acked(engine: &Engine, acked: u64) {
+    let acked_upto: u64 = engine
         .store()
         .devices(engine.store().user_id("bob@example.com").unwrap().unwrap())
         .unwrap()[0]
         .1
         .acked_upto;
-    assert_eq!(unacked, acked, "every receipt moved the cursor");
+    assert_eq!(acked_upto, acked, "every receipt moved the cursor");
 }
 
 // ---- replay and scaling ----
@@ -583,7 +740,64 @@ fn bench_replay_and_scaling(c: &mut Criterion) -> serde_json::Value {
     g.bench_function("engine_replay_10k_of_1m", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| one_replay(&mut engine).0).sum())
     });
+    // PostgreSQL's own: the same 1M rows in a log table, the last 10k of the user read through
+    // the primary key's index, each record's bytes touched.
+    let pg = pg_admin_url().map(|admin| PgScratch::create(&admin, "replay"));
+    if let Some(pg) = &pg {
+        let mut client = pg.client();
+        pg_log_table(&mut client);
+        let insert = client.prepare(PG_INSERT).unwrap();
+        let loaded = Instant::now();
+        for first in (1..=total).step_by(10_000) {
+            pg_insert_rows(
+                &mut client,
+                &insert,
+                first,
+                (first + 9_999).min(total),
+                &value,
+            );
+        }
+        client.batch_execute("ANALYZE log").unwrap();
+        println!(
+            "replay baseline: {total} rows into PostgreSQL in {:.1} s",
+            loaded.elapsed().as_secs_f64()
+        );
+        let range = client
+            .prepare("SELECT seq, record FROM log WHERE user_id = $1 AND seq > $2 ORDER BY seq")
+            .unwrap();
+        let after = (total - UNREAD) as i64;
+        g.bench_function("pg_range_10k_of_1m", |b| {
+            b.iter(|| {
+                let rows = client.query(&range, &[&1i64, &after]).unwrap();
+                assert_eq!(rows.len() as u64, UNREAD);
+                rows.iter()
+                    .map(|row| row.get::<_, &[u8]>(1).len())
+                    .sum::<usize>()
+            })
+        });
+        // The engine on PostgreSQL, the same log built the same way (outside the clock).
+        let engine_db = PgScratch::create(pg_admin_url().as_deref().unwrap(), "engine_replay");
+        let mut pg_engine =
+            open_engine_at(&Location::Postgres(engine_db.url()), ReceiptPolicy::None);
+        pg_engine.handle(available(), Millis(T0)).unwrap();
+        pg_engine.handle(unavailable(), Millis(T0)).unwrap();
+        pg_engine.commit().unwrap();
+        let built = Instant::now();
+        let mut pg_logged = 0u64;
+        log_untimed(&mut pg_engine, &mut pg_logged, total, "m", false);
+        println!(
+            "replay store on PostgreSQL: {total} messages built in {:.1} s",
+            built.elapsed().as_secs_f64()
+        );
+        read_upto(&mut pg_engine, total - UNREAD);
+        g.bench_function("engine_pg_replay_10k_of_1m", |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| one_replay(&mut pg_engine).0).sum())
+        });
+    } else {
+        println!("replay/pg_range_10k_of_1m: {PG_NOT_MEASURED}");
+    }
     g.finish();
+    drop(pg);
     drop((log, db));
     replays.push(replay_point(&mut engine, total, UNREAD));
     replays.push(replay_point(&mut engine, total, 1_000));
@@ -634,7 +848,8 @@ fn main() {
     c.final_summary();
 
     // (what, group, subject, baseline, target ratio)
-    let pairs: [(&str, &str, &str, &str, Option<f64>); 8] = [
+    // For a row whose subject is its own baseline, the target is a time limit in ms.
+    let pairs: [(&str, &str, &str, &str, Option<f64>); 14] = [
         (
             "parse vs quick-xml scan",
             "parse",
@@ -689,7 +904,49 @@ fn main() {
             "replay",
             "engine_replay_10k_of_1m",
             "engine_replay_10k_of_1m",
+            Some(20.0),
+        ),
+        (
+            "PostgreSQL insert vs raw sled, log rows",
+            "ingest",
+            "pg_insert_batch64",
+            "raw_sled_batch64",
             None,
+        ),
+        (
+            "PostgreSQL range read vs raw sled scan",
+            "replay",
+            "pg_range_10k_of_1m",
+            "raw_sled_scan_10k_of_1m",
+            None,
+        ),
+        (
+            "ingest on PostgreSQL vs its batched insert",
+            "ingest",
+            "engine_pg_batch64",
+            "pg_insert_batch64",
+            Some(0.5),
+        ),
+        (
+            "receipts on PostgreSQL vs on sled",
+            "receipt",
+            "engine_pg_ack_batch64",
+            "engine_ack_batch64",
+            None,
+        ),
+        (
+            "replay 10k/1M on PostgreSQL vs range read",
+            "replay",
+            "engine_pg_replay_10k_of_1m",
+            "pg_range_10k_of_1m",
+            None,
+        ),
+        (
+            "replay 10k/1M on PostgreSQL (ms, ≤ 50)",
+            "replay",
+            "engine_pg_replay_10k_of_1m",
+            "engine_pg_replay_10k_of_1m",
+            Some(50.0),
         ),
     ];
     let mut rows = Vec::new();
@@ -702,12 +959,18 @@ fn main() {
             estimate(group, subject, started),
             estimate(group, baseline, started),
         ) else {
-            println!("{what:<40} (not run in this invocation)");
+            let pg = [subject, baseline].iter().any(|b| b.contains("pg_"));
+            if pg && pg_admin_url().is_none() {
+                println!("{what:<40} ({PG_NOT_MEASURED})");
+            } else {
+                println!("{what:<40} (not run in this invocation)");
+            }
             continue;
         };
         if subject == baseline {
             let ms = s / 1e6;
-            let met = ms <= 20.0;
+            let limit = target.unwrap_or(20.0);
+            let met = ms <= limit;
             println!(
                 "{what:<40} {:>11.2} ms {:>14} {:>8} {:>8}",
                 ms,
@@ -715,7 +978,7 @@ fn main() {
                 "",
                 if met { "met" } else { "MISSED" }
             );
-            rows.push(json!({"what": what, "ms": ms, "target_ms": 20.0, "met": met}));
+            rows.push(json!({"what": what, "ms": ms, "target_ms": limit, "met": met}));
             continue;
         }
         let ratio = b / s;

@@ -28,7 +28,10 @@
 //! `LOAD_MEMORY_ONLY=1` runs only the memory points. Sizes: `LOAD_PAIRS`, `LOAD_MSGS`,
 //! `LOAD_WINDOW`, `LOAD_ROUNDS`, `LOAD_REPLAY`, `LOAD_REPLAY_ROUNDS` (3), `LOAD_MEM`
 //! (`users:devices_per_user:messages` pairs separated by `,`; default `1000:3:100000,10000:3:1000000`).
-//! `LOAD_DIALECT=xep` runs readtrack without the seed server ack. `LOAD_CLIENT=harness` (default
+//! `LOAD_DIALECT=xep` runs readtrack without the seed server ack. `LOAD_BACKEND=postgres` keeps
+//! readtrack's store in a fresh database on `READTRACK_BENCH_PG_URL` (an admin URL, such as
+//! `scripts/postgres start` prints) instead of sled; the memory points, which measure sled's
+//! page table, are then not run. `LOAD_CLIENT=harness` (default
 //! `raw`) picks the clients, `LOAD_CLIENT_THREADS` (2) their runtime's threads. Profiling:
 //! `LOAD_LUA_PROFILE=1` (Prosody's Lua, see `benches/prosody/mod_lprof.lua`), `LOAD_PAUSE_S=N`
 //! (time to attach `perf record -p` to the pids it prints).
@@ -61,6 +64,33 @@ fn dialect() -> String {
     std::env::var("LOAD_DIALECT").unwrap_or_else(|_| "seed".into())
 }
 
+/// `LOAD_BACKEND`: `sled` (default) or `postgres`, the `[store]` section of the daemon's config.
+fn store_section(cache_mb: u64) -> String {
+    match std::env::var("LOAD_BACKEND").as_deref() {
+        Err(_) | Ok("sled") => format!("path = \"data\"\ncache_mb = {cache_mb}"),
+        Ok("postgres") => {
+            let admin = std::env::var("READTRACK_BENCH_PG_URL").expect(
+                "LOAD_BACKEND=postgres needs READTRACK_BENCH_PG_URL (eval \"$(scripts/postgres start)\"; READTRACK_BENCH_PG_URL=$READTRACK_TEST_PG_URL)",
+            );
+            let database = format!("readtrack_load_{}", std::process::id());
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls)
+                .unwrap_or_else(|e| panic!("READTRACK_BENCH_PG_URL={admin}: {e}"));
+            client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
+                ))
+                .unwrap();
+            let (server, _) = admin.rsplit_once('/').expect("an URL ending in /DATABASE");
+            format!("backend = \"postgres\"\nurl = \"{server}/{database}\"")
+        }
+        Ok(other) => panic!("LOAD_BACKEND is sled or postgres, not {other:?}"),
+    }
+}
+
+fn postgres_backend() -> bool {
+    std::env::var("LOAD_BACKEND").as_deref() == Ok("postgres")
+}
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -79,12 +109,13 @@ impl Daemon {
         let dir = tempfile::tempdir_in(scratch_base()).unwrap();
         let config = format!(
             "[xmpp]\ndomain = \"{}\"\ncomponent = \"{}\"\nconnect = \"127.0.0.1:{}\"\nsecret = \"{}\"\n\n\
-             [store]\npath = \"data\"\ncache_mb = {cache_mb}\n\n[admin]\nsocket = \"readtrack.sock\"\n\n\
+             [store]\n{}\n\n[admin]\nsocket = \"readtrack.sock\"\n\n\
              [receipts]\ndialect = \"{}\"\ntimeout = \"1h\"\nrequire = \"all\"\n",
             p.domain(),
             p.component_domain(),
             p.component_port,
             p.secret(),
+            store_section(cache_mb),
             dialect()
         );
         std::fs::write(dir.path().join("readtrack.toml"), config).unwrap();
@@ -690,6 +721,10 @@ fn measure_memory(
     mem_points: &[(u64, u64, u64)],
 ) -> (Vec<serde_json::Value>, Option<f64>) {
     let mut memory = Vec::new();
+    if postgres_backend() {
+        println!("memory: not measured with LOAD_BACKEND=postgres (the points measure sled)");
+        return (memory, None);
+    }
     for &(u, d, m) in mem_points {
         daemon.stop();
         let _ = std::fs::remove_dir_all(daemon.store_path());

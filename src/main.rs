@@ -19,6 +19,7 @@ use readtrack::config::{Config, LogFormat};
 use readtrack::engine::Engine;
 use readtrack::metrics::{self, http::MetricsServer};
 use readtrack::service::{Retention, Service};
+use readtrack::store::transfer::{self, TransferError};
 use readtrack::store::{Location, Store};
 
 #[derive(Parser)]
@@ -99,6 +100,24 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// Copies the whole store (the service stopped) into a new file, then compares the file with
+    /// the store record by record. With `import`, moves a store between sled and PostgreSQL.
+    Export {
+        /// The file to write; an existing file is never overwritten.
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Copies an export into the configured store, which must be empty (the service stopped),
+    /// then compares the store with the file record by record.
+    Import {
+        /// A file `readtrack export` wrote.
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 #[derive(clap::Args)]
@@ -159,6 +178,8 @@ fn main() -> ExitCode {
         Command::Stats { common } => admin(common, Request::Stats),
         Command::Conversations { jid, common } => admin(common, Request::Conversations { jid }),
         Command::Check { common } => check(common),
+        Command::Export { to, common } => export(common, to),
+        Command::Import { from, common } => import(common, from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -324,6 +345,136 @@ fn check(common: Common) -> Result<(), Failure> {
             message: "some checks failed".into(),
         })
     }
+}
+
+/// A copy is of a store nothing else writes to: refuse while a service answers on the admin
+/// socket. Opening the store checks again (sled's lock, PostgreSQL's lease), for a service
+/// whose socket is elsewhere.
+fn refuse_if_served(config: &Config, what: &str) -> Result<(), Failure> {
+    let socket = config.socket_path();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let served = match runtime.block_on(admin::request(&socket, &Request::Stats)) {
+        Ok(_) => true,
+        Err(AdminError::Unreachable { source, .. }) => {
+            source.kind() == std::io::ErrorKind::PermissionDenied
+        }
+        Err(_) => true,
+    };
+    if served {
+        return Err(Failure {
+            status: 1,
+            message: format!(
+                "readtrack serve is running on this store (its admin socket {} is live): stop it first; {what} copies a store nothing else writes to",
+                socket.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The store a copy reads from or writes to, opened directly (never through a service).
+fn open_for_transfer(config: &Config, must_exist: bool) -> Result<(Store, String), Failure> {
+    let location = config.store_location();
+    let name = location.to_string();
+    if let Location::Sled(path) = &location {
+        if must_exist && !path.exists() {
+            return Err(Failure {
+                status: 1,
+                message: format!("there is no store at {}", path.display()),
+            });
+        }
+    }
+    // Opening may create the store (an import's target): as private as the service makes it.
+    private_files();
+    let store = Store::open_location(&location, &config.store_options()).map_err(|e| Failure {
+        status: 1,
+        message: format!("cannot open the store {name}: {e}"),
+    })?;
+    Ok((store, name))
+}
+
+/// Progress on stderr, a line every [`transfer::PROGRESS_EVERY`] records.
+fn progress_line(progress: transfer::Progress) {
+    eprintln!(
+        "readtrack: {} {} records (now in {})",
+        progress.phase, progress.records, progress.tree
+    );
+}
+
+fn summary_output(json: bool, done: &str, summary: &transfer::Summary, from: &str, to: &str) {
+    if json {
+        let trees: serde_json::Map<String, serde_json::Value> = summary
+            .trees
+            .iter()
+            .map(|(tree, n)| (tree.to_string(), (*n).into()))
+            .collect();
+        let value = serde_json::json!({
+            "records": summary.records(),
+            "bytes": summary.bytes,
+            "trees": trees,
+            "from": from,
+            "to": to,
+            "verified": true,
+        });
+        print!("{}", admin::table::json(&value));
+    } else {
+        let trees: Vec<String> = summary
+            .trees
+            .iter()
+            .map(|(tree, n)| format!("{tree} {n}"))
+            .collect();
+        println!(
+            "{done} {} records ({}) from {from} to {to}, {} bytes; every record compared",
+            summary.records(),
+            trees.join(", "),
+            summary.bytes
+        );
+    }
+}
+
+fn export(common: Common, to: PathBuf) -> Result<(), Failure> {
+    let config = Config::load(&common.config).map_err(usage)?;
+    refuse_if_served(&config, "export")?;
+    let (store, name) = open_for_transfer(&config, true)?;
+    let summary = transfer::export(&store, &to, progress_line)?;
+    store.flush()?;
+    drop(store);
+    summary_output(
+        common.json,
+        "exported",
+        &summary,
+        &name,
+        &to.display().to_string(),
+    );
+    Ok(())
+}
+
+fn import(common: Common, from: PathBuf) -> Result<(), Failure> {
+    let config = Config::load(&common.config).map_err(usage)?;
+    refuse_if_served(&config, "import")?;
+    // The file first: a file that is not an export, damaged or of another schema must not
+    // even create the target store.
+    transfer::check(&from, &mut |_| {}).map_err(|e| Failure {
+        status: 2,
+        message: e.to_string(),
+    })?;
+    let (store, name) = open_for_transfer(&config, false)?;
+    let summary = transfer::import(&store, &from, progress_line).map_err(|e| match e {
+        TransferError::NotEmpty { .. } => usage(e),
+        e => e.into(),
+    })?;
+    store.flush()?;
+    drop(store);
+    summary_output(
+        common.json,
+        "imported",
+        &summary,
+        &from.display().to_string(),
+        &name,
+    );
+    Ok(())
 }
 
 /// A CLI command: asks the running service over the admin socket; when no service answers, opens

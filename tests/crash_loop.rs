@@ -17,6 +17,12 @@
 //! restarts too. Senders stay online for the whole run (checked every cycle), because a bounce
 //! written to a sender that is offline is not stored anywhere a test could count it.
 //!
+//! On PostgreSQL (`READTRACK_TEST_BACKEND=postgres`, the cluster of `scripts/postgres`), every
+//! fifth cycle also restarts PostgreSQL itself (`pg_ctl restart -m fast`) in the middle of the
+//! load, with readtrack running: readtrack either reconnects or exits with a store error and is
+//! started again by the loop, as after a crash; either way nothing acked may be lost, and
+//! messages must be acked again after the restart.
+//!
 //! CI runs 20 cycles. The long run, with the figures printed:
 //!
 //! ```sh
@@ -54,6 +60,12 @@ const MAX_DOWN: Duration = Duration::from_millis(150);
 const STEP_PAUSE: Duration = Duration::from_millis(4);
 /// Bound on the final phase (collecting replays and bounces after the last restart).
 const FINAL_DEADLINE: Duration = Duration::from_secs(30);
+/// On PostgreSQL, cycles `n` with `n % PG_RESTART_EVERY == PG_RESTART_AT` restart the database.
+const PG_RESTART_EVERY: usize = 5;
+const PG_RESTART_AT: usize = 3;
+/// After restarting PostgreSQL, the load goes on this long before the cycle's kill: time for
+/// readtrack to notice, reconnect or exit, and ack again.
+const AFTER_PG_RESTART: Duration = Duration::from_millis(1500);
 
 /// splitmix64: a seeded generator whose sequence cannot change under us with a dependency
 /// upgrade, so a printed seed keeps meaning the same schedule.
@@ -162,10 +174,56 @@ struct Figures {
     deliveries_due: u64,
     deliveries_seen: u64,
     losses: u64,
+    /// PostgreSQL restarts, and how often readtrack exited on its own after one.
+    pg_restarts: u64,
+    exits_after_pg_restart: u64,
+    /// 10013 acks for messages sent after the latest PostgreSQL restart.
+    acked_after_pg_restart: u64,
+}
+
+/// The PostgreSQL cluster this run's store lives in, when it is PostgreSQL: its port tells
+/// `scripts/postgres` which cluster to restart.
+fn postgres_port() -> Option<u16> {
+    if !common::backend::on_postgres() {
+        return None;
+    }
+    let url = std::env::var("READTRACK_TEST_PG_URL").expect(
+        "READTRACK_TEST_BACKEND=postgres needs READTRACK_TEST_PG_URL: eval \"$(scripts/postgres start)\"",
+    );
+    let authority = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("READTRACK_TEST_PG_URL={url:?} is not a postgres:// URL"));
+    let port = authority
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("READTRACK_TEST_PG_URL={url:?} names no port"));
+    Some(port)
+}
+
+/// `pg_ctl restart -m fast` of the cluster `scripts/postgres` runs on `port`: every connection
+/// is cut, the server shuts down cleanly and comes back.
+fn restart_postgres(port: u16) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres");
+    let out = std::process::Command::new(&script)
+        .arg("restart")
+        .env("READTRACK_PG_PORT", port.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "scripts/postgres restart (port {port}) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct CrashLoop {
     seed: u64,
+    /// `Some(port)` when the store is PostgreSQL.
+    pg_port: Option<u16>,
+    /// Message ids sent after the latest PostgreSQL restart.
+    sent_after_pg_restart: HashSet<String>,
     rng: Rng,
     prosody: Prosody,
     readtrack: Readtrack,
@@ -211,6 +269,8 @@ impl CrashLoop {
         }
         let mut run = CrashLoop {
             seed,
+            pg_port: postgres_port(),
+            sent_after_pg_restart: HashSet::new(),
             rng: Rng(seed),
             prosody,
             readtrack,
@@ -333,6 +393,9 @@ impl CrashLoop {
         if !self.readtrack_up {
             self.fig.sent_while_down += 1;
         }
+        if self.fig.pg_restarts > 0 {
+            self.sent_after_pg_restart.insert(id.clone());
+        }
         self.sent.insert(
             id,
             Sent {
@@ -393,6 +456,9 @@ impl CrashLoop {
             return;
         }
         if is_server_ack(s) {
+            if self.sent_after_pg_restart.contains(&id) && !self.server_acked.contains(&id) {
+                self.fig.acked_after_pg_restart += 1;
+            }
             if self.server_acked.insert(id) {
                 self.fig.server_acks += 1;
             } else {
@@ -571,6 +637,12 @@ impl CrashLoop {
         self.load(run_for, Some(sample_at).filter(|at| *at < run_for))
             .await;
         self.assert_running();
+        if let Some(port) = self
+            .pg_port
+            .filter(|_| self.cycle % PG_RESTART_EVERY == PG_RESTART_AT)
+        {
+            self.restart_postgres_under_load(port).await;
+        }
         tokio::task::block_in_place(|| self.readtrack.kill());
         self.readtrack_up = false;
         let down_for = self.rng.duration_below(MAX_DOWN);
@@ -578,6 +650,36 @@ impl CrashLoop {
         tokio::task::block_in_place(|| self.readtrack.start_again());
         self.readtrack_up = true;
         self.fig.cycles += 1;
+    }
+
+    /// Restarts PostgreSQL with readtrack running and the load going on. readtrack may reconnect
+    /// or exit on the failed commit (then it is started again here, like after a crash); it may
+    /// not hang: it must ack new messages before the run ends (checked at the end).
+    async fn restart_postgres_under_load(&mut self, port: u16) {
+        self.sent_after_pg_restart.clear();
+        self.fig.acked_after_pg_restart = 0;
+        tokio::task::block_in_place(|| restart_postgres(port));
+        self.fig.pg_restarts += 1;
+        for _ in 0..2 {
+            self.load(AFTER_PG_RESTART, None).await;
+            if let Some(status) = self.readtrack.exited() {
+                let log = self.readtrack.log();
+                let said = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.starts_with("readtrack: ") || l.contains("ERROR"))
+                    .unwrap_or("(nothing)");
+                println!(
+                    "  cycle {}: readtrack exited ({status}) after the PostgreSQL restart, saying {said}; starting it again",
+                    self.cycle
+                );
+                self.fig.exits_after_pg_restart += 1;
+                self.readtrack_up = false;
+                tokio::task::block_in_place(|| self.readtrack.kill());
+                tokio::task::block_in_place(|| self.readtrack.start_again());
+                self.readtrack_up = true;
+            }
+        }
     }
 
     /// Everything the checks are waiting for has arrived.
@@ -703,6 +805,7 @@ impl CrashLoop {
              \x20 device sessions                 {sessions} ({dropped} dropped without close)\n\
              \x20 cursor samples                  {samples}\n\
              \x20 Prosody errors (readtrack down) {serr} at senders, {derr} at devices\n\
+             \x20 PostgreSQL restarts             {pg_restarts} (readtrack exited after {pg_exits}; {pg_acked} acks after the latest)\n\
              \x20 losses                          {losses}\n\
              \x20 violations                      {violations}",
             seed = self.seed,
@@ -725,6 +828,9 @@ impl CrashLoop {
             serr = f.sender_errors,
             derr = f.device_errors,
             losses = f.losses,
+            pg_restarts = f.pg_restarts,
+            pg_exits = f.exits_after_pg_restart,
+            pg_acked = f.acked_after_pg_restart,
             violations = self.violations.len(),
         )
     }
@@ -782,4 +888,17 @@ async fn crash_loop_keeps_every_acked_message_and_timer() {
     assert!(f.device_acks > 0, "no device acked: {report}");
     assert_eq!(f.losses, 0, "{report}");
     assert_eq!(f.deliveries_seen, f.deliveries_due, "{report}");
+    if run.pg_port.is_some() {
+        let want = (cycles + PG_RESTART_EVERY - PG_RESTART_AT) / PG_RESTART_EVERY;
+        assert_eq!(
+            f.pg_restarts as usize, want,
+            "PostgreSQL restarts: {report}"
+        );
+        if want > 0 {
+            assert!(
+                f.acked_after_pg_restart > 0,
+                "no message was acked after the latest PostgreSQL restart: {report}"
+            );
+        }
+    }
 }

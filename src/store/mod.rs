@@ -18,6 +18,7 @@ mod pg;
 pub mod records;
 mod sled_backend;
 mod timers;
+pub mod transfer;
 mod users;
 
 use std::ops::Bound;

@@ -1,8 +1,12 @@
-//! The real `readtrack` binary as a child process beside a test [`Prosody`](super::Prosody).
+//! The real `readtrack` binary as a child process beside a test [`Prosody`](super::Prosody), on
+//! the store backend the run selects ([`super::backend::test_location`]: sled, or a fresh
+//! PostgreSQL database with `READTRACK_TEST_BACKEND=postgres`).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use readtrack::store::Location;
 
 use super::Prosody;
 
@@ -16,6 +20,9 @@ pub struct ReadtrackOpts {
     pub history: u64,
     /// Raw TOML appended (whole sections).
     pub extra: String,
+    /// Where the store lives; `None`: where the run's backend puts it
+    /// ([`super::backend::test_location`]).
+    pub store: Option<Location>,
 }
 
 impl Default for ReadtrackOpts {
@@ -26,12 +33,14 @@ impl Default for ReadtrackOpts {
             require: "all",
             history: 100,
             extra: String::new(),
+            store: None,
         }
     }
 }
 
 pub struct Readtrack {
     dir: tempfile::TempDir,
+    location: Location,
     child: Option<Child>,
 }
 
@@ -43,15 +52,20 @@ impl Readtrack {
     /// Writes a config for `prosody`, starts `readtrack serve` and waits until it is connected.
     pub fn start(prosody: &Prosody, opts: ReadtrackOpts) -> Readtrack {
         let dir = tempfile::tempdir().expect("temp dir");
+        let location = opts
+            .store
+            .clone()
+            .unwrap_or_else(|| super::backend::test_location(&dir.path().join("data")));
         let config = format!(
             "[xmpp]\ndomain = \"{domain}\"\ncomponent = \"{component}\"\nconnect = \"127.0.0.1:{port}\"\nsecret = \"{secret}\"\n\n\
-             [store]\npath = \"data\"\n\n[admin]\nsocket = \"readtrack.sock\"\n\n\
+             [store]\n{store}\n\n[admin]\nsocket = \"readtrack.sock\"\n\n\
              [receipts]\n{dialect}timeout = \"{timeout}\"\nrequire = \"{require}\"\n\n\
              [devices]\nhistory = {history}\n\n{extra}\n",
             domain = prosody.domain(),
             component = prosody.component_domain(),
             port = prosody.component_port,
             secret = prosody.secret(),
+            store = store_section(&location),
             dialect = if opts.dialect.is_empty() {
                 String::new()
             } else {
@@ -63,7 +77,11 @@ impl Readtrack {
             extra = opts.extra,
         );
         std::fs::write(dir.path().join("readtrack.toml"), config).unwrap();
-        let mut r = Readtrack { dir, child: None };
+        let mut r = Readtrack {
+            dir,
+            location,
+            child: None,
+        };
         r.spawn();
         r
     }
@@ -76,8 +94,9 @@ impl Readtrack {
         self.dir.path().join("readtrack.sock")
     }
 
-    pub fn store_path(&self) -> PathBuf {
-        self.dir.path().join("data")
+    /// Where this instance's store lives (a sled folder, or a PostgreSQL database).
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     fn log_path(&self) -> PathBuf {
@@ -97,6 +116,28 @@ impl Readtrack {
 
     fn spawn(&mut self) {
         let before = self.connections();
+        // On PostgreSQL a process killed while it held the store keeps it for its lease (see
+        // `store_section`): like a supervisor, start again until that lease has run out.
+        let lease_ends = Instant::now() + PG_TEST_LEASE + Duration::from_secs(5);
+        loop {
+            let refusals = self.lease_refusals();
+            self.start_process();
+            match self.wait_started() {
+                Ok(()) => break,
+                Err(_) if self.lease_refusals() > refusals && Instant::now() < lease_ends => {
+                    self.child = None;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(status) => panic!(
+                    "readtrack exited ({status}) before connecting\n--- log ---\n{}",
+                    self.log()
+                ),
+            }
+        }
+        self.wait_connected(before + 1);
+    }
+
+    fn start_process(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -112,7 +153,29 @@ impl Readtrack {
             .spawn()
             .expect("spawn readtrack");
         self.child = Some(child);
-        self.wait_connected(before + 1);
+    }
+
+    /// Waits until the process opened its store (it says "readtrack starting"), or returns its
+    /// exit status when it exits first.
+    fn wait_started(&mut self) -> Result<(), ExitStatus> {
+        let starts = self.log().matches("readtrack starting").count();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                return Err(status);
+            }
+            if self.log().matches("readtrack starting").count() > starts
+                || Instant::now() > deadline
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// How often a start was refused because another process held the PostgreSQL store.
+    fn lease_refusals(&self) -> usize {
+        self.log().matches("is in use by").count()
     }
 
     /// Waits until readtrack has connected to the server `n` times in all.
@@ -137,10 +200,13 @@ impl Readtrack {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    /// SIGKILL: no flush, no goodbye.
+    /// SIGKILL: no flush, no goodbye. A process that already exited (and was reaped by
+    /// [`Readtrack::exited`]) is only reaped here.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            child.kill().unwrap();
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap();
+            }
             child.wait().unwrap();
         }
     }
@@ -249,6 +315,21 @@ impl Readtrack {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// The PostgreSQL lease of a test's service: short, because a test that kills the service
+/// waits this long before the next one may take the store.
+pub const PG_TEST_LEASE: Duration = Duration::from_secs(1);
+
+/// The `[store]` section's keys for `location`.
+pub fn store_section(location: &Location) -> String {
+    match location {
+        Location::Sled(path) => format!("path = \"{}\"", path.display()),
+        Location::Postgres(url) => format!(
+            "backend = \"postgres\"\nurl = \"{url}\"\nlease_seconds = {}",
+            PG_TEST_LEASE.as_secs()
+        ),
     }
 }
 

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod backend;
 pub mod daemon;
 
 use std::fmt::Write as _;
