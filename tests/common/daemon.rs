@@ -267,9 +267,24 @@ impl Readtrack {
             .expect("run readtrack CLI")
     }
 
+    /// `readtrack cursors JID --json`, parsed; `None` while readtrack does not know the user
+    /// yet (the service learns a user from the server's events, which may still be in flight).
+    #[allow(dead_code)] // not every test binary waits for a user
+    pub fn cursors_once_known(&self, user: &str) -> Option<serde_json::Value> {
+        let out = self.cli(&["cursors", user, "--json"]);
+        if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown user") {
+            return None;
+        }
+        Some(self.parse_cursors(user, out))
+    }
+
     /// `readtrack cursors JID --json`, parsed.
     pub fn cursors(&self, user: &str) -> serde_json::Value {
         let out = self.cli(&["cursors", user, "--json"]);
+        self.parse_cursors(user, out)
+    }
+
+    fn parse_cursors(&self, user: &str, out: Output) -> serde_json::Value {
         assert!(
             out.status.success(),
             "cursors {user}: {}",
