@@ -43,12 +43,16 @@ pub struct SnapshotPage {
     /// From 1.
     pub number: u32,
     pub last: bool,
+    /// The module executes the compact [`HookCommand::Ack`] (the page's `executes` names
+    /// `ack`). A module older than it says nothing and gets the whole `<send>` form.
+    pub executes_ack: bool,
 }
 
 impl SnapshotPage {
     pub const WHOLE: SnapshotPage = SnapshotPage {
         number: 1,
         last: true,
+        executes_ack: false,
     };
 }
 
@@ -135,6 +139,16 @@ pub enum HookCommand {
     /// per connection before any other command; a module older than compact events ignores it,
     /// and one that knows them sends them only after being told.
     Accepts { events: String },
+    /// The seed server ack (10013) from the host to the session `to`, in the compact form the
+    /// module fills into a template instead of parsing a whole `<message>`; sent only once the
+    /// module said it executes it ([`SnapshotPage::executes_ack`]). `message_id` is the acked
+    /// message's id (the command's own `id` attribute is the `<done>` id, as for every command);
+    /// `time` is the RFC 3339 time of the ack's body.
+    Ack {
+        to: Jid,
+        message_id: String,
+        time: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -538,8 +552,14 @@ impl HookEvent {
                         )))
                     }
                 };
+                let executes_ack = attr(&el.start, "executes")?
+                    .is_some_and(|list| list.split_ascii_whitespace().any(|c| c == "ack"));
                 HookEvent::Snapshot {
-                    page: SnapshotPage { number, last },
+                    page: SnapshotPage {
+                        number,
+                        last,
+                        executes_ack,
+                    },
                     sessions: w.hook_content(&el, Walker::message_text)?.0,
                 }
             }
@@ -627,11 +647,15 @@ impl HookEvent {
                         )
                     })
                     .collect();
-                let page = if *page == SnapshotPage::WHOLE {
+                let mut attrs = if page.number == 1 && page.last {
                     String::new()
                 } else {
                     format!(" page=\"{}\" last=\"{}\"", page.number, page.last)
                 };
+                if page.executes_ack {
+                    attrs.push_str(" executes=\"ack\"");
+                }
+                let page = attrs;
                 format!("<snapshot xmlns=\"{NS_HOOK}\"{page}>{sessions}</snapshot>")
             }
             HookEvent::Done { id } => {
@@ -697,6 +721,16 @@ impl HookCommand {
             HookCommand::Accepts { events } => format!(
                 "<accepts xmlns=\"{NS_HOOK}\" events=\"{}\"{id}/>",
                 escape(events.as_str())
+            ),
+            HookCommand::Ack {
+                to,
+                message_id,
+                time,
+            } => format!(
+                "<ack xmlns=\"{NS_HOOK}\" to=\"{}\" message-id=\"{}\" time=\"{}\"{id}/>",
+                escape(to.to_string()),
+                escape(message_id.as_str()),
+                escape(time.as_str())
             ),
         }
     }
@@ -764,6 +798,15 @@ impl HookCommand {
             "accepts" => {
                 let command = HookCommand::Accepts {
                     events: required(&el.start, "events")?,
+                };
+                w.finish(el)?;
+                command
+            }
+            "ack" => {
+                let command = HookCommand::Ack {
+                    to: full_jid_attr(&el.start, "to")?,
+                    message_id: required(&el.start, "message-id")?,
+                    time: required(&el.start, "time")?,
                 };
                 w.finish(el)?;
                 command
@@ -1034,7 +1077,8 @@ mod tests {
             HookEvent::Snapshot {
                 page: SnapshotPage {
                     number: 2,
-                    last: false
+                    last: false,
+                    executes_ack: true,
                 },
                 sessions: vec![SessionInfo {
                     jid: jid("carol@localhost/tablet"),
@@ -1157,6 +1201,7 @@ mod tests {
                 page: SnapshotPage {
                     number: 7,
                     last: false,
+                    executes_ack: true,
                 },
                 sessions: vec![],
             },
@@ -1164,6 +1209,7 @@ mod tests {
                 page: SnapshotPage {
                     number: 8,
                     last: true,
+                    executes_ack: false,
                 },
                 sessions: vec![],
             },
@@ -1265,7 +1311,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 17, "fixtures in {dir}");
+        assert_eq!(names.len(), 18, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);
@@ -1418,6 +1464,52 @@ mod tests {
                 events: "signal".into()
             }
         );
+    }
+
+    #[test]
+    fn the_compact_ack_reads_and_writes_the_fixture_form() {
+        let ack = HookCommand::Ack {
+            to: jid("alice@localhost/Spark 2.6.3"),
+            message_id: "V4NkR-38".into(),
+            time: "2013-11-20T06:42:23.761Z".into(),
+        };
+        assert_eq!(HookCommand::parse(&fixture("ack"), COMP).unwrap(), ack);
+        assert_eq!(
+            HookCommand::parse(&ack.to_xml(COMP, HOST), COMP).unwrap(),
+            ack
+        );
+        let escaped = HookCommand::Ack {
+            to: jid("alice@localhost/a'b<c"),
+            message_id: "x\"&y".into(),
+            time: "2013-11-20T06:42:23.761Z".into(),
+        };
+        assert_eq!(
+            HookCommand::parse(&escaped.to_xml_with_id(COMP, HOST, Some("k1")), COMP).unwrap(),
+            escaped
+        );
+        assert_eq!(
+            HookCommand::parse(
+                "<message from='readtrack.localhost' to='localhost'><ack xmlns='urn:readtrack:hook:0' to='alice@localhost/p' time='2013-11-20T06:42:23.761Z'/></message>",
+                COMP
+            )
+            .unwrap_err()
+            .to_string(),
+            "<ack> has no message-id attribute"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_says_whether_its_module_executes_acks() {
+        let old = "<message from='localhost' to='readtrack.localhost'><snapshot xmlns='urn:readtrack:hook:0' page='1' last='true'/></message>";
+        let HookEvent::Snapshot { page, .. } = HookEvent::parse(old, HOST).unwrap() else {
+            panic!("not a snapshot");
+        };
+        assert!(!page.executes_ack);
+        let new = old.replace("last='true'", "last='true' executes='pace ack'");
+        let HookEvent::Snapshot { page, .. } = HookEvent::parse(&new, HOST).unwrap() else {
+            panic!("not a snapshot");
+        };
+        assert!(page.executes_ack);
     }
 
     fn event_err(xml: &str) -> String {

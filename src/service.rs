@@ -265,6 +265,9 @@ pub struct Service {
     /// The link came up: the next command stanza first tells the module what events this
     /// readtrack accepts ([`HookCommand::Accepts`]).
     announce: bool,
+    /// The module on this connection executes compact `<ack>` commands (it said so in its
+    /// snapshot); until then each 10013 ack goes as a whole `<send>`, which every module runs.
+    module_acks: bool,
     snapshot: SnapshotPages,
     /// Whether to measure [`Timings`]: off, the loop does not read the clock for them.
     timed: bool,
@@ -306,6 +309,7 @@ impl Service {
             retention: Retention::default(),
             connected: false,
             announce: false,
+            module_acks: false,
             snapshot: SnapshotPages::default(),
             timed: false,
             ack_arrivals: VecDeque::new(),
@@ -406,6 +410,7 @@ impl Service {
             LinkEvent::Connected => {
                 self.connected = true;
                 self.announce = true;
+                self.module_acks = false;
                 self.snapshot = SnapshotPages::default();
                 self.stats.connected.store(true, Ordering::Relaxed);
                 tracing::info!(component = %self.component, "connected to the server; waiting for its session snapshot")
@@ -426,6 +431,7 @@ impl Service {
                         return Ok(());
                     }
                     Some(FromServer::SnapshotPage { page, sessions }) => {
+                        self.module_acks |= page.executes_ack;
                         match self.snapshot.add(page, sessions) {
                             Ok(Some(sessions)) => Input::Snapshot { sessions },
                             Ok(None) => return Ok(()),
@@ -538,6 +544,17 @@ impl Service {
                     },
                     None,
                 ),
+                Output::SendAsHost {
+                    stanza: Outgoing::ServerAck { from, to, id, time },
+                    confirm,
+                } if self.module_acks && from == self.host => (
+                    HookCommand::Ack {
+                        to,
+                        message_id: id,
+                        time: time.rfc3339(),
+                    },
+                    confirm,
+                ),
                 Output::SendAsHost { stanza, confirm } => (
                     HookCommand::SendAsHost {
                         stanza_xml: write::client_outgoing(&stanza),
@@ -603,7 +620,11 @@ mod tests {
     }
 
     fn page(number: u32, last: bool) -> SnapshotPage {
-        SnapshotPage { number, last }
+        SnapshotPage {
+            number,
+            last,
+            executes_ack: false,
+        }
     }
 
     #[test]

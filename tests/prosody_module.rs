@@ -36,6 +36,10 @@ async fn component(p: &Prosody) -> (RawComponent, Vec<SessionInfo>) {
         {
             HookEvent::Snapshot { page, sessions } => {
                 assert_eq!(page.number, expected, "snapshot pages out of order");
+                assert!(
+                    page.executes_ack,
+                    "snapshot page {expected} does not say executes='ack'"
+                );
                 all.extend(sessions);
                 if page.last {
                     break;
@@ -524,6 +528,140 @@ fn send_ack(id: &str, to: &str) -> String {
          <body>{{\"time\":\"2013-11-20T06:42:23.761Z\",\"msgType\":\"10013\"}}</body></message>\
          </forwarded></send></message>"
     )
+}
+
+/// A compact `<ack>` command (the 10013 server ack) to `to`.
+fn compact_ack(id: &str, to: &str) -> String {
+    format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><ack xmlns='{HOOK}' to='{to}' message-id='{id}' \
+         time='2013-11-20T06:42:23.761Z'/></message>"
+    )
+}
+
+/// The stanza's attributes, sorted, and its body's text unescaped: what a client's XML parser
+/// reads of it, whatever the attribute order and quoting of the serialiser.
+fn read_ack(xml: &str) -> (Vec<(String, String)>, String) {
+    let mut attrs: Vec<_> = ["id", "type", "from", "to", "xmlns"]
+        .iter()
+        .filter_map(|n| attr(xml, n).map(|v| (n.to_string(), v)))
+        .collect();
+    attrs.sort();
+    let body = xml
+        .split_once("<body>")
+        .and_then(|(_, rest)| rest.split_once("</body>"))
+        .map(|(text, _)| {
+            text.replace("&quot;", "\"")
+                .replace("&apos;", "'")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&")
+        })
+        .unwrap_or_else(|| panic!("no body in {xml}"));
+    (attrs, body)
+}
+
+/// The compact ack is filled into a template: the sender reads the same stanza as from the
+/// whole `<send>` (the bytes below are what Prosody's serialiser writes, attribute order aside),
+/// escaped where the values need it, and nothing goes to a session that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_ack_reaches_the_sender_as_the_whole_send_did() {
+    let p = server(&["alice"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+
+    comp.send_raw(&send_ack("V4NkR-38", "alice@localhost/phone"))
+        .await;
+    let whole = alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("V4NkR-38"))
+        .await;
+    comp.send_raw(&compact_ack("V4NkR-38", "alice@localhost/phone"))
+        .await;
+    let compact = alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("V4NkR-38"))
+        .await;
+    assert_eq!(read_ack(&compact), read_ack(&whole), "{compact}\n{whole}");
+    assert_eq!(
+        compact,
+        "<message id='V4NkR-38' type='crs' from='localhost' to='alice@localhost/phone'><body>\
+         {&quot;time&quot;:&quot;2013-11-20T06:42:23.761Z&quot;,&quot;msgType&quot;:&quot;10013&quot;}\
+         </body></message>"
+    );
+
+    // Values that need escaping, and a command id: confirmed, executed once.
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><ack xmlns='{HOOK}' to='alice@localhost/phone' \
+         message-id='a&apos;b&lt;&amp;&quot;' time='2013-11-20T06:42:23.761Z' id='k1'/>\
+         <ack xmlns='{HOOK}' to='alice@localhost/phone' message-id='again' time='2013-11-20T06:42:23.761Z' id='k1'/></message>"
+    ))
+    .await;
+    let odd = alice
+        .expect_message(WAIT, |m| attr(m, "type").as_deref() == Some("crs"))
+        .await;
+    assert_eq!(attr(&odd, "id").as_deref(), Some("a'b<&\""), "{odd}");
+    next_event(
+        &mut comp,
+        "done k1",
+        |e| matches!(e, HookEvent::Done { id } if id == "k1"),
+    )
+    .await;
+
+    // Gone, or not a time: nothing is written (and the session is still fine).
+    comp.send_raw(&compact_ack("gone1", "alice@localhost/laptop"))
+        .await;
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><ack xmlns='{HOOK}' to='alice@localhost/phone' \
+         message-id='bad1' time='\",\"x\":\"1'/></message>"
+    ))
+    .await;
+    alice.sync().await;
+    assert_eq!(alice.messages_within(QUIET).await, Vec::<String>::new());
+    let log = p.log();
+    assert!(
+        log.contains("readtrack ack to absent session alice@localhost/laptop dropped"),
+        "{log}"
+    );
+    assert!(
+        log.contains("readtrack <ack> without to, message-id or an RFC 3339 time"),
+        "{log}"
+    );
+}
+
+/// With stream management on, the compact ack is a stanza smacks counts: the client may ack
+/// it (`<a h>` counting it is accepted) and acking one more than was sent is refused, which
+/// shows the count is exact (a string written past smacks would make the first `<a>` fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_ack_to_a_session_with_stream_management_is_counted_in_its_queue() {
+    let p = Prosody::start(ProsodyOpts {
+        smacks: true,
+        ..ProsodyOpts::default()
+    });
+    p.register("alice", "pw");
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    alice.sync().await;
+    alice.send_raw("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    let enabled = alice
+        .conn
+        .expect("<enabled>", WAIT, |s| name(s) == "enabled")
+        .await;
+    assert!(enabled.contains("urn:xmpp:sm:3"), "{enabled}");
+
+    comp.send_raw(&compact_ack("sm-1", "alice@localhost/phone"))
+        .await;
+    alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("sm-1"))
+        .await;
+    // One stanza since <enabled>: the ack.
+    alice.send_raw("<a xmlns='urn:xmpp:sm:3' h='1'/>").await;
+    alice.sync().await; // a second stanza, the ping's result
+    alice.send_raw("<a xmlns='urn:xmpp:sm:3' h='3'/>").await;
+    let error = alice
+        .conn
+        .expect("<stream:error>", WAIT, |s| {
+            s.contains("acknowledged more stanzas")
+        })
+        .await;
+    assert!(error.contains("undefined-condition"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use readtrack::component::LinkEvent;
 use readtrack::engine::Engine;
-use readtrack::hooks::{CommandBatch, HookCommand, HookEvent};
+use readtrack::hooks::{CommandBatch, HookCommand, HookEvent, SnapshotPage};
 use readtrack::jid::Jid;
 use readtrack::service::Service;
 use readtrack::stanza::Incoming;
@@ -88,6 +88,93 @@ async fn a_flood_is_committed_in_bounded_batches_and_others_get_their_ack() {
     // fill one batch with up to 2,048 acks, or the whole queue when events had no output).
     let batches = stats.batches.load(Ordering::Relaxed);
     assert!(batches >= 6, "{batches} batches for {} events", flood + 1);
+    shutdown_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}
+
+fn snapshot(executes_ack: bool) -> String {
+    HookEvent::Snapshot {
+        page: SnapshotPage {
+            executes_ack,
+            ..SnapshotPage::WHOLE
+        },
+        sessions: vec![],
+    }
+    .to_xml("localhost", "readtrack.localhost")
+}
+
+/// A module older than the compact ack says nothing in its snapshot and gets every 10013 ack as
+/// the whole `<send>` it always ran; one that says `executes='ack'` gets `<ack>` with the same
+/// values, on that connection only (the next module may be an older one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_ack_is_compact_only_on_a_connection_whose_module_executes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let engine = Engine::new(store, seed_config()).unwrap();
+    let (command_tx, mut command_rx) = mpsc::channel(64);
+    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
+    let (event_tx, event_rx) = mpsc::channel(64);
+    let (_query_tx, query_rx) = mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+
+    let mut acks = Vec::new();
+    for (id, executes_ack) in [("old-1", false), ("new-1", true), ("old-2", false)] {
+        event_tx.send(LinkEvent::Connected).await.unwrap();
+        let events = [
+            snapshot(executes_ack),
+            routed("alice@localhost/a", "bob@localhost", id),
+        ];
+        for event in events {
+            event_tx.send(LinkEvent::Stanza(event)).await.unwrap();
+        }
+        let ack = loop {
+            let stanza = tokio::time::timeout(Duration::from_secs(20), command_rx.recv())
+                .await
+                .expect("the ack comes")
+                .unwrap();
+            let commands = HookCommand::parse_batch(&stanza, "readtrack.localhost").unwrap();
+            if let Some(ack) = commands
+                .into_iter()
+                .find(|c| !matches!(c, HookCommand::Accepts { .. }))
+            {
+                break ack;
+            }
+        };
+        acks.push(ack);
+        event_tx
+            .send(LinkEvent::Disconnected {
+                reason: "next module".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let [old_1, new_1, old_2] = <[HookCommand; 3]>::try_from(acks).unwrap();
+    for (old, id) in [(old_1, "old-1"), (old_2, "old-2")] {
+        let HookCommand::SendAsHost { stanza_xml } = old else {
+            panic!("{id}: not a whole <send>: {old:?}");
+        };
+        assert!(
+            stanza_xml.contains(&format!(
+                "id=\"{id}\" type=\"crs\" from=\"localhost\" to=\"alice@localhost/a\""
+            )),
+            "{stanza_xml}"
+        );
+    }
+    let HookCommand::Ack {
+        to,
+        message_id,
+        time,
+    } = new_1
+    else {
+        panic!("not a compact <ack>: {new_1:?}");
+    };
+    assert_eq!(to, Jid::parse("alice@localhost/a").unwrap());
+    assert_eq!(message_id, "new-1");
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "{time}"
+    );
     shutdown_tx.send(true).unwrap();
     run.await.unwrap().unwrap();
 }

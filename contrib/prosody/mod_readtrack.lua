@@ -814,8 +814,38 @@ module:hook("message/host", function(event)
 	return true;
 end, 100);
 
+-- The seed server ack (10013), the most frequent command: readtrack sends what varies in it and
+-- the stanza is filled in here, not parsed from XML. A session with stream management gets a
+-- stanza object, which smacks counts and queues (its <a h> and resumption depend on it); any
+-- other plain c2s session gets the bytes directly (session.send writes a string as it is, past
+-- the stanzas/out filters, which have nothing to do for it). WebSocket framing and BOSH need a
+-- stanza object too.
+local ack_time_pattern = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d[%.%d]*Z$";
+local function ack(command)
+	local to, id, time = command.attr.to, command.attr["message-id"], command.attr.time;
+	if not (to and id and time and time:match(ack_time_pattern)) then
+		module:log("warn", "readtrack <ack> without to, message-id or an RFC 3339 time");
+		return true;
+	end
+	local node, to_host, resource = jid_split(to);
+	local session = node and resource and to_host == host and full_sessions[to];
+	if not session then
+		module:log("debug", "readtrack ack to absent session %s dropped", to);
+		return true;
+	end
+	local body = '{"time":"' .. time .. '","msgType":"10013"}';
+	if session.smacks or session.websocket_request or session.requests or not session.conn then
+		session.send(st.message({ id = id, type = "crs", from = host, to = to }):text_tag("body", body));
+	else
+		session.send("<message id='" .. xml_escape(id) .. "' type='crs' from='" .. xml_escape(host)
+			.. "' to='" .. xml_escape(to) .. "'><body>" .. xml_escape(body) .. "</body></message>");
+	end
+	return true;
+end
+
 function execute(command)
 	if command.name == "pace" then return pace(command); end
+	if command.name == "ack" then return ack(command); end
 	if command.name == "accepts" then
 		accepts_signal = (" " .. (command.attr.events or "") .. " "):find(" signal ", 1, true) ~= nil;
 		return true;
@@ -889,8 +919,10 @@ local function send_snapshot()
 	told = {}; -- a new connection: readtrack learns every token again
 	local page, tags, bytes = 1, {}, 0;
 	local function flush(last)
+		-- executes='ack': this module runs the compact <ack> command; a readtrack older than it
+		-- ignores the attribute and goes on sending the whole <send>.
 		emit("<snapshot xmlns='" .. xmlns_hook .. "' page='" .. page .. "' last='"
-			.. (last and "true" or "false") .. "'>" .. t_concat(tags) .. "</snapshot>");
+			.. (last and "true" or "false") .. "' executes='ack'>" .. t_concat(tags) .. "</snapshot>");
 		page, tags, bytes = page + 1, {}, 0;
 	end
 	for username, user in pairs(hosts[host].sessions or {}) do
