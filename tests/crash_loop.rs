@@ -306,9 +306,10 @@ impl CrashLoop {
         for r in 0..RECIPIENTS {
             let user = bare(&recipient_name(r));
             loop {
-                let known = run.readtrack.cursors_once_known(&user).map_or(0, |c| {
-                    c["devices"].as_array().map_or(0, Vec::len)
-                });
+                let known = run
+                    .readtrack
+                    .cursors_once_known(&user)
+                    .map_or(0, |c| c["devices"].as_array().map_or(0, Vec::len));
                 if known == DEVICES.len() {
                     break;
                 }
