@@ -300,9 +300,47 @@ pub struct Counters {
     pub sent_not_logged: u64,
 }
 
+/// Encodes into a per-thread scratch buffer and copies the result out once: bincode's own
+/// `encode_to_vec` starts from an empty vector and grows it field by field, which was about a
+/// third of the encoding's instructions for a logged message (callgrind, `profile ingest`).
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        // A serializer that encodes a record inside another would find the buffer borrowed;
+        // that path takes a fresh vector instead of failing.
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            return encode_fresh(value);
+        };
+        buf.clear();
+        bincode::serde::encode_into_writer(
+            value,
+            ScratchWriter(&mut buf),
+            bincode::config::standard(),
+        )
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+        let out = buf.as_slice().to_vec();
+        // A rare huge record must not pin its buffer for the thread's life.
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+        }
+        Ok(out)
+    })
+}
+
+fn encode_fresh<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     bincode::serde::encode_to_vec(value, bincode::config::standard())
         .map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+struct ScratchWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for ScratchWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(
@@ -358,5 +396,31 @@ mod tests {
         assert_eq!((d.acked_upto, d.acked_above.clone()), (5, vec![7]));
         assert!(!d.ack_upto(3), "a cursor never moves backwards");
         assert_eq!(d.acked_upto, 5);
+    }
+
+    #[test]
+    fn the_scratch_encoding_is_byte_for_byte_bincodes_own() {
+        let mut big = device();
+        big.acked_above = (0..40_000).collect();
+        // A huge record first, then small ones: the buffer is reused (or dropped) without
+        // leaking bytes of the earlier record into the later ones.
+        for record in [
+            big,
+            device(),
+            {
+                let mut d = device();
+                d.key = "a longer key than before".into();
+                d.acked_above = vec![u64::MAX, 1, 300];
+                d
+            },
+            device(),
+        ] {
+            let ours = encode(&record).unwrap();
+            let theirs =
+                bincode::serde::encode_to_vec(&record, bincode::config::standard()).unwrap();
+            assert_eq!(ours, theirs);
+            let back: DeviceRecord = decode("test", &ours).unwrap();
+            assert_eq!(back.acked_above, record.acked_above);
+        }
     }
 }
