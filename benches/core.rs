@@ -242,10 +242,13 @@ impl PgScratch {
         let database = format!("readtrack_bench_{}_{name}", std::process::id());
         let mut client = postgres::Client::connect(admin, postgres::NoTls)
             .unwrap_or_else(|e| panic!("READTRACK_BENCH_PG_URL={admin}: {e}"));
+        // Two statements: a batch of several runs as one transaction, which DROP DATABASE and
+        // CREATE DATABASE refuse.
         client
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
-            ))
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
+            .unwrap();
+        client
+            .batch_execute(&format!("CREATE DATABASE {database}"))
             .unwrap();
         PgScratch {
             admin: admin.to_string(),
