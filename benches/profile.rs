@@ -96,6 +96,8 @@ fn main() {
     config.dialect = readtrack::engine::Dialect::Seed;
     if what == "replay" {
         config.policy = ReceiptPolicy::None;
+        // The whole replay at one login (paced, it comes a window at a time).
+        config.replay_window_bytes = 0;
     }
     let mut engine = Engine::new(store, config).unwrap();
     let phone = jid("bob@example.com/phone");
