@@ -26,7 +26,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use super::pending::{Bounds, Pending, Writes, T, TREES, TREE_NAMES};
+use super::pending::{Bounds, Pending, Writes, T, TREE_NAMES};
 use super::{Store, StoreError, SCHEMA_VERSION};
 
 const MAGIC: &[u8] = b"readtrack-export\n";
@@ -122,20 +122,6 @@ impl Summary {
     }
 }
 
-/// Every tree, in the order of [`TREE_NAMES`] (the array's length makes a new tree a compile
-/// error here until it is listed).
-const ALL_TREES: [T; TREES] = [
-    T::Meta,
-    T::JidUserid,
-    T::UseridUser,
-    T::UserseqMessage,
-    T::UserblockIndex,
-    T::UserdeviceCursor,
-    T::UserdeviceseqDelivery,
-    T::DeadlineUserseq,
-    T::UserpeerConversation,
-];
-
 /// An import commits after this many records or bytes, whichever comes first: memory stays
 /// flat however large the store, and no transaction grows without bound.
 const COMMIT_RECORDS: usize = 10_000;
@@ -176,7 +162,7 @@ pub fn export(store: &Store, to: &Path, mut progress: impl FnMut(Progress)) -> R
 fn write_export(store: &Store, to: &Path, progress: &mut impl FnMut(Progress)) -> Result<Summary> {
     let mut out = DumpWriter::create(to, SCHEMA_VERSION)?;
     let mut summary = Summary::default();
-    for tree in ALL_TREES {
+    for tree in T::ALL {
         let name = tree_name(tree);
         for row in store.backend.range(tree, everything(), false) {
             let (key, value) = row?;
@@ -295,7 +281,7 @@ pub fn check(from: &Path, progress: &mut impl FnMut(Progress)) -> Result<Summary
 }
 
 fn tree_named(path: &Path, name: &str) -> Result<T> {
-    ALL_TREES
+    T::ALL
         .into_iter()
         .find(|t| tree_name(*t) == name)
         .ok_or_else(|| TransferError::Damaged {
@@ -307,7 +293,7 @@ fn tree_named(path: &Path, name: &str) -> Result<T> {
 /// A store is empty when no tree but `meta` has a record: `meta` holds what opening a store
 /// writes (its schema version), and counters.
 fn ensure_empty(store: &Store) -> Result<()> {
-    for tree in ALL_TREES.into_iter().filter(|t| *t != T::Meta) {
+    for tree in T::ALL.into_iter().filter(|t| *t != T::Meta) {
         if let Some(row) = store.backend.range(tree, everything(), false).next() {
             row?;
             return Err(TransferError::NotEmpty {
@@ -327,7 +313,7 @@ fn compare(
     progress: &mut impl FnMut(Progress),
 ) -> Result<Summary> {
     let mut summary = Summary::default();
-    for tree in ALL_TREES {
+    for tree in T::ALL {
         let name = tree_name(tree);
         for row in store.backend.range(tree, everything(), false) {
             let (key, value) = row?;
