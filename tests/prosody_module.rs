@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::xmltree::{normalised, tree};
 use common::*;
 use readtrack::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo};
 use readtrack::jid::Jid;
@@ -1093,4 +1094,131 @@ async fn accounts_are_told_once_per_connection() {
             token: tokens[0].clone(),
         }
     );
+}
+
+/// The `<message>` inside every hook fixture that carries one, as a client would send it to
+/// `to` with `id` (its own addressing dropped), with a store hint so every one is archived.
+fn fixture_messages_to(to: &str) -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hooks");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for path in names {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let Some(inner_at) = text.find("<forwarded") else {
+            continue;
+        };
+        let inner = &text[inner_at..];
+        let start = inner.find("<message").unwrap();
+        let tag_end = start + inner[start..].find('>').unwrap();
+        let end = inner[..inner.find("</forwarded>").unwrap()]
+            .rfind("</message>")
+            .unwrap();
+        // An error (the bounce) is not logged: not a message a client sends.
+        if inner[start..tag_end].contains("type=\"error\"") {
+            continue;
+        }
+        let content = &inner[tag_end + 1..end];
+        let id = format!("agree-{}", path.file_stem().unwrap().to_string_lossy());
+        out.push((
+            id.clone(),
+            format!(
+                "<message id='{id}' type='chat' to='{to}'>{content}<store xmlns='urn:xmpp:hints'/></message>"
+            ),
+        ));
+    }
+    assert!(
+        out.len() >= 5,
+        "only {} fixtures carry a message",
+        out.len()
+    );
+    out
+}
+
+/// Issue 17 item 1: a message the server wrote to a session is reported from the bytes it
+/// wrote (bob's copy, jabber:client put on its start tag), not serialised again; one no session
+/// got is serialised once. readtrack reads both alike: for every message in the hook fixtures,
+/// sent once to bob online and once to bob offline (mod_mam loaded: the written copy is its
+/// clone with its <stanza-id>), the typed message is the same (but for that stanza-id, which
+/// the stored form drops) and so is the stored form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_message_is_reported_from_the_bytes_written_and_reads_as_one_serialised_once() {
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["mam".into()],
+        ..ProsodyOpts::default()
+    });
+    p.register("alice", "pw");
+    p.register("bob", "pw");
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    let messages = fixture_messages_to("bob@localhost");
+
+    let mut live = Vec::new();
+    for (id, xml) in &messages {
+        alice.send_raw(xml).await;
+        let event = next_event(&mut comp, id, routed_for(id)).await;
+        let got = bob
+            .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some(id.as_str()))
+            .await;
+        let HookEvent::Routed {
+            sessions, message, ..
+        } = event
+        else {
+            unreachable!()
+        };
+        assert_eq!(sessions, vec![jid("bob@localhost/phone")], "{id}");
+        // The very bytes bob read: nothing was serialised for the event.
+        assert_eq!(
+            message.original.text(),
+            format!("<message xmlns='jabber:client'{}", &got["<message".len()..]),
+            "{id}"
+        );
+        assert!(got.contains("by='bob@localhost'"), "no archive id: {got}");
+        live.push(message);
+    }
+
+    bob.close().await;
+    next_event(&mut comp, "unavailable bob", |e| {
+        matches!(e, HookEvent::Unavailable { .. })
+    })
+    .await;
+    for ((id, xml), live) in messages.iter().zip(live) {
+        alice.send_raw(xml).await;
+        let HookEvent::Routed {
+            sessions, message, ..
+        } = next_event(&mut comp, id, routed_for(id)).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(sessions, Vec::<Jid>::new(), "{id}");
+        let offline = message;
+        // Serialised from the message as routing got it, before mod_mam's copy.
+        assert!(
+            !offline.original.text().contains("by='bob@localhost'"),
+            "{}",
+            offline.original.text()
+        );
+        let mut typed = live.parsed.clone().unwrap_or_else(|e| panic!("{id}: {e}"));
+        typed.stanza_ids.retain(|s| s.by != "bob@localhost");
+        assert_eq!(Ok(typed), offline.parsed, "{id}");
+        // The same stored form, attribute order aside: mod_mam's copy is a new Lua table,
+        // which lists the attributes in an order of its own (XML gives order no meaning).
+        let live_stored = live.original.stored_form("bob@localhost", false).unwrap();
+        let offline_stored = offline
+            .original
+            .stored_form("bob@localhost", false)
+            .unwrap();
+        assert_eq!(live_stored.class, offline_stored.class, "{id}");
+        assert_eq!(
+            normalised(tree(&live_stored.text)),
+            normalised(tree(&offline_stored.text)),
+            "{id}:\n{}\n{}",
+            live_stored.text,
+            offline_stored.text
+        );
+    }
 }

@@ -181,8 +181,8 @@ local function xml_attr(name, value)
 end
 
 -- <forwarded> text for a stanza. XEP-0297 requires the inner stanza to name its namespace.
--- Serialising it now is the snapshot: later changes by Prosody (to_self, stanza-id, delay...)
--- must not show, and text cannot change. The stanza itself is left as it was.
+-- The text is the snapshot: later changes by Prosody (stanza-id, delay...) cannot show in it.
+-- The stanza itself is left as it was.
 local function forwarded(stanza, to)
 	local attr = stanza.attr;
 	local xmlns, old_to = attr.xmlns, attr.to;
@@ -192,6 +192,14 @@ local function forwarded(stanza, to)
 	attr.xmlns, attr.to = xmlns, old_to;
 	if not ok then error(xml); end
 	return "<forwarded xmlns='" .. xmlns_forward .. "'>" .. xml .. "</forwarded>";
+end
+
+-- The same from the bytes a c2s session was written: Prosody serialises a c2s stanza without
+-- its namespace, which the <message> gets here (its children inherit it, as they did on the
+-- client's stream), with the `to` routing went by where the message had none (to_self).
+local function forwarded_bytes(bytes, written_to, to)
+	return t_concat({ "<forwarded xmlns='", xmlns_forward, "'><message xmlns='", xmlns_client, "'",
+		written_to == nil and xml_attr("to", to) or "", bytes:sub(9), "</forwarded>" });
 end
 
 -- What Prosody's mod_mam would archive (its should_store rule, as of 0.12 and 13), for
@@ -416,8 +424,41 @@ local function record_write(stanza, session)
 	return stanza;
 end
 
+-- The bytes of a tracked message as Prosody writes them to a session (issue 17): the event
+-- forwards them instead of serialising the message again. Prosody's session.send (core/
+-- sessionmanager.lua, 0.12 and 13) runs the stanzas/out filters, then at once
+-- filter("bytes/out", tostring(stanza)): the last stanzas/out filter notes the stanza, the first
+-- bytes/out filter takes its serialisation. Only the tracked object itself, as Prosody's c2s
+-- stream has it (no namespace), counts: a filter that returns a copy (mod_websocket's, which
+-- adds jabber:client) or swallows it (mod_smacks while hibernating) leaves the event to
+-- serialise the message itself, once.
+-- The stanza and session noted, until the next bytes/out of that session (or the end of the
+-- routing): a send that never reaches bytes/out leaves nothing behind for another write.
+local writing, writing_session;
+
+local function note_written_stanza(stanza, session)
+	local record = in_flight[stanza];
+	if record and not record.bytes and stanza.attr.xmlns == nil then
+		writing, writing_session = stanza, session;
+	end
+	return stanza;
+end
+
+local function take_written_bytes(data, session)
+	if writing and writing_session == session then
+		local record = in_flight[writing];
+		if record and not record.bytes and type(data) == "string" and data:sub(1, 9) == "<message " then
+			record.bytes, record.bytes_to = data, writing.attr.to;
+		end
+		writing, writing_session = nil, nil;
+	end
+	return data;
+end
+
 local function watch_session(session)
 	filters.add_filter(session, "stanzas/out", record_write, 1000);
+	filters.add_filter(session, "stanzas/out", note_written_stanza, -math.huge);
+	filters.add_filter(session, "bytes/out", take_written_bytes, math.huge);
 end
 
 module:hook("resource-bind", function(event) watch_session(event.session); end);
@@ -433,6 +474,8 @@ function module.unload()
 	for _, user in pairs(hosts[host].sessions or {}) do
 		for _, session in pairs(user.sessions or {}) do
 			filters.remove_filter(session, "stanzas/out", record_write);
+			filters.remove_filter(session, "stanzas/out", note_written_stanza);
+			filters.remove_filter(session, "bytes/out", take_written_bytes);
 		end
 	end
 end
@@ -486,7 +529,6 @@ local function track_routing(handlers, event_name, event_data)
 	local to = stanza.attr.to and jid_bare(stanza.attr.to)
 		or (origin.username and origin.username .. "@" .. origin.host);
 	if not to then return handlers(event_name, event_data); end
-	local original = forwarded(stanza, to);
 	local record = { to = to, id = stanza.attr.id, written = {}, carbons = {} };
 	event_data.readtrack = record;
 	in_flight[stanza] = record;
@@ -496,6 +538,7 @@ local function track_routing(handlers, event_name, event_data)
 	routing = outer;
 	in_flight[stanza] = nil;
 	in_flight[event_data.stanza] = nil;
+	writing, writing_session = nil, nil;
 	if not ok then error(ret, 0); end
 
 	-- Only what the server delivered or stored is reported: a message a policy module
@@ -515,6 +558,11 @@ local function track_routing(handlers, event_name, event_data)
 	event_data.readtrack_sent = nil;
 	local carbons = jid_tags("carbon", record.carbons);
 	if sent_record then carbons = carbons .. jid_tags("carbon", sent_record.carbons); end
+	-- The message as a session got it where one did; serialised here only where none did
+	-- (offline, hibernating, a copy written), from the object routing started with: handlers
+	-- that change a message (mod_mam's <stanza-id>) change a copy, which is what was written.
+	local original = record.bytes and forwarded_bytes(record.bytes, record.bytes_to, to)
+		or forwarded(stanza, to);
 	emit(t_concat({ "<routed xmlns='", xmlns_hook, "'", xml_attr("to", to),
 		xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">",
 		jid_tags("session", record.written), carbons, original, "</routed>" }));
