@@ -46,6 +46,9 @@ pub struct SnapshotPage {
     /// The module executes the compact [`HookCommand::Ack`] (the page's `executes` names
     /// `ack`). A module older than it says nothing and gets the whole `<send>` form.
     pub executes_ack: bool,
+    /// The module executes the compact [`HookCommand::Bounce`] (`executes` names `bounce`);
+    /// otherwise a bounce goes as the whole `<send>`.
+    pub executes_bounce: bool,
 }
 
 impl SnapshotPage {
@@ -53,6 +56,7 @@ impl SnapshotPage {
         number: 1,
         last: true,
         executes_ack: false,
+        executes_bounce: false,
     };
 }
 
@@ -147,6 +151,16 @@ pub enum HookCommand {
     Ack {
         to: Jid,
         message_id: String,
+        time: String,
+    },
+    /// The seed delay bounce (501) from the host to the session `to`, compact as
+    /// [`HookCommand::Ack`]: the module fills a template with the bounced message's id, its
+    /// body (none: the bounce has no `<body>`) and the RFC 3339 `time` of `<delay current>`.
+    /// Sent only once the module said it executes it ([`SnapshotPage::executes_bounce`]).
+    Bounce {
+        to: Jid,
+        message_id: String,
+        body: Option<String>,
         time: String,
     },
 }
@@ -449,6 +463,27 @@ impl<'i> Walker<'i> {
         Ok((sessions, carbons, message))
     }
 
+    /// The text of the first `<body>` (hook namespace) inside `element`, which is read to its
+    /// end; `None` without one.
+    fn hook_body(&mut self, element: &Child<'i>) -> Result<Option<String>, HookError> {
+        let mut body = None;
+        if element.empty {
+            return Ok(body);
+        }
+        while let Some(c) = self.next_child()? {
+            if body.is_none() && c.ns_hook && c.start.local_name().as_ref() == "body" {
+                let text = parse::read_text(&mut self.events, c.empty).map_err(broken_xml)?;
+                body = Some(text.into_owned());
+                if !c.empty {
+                    self.depth -= 1; // its end tag was read by read_text
+                }
+            } else {
+                self.finish(&c)?;
+            }
+        }
+        Ok(body)
+    }
+
     /// The text of a forwarded message, as it is (commands carry readtrack's own output).
     fn message_text(&mut self, child: &Child<'i>) -> Result<String, HookError> {
         Ok(self.finish(child)?.to_string())
@@ -552,13 +587,14 @@ impl HookEvent {
                         )))
                     }
                 };
-                let executes_ack = attr(&el.start, "executes")?
-                    .is_some_and(|list| list.split_ascii_whitespace().any(|c| c == "ack"));
+                let executes = attr(&el.start, "executes")?.unwrap_or_default();
+                let executes = |command| executes.split_ascii_whitespace().any(|c| c == command);
                 HookEvent::Snapshot {
                     page: SnapshotPage {
                         number,
                         last,
-                        executes_ack,
+                        executes_ack: executes("ack"),
+                        executes_bounce: executes("bounce"),
                     },
                     sessions: w.hook_content(&el, Walker::message_text)?.0,
                 }
@@ -652,8 +688,13 @@ impl HookEvent {
                 } else {
                     format!(" page=\"{}\" last=\"{}\"", page.number, page.last)
                 };
-                if page.executes_ack {
-                    attrs.push_str(" executes=\"ack\"");
+                let executes: Vec<&str> =
+                    [(page.executes_ack, "ack"), (page.executes_bounce, "bounce")]
+                        .into_iter()
+                        .filter_map(|(yes, command)| yes.then_some(command))
+                        .collect();
+                if !executes.is_empty() {
+                    attrs.push_str(&format!(" executes=\"{}\"", executes.join(" ")));
                 }
                 let page = attrs;
                 format!("<snapshot xmlns=\"{NS_HOOK}\"{page}>{sessions}</snapshot>")
@@ -732,6 +773,31 @@ impl HookCommand {
                 escape(message_id.as_str()),
                 escape(time.as_str())
             ),
+            HookCommand::Bounce {
+                to,
+                message_id,
+                body,
+                time,
+            } => {
+                let open = format!(
+                    "<bounce xmlns=\"{NS_HOOK}\" to=\"{}\" message-id=\"{}\" time=\"{}\"{id}",
+                    escape(to.to_string()),
+                    escape(message_id.as_str()),
+                    escape(time.as_str())
+                );
+                match body {
+                    // Text content, not an attribute: a body's line ends would not survive
+                    // attribute-value normalisation.
+                    Some(body) => {
+                        let mut out = open;
+                        out.push_str("><body>");
+                        crate::stanza::write::push_text(&mut out, body);
+                        out.push_str("</body></bounce>");
+                        out
+                    }
+                    None => format!("{open}/>"),
+                }
+            }
         }
     }
 
@@ -811,6 +877,12 @@ impl HookCommand {
                 w.finish(el)?;
                 command
             }
+            "bounce" => HookCommand::Bounce {
+                to: full_jid_attr(&el.start, "to")?,
+                message_id: required(&el.start, "message-id")?,
+                time: required(&el.start, "time")?,
+                body: w.hook_body(el)?,
+            },
             _ => return Err(HookError::UnknownCommand(name)),
         };
         Ok(command)
@@ -1079,6 +1151,7 @@ mod tests {
                     number: 2,
                     last: false,
                     executes_ack: true,
+                    executes_bounce: true,
                 },
                 sessions: vec![SessionInfo {
                     jid: jid("carol@localhost/tablet"),
@@ -1202,6 +1275,7 @@ mod tests {
                     number: 7,
                     last: false,
                     executes_ack: true,
+                    executes_bounce: true,
                 },
                 sessions: vec![],
             },
@@ -1210,6 +1284,7 @@ mod tests {
                     number: 8,
                     last: true,
                     executes_ack: false,
+                    executes_bounce: false,
                 },
                 sessions: vec![],
             },
@@ -1311,7 +1386,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 18, "fixtures in {dir}");
+        assert_eq!(names.len(), 19, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);
@@ -1510,6 +1585,58 @@ mod tests {
             panic!("not a snapshot");
         };
         assert!(page.executes_ack);
+        assert!(!page.executes_bounce, "{new}");
+        let newer = old.replace("last='true'", "last='true' executes='ack bounce'");
+        let HookEvent::Snapshot { page, .. } = HookEvent::parse(&newer, HOST).unwrap() else {
+            panic!("not a snapshot");
+        };
+        assert!(page.executes_ack && page.executes_bounce);
+        assert!(
+            HookEvent::Snapshot {
+                page,
+                sessions: vec![]
+            }
+            .to_xml(HOST, COMP)
+            .contains(" executes=\"ack bounce\""),
+            "the snapshot does not say both"
+        );
+    }
+
+    #[test]
+    fn a_compact_bounce_reads_back_as_written_with_or_without_a_body() {
+        let bounce = HookCommand::parse(&fixture("bounce"), COMP).unwrap();
+        assert_eq!(
+            bounce,
+            HookCommand::Bounce {
+                to: jid("alice@localhost/Spark 2.6.3"),
+                message_id: "V4NkR-38".into(),
+                body: Some(
+                    r#"{"time":"2013-11-20T06:41:36.102Z","cnt":"hello","msgTypec":"10000","mtype":"0"}"#
+                        .into()
+                ),
+                time: "2013-11-20T07:05:44.445Z".into(),
+            }
+        );
+        for body in [None, Some(""), Some("a < b & c\r\n\t'\"")] {
+            let command = HookCommand::Bounce {
+                to: jid("alice@localhost/a'b<c"),
+                message_id: "x\"&y".into(),
+                body: body.map(String::from),
+                time: "2013-11-20T07:05:44.445Z".into(),
+            };
+            let xml = command.to_xml_with_id(COMP, HOST, Some("bounce-2-9"));
+            assert_eq!(HookCommand::parse(&xml, COMP).unwrap(), command, "{xml}");
+            assert_eq!(xml.contains("<body>"), body.is_some(), "{xml}");
+        }
+        assert_eq!(
+            HookCommand::parse(
+                "<message from='readtrack.localhost' to='localhost'><bounce xmlns='urn:readtrack:hook:0' to='alice@localhost/p' message-id='m'/></message>",
+                COMP
+            )
+            .unwrap_err()
+            .to_string(),
+            "<bounce> has no time attribute"
+        );
     }
 
     fn event_err(xml: &str) -> String {

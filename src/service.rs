@@ -268,6 +268,8 @@ pub struct Service {
     /// The module on this connection executes compact `<ack>` commands (it said so in its
     /// snapshot); until then each 10013 ack goes as a whole `<send>`, which every module runs.
     module_acks: bool,
+    /// The same for compact `<bounce>` commands (`executes="... bounce"`).
+    module_bounces: bool,
     snapshot: SnapshotPages,
     /// Whether to measure [`Timings`]: off, the loop does not read the clock for them.
     timed: bool,
@@ -310,6 +312,7 @@ impl Service {
             connected: false,
             announce: false,
             module_acks: false,
+            module_bounces: false,
             snapshot: SnapshotPages::default(),
             timed: false,
             ack_arrivals: VecDeque::new(),
@@ -411,6 +414,7 @@ impl Service {
                 self.connected = true;
                 self.announce = true;
                 self.module_acks = false;
+                self.module_bounces = false;
                 self.snapshot = SnapshotPages::default();
                 self.stats.connected.store(true, Ordering::Relaxed);
                 tracing::info!(component = %self.component, "connected to the server; waiting for its session snapshot")
@@ -432,6 +436,7 @@ impl Service {
                     }
                     Some(FromServer::SnapshotPage { page, sessions }) => {
                         self.module_acks |= page.executes_ack;
+                        self.module_bounces |= page.executes_bounce;
                         match self.snapshot.add(page, sessions) {
                             Ok(Some(sessions)) => Input::Snapshot { sessions },
                             Ok(None) => return Ok(()),
@@ -555,6 +560,32 @@ impl Service {
                     },
                     confirm,
                 ),
+                // The compact form names a session of the host; anything else is routed whole.
+                Output::SendAsHost {
+                    stanza:
+                        Outgoing::Bounce {
+                            from,
+                            to,
+                            id,
+                            body,
+                            time,
+                        },
+                    confirm,
+                } if self.module_bounces
+                    && from == self.host
+                    && to.is_full()
+                    && to.domain() == self.host =>
+                {
+                    (
+                        HookCommand::Bounce {
+                            to,
+                            message_id: id,
+                            body,
+                            time: time.rfc3339(),
+                        },
+                        confirm,
+                    )
+                }
                 Output::SendAsHost { stanza, confirm } => (
                     HookCommand::SendAsHost {
                         stanza_xml: write::client_outgoing(&stanza),
@@ -624,6 +655,7 @@ mod tests {
             number,
             last,
             executes_ack: false,
+            executes_bounce: false,
         }
     }
 

@@ -1222,3 +1222,150 @@ async fn a_delivered_message_is_reported_from_the_bytes_written_and_reads_as_one
         );
     }
 }
+
+/// The delay bounce (501) to `to` as readtrack writes it: the whole `<send>` and the compact
+/// `<bounce>`, both with `command_id`.
+fn bounce_commands(
+    to: &str,
+    message_id: &str,
+    body: Option<&str>,
+    command_id: &str,
+) -> [String; 2] {
+    let time = readtrack::time::Millis::parse_rfc3339("2013-11-20T07:05:44.445Z").unwrap();
+    let whole = HookCommand::SendAsHost {
+        stanza_xml: readtrack::stanza::write::client_outgoing(
+            &readtrack::stanza::Outgoing::Bounce {
+                from: DOMAIN.into(),
+                to: jid(to),
+                id: message_id.into(),
+                body: body.map(String::from),
+                time,
+            },
+        ),
+    };
+    let compact = HookCommand::Bounce {
+        to: jid(to),
+        message_id: message_id.into(),
+        body: body.map(String::from),
+        time: time.rfc3339(),
+    };
+    [whole, compact].map(|c| c.to_xml_with_id(COMPONENT, DOMAIN, Some(command_id)))
+}
+
+/// Issue 17 item 2: the compact bounce is filled into a template, and the sender reads the
+/// same stanza as from the whole `<send>` (as XML: attribute order aside), with a body that
+/// needs escaping or none at all; its id is confirmed and executed once; nothing goes to a
+/// session that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_bounce_reaches_the_sender_as_the_whole_send_did() {
+    let p = server(&["alice"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    for (n, body) in [Some("{\"cnt\":\"a < b & 'c'\"}"), None, Some("")]
+        .into_iter()
+        .enumerate()
+    {
+        let message_id = format!("b{n}'<&");
+        let [whole, compact] =
+            bounce_commands("alice@localhost/phone", &message_id, body, &format!("k{n}"));
+        let mut got = Vec::new();
+        for command in [
+            whole,
+            compact.replace(&format!("id=\"k{n}\""), &format!("id=\"c{n}\"")),
+        ] {
+            comp.send_raw(&command).await;
+            got.push(
+                alice
+                    .expect_message(WAIT, |m| attr(m, "type").as_deref() == Some("error"))
+                    .await,
+            );
+        }
+        assert_eq!(
+            normalised(tree(&got[1])),
+            normalised(tree(&got[0])),
+            "{}\n{}",
+            got[1],
+            got[0]
+        );
+        assert_eq!(attr(&got[1], "id").as_deref(), Some(message_id.as_str()));
+        assert_eq!(got[1].contains("<body"), body.is_some(), "{}", got[1]);
+        for id in [format!("k{n}"), format!("c{n}")] {
+            next_event(
+                &mut comp,
+                "done",
+                |e| matches!(e, HookEvent::Done { id: d } if *d == id),
+            )
+            .await;
+        }
+    }
+    let [_, compact] = bounce_commands("alice@localhost/phone", "V4NkR-38", Some("hello"), "c9");
+    assert_eq!(
+        {
+            comp.send_raw(&compact).await;
+            alice
+                .expect_message(WAIT, |m| attr(m, "type").as_deref() == Some("error"))
+                .await
+        },
+        "<message id='V4NkR-38' type='error' from='localhost' to='alice@localhost/phone'><body>hello</body>\
+         <delay xmlns='urn:xmpp:delay' current='2013-11-20T07:05:44.445Z'>501</delay></message>"
+    );
+    // Executed once per id: sent again, it is confirmed again and not written again.
+    comp.send_raw(&compact).await;
+    next_event(
+        &mut comp,
+        "done c9",
+        |e| matches!(e, HookEvent::Done { id } if id == "c9"),
+    )
+    .await;
+    next_event(
+        &mut comp,
+        "done c9 again",
+        |e| matches!(e, HookEvent::Done { id } if id == "c9"),
+    )
+    .await;
+    let [_, gone] = bounce_commands("alice@localhost/laptop", "gone", Some("x"), "g1");
+    comp.send_raw(&gone).await;
+    alice.sync().await;
+    assert_eq!(alice.messages_within(QUIET).await, Vec::<String>::new());
+    assert!(
+        p.log()
+            .contains("readtrack bounce to absent session alice@localhost/laptop dropped"),
+        "{}",
+        p.log()
+    );
+}
+
+/// With stream management on, the compact bounce is a stanza smacks counts, as the ack is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_bounce_to_a_session_with_stream_management_is_counted_in_its_queue() {
+    let p = Prosody::start(ProsodyOpts {
+        smacks: true,
+        ..ProsodyOpts::default()
+    });
+    p.register("alice", "pw");
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    alice.sync().await;
+    alice.send_raw("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    alice
+        .conn
+        .expect("<enabled>", WAIT, |s| name(s) == "enabled")
+        .await;
+
+    let [_, compact] = bounce_commands("alice@localhost/phone", "sm-1", Some("hi"), "s1");
+    comp.send_raw(&compact).await;
+    let got = alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("sm-1"))
+        .await;
+    assert!(got.contains(">501</delay>"), "{got}");
+    alice.send_raw("<a xmlns='urn:xmpp:sm:3' h='1'/>").await;
+    alice.sync().await;
+    alice.send_raw("<a xmlns='urn:xmpp:sm:3' h='3'/>").await;
+    let error = alice
+        .conn
+        .expect("<stream:error>", WAIT, |s| {
+            s.contains("acknowledged more stanzas")
+        })
+        .await;
+    assert!(error.contains("undefined-condition"), "{error}");
+}

@@ -891,9 +891,38 @@ local function ack(command)
 	return true;
 end
 
+-- The seed delay bounce (501), compact as the ack: readtrack sends the bounced message's id, its
+-- body (as text: no stanza of it is built) and the time of <delay current>; the bounce is what
+-- the whole <send> gave, filled in here. Stream management and the rest as for ack().
+local function bounce(command)
+	local to, id, time = command.attr.to, command.attr["message-id"], command.attr.time;
+	if not (to and id and time and time:match(ack_time_pattern)) then
+		module:log("warn", "readtrack <bounce> without to, message-id or an RFC 3339 time");
+		return true;
+	end
+	local node, to_host, resource = jid_split(to);
+	local session = node and resource and to_host == host and full_sessions[to];
+	if not session then
+		module:log("debug", "readtrack bounce to absent session %s dropped", to);
+		return true;
+	end
+	local body = command:get_child_text("body", xmlns_hook);
+	if session.smacks or session.websocket_request or session.requests or not session.conn then
+		local stanza = st.message({ id = id, type = "error", from = host, to = to });
+		if body then stanza:text_tag("body", body); end
+		session.send(stanza:text_tag("delay", "501", { xmlns = "urn:xmpp:delay", current = time }));
+	else
+		session.send(t_concat({ "<message id='", xml_escape(id), "' type='error' from='", xml_escape(host),
+			"' to='", xml_escape(to), "'>", body and "<body>" .. xml_escape(body) .. "</body>" or "",
+			"<delay xmlns='urn:xmpp:delay' current='", time, "'>501</delay></message>" }));
+	end
+	return true;
+end
+
 function execute(command)
 	if command.name == "pace" then return pace(command); end
 	if command.name == "ack" then return ack(command); end
+	if command.name == "bounce" then return bounce(command); end
 	if command.name == "accepts" then
 		accepts_signal = (" " .. (command.attr.events or "") .. " "):find(" signal ", 1, true) ~= nil;
 		return true;
@@ -967,10 +996,10 @@ local function send_snapshot()
 	told = {}; -- a new connection: readtrack learns every token again
 	local page, tags, bytes = 1, {}, 0;
 	local function flush(last)
-		-- executes='ack': this module runs the compact <ack> command; a readtrack older than it
-		-- ignores the attribute and goes on sending the whole <send>.
+		-- executes: the compact commands this module runs; a readtrack older than one of them
+		-- ignores the attribute (or the word) and goes on sending the whole <send>.
 		emit("<snapshot xmlns='" .. xmlns_hook .. "' page='" .. page .. "' last='"
-			.. (last and "true" or "false") .. "' executes='ack'>" .. t_concat(tags) .. "</snapshot>");
+			.. (last and "true" or "false") .. "' executes='ack bounce'>" .. t_concat(tags) .. "</snapshot>");
 		page, tags, bytes = page + 1, {}, 0;
 	end
 	for username, user in pairs(hosts[host].sessions or {}) do

@@ -59,7 +59,7 @@ fn flagged_in_attr(b: u8) -> bool {
 /// Escapes character data. `\r` becomes a reference because a literal one would be turned into
 /// `\n` by the receiver's line-end normalisation. Characters XML cannot carry at all (most C0
 /// controls) become U+FFFD so the output is always well-formed.
-fn push_text(out: &mut String, text: &str) {
+pub(crate) fn push_text(out: &mut String, text: &str) {
     push_escaped(out, text, flagged_in_text, |c| match c {
         '<' => Some("&lt;"),
         '>' => Some("&gt;"),
