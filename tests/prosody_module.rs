@@ -1261,7 +1261,7 @@ async fn a_compact_bounce_reaches_the_sender_as_the_whole_send_did() {
     let p = server(&["alice"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
-    for (n, body) in [Some("{\"cnt\":\"a < b & 'c'\"}"), None, Some("")]
+    for (n, body) in [Some("{\"cnt\":\"a < b & 'c'\"}\n\tline"), None, Some("")]
         .into_iter()
         .enumerate()
     {

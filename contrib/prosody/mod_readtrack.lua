@@ -892,8 +892,9 @@ local function ack(command)
 end
 
 -- The seed delay bounce (501), compact as the ack: readtrack sends the bounced message's id, its
--- body (as text: no stanza of it is built) and the time of <delay current>; the bounce is what
--- the whole <send> gave, filled in here. Stream management and the rest as for ack().
+-- body (an attribute: the parser hands it over as one string, where text would come in a piece
+-- per escaped character) and the time of <delay current>; the bounce is what the whole <send>
+-- gave, filled in here. Stream management and the rest as for ack().
 local function bounce(command)
 	local to, id, time = command.attr.to, command.attr["message-id"], command.attr.time;
 	if not (to and id and time and time:match(ack_time_pattern)) then
@@ -906,7 +907,7 @@ local function bounce(command)
 		module:log("debug", "readtrack bounce to absent session %s dropped", to);
 		return true;
 	end
-	local body = command:get_child_text("body", xmlns_hook);
+	local body = command.attr.body;
 	if session.smacks or session.websocket_request or session.requests or not session.conn then
 		local stanza = st.message({ id = id, type = "error", from = host, to = to });
 		if body then stanza:text_tag("body", body); end

@@ -447,10 +447,7 @@ pub(super) fn append<'i>(text: &mut Cow<'i, str>, piece: Cow<'i, str>) {
 /// The character data directly inside an element whose start tag was just read (`empty` for
 /// `<x/>`): text, CDATA and references resolved, line ends normalised; text of nested elements
 /// is not included. Borrowed from the stanza when it is one piece needing no decoding.
-pub(crate) fn read_text<'i>(
-    events: &mut Events<'i>,
-    empty: bool,
-) -> Result<Cow<'i, str>, ParseError> {
+fn read_text<'i>(events: &mut Events<'i>, empty: bool) -> Result<Cow<'i, str>, ParseError> {
     let mut text = Cow::Borrowed("");
     if empty {
         return Ok(text);

@@ -59,7 +59,7 @@ fn flagged_in_attr(b: u8) -> bool {
 /// Escapes character data. `\r` becomes a reference because a literal one would be turned into
 /// `\n` by the receiver's line-end normalisation. Characters XML cannot carry at all (most C0
 /// controls) become U+FFFD so the output is always well-formed.
-pub(crate) fn push_text(out: &mut String, text: &str) {
+fn push_text(out: &mut String, text: &str) {
     push_escaped(out, text, flagged_in_text, |c| match c {
         '<' => Some("&lt;"),
         '>' => Some("&gt;"),
@@ -72,7 +72,7 @@ pub(crate) fn push_text(out: &mut String, text: &str) {
 
 /// Escapes an attribute value for double quotes. Tab and line ends become references because
 /// attribute-value normalisation would turn literal ones into spaces.
-pub(super) fn push_attr_value(out: &mut String, value: &str) {
+pub(crate) fn push_attr_value(out: &mut String, value: &str) {
     push_escaped(out, value, flagged_in_attr, |c| match c {
         '<' => Some("&lt;"),
         '>' => Some("&gt;"),
