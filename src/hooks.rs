@@ -108,6 +108,10 @@ pub enum HookEvent {
     /// The module executed the command that carried this `id` (or had already: it executes one
     /// id once).
     Done { id: String },
+    /// The same for several commands at once: the ids of one command message (the wire's
+    /// `<done ids>`, space-separated), sent only once readtrack accepts `done-list`
+    /// ([`HookCommand::Accepts`]).
+    DoneList { ids: Vec<String> },
     /// Answer to [`HookCommand::Pace`]: everything written to session `jid` up to that command
     /// has left the server's send buffer for the connection (issue 14: replay flow control).
     Drained { jid: Jid, token: u64 },
@@ -586,11 +590,17 @@ impl HookEvent {
             "user-deleted" => HookEvent::UserDeleted {
                 user: bare_jid_attr(&el.start, "jid")?,
             },
-            "done" => HookEvent::Done {
-                id: attr(&el.start, "id")?.ok_or(HookError::MissingAttribute {
-                    element: name.clone(),
-                    attr: "id",
-                })?,
+            "done" => match (attr(&el.start, "id")?, attr(&el.start, "ids")?) {
+                (Some(id), _) => HookEvent::Done { id },
+                (None, Some(ids)) if !ids.trim().is_empty() => HookEvent::DoneList {
+                    ids: ids.split_ascii_whitespace().map(String::from).collect(),
+                },
+                _ => {
+                    return Err(HookError::MissingAttribute {
+                        element: name.clone(),
+                        attr: "id",
+                    })
+                }
             },
             "drained" => HookEvent::Drained {
                 jid: full_jid_attr(&el.start, "jid")?,
@@ -681,6 +691,12 @@ impl HookEvent {
             }
             HookEvent::Done { id } => {
                 format!("<done xmlns=\"{NS_HOOK}\" id=\"{}\"/>", escape(id.as_str()))
+            }
+            HookEvent::DoneList { ids } => {
+                format!(
+                    "<done xmlns=\"{NS_HOOK}\" ids=\"{}\"/>",
+                    escape(ids.join(" "))
+                )
             }
             HookEvent::Signal { message } => signal_xml(message),
             HookEvent::Account { user, token } => format!(
@@ -1345,6 +1361,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "<done> has no id attribute");
+        let list = HookEvent::parse(&fixture("done-list"), "localhost").unwrap();
+        assert_eq!(
+            list,
+            HookEvent::DoneList {
+                ids: vec![
+                    "bounce-1-7".into(),
+                    "bounce-1-8".into(),
+                    "bounce-4-2".into()
+                ]
+            }
+        );
+        assert_eq!(
+            HookEvent::parse(
+                &list.to_xml("localhost", "readtrack.localhost"),
+                "localhost"
+            )
+            .unwrap(),
+            list
+        );
+        let err = HookEvent::parse(
+            "<message from='localhost' to='readtrack.localhost'><done xmlns='urn:readtrack:hook:0' ids=' '/></message>",
+            "localhost",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "<done> has no id attribute");
 
         let command = HookCommand::parse(&fixture("send-bounce"), "readtrack.localhost").unwrap();
         let HookCommand::SendAsHost { stanza_xml } = &command else {
@@ -1369,7 +1410,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 19, "fixtures in {dir}");
+        assert_eq!(names.len(), 20, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);

@@ -18,7 +18,7 @@ use crate::time::Millis;
 use crate::warnlimit::{self, Warning};
 
 /// Event forms beyond the first vocabulary this readtrack reads (told to the module).
-const ACCEPTED_EVENTS: &str = "signal";
+const ACCEPTED_EVENTS: &str = "signal done-list";
 
 /// How many link events one batch (one flush) takes at most.
 const BATCH: usize = 512;
@@ -124,8 +124,8 @@ impl Latency {
 /// What one hook stanza from the server means to the loop.
 pub enum FromServer {
     Input(Box<Input>),
-    /// The module executed the command with this id.
-    Done(String),
+    /// The module executed the commands with these ids.
+    Done(Vec<String>),
     /// A message for offline user `to` that readtrack cannot log: it goes back to the
     /// server's own offline storage, never dropped.
     GiveBack {
@@ -184,7 +184,8 @@ impl SnapshotPages {
 pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
     let event = HookEvent::parse(stanza, host).map_err(|e| e.to_string())?;
     Ok(FromServer::Input(Box::new(match event {
-        HookEvent::Done { id } => return Ok(FromServer::Done(id)),
+        HookEvent::Done { id } => return Ok(FromServer::Done(vec![id])),
+        HookEvent::DoneList { ids } => return Ok(FromServer::Done(ids)),
         HookEvent::Available {
             jid,
             device_id,
@@ -430,8 +431,10 @@ impl Service {
                 let arrived = self.timed.then(Instant::now);
                 let input = match self.input(&stanza, now) {
                     Some(FromServer::Input(input)) => *input,
-                    Some(FromServer::Done(id)) => {
-                        self.engine.confirm(&id)?;
+                    Some(FromServer::Done(ids)) => {
+                        for id in ids {
+                            self.engine.confirm(&id)?;
+                        }
                         return Ok(());
                     }
                     Some(FromServer::SnapshotPage { page, sessions }) => {

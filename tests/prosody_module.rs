@@ -1369,3 +1369,63 @@ async fn a_compact_bounce_to_a_session_with_stream_management_is_counted_in_its_
         .await;
     assert!(error.contains("undefined-condition"), "{error}");
 }
+
+/// Issue 17 item 2: once readtrack accepts `done-list`, the ids of one command message are
+/// confirmed by one event, in the order executed (a repeated id too: it is confirmed each time,
+/// executed once); one id alone, or an id the list cannot carry (whitespace), keeps `<done id>`.
+/// Before that (an older readtrack) every id has its own `<done id>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_accepts_the_ids_of_one_command_message_are_confirmed_by_one_event() {
+    let p = server(&["alice"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let batch = |ids: &[&str]| {
+        let mut batch = CommandBatch::new(COMPONENT, DOMAIN);
+        for (n, id) in ids.iter().enumerate() {
+            let [_, compact] =
+                bounce_commands("alice@localhost/phone", &format!("m{n}"), Some("x"), id);
+            assert!(batch.push(hook_element(&compact)).is_none());
+        }
+        batch.finish().unwrap()
+    };
+    let dones = |events: Vec<String>| -> Vec<HookEvent> {
+        events
+            .iter()
+            .filter_map(|e| HookEvent::parse(e, DOMAIN).ok())
+            .filter(|e| matches!(e, HookEvent::Done { .. } | HookEvent::DoneList { .. }))
+            .collect()
+    };
+    // Not yet accepted: one event per id.
+    comp.send_raw(&batch(&["d1", "d2"])).await;
+    assert_eq!(
+        dones(drain(&mut comp, QUIET).await),
+        vec![
+            HookEvent::Done { id: "d1".into() },
+            HookEvent::Done { id: "d2".into() }
+        ]
+    );
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='signal done-list'/></message>"
+    ))
+    .await;
+    comp.send_raw(&batch(&["d3", "d1", "d4"])).await;
+    assert_eq!(
+        dones(drain(&mut comp, QUIET).await),
+        vec![HookEvent::DoneList {
+            ids: vec!["d3".into(), "d1".into(), "d4".into()]
+        }]
+    );
+    comp.send_raw(&batch(&["d5"])).await;
+    comp.send_raw(&batch(&["d 6", "d7"])).await;
+    assert_eq!(
+        dones(drain(&mut comp, QUIET).await),
+        vec![
+            HookEvent::Done { id: "d5".into() },
+            HookEvent::Done { id: "d 6".into() },
+            HookEvent::Done { id: "d7".into() }
+        ]
+    );
+    // d1 ran once: five bounces written (d1..d5), then d 6 and d7.
+    let got = alice.messages_within(QUIET).await;
+    assert_eq!(got.len(), 7, "{got:#?}");
+}

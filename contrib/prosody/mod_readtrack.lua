@@ -625,6 +625,8 @@ end
 -- beyond the first vocabulary; until then (an older readtrack says nothing) every receipt goes
 -- whole, as <sent>.
 local accepts_signal = false;
+-- The same for `done-list`: the <done> of one command message's ids as one event.
+local accepts_done_list = false;
 
 -- A receipt or chat marker with nothing else in it (readtrack's "signal": it is never logged)
 -- in the compact form: the values readtrack reads of it, as attributes, instead of the whole
@@ -847,6 +849,7 @@ module:hook("message/host", function(event)
 	end
 	-- readtrack packs many commands into one message; they run in document order.
 	blocklists = {};
+	local done, listable = {}, true;
 	for each in stanza:childtags(nil, xmlns_hook) do
 		local id = each.attr.id;
 		if not (id and executed[id]) then
@@ -857,7 +860,19 @@ module:hook("message/host", function(event)
 			end
 			if id then remember(id); end
 		end
-		if id then emit("<done xmlns='" .. xmlns_hook .. "'" .. xml_attr("id", id) .. "/>"); end
+		if id then
+			done[#done + 1] = id;
+			listable = listable and id ~= "" and not id:find("%s");
+		end
+	end
+	-- Confirmed once the message's commands ran: one event for all of them where readtrack
+	-- reads the list (and no id holds the list's separator), one per id otherwise.
+	if accepts_done_list and listable and #done > 1 then
+		emit("<done xmlns='" .. xmlns_hook .. "'" .. xml_attr("ids", t_concat(done, " ")) .. "/>");
+	else
+		for i = 1, #done do
+			emit("<done xmlns='" .. xmlns_hook .. "'" .. xml_attr("id", done[i]) .. "/>");
+		end
 	end
 	return true;
 end, 100);
@@ -925,7 +940,9 @@ function execute(command)
 	if command.name == "ack" then return ack(command); end
 	if command.name == "bounce" then return bounce(command); end
 	if command.name == "accepts" then
-		accepts_signal = (" " .. (command.attr.events or "") .. " "):find(" signal ", 1, true) ~= nil;
+		local events = " " .. (command.attr.events or "") .. " ";
+		accepts_signal = events:find(" signal ", 1, true) ~= nil;
+		accepts_done_list = events:find(" done-list ", 1, true) ~= nil;
 		return true;
 	end
 	local inner = inner_message(command);
@@ -1034,7 +1051,7 @@ local function tune_connection(session)
 end
 
 local function on_component_authenticated(event)
-	accepts_signal = false; -- until this connection's readtrack says otherwise
+	accepts_signal, accepts_done_list = false, false; -- until this connection's readtrack says otherwise
 	tune_connection(event.session);
 	send_snapshot();
 end
