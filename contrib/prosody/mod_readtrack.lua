@@ -432,6 +432,7 @@ end
 -- stream has it (no namespace), counts: a filter that returns a copy (mod_websocket's, which
 -- adds jabber:client) or swallows it (mod_smacks while hibernating) leaves the event to
 -- serialise the message itself, once.
+--
 -- The stanza and session noted, until the next bytes/out of that session (or the end of the
 -- routing): a send that never reaches bytes/out leaves nothing behind for another write.
 local writing, writing_session;
