@@ -280,3 +280,90 @@ fn seed_config() -> readtrack::engine::EngineConfig {
     config.dialect = readtrack::engine::Dialect::Seed;
     config
 }
+
+/// A `<done ids>` (issue 17 item 2) settles every bounce it names, as one `<done id>` each
+/// would: bounces of two messages, confirmed by one event, are not sent again on the next
+/// connection, where an unconfirmed one is (the control: the third message's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_list_settles_every_bounce_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let mut config = seed_config();
+    config.receipt_timeout = Duration::from_millis(50);
+    let engine = Engine::new(store, config).unwrap();
+    let (command_tx, mut command_rx) = mpsc::channel(64);
+    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
+    let (event_tx, event_rx) = mpsc::channel(64);
+    let (_query_tx, query_rx) = mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+
+    // The command id of each compact bounce seen, by the bounced message's id, until `want`.
+    async fn bounces(
+        command_rx: &mut mpsc::Receiver<String>,
+        want: &[&str],
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut seen = std::collections::BTreeMap::new();
+        while !want.iter().all(|m| seen.contains_key(*m)) {
+            let stanza = tokio::time::timeout(Duration::from_secs(20), command_rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("bounces of {want:?} come; got {seen:?}"))
+                .unwrap();
+            // Each <bounce> element: its message-id and its command id.
+            for element in stanza.split("<bounce ").skip(1) {
+                let value = |name: &str| {
+                    let start = element.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+                    element[start..][..element[start..].find('"').unwrap()].to_string()
+                };
+                seen.insert(value("message-id"), value("id"));
+            }
+        }
+        seen
+    }
+
+    event_tx.send(LinkEvent::Connected).await.unwrap();
+    event_tx
+        .send(LinkEvent::Stanza(snapshot_executing(true, true)))
+        .await
+        .unwrap();
+    for id in ["m1", "m2", "m3"] {
+        event_tx
+            .send(LinkEvent::Stanza(routed(
+                "alice@localhost/a",
+                "bob@localhost",
+                id,
+            )))
+            .await
+            .unwrap();
+    }
+    let first = bounces(&mut command_rx, &["m1", "m2", "m3"]).await;
+    event_tx
+        .send(LinkEvent::Stanza(
+            HookEvent::DoneList {
+                ids: vec![first["m1"].clone(), first["m2"].clone()],
+            }
+            .to_xml("localhost", "readtrack.localhost"),
+        ))
+        .await
+        .unwrap();
+    event_tx
+        .send(LinkEvent::Disconnected {
+            reason: "next module".into(),
+        })
+        .await
+        .unwrap();
+    event_tx.send(LinkEvent::Connected).await.unwrap();
+    event_tx
+        .send(LinkEvent::Stanza(snapshot_executing(true, true)))
+        .await
+        .unwrap();
+    let again = bounces(&mut command_rx, &["m3"]).await;
+    // Whatever came with m3's resend: neither settled bounce.
+    assert!(
+        !again.contains_key("m1") && !again.contains_key("m2"),
+        "settled bounces sent again: {again:?}"
+    );
+    assert_eq!(again["m3"], first["m3"], "the resend keeps its id");
+    shutdown_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}
