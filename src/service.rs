@@ -18,7 +18,7 @@ use crate::time::Millis;
 use crate::warnlimit::{self, Warning};
 
 /// Event forms beyond the first vocabulary this readtrack reads (told to the module).
-const ACCEPTED_EVENTS: &str = "signal";
+const ACCEPTED_EVENTS: &str = "signal done-list";
 
 /// How many link events one batch (one flush) takes at most.
 const BATCH: usize = 512;
@@ -124,8 +124,8 @@ impl Latency {
 /// What one hook stanza from the server means to the loop.
 pub enum FromServer {
     Input(Box<Input>),
-    /// The module executed the command with this id.
-    Done(String),
+    /// The module executed the commands with these ids.
+    Done(Vec<String>),
     /// A message for offline user `to` that readtrack cannot log: it goes back to the
     /// server's own offline storage, never dropped.
     GiveBack {
@@ -184,7 +184,8 @@ impl SnapshotPages {
 pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
     let event = HookEvent::parse(stanza, host).map_err(|e| e.to_string())?;
     Ok(FromServer::Input(Box::new(match event {
-        HookEvent::Done { id } => return Ok(FromServer::Done(id)),
+        HookEvent::Done { id } => return Ok(FromServer::Done(vec![id])),
+        HookEvent::DoneList { ids } => return Ok(FromServer::Done(ids)),
         HookEvent::Available {
             jid,
             device_id,
@@ -268,6 +269,8 @@ pub struct Service {
     /// The module on this connection executes compact `<ack>` commands (it said so in its
     /// snapshot); until then each 10013 ack goes as a whole `<send>`, which every module runs.
     module_acks: bool,
+    /// The same for compact `<bounce>` commands (`executes="... bounce"`).
+    module_bounces: bool,
     snapshot: SnapshotPages,
     /// Whether to measure [`Timings`]: off, the loop does not read the clock for them.
     timed: bool,
@@ -310,6 +313,7 @@ impl Service {
             connected: false,
             announce: false,
             module_acks: false,
+            module_bounces: false,
             snapshot: SnapshotPages::default(),
             timed: false,
             ack_arrivals: VecDeque::new(),
@@ -411,6 +415,7 @@ impl Service {
                 self.connected = true;
                 self.announce = true;
                 self.module_acks = false;
+                self.module_bounces = false;
                 self.snapshot = SnapshotPages::default();
                 self.stats.connected.store(true, Ordering::Relaxed);
                 tracing::info!(component = %self.component, "connected to the server; waiting for its session snapshot")
@@ -426,12 +431,15 @@ impl Service {
                 let arrived = self.timed.then(Instant::now);
                 let input = match self.input(&stanza, now) {
                     Some(FromServer::Input(input)) => *input,
-                    Some(FromServer::Done(id)) => {
-                        self.engine.confirm(&id)?;
+                    Some(FromServer::Done(ids)) => {
+                        for id in ids {
+                            self.engine.confirm(&id)?;
+                        }
                         return Ok(());
                     }
                     Some(FromServer::SnapshotPage { page, sessions }) => {
                         self.module_acks |= page.executes_ack;
+                        self.module_bounces |= page.executes_bounce;
                         match self.snapshot.add(page, sessions) {
                             Ok(Some(sessions)) => Input::Snapshot { sessions },
                             Ok(None) => return Ok(()),
@@ -555,6 +563,32 @@ impl Service {
                     },
                     confirm,
                 ),
+                // The compact form names a session of the host; anything else is routed whole.
+                Output::SendAsHost {
+                    stanza:
+                        Outgoing::Bounce {
+                            from,
+                            to,
+                            id,
+                            body,
+                            time,
+                        },
+                    confirm,
+                } if self.module_bounces
+                    && from == self.host
+                    && to.is_full()
+                    && to.domain() == self.host =>
+                {
+                    (
+                        HookCommand::Bounce {
+                            to,
+                            message_id: id,
+                            body,
+                            time: time.rfc3339(),
+                        },
+                        confirm,
+                    )
+                }
                 Output::SendAsHost { stanza, confirm } => (
                     HookCommand::SendAsHost {
                         stanza_xml: write::client_outgoing(&stanza),
@@ -624,6 +658,7 @@ mod tests {
             number,
             last,
             executes_ack: false,
+            executes_bounce: false,
         }
     }
 

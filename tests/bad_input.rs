@@ -298,8 +298,8 @@ impl World {
         // The very code `serve` runs for a stanza from the server.
         let input = match readtrack::service::from_server(stanza, "localhost")? {
             FromServer::Input(input) => *input,
-            FromServer::Done(id) => {
-                return Err(format!("a <done id={id:?}> is not an engine input"))
+            FromServer::Done(ids) => {
+                return Err(format!("a <done id={ids:?}> is not an engine input"))
             }
             FromServer::SnapshotPage { page, sessions } if page.number == 1 && page.last => {
                 readtrack::engine::Input::Snapshot { sessions }

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::xmltree::{normalised, tree};
 use common::*;
 use readtrack::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo};
 use readtrack::jid::Jid;
@@ -1093,4 +1094,338 @@ async fn accounts_are_told_once_per_connection() {
             token: tokens[0].clone(),
         }
     );
+}
+
+/// The `<message>` inside every hook fixture that carries one, as a client would send it to
+/// `to` with `id` (its own addressing dropped), with a store hint so every one is archived.
+fn fixture_messages_to(to: &str) -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hooks");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for path in names {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let Some(inner_at) = text.find("<forwarded") else {
+            continue;
+        };
+        let inner = &text[inner_at..];
+        let start = inner.find("<message").unwrap();
+        let tag_end = start + inner[start..].find('>').unwrap();
+        let end = inner[..inner.find("</forwarded>").unwrap()]
+            .rfind("</message>")
+            .unwrap();
+        // An error (the bounce) is not logged: not a message a client sends.
+        if inner[start..tag_end].contains("type=\"error\"") {
+            continue;
+        }
+        let content = &inner[tag_end + 1..end];
+        let id = format!("agree-{}", path.file_stem().unwrap().to_string_lossy());
+        out.push((
+            id.clone(),
+            format!(
+                "<message id='{id}' type='chat' to='{to}'>{content}<store xmlns='urn:xmpp:hints'/></message>"
+            ),
+        ));
+    }
+    assert!(
+        out.len() >= 5,
+        "only {} fixtures carry a message",
+        out.len()
+    );
+    out
+}
+
+/// Issue 17 item 1: a message the server wrote to a session is reported from the bytes it
+/// wrote (bob's copy, jabber:client put on its start tag), not serialised again; one no session
+/// got is serialised once. readtrack reads both alike: for every message in the hook fixtures,
+/// sent once to bob online and once to bob offline (mod_mam loaded: the written copy is its
+/// clone with its <stanza-id>), the typed message is the same (but for that stanza-id, which
+/// the stored form drops) and so is the stored form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivered_message_is_reported_from_the_bytes_written_and_reads_as_one_serialised_once() {
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["mam".into()],
+        ..ProsodyOpts::default()
+    });
+    p.register("alice", "pw");
+    p.register("bob", "pw");
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    let messages = fixture_messages_to("bob@localhost");
+
+    let mut live = Vec::new();
+    for (id, xml) in &messages {
+        alice.send_raw(xml).await;
+        let event = next_event(&mut comp, id, routed_for(id)).await;
+        let got = bob
+            .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some(id.as_str()))
+            .await;
+        let HookEvent::Routed {
+            sessions, message, ..
+        } = event
+        else {
+            unreachable!()
+        };
+        assert_eq!(sessions, vec![jid("bob@localhost/phone")], "{id}");
+        // The very bytes bob read: nothing was serialised for the event.
+        assert_eq!(
+            message.original.text(),
+            format!("<message xmlns='jabber:client'{}", &got["<message".len()..]),
+            "{id}"
+        );
+        assert!(got.contains("by='bob@localhost'"), "no archive id: {got}");
+        live.push(message);
+    }
+
+    bob.close().await;
+    next_event(&mut comp, "unavailable bob", |e| {
+        matches!(e, HookEvent::Unavailable { .. })
+    })
+    .await;
+    for ((id, xml), live) in messages.iter().zip(live) {
+        alice.send_raw(xml).await;
+        let HookEvent::Routed {
+            sessions, message, ..
+        } = next_event(&mut comp, id, routed_for(id)).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(sessions, Vec::<Jid>::new(), "{id}");
+        let offline = message;
+        // Serialised from the message as routing got it, before mod_mam's copy.
+        assert!(
+            !offline.original.text().contains("by='bob@localhost'"),
+            "{}",
+            offline.original.text()
+        );
+        let mut typed = live.parsed.clone().unwrap_or_else(|e| panic!("{id}: {e}"));
+        typed.stanza_ids.retain(|s| s.by != "bob@localhost");
+        assert_eq!(Ok(typed), offline.parsed, "{id}");
+        // The same stored form, attribute order aside: mod_mam's copy is a new Lua table,
+        // which lists the attributes in an order of its own (XML gives order no meaning).
+        let live_stored = live.original.stored_form("bob@localhost", false).unwrap();
+        let offline_stored = offline
+            .original
+            .stored_form("bob@localhost", false)
+            .unwrap();
+        assert_eq!(live_stored.class, offline_stored.class, "{id}");
+        assert_eq!(
+            normalised(tree(&live_stored.text)),
+            normalised(tree(&offline_stored.text)),
+            "{id}:\n{}\n{}",
+            live_stored.text,
+            offline_stored.text
+        );
+    }
+}
+
+/// The delay bounce (501) to `to` as readtrack writes it: the whole `<send>` and the compact
+/// `<bounce>`, both with `command_id`.
+fn bounce_commands(
+    to: &str,
+    message_id: &str,
+    body: Option<&str>,
+    command_id: &str,
+) -> [String; 2] {
+    let time = readtrack::time::Millis::parse_rfc3339("2013-11-20T07:05:44.445Z").unwrap();
+    let whole = HookCommand::SendAsHost {
+        stanza_xml: readtrack::stanza::write::client_outgoing(
+            &readtrack::stanza::Outgoing::Bounce {
+                from: DOMAIN.into(),
+                to: jid(to),
+                id: message_id.into(),
+                body: body.map(String::from),
+                time,
+            },
+        ),
+    };
+    let compact = HookCommand::Bounce {
+        to: jid(to),
+        message_id: message_id.into(),
+        body: body.map(String::from),
+        time: time.rfc3339(),
+    };
+    [whole, compact].map(|c| c.to_xml_with_id(COMPONENT, DOMAIN, Some(command_id)))
+}
+
+/// Issue 17 item 2: the compact bounce is filled into a template, and the sender reads the
+/// same stanza as from the whole `<send>` (as XML: attribute order aside), with a body that
+/// needs escaping or none at all; its id is confirmed and executed once; nothing goes to a
+/// session that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_bounce_reaches_the_sender_as_the_whole_send_did() {
+    let p = server(&["alice"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    for (n, body) in [Some("{\"cnt\":\"a < b & 'c'\"}\n\tline"), None, Some("")]
+        .into_iter()
+        .enumerate()
+    {
+        let message_id = format!("b{n}'<&");
+        let [whole, compact] =
+            bounce_commands("alice@localhost/phone", &message_id, body, &format!("k{n}"));
+        let mut got = Vec::new();
+        for command in [
+            whole,
+            compact.replace(&format!("id=\"k{n}\""), &format!("id=\"c{n}\"")),
+        ] {
+            comp.send_raw(&command).await;
+            got.push(
+                alice
+                    .expect_message(WAIT, |m| attr(m, "type").as_deref() == Some("error"))
+                    .await,
+            );
+        }
+        assert_eq!(
+            normalised(tree(&got[1])),
+            normalised(tree(&got[0])),
+            "{}\n{}",
+            got[1],
+            got[0]
+        );
+        assert_eq!(attr(&got[1], "id").as_deref(), Some(message_id.as_str()));
+        assert_eq!(got[1].contains("<body"), body.is_some(), "{}", got[1]);
+        for id in [format!("k{n}"), format!("c{n}")] {
+            next_event(
+                &mut comp,
+                "done",
+                |e| matches!(e, HookEvent::Done { id: d } if *d == id),
+            )
+            .await;
+        }
+    }
+    let [_, compact] = bounce_commands("alice@localhost/phone", "V4NkR-38", Some("hello"), "c9");
+    assert_eq!(
+        {
+            comp.send_raw(&compact).await;
+            alice
+                .expect_message(WAIT, |m| attr(m, "type").as_deref() == Some("error"))
+                .await
+        },
+        "<message id='V4NkR-38' type='error' from='localhost' to='alice@localhost/phone'><body>hello</body>\
+         <delay xmlns='urn:xmpp:delay' current='2013-11-20T07:05:44.445Z'>501</delay></message>"
+    );
+    // Executed once per id: sent again, it is confirmed again and not written again.
+    comp.send_raw(&compact).await;
+    next_event(
+        &mut comp,
+        "done c9",
+        |e| matches!(e, HookEvent::Done { id } if id == "c9"),
+    )
+    .await;
+    next_event(
+        &mut comp,
+        "done c9 again",
+        |e| matches!(e, HookEvent::Done { id } if id == "c9"),
+    )
+    .await;
+    let [_, gone] = bounce_commands("alice@localhost/laptop", "gone", Some("x"), "g1");
+    comp.send_raw(&gone).await;
+    alice.sync().await;
+    assert_eq!(alice.messages_within(QUIET).await, Vec::<String>::new());
+    assert!(
+        p.log()
+            .contains("readtrack bounce to absent session alice@localhost/laptop dropped"),
+        "{}",
+        p.log()
+    );
+}
+
+/// With stream management on, the compact bounce is a stanza smacks counts, as the ack is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_bounce_to_a_session_with_stream_management_is_counted_in_its_queue() {
+    let p = Prosody::start(ProsodyOpts {
+        smacks: true,
+        ..ProsodyOpts::default()
+    });
+    p.register("alice", "pw");
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    alice.sync().await;
+    alice.send_raw("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    alice
+        .conn
+        .expect("<enabled>", WAIT, |s| name(s) == "enabled")
+        .await;
+
+    let [_, compact] = bounce_commands("alice@localhost/phone", "sm-1", Some("hi"), "s1");
+    comp.send_raw(&compact).await;
+    let got = alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("sm-1"))
+        .await;
+    assert!(got.contains(">501</delay>"), "{got}");
+    alice.send_raw("<a xmlns='urn:xmpp:sm:3' h='1'/>").await;
+    alice.sync().await;
+    alice.send_raw("<a xmlns='urn:xmpp:sm:3' h='3'/>").await;
+    let error = alice
+        .conn
+        .expect("<stream:error>", WAIT, |s| {
+            s.contains("acknowledged more stanzas")
+        })
+        .await;
+    assert!(error.contains("undefined-condition"), "{error}");
+}
+
+/// Issue 17 item 2: once readtrack accepts `done-list`, the ids of one command message are
+/// confirmed by one event, in the order executed (a repeated id too: it is confirmed each time,
+/// executed once); one id alone, or an id the list cannot carry (whitespace), keeps `<done id>`.
+/// Before that (an older readtrack) every id has its own `<done id>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_accepts_the_ids_of_one_command_message_are_confirmed_by_one_event() {
+    let p = server(&["alice"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let batch = |ids: &[&str]| {
+        let mut batch = CommandBatch::new(COMPONENT, DOMAIN);
+        for (n, id) in ids.iter().enumerate() {
+            let [_, compact] =
+                bounce_commands("alice@localhost/phone", &format!("m{n}"), Some("x"), id);
+            assert!(batch.push(hook_element(&compact)).is_none());
+        }
+        batch.finish().unwrap()
+    };
+    let dones = |events: Vec<String>| -> Vec<HookEvent> {
+        events
+            .iter()
+            .filter_map(|e| HookEvent::parse(e, DOMAIN).ok())
+            .filter(|e| matches!(e, HookEvent::Done { .. } | HookEvent::DoneList { .. }))
+            .collect()
+    };
+    // Not yet accepted: one event per id.
+    comp.send_raw(&batch(&["d1", "d2"])).await;
+    assert_eq!(
+        dones(drain(&mut comp, QUIET).await),
+        vec![
+            HookEvent::Done { id: "d1".into() },
+            HookEvent::Done { id: "d2".into() }
+        ]
+    );
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='signal done-list'/></message>"
+    ))
+    .await;
+    comp.send_raw(&batch(&["d3", "d1", "d4"])).await;
+    assert_eq!(
+        dones(drain(&mut comp, QUIET).await),
+        vec![HookEvent::DoneList {
+            ids: vec!["d3".into(), "d1".into(), "d4".into()]
+        }]
+    );
+    comp.send_raw(&batch(&["d5"])).await;
+    comp.send_raw(&batch(&["d 6", "d7"])).await;
+    assert_eq!(
+        dones(drain(&mut comp, QUIET).await),
+        vec![
+            HookEvent::Done { id: "d5".into() },
+            HookEvent::Done { id: "d 6".into() },
+            HookEvent::Done { id: "d7".into() }
+        ]
+    );
+    // d1 ran once: five bounces written (d1..d5), then d 6 and d7.
+    let got = alice.messages_within(QUIET).await;
+    assert_eq!(got.len(), 7, "{got:#?}");
 }

@@ -93,9 +93,14 @@ async fn a_flood_is_committed_in_bounded_batches_and_others_get_their_ack() {
 }
 
 fn snapshot(executes_ack: bool) -> String {
+    snapshot_executing(executes_ack, false)
+}
+
+fn snapshot_executing(executes_ack: bool, executes_bounce: bool) -> String {
     HookEvent::Snapshot {
         page: SnapshotPage {
             executes_ack,
+            executes_bounce,
             ..SnapshotPage::WHOLE
         },
         sessions: vec![],
@@ -179,10 +184,186 @@ async fn a_server_ack_is_compact_only_on_a_connection_whose_module_executes_it()
     run.await.unwrap().unwrap();
 }
 
+/// Rolling upgrade of the bounce (issue 17 item 2): a module whose snapshot does not name
+/// `bounce` (older, or one that executes only the compact ack) gets each delay bounce as the whole
+/// `<send>` it always ran; one that says `executes='ack bounce'` gets `<bounce>` with the same
+/// values and the same confirmation id, on that connection only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_is_compact_only_on_a_connection_whose_module_executes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let mut config = seed_config();
+    config.receipt_timeout = Duration::from_millis(50);
+    let engine = Engine::new(store, config).unwrap();
+    let (command_tx, mut command_rx) = mpsc::channel(64);
+    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
+    let (event_tx, event_rx) = mpsc::channel(64);
+    let (_query_tx, query_rx) = mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+
+    let mut bounces = Vec::new();
+    for (id, executes) in [
+        ("old-1", (false, false)),
+        ("acks-1", (true, false)),
+        ("new-1", (true, true)),
+    ] {
+        event_tx.send(LinkEvent::Connected).await.unwrap();
+        for event in [
+            snapshot_executing(executes.0, executes.1),
+            routed("alice@localhost/a", "bob@localhost", id),
+        ] {
+            event_tx.send(LinkEvent::Stanza(event)).await.unwrap();
+        }
+        let bounce = loop {
+            let stanza = tokio::time::timeout(Duration::from_secs(20), command_rx.recv())
+                .await
+                .expect("the bounce comes")
+                .unwrap();
+            let commands = HookCommand::parse_batch(&stanza, "readtrack.localhost").unwrap();
+            // Unconfirmed bounces of earlier connections come again: this one's is wanted.
+            if let Some(bounce) = commands.into_iter().find(|c| match c {
+                HookCommand::Bounce { message_id, .. } => message_id == id,
+                HookCommand::SendAsHost { stanza_xml } => {
+                    stanza_xml.contains("type=\"error\"")
+                        && stanza_xml.contains(&format!("id=\"{id}\""))
+                }
+                _ => false,
+            }) {
+                break bounce;
+            }
+        };
+        bounces.push(bounce);
+        event_tx
+            .send(LinkEvent::Disconnected {
+                reason: "next module".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let [old_1, acks_1, new_1] = <[HookCommand; 3]>::try_from(bounces).unwrap();
+    for (old, id) in [(old_1, "old-1"), (acks_1, "acks-1")] {
+        let HookCommand::SendAsHost { stanza_xml } = old else {
+            panic!("{id}: not a whole <send>: {old:?}");
+        };
+        assert!(
+            stanza_xml.contains(&format!(
+                "id=\"{id}\" type=\"error\" from=\"localhost\" to=\"alice@localhost/a\"><body>flood</body>"
+            )),
+            "{stanza_xml}"
+        );
+    }
+    let HookCommand::Bounce {
+        to,
+        message_id,
+        body,
+        time,
+    } = new_1
+    else {
+        panic!("not a compact <bounce>: {new_1:?}");
+    };
+    assert_eq!(to, Jid::parse("alice@localhost/a").unwrap());
+    assert_eq!(message_id, "new-1");
+    assert_eq!(body.as_deref(), Some("flood"));
+    assert!(
+        time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "{time}"
+    );
+    shutdown_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}
+
 /// The engine's defaults in the seed dialect (server acks to every client), which these tests
 /// exercise.
 fn seed_config() -> readtrack::engine::EngineConfig {
     let mut config = readtrack::engine::EngineConfig::new("localhost");
     config.dialect = readtrack::engine::Dialect::Seed;
     config
+}
+
+/// A `<done ids>` (issue 17 item 2) settles every bounce it names, as one `<done id>` each
+/// would: bounces of two messages, confirmed by one event, are not sent again on the next
+/// connection, where an unconfirmed one is (the control: the third message's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_done_list_settles_every_bounce_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let mut config = seed_config();
+    config.receipt_timeout = Duration::from_millis(50);
+    let engine = Engine::new(store, config).unwrap();
+    let (command_tx, mut command_rx) = mpsc::channel(64);
+    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
+    let (event_tx, event_rx) = mpsc::channel(64);
+    let (_query_tx, query_rx) = mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+
+    // The command id of each compact bounce seen, by the bounced message's id, until `want`.
+    async fn bounces(
+        command_rx: &mut mpsc::Receiver<String>,
+        want: &[&str],
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut seen = std::collections::BTreeMap::new();
+        while !want.iter().all(|m| seen.contains_key(*m)) {
+            let stanza = tokio::time::timeout(Duration::from_secs(20), command_rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("bounces of {want:?} come; got {seen:?}"))
+                .unwrap();
+            // Each <bounce> element: its message-id and its command id.
+            for element in stanza.split("<bounce ").skip(1) {
+                let value = |name: &str| {
+                    let start = element.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+                    element[start..][..element[start..].find('"').unwrap()].to_string()
+                };
+                seen.insert(value("message-id"), value("id"));
+            }
+        }
+        seen
+    }
+
+    event_tx.send(LinkEvent::Connected).await.unwrap();
+    event_tx
+        .send(LinkEvent::Stanza(snapshot_executing(true, true)))
+        .await
+        .unwrap();
+    for id in ["m1", "m2", "m3"] {
+        event_tx
+            .send(LinkEvent::Stanza(routed(
+                "alice@localhost/a",
+                "bob@localhost",
+                id,
+            )))
+            .await
+            .unwrap();
+    }
+    let first = bounces(&mut command_rx, &["m1", "m2", "m3"]).await;
+    event_tx
+        .send(LinkEvent::Stanza(
+            HookEvent::DoneList {
+                ids: vec![first["m1"].clone(), first["m2"].clone()],
+            }
+            .to_xml("localhost", "readtrack.localhost"),
+        ))
+        .await
+        .unwrap();
+    event_tx
+        .send(LinkEvent::Disconnected {
+            reason: "next module".into(),
+        })
+        .await
+        .unwrap();
+    event_tx.send(LinkEvent::Connected).await.unwrap();
+    event_tx
+        .send(LinkEvent::Stanza(snapshot_executing(true, true)))
+        .await
+        .unwrap();
+    let again = bounces(&mut command_rx, &["m3"]).await;
+    // Whatever came with m3's resend: neither settled bounce.
+    assert!(
+        !again.contains_key("m1") && !again.contains_key("m2"),
+        "settled bounces sent again: {again:?}"
+    );
+    assert_eq!(again["m3"], first["m3"], "the resend keeps its id");
+    shutdown_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
 }

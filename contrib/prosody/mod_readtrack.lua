@@ -181,8 +181,8 @@ local function xml_attr(name, value)
 end
 
 -- <forwarded> text for a stanza. XEP-0297 requires the inner stanza to name its namespace.
--- Serialising it now is the snapshot: later changes by Prosody (to_self, stanza-id, delay...)
--- must not show, and text cannot change. The stanza itself is left as it was.
+-- The text is the snapshot: later changes by Prosody (stanza-id, delay...) cannot show in it.
+-- The stanza itself is left as it was.
 local function forwarded(stanza, to)
 	local attr = stanza.attr;
 	local xmlns, old_to = attr.xmlns, attr.to;
@@ -192,6 +192,14 @@ local function forwarded(stanza, to)
 	attr.xmlns, attr.to = xmlns, old_to;
 	if not ok then error(xml); end
 	return "<forwarded xmlns='" .. xmlns_forward .. "'>" .. xml .. "</forwarded>";
+end
+
+-- The same from the bytes a c2s session was written: Prosody serialises a c2s stanza without
+-- its namespace, which the <message> gets here (its children inherit it, as they did on the
+-- client's stream), with the `to` routing went by where the message had none (to_self).
+local function forwarded_bytes(bytes, written_to, to)
+	return t_concat({ "<forwarded xmlns='", xmlns_forward, "'><message xmlns='", xmlns_client, "'",
+		written_to == nil and xml_attr("to", to) or "", bytes:sub(9), "</forwarded>" });
 end
 
 -- What Prosody's mod_mam would archive (its should_store rule, as of 0.12 and 13), for
@@ -416,8 +424,42 @@ local function record_write(stanza, session)
 	return stanza;
 end
 
+-- The bytes of a tracked message as Prosody writes them to a session (issue 17): the event
+-- forwards them instead of serialising the message again. Prosody's session.send (core/
+-- sessionmanager.lua, 0.12 and 13) runs the stanzas/out filters, then at once
+-- filter("bytes/out", tostring(stanza)): the last stanzas/out filter notes the stanza, the first
+-- bytes/out filter takes its serialisation. Only the tracked object itself, as Prosody's c2s
+-- stream has it (no namespace), counts: a filter that returns a copy (mod_websocket's, which
+-- adds jabber:client) or swallows it (mod_smacks while hibernating) leaves the event to
+-- serialise the message itself, once.
+--
+-- The stanza and session noted, until the next bytes/out of that session (or the end of the
+-- routing): a send that never reaches bytes/out leaves nothing behind for another write.
+local writing, writing_session;
+
+local function note_written_stanza(stanza, session)
+	local record = in_flight[stanza];
+	if record and not record.bytes and stanza.attr.xmlns == nil then
+		writing, writing_session = stanza, session;
+	end
+	return stanza;
+end
+
+local function take_written_bytes(data, session)
+	if writing and writing_session == session then
+		local record = in_flight[writing];
+		if record and not record.bytes and type(data) == "string" and data:sub(1, 9) == "<message " then
+			record.bytes, record.bytes_to = data, writing.attr.to;
+		end
+		writing, writing_session = nil, nil;
+	end
+	return data;
+end
+
 local function watch_session(session)
 	filters.add_filter(session, "stanzas/out", record_write, 1000);
+	filters.add_filter(session, "stanzas/out", note_written_stanza, -math.huge);
+	filters.add_filter(session, "bytes/out", take_written_bytes, math.huge);
 end
 
 module:hook("resource-bind", function(event) watch_session(event.session); end);
@@ -433,6 +475,8 @@ function module.unload()
 	for _, user in pairs(hosts[host].sessions or {}) do
 		for _, session in pairs(user.sessions or {}) do
 			filters.remove_filter(session, "stanzas/out", record_write);
+			filters.remove_filter(session, "stanzas/out", note_written_stanza);
+			filters.remove_filter(session, "bytes/out", take_written_bytes);
 		end
 	end
 end
@@ -486,7 +530,6 @@ local function track_routing(handlers, event_name, event_data)
 	local to = stanza.attr.to and jid_bare(stanza.attr.to)
 		or (origin.username and origin.username .. "@" .. origin.host);
 	if not to then return handlers(event_name, event_data); end
-	local original = forwarded(stanza, to);
 	local record = { to = to, id = stanza.attr.id, written = {}, carbons = {} };
 	event_data.readtrack = record;
 	in_flight[stanza] = record;
@@ -496,6 +539,7 @@ local function track_routing(handlers, event_name, event_data)
 	routing = outer;
 	in_flight[stanza] = nil;
 	in_flight[event_data.stanza] = nil;
+	writing, writing_session = nil, nil;
 	if not ok then error(ret, 0); end
 
 	-- Only what the server delivered or stored is reported: a message a policy module
@@ -515,6 +559,11 @@ local function track_routing(handlers, event_name, event_data)
 	event_data.readtrack_sent = nil;
 	local carbons = jid_tags("carbon", record.carbons);
 	if sent_record then carbons = carbons .. jid_tags("carbon", sent_record.carbons); end
+	-- The message as a session got it where one did; serialised here only where none did
+	-- (offline, hibernating, a copy written), from the object routing started with: handlers
+	-- that change a message (mod_mam's <stanza-id>) change a copy, which is what was written.
+	local original = record.bytes and forwarded_bytes(record.bytes, record.bytes_to, to)
+		or forwarded(stanza, to);
 	emit(t_concat({ "<routed xmlns='", xmlns_hook, "'", xml_attr("to", to),
 		xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">",
 		jid_tags("session", record.written), carbons, original, "</routed>" }));
@@ -577,6 +626,8 @@ end
 -- beyond the first vocabulary; until then (an older readtrack says nothing) every receipt goes
 -- whole, as <sent>.
 local accepts_signal = false;
+-- The same for `done-list`: the <done> of one command message's ids as one event.
+local accepts_done_list = false;
 
 -- A receipt or chat marker with nothing else in it (readtrack's "signal": it is never logged)
 -- in the compact form: the values readtrack reads of it, as attributes, instead of the whole
@@ -799,6 +850,7 @@ module:hook("message/host", function(event)
 	end
 	-- readtrack packs many commands into one message; they run in document order.
 	blocklists = {};
+	local done, listable = {}, true;
 	for each in stanza:childtags(nil, xmlns_hook) do
 		local id = each.attr.id;
 		if not (id and executed[id]) then
@@ -809,7 +861,19 @@ module:hook("message/host", function(event)
 			end
 			if id then remember(id); end
 		end
-		if id then emit("<done xmlns='" .. xmlns_hook .. "'" .. xml_attr("id", id) .. "/>"); end
+		if id then
+			done[#done + 1] = id;
+			listable = listable and id ~= "" and not id:find("%s");
+		end
+	end
+	-- Confirmed once the message's commands ran: one event for all of them where readtrack
+	-- reads the list (and no id holds the list's separator), one per id otherwise.
+	if accepts_done_list and listable and #done > 1 then
+		emit("<done xmlns='" .. xmlns_hook .. "'" .. xml_attr("ids", t_concat(done, " ")) .. "/>");
+	else
+		for i = 1, #done do
+			emit("<done xmlns='" .. xmlns_hook .. "'" .. xml_attr("id", done[i]) .. "/>");
+		end
 	end
 	return true;
 end, 100);
@@ -843,11 +907,43 @@ local function ack(command)
 	return true;
 end
 
+-- The seed delay bounce (501), compact as the ack: readtrack sends the bounced message's id, its
+-- body (an attribute: the parser hands it over as one string, where text would come in a piece
+-- per escaped character) and the time of <delay current>; the bounce is what the whole <send>
+-- gave, filled in here. Stream management and the rest as for ack().
+local function bounce(command)
+	local to, id, time = command.attr.to, command.attr["message-id"], command.attr.time;
+	if not (to and id and time and time:match(ack_time_pattern)) then
+		module:log("warn", "readtrack <bounce> without to, message-id or an RFC 3339 time");
+		return true;
+	end
+	local node, to_host, resource = jid_split(to);
+	local session = node and resource and to_host == host and full_sessions[to];
+	if not session then
+		module:log("debug", "readtrack bounce to absent session %s dropped", to);
+		return true;
+	end
+	local body = command.attr.body;
+	if session.smacks or session.websocket_request or session.requests or not session.conn then
+		local stanza = st.message({ id = id, type = "error", from = host, to = to });
+		if body then stanza:text_tag("body", body); end
+		session.send(stanza:text_tag("delay", "501", { xmlns = "urn:xmpp:delay", current = time }));
+	else
+		session.send(t_concat({ "<message id='", xml_escape(id), "' type='error' from='", xml_escape(host),
+			"' to='", xml_escape(to), "'>", body and "<body>" .. xml_escape(body) .. "</body>" or "",
+			"<delay xmlns='urn:xmpp:delay' current='", time, "'>501</delay></message>" }));
+	end
+	return true;
+end
+
 function execute(command)
 	if command.name == "pace" then return pace(command); end
 	if command.name == "ack" then return ack(command); end
+	if command.name == "bounce" then return bounce(command); end
 	if command.name == "accepts" then
-		accepts_signal = (" " .. (command.attr.events or "") .. " "):find(" signal ", 1, true) ~= nil;
+		local events = " " .. (command.attr.events or "") .. " ";
+		accepts_signal = events:find(" signal ", 1, true) ~= nil;
+		accepts_done_list = events:find(" done-list ", 1, true) ~= nil;
 		return true;
 	end
 	local inner = inner_message(command);
@@ -919,10 +1015,10 @@ local function send_snapshot()
 	told = {}; -- a new connection: readtrack learns every token again
 	local page, tags, bytes = 1, {}, 0;
 	local function flush(last)
-		-- executes='ack': this module runs the compact <ack> command; a readtrack older than it
-		-- ignores the attribute and goes on sending the whole <send>.
+		-- executes: the compact commands this module runs; a readtrack older than one of them
+		-- ignores the attribute (or the word) and goes on sending the whole <send>.
 		emit("<snapshot xmlns='" .. xmlns_hook .. "' page='" .. page .. "' last='"
-			.. (last and "true" or "false") .. "' executes='ack'>" .. t_concat(tags) .. "</snapshot>");
+			.. (last and "true" or "false") .. "' executes='ack bounce'>" .. t_concat(tags) .. "</snapshot>");
 		page, tags, bytes = page + 1, {}, 0;
 	end
 	for username, user in pairs(hosts[host].sessions or {}) do
@@ -956,7 +1052,7 @@ local function tune_connection(session)
 end
 
 local function on_component_authenticated(event)
-	accepts_signal = false; -- until this connection's readtrack says otherwise
+	accepts_signal, accepts_done_list = false, false; -- until this connection's readtrack says otherwise
 	tune_connection(event.session);
 	send_snapshot();
 end

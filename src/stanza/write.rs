@@ -72,7 +72,7 @@ fn push_text(out: &mut String, text: &str) {
 
 /// Escapes an attribute value for double quotes. Tab and line ends become references because
 /// attribute-value normalisation would turn literal ones into spaces.
-pub(super) fn push_attr_value(out: &mut String, value: &str) {
+pub(crate) fn push_attr_value(out: &mut String, value: &str) {
     push_escaped(out, value, flagged_in_attr, |c| match c {
         '<' => Some("&lt;"),
         '>' => Some("&gt;"),

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod daemon;
+pub mod xmltree;
 
 use std::fmt::Write as _;
 use std::net::{TcpListener, TcpStream as StdTcpStream};
