@@ -14,7 +14,8 @@
 //!   client) or send to arrival at the receiver (harness client). With readtrack a sender also
 //!   waits for the server ack (seed crs 10013) of each of its messages before the round ends,
 //!   so the round's time covers the work readtrack causes. CPU is counted while the messages
-//!   flow (log-ins excluded).
+//!   flow (log-ins excluded). readtrack's metrics endpoint gives the events it took and the
+//!   commits it made during the chat rounds: its group commit's batch size under this load.
 //! - replay: a device logs out, `REPLAY` messages are sent to its user, it logs in again; the
 //!   time from the start of its login until all of them arrived (mod_offline vs readtrack),
 //!   `REPLAY_ROUNDS` times each, alternately; medians are compared.
@@ -102,15 +103,22 @@ fn env_num(name: &str, default: u64) -> u64 {
 struct Daemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The metrics endpoint, scraped for the group commit's batch size ([`Daemon::batches`]).
+    metrics: std::net::SocketAddr,
 }
 
 impl Daemon {
     fn new(p: &Prosody, cache_mb: u64) -> Daemon {
         let dir = tempfile::tempdir_in(scratch_base()).unwrap();
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let config = format!(
             "[xmpp]\ndomain = \"{}\"\ncomponent = \"{}\"\nconnect = \"127.0.0.1:{}\"\nsecret = \"{}\"\n\n\
              [store]\n{}\n\n[admin]\nsocket = \"readtrack.sock\"\n\n\
-             [receipts]\ndialect = \"{}\"\ntimeout = \"1h\"\nrequire = \"all\"\n",
+             [receipts]\ndialect = \"{}\"\ntimeout = \"1h\"\nrequire = \"all\"\n\n\
+             [metrics]\nlisten = \"{metrics}\"\n",
             p.domain(),
             p.component_domain(),
             p.component_port,
@@ -119,7 +127,31 @@ impl Daemon {
             dialect()
         );
         std::fs::write(dir.path().join("readtrack.toml"), config).unwrap();
-        Daemon { dir, child: None }
+        Daemon {
+            dir,
+            child: None,
+            metrics,
+        }
+    }
+
+    /// Events taken and commits made since the daemon started, from its metrics endpoint: the
+    /// group commit's batch size is their ratio over a phase.
+    fn batches(&self) -> (u64, u64) {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(self.metrics).expect("metrics endpoint");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: readtrack\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        let counter = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from the metrics:\n{text}"))
+        };
+        (
+            counter("readtrack_events_total"),
+            counter("readtrack_commits_total"),
+        )
     }
 
     fn store_path(&self) -> PathBuf {
@@ -867,6 +899,7 @@ fn main() {
     // `LOAD_PAUSE_S=N`: time to attach a profiler (perf record -p PID) before the chat rounds.
     std::thread::sleep(Duration::from_secs(env_num("LOAD_PAUSE_S", 0)));
     let run_started = Instant::now();
+    let batches_before = daemon.batches();
     for round in 0..rounds {
         for (k, p) in [&alone, &with_rt].into_iter().enumerate() {
             let acks = k == 1 && dialect() == "seed";
@@ -895,6 +928,16 @@ fn main() {
     }
     let chat_msgs = (rounds * pairs * msgs) as f64;
     let per_msg_us = |c: f64| c / chat_msgs * 1e6;
+    // Only the readtrack rounds reach the daemon: what it took and committed per chat message.
+    let batches_after = daemon.batches();
+    let chat_events = (batches_after.0 - batches_before.0) as f64;
+    let chat_commits = (batches_after.1 - batches_before.1) as f64;
+    println!(
+        "readtrack during chat: {:.2} events and {:.3} commits per message, {:.1} events per commit",
+        chat_events / chat_msgs,
+        chat_commits / chat_msgs,
+        chat_events / chat_commits.max(1.0)
+    );
     let summarise = |rs: &[ChatResult]| {
         let mut all: Vec<u64> = rs.iter().flat_map(|r| r.latencies_us.clone()).collect();
         all.sort_unstable();
@@ -1098,6 +1141,8 @@ fn main() {
         "chat_cpu_us_per_msg": {"alone": {"prosody": per_msg_us(cpu[0][0]), "clients": per_msg_us(cpu[0][2])},
                                 "readtrack": {"prosody": per_msg_us(cpu[1][0]), "readtrack": per_msg_us(cpu[1][1]), "clients": per_msg_us(cpu[1][2])},
                                 "clients_share_of_servers": {"alone": client_share[0], "readtrack": client_share[1]}},
+        "chat_readtrack_batches": {"events_per_msg": chat_events / chat_msgs, "commits_per_msg": chat_commits / chat_msgs,
+                                   "events_per_commit": chat_events / chat_commits.max(1.0)},
         "replay": {"mod_offline_s": replay_alone, "readtrack_s": replay_rt, "speed_ratio": replay_ratio,
                    "rounds": {"mod_offline_s": replay_times[0], "readtrack_s": replay_times[1]},
                    "client_cpu_us_per_msg": {"alone": replay_client_us[0], "readtrack": replay_client_us[1]},

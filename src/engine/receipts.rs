@@ -504,12 +504,30 @@ fn is_seed_stanza(message: &Message) -> bool {
         )
 }
 
-/// UUID v7 from the time given (the engine never reads the clock) and random bits.
+/// UUID v7 from the time given (the engine never reads the clock) and random bits. The bits
+/// come from the thread's seeded generator: `Uuid::new_v7` asked the kernel (a `getrandom`
+/// system call) for each id, three times per chat message under load.
 fn new_stanza_id(now: Millis) -> u128 {
-    let ts = uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        now.0 / 1000,
-        ((now.0 % 1000) * 1_000_000) as u32,
-    );
-    uuid::Uuid::new_v7(ts).as_u128()
+    uuid::Builder::from_unix_timestamp_millis(now.0, &rand::random::<[u8; 10]>())
+        .into_uuid()
+        .as_u128()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stanza_id_is_a_v7_uuid_of_the_time_given_with_random_bits() {
+        let now = Millis(1_764_000_000_123);
+        let (a, b) = (new_stanza_id(now), new_stanza_id(now));
+        let uuid = uuid::Uuid::from_u128(a);
+        assert_eq!(uuid.get_version_num(), 7);
+        let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+        assert_eq!((secs, nanos), (1_764_000_000, 123_000_000));
+        assert_ne!(
+            a, b,
+            "two ids of the same millisecond differ in their random bits"
+        );
+    }
 }
