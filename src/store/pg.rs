@@ -736,6 +736,11 @@ impl PgBackend {
 
 impl Backend for PgBackend {
     fn get(&self, tree: T, key: &[u8]) -> Result<Option<IVec>> {
+        if tree == T::UserseqMessage {
+            if let Some(hit) = self.cache().recent.get(key) {
+                return Ok(Some(hit));
+            }
+        }
         if !CACHED[tree as usize] {
             return self.get_uncached(tree, key);
         }
@@ -769,6 +774,27 @@ impl Backend for PgBackend {
                 Box::new(rows.into_iter().map(Ok))
             };
         }
+        if let Some(keys) = few_keys(tree, &bounds) {
+            let known = self.cache().all_of(tree, &keys);
+            let rows = match known {
+                Some(rows) => rows,
+                None => {
+                    let rows: Result<Vec<Row>> = self.uncached_range(tree, bounds, false).collect();
+                    match rows {
+                        Ok(rows) => {
+                            self.cache().remember_all(tree, &keys, &rows);
+                            rows
+                        }
+                        Err(e) => return Box::new(std::iter::once(Err(e))),
+                    }
+                }
+            };
+            return if rev {
+                Box::new(rows.into_iter().rev().map(Ok))
+            } else {
+                Box::new(rows.into_iter().map(Ok))
+            };
+        }
         self.uncached_range(tree, bounds, rev)
     }
 
@@ -787,6 +813,11 @@ impl Backend for PgBackend {
         // the database holds, and the write set (kept by the caller) shadows it until retried.
         let mut cache = self.cache();
         for (i, writes) in pending.trees() {
+            if i == T::UserseqMessage as usize {
+                for (key, value) in writes {
+                    cache.recent.committed(key, value.as_ref());
+                }
+            }
             if CACHED[i] {
                 for (key, value) in writes {
                     cache.committed(T::ALL[i], key, value.clone());
@@ -869,6 +900,84 @@ fn prefix_cached(tree: T) -> bool {
 /// Past this many cached rows the cache starts over (a bound on memory, not a policy).
 const CACHE_ROWS: usize = 200_000;
 
+/// The most keys a range of the log's index may span to be answered from the cache: a
+/// receipt's or a marker's lookup spans the blocks from the device's cursor to the head, one or
+/// two in the steady state; a replay's spans hundreds and goes to the database, paged.
+const FEW_KEYS: u64 = 16;
+
+/// The committed message records kept after their commit ([`Recent`]): 8 MiB, some 20,000
+/// chat messages, minutes of a busy server's traffic, which is when receipts come.
+const RECENT_BYTES: usize = 8 << 20;
+
+/// Every key `bounds` can hold when they are few: a range of the log's index (keys are
+/// `user ‖ block`, so a range within one user is a run of consecutive blocks) from one whole
+/// key to another, both included, as [`super::log`] asks it.
+fn few_keys(tree: T, bounds: &Bounds) -> Option<Vec<Vec<u8>>> {
+    if tree != T::UserblockIndex {
+        return None;
+    }
+    let (Bound::Included(lo), Bound::Included(hi)) = bounds else {
+        return None;
+    };
+    let (user, first) = (super::keys::be_u64(lo, 0)?, super::keys::be_u64(lo, 8)?);
+    let (user_hi, last) = (super::keys::be_u64(hi, 0)?, super::keys::be_u64(hi, 8)?);
+    if lo.len() != 16 || hi.len() != 16 || user != user_hi || last < first {
+        return None;
+    }
+    if last - first >= FEW_KEYS || last > i64::MAX as u64 {
+        return None;
+    }
+    Some(
+        (first..=last)
+            .map(|block| super::keys::user_block(user, block).to_vec())
+            .collect(),
+    )
+}
+
+/// Message records this process committed lately, newest kept, within [`RECENT_BYTES`]: a
+/// receipt reads the record of a message logged seconds before, and the process that wrote it
+/// owns the store (the lease), so the record it committed is the one in the database until it
+/// commits another. Only commits fill it; a delete (retention, purge) removes the record.
+#[derive(Default)]
+struct Recent {
+    records: HashMap<Vec<u8>, IVec>,
+    /// Keys in the order they came in; a key deleted or evicted may linger here (skipped).
+    order: VecDeque<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn get(&self, key: &[u8]) -> Option<IVec> {
+        self.records.get(key).cloned()
+    }
+
+    fn committed(&mut self, key: &[u8], value: Option<&IVec>) {
+        let old = match value {
+            Some(v) => {
+                let old = self.records.insert(key.to_vec(), v.clone());
+                if old.is_none() {
+                    self.order.push_back(key.to_vec());
+                }
+                self.bytes += key.len() + v.len();
+                old
+            }
+            None => self.records.remove(key),
+        };
+        if let Some(old) = old {
+            self.bytes -= key.len() + old.len();
+        }
+        // Lingering keys count against the bound too, so `order` stays bounded as well.
+        while self.bytes > RECENT_BYTES || self.order.len() > 2 * self.records.len() + 64 {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(v) = self.records.remove(&oldest) {
+                self.bytes -= oldest.len() + v.len();
+            }
+        }
+    }
+}
+
 /// The user prefix when `bounds` are exactly the keys of one user in a prefix-cached tree.
 fn whole_prefix(tree: T, bounds: &Bounds) -> Option<Vec<u8>> {
     if !prefix_cached(tree) {
@@ -889,6 +998,7 @@ struct Cache {
     /// Every committed row of one user in a prefix-cached tree, in key order.
     prefixes: HashMap<(T, Vec<u8>), Vec<Row>>,
     rows: usize,
+    recent: Recent,
 }
 
 impl Cache {
@@ -898,6 +1008,29 @@ impl Cache {
 
     fn prefix(&self, tree: T, prefix: &[u8]) -> Option<Vec<Row>> {
         self.prefixes.get(&(tree, prefix.to_vec())).cloned()
+    }
+
+    /// The committed rows of `keys` (every key the range holds) when each is known, present
+    /// or absent.
+    fn all_of(&self, tree: T, keys: &[Vec<u8>]) -> Option<Vec<Row>> {
+        let mut rows = Vec::new();
+        for key in keys {
+            if let Some(value) = self.points.get(&(tree, key.clone()))? {
+                rows.push((IVec::from(key.as_slice()), value.clone()));
+            }
+        }
+        Some(rows)
+    }
+
+    /// What a range over exactly `keys` returned: each key is present with its row, or absent.
+    fn remember_all(&mut self, tree: T, keys: &[Vec<u8>], rows: &[Row]) {
+        for key in keys {
+            let value = rows
+                .iter()
+                .find(|(k, _)| k.as_ref() == key.as_slice())
+                .map(|(_, v)| v.clone());
+            self.remember(tree, key, value);
+        }
     }
 
     fn make_room(&mut self, rows: usize) {
@@ -1601,6 +1734,53 @@ mod tests {
             describe(&e),
             "error connecting to server: Connection refused (os error 111)"
         );
+    }
+
+    #[test]
+    fn recent_records_stay_within_their_bound_newest_kept() {
+        let mut recent = Recent::default();
+        let record = IVec::from(vec![7u8; 1000]);
+        let n = 3 * RECENT_BYTES / 1000;
+        for seq in 0..n as u64 {
+            recent.committed(&keys::user_seq(1, seq), Some(&record));
+        }
+        assert!(recent.bytes <= RECENT_BYTES, "{} bytes", recent.bytes);
+        assert!(recent.bytes > RECENT_BYTES - 2000, "{} bytes", recent.bytes);
+        assert!(recent.get(&keys::user_seq(1, n as u64 - 1)).is_some());
+        assert!(recent.get(&keys::user_seq(1, 0)).is_none());
+        // A delete is forgotten at once, and lingering keys do not grow the queue past its bound.
+        for round in 0..10_000u64 {
+            let key = keys::user_seq(2, round % 3);
+            recent.committed(&key, Some(&record));
+            recent.committed(&key, None);
+            assert_eq!(recent.get(&key), None);
+        }
+        assert!(recent.order.len() <= 2 * recent.records.len() + 64);
+    }
+
+    #[test]
+    fn a_short_range_of_the_log_index_is_enumerated_and_a_long_one_is_not() {
+        let b = |lo: u64, hi: u64| {
+            (
+                Bound::Included(keys::user_block(5, lo).to_vec()),
+                Bound::Included(keys::user_block(5, hi).to_vec()),
+            )
+        };
+        let few = few_keys(T::UserblockIndex, &b(3, 4)).unwrap();
+        assert_eq!(
+            few,
+            vec![
+                keys::user_block(5, 3).to_vec(),
+                keys::user_block(5, 4).to_vec()
+            ]
+        );
+        assert_eq!(few_keys(T::UserblockIndex, &b(0, FEW_KEYS)), None);
+        assert_eq!(few_keys(T::UserseqMessage, &b(3, 4)), None);
+        let other_user = (
+            Bound::Included(keys::user_block(5, 1).to_vec()),
+            Bound::Included(keys::user_block(6, 1).to_vec()),
+        );
+        assert_eq!(few_keys(T::UserblockIndex, &other_user), None);
     }
 
     #[test]
