@@ -19,8 +19,8 @@
 //!
 //! On PostgreSQL (`READTRACK_TEST_BACKEND=postgres`, the cluster of `scripts/postgres`), every
 //! fifth cycle also restarts PostgreSQL itself (`pg_ctl restart -m fast`) in the middle of the
-//! load, with readtrack running: readtrack either reconnects or exits with a store error and is
-//! started again by the loop, as after a crash; either way nothing acked may be lost, and
+//! load, with readtrack running: readtrack must wait for it and carry on (an exit is counted, the
+//! loop starts it again as after a crash, and the run fails); nothing acked may be lost, and
 //! messages must be acked again after the restart.
 //!
 //! CI runs 20 cycles. The long run, with the figures printed:
@@ -654,9 +654,10 @@ impl CrashLoop {
         self.fig.cycles += 1;
     }
 
-    /// Restarts PostgreSQL with readtrack running and the load going on. readtrack may reconnect
-    /// or exit on the failed commit (then it is started again here, like after a crash); it may
-    /// not hang: it must ack new messages before the run ends (checked at the end).
+    /// Restarts PostgreSQL with readtrack running and the load going on. readtrack must wait for
+    /// it and carry on; an exit is counted (the run fails on it) and readtrack started again
+    /// here, like after a crash, so the other checks still judge the run. It may not hang: it
+    /// must ack new messages before the run ends (checked at the end).
     async fn restart_postgres_under_load(&mut self, port: u16) {
         self.sent_after_pg_restart.clear();
         self.fig.acked_after_pg_restart = 0;
@@ -895,6 +896,10 @@ async fn crash_loop_keeps_every_acked_message_and_timer() {
         assert_eq!(
             f.pg_restarts as usize, want,
             "PostgreSQL restarts: {report}"
+        );
+        assert_eq!(
+            f.exits_after_pg_restart, 0,
+            "readtrack waits for PostgreSQL to come back instead of exiting: {report}"
         );
         if want > 0 {
             assert!(

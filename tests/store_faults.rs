@@ -811,3 +811,88 @@ fn check_reports_the_postgres_connection_and_schema() {
     assert!(!detail.contains("not-shown"));
     backend::drop_location(&location);
 }
+
+/// A commit that loses to another transaction (SQLSTATE 40001, which CockroachDB and YugabyteDB
+/// return routinely) runs again whole, and its ack is released once it went through. The
+/// conflict is raised by the server itself, once, from a trigger.
+#[test]
+fn a_commit_that_loses_to_another_transaction_runs_again_whole() {
+    let url = backend::fresh_database();
+    let location = Location::Postgres(url.clone());
+    let mut engine = Engine::new(
+        Store::open_location(&location, &StoreOptions::default()).unwrap(),
+        seed_config(),
+    )
+    .unwrap();
+    engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
+    engine.commit().unwrap();
+    sql(&url, "CREATE SEQUENCE conflicts");
+    sql(
+        &url,
+        "CREATE FUNCTION conflict_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         IF nextval('conflicts') = 1 THEN \
+           RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001'; \
+         END IF; RETURN NULL; END $$",
+    );
+    sql(
+        &url,
+        "CREATE TRIGGER conflict_once BEFORE INSERT ON readtrack_userseq_message \
+         FOR EACH STATEMENT EXECUTE FUNCTION conflict_once()",
+    );
+    engine
+        .handle(routed("m2", "after"), Millis(T0 + 1))
+        .unwrap();
+    let released = engine
+        .commit()
+        .expect("the commit ran again and went through");
+    assert_eq!(released.len(), 1, "m2's ack is released: {released:?}");
+    let tries: i64 = sql(&url, "SELECT last_value FROM conflicts")[0].get(0);
+    assert_eq!(tries, 2, "one refused try, one that went through");
+    assert_eq!(count(&url, "readtrack_userseq_message"), 2);
+    drop(engine);
+    backend::drop_location(&location);
+}
+
+/// A commit the database refuses for a reason retrying cannot mend (here a constraint an
+/// operator added) fails at once, saying the SQLSTATE and the server's message, not "db error";
+/// nothing of it is applied and its ack is not released.
+#[test]
+fn a_commit_the_database_refuses_fails_with_the_servers_reason() {
+    let url = backend::fresh_database();
+    let location = Location::Postgres(url.clone());
+    let mut engine = Engine::new(
+        Store::open_location(&location, &StoreOptions::default()).unwrap(),
+        seed_config(),
+    )
+    .unwrap();
+    engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
+    engine.commit().unwrap();
+    sql(
+        &url,
+        "ALTER TABLE readtrack_userseq_message ADD CONSTRAINT no_more CHECK (false) NOT VALID",
+    );
+    engine
+        .handle(routed("m2", "refused"), Millis(T0 + 1))
+        .unwrap();
+    let started = Instant::now();
+    let err = engine.commit().expect_err("the constraint refuses the row");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "not retried: {:?}",
+        started.elapsed()
+    );
+    // The detail shows the refused row (its record's bytes, cut by the server).
+    let text = err.to_string();
+    let reason = format!(
+        "PostgreSQL store {url}: ERROR 23514: new row for relation \"readtrack_userseq_message\" \
+         violates check constraint \"no_more\" (detail: Failing row contains (1, 2, \\x"
+    );
+    assert!(text.starts_with(&reason), "{text}");
+    assert_eq!(
+        count(&url, "readtrack_userseq_message"),
+        1,
+        "nothing applied"
+    );
+    drop(engine);
+    backend::drop_location(&location);
+}

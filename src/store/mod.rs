@@ -94,7 +94,7 @@ pub enum StoreError {
     BadKey { tree: &'static str, len: usize },
     #[error("unknown user id {0}")]
     UnknownUser(UserId),
-    #[error("PostgreSQL store {url}: {source}")]
+    #[error("PostgreSQL store {url}: {}", pg::describe(source))]
     Postgres {
         url: String,
         source: postgres::Error,

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
@@ -338,16 +338,92 @@ fn config_of(url: &str) -> Result<postgres::Config> {
     Ok(config)
 }
 
-/// The error says the connection is gone (closed, or the server ended the session: a shutdown
-/// or restart, `pg_terminate_backend`), not that the statement was wrong. The client notices a
-/// closed connection a moment after the error, so the error itself is asked.
-fn connection_broke(e: &postgres::Error) -> bool {
-    e.is_closed()
-        || e.code().is_some_and(|c| {
-            let code = c.code();
-            code.starts_with("57P") || code.starts_with("08")
-        })
+/// What a failed call means for the job that made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The connection is gone, or the server cannot take one now (it is shutting down,
+    /// restarting, starting up, full): the job runs again on a new connection once the
+    /// server answers, however long that takes. Nothing is acked meanwhile.
+    Connection,
+    /// The transaction lost to another one (serialisation failure, deadlock): it ran on a
+    /// consistent snapshot and was rolled back whole, so it runs again whole.
+    Conflict,
+    /// The database refused the statement or its data (a constraint, a missing table, a
+    /// permission), or this process lost the store: retrying cannot help.
+    Fatal,
 }
+
+/// The failure an SQLSTATE names.
+fn failure_of_code(code: &str) -> Failure {
+    match code {
+        // serialization_failure (CockroachDB and YugabyteDB return it routinely under
+        // contention), deadlock_detected.
+        "40001" | "40P01" => Failure::Conflict,
+        // statement_completion_unknown: CockroachDB's ambiguous commit. Every job is a read or
+        // a write set of final values, so running it again is the same as once.
+        "40003" => Failure::Conflict,
+        // admin_shutdown (pg_ctl stop/restart, pg_terminate_backend), crash_shutdown,
+        // cannot_connect_now (starting up, or a standby being promoted), idle_session_timeout.
+        "57P01" | "57P02" | "57P03" | "57P05" => Failure::Connection,
+        // too_many_connections: the server is there; a connection frees up.
+        "53300" => Failure::Connection,
+        // Class 08, connection_exception.
+        c if c.starts_with("08") => Failure::Connection,
+        _ => Failure::Fatal,
+    }
+}
+
+/// The failure a client error is: the server's SQLSTATE when it sent one, else a closed
+/// connection or a socket error (refused, reset, timed out) is a connection loss. The client
+/// notices a closed connection a moment after the error, so the error itself is asked.
+fn failure_of(e: &postgres::Error) -> Failure {
+    if let Some(code) = e.code() {
+        return failure_of_code(code.code());
+    }
+    let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+    if e.is_closed() || io {
+        Failure::Connection
+    } else {
+        Failure::Fatal
+    }
+}
+
+fn failure(e: &StoreError) -> Failure {
+    match e {
+        StoreError::Postgres { source, .. } => failure_of(source),
+        _ => Failure::Fatal,
+    }
+}
+
+/// A client error with its cause: the `postgres` crate shows a server error as "db error" and
+/// keeps the SQLSTATE, message and detail in its source, and a socket error as "error
+/// communicating with the server" without the socket's reason.
+pub(super) fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" (detail: {detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!(" (hint: {hint})"));
+        }
+        return text;
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+/// The first wait before a job runs again after a connection loss; each further failure
+/// doubles it, up to [`RETRY_LONGEST`].
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts while the database is away: the time readtrack may
+/// take to notice that it is back.
+const RETRY_LONGEST: Duration = Duration::from_secs(5);
+/// How often a job that lost to another transaction runs again before its failure stands
+/// (with one owning process, conflicts come from the database's own work, and are rare).
+const CONFLICT_ATTEMPTS: u32 = 10;
 
 /// The connection and what belongs to it, owned by the backend's thread.
 struct Conn {
@@ -368,23 +444,37 @@ impl Conn {
         }
     }
 
-    /// The connection, opened again when the last one broke (a database restart): what it
-    /// held (the lease) is a row, not a session, so nothing is lost with it.
-    fn client(&mut self) -> Result<&mut Client> {
+    /// Opens a connection when there is none (the first job, or the job after one broke: a
+    /// database restart). What the last one held (the lease) is a row, not a session, so
+    /// nothing is lost with it. Only here, before a job: a job that finds its connection
+    /// closed midway fails and runs again whole, so every statement it prepared belongs to the
+    /// connection it runs on.
+    fn connect(&mut self) -> Result<()> {
         if self.client.as_ref().is_some_and(|c| c.is_closed()) {
-            self.client = None;
+            self.disconnect();
         }
         if self.client.is_none() {
-            self.statements.clear();
             let client = self.config.connect(NoTls).map_err(|e| self.err(e))?;
             self.client = Some(client);
+        }
+        Ok(())
+    }
+
+    /// Forgets the connection and the statements prepared on it.
+    fn disconnect(&mut self) {
+        self.client = None;
+        self.statements.clear();
+    }
+
+    /// The connection of this job ([`Conn::connect`] opened it).
+    fn client(&mut self) -> Result<&mut Client> {
+        if self.client.is_none() {
+            self.connect()?;
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement> {
-        // First: a new connection forgets the statements prepared on the last one.
-        self.client()?;
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -398,6 +488,56 @@ impl Conn {
         let s = self.statement(sql)?;
         let rows = self.client()?.query(&s, params);
         rows.map_err(|e| self.err(e))
+    }
+}
+
+/// Runs a job until it succeeds or fails for a reason retrying cannot mend ([`PgBackend::call`]).
+fn retrying<R>(conn: &mut Conn, f: &impl Fn(&mut Conn) -> Result<R>) -> Result<R> {
+    let mut lost: Option<(Instant, u32)> = None;
+    let mut wait = RETRY_FIRST;
+    let mut conflicts = 0;
+    loop {
+        let e = match conn.connect().and_then(|()| f(conn)) {
+            Ok(value) => {
+                if let Some((since, failures)) = lost {
+                    tracing::info!(
+                        url = %redact(&conn.url),
+                        failures,
+                        "the database answers again after {:.1} s; carrying on",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(value);
+            }
+            Err(e) => e,
+        };
+        match failure(&e) {
+            Failure::Connection => {
+                conn.disconnect();
+                let (_, failures) = lost.get_or_insert((Instant::now(), 0));
+                *failures += 1;
+                tracing::warn!(
+                    url = %redact(&conn.url),
+                    attempt = *failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "the database is unreachable; nothing is acked until it answers: {e}"
+                );
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(RETRY_LONGEST);
+            }
+            Failure::Conflict if conflicts < CONFLICT_ATTEMPTS => {
+                conflicts += 1;
+                tracing::warn!(
+                    url = %redact(&conn.url),
+                    attempt = conflicts,
+                    "a transaction lost to another one and runs again: {e}"
+                );
+                // A little longer each time, and not in step with the other transaction.
+                let jitter = rand::random::<u64>() % 10;
+                std::thread::sleep(Duration::from_millis(10 * u64::from(conflicts) + jitter));
+            }
+            Failure::Conflict | Failure::Fatal => return Err(e),
+        }
     }
 }
 
@@ -429,7 +569,7 @@ impl PgBackend {
             epoch: 0,
             lease: options.lease,
         };
-        conn.client()?;
+        conn.connect()?;
         migrate(&mut conn)?;
         check_records_schema(&mut conn)?;
         let holder = holder_id();
@@ -460,9 +600,12 @@ impl PgBackend {
     /// Runs `f` on the connection's thread and waits for its result.
     ///
     /// A job that failed because the connection broke (the server restarted, an idle
-    /// connection was cut) runs once more on a new connection: every job is a read or a whole
-    /// write set of final values, so running it twice is the same as once, even when the
-    /// first `COMMIT` did reach the server.
+    /// connection was cut, the server is down) runs again on a new connection, after a wait
+    /// that doubles up to [`RETRY_LONGEST`], for as long as the database stays away: the
+    /// caller keeps its write set and acks nothing meanwhile, and carries on when it is back.
+    /// A job that lost to another transaction runs again whole, a few times. Every job is a
+    /// read or a whole write set of final values, so running it twice is the same as once,
+    /// even when the first `COMMIT` did reach the server. Any other failure is returned.
     fn call<R: Send + 'static>(
         &self,
         f: impl Fn(&mut Conn) -> Result<R> + Send + 'static,
@@ -473,17 +616,7 @@ impl PgBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(Box::new(move |conn| {
-                let mut result = f(conn);
-                let broke = match &result {
-                    Err(StoreError::Postgres { source, .. }) => connection_broke(source),
-                    _ => false,
-                } || conn.client.as_ref().is_some_and(|c| c.is_closed());
-                if result.is_err() && broke {
-                    tracing::warn!(url = %redact(&conn.url), "the connection to the database broke; connecting again");
-                    conn.client = None;
-                    result = f(conn);
-                }
-                let _ = tx.send(result);
+                let _ = tx.send(retrying(conn, &f));
             }))
             .map_err(|_| gone())?;
         rx.recv().map_err(|_| gone())?
@@ -603,6 +736,11 @@ impl PgBackend {
 
 impl Backend for PgBackend {
     fn get(&self, tree: T, key: &[u8]) -> Result<Option<IVec>> {
+        if tree == T::UserseqMessage {
+            if let Some(hit) = self.cache().recent.get(key) {
+                return Ok(Some(hit));
+            }
+        }
         if !CACHED[tree as usize] {
             return self.get_uncached(tree, key);
         }
@@ -636,6 +774,27 @@ impl Backend for PgBackend {
                 Box::new(rows.into_iter().map(Ok))
             };
         }
+        if let Some(keys) = few_keys(tree, &bounds) {
+            let known = self.cache().all_of(tree, &keys);
+            let rows = match known {
+                Some(rows) => rows,
+                None => {
+                    let rows: Result<Vec<Row>> = self.uncached_range(tree, bounds, false).collect();
+                    match rows {
+                        Ok(rows) => {
+                            self.cache().remember_all(tree, &keys, &rows);
+                            rows
+                        }
+                        Err(e) => return Box::new(std::iter::once(Err(e))),
+                    }
+                }
+            };
+            return if rev {
+                Box::new(rows.into_iter().rev().map(Ok))
+            } else {
+                Box::new(rows.into_iter().map(Ok))
+            };
+        }
         self.uncached_range(tree, bounds, rev)
     }
 
@@ -654,6 +813,11 @@ impl Backend for PgBackend {
         // the database holds, and the write set (kept by the caller) shadows it until retried.
         let mut cache = self.cache();
         for (i, writes) in pending.trees() {
+            if i == T::UserseqMessage as usize {
+                for (key, value) in writes {
+                    cache.recent.committed(key, value.as_ref());
+                }
+            }
             if CACHED[i] {
                 for (key, value) in writes {
                     cache.committed(T::ALL[i], key, value.clone());
@@ -736,6 +900,84 @@ fn prefix_cached(tree: T) -> bool {
 /// Past this many cached rows the cache starts over (a bound on memory, not a policy).
 const CACHE_ROWS: usize = 200_000;
 
+/// The most keys a range of the log's index may span to be answered from the cache: a
+/// receipt's or a marker's lookup spans the blocks from the device's cursor to the head, one or
+/// two in the steady state; a replay's spans hundreds and goes to the database, paged.
+const FEW_KEYS: u64 = 16;
+
+/// The committed message records kept after their commit ([`Recent`]): 8 MiB, some 20,000
+/// chat messages, minutes of a busy server's traffic, which is when receipts come.
+const RECENT_BYTES: usize = 8 << 20;
+
+/// Every key `bounds` can hold when they are few: a range of the log's index (keys are
+/// `user ‖ block`, so a range within one user is a run of consecutive blocks) from one whole
+/// key to another, both included, as [`super::log`] asks it.
+fn few_keys(tree: T, bounds: &Bounds) -> Option<Vec<Vec<u8>>> {
+    if tree != T::UserblockIndex {
+        return None;
+    }
+    let (Bound::Included(lo), Bound::Included(hi)) = bounds else {
+        return None;
+    };
+    let (user, first) = (super::keys::be_u64(lo, 0)?, super::keys::be_u64(lo, 8)?);
+    let (user_hi, last) = (super::keys::be_u64(hi, 0)?, super::keys::be_u64(hi, 8)?);
+    if lo.len() != 16 || hi.len() != 16 || user != user_hi || last < first {
+        return None;
+    }
+    if last - first >= FEW_KEYS || last > i64::MAX as u64 {
+        return None;
+    }
+    Some(
+        (first..=last)
+            .map(|block| super::keys::user_block(user, block).to_vec())
+            .collect(),
+    )
+}
+
+/// Message records this process committed lately, newest kept, within [`RECENT_BYTES`]: a
+/// receipt reads the record of a message logged seconds before, and the process that wrote it
+/// owns the store (the lease), so the record it committed is the one in the database until it
+/// commits another. Only commits fill it; a delete (retention, purge) removes the record.
+#[derive(Default)]
+struct Recent {
+    records: HashMap<Vec<u8>, IVec>,
+    /// Keys in the order they came in; a key deleted or evicted may linger here (skipped).
+    order: VecDeque<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn get(&self, key: &[u8]) -> Option<IVec> {
+        self.records.get(key).cloned()
+    }
+
+    fn committed(&mut self, key: &[u8], value: Option<&IVec>) {
+        let old = match value {
+            Some(v) => {
+                let old = self.records.insert(key.to_vec(), v.clone());
+                if old.is_none() {
+                    self.order.push_back(key.to_vec());
+                }
+                self.bytes += key.len() + v.len();
+                old
+            }
+            None => self.records.remove(key),
+        };
+        if let Some(old) = old {
+            self.bytes -= key.len() + old.len();
+        }
+        // Lingering keys count against the bound too, so `order` stays bounded as well.
+        while self.bytes > RECENT_BYTES || self.order.len() > 2 * self.records.len() + 64 {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(v) = self.records.remove(&oldest) {
+                self.bytes -= oldest.len() + v.len();
+            }
+        }
+    }
+}
+
 /// The user prefix when `bounds` are exactly the keys of one user in a prefix-cached tree.
 fn whole_prefix(tree: T, bounds: &Bounds) -> Option<Vec<u8>> {
     if !prefix_cached(tree) {
@@ -756,6 +998,7 @@ struct Cache {
     /// Every committed row of one user in a prefix-cached tree, in key order.
     prefixes: HashMap<(T, Vec<u8>), Vec<Row>>,
     rows: usize,
+    recent: Recent,
 }
 
 impl Cache {
@@ -765,6 +1008,29 @@ impl Cache {
 
     fn prefix(&self, tree: T, prefix: &[u8]) -> Option<Vec<Row>> {
         self.prefixes.get(&(tree, prefix.to_vec())).cloned()
+    }
+
+    /// The committed rows of `keys` (every key the range holds) when each is known, present
+    /// or absent.
+    fn all_of(&self, tree: T, keys: &[Vec<u8>]) -> Option<Vec<Row>> {
+        let mut rows = Vec::new();
+        for key in keys {
+            if let Some(value) = self.points.get(&(tree, key.clone()))? {
+                rows.push((IVec::from(key.as_slice()), value.clone()));
+            }
+        }
+        Some(rows)
+    }
+
+    /// What a range over exactly `keys` returned: each key is present with its row, or absent.
+    fn remember_all(&mut self, tree: T, keys: &[Vec<u8>], rows: &[Row]) {
+        for key in keys {
+            let value = rows
+                .iter()
+                .find(|(k, _)| k.as_ref() == key.as_slice())
+                .map(|(_, v)| v.clone());
+            self.remember(tree, key, value);
+        }
     }
 
     fn make_room(&mut self, rows: usize) {
@@ -1235,12 +1501,16 @@ impl Renewer {
                 let every = (lease / 3).max(Duration::from_millis(100));
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                     if client.as_ref().map_or(true, |c| c.is_closed()) {
-                        client = config.connect(NoTls).ok();
+                        client = match config.connect(NoTls) {
+                            Ok(c) => Some(c),
+                            Err(e) => {
+                                // Commits renew the lease too; the store's thread retries them.
+                                tracing::warn!(url = %shown, "cannot reach the database to renew the store's lease: {}", describe(&e));
+                                continue;
+                            }
+                        };
                     }
-                    let Some(c) = client.as_mut() else {
-                        tracing::warn!(url = %shown, "cannot reach the database to renew the store's lease");
-                        continue;
-                    };
+                    let Some(c) = client.as_mut() else { continue };
                     match c.execute(
                         "UPDATE readtrack_owner SET expires = now() + $2::float8 * interval '1 second' \
                          WHERE id = 1 AND epoch = $1",
@@ -1251,7 +1521,11 @@ impl Renewer {
                             tracing::error!(url = %shown, epoch, "the store's lease was taken over by another process; this process can no longer commit");
                             return;
                         }
-                        Err(e) => tracing::warn!(url = %shown, "cannot renew the store's lease: {e}"),
+                        Err(e) => {
+                            tracing::warn!(url = %shown, "cannot renew the store's lease: {}", describe(&e));
+                            // A connection that failed once is not trusted again.
+                            client = None;
+                        }
                     }
                 }
             })
@@ -1413,6 +1687,100 @@ mod tests {
             whole_key(T::UserseqMessage, &keys::user_seq(1, u64::MAX)),
             Err(StoreError::KeyRange { .. })
         ));
+    }
+
+    #[test]
+    fn a_lost_connection_is_named_by_its_sqlstate_and_retried_on_a_new_one() {
+        for code in [
+            "57P01", "57P02", "57P03", "57P05", "53300", "08000", "08003", "08006",
+        ] {
+            assert_eq!(failure_of_code(code), Failure::Connection, "{code}");
+        }
+    }
+
+    #[test]
+    fn serialisation_failures_and_deadlocks_run_the_transaction_again() {
+        for code in ["40001", "40P01", "40003"] {
+            assert_eq!(failure_of_code(code), Failure::Conflict, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_refused_statement_is_not_retried() {
+        // unique and check violations, a missing table, a bad password, a missing database,
+        // a statement timeout, a dropped database, a full disk, a read-only standby.
+        for code in [
+            "23505", "23514", "42P01", "28P01", "3D000", "57014", "57P04", "53100", "25006",
+        ] {
+            assert_eq!(failure_of_code(code), Failure::Fatal, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_is_a_connection_loss_and_says_why() {
+        // A port nobody listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://rt@127.0.0.1:{port}/db");
+        let e = std::thread::spawn(move || config_of(&url).unwrap().connect(NoTls).err())
+            .join()
+            .unwrap()
+            .expect("nothing listens there");
+        assert_eq!(failure_of(&e), Failure::Connection);
+        assert_eq!(
+            describe(&e),
+            "error connecting to server: Connection refused (os error 111)"
+        );
+    }
+
+    #[test]
+    fn recent_records_stay_within_their_bound_newest_kept() {
+        let mut recent = Recent::default();
+        let record = IVec::from(vec![7u8; 1000]);
+        let n = 3 * RECENT_BYTES / 1000;
+        for seq in 0..n as u64 {
+            recent.committed(&keys::user_seq(1, seq), Some(&record));
+        }
+        assert!(recent.bytes <= RECENT_BYTES, "{} bytes", recent.bytes);
+        assert!(recent.bytes > RECENT_BYTES - 2000, "{} bytes", recent.bytes);
+        assert!(recent.get(&keys::user_seq(1, n as u64 - 1)).is_some());
+        assert!(recent.get(&keys::user_seq(1, 0)).is_none());
+        // A delete is forgotten at once, and lingering keys do not grow the queue past its bound.
+        for round in 0..10_000u64 {
+            let key = keys::user_seq(2, round % 3);
+            recent.committed(&key, Some(&record));
+            recent.committed(&key, None);
+            assert_eq!(recent.get(&key), None);
+        }
+        assert!(recent.order.len() <= 2 * recent.records.len() + 64);
+    }
+
+    #[test]
+    fn a_short_range_of_the_log_index_is_enumerated_and_a_long_one_is_not() {
+        let b = |lo: u64, hi: u64| {
+            (
+                Bound::Included(keys::user_block(5, lo).to_vec()),
+                Bound::Included(keys::user_block(5, hi).to_vec()),
+            )
+        };
+        let few = few_keys(T::UserblockIndex, &b(3, 4)).unwrap();
+        assert_eq!(
+            few,
+            vec![
+                keys::user_block(5, 3).to_vec(),
+                keys::user_block(5, 4).to_vec()
+            ]
+        );
+        assert_eq!(few_keys(T::UserblockIndex, &b(0, FEW_KEYS)), None);
+        assert_eq!(few_keys(T::UserseqMessage, &b(3, 4)), None);
+        let other_user = (
+            Bound::Included(keys::user_block(5, 1).to_vec()),
+            Bound::Included(keys::user_block(6, 1).to_vec()),
+        );
+        assert_eq!(few_keys(T::UserblockIndex, &other_user), None);
     }
 
     #[test]
