@@ -76,10 +76,12 @@ fn store_section(cache_mb: u64) -> String {
             let database = format!("readtrack_load_{}", std::process::id());
             let mut client = postgres::Client::connect(&admin, postgres::NoTls)
                 .unwrap_or_else(|e| panic!("READTRACK_BENCH_PG_URL={admin}: {e}"));
+            // Two statements: one batch runs as a transaction, which DROP DATABASE refuses.
             client
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {database}; CREATE DATABASE {database}"
-                ))
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
+                .unwrap();
+            client
+                .batch_execute(&format!("CREATE DATABASE {database}"))
                 .unwrap();
             let (server, _) = admin.rsplit_once('/').expect("an URL ending in /DATABASE");
             format!("backend = \"postgres\"\nurl = \"{server}/{database}\"")
