@@ -362,6 +362,20 @@ fn bench_parse(c: &mut Criterion) {
 
 // ---- ingest ----
 
+/// The index record of `block` (32 messages of user 1) as it stands once `seq` is logged: the
+/// bytes the store writes for it, for the raw baselines.
+fn index_block(block: u64, seq: u64) -> Vec<u8> {
+    let entries: Vec<IndexEntry> = (block * 32..=seq.min(block * 32 + 31))
+        .filter(|s| *s > 0)
+        .map(|s| IndexEntry {
+            seq: s,
+            msgid: s.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            peer: 0xaf63_dc4c_8601_ec8c,
+        })
+        .collect();
+    encoded(&entries)
+}
+
 fn bench_ingest(c: &mut Criterion) {
     let value = message_record_bytes();
     let mut g = c.benchmark_group("ingest");
@@ -437,15 +451,9 @@ fn bench_ingest(c: &mut Criterion) {
                     .unwrap();
             }
             for block in first / 32..=seq / 32 {
-                let entries: Vec<IndexEntry> = (block * 32..=seq.min(block * 32 + 31))
-                    .filter(|s| *s > 0)
-                    .map(|s| IndexEntry {
-                        seq: s,
-                        msgid: s.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-                        peer: 0xaf63_dc4c_8601_ec8c,
-                    })
-                    .collect();
-                index.insert(user_seq(1, block), encoded(&entries)).unwrap();
+                index
+                    .insert(user_seq(1, block), index_block(block, seq))
+                    .unwrap();
             }
             users.insert(user_seq(1, 0), user.as_slice()).unwrap();
             convs.insert(user_seq(1, 7), conv.as_slice()).unwrap();
@@ -520,18 +528,7 @@ fn bench_ingest(c: &mut Criterion) {
                 let blocks: Vec<i64> = (first / 32..=seq / 32).map(|b| b as i64).collect();
                 let index: Vec<Vec<u8>> = blocks
                     .iter()
-                    .map(|&block| {
-                        let block = block as u64;
-                        let entries: Vec<IndexEntry> = (block * 32..=seq.min(block * 32 + 31))
-                            .filter(|s| *s > 0)
-                            .map(|s| IndexEntry {
-                                seq: s,
-                                msgid: s.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
-                                peer: 0xaf63_dc4c_8601_ec8c,
-                            })
-                            .collect();
-                        encoded(&entries)
-                    })
+                    .map(|&block| index_block(block as u64, seq))
                     .collect();
                 let block_users: Vec<i64> = vec![1; blocks.len()];
                 let mut tx = client.transaction().unwrap();

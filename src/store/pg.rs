@@ -734,6 +734,27 @@ impl PgBackend {
     }
 }
 
+impl PgBackend {
+    /// The rows the cache holds for a range, or the range read whole (in key order) and
+    /// handed to `remember`.
+    fn cached_or_read(
+        &self,
+        tree: T,
+        bounds: Bounds,
+        cached: Option<Vec<Row>>,
+        remember: impl FnOnce(&mut Cache, &[Row]),
+    ) -> Result<Vec<Row>> {
+        if let Some(rows) = cached {
+            return Ok(rows);
+        }
+        let rows = self
+            .uncached_range(tree, bounds, false)
+            .collect::<Result<Vec<Row>>>()?;
+        remember(&mut self.cache(), &rows);
+        Ok(rows)
+    }
+}
+
 impl Backend for PgBackend {
     fn get(&self, tree: T, key: &[u8]) -> Result<Option<IVec>> {
         if tree == T::UserseqMessage {
@@ -753,49 +774,24 @@ impl Backend for PgBackend {
     }
 
     fn range(&self, tree: T, bounds: Bounds, rev: bool) -> RowIter<'_> {
-        if let Some(prefix) = whole_prefix(tree, &bounds) {
+        let rows = if let Some(prefix) = whole_prefix(tree, &bounds) {
             let cached = self.cache().prefix(tree, &prefix);
-            let rows = match cached {
-                Some(rows) => rows,
-                None => {
-                    let rows: Result<Vec<Row>> = self.uncached_range(tree, bounds, false).collect();
-                    match rows {
-                        Ok(rows) => {
-                            self.cache().remember_prefix(tree, prefix, rows.clone());
-                            rows
-                        }
-                        Err(e) => return Box::new(std::iter::once(Err(e))),
-                    }
-                }
-            };
-            return if rev {
-                Box::new(rows.into_iter().rev().map(Ok))
-            } else {
-                Box::new(rows.into_iter().map(Ok))
-            };
-        }
-        if let Some(keys) = few_keys(tree, &bounds) {
+            self.cached_or_read(tree, bounds, cached, |cache, rows| {
+                cache.remember_prefix(tree, prefix, rows.to_vec())
+            })
+        } else if let Some(keys) = few_keys(tree, &bounds) {
             let known = self.cache().all_of(tree, &keys);
-            let rows = match known {
-                Some(rows) => rows,
-                None => {
-                    let rows: Result<Vec<Row>> = self.uncached_range(tree, bounds, false).collect();
-                    match rows {
-                        Ok(rows) => {
-                            self.cache().remember_all(tree, &keys, &rows);
-                            rows
-                        }
-                        Err(e) => return Box::new(std::iter::once(Err(e))),
-                    }
-                }
-            };
-            return if rev {
-                Box::new(rows.into_iter().rev().map(Ok))
-            } else {
-                Box::new(rows.into_iter().map(Ok))
-            };
+            self.cached_or_read(tree, bounds, known, |cache, rows| {
+                cache.remember_all(tree, &keys, rows)
+            })
+        } else {
+            return self.uncached_range(tree, bounds, rev);
+        };
+        match rows {
+            Ok(rows) if rev => Box::new(rows.into_iter().rev().map(Ok)),
+            Ok(rows) => Box::new(rows.into_iter().map(Ok)),
+            Err(e) => Box::new(std::iter::once(Err(e))),
         }
-        self.uncached_range(tree, bounds, rev)
     }
 
     fn apply(&self, pending: &Pending) -> Result<()> {
