@@ -905,20 +905,34 @@ end, 100);
 -- the stanzas/out filters, which have nothing to do for it). WebSocket framing and BOSH need a
 -- stanza object too.
 local ack_time_pattern = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d[%.%d]*Z$";
-local function ack(command)
+
+-- The local session a compact command (<ack>, <bounce>) is for, with the command's to, message-id
+-- and time; nil (logged) when the command lacks one of them or the session is gone.
+local function compact_target(command)
 	local to, id, time = command.attr.to, command.attr["message-id"], command.attr.time;
 	if not (to and id and time and time:match(ack_time_pattern)) then
-		module:log("warn", "readtrack <ack> without to, message-id or an RFC 3339 time");
-		return true;
+		module:log("warn", "readtrack <%s> without to, message-id or an RFC 3339 time", command.name);
+		return nil;
 	end
 	local node, to_host, resource = jid_split(to);
 	local session = node and resource and to_host == host and full_sessions[to];
 	if not session then
-		module:log("debug", "readtrack ack to absent session %s dropped", to);
-		return true;
+		module:log("debug", "readtrack %s to absent session %s dropped", command.name, to);
+		return nil;
 	end
+	return session, to, id, time;
+end
+
+-- Whether a session must be sent a stanza object rather than bytes (see above).
+local function needs_stanza(session)
+	return session.smacks or session.websocket_request or session.requests or not session.conn;
+end
+
+local function ack(command)
+	local session, to, id, time = compact_target(command);
+	if not session then return true; end
 	local body = '{"time":"' .. time .. '","msgType":"10013"}';
-	if session.smacks or session.websocket_request or session.requests or not session.conn then
+	if needs_stanza(session) then
 		session.send(st.message({ id = id, type = "crs", from = host, to = to }):text_tag("body", body));
 	else
 		session.send("<message id='" .. xml_escape(id) .. "' type='crs' from='" .. xml_escape(host)
@@ -932,19 +946,10 @@ end
 -- per escaped character) and the time of <delay current>; the bounce is what the whole <send>
 -- gave, filled in here. Stream management and the rest as for ack().
 local function bounce(command)
-	local to, id, time = command.attr.to, command.attr["message-id"], command.attr.time;
-	if not (to and id and time and time:match(ack_time_pattern)) then
-		module:log("warn", "readtrack <bounce> without to, message-id or an RFC 3339 time");
-		return true;
-	end
-	local node, to_host, resource = jid_split(to);
-	local session = node and resource and to_host == host and full_sessions[to];
-	if not session then
-		module:log("debug", "readtrack bounce to absent session %s dropped", to);
-		return true;
-	end
+	local session, to, id, time = compact_target(command);
+	if not session then return true; end
 	local body = command.attr.body;
-	if session.smacks or session.websocket_request or session.requests or not session.conn then
+	if needs_stanza(session) then
 		local stanza = st.message({ id = id, type = "error", from = host, to = to });
 		if body then stanza:text_tag("body", body); end
 		session.send(stanza:text_tag("delay", "501", { xmlns = "urn:xmpp:delay", current = time }));
