@@ -274,6 +274,63 @@ async fn routed_lists_exactly_the_sessions_written_to() {
     }
 }
 
+/// A message that asks for a receipt (XEP-0184 `<request/>`, as the load bench's and most
+/// clients' do) acknowledges nothing: like any message to a local user it is reported by its
+/// `<routed sent='true'>` alone, not by a whole `<sent>` besides (which serialised every such
+/// message a second time). A receipt (`<received>`) still also goes as its own event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_asking_for_a_receipt_is_reported_by_its_routed_event_alone() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    drain(&mut comp, QUIET).await;
+
+    for (id, to) in [("q1", "bob@localhost"), ("q2", "bob@localhost/phone")] {
+        alice
+            .send_raw(&format!(
+                "<message id='{id}' type='chat' to='{to}'><request xmlns='urn:xmpp:receipts'/><body>ask</body></message>"
+            ))
+            .await;
+        match next_event(&mut comp, &format!("routed {id}"), routed_for(id)).await {
+            HookEvent::Routed {
+                sent, message, to, ..
+            } => {
+                assert!(sent, "routed {id} is marked sent by a client");
+                assert_eq!(to, jid("bob@localhost"));
+                let parsed = message.parsed.as_ref().expect("a message readtrack reads");
+                assert!(parsed.receipt_request, "{id} keeps its request: {parsed:?}");
+            }
+            _ => unreachable!(),
+        }
+        bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some(id))
+            .await;
+    }
+    // The receipt bob sends back still comes as its own event (a <sent>: no accepts here).
+    bob.send_raw("<message id='rq1' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='q1'/></message>")
+        .await;
+    next_event(&mut comp, "sent rq1", |e| {
+        matches!(e, HookEvent::Sent { message, .. } if attr(message.original.text(), "id").as_deref() == Some("rq1"))
+    })
+    .await;
+    alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("rq1"))
+        .await;
+    // Whatever else came (before or after the routed events) holds no <sent> of q1 or q2.
+    let sent_ids: Vec<String> = drain(&mut comp, QUIET)
+        .await
+        .iter()
+        .filter_map(|e| match HookEvent::parse(e, DOMAIN) {
+            Ok(HookEvent::Sent { message, .. }) => attr(message.original.text(), "id"),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !sent_ids.iter().any(|id| id == "q1" || id == "q2"),
+        "no <sent> for a message asking for a receipt: {sent_ids:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_user_gets_routed_without_sessions_and_no_offline_storage() {
     let p = server(&["alice", "bob"]);

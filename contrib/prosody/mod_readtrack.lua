@@ -630,9 +630,13 @@ end, 10);
 -- What local clients send.
 
 -- A message to a user of this host that readtrack tracks is reported by its <routed> event
--- alone (sent='true'). Anything that also acknowledges something, or goes elsewhere, gets <sent>.
+-- alone (sent='true'). Anything that also acknowledges something (a receipt, an offline ack, a
+-- displayed marker), or goes elsewhere, gets <sent>. A receipt *request* acknowledges nothing:
+-- a message asking for one (most clients' chat messages) is reported by <routed> alone; taking
+-- any element of the receipts namespace for a receipt sent each such message whole a second
+-- time, as <sent> (docs/performance.md).
 local function reported_by_routed(stanza, origin, event)
-	if not loggable(stanza, origin, event) or stanza:get_child(nil, xmlns_receipts)
+	if not loggable(stanza, origin, event) or stanza:get_child("received", xmlns_receipts)
 		or stanza:get_child(nil, xmlns_offline) or stanza:get_child("displayed", xmlns_markers) then
 		return false;
 	end
