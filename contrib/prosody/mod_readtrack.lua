@@ -106,26 +106,21 @@ local function note_over_budget(stanza, why)
 	warn_over_budget(tostring(stanza.attr.to), why);
 end
 
--- Deeper than `limit` (the stanza's root is 1)? Stops at limit + 1, so a hostile nesting costs
--- no more than the budget.
-local function deeper_than(stanza, limit)
-	if limit < 1 then return true; end
-	for _, child in ipairs(stanza.tags) do
-		if deeper_than(child, limit - 1) then return true; end
-	end
-	return false;
-end
-
--- Bytes of the stanza's text before escaping, times 6 (the longest escape, &apos;, for one
--- byte): an upper bound on its serialised size that needs no serialising.
-local function escaped_bound(stanza)
+-- An upper bound on the stanza's serialised size that needs no serialising: the bytes of its
+-- text before escaping, times 6 (the longest escape, &apos;, for one byte). nil when it is deeper
+-- than `depth` elements (its root is 1): the walk stops one level below that, so a hostile
+-- nesting costs no more than the budget. One walk for both measures.
+local function escaped_bound(stanza, depth)
+	if depth < 1 then return nil; end
 	local bytes = 2 * #stanza.name + 5;
 	for k, v in pairs(stanza.attr) do bytes = bytes + #k + 6 * #v + 4; end
 	for _, child in ipairs(stanza) do
 		if type(child) == "string" then
 			bytes = bytes + 6 * #child;
 		else
-			bytes = bytes + escaped_bound(child);
+			local child_bytes = escaped_bound(child, depth - 1);
+			if not child_bytes then return nil; end
+			bytes = bytes + child_bytes;
 		end
 	end
 	return bytes;
@@ -178,21 +173,32 @@ local function link_backlog_at_least(limit)
 	return counted_bytes >= limit;
 end
 
-local function within_budget(stanza)
+local function measure_budget(stanza)
 	if max_link_backlog > 0 and link_backlog_at_least(max_link_backlog) then
 		note_over_budget(stanza, "readtrack is " .. max_link_backlog .. " bytes behind");
 		return false;
 	end
-	if deeper_than(stanza, max_depth) then
+	local bound = escaped_bound(stanza, max_depth);
+	if not bound then
 		note_over_budget(stanza, "deeper than " .. max_depth .. " elements");
 		return false;
 	end
 	-- Most messages are far below the bound; only the others are serialised to be measured.
-	if escaped_bound(stanza) > max_event_bytes and #tostring(stanza) > max_event_bytes then
+	if bound > max_event_bytes and #tostring(stanza) > max_event_bytes then
 		note_over_budget(stanza, "over " .. max_event_bytes .. " bytes");
 		return false;
 	end
 	return true;
+end
+
+-- `event`: the answer is kept on the event table, which Prosody passes to pre-message/* and then
+-- message/* (as loggable's): a local client's message is measured once, not once per hook.
+local function within_budget(stanza, event)
+	local known = event and event.readtrack_within_budget;
+	if known ~= nil then return known; end
+	local answer = measure_budget(stanza);
+	if event then event.readtrack_within_budget = answer; end
+	return answer;
 end
 
 local function xml_attr(name, value)
@@ -545,7 +551,7 @@ local function track_routing(handlers, event_name, event_data)
 	if not (component_connected() and loggable(stanza, origin, event_data)) then
 		return handlers(event_name, event_data);
 	end
-	if not within_budget(stanza) then return handlers(event_name, event_data); end
+	if not within_budget(stanza, event_data) then return handlers(event_name, event_data); end
 	-- core_post_stanza clears 'to' on a message a user sends to their own bare JID.
 	local to = stanza.attr.to and jid_bare(stanza.attr.to)
 		or (origin.username and origin.username .. "@" .. origin.host);
@@ -712,7 +718,7 @@ local function on_client_message(event)
 	if origin.type ~= "c2s" or not interesting_sent(stanza, origin, event) then return; end
 	-- Over the budget, readtrack would have to skip the event: it is not sent (the message
 	-- goes its way through Prosody untouched).
-	if not within_budget(stanza) then return; end
+	if not within_budget(stanza, event) then return; end
 	tell_account(origin.username);
 	if to_server(stanza) then
 		-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody
