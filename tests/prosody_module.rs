@@ -331,6 +331,54 @@ async fn a_message_asking_for_a_receipt_is_reported_by_its_routed_event_alone() 
     );
 }
 
+/// The module takes a delivered message's bytes from the first bytes/out write after its last
+/// stanzas/out filter noted the message. A filter after it (tests/prosody/mod_swallow_probe.lua)
+/// that swallows the message and writes another one to the session in its place must not make
+/// the event carry the other message: the bytes are checked for the noted message's id, and the
+/// message is serialised for the event where they are not its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_written_in_place_of_a_swallowed_message_are_not_taken_for_it() {
+    let probe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/prosody");
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["swallow_probe".into()],
+        extra_global: format!(
+            "plugin_paths = {{ {:?}, {:?} }}\n",
+            plugin_dir().display().to_string(),
+            probe.display().to_string()
+        ),
+        ..ProsodyOpts::default()
+    });
+    for user in ["alice", "bob"] {
+        p.register(user, "pw");
+    }
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+
+    alice
+        .send_raw(&chat("sw1", "bob@localhost/phone", "swallow me"))
+        .await;
+    let (_, sessions, xml) =
+        routed_sessions(next_event(&mut comp, "routed sw1", routed_for("sw1")).await);
+    assert_eq!(sessions, vec![jid("bob@localhost/phone")]);
+    assert!(xml.contains("<body>swallow me</body>"), "{xml}");
+    assert!(!xml.contains("decoy"), "{xml}");
+    // What bob got instead: the probe's message, not the swallowed one.
+    let got = bob
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("decoy"))
+        .await;
+    assert!(got.contains("in its place"), "{got}");
+
+    // An ordinary message still comes from the bytes written (the same text bob reads).
+    alice
+        .send_raw(&chat("sw2", "bob@localhost/phone", "plain"))
+        .await;
+    let (_, _, xml) = routed_sessions(next_event(&mut comp, "routed sw2", routed_for("sw2")).await);
+    assert!(xml.contains("<body>plain</body>"), "{xml}");
+    bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("sw2"))
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_user_gets_routed_without_sessions_and_no_offline_storage() {
     let p = server(&["alice", "bob"]);

@@ -471,10 +471,24 @@ local function note_written_stanza(stanza, session)
 	return stanza;
 end
 
+-- Whether `data` is the serialisation of the message with this id: a filter that runs after
+-- note_written_stanza (at the same priority, added later) may swallow the noted message and the
+-- session then write another, whose bytes are not the message's. Prosody writes attributes as
+-- name='escaped value', and a '>' inside a value escaped, so the start tag ends at the first '>'.
+-- A message without an id is recognised by having none.
+local function written_message(data, id)
+	local tag_end = data:find(">", 1, true);
+	if not tag_end then return false; end
+	local at = data:find(id and " id='" .. xml_escape(id) .. "'" or " id='", 9, true);
+	if id then return at ~= nil and at < tag_end; end
+	return at == nil or at > tag_end;
+end
+
 local function take_written_bytes(data, session)
 	if writing and writing_session == session then
 		local record = in_flight[writing];
-		if record and not record.bytes and type(data) == "string" and data:sub(1, 9) == "<message " then
+		if record and not record.bytes and type(data) == "string" and data:sub(1, 9) == "<message "
+			and written_message(data, writing.attr.id) then
 			record.bytes, record.bytes_to = data, writing.attr.to;
 		end
 		writing, writing_session = nil, nil;
