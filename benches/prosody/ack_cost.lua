@@ -31,6 +31,7 @@ local function instructions(command_xml, check)
 	function cb.streamopened(session) session.notopen = nil; end
 	function cb.handlestanza(_, stanza)
 		stub.command(stanza);
+		stub.turn();
 		handled = handled + 1;
 	end
 	local stream = xmppstream.new({ notopen = true }, cb);

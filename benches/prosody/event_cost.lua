@@ -41,12 +41,14 @@ local function run(shape, with_module, copying)
 	local stanzas = stub.parse(xml);
 	local before = #stub.emitted;
 	local count = stub.count(function()
-		for i = 1, n do stub.post(alice, stanzas[i]); end
+		for i = 1, n do
+			stub.post(alice, stanzas[i]);
+			stub.turn();
+		end
 	end);
 	assert(bob.written and bob.written:find("hello " .. n, 1, true) or bob.written:find("load message " .. n, 1, true));
 	local routed = {};
-	for i = before + 1, #stub.emitted do
-		local event = stub.emitted[i];
+	for _, event in ipairs(stub.events(before)) do
 		if event:find("<routed ", 1, true) then routed[#routed + 1] = event; end
 	end
 	return count, routed;

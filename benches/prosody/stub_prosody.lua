@@ -11,7 +11,8 @@
 --   local stub = dofile("benches/prosody/stub_prosody.lua")(source, "contrib/prosody/mod_readtrack.lua")
 --
 -- The stand-ins are only as faithful as these benches need: no storage beyond a table, no
--- timers, no network backend (the link backlog is never counted), no mod_mam, no carbons.
+-- timers but those stub.turn() runs, no network backend (the link backlog is never counted), no
+-- mod_mam, no carbons.
 
 return function(source, module_path, options)
 	options = options or {};
@@ -58,7 +59,8 @@ return function(source, module_path, options)
 	function module_api:hook_object_event(object, name, handler, priority) object.add_handler(name, handler, priority); end
 	function module_api:wrap_event(name, wrapper) host_events.add_wrapper(name, wrapper); end
 	function module_api:fire_event(name, data) return host_events.fire_event(name, data); end
-	function module_api:add_timer() end
+	local timers = {};
+	function module_api:add_timer(_, callback) timers[#timers + 1] = callback; end
 	function module_api:send() end
 	function module_api:open_store(name)
 		local data = stores[name] or {};
@@ -155,6 +157,30 @@ return function(source, module_path, options)
 		return host_events.fire_event("message/host", { origin = component_session, stanza = stanza });
 	end
 
+	-- The events the module wrote since `from` writes (one write may hold several events, each
+	-- a <message from=host to=component>).
+	function stub.events(from)
+		local open = "<message from='" .. host .. "' to='" .. component .. "'>";
+		local out = {};
+		for i = (from or 0) + 1, #emitted do
+			local data, at = emitted[i], 1;
+			while at do
+				local next_at = data:find(open, at + 1, true);
+				out[#out + 1] = data:sub(at, next_at and next_at - 1 or #data);
+				at = next_at;
+			end
+		end
+		return out;
+	end
+
+	-- The end of a turn of Prosody's loop: the timers the module set meanwhile run (all of them
+	-- once, whatever their delay: the benches set none but the event flush's, of no delay).
+	function stub.turn()
+		local due = timers;
+		timers = {};
+		for _, callback in ipairs(due) do callback(); end
+	end
+
 	-- Instructions of the Lua VM that f() runs (C functions count as the call only).
 	function stub.count(f)
 		local c = 0;
@@ -164,5 +190,6 @@ return function(source, module_path, options)
 		return c;
 	end
 
+	stub.turn(); -- what loading wrote (the snapshot) is not part of what a bench counts
 	return stub;
 end

@@ -62,6 +62,23 @@ local event_open = "<message from='" .. xml_escape(host) .. "' to='" .. xml_esca
 -- Bytes this module queued for readtrack since the link's backlog was last counted (below).
 local emitted_since_count = 0;
 
+-- The events of one turn of Prosody's loop are written to the link together, at the start of the
+-- next turn (a timer of no delay): each write costs Prosody the same whatever its size (the
+-- connection's write, its timeout's timer, the poller), and under load one turn handles many
+-- stanzas, each with its event. In order, all of them: nothing else writes events. Queued for
+-- one connection of readtrack: a newer one drops what an older one was to get (as a broken
+-- connection loses what it had not written; the snapshot it starts with resynchronises).
+local queued_events, queued_for, flush_due = {}, nil, false;
+
+local function flush_events()
+	flush_due = false;
+	if #queued_events == 0 then return nil; end
+	local session, data = queued_for, t_concat(queued_events);
+	queued_events, queued_for = {}, nil;
+	if session == component_session() then session.send(data); end
+	return nil; -- once
+end
+
 local function emit(event_xml)
 	local session = component_session();
 	if not session then
@@ -69,7 +86,12 @@ local function emit(event_xml)
 	end
 	local data = event_open .. event_xml .. "</message>";
 	emitted_since_count = emitted_since_count + #data;
-	session.send(data);
+	if queued_for ~= session then queued_events, queued_for = {}, session; end
+	queued_events[#queued_events + 1] = data;
+	if not flush_due then
+		flush_due = true;
+		module:add_timer(0, flush_events);
+	end
 end
 
 ------------------------------------------------------------------------------------------------
@@ -512,6 +534,7 @@ function module.load()
 end
 
 function module.unload()
+	flush_events(); -- a timer of an unloaded module does not run
 	for _, user in pairs(hosts[host].sessions or {}) do
 		for _, session in pairs(user.sessions or {}) do
 			filters.remove_filter(session, "stanzas/out", record_write);
