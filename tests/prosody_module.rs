@@ -379,6 +379,101 @@ async fn bytes_written_in_place_of_a_swallowed_message_are_not_taken_for_it() {
         .await;
 }
 
+/// Without mod_mam the module applies mod_mam's archive rule itself (`archivable`): what it
+/// would keep is tracked (a `<routed>` event), what it would not is left alone. Each clause of
+/// the rule, and the hints that override it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_mod_mam_the_module_tracks_what_mod_mam_would_archive() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let _bob = available(&p, &mut comp, "bob", "phone").await;
+    let to = "bob@localhost/phone";
+    let cases: &[(&str, &str, bool)] = &[
+        ("a-body", "<body>hi</body>", true),
+        ("a-subject", "<subject>topic</subject>", true),
+        ("a-store", "<store xmlns='urn:xmpp:hints'/>", true),
+        (
+            "a-eme",
+            "<encryption xmlns='urn:xmpp:eme:0' namespace='eu.siacs.conversations.axolotl'/>",
+            true,
+        ),
+        (
+            "a-marker",
+            "<received xmlns='urn:xmpp:chat-markers:0' id='x'/>",
+            true,
+        ),
+        (
+            "a-conference",
+            "<x xmlns='jabber:x:conference' jid='room@muc.localhost'/>",
+            true,
+        ),
+        (
+            "a-invite",
+            "<x xmlns='http://jabber.org/protocol/muc#user'><invite from='carol@localhost'/></x>",
+            true,
+        ),
+        (
+            "a-jingle",
+            "<propose xmlns='urn:xmpp:jingle-message:0' id='c1'/>",
+            true,
+        ),
+        (
+            "a-jingle1",
+            "<propose xmlns='urn:xmpp:jingle-message:1' id='c2'/>",
+            true,
+        ),
+        (
+            "n-chatstate",
+            "<active xmlns='http://jabber.org/protocol/chatstates'/>",
+            false,
+        ),
+        (
+            "n-muc-x",
+            "<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='member'/></x>",
+            false,
+        ),
+        (
+            "n-no-store",
+            "<body>secret</body><no-store xmlns='urn:xmpp:hints'/>",
+            false,
+        ),
+        (
+            "n-no-perm",
+            "<store xmlns='urn:xmpp:hints'/><no-permanent-store xmlns='urn:xmpp:hints'/>",
+            false,
+        ),
+        (
+            "n-foreign-body",
+            "<body xmlns='urn:example:other'>not a body</body>",
+            false,
+        ),
+    ];
+    for (id, children, archived) in cases {
+        alice
+            .send_raw(&format!(
+                "<message id='{id}' type='chat' to='{to}'>{children}</message>"
+            ))
+            .await;
+        // A plain message after each: the next <routed> is the case's own or this one's.
+        let sentinel = format!("s-{id}");
+        alice.send_raw(&chat(&sentinel, to, "sentinel")).await;
+        let first = next_event(&mut comp, &format!("routed {id} or {sentinel}"), |e| {
+            routed_for(id)(e) || routed_for(&sentinel)(e)
+        })
+        .await;
+        assert_eq!(
+            routed_for(id)(&first),
+            *archived,
+            "{id}: {children} is {}archived by mod_mam's rule",
+            if *archived { "" } else { "not " }
+        );
+        if *archived {
+            next_event(&mut comp, &sentinel, routed_for(&sentinel)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_user_gets_routed_without_sessions_and_no_offline_storage() {
     let p = server(&["alice", "bob"]);

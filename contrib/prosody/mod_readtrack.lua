@@ -252,18 +252,34 @@ end
 
 -- What Prosody's mod_mam would archive (its should_store rule, as of 0.12 and 13), for
 -- servers that do not load mod_mam: a chat or normal message with content, a receipt or
--- marker, an invitation, a call, or a <store/> hint; never with <no-store/>.
+-- marker, an invitation, a call, or a <store/> hint; never with <no-store/>. (Its rule is a
+-- chain of get_child lookups, each a walk of the children.)
+-- One pass over the children, deciding as that chain of get_child lookups did (a <body> or
+-- <subject> in the message's own namespace or none; the first muc#user <x> with an <invite>).
+local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
+local archived_namespaces = { [xmlns_receipts] = true, [xmlns_markers] = true,
+	["urn:xmpp:jingle-message:0"] = true, ["urn:xmpp:jingle-message:1"] = true };
 local function archivable(stanza)
-	if stanza:get_child("no-store", xmlns_hints) or stanza:get_child("no-permanent-store", xmlns_hints) then
-		return false;
+	local own_ns, keep, muc_x_seen = stanza.attr.xmlns, false, false;
+	for _, child in ipairs(stanza.tags) do
+		local name, ns = child.name, child.attr.xmlns;
+		if ns == xmlns_hints then
+			if name == "no-store" or name == "no-permanent-store" then return false; end
+			if name == "store" then keep = true; end
+		end
+		if not keep then
+			if (name == "body" or name == "subject") and (ns == nil or ns == own_ns) then
+				keep = true;
+			elseif archived_namespaces[ns] or (name == "encryption" and ns == "urn:xmpp:eme:0")
+				or (name == "x" and ns == "jabber:x:conference") then
+				keep = true;
+			elseif name == "x" and ns == xmlns_muc_user and not muc_x_seen then
+				muc_x_seen = true;
+				keep = child:get_child("invite") ~= nil;
+			end
+		end
 	end
-	return stanza:get_child("store", xmlns_hints) or stanza:get_child("body")
-		or stanza:get_child("subject") or stanza:get_child("encryption", "urn:xmpp:eme:0")
-		or stanza:get_child(nil, xmlns_receipts) or stanza:get_child(nil, xmlns_markers)
-		or stanza:get_child("x", "jabber:x:conference")
-		or stanza:find("{http://jabber.org/protocol/muc#user}x/invite")
-		or stanza:get_child(nil, "urn:xmpp:jingle-message:0")
-		or stanza:get_child(nil, "urn:xmpp:jingle-message:1");
+	return keep;
 end
 
 -- readtrack tracks what the server's archive keeps. With mod_mam loaded it is asked, so the
