@@ -274,6 +274,206 @@ async fn routed_lists_exactly_the_sessions_written_to() {
     }
 }
 
+/// A message that asks for a receipt (XEP-0184 `<request/>`, as the load bench's and most
+/// clients' do) acknowledges nothing: like any message to a local user it is reported by its
+/// `<routed sent='true'>` alone, not by a whole `<sent>` besides (which serialised every such
+/// message a second time). A receipt (`<received>`) still also goes as its own event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_asking_for_a_receipt_is_reported_by_its_routed_event_alone() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    drain(&mut comp, QUIET).await;
+
+    for (id, to) in [("q1", "bob@localhost"), ("q2", "bob@localhost/phone")] {
+        alice
+            .send_raw(&format!(
+                "<message id='{id}' type='chat' to='{to}'><request xmlns='urn:xmpp:receipts'/><body>ask</body></message>"
+            ))
+            .await;
+        match next_event(&mut comp, &format!("routed {id}"), routed_for(id)).await {
+            HookEvent::Routed {
+                sent, message, to, ..
+            } => {
+                assert!(sent, "routed {id} is marked sent by a client");
+                assert_eq!(to, jid("bob@localhost"));
+                let parsed = message.parsed.as_ref().expect("a message readtrack reads");
+                assert!(parsed.receipt_request, "{id} keeps its request: {parsed:?}");
+            }
+            _ => unreachable!(),
+        }
+        bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some(id))
+            .await;
+    }
+    // The receipt bob sends back still comes as its own event (a <sent>: no accepts here).
+    bob.send_raw("<message id='rq1' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='q1'/></message>")
+        .await;
+    next_event(&mut comp, "sent rq1", |e| {
+        matches!(e, HookEvent::Sent { message, .. } if attr(message.original.text(), "id").as_deref() == Some("rq1"))
+    })
+    .await;
+    alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("rq1"))
+        .await;
+    // Whatever else came (before or after the routed events) holds no <sent> of q1 or q2.
+    let sent_ids: Vec<String> = drain(&mut comp, QUIET)
+        .await
+        .iter()
+        .filter_map(|e| match HookEvent::parse(e, DOMAIN) {
+            Ok(HookEvent::Sent { message, .. }) => attr(message.original.text(), "id"),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !sent_ids.iter().any(|id| id == "q1" || id == "q2"),
+        "no <sent> for a message asking for a receipt: {sent_ids:?}"
+    );
+}
+
+/// The module takes a delivered message's bytes from the first bytes/out write after its last
+/// stanzas/out filter noted the message. A filter after it (tests/prosody/mod_swallow_probe.lua)
+/// that swallows the message and writes another one to the session in its place must not make
+/// the event carry the other message: the bytes are checked for the noted message's id, and the
+/// message is serialised for the event where they are not its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_written_in_place_of_a_swallowed_message_are_not_taken_for_it() {
+    let probe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/prosody");
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["swallow_probe".into()],
+        extra_global: format!(
+            "plugin_paths = {{ {:?}, {:?} }}\n",
+            plugin_dir().display().to_string(),
+            probe.display().to_string()
+        ),
+        ..ProsodyOpts::default()
+    });
+    for user in ["alice", "bob"] {
+        p.register(user, "pw");
+    }
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+
+    alice
+        .send_raw(&chat("sw1", "bob@localhost/phone", "swallow me"))
+        .await;
+    let (_, sessions, xml) =
+        routed_sessions(next_event(&mut comp, "routed sw1", routed_for("sw1")).await);
+    assert_eq!(sessions, vec![jid("bob@localhost/phone")]);
+    assert!(xml.contains("<body>swallow me</body>"), "{xml}");
+    assert!(!xml.contains("decoy"), "{xml}");
+    // What bob got instead: the probe's message, not the swallowed one.
+    let got = bob
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("decoy"))
+        .await;
+    assert!(got.contains("in its place"), "{got}");
+
+    // An ordinary message still comes from the bytes written (the same text bob reads).
+    alice
+        .send_raw(&chat("sw2", "bob@localhost/phone", "plain"))
+        .await;
+    let (_, _, xml) = routed_sessions(next_event(&mut comp, "routed sw2", routed_for("sw2")).await);
+    assert!(xml.contains("<body>plain</body>"), "{xml}");
+    bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("sw2"))
+        .await;
+}
+
+/// Without mod_mam the module applies mod_mam's archive rule itself (`archivable`): what it
+/// would keep is tracked (a `<routed>` event), what it would not is left alone. Each clause of
+/// the rule, and the hints that override it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_mod_mam_the_module_tracks_what_mod_mam_would_archive() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let _bob = available(&p, &mut comp, "bob", "phone").await;
+    let to = "bob@localhost/phone";
+    let cases: &[(&str, &str, bool)] = &[
+        ("a-body", "<body>hi</body>", true),
+        ("a-subject", "<subject>topic</subject>", true),
+        ("a-store", "<store xmlns='urn:xmpp:hints'/>", true),
+        (
+            "a-eme",
+            "<encryption xmlns='urn:xmpp:eme:0' namespace='eu.siacs.conversations.axolotl'/>",
+            true,
+        ),
+        (
+            "a-marker",
+            "<received xmlns='urn:xmpp:chat-markers:0' id='x'/>",
+            true,
+        ),
+        (
+            "a-conference",
+            "<x xmlns='jabber:x:conference' jid='room@muc.localhost'/>",
+            true,
+        ),
+        (
+            "a-invite",
+            "<x xmlns='http://jabber.org/protocol/muc#user'><invite from='carol@localhost'/></x>",
+            true,
+        ),
+        (
+            "a-jingle",
+            "<propose xmlns='urn:xmpp:jingle-message:0' id='c1'/>",
+            true,
+        ),
+        (
+            "a-jingle1",
+            "<propose xmlns='urn:xmpp:jingle-message:1' id='c2'/>",
+            true,
+        ),
+        (
+            "n-chatstate",
+            "<active xmlns='http://jabber.org/protocol/chatstates'/>",
+            false,
+        ),
+        (
+            "n-muc-x",
+            "<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='member'/></x>",
+            false,
+        ),
+        (
+            "n-no-store",
+            "<body>secret</body><no-store xmlns='urn:xmpp:hints'/>",
+            false,
+        ),
+        (
+            "n-no-perm",
+            "<store xmlns='urn:xmpp:hints'/><no-permanent-store xmlns='urn:xmpp:hints'/>",
+            false,
+        ),
+        (
+            "n-foreign-body",
+            "<body xmlns='urn:example:other'>not a body</body>",
+            false,
+        ),
+    ];
+    for (id, children, archived) in cases {
+        alice
+            .send_raw(&format!(
+                "<message id='{id}' type='chat' to='{to}'>{children}</message>"
+            ))
+            .await;
+        // A plain message after each: the next <routed> is the case's own or this one's.
+        let sentinel = format!("s-{id}");
+        alice.send_raw(&chat(&sentinel, to, "sentinel")).await;
+        let first = next_event(&mut comp, &format!("routed {id} or {sentinel}"), |e| {
+            routed_for(id)(e) || routed_for(&sentinel)(e)
+        })
+        .await;
+        assert_eq!(
+            routed_for(id)(&first),
+            *archived,
+            "{id}: {children} is {}archived by mod_mam's rule",
+            if *archived { "" } else { "not " }
+        );
+        if *archived {
+            next_event(&mut comp, &sentinel, routed_for(&sentinel)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_user_gets_routed_without_sessions_and_no_offline_storage() {
     let p = server(&["alice", "bob"]);

@@ -129,27 +129,6 @@ fn every_logged_fixture_and_corpus_stanza_is_replayed_as_it_was_sent() {
     assert!(checked >= 20, "only {checked} stanzas checked");
 }
 
-/// The folder of Prosody's Lua sources a launcher uses (its `CFG_SOURCEDIR`).
-fn prosody_sources(launcher: &Path) -> PathBuf {
-    let text = std::fs::read_to_string(launcher).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; run scripts/test (it installs Prosody 0.12 and unpacks 13)",
-            launcher.display()
-        )
-    });
-    let line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("CFG_SOURCEDIR"))
-        .unwrap_or_else(|| panic!("{}: no CFG_SOURCEDIR", launcher.display()));
-    let value = line.split_once('=').map(|(_, v)| v).unwrap_or("");
-    let value = value.split("--").next().unwrap_or("").trim();
-    let value = value
-        .trim_end_matches(';')
-        .trim()
-        .trim_matches(|c| c == '\'' || c == '"');
-    PathBuf::from(value)
-}
-
 /// readtrack accepts every message Prosody can serialise, on both lines it supports: random
 /// messages (markup characters and quotes in text and attributes, `xml:lang`, every width of
 /// UTF-8, nested elements of many namespaces) built and serialised by Prosody's own util.stanza,
@@ -162,7 +141,7 @@ fn every_message_prosodys_serialiser_writes_is_accepted_and_replayed_as_written(
         PathBuf::from("/usr/bin/prosody"),
         root.join("target/prosody13/usr/bin/prosody"),
     ] {
-        let sources = prosody_sources(&launcher);
+        let sources = common::prosody_sources(&launcher);
         let out = std::process::Command::new("lua5.4")
             .arg(root.join("tests/prosody_serialised.lua"))
             .arg(&sources)

@@ -1,24 +1,24 @@
--- Lua instructions mod_readtrack spends on the message inside N <routed> events (issue 17 item 1),
--- for a chat message as a client's stream hands it to Prosody (util.xmppstream, c2s default
--- namespace) and as Prosody writes it to the recipient's session (tostring, then the bytes/out
--- filters): before, the module serialised the message again for the event (forwarded());
--- after, its last stanzas/out filter notes the message, its first bytes/out filter takes the bytes
--- Prosody wrote, and the event splices jabber:client into their start tag. Prosody's own write
--- (the tostring both pay) is left out; so is the rest of the event, the same in both.
+-- Lua instructions contrib/prosody/mod_readtrack.lua adds to N delivered chat messages (issue 17
+-- item 1), for a chat message as a client's stream hands it to Prosody (util.xmppstream, c2s
+-- default namespace), sent by a local client to a local user's session and written to it by
+-- sessionmanager's send (stanzas/out filters, tostring, bytes/out filters): the module's whole
+-- work for the message (its pre-message and routing hooks, its filters, its decisions, the
+-- <routed> event), with the module loaded under stub_prosody.lua, minus the same flow without it.
+-- Two ways the event gets the message:
+--   written bytes reused: the module's last stanzas/out filter notes the message, its first
+--     bytes/out filter takes the bytes Prosody wrote, the event splices jabber:client into them;
+--   serialised again (forwarded()): what it does where it cannot take them, here because another
+--     stanzas/out filter writes a copy (as mod_websocket's does); that filter runs in both flows.
+-- Prosody's own write (the tostring both pay) is in both flows and cancels out.
 --
 --   lua5.4 benches/prosody/event_cost.lua /usr/lib/prosody [N]
 --   lua5.4 benches/prosody/event_cost.lua target/prosody13/usr/lib/prosody [N]
 
 local source, n = arg[1], tonumber(arg[2] or 4000);
--- 0.12 names its modules util.*, 13 prosody.util.* (from the folder above the sources).
-package.path = source .. "/?.lua;" .. source .. "/../?.lua;" .. package.path;
-package.cpath = source .. "/?.so;" .. source .. "/../?.so;" .. package.cpath;
-local st = require "util.stanza";
-local xml_escape = st.xml_escape;
-local xmppstream = require "util.xmppstream";
-local t_concat = table.concat;
-
-local xmlns_client, xmlns_forward = "jabber:client", "urn:xmpp:forward:0";
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
+local load_stub = dofile(here .. "/stub_prosody.lua");
+-- READTRACK_MODULE: another copy of the module (an older commit's, for a before/after).
+local module_path = os.getenv("READTRACK_MODULE") or here .. "/../../contrib/prosody/mod_readtrack.lua";
 
 -- The load bench's chat message (benches/load.rs), and a seed one with a JSON body and a thread.
 local shapes = {
@@ -26,95 +26,46 @@ local shapes = {
 	seed = "<message id='V4NkR-%d' type='chat' to='bob@localhost/Spark 2.6.3'><body>{&quot;time&quot;:&quot;2013-11-20T06:41:36.102Z&quot;,&quot;cnt&quot;:&quot;hello %d&quot;,&quot;msgTypec&quot;:&quot;10000&quot;,&quot;mtype&quot;:&quot;0&quot;}</body><thread>P2J5R2</thread></message>",
 };
 
-local function parse(shape)
-	local stanzas = {};
-	local cb = { stream_ns = "http://etherx.jabber.org/streams", stream_tag = "stream",
-		default_ns = xmlns_client };
-	function cb.streamopened(session) session.notopen = nil; end
-	function cb.handlestanza(_, stanza)
-		stanza.attr.from = "alice@localhost/phone"; -- as core_post_stanza stamps it
-		stanzas[#stanzas + 1] = stanza;
+-- Instructions of N messages of `shape` from alice to bob, and the module's events.
+local function run(shape, with_module, copying)
+	local stub = load_stub(source, with_module and module_path or nil);
+	local filters = require "util.filters";
+	local st_clone = require "util.stanza".clone;
+	local alice = stub.session("alice@localhost/phone");
+	local bob = stub.session("bob@localhost/Spark 2.6.3");
+	if copying then
+		filters.add_filter(bob, "stanzas/out", function(stanza) return stanza.name and st_clone(stanza) or stanza; end, 500);
 	end
-	local stream = xmppstream.new({ notopen = true }, cb);
-	stream:feed("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>");
-	for i = 1, n do stream:feed(shape:format(i, i)); end
-	assert(#stanzas == n);
-	return stanzas;
-end
-
-local function xml_attr(name, value)
-	if value == nil then return ""; end
-	return " " .. name .. "='" .. xml_escape(value) .. "'";
-end
-
--- Before: mod_readtrack's forwarded() (as of main at f82aef8).
-local function forwarded(stanza, to)
-	local attr = stanza.attr;
-	local xmlns, old_to = attr.xmlns, attr.to;
-	attr.xmlns = xmlns_client;
-	if to and not old_to then attr.to = to; end
-	local ok, xml = pcall(tostring, stanza);
-	attr.xmlns, attr.to = xmlns, old_to;
-	if not ok then error(xml); end
-	return "<forwarded xmlns='" .. xmlns_forward .. "'>" .. xml .. "</forwarded>";
-end
-
--- After: the two filters and forwarded_bytes(), as in contrib/prosody/mod_readtrack.lua.
-local in_flight, writing, writing_session = {}, nil, nil;
-local function note_written_stanza(stanza, session)
-	local record = in_flight[stanza];
-	if record and not record.bytes and stanza.attr.xmlns == nil then
-		writing, writing_session = stanza, session;
-	end
-	return stanza;
-end
-local function take_written_bytes(data, session)
-	if writing and writing_session == session then
-		local record = in_flight[writing];
-		if record and not record.bytes and type(data) == "string" and data:sub(1, 9) == "<message " then
-			record.bytes, record.bytes_to = data, writing.attr.to;
+	local xml = {};
+	for i = 1, n do xml[i] = shape:format(i, i); end
+	local stanzas = stub.parse(xml);
+	local before = #stub.emitted;
+	local count = stub.count(function()
+		for i = 1, n do
+			stub.post(alice, stanzas[i]);
+			stub.turn();
 		end
-		writing, writing_session = nil, nil;
+	end);
+	assert(bob.written and bob.written:find("hello " .. n, 1, true) or bob.written:find("load message " .. n, 1, true));
+	local routed = {};
+	for _, event in ipairs(stub.events(before)) do
+		if event:find("<routed ", 1, true) then routed[#routed + 1] = event; end
 	end
-	return data;
-end
-local function forwarded_bytes(bytes, written_to, to)
-	return t_concat({ "<forwarded xmlns='", xmlns_forward, "'><message xmlns='", xmlns_client, "'",
-		written_to == nil and xml_attr("to", to) or "", bytes:sub(9), "</forwarded>" });
-end
-
-local function count(f)
-	local c = 0;
-	debug.sethook(function() c = c + 1; end, "", 1);
-	f();
-	debug.sethook();
-	return c;
+	return count, routed;
 end
 
 for _, name in ipairs({ "xep", "seed" }) do
-	local stanzas = parse(shapes[name]);
-	-- What Prosody writes to the session, made outside the count: both pay it.
-	local written = {};
-	for i, stanza in ipairs(stanzas) do written[i] = tostring(stanza); end
-	local before_out, after_out = {}, {};
-	local before = count(function()
-		for i, stanza in ipairs(stanzas) do before_out[i] = forwarded(stanza, "bob@localhost"); end
-	end);
-	local session = {};
-	local after = count(function()
-		for i, stanza in ipairs(stanzas) do
-			local record = {};
-			in_flight[stanza] = record;
-			take_written_bytes(written[i], session, note_written_stanza(stanza, session));
-			in_flight[stanza] = nil;
-			after_out[i] = forwarded_bytes(record.bytes, record.bytes_to, "bob@localhost");
-		end
-	end);
-	-- The same text here (one table, one attribute order); readtrack reads both alike anyway.
+	local shape = shapes[name];
+	local reused_alone = run(shape, false, false);
+	local reused, reused_events = run(shape, true, false);
+	local again_alone = run(shape, false, true);
+	local again, again_events = run(shape, true, true);
+	assert(#reused_events == n and #again_events == n, "one <routed> per message");
+	-- The same message either way (one table, one attribute order here).
 	for i = 1, n do
-		local a, b = before_out[i], after_out[i];
-		assert(#a == #b, ("%s %d: %s | %s"):format(name, i, a, b));
+		assert(#reused_events[i] == #again_events[i], ("%s %d: %s | %s"):format(name, i, reused_events[i], again_events[i]));
 	end
-	print(("%s: %s, %d messages: serialised again %d Lua instructions (%.0f each), written bytes reused %d (%.0f each): %.1f× fewer"):format(
-		source, name, n, before, before / n, after, after / n, before / after));
+	local a, b = (again - again_alone) / n, (reused - reused_alone) / n;
+	print(("%s: %s, %d delivered messages: the module adds %.0f Lua instructions each serialising the message again, %.0f reusing the written bytes (%.0f fewer)"):format(
+		source, name, n, a, b, a - b));
 end

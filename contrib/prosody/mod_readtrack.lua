@@ -62,6 +62,23 @@ local event_open = "<message from='" .. xml_escape(host) .. "' to='" .. xml_esca
 -- Bytes this module queued for readtrack since the link's backlog was last counted (below).
 local emitted_since_count = 0;
 
+-- The events of one turn of Prosody's loop are written to the link together, at the start of the
+-- next turn (a timer of no delay): each write costs Prosody the same whatever its size (the
+-- connection's write, its timeout's timer, the poller), and under load one turn handles many
+-- stanzas, each with its event. In order, all of them: nothing else writes events. Queued for
+-- one connection of readtrack: a newer one drops what an older one was to get (as a broken
+-- connection loses what it had not written; the snapshot it starts with resynchronises).
+local queued_events, queued_for, flush_due = {}, nil, false;
+
+local function flush_events()
+	flush_due = false;
+	if #queued_events == 0 then return nil; end
+	local session, data = queued_for, t_concat(queued_events);
+	queued_events, queued_for = {}, nil;
+	if session == component_session() then session.send(data); end
+	return nil; -- once
+end
+
 local function emit(event_xml)
 	local session = component_session();
 	if not session then
@@ -69,7 +86,12 @@ local function emit(event_xml)
 	end
 	local data = event_open .. event_xml .. "</message>";
 	emitted_since_count = emitted_since_count + #data;
-	session.send(data);
+	if queued_for ~= session then queued_events, queued_for = {}, session; end
+	queued_events[#queued_events + 1] = data;
+	if not flush_due then
+		flush_due = true;
+		module:add_timer(0, flush_events);
+	end
 end
 
 ------------------------------------------------------------------------------------------------
@@ -106,26 +128,21 @@ local function note_over_budget(stanza, why)
 	warn_over_budget(tostring(stanza.attr.to), why);
 end
 
--- Deeper than `limit` (the stanza's root is 1)? Stops at limit + 1, so a hostile nesting costs
--- no more than the budget.
-local function deeper_than(stanza, limit)
-	if limit < 1 then return true; end
-	for _, child in ipairs(stanza.tags) do
-		if deeper_than(child, limit - 1) then return true; end
-	end
-	return false;
-end
-
--- Bytes of the stanza's text before escaping, times 6 (the longest escape, &apos;, for one
--- byte): an upper bound on its serialised size that needs no serialising.
-local function escaped_bound(stanza)
+-- An upper bound on the stanza's serialised size that needs no serialising: the bytes of its
+-- text before escaping, times 6 (the longest escape, &apos;, for one byte). nil when it is deeper
+-- than `depth` elements (its root is 1): the walk stops one level below that, so a hostile
+-- nesting costs no more than the budget. One walk for both measures.
+local function escaped_bound(stanza, depth)
+	if depth < 1 then return nil; end
 	local bytes = 2 * #stanza.name + 5;
 	for k, v in pairs(stanza.attr) do bytes = bytes + #k + 6 * #v + 4; end
 	for _, child in ipairs(stanza) do
 		if type(child) == "string" then
 			bytes = bytes + 6 * #child;
 		else
-			bytes = bytes + escaped_bound(child);
+			local child_bytes = escaped_bound(child, depth - 1);
+			if not child_bytes then return nil; end
+			bytes = bytes + child_bytes;
 		end
 	end
 	return bytes;
@@ -178,21 +195,32 @@ local function link_backlog_at_least(limit)
 	return counted_bytes >= limit;
 end
 
-local function within_budget(stanza)
+local function measure_budget(stanza)
 	if max_link_backlog > 0 and link_backlog_at_least(max_link_backlog) then
 		note_over_budget(stanza, "readtrack is " .. max_link_backlog .. " bytes behind");
 		return false;
 	end
-	if deeper_than(stanza, max_depth) then
+	local bound = escaped_bound(stanza, max_depth);
+	if not bound then
 		note_over_budget(stanza, "deeper than " .. max_depth .. " elements");
 		return false;
 	end
 	-- Most messages are far below the bound; only the others are serialised to be measured.
-	if escaped_bound(stanza) > max_event_bytes and #tostring(stanza) > max_event_bytes then
+	if bound > max_event_bytes and #tostring(stanza) > max_event_bytes then
 		note_over_budget(stanza, "over " .. max_event_bytes .. " bytes");
 		return false;
 	end
 	return true;
+end
+
+-- `event`: the answer is kept on the event table, which Prosody passes to pre-message/* and then
+-- message/* (as loggable's): a local client's message is measured once, not once per hook.
+local function within_budget(stanza, event)
+	local known = event and event.readtrack_within_budget;
+	if known ~= nil then return known; end
+	local answer = measure_budget(stanza);
+	if event then event.readtrack_within_budget = answer; end
+	return answer;
 end
 
 local function xml_attr(name, value)
@@ -224,18 +252,34 @@ end
 
 -- What Prosody's mod_mam would archive (its should_store rule, as of 0.12 and 13), for
 -- servers that do not load mod_mam: a chat or normal message with content, a receipt or
--- marker, an invitation, a call, or a <store/> hint; never with <no-store/>.
+-- marker, an invitation, a call, or a <store/> hint; never with <no-store/>. (Its rule is a
+-- chain of get_child lookups, each a walk of the children.)
+-- One pass over the children, deciding as that chain of get_child lookups did (a <body> or
+-- <subject> in the message's own namespace or none; the first muc#user <x> with an <invite>).
+local xmlns_muc_user = "http://jabber.org/protocol/muc#user";
+local archived_namespaces = { [xmlns_receipts] = true, [xmlns_markers] = true,
+	["urn:xmpp:jingle-message:0"] = true, ["urn:xmpp:jingle-message:1"] = true };
 local function archivable(stanza)
-	if stanza:get_child("no-store", xmlns_hints) or stanza:get_child("no-permanent-store", xmlns_hints) then
-		return false;
+	local own_ns, keep, muc_x_seen = stanza.attr.xmlns, false, false;
+	for _, child in ipairs(stanza.tags) do
+		local name, ns = child.name, child.attr.xmlns;
+		if ns == xmlns_hints then
+			if name == "no-store" or name == "no-permanent-store" then return false; end
+			if name == "store" then keep = true; end
+		end
+		if not keep then
+			if (name == "body" or name == "subject") and (ns == nil or ns == own_ns) then
+				keep = true;
+			elseif archived_namespaces[ns] or (name == "encryption" and ns == "urn:xmpp:eme:0")
+				or (name == "x" and ns == "jabber:x:conference") then
+				keep = true;
+			elseif name == "x" and ns == xmlns_muc_user and not muc_x_seen then
+				muc_x_seen = true;
+				keep = child:get_child("invite") ~= nil;
+			end
+		end
 	end
-	return stanza:get_child("store", xmlns_hints) or stanza:get_child("body")
-		or stanza:get_child("subject") or stanza:get_child("encryption", "urn:xmpp:eme:0")
-		or stanza:get_child(nil, xmlns_receipts) or stanza:get_child(nil, xmlns_markers)
-		or stanza:get_child("x", "jabber:x:conference")
-		or stanza:find("{http://jabber.org/protocol/muc#user}x/invite")
-		or stanza:get_child(nil, "urn:xmpp:jingle-message:0")
-		or stanza:get_child(nil, "urn:xmpp:jingle-message:1");
+	return keep;
 end
 
 -- readtrack tracks what the server's archive keeps. With mod_mam loaded it is asked, so the
@@ -465,10 +509,24 @@ local function note_written_stanza(stanza, session)
 	return stanza;
 end
 
+-- Whether `data` is the serialisation of the message with this id: a filter that runs after
+-- note_written_stanza (at the same priority, added later) may swallow the noted message and the
+-- session then write another, whose bytes are not the message's. Prosody writes attributes as
+-- name='escaped value', and a '>' inside a value escaped, so the start tag ends at the first '>'.
+-- A message without an id is recognised by having none.
+local function written_message(data, id)
+	local tag_end = data:find(">", 1, true);
+	if not tag_end then return false; end
+	local at = data:find(id and " id='" .. xml_escape(id) .. "'" or " id='", 9, true);
+	if id then return at ~= nil and at < tag_end; end
+	return at == nil or at > tag_end;
+end
+
 local function take_written_bytes(data, session)
 	if writing and writing_session == session then
 		local record = in_flight[writing];
-		if record and not record.bytes and type(data) == "string" and data:sub(1, 9) == "<message " then
+		if record and not record.bytes and type(data) == "string" and data:sub(1, 9) == "<message "
+			and written_message(data, writing.attr.id) then
 			record.bytes, record.bytes_to = data, writing.attr.to;
 		end
 		writing, writing_session = nil, nil;
@@ -492,6 +550,7 @@ function module.load()
 end
 
 function module.unload()
+	flush_events(); -- a timer of an unloaded module does not run
 	for _, user in pairs(hosts[host].sessions or {}) do
 		for _, session in pairs(user.sessions or {}) do
 			filters.remove_filter(session, "stanzas/out", record_write);
@@ -545,7 +604,7 @@ local function track_routing(handlers, event_name, event_data)
 	if not (component_connected() and loggable(stanza, origin, event_data)) then
 		return handlers(event_name, event_data);
 	end
-	if not within_budget(stanza) then return handlers(event_name, event_data); end
+	if not within_budget(stanza, event_data) then return handlers(event_name, event_data); end
 	-- core_post_stanza clears 'to' on a message a user sends to their own bare JID.
 	local to = stanza.attr.to and jid_bare(stanza.attr.to)
 		or (origin.username and origin.username .. "@" .. origin.host);
@@ -630,9 +689,13 @@ end, 10);
 -- What local clients send.
 
 -- A message to a user of this host that readtrack tracks is reported by its <routed> event
--- alone (sent='true'). Anything that also acknowledges something, or goes elsewhere, gets <sent>.
+-- alone (sent='true'). Anything that also acknowledges something (a receipt, an offline ack, a
+-- displayed marker), or goes elsewhere, gets <sent>. A receipt *request* acknowledges nothing:
+-- a message asking for one (most clients' chat messages) is reported by <routed> alone; taking
+-- any element of the receipts namespace for a receipt sent each such message whole a second
+-- time, as <sent> (docs/performance.md).
 local function reported_by_routed(stanza, origin, event)
-	if not loggable(stanza, origin, event) or stanza:get_child(nil, xmlns_receipts)
+	if not loggable(stanza, origin, event) or stanza:get_child("received", xmlns_receipts)
 		or stanza:get_child(nil, xmlns_offline) or stanza:get_child("displayed", xmlns_markers) then
 		return false;
 	end
@@ -708,7 +771,7 @@ local function on_client_message(event)
 	if origin.type ~= "c2s" or not interesting_sent(stanza, origin, event) then return; end
 	-- Over the budget, readtrack would have to skip the event: it is not sent (the message
 	-- goes its way through Prosody untouched).
-	if not within_budget(stanza) then return; end
+	if not within_budget(stanza, event) then return; end
 	tell_account(origin.username);
 	if to_server(stanza) then
 		-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody
@@ -859,6 +922,45 @@ local function blocked(username, from)
 	return list[from] or (node and list[node .. "@" .. from_host]) or list[from_host] or false;
 end
 
+-- Compact acks and bounces (below) for one plain session within one command message are written
+-- to it in one go, in order: each write costs Prosody the same whatever its size (its debug
+-- line, the bytes/out filters, the connection's write and its timer), and a group commit acks
+-- several messages of each sender. Queued only while a command message runs (nil otherwise);
+-- written before any other command runs (one that writes to a session, or paces it, sees what
+-- came before it written) and before the <done> confirmations.
+local pending_writes, pending_sessions;
+
+local function write_bytes(session, data)
+	if not pending_writes then
+		session.send(data);
+		return;
+	end
+	local list = pending_writes[session];
+	if not list then
+		list = {};
+		pending_writes[session] = list;
+		pending_sessions[#pending_sessions + 1] = session;
+	end
+	list[#list + 1] = data;
+end
+
+local function flush_writes()
+	if not pending_writes or #pending_sessions == 0 then return; end
+	local writes, sessions = pending_writes, pending_sessions;
+	pending_writes, pending_sessions = {}, {};
+	for i = 1, #sessions do
+		local session = sessions[i];
+		local list = writes[session];
+		local ok, err = pcall(session.send, #list == 1 and list[1] or t_concat(list));
+		if not ok then
+			module:log("error", "readtrack: writing %d acks or bounces to %s failed: %s", #list,
+				tostring(session.full_jid), tostring(err));
+		end
+	end
+end
+
+local compact_command = { ack = true, bounce = true };
+
 module:hook("message/host", function(event)
 	local origin, stanza = event.origin, event.stanza;
 	local command = stanza:get_child(nil, xmlns_hook);
@@ -870,10 +972,12 @@ module:hook("message/host", function(event)
 	end
 	-- readtrack packs many commands into one message; they run in document order.
 	blocklists = {};
+	pending_writes, pending_sessions = {}, {};
 	local done, listable = {}, true;
 	for each in stanza:childtags(nil, xmlns_hook) do
 		local id = each.attr.id;
 		if not (id and executed[id]) then
+			if not compact_command[each.name] then flush_writes(); end
 			-- One failing command must not cost the rest of the batch theirs.
 			local ok, err = pcall(execute, each);
 			if not ok then
@@ -886,6 +990,8 @@ module:hook("message/host", function(event)
 			listable = listable and id ~= "" and not id:find("%s");
 		end
 	end
+	flush_writes();
+	pending_writes, pending_sessions = nil, nil;
 	-- Confirmed once the message's commands ran: one event for all of them where readtrack
 	-- reads the list (and no id holds the list's separator), one per id otherwise.
 	if accepts_done_list and listable and #done > 1 then
@@ -935,7 +1041,7 @@ local function ack(command)
 	if needs_stanza(session) then
 		session.send(st.message({ id = id, type = "crs", from = host, to = to }):text_tag("body", body));
 	else
-		session.send("<message id='" .. xml_escape(id) .. "' type='crs' from='" .. xml_escape(host)
+		write_bytes(session, "<message id='" .. xml_escape(id) .. "' type='crs' from='" .. xml_escape(host)
 			.. "' to='" .. xml_escape(to) .. "'><body>" .. xml_escape(body) .. "</body></message>");
 	end
 	return true;
@@ -954,7 +1060,7 @@ local function bounce(command)
 		if body then stanza:text_tag("body", body); end
 		session.send(stanza:text_tag("delay", "501", { xmlns = "urn:xmpp:delay", current = time }));
 	else
-		session.send(t_concat({ "<message id='", xml_escape(id), "' type='error' from='", xml_escape(host),
+		write_bytes(session, t_concat({ "<message id='", xml_escape(id), "' type='error' from='", xml_escape(host),
 			"' to='", xml_escape(to), "'>", body and "<body>" .. xml_escape(body) .. "</body>" or "",
 			"<delay xmlns='urn:xmpp:delay' current='", time, "'>501</delay></message>" }));
 	end

@@ -228,6 +228,27 @@ fn lua_str(s: &str) -> String {
     format!("{s:?}") // Rust's escaping is a subset Lua accepts for the ASCII we generate
 }
 
+/// The folder of Prosody's Lua sources a launcher uses (its `CFG_SOURCEDIR`).
+pub fn prosody_sources(launcher: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(launcher).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run scripts/test (it installs Prosody 0.12 and unpacks 13)",
+            launcher.display()
+        )
+    });
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("CFG_SOURCEDIR"))
+        .unwrap_or_else(|| panic!("{}: no CFG_SOURCEDIR", launcher.display()));
+    let value = line.split_once('=').map(|(_, v)| v).unwrap_or("");
+    let value = value.split("--").next().unwrap_or("").trim();
+    let value = value
+        .trim_end_matches(';')
+        .trim()
+        .trim_matches(|c| c == '\'' || c == '"');
+    PathBuf::from(value)
+}
+
 /// Absolute path of contrib/prosody in this checkout.
 pub fn plugin_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/prosody")

@@ -1,0 +1,94 @@
+-- Lua instructions mod_readtrack adds to one chat message of the load bench (benches/load.rs):
+-- the sender's message (a chat message asking for a receipt), the receiver's XEP-0184 receipt
+-- back and, in the seed dialect, readtrack's compact server ack (10013) to the sender, packed
+-- `ACKS` (64) to a command message as a group commit sends them. The real module is loaded
+-- under stub_prosody.lua; the same flow runs with and without it, and the difference is what the
+-- module adds (its hooks, filters, decisions and events; C functions count as their call only,
+-- as in the load bench's Lua profile). The events it wrote are counted by kind.
+--
+--   lua5.4 benches/prosody/chat_cost.lua /usr/lib/prosody [N] [seed|xep]
+--   lua5.4 benches/prosody/chat_cost.lua target/prosody13/usr/lib/prosody [N] [seed|xep]
+
+local source, n, dialect = arg[1], tonumber(arg[2] or 4000), arg[3] or "seed";
+local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
+-- READTRACK_MODULE: another copy of the module (an older commit's, for a before/after).
+local module_path = os.getenv("READTRACK_MODULE") or here .. "/../../contrib/prosody/mod_readtrack.lua";
+local load_stub = dofile(here .. "/stub_prosody.lua");
+local hook_ns = "urn:readtrack:hook:0";
+local per_command_message, window = 64, 8;
+
+local function run(with_module)
+	local stub = load_stub(source, with_module and module_path or nil);
+	local alice = stub.session("alice@localhost/load");
+	local bob = stub.session("bob@localhost/load");
+	local commands = {};
+	if with_module then
+		stub.command(stub.parse({ "<message from='readtrack.localhost' to='localhost'><accepts xmlns='"
+			.. hook_ns .. "' events='signal done-list'/></message>" }, "jabber:component:accept")[1]);
+		stub.turn();
+	end
+	local message_xml, receipt_xml, ack_xml = {}, {}, {};
+	for i = 1, n do
+		message_xml[i] = ("<message id='p1m%d' type='chat' to='%s'><request xmlns='urn:xmpp:receipts'/><body>load message %d</body></message>"):format(i, bob.full_jid, i);
+		receipt_xml[i] = ("<message id='rc-p1m%d' to='%s'><received xmlns='urn:xmpp:receipts' id='p1m%d'/></message>"):format(i, alice.full_jid, i);
+		ack_xml[#ack_xml + 1] = ("<ack xmlns='%s' to='%s' message-id='p1m%d' time='2026-12-02T10:00:00.%03dZ'/>"):format(hook_ns, alice.full_jid, i, i % 1000);
+		if #ack_xml == per_command_message or i == n then
+			commands[#commands + 1] = "<message from='readtrack.localhost' to='localhost'>" .. table.concat(ack_xml) .. "</message>";
+			ack_xml = {};
+		end
+	end
+	-- Parsing is Prosody's, the same with and without the module: left out of the counts.
+	local messages = stub.parse(message_xml);
+	local receipts = stub.parse(receipt_xml);
+	local command_stanzas = stub.parse(commands, "jabber:component:accept");
+	local counts = {};
+	local before = #stub.emitted;
+	-- A turn of Prosody's loop handles what one read brings: a sender's window of messages
+	-- (benches/load.rs: 8), a receiver's receipts for them, one command message.
+	counts.message = stub.count(function()
+		for i = 1, n do
+			stub.post(alice, messages[i]);
+			if i % window == 0 or i == n then stub.turn(); end
+		end
+	end);
+	assert(bob.written and bob.written:find("load message " .. n, 1, true), "bob got the messages");
+	counts.receipt = stub.count(function()
+		for i = 1, n do
+			stub.post(bob, receipts[i]);
+			if i % window == 0 or i == n then stub.turn(); end
+		end
+	end);
+	assert(alice.written and alice.written:find("rc-p1m" .. n, 1, true), "alice got the receipts");
+	if with_module and dialect == "seed" then
+		counts.ack = stub.count(function()
+			for _, command in ipairs(command_stanzas) do
+				stub.command(command);
+				stub.turn();
+			end
+		end);
+		assert(alice.written:find("10013", 1, true), "alice got the acks");
+	else
+		counts.ack = 0;
+	end
+	local kinds = {};
+	for _, event in ipairs(stub.events(before)) do
+		local kind = event:match("^<message[^>]*><([%w-]+)");
+		kinds[kind] = (kinds[kind] or 0) + 1;
+	end
+	return counts, kinds, #stub.emitted - before;
+end
+
+local alone = run(false);
+local with, kinds, writes = run(true);
+local total = 0;
+local parts = {};
+for _, part in ipairs({ "message", "receipt", "ack" }) do
+	local added = with[part] - (alone[part] or 0);
+	total = total + added;
+	parts[#parts + 1] = ("%s +%.0f"):format(part, added / n);
+end
+local events = {};
+for kind, count in pairs(kinds) do events[#events + 1] = ("%s %d"):format(kind, count); end
+table.sort(events);
+print(("%s: %s dialect, %d chat messages: the module adds %.0f Lua instructions per chat message (%s; alone %.0f); %d writes to readtrack; events: %s"):format(
+	source, dialect, n, total / n, table.concat(parts, ", "), (alone.message + alone.receipt) / n, writes, table.concat(events, ", ")));
