@@ -41,6 +41,11 @@ use readtrack::store::{
 use readtrack::time::Millis;
 use serde_json::json;
 
+// The PostgreSQL scratch databases, shared with `load.rs` (which takes all of `common/`).
+#[path = "common/pgscratch.rs"]
+mod pgscratch;
+use pgscratch::{pg_admin_url, PgScratch, PG_NOT_MEASURED};
+
 const T0: u64 = 1_700_000_000_000;
 /// Group commit policy of every write bench: one flush per this many operations.
 const BATCH: usize = 64;
@@ -228,66 +233,6 @@ fn log_untimed(engine: &mut Engine, logged: &mut u64, upto: u64, prefix: &str, l
 }
 
 // ---- PostgreSQL ----
-
-/// The server of the PostgreSQL figures: `READTRACK_BENCH_PG_URL`, an admin URL (one that may
-/// create databases).
-fn pg_admin_url() -> Option<String> {
-    std::env::var("READTRACK_BENCH_PG_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
-}
-
-const PG_NOT_MEASURED: &str =
-    "not measured: READTRACK_BENCH_PG_URL is unset (eval \"$(scripts/postgres start)\"; READTRACK_BENCH_PG_URL=$READTRACK_TEST_PG_URL)";
-
-/// A database of the run's own on the bench server, dropped at the end.
-struct PgScratch {
-    admin: String,
-    database: String,
-}
-
-impl PgScratch {
-    fn create(admin: &str, name: &str) -> PgScratch {
-        let database = format!("readtrack_bench_{}_{name}", std::process::id());
-        let mut client = postgres::Client::connect(admin, postgres::NoTls)
-            .unwrap_or_else(|e| panic!("READTRACK_BENCH_PG_URL={admin}: {e}"));
-        // Two statements: a batch of several runs as one transaction, which DROP DATABASE and
-        // CREATE DATABASE refuse.
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
-            .unwrap();
-        client
-            .batch_execute(&format!("CREATE DATABASE {database}"))
-            .unwrap();
-        PgScratch {
-            admin: admin.to_string(),
-            database,
-        }
-    }
-
-    fn url(&self) -> String {
-        let (server, _) = self
-            .admin
-            .rsplit_once('/')
-            .expect("READTRACK_BENCH_PG_URL ends with /DATABASE");
-        format!("{server}/{}", self.database)
-    }
-
-    fn client(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url(), postgres::NoTls).unwrap()
-    }
-}
-
-impl Drop for PgScratch {
-    fn drop(&mut self) {
-        if let Ok(mut client) = postgres::Client::connect(&self.admin, postgres::NoTls) {
-            let _ = client.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.database
-            ));
-        }
-    }
-}
 
 /// The log table's shape, as a store keeps a log: the baseline's rows are the ones the ingest
 /// figure writes, the record bytes included.
@@ -568,12 +513,16 @@ fn bench_ingest(c: &mut Criterion) {
         g.bench_function("engine_pg_batch64", |b| {
             b.iter_custom(|iters| timed_ingest(&mut engine, &mut n, iters))
         });
-        // Statements sent per batch (reads, and the commit's), for reading the figure.
+        // Round trips per batch (reads, and the commit's), and the batch's time split between
+        // handling the messages and the commit, for reading the figure.
         let before = engine.store().round_trips();
-        timed_ingest(&mut engine, &mut n, 10);
+        let (handling, committing) = timed_ingest_split(&mut engine, &mut n, 20);
         println!(
-            "ingest/engine_pg_batch64: {:.1} statements per batch of {BATCH} (reads and the commit)",
-            (engine.store().round_trips() - before) as f64 / 10.0
+            "ingest/engine_pg_batch64: {:.1} round trips per batch of {BATCH} (reads and the commit); \
+             {:.0} µs handling the messages, {:.0} µs in the commit (mean of 20 batches)",
+            (engine.store().round_trips() - before) as f64 / 20.0,
+            handling.as_secs_f64() * 1e6 / 20.0,
+            committing.as_secs_f64() * 1e6 / 20.0
         );
     } else {
         println!("ingest/engine_pg_batch64: {PG_NOT_MEASURED}");
@@ -584,7 +533,13 @@ fn bench_ingest(c: &mut Criterion) {
 /// `iters` batches of 64 routed messages, each followed by its group commit; only the engine's
 /// work is timed (building the inputs is not).
 fn timed_ingest(engine: &mut Engine, n: &mut u64, iters: u64) -> Duration {
-    let mut spent = Duration::ZERO;
+    let (handling, committing) = timed_ingest_split(engine, n, iters);
+    handling + committing
+}
+
+/// [`timed_ingest`]'s time, split: handling the batch's messages, and its commit.
+fn timed_ingest_split(engine: &mut Engine, n: &mut u64, iters: u64) -> (Duration, Duration) {
+    let (mut handling, mut committing) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..iters {
         let inputs: Vec<Input> = (0..BATCH)
             .map(|_| {
@@ -596,10 +551,12 @@ fn timed_ingest(engine: &mut Engine, n: &mut u64, iters: u64) -> Duration {
         for input in inputs {
             engine.handle(input, Millis(T0 + *n)).unwrap();
         }
+        let handled = Instant::now();
         black_box(engine.commit().unwrap());
-        spent += start.elapsed();
+        committing += handled.elapsed();
+        handling += handled - start;
     }
-    spent
+    (handling, committing)
 }
 
 // ---- receipts ----

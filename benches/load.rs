@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bench_common::pgscratch::{pg_admin_url, PgScratch};
 use bench_common::procstat::{cpu_s, prosody_pid, rss_kib, self_cpu_s};
 use bench_common::rawclient::{attr as raw_attr, find, start_tag, trailing_u64, RawConn, Template};
 use common::{attr, name, Client, Prosody, ProsodyOpts};
@@ -65,26 +66,20 @@ fn dialect() -> String {
     std::env::var("LOAD_DIALECT").unwrap_or_else(|_| "seed".into())
 }
 
-/// `LOAD_BACKEND`: `sled` (default) or `postgres`, the `[store]` section of the daemon's config.
-fn store_section(cache_mb: u64) -> String {
+/// `LOAD_BACKEND`: `sled` (default) or `postgres`, the `[store]` section of the daemon's config,
+/// and on PostgreSQL the run's database (dropped with it).
+fn store_section(cache_mb: u64) -> (String, Option<PgScratch>) {
     match std::env::var("LOAD_BACKEND").as_deref() {
-        Err(_) | Ok("sled") => format!("path = \"data\"\ncache_mb = {cache_mb}"),
+        Err(_) | Ok("sled") => (format!("path = \"data\"\ncache_mb = {cache_mb}"), None),
         Ok("postgres") => {
-            let admin = std::env::var("READTRACK_BENCH_PG_URL").expect(
+            let admin = pg_admin_url().expect(
                 "LOAD_BACKEND=postgres needs READTRACK_BENCH_PG_URL (eval \"$(scripts/postgres start)\"; READTRACK_BENCH_PG_URL=$READTRACK_TEST_PG_URL)",
             );
-            let database = format!("readtrack_load_{}", std::process::id());
-            let mut client = postgres::Client::connect(&admin, postgres::NoTls)
-                .unwrap_or_else(|e| panic!("READTRACK_BENCH_PG_URL={admin}: {e}"));
-            // Two statements: one batch runs as a transaction, which DROP DATABASE refuses.
-            client
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
-                .unwrap();
-            client
-                .batch_execute(&format!("CREATE DATABASE {database}"))
-                .unwrap();
-            let (server, _) = admin.rsplit_once('/').expect("an URL ending in /DATABASE");
-            format!("backend = \"postgres\"\nurl = \"{server}/{database}\"")
+            let db = PgScratch::create(&admin, "load");
+            (
+                format!("backend = \"postgres\"\nurl = \"{}\"", db.url()),
+                Some(db),
+            )
         }
         Ok(other) => panic!("LOAD_BACKEND is sled or postgres, not {other:?}"),
     }
@@ -107,6 +102,8 @@ struct Daemon {
     child: Option<Child>,
     /// The metrics endpoint, scraped for the group commit's batch size ([`Daemon::batches`]).
     metrics: std::net::SocketAddr,
+    /// The store's database with `LOAD_BACKEND=postgres`, dropped after the daemon stopped.
+    _pg: Option<PgScratch>,
 }
 
 impl Daemon {
@@ -116,6 +113,7 @@ impl Daemon {
             .unwrap()
             .local_addr()
             .unwrap();
+        let (store, pg) = store_section(cache_mb);
         let config = format!(
             "[xmpp]\ndomain = \"{}\"\ncomponent = \"{}\"\nconnect = \"127.0.0.1:{}\"\nsecret = \"{}\"\n\n\
              [store]\n{}\n\n[admin]\nsocket = \"readtrack.sock\"\n\n\
@@ -125,7 +123,7 @@ impl Daemon {
             p.component_domain(),
             p.component_port,
             p.secret(),
-            store_section(cache_mb),
+            store,
             dialect()
         );
         std::fs::write(dir.path().join("readtrack.toml"), config).unwrap();
@@ -133,6 +131,7 @@ impl Daemon {
             dir,
             child: None,
             metrics,
+            _pg: pg,
         }
     }
 

@@ -853,6 +853,45 @@ fn a_commit_that_loses_to_another_transaction_runs_again_whole() {
     backend::drop_location(&location);
 }
 
+/// A new message's rows (log entry, timer, deliveries) are inserted without an upsert's conflict
+/// check; should one be in the table already (here planted; in life, a commit retried after it
+/// reached the server and its answer was lost with the connection), the commit runs again with
+/// every row upserted and goes through, the row holding what the engine wrote.
+#[test]
+fn a_row_taken_for_new_that_is_there_already_is_overwritten() {
+    let url = backend::fresh_database();
+    let location = Location::Postgres(url.clone());
+    let mut engine = Engine::new(
+        Store::open_location(&location, &StoreOptions::default()).unwrap(),
+        seed_config(),
+    )
+    .unwrap();
+    engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
+    engine.commit().unwrap();
+    // The row m2 will be logged at: user 1, seq 2.
+    sql(
+        &url,
+        "INSERT INTO readtrack_userseq_message (user_id, seq, record) VALUES (1, 2, '\\x00')",
+    );
+    engine
+        .handle(routed("m2", "after"), Millis(T0 + 1))
+        .unwrap();
+    let released = engine.commit().expect("the commit went through as upserts");
+    assert_eq!(released.len(), 1, "m2's ack is released: {released:?}");
+    assert_eq!(count(&url, "readtrack_userseq_message"), 2);
+    let record: Vec<u8> = sql(
+        &url,
+        "SELECT record FROM readtrack_userseq_message WHERE user_id = 1 AND seq = 2",
+    )[0]
+    .get(0);
+    assert!(record.len() > 1, "the planted row was overwritten");
+    let store = engine.store();
+    let logged = store.message(1, 2).unwrap().expect("m2 is logged");
+    assert_eq!(logged.msg_id.as_deref(), Some("m2"));
+    drop(engine);
+    backend::drop_location(&location);
+}
+
 /// A commit the database refuses for a reason retrying cannot mend (here a constraint an
 /// operator added) fails at once, saying the SQLSTATE and the server's message, not "db error";
 /// nothing of it is applied and its ack is not released.

@@ -39,7 +39,8 @@ pub(super) trait Backend: Send + Sync {
     /// Bytes the store occupies (on disk, or in the database's tables).
     fn size(&self) -> Result<u64>;
 
-    /// Statements sent to a database server since open (a local backend sends none).
+    /// Round trips to a database server since open: the times a call waited for the server's
+    /// answer (a local backend sends nothing).
     fn round_trips(&self) -> u64 {
         0
     }

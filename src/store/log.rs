@@ -38,28 +38,37 @@ impl Store {
         conv.last_at = message.logged_at;
         let mut w = Writes::default();
         w.put(T::UseridUser, keys::user_prefix(user), encode(&record)?);
-        w.put(
+        // Nothing was ever logged past the head: the seq's log entry, timer and deliveries are
+        // new keys, and so is its index block when the seq starts one (then there is no record
+        // to read either: on PostgreSQL that read would be a round trip for nothing).
+        w.insert(
             T::UserseqMessage,
             keys::user_seq(user, seq),
             encode(&entry)?,
         );
         let block = keys::block_of(seq);
-        let mut entries = self.index_block(user, block)?;
+        let new_block = block > keys::block_of(seq - 1);
+        let mut entries = if new_block {
+            Vec::new()
+        } else {
+            self.index_block(user, block)?
+        };
         entries.push(IndexEntry::of(&entry, self.hash));
-        w.put(
-            T::UserblockIndex,
-            keys::user_block(user, block),
-            encode(&entries)?,
-        );
+        let block_key = keys::user_block(user, block);
+        if new_block {
+            w.insert(T::UserblockIndex, block_key, encode(&entries)?);
+        } else {
+            w.put(T::UserblockIndex, block_key, encode(&entries)?);
+        }
         if let Some(deadline) = message.receipt.timer() {
-            w.put(
+            w.insert(
                 T::DeadlineUserseq,
                 keys::deadline_user_seq(deadline, user, seq),
                 EMPTY,
             );
         }
         for (device, d) in delivered_to {
-            w.put(
+            w.insert(
                 T::UserdeviceseqDelivery,
                 keys::user_device_seq(user, *device, seq),
                 encode(d)?,

@@ -226,8 +226,8 @@ impl Store {
         &self.location
     }
 
-    /// Statements sent to the database since open (0 on sled): what a test measures a message
-    /// by on PostgreSQL.
+    /// Round trips to the database since open (0 on sled): what a test measures a message by on
+    /// PostgreSQL. A read is one; a commit is two (its statements pipelined, then `COMMIT`).
     #[doc(hidden)]
     pub fn round_trips(&self) -> u64 {
         self.backend.round_trips()

@@ -3,7 +3,7 @@
 //! flushes, so one commit costs one transaction whatever the number of messages in it, and a
 //! crash leaves the store exactly as at some commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 
 use sled::IVec;
@@ -54,18 +54,28 @@ pub(super) const TREE_NAMES: [&str; TREES] = [
     "userpeer_conversation",
 ];
 
-/// The writes of one store call, applied to the write set all at once (or not at all).
+/// The writes of one store call, applied to the write set all at once (or not at all): the
+/// tree, the key, the value (`None`: removed), and whether the key is new ([`Writes::insert`]).
 #[derive(Default)]
-pub(super) struct Writes(Vec<(T, Vec<u8>, Option<IVec>)>);
+pub(super) struct Writes(Vec<(T, Vec<u8>, Option<IVec>, bool)>);
 
 impl Writes {
     pub(super) fn put(&mut self, tree: T, key: impl AsRef<[u8]>, value: impl Into<IVec>) {
         self.0
-            .push((tree, key.as_ref().to_vec(), Some(value.into())));
+            .push((tree, key.as_ref().to_vec(), Some(value.into()), false));
+    }
+
+    /// A put of a key the store cannot hold yet (a new message's log entry, timer, deliveries,
+    /// a new index block): a backend may insert it without looking for an old row. A hint only:
+    /// a backend that finds the row there after all must still write it (PostgreSQL then
+    /// upserts, [`super::pg`]).
+    pub(super) fn insert(&mut self, tree: T, key: impl AsRef<[u8]>, value: impl Into<IVec>) {
+        self.0
+            .push((tree, key.as_ref().to_vec(), Some(value.into()), true));
     }
 
     pub(super) fn del(&mut self, tree: T, key: impl AsRef<[u8]>) {
-        self.0.push((tree, key.as_ref().to_vec(), None));
+        self.0.push((tree, key.as_ref().to_vec(), None, false));
     }
 }
 
@@ -77,6 +87,9 @@ pub(super) type TreeWrites = BTreeMap<Vec<u8>, Option<IVec>>;
 pub(super) struct Pending {
     maps: [TreeWrites; TREES],
     entries: usize,
+    /// Keys of the set that the committed store does not hold ([`Writes::insert`]): true of a
+    /// key until the set is applied, whatever is written to it meanwhile.
+    new: [HashSet<Vec<u8>>; TREES],
 }
 
 impl Pending {
@@ -85,11 +98,19 @@ impl Pending {
     }
 
     pub(super) fn add(&mut self, writes: Writes) {
-        for (tree, key, value) in writes.0 {
+        for (tree, key, value, new) in writes.0 {
+            if new {
+                self.new[tree as usize].insert(key.clone());
+            }
             if self.maps[tree as usize].insert(key, value).is_none() {
                 self.entries += 1;
             }
         }
+    }
+
+    /// Whether the committed store does not hold `key` (it was put with [`Writes::insert`]).
+    pub(super) fn is_new(&self, tree: T, key: &[u8]) -> bool {
+        self.new[tree as usize].contains(key)
     }
 
     /// `Some(value)` when the write set decides the key (`Some(None)`: removed in this commit).
@@ -125,6 +146,9 @@ impl Pending {
     pub(super) fn clear(&mut self) {
         for map in &mut self.maps {
             map.clear();
+        }
+        for new in &mut self.new {
+            new.clear();
         }
         self.entries = 0;
     }

@@ -2,20 +2,25 @@
 //! the write set applied as one transaction that first proves this process still owns the
 //! store (the `readtrack_owner` lease), every range an index range over the primary key.
 //!
-//! The engine is synchronous and the service calls it from tokio tasks. The `postgres` client
-//! runs its own runtime and cannot be driven from a runtime thread, so one thread of the backend
-//! owns the connection and every call is a job sent to it: any thread may call the store, the
-//! way it calls sled, and waits the round trip the way it waits sled's disk.
+//! The engine is synchronous and the service calls it from tokio tasks. A runtime thread
+//! cannot block on a client of its own, so one thread of the backend owns the connection (a
+//! `tokio-postgres` client on a single-threaded runtime of that thread's) and every call is a job
+//! sent to it: any thread may call the store, the way it calls sled, and waits the round trip the
+//! way it waits sled's disk. The asynchronous client is there for one thing: a commit's
+//! statements are pipelined, sent together and answered in order ([`commit`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::ops::Bound;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Statement};
+use postgres::{NoTls, Statement};
 use sled::IVec;
+use tokio_postgres::Client;
 
 use super::backend::{Backend, Row, RowIter};
 use super::pending::{Bounds, Pending, T, TREES};
@@ -319,8 +324,8 @@ pub fn redact(url: &str) -> String {
 }
 
 /// The client's settings from the URL; a password may also come from `PGPASSWORD`.
-fn config_of(url: &str) -> Result<postgres::Config> {
-    let mut config: postgres::Config = url.parse().map_err(|e| StoreError::Postgres {
+fn config_of(url: &str) -> Result<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Postgres {
         url: redact(url),
         source: e,
     })?;
@@ -428,7 +433,10 @@ const CONFLICT_ATTEMPTS: u32 = 10;
 /// The connection and what belongs to it, owned by the backend's thread.
 struct Conn {
     url: String,
-    config: postgres::Config,
+    config: tokio_postgres::Config,
+    /// The runtime the client's futures and its connection's task run on, only while a call
+    /// of this thread blocks on one.
+    rt: tokio::runtime::Runtime,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
     /// The lease's epoch this process holds (0 before it has one).
@@ -454,7 +462,15 @@ impl Conn {
             self.disconnect();
         }
         if self.client.is_none() {
-            let client = self.config.connect(NoTls).map_err(|e| self.err(e))?;
+            let (client, connection) = self
+                .rt
+                .block_on(self.config.connect(NoTls))
+                .map_err(|e| self.err(e))?;
+            self.rt.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!("PostgreSQL connection closed: {}", describe(&e));
+                }
+            });
             self.client = Some(client);
         }
         Ok(())
@@ -466,19 +482,28 @@ impl Conn {
         self.statements.clear();
     }
 
-    /// The connection of this job ([`Conn::connect`] opened it).
-    fn client(&mut self) -> Result<&mut Client> {
+    /// The connection of this job ([`Conn::connect`] opened it) and the runtime to drive it on.
+    fn client(&mut self) -> Result<(&Client, &tokio::runtime::Runtime)> {
         if self.client.is_none() {
             self.connect()?;
         }
-        Ok(self.client.as_mut().expect("connected above"))
+        Ok((self.client.as_ref().expect("connected above"), &self.rt))
+    }
+
+    /// The same, mutable: a transaction object borrows the client so.
+    fn client_mut(&mut self) -> Result<(&mut Client, &tokio::runtime::Runtime)> {
+        if self.client.is_none() {
+            self.connect()?;
+        }
+        Ok((self.client.as_mut().expect("connected above"), &self.rt))
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let prepared = self.client()?.prepare(sql);
+        let (client, rt) = self.client()?;
+        let prepared = rt.block_on(client.prepare(sql));
         let s = prepared.map_err(|e| self.err(e))?;
         self.statements.insert(sql.to_string(), s.clone());
         Ok(s)
@@ -486,7 +511,8 @@ impl Conn {
 
     fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<postgres::Row>> {
         let s = self.statement(sql)?;
-        let rows = self.client()?.query(&s, params);
+        let (client, rt) = self.client()?;
+        let rows = rt.block_on(client.query(&s, params));
         rows.map_err(|e| self.err(e))
     }
 }
@@ -547,7 +573,8 @@ pub(super) struct PgBackend {
     url: String,
     cache: Mutex<Cache>,
     jobs: Mutex<mpsc::Sender<Job>>,
-    /// Statements sent to the database since open: a chat message's cost in round trips.
+    /// Round trips to the database since open (a read: one; a commit: two, [`commit`]): a chat
+    /// message's cost in waits for the server.
     round_trips: Arc<AtomicU64>,
     renewer: Mutex<Option<Renewer>>,
 }
@@ -561,9 +588,14 @@ impl PgBackend {
     /// the store's lease (refusing when another process holds it).
     pub(super) fn open(url: &str, options: &StoreOptions) -> Result<PgBackend> {
         let config = config_of(url)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Pg(format!("cannot start the PostgreSQL runtime: {e}")))?;
         let mut conn = Conn {
             url: url.to_string(),
             config,
+            rt,
             client: None,
             statements: HashMap::new(),
             epoch: 0,
@@ -797,14 +829,10 @@ impl Backend for PgBackend {
     fn apply(&self, pending: &Pending) -> Result<()> {
         let batches = pending
             .trees()
-            .map(|(i, writes)| TableBatch::of(T::ALL[i], writes))
+            .map(|(i, writes)| TableBatch::of(T::ALL[i], writes, pending))
             .collect::<Result<Vec<_>>>()?;
-        let statements = 2 + batches
-            .iter()
-            .map(|b| u64::from(!b.put_keys.is_empty()) + u64::from(!b.del_keys.is_empty()))
-            .sum::<u64>();
-        self.round_trips.fetch_add(statements, Ordering::Relaxed);
-        self.call(move |conn| commit(conn, &batches))?;
+        self.round_trips.fetch_add(2, Ordering::Relaxed);
+        self.call(move |conn| commit_write_set(conn, &batches))?;
         // Only a committed write enters the cache: after a failed commit it still holds what
         // the database holds, and the write set (kept by the caller) shadows it until retried.
         let mut cache = self.cache();
@@ -1139,81 +1167,111 @@ impl Column {
             Column::Texts(v) => v,
         }
     }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Column::Ints(v) => v.is_empty(),
+            Column::Texts(v) => v.is_empty(),
+        }
+    }
 }
 
-/// The writes of one table in a commit, as column arrays for `unnest`.
-struct TableBatch {
-    tree: T,
-    put_keys: Vec<Column>,
-    put_records: Vec<Vec<u8>>,
-    put_ids: Vec<i64>,
-    del_keys: Vec<Column>,
+/// Rows of one table as column arrays for `unnest`: the key columns, and the values when the
+/// rows are written (not when they are deleted).
+struct Rows {
+    keys: Vec<Column>,
+    records: Vec<Vec<u8>>,
+    ids: Vec<i64>,
 }
 
-impl TableBatch {
-    fn of(tree: T, writes: &super::pending::TreeWrites) -> Result<TableBatch> {
-        let table = &TABLES[tree as usize];
-        let empty = || -> Vec<Column> {
-            table
+impl Rows {
+    fn of(table: &Table) -> Rows {
+        Rows {
+            keys: table
                 .cols
                 .iter()
                 .map(|(_, c)| match c {
                     Col::Text => Column::Texts(Vec::new()),
                     _ => Column::Ints(Vec::new()),
                 })
-                .collect()
-        };
-        let mut batch = TableBatch {
-            tree,
-            put_keys: empty(),
-            put_records: Vec::new(),
-            put_ids: Vec::new(),
-            del_keys: empty(),
-        };
-        for (key, value) in writes {
-            let params = whole_key(tree, key)?;
-            let cols = if value.is_some() {
-                &mut batch.put_keys
-            } else {
-                &mut batch.del_keys
-            };
-            for (col, p) in cols.iter_mut().zip(params) {
-                match (col, p) {
-                    (Column::Ints(v), Param::Int(i)) => v.push(i),
-                    (Column::Texts(v), Param::Text(s)) => v.push(s),
-                    _ => unreachable!("columns follow the table"),
-                }
-            }
-            if let Some(v) = value {
-                match table.val {
-                    Val::Record => batch.put_records.push(v.to_vec()),
-                    Val::UserId => batch.put_ids.push(
-                        super::keys::be_u64(v, 0)
-                            .filter(|id| *id <= i64::MAX as u64)
-                            .ok_or(StoreError::KeyRange {
-                                tree: super::TREE_NAMES[tree as usize],
-                            })? as i64,
-                    ),
-                    Val::Nothing => {}
-                }
+                .collect(),
+            records: Vec::new(),
+            ids: Vec::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.iter().all(Column::is_empty)
+    }
+
+    fn push(&mut self, tree: T, key: &[u8], value: Option<&IVec>) -> Result<()> {
+        for (col, p) in self.keys.iter_mut().zip(whole_key(tree, key)?) {
+            match (col, p) {
+                (Column::Ints(v), Param::Int(i)) => v.push(i),
+                (Column::Texts(v), Param::Text(s)) => v.push(s),
+                _ => unreachable!("columns follow the table"),
             }
         }
-        if batch.put_keys.iter().all(Column::is_empty) {
-            batch.put_keys.clear();
+        if let Some(v) = value {
+            match TABLES[tree as usize].val {
+                Val::Record => self.records.push(v.to_vec()),
+                Val::UserId => self.ids.push(
+                    super::keys::be_u64(v, 0)
+                        .filter(|id| *id <= i64::MAX as u64)
+                        .ok_or(StoreError::KeyRange {
+                            tree: super::TREE_NAMES[tree as usize],
+                        })? as i64,
+                ),
+                Val::Nothing => {}
+            }
         }
-        if batch.del_keys.iter().all(Column::is_empty) {
-            batch.del_keys.clear();
+        Ok(())
+    }
+
+    /// The statement's parameters: the key arrays, then the values' when `written`.
+    fn params(&self, tree: T, written: bool) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = self.keys.iter().map(Column::sql).collect();
+        if written {
+            match TABLES[tree as usize].val {
+                Val::Record => params.push(&self.records),
+                Val::UserId => params.push(&self.ids),
+                Val::Nothing => {}
+            }
         }
-        Ok(batch)
+        params
     }
 }
 
-impl Column {
-    fn is_empty(&self) -> bool {
-        match self {
-            Column::Ints(v) => v.is_empty(),
-            Column::Texts(v) => v.is_empty(),
+/// The writes of one table in a commit.
+struct TableBatch {
+    tree: T,
+    /// Rows that may be in the table already: upserted.
+    puts: Rows,
+    /// Rows the store knows are not in the table (a new message's log row, timer and
+    /// deliveries, a new block of the index): inserted plainly, which costs PostgreSQL about
+    /// half an upsert's work (no conflict check and no confirmation of a speculative insert).
+    news: Rows,
+    dels: Rows,
+}
+
+impl TableBatch {
+    fn of(tree: T, writes: &super::pending::TreeWrites, pending: &Pending) -> Result<TableBatch> {
+        let table = &TABLES[tree as usize];
+        let mut batch = TableBatch {
+            tree,
+            puts: Rows::of(table),
+            news: Rows::of(table),
+            dels: Rows::of(table),
+        };
+        for (key, value) in writes {
+            let rows = match value {
+                None => &mut batch.dels,
+                Some(_) if pending.is_new(tree, key) => &mut batch.news,
+                Some(_) => &mut batch.puts,
+            };
+            rows.push(tree, key, value.as_ref())?;
         }
+        Ok(batch)
     }
 }
 
@@ -1225,106 +1283,190 @@ fn array_type(col: Col) -> &'static str {
     }
 }
 
-/// One commit: the fence on the lease, then per table one upsert and one delete of arrays.
-fn commit(conn: &mut Conn, batches: &[TableBatch]) -> Result<()> {
+/// What a statement of a commit does with its rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Upsert,
+    Insert,
+    Delete,
+}
+
+/// The statement that writes (or deletes) one table's rows from arrays.
+fn write_sql(table: &Table, write: Write) -> String {
+    let names: Vec<&str> = table.cols.iter().map(|(n, _)| *n).collect();
+    let key_list = names.join(", ");
+    let mut casts: Vec<String> = table
+        .cols
+        .iter()
+        .enumerate()
+        .map(|(i, (_, c))| format!("${}::{}", i + 1, array_type(*c)))
+        .collect();
+    if write == Write::Delete {
+        return format!(
+            "DELETE FROM {} WHERE ({key_list}) IN (SELECT * FROM unnest({}))",
+            table.name,
+            casts.join(", ")
+        );
+    }
+    let mut insert_cols = key_list.clone();
+    let conflict = match table.val {
+        Val::Record => {
+            casts.push(format!("${}::bytea[]", names.len() + 1));
+            insert_cols.push_str(", record");
+            "DO UPDATE SET record = EXCLUDED.record"
+        }
+        Val::UserId => {
+            casts.push(format!("${}::bigint[]", names.len() + 1));
+            insert_cols.push_str(", user_id");
+            "DO UPDATE SET user_id = EXCLUDED.user_id"
+        }
+        Val::Nothing => "DO NOTHING",
+    };
+    let mut sql = format!(
+        "INSERT INTO {} ({insert_cols}) SELECT * FROM unnest({})",
+        table.name,
+        casts.join(", ")
+    );
+    if write == Write::Upsert {
+        sql.push_str(&format!(" ON CONFLICT ({key_list}) {conflict}"));
+    }
+    sql
+}
+
+/// SQLSTATE unique_violation: a plain insert met a row that was there after all.
+fn unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Postgres { source, .. }
+        if source.code().is_some_and(|c| c.code() == "23505"))
+}
+
+/// One commit ([`commit`]); should a row the store took for new be in the table already (the
+/// same write set retried after a commit that did reach the server, its answer lost with the
+/// connection), it runs again with every row upserted: a write set of final values, applied
+/// twice, is the same as once.
+fn commit_write_set(conn: &mut Conn, batches: &[TableBatch]) -> Result<()> {
+    match commit(conn, batches, true) {
+        Err(e) if unique_violation(&e) => {
+            tracing::info!(
+                url = %redact(&conn.url),
+                "a row taken for new was in the database already (a commit retried after it \
+                 reached the server): committing again as upserts: {e}"
+            );
+            commit(conn, batches, false)
+        }
+        done => done,
+    }
+}
+
+/// One commit: one transaction of the fence on the lease, then per table an upsert, an insert
+/// (`plain`; else these rows are upserted too) and a delete of arrays, each when it has rows.
+fn commit(conn: &mut Conn, batches: &[TableBatch], plain: bool) -> Result<()> {
     let epoch = conn.epoch;
     let lease = conn.lease.as_secs_f64();
-    let mut sqls = Vec::new();
+    let mut writes: Vec<(&TableBatch, &Rows, Write)> = Vec::new();
     for b in batches {
-        let table = &TABLES[b.tree as usize];
-        let names: Vec<&str> = table.cols.iter().map(|(n, _)| *n).collect();
-        let key_list = names.join(", ");
-        if !b.put_keys.is_empty() {
-            let mut casts: Vec<String> = table
-                .cols
-                .iter()
-                .enumerate()
-                .map(|(i, (_, c))| format!("${}::{}", i + 1, array_type(*c)))
-                .collect();
-            let mut insert_cols = key_list.clone();
-            let conflict = match table.val {
-                Val::Record => {
-                    casts.push(format!("${}::bytea[]", names.len() + 1));
-                    insert_cols.push_str(", record");
-                    "DO UPDATE SET record = EXCLUDED.record"
-                }
-                Val::UserId => {
-                    casts.push(format!("${}::bigint[]", names.len() + 1));
-                    insert_cols.push_str(", user_id");
-                    "DO UPDATE SET user_id = EXCLUDED.user_id"
-                }
-                Val::Nothing => "DO NOTHING",
-            };
-            sqls.push((
-                b,
-                true,
-                format!(
-                    "INSERT INTO {} ({insert_cols}) SELECT * FROM unnest({}) ON CONFLICT ({key_list}) {conflict}",
-                    table.name,
-                    casts.join(", ")
-                ),
-            ));
-        }
-        if !b.del_keys.is_empty() {
-            let casts: Vec<String> = table
-                .cols
-                .iter()
-                .enumerate()
-                .map(|(i, (_, c))| format!("${}::{}", i + 1, array_type(*c)))
-                .collect();
-            sqls.push((
-                b,
-                false,
-                format!(
-                    "DELETE FROM {} WHERE ({key_list}) IN (SELECT * FROM unnest({}))",
-                    table.name,
-                    casts.join(", ")
-                ),
-            ));
+        for (rows, write) in [
+            (&b.puts, Write::Upsert),
+            (&b.news, if plain { Write::Insert } else { Write::Upsert }),
+            (&b.dels, Write::Delete),
+        ] {
+            if !rows.is_empty() {
+                writes.push((b, rows, write));
+            }
         }
     }
     let fence = "UPDATE readtrack_owner SET expires = now() + $2::float8 * interval '1 second' \
                  WHERE id = 1 AND epoch = $1";
-    let mut statements = vec![conn.statement(fence)?];
-    for (_, _, sql) in &sqls {
-        statements.push(conn.statement(sql)?);
+    // BEGIN prepared like the rest: the pipeline is all of the extended protocol.
+    let mut statements = vec![conn.statement("BEGIN")?, conn.statement(fence)?];
+    for (b, _, write) in &writes {
+        statements.push(conn.statement(&write_sql(&TABLES[b.tree as usize], *write))?);
     }
     let url = redact(&conn.url);
-    let client = conn.client()?;
-    let err = |source| StoreError::Postgres {
-        url: url.clone(),
-        source,
-    };
-    let mut tx = client.transaction().map_err(err)?;
-    let fenced = tx.execute(&statements[0], &[&epoch, &lease]).map_err(err)?;
-    if fenced != 1 {
-        // Dropping `tx` rolls back: an old owner's late commit moves nothing.
-        return Err(StoreError::Fenced { url, epoch });
-    }
-    for ((b, put, _), statement) in sqls.iter().zip(&statements[1..]) {
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        let keys = if *put { &b.put_keys } else { &b.del_keys };
-        params.extend(keys.iter().map(Column::sql));
-        if *put {
-            match TABLES[b.tree as usize].val {
-                Val::Record => params.push(&b.put_records),
-                Val::UserId => params.push(&b.put_ids),
-                Val::Nothing => {}
+    let (client, rt) = conn.client()?;
+    let params: Vec<Vec<&(dyn ToSql + Sync)>> = writes
+        .iter()
+        .map(|(b, rows, write)| rows.params(b.tree, *write != Write::Delete))
+        .collect();
+    let fence_params: [&(dyn ToSql + Sync); 2] = [&epoch, &lease];
+    let (outcome, rolled_back) = rt.block_on(async {
+        // One round trip for the transaction's statements: BEGIN, the fence and every write are
+        // sent together and answered in order (the server runs them one after the other, as if
+        // sent one by one). A failed one aborts the transaction, and each after it fails too.
+        let mut sent: Vec<Boxed<'_, std::result::Result<u64, postgres::Error>>> = vec![
+            Box::pin(client.execute(&statements[0], &[])),
+            Box::pin(client.execute(&statements[1], &fence_params)),
+        ];
+        for (statement, p) in statements[2..].iter().zip(&params) {
+            sent.push(Box::pin(client.execute(statement, p)));
+        }
+        let mut answers = in_order(sent).await;
+        let fenced = matches!(answers[1], Ok(1));
+        let outcome = match answers.iter().position(|a| a.is_err()) {
+            Some(first) => Err(answers.swap_remove(first).err()),
+            // Only now, the fence's answer known, is COMMIT sent (a second round trip): an old
+            // owner's late write set is rolled back, never committed.
+            None if !fenced => Err(None),
+            None => return (client.batch_execute("COMMIT").await.map_err(Some), true),
+        };
+        match client.batch_execute("ROLLBACK").await {
+            Ok(()) => (outcome, true),
+            Err(e) => {
+                tracing::debug!("ROLLBACK after a failed commit: {}", describe(&e));
+                (outcome, false)
             }
         }
-        tx.execute(statement, &params).map_err(err)?;
+    });
+    if !rolled_back {
+        // The session may still be in the failed transaction: the next job starts afresh.
+        conn.disconnect();
     }
-    tx.commit().map_err(err)
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(Some(source)) => Err(StoreError::Postgres { url, source }),
+        Err(None) => Err(StoreError::Fenced { url, epoch }),
+    }
+}
+
+/// A future of the client, boxed so that several kinds go in one pipeline.
+type Boxed<'a, R> = Pin<Box<dyn Future<Output = R> + 'a>>;
+
+/// Awaits futures of one client together, each first polled in the order given: a request is
+/// sent on its future's first poll, so they leave in that order, one pipeline.
+async fn in_order<R>(futures: Vec<Boxed<'_, R>>) -> Vec<R> {
+    let mut slots: Vec<(Boxed<'_, R>, Option<R>)> =
+        futures.into_iter().map(|f| (f, None)).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (future, answer) in slots.iter_mut() {
+            if answer.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => *answer = Some(r),
+                    std::task::Poll::Pending => waiting = true,
+                }
+            }
+        }
+        if waiting {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    slots
+        .into_iter()
+        .map(|(_, answer)| answer.expect("every future answered"))
+        .collect()
 }
 
 /// Applies the project's migrations that the database has not had, in order, each once.
 fn migrate(conn: &mut Conn) -> Result<()> {
     let url = redact(&conn.url);
-    let client = conn.client()?;
+    let (client, rt) = conn.client_mut()?;
     let err = |source| StoreError::Postgres {
         url: url.clone(),
         source,
     };
+    rt.block_on(async {
     client
         .batch_execute(
             "CREATE TABLE IF NOT EXISTS readtrack_schema (\
@@ -1332,9 +1474,11 @@ fn migrate(conn: &mut Conn) -> Result<()> {
                 name text NOT NULL, \
                 applied_at timestamptz NOT NULL DEFAULT now())",
         )
+        .await
         .map_err(err)?;
     let newest: Option<i32> = client
         .query_one("SELECT max(version) FROM readtrack_schema", &[])
+        .await
         .map_err(err)?
         .get(0);
     if let Some(found) = newest.filter(|v| *v > PG_SCHEMA_VERSION) {
@@ -1348,24 +1492,33 @@ fn migrate(conn: &mut Conn) -> Result<()> {
         // Two processes opening a new database at once: the loser's transaction fails on the
         // version's primary key (or a table it creates) and finds the migration applied.
         for attempt in 0..2 {
-            let mut tx = client.transaction().map_err(err)?;
+            let tx = client.transaction().await.map_err(err)?;
             let applied = tx
                 .query_opt(
                     "SELECT 1 FROM readtrack_schema WHERE version = $1",
                     &[version],
                 )
+                .await
                 .map_err(err)?
                 .is_some();
             if applied {
                 break;
             }
-            let done = tx.batch_execute(sql).and_then(|_| {
-                tx.execute(
-                    "INSERT INTO readtrack_schema (version, name) VALUES ($1, $2)",
-                    &[version, name],
-                )
-            });
-            match done.and_then(|_| tx.commit()) {
+            let done = match tx.batch_execute(sql).await {
+                Ok(()) => tx
+                    .execute(
+                        "INSERT INTO readtrack_schema (version, name) VALUES ($1, $2)",
+                        &[version, name],
+                    )
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            let done = match done {
+                Ok(()) => tx.commit().await,
+                Err(e) => Err(e),
+            };
+            match done {
                 Ok(_) => {
                     tracing::info!(url = %url, version, name, "PostgreSQL schema migration applied");
                     break;
@@ -1378,19 +1531,20 @@ fn migrate(conn: &mut Conn) -> Result<()> {
         }
     }
     Ok(())
+    })
 }
 
 /// The records are sled's (schema 5): a database written by another record version is refused.
 fn check_records_schema(conn: &mut Conn) -> Result<()> {
     let url = redact(&conn.url);
-    let client = conn.client()?;
+    let (client, rt) = conn.client()?;
     let err = |source| StoreError::Postgres {
         url: url.clone(),
         source,
     };
     let key = std::str::from_utf8(META_SCHEMA).expect("ASCII");
-    let found = client
-        .query_opt("SELECT record FROM readtrack_meta WHERE key = $1", &[&key])
+    let found = rt
+        .block_on(client.query_opt("SELECT record FROM readtrack_meta WHERE key = $1", &[&key]))
         .map_err(err)?;
     match found {
         Some(row) => {
@@ -1408,12 +1562,11 @@ fn check_records_schema(conn: &mut Conn) -> Result<()> {
             }
         }
         None => {
-            client
-                .execute(
-                    "INSERT INTO readtrack_meta (key, record) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-                    &[&key, &&SCHEMA_VERSION.to_be_bytes()[..]],
-                )
-                .map_err(err)?;
+            rt.block_on(client.execute(
+                "INSERT INTO readtrack_meta (key, record) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &&SCHEMA_VERSION.to_be_bytes()[..]],
+            ))
+            .map_err(err)?;
         }
     }
     Ok(())
@@ -1436,42 +1589,48 @@ fn holder_id() -> String {
 fn take_lease(conn: &mut Conn, holder: &str) -> Result<()> {
     let url = redact(&conn.url);
     let lease = conn.lease.as_secs_f64();
-    let client = conn.client()?;
+    let (client, rt) = conn.client_mut()?;
     let err = |source| StoreError::Postgres {
         url: url.clone(),
         source,
     };
-    let mut tx = client.transaction().map_err(err)?;
-    tx.execute(
-        "INSERT INTO readtrack_owner (id, holder, epoch, expires) \
+    let epoch = rt.block_on(async {
+        let tx = client.transaction().await.map_err(err)?;
+        tx.execute(
+            "INSERT INTO readtrack_owner (id, holder, epoch, expires) \
          VALUES (1, '', 0, '1970-01-01T00:00:00Z') ON CONFLICT (id) DO NOTHING",
-        &[],
-    )
-    .map_err(err)?;
-    let row = tx
-        .query_one(
-            "SELECT holder, epoch, expires > now(), \
-             to_char(expires AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
-             FROM readtrack_owner WHERE id = 1 FOR UPDATE",
             &[],
         )
+        .await
         .map_err(err)?;
-    let (current, epoch, live, until): (String, i64, bool, String) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    if live {
-        return Err(StoreError::Held {
-            url,
-            holder: current,
-            until,
-        });
-    }
-    tx.execute(
-        "UPDATE readtrack_owner SET holder = $1, epoch = $2, \
+        let row = tx
+            .query_one(
+                "SELECT holder, epoch, expires > now(), \
+             to_char(expires AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+             FROM readtrack_owner WHERE id = 1 FOR UPDATE",
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let (current, epoch, live, until): (String, i64, bool, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        if live {
+            return Err(StoreError::Held {
+                url: url.clone(),
+                holder: current,
+                until,
+            });
+        }
+        tx.execute(
+            "UPDATE readtrack_owner SET holder = $1, epoch = $2, \
          expires = now() + $3::float8 * interval '1 second' WHERE id = 1",
-        &[&holder, &(epoch + 1), &lease],
-    )
-    .map_err(err)?;
-    tx.commit().map_err(err)?;
+            &[&holder, &(epoch + 1), &lease],
+        )
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(epoch)
+    })?;
     conn.epoch = epoch + 1;
     tracing::info!(url = %url, holder, epoch = epoch + 1, "store lease taken");
     Ok(())
@@ -1487,13 +1646,13 @@ struct Renewer {
 
 impl Renewer {
     fn start(url: &str, epoch: i64, lease: Duration) -> Result<Renewer> {
-        let config = config_of(url)?;
+        let config = postgres::Config::from(config_of(url)?);
         let shown = redact(url);
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("readtrack-pg-lease".into())
             .spawn(move || {
-                let mut client: Option<Client> = None;
+                let mut client: Option<postgres::Client> = None;
                 let every = (lease / 3).max(Duration::from_millis(100));
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                     if client.as_ref().map_or(true, |c| c.is_closed()) {
@@ -1556,7 +1715,9 @@ pub fn inspect_postgres(url: &str) -> Result<PgState> {
             url: shown.clone(),
             source,
         };
-        let mut client = config_of(&url)?.connect(NoTls).map_err(err)?;
+        let mut client = postgres::Config::from(config_of(&url)?)
+            .connect(NoTls)
+            .map_err(err)?;
         let server: String = client
             .query_one("SHOW server_version", &[])
             .map_err(err)?
@@ -1721,10 +1882,14 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("postgres://rt@127.0.0.1:{port}/db");
-        let e = std::thread::spawn(move || config_of(&url).unwrap().connect(NoTls).err())
-            .join()
-            .unwrap()
-            .expect("nothing listens there");
+        let e = std::thread::spawn(move || {
+            postgres::Config::from(config_of(&url).unwrap())
+                .connect(NoTls)
+                .err()
+        })
+        .join()
+        .unwrap()
+        .expect("nothing listens there");
         assert_eq!(failure_of(&e), Failure::Connection);
         assert_eq!(
             describe(&e),
