@@ -53,9 +53,8 @@ impl Engine {
                     Some(user) => {
                         let key = self.config.device_key.device_key(resource, None);
                         self.store
-                            .devices(user)?
-                            .iter()
-                            .any(|(_, d)| d.key == key && d.speaks_seed)
+                            .find_device(user, |d| d.key == key && d.speaks_seed)?
+                            .is_some()
                     }
                     None => false,
                 }
