@@ -188,7 +188,8 @@ impl Store {
     /// what they look for can be (above what the device has acked) and stop at what they need.
     ///
     /// At most `max_entries` index entries are examined; `examined` counts them, so the caller
-    /// can tell a search that stopped at the bound from one that saw everything.
+    /// can tell a search that stopped at the bound from one that saw everything. A user with no
+    /// log (or none at all) has no such message.
     pub fn messages_by_msgid<'a>(
         &'a self,
         user: UserId,
@@ -199,9 +200,10 @@ impl Store {
         examined: &'a std::cell::Cell<usize>,
     ) -> Result<impl Iterator<Item = Result<MessageRecord>> + 'a> {
         let hash = self.hash.of(msg_id);
-        let head = self.user(user)?.head;
+        // No index entry lies above the user's head: the range needs no bound of its own (and
+        // the user record no read).
         Ok(self
-            .index_entries(user, after, head, newest_first)
+            .index_entries(user, after, Seq::MAX, newest_first)
             .take(max_entries)
             .inspect(move |_| examined.set(examined.get() + 1))
             .filter(move |e| e.as_ref().map_or(true, |e| e.msgid == hash))
