@@ -542,6 +542,29 @@ fn device_reads_see_every_write_within_a_commit() {
     backend::drop_location(&location);
 }
 
+/// The store keeps the ids of recently looked up JIDs: a purge and a new user under the same
+/// JID within one commit must show in the next lookup.
+#[test]
+fn user_ids_follow_a_purge_and_a_new_account_within_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = backend::test_location(dir.path());
+    let store = Store::open_location(&location, &StoreOptions::default()).unwrap();
+    assert_eq!(store.user_id(USERS[0]).unwrap(), None);
+    let first = store.ensure_user(USERS[0]).unwrap();
+    assert_eq!(store.user_id(USERS[0]).unwrap(), Some(first));
+    assert_eq!(store.ensure_user(USERS[0]).unwrap(), first);
+    store.purge_user(first).unwrap();
+    assert_eq!(store.user_id(USERS[0]).unwrap(), None);
+    let second = store.ensure_user(USERS[0]).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(store.user_id(USERS[0]).unwrap(), Some(second));
+    store.flush().unwrap();
+    assert_eq!(store.user_id(USERS[0]).unwrap(), Some(second));
+    assert_eq!(store.user_id(USERS[1]).unwrap(), None);
+    drop(store);
+    backend::drop_location(&location);
+}
+
 #[test]
 fn refuses_a_store_of_another_schema_version() {
     let dir = tempfile::tempdir().unwrap();

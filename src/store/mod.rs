@@ -190,6 +190,9 @@ pub struct Store {
     /// The decoded devices of recently used users, kept equal to what a scan would read (every
     /// write to `userdevice_cursor` goes through [`Store::apply_with`]); see [`devices`].
     devices: Mutex<devices::DeviceCache>,
+    /// User ids by bare JID, of users looked up recently; kept like `devices` (a write to
+    /// `jid_userid` makes it forget that JID). See [`users`].
+    ids: Mutex<users::IdCache>,
     /// Records decoded since open: lets tests assert that work is proportional to what is unread.
     reads: AtomicU64,
     flushes: AtomicU64,
@@ -242,6 +245,7 @@ impl Store {
             location,
             pending: Mutex::new(Pending::default()),
             devices: Mutex::new(Default::default()),
+            ids: Mutex::new(Default::default()),
             reads: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             hash: options.index_hash,
@@ -302,7 +306,11 @@ impl Store {
         // The cache's lock is held until the writes are in the write set: a reader filling the
         // cache (under the same lock) reads either before them or after them, never between.
         let mut cache = self.device_cache();
+        let mut ids = self.id_cache();
         for (t, key, value) in writes.iter() {
+            if t == T::JidUserid {
+                ids.forget(key);
+            }
             if t != T::UserdeviceCursor {
                 continue;
             }
@@ -320,6 +328,15 @@ impl Store {
         }
         self.pending().add(writes);
         Ok(())
+    }
+
+    fn id_cache(&self) -> std::sync::MutexGuard<'_, users::IdCache> {
+        self.ids.lock().unwrap_or_else(|p| {
+            let mut cache = p.into_inner();
+            cache.clear();
+            self.ids.clear_poison();
+            cache
+        })
     }
 
     fn device_cache(&self) -> std::sync::MutexGuard<'_, devices::DeviceCache> {
