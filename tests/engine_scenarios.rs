@@ -2315,6 +2315,64 @@ fn a_receipt_for_an_unknown_id_reads_a_bounded_part_of_a_large_backlog() {
     assert_eq!(w.device("bob@example.com", "phone").acked_upto, 1);
 }
 
+/// The bound counts the index entries below the device's cursor that a receipt searches too
+/// (for a duplicate): with 64 acked, 70 entries reach the 6th message above the cursor and not
+/// the 7th, whether or not the receipts come in order.
+#[test]
+fn max_receipt_scan_counts_the_entries_below_the_cursor() {
+    let mut w = World::with(false, |c| {
+        c.max_receipt_scan = 70;
+        c.policy = ReceiptPolicy::None;
+    });
+    w.online("bob@example.com/phone");
+    for i in 1..=100 {
+        w.route(
+            chat(
+                "alice@example.com/a",
+                "bob@example.com",
+                &format!("p{i}"),
+                "x",
+            ),
+            &["bob@example.com/phone"],
+        );
+    }
+    for i in 1..=64 {
+        w.client_sends(crs_received("bob@example.com/phone", &format!("p{i}")));
+    }
+    assert_eq!(w.device("bob@example.com", "phone").acked_upto, 64);
+    let counters = |w: &mut World| {
+        let c = w.engine().counters();
+        (
+            c.receipts_accepted,
+            c.receipts_duplicate,
+            c.receipts_rejected,
+        )
+    };
+    let before = counters(&mut w);
+    w.client_sends(crs_received("bob@example.com/phone", "p71"));
+    assert_eq!(
+        counters(&mut w),
+        (before.0, before.1, before.2 + 1),
+        "p71 is past the bound"
+    );
+    w.client_sends(crs_received("bob@example.com/phone", "p70"));
+    assert_eq!(
+        counters(&mut w),
+        (before.0 + 1, before.1, before.2 + 1),
+        "p70 is within it"
+    );
+    assert_eq!(w.device("bob@example.com", "phone").acked_above, vec![70]);
+    w.client_sends(crs_received("bob@example.com/phone", "p70"));
+    w.client_sends(crs_received("bob@example.com/phone", "p64"));
+    assert_eq!(
+        counters(&mut w),
+        (before.0 + 1, before.1 + 2, before.2 + 1),
+        "p70 again and p64 (in the slack) are duplicates"
+    );
+    w.client_sends(crs_received("bob@example.com/phone", "p65"));
+    assert_eq!(w.device("bob@example.com", "phone").acked_upto, 65);
+}
+
 /// A message routed live to two sessions readtrack has not seen yet creates both devices
 /// (offline: no presence yet); at the device limit the first of them is not taken for an idle
 /// device when the second comes.

@@ -383,6 +383,21 @@ impl Harness {
                 .collect();
             assert_eq!(devices, expected);
             for d in 0..3 {
+                // Point reads and searches see what the scan sees (the device cache included).
+                assert_eq!(
+                    store.device(*uid, d).unwrap(),
+                    self.model.devices.get(&(*uid, d)).cloned()
+                );
+            }
+            for acked in [0, 1, 5] {
+                let found = store.find_device(*uid, |r| r.acked_upto >= acked).unwrap();
+                let first = expected
+                    .iter()
+                    .find(|(_, r)| r.acked_upto >= acked)
+                    .cloned();
+                assert_eq!(found, first, "first device acked to {acked}");
+            }
+            for d in 0..3 {
                 let deliveries = store.deliveries(*uid, d, u64::MAX).unwrap();
                 let expected: Vec<_> = self
                     .model
@@ -444,6 +459,110 @@ proptest! {
             h.check();
         }
     }
+}
+
+/// The store keeps the decoded devices of recent users: every kind of write to a device within
+/// one commit (a new record, an ack, a removal, a purge, another user's write) must show in the
+/// next read of every kind, before and after the flush.
+#[test]
+fn device_reads_see_every_write_within_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = backend::test_location(dir.path());
+    let store = Store::open_location(&location, &StoreOptions::default()).unwrap();
+    let (alice, bob) = (
+        store.ensure_user(USERS[0]).unwrap(),
+        store.ensure_user(USERS[1]).unwrap(),
+    );
+    let named = |key: &str, acked_upto: Seq| DeviceRecord {
+        key: key.into(),
+        ..device_record(acked_upto, 1)
+    };
+    let phone = store.put_device(alice, None, &named("phone", 0)).unwrap();
+    let laptop = store.put_device(alice, None, &named("laptop", 0)).unwrap();
+    let by_key = |key: &str| {
+        store
+            .find_device(alice, |d| d.key == key)
+            .unwrap()
+            .map(|(no, d)| (no, d.acked_upto))
+    };
+    // Read (and so cached) before each write below.
+    assert_eq!(by_key("phone"), Some((phone, 0)));
+    assert_eq!(store.devices(alice).unwrap().len(), 2);
+
+    // An ack stores the device's new record.
+    let mut acked = named("phone", 0);
+    acked.ack(1);
+    store.apply_ack(alice, phone, &acked, &[], &[]).unwrap();
+    assert_eq!(by_key("phone"), Some((phone, 1)));
+    assert_eq!(store.device(alice, phone).unwrap(), Some(acked.clone()));
+
+    // A record stored again under the same number, and a new device.
+    store
+        .put_device(alice, Some(laptop), &named("laptop", 7))
+        .unwrap();
+    assert_eq!(by_key("laptop"), Some((laptop, 7)));
+    let tablet = store.put_device(alice, None, &named("tablet", 3)).unwrap();
+    assert_eq!(by_key("tablet"), Some((tablet, 3)));
+    assert_eq!(
+        store
+            .devices(alice)
+            .unwrap()
+            .iter()
+            .map(|(no, d)| (*no, d.key.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(phone, "phone"), (laptop, "laptop"), (tablet, "tablet")]
+    );
+
+    // Another user's write changes nothing of alice's.
+    store.put_device(bob, None, &named("phone", 9)).unwrap();
+    assert_eq!(by_key("phone"), Some((phone, 1)));
+
+    // A removal (a write without a record) is seen by every read.
+    store.remove_device(alice, laptop).unwrap();
+    assert_eq!(by_key("laptop"), None);
+    assert_eq!(store.device(alice, laptop).unwrap(), None);
+    assert_eq!(store.devices(alice).unwrap().len(), 2);
+
+    // Flushed, the same; then a purge takes every device of the user.
+    store.flush().unwrap();
+    assert_eq!(by_key("phone"), Some((phone, 1)));
+    assert_eq!(by_key("laptop"), None);
+    store.purge_user(alice).unwrap();
+    assert_eq!(store.devices(alice).unwrap(), vec![]);
+    assert_eq!(by_key("phone"), None);
+    assert_eq!(store.device(alice, phone).unwrap(), None);
+    assert_eq!(
+        store
+            .find_device(bob, |d| d.key == "phone")
+            .unwrap()
+            .map(|(_, d)| d.acked_upto),
+        Some(9)
+    );
+    drop(store);
+    backend::drop_location(&location);
+}
+
+/// The store keeps the ids of recently looked up JIDs: a purge and a new user under the same
+/// JID within one commit must show in the next lookup.
+#[test]
+fn user_ids_follow_a_purge_and_a_new_account_within_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = backend::test_location(dir.path());
+    let store = Store::open_location(&location, &StoreOptions::default()).unwrap();
+    assert_eq!(store.user_id(USERS[0]).unwrap(), None);
+    let first = store.ensure_user(USERS[0]).unwrap();
+    assert_eq!(store.user_id(USERS[0]).unwrap(), Some(first));
+    assert_eq!(store.ensure_user(USERS[0]).unwrap(), first);
+    store.purge_user(first).unwrap();
+    assert_eq!(store.user_id(USERS[0]).unwrap(), None);
+    let second = store.ensure_user(USERS[0]).unwrap();
+    assert_ne!(second, first);
+    assert_eq!(store.user_id(USERS[0]).unwrap(), Some(second));
+    store.flush().unwrap();
+    assert_eq!(store.user_id(USERS[0]).unwrap(), Some(second));
+    assert_eq!(store.user_id(USERS[1]).unwrap(), None);
+    drop(store);
+    backend::drop_location(&location);
 }
 
 #[test]

@@ -43,10 +43,10 @@ impl Engine {
         now: Millis,
     ) -> Result<(Option<DeviceNo>, DeviceRecord)> {
         let key = self.config.device_key.device_key(resource, device_id);
-        let devices = self.store.devices(user)?;
-        if let Some((no, record)) = devices.iter().find(|(_, d)| d.key == key) {
-            return Ok((Some(*no), record.clone()));
+        if let Some((no, record)) = self.store.find_device(user, |d| d.key == key)? {
+            return Ok((Some(no), record));
         }
+        let devices = self.store.devices(user)?;
         Ok((None, self.new_device(user, &devices, key, resource, now)?))
     }
 
@@ -237,9 +237,7 @@ impl Engine {
         };
         let live = self
             .store
-            .devices(user)?
-            .into_iter()
-            .find(|(_, d)| d.online && d.resource == resource);
+            .find_device(user, |d| d.online && d.resource == resource)?;
         let Some((no, device)) = live else {
             return Ok(Vec::new());
         };

@@ -53,9 +53,8 @@ impl Engine {
                     Some(user) => {
                         let key = self.config.device_key.device_key(resource, None);
                         self.store
-                            .devices(user)?
-                            .iter()
-                            .any(|(_, d)| d.key == key && d.speaks_seed)
+                            .find_device(user, |d| d.key == key && d.speaks_seed)?
+                            .is_some()
                     }
                     None => false,
                 }
@@ -286,6 +285,15 @@ impl Engine {
     /// The search reaches [`RECENT_SLACK`] messages below `after`, so a receipt sent again for
     /// a message acked a moment ago is found (and counted as a duplicate); one naming a message
     /// acked long before finds nothing, so its cost is what is unread, not what is stored.
+    ///
+    /// `none_fit_upto_after`: the caller knows that no message at or below `after` fits (a
+    /// receipt: everything up to the device's cursor is acked). An oldest-first search then
+    /// looks at the [`QUICK_LOOK`] index entries right above `after` first, and searches from
+    /// the slack below it (for a duplicate) only when none of them fits: the same answer,
+    /// without decoding the slack's index records for each receipt that comes in order. A
+    /// receipt that finds nothing examines those entries twice (at most [`QUICK_LOOK`] more
+    /// than `max_receipt_scan`).
+    #[allow(clippy::too_many_arguments)]
     fn named_message(
         &self,
         user: UserId,
@@ -293,14 +301,42 @@ impl Engine {
         to: Option<&Jid>,
         after: Seq,
         newest_first: bool,
+        none_fit_upto_after: bool,
         fits: impl Fn(&MessageRecord) -> bool,
     ) -> Result<Named> {
         let sender = to.filter(|t| t.local().is_some()).map(Jid::to_bare);
-        let mut named = false;
-        let from = after.saturating_sub(RECENT_SLACK);
         // An id that names nothing would otherwise cost the whole unread backlog's index.
-        let examined = std::cell::Cell::new(0);
         let limit = self.config.max_receipt_scan;
+        let slack = RECENT_SLACK as usize;
+        if none_fit_upto_after && !newest_first && limit > slack {
+            // The slack holds at most RECENT_SLACK index entries, none of which fits: a fit
+            // among the first `limit - RECENT_SLACK` entries above `after` is the first fit the
+            // whole search meets, and within its bound.
+            let quick = QUICK_LOOK.min(limit - slack);
+            let above = self.search_named(user, id, sender.as_ref(), after, false, quick, &fits)?;
+            if above.message.is_some() {
+                return Ok(above);
+            }
+        }
+        let from = after.saturating_sub(RECENT_SLACK);
+        self.search_named(user, id, sender.as_ref(), from, newest_first, limit, &fits)
+    }
+
+    /// [`Engine::named_message`]'s search: messages above `from` with the id, in the order
+    /// asked for, at most `limit` index entries examined.
+    #[allow(clippy::too_many_arguments)]
+    fn search_named(
+        &self,
+        user: UserId,
+        id: &str,
+        sender: Option<&Jid>,
+        from: Seq,
+        newest_first: bool,
+        limit: usize,
+        fits: &impl Fn(&MessageRecord) -> bool,
+    ) -> Result<Named> {
+        let mut named = false;
+        let examined = std::cell::Cell::new(0);
         for m in self
             .store
             .messages_by_msgid(user, id, from, newest_first, limit, &examined)?
@@ -310,7 +346,7 @@ impl Engine {
             if m.sent {
                 continue;
             }
-            if let Some(sender) = &sender {
+            if let Some(sender) = sender {
                 if !Jid::parse(&m.from).is_ok_and(|f| f.to_bare() == *sender) {
                     continue;
                 }
@@ -362,7 +398,7 @@ impl Engine {
             message: target,
             named,
             capped,
-        } = self.named_message(user, id, to, device.acked_upto, false, |m| {
+        } = self.named_message(user, id, to, device.acked_upto, false, true, |m| {
             !device.is_acked(m.seq)
         })?;
         let Some(target) = target else {
@@ -415,7 +451,7 @@ impl Engine {
         // The newest message with that id: markers name what was just read.
         // Not found within `max_receipt_scan` entries counts as not found: rejected.
         let Some(target) = self
-            .named_message(user, id, to, after, true, |_| true)?
+            .named_message(user, id, to, after, true, false, |_| true)?
             .message
         else {
             self.counters.receipts_rejected += 1;
@@ -455,15 +491,19 @@ impl Engine {
 /// What [`Engine::named_message`] found.
 struct Named {
     message: Option<MessageRecord>,
-    /// Some message had the id but did not fit.
+    /// Some message had the id but did not fit (read only when nothing fits).
     named: bool,
-    /// The search stopped at `max_receipt_scan` index entries.
+    /// The search stopped at `max_receipt_scan` index entries (likewise).
     capped: bool,
 }
 
 /// How far below a device's cursor receipts and markers are still looked up (two index
 /// records): far enough for a receipt sent again, near enough to cost nothing.
 const RECENT_SLACK: Seq = 64;
+
+/// Index entries right above a device's cursor a receipt looks at before it searches from the
+/// slack below the cursor (one index record's worth: receipts mostly come in order).
+const QUICK_LOOK: usize = crate::store::keys::INDEX_BLOCK as usize;
 
 /// The log entry of `message` from `from`, logged at `now`: a received message that needs no
 /// receipt; callers change what differs. The store assigns `seq`.

@@ -1,11 +1,91 @@
 //! Devices (`userdevice_cursor`), their cursors and acks, and their live delivery logs
 //! (`userdeviceseq_delivery`).
+//!
+//! The engine looks a user's devices up several times per chat message (the recipient's
+//! session, the sender's device for its sent copy, the device a receipt comes from), and each
+//! lookup was a range over the tree and a decoding of every device of the user. The decoded
+//! devices of recently used users are kept in a [`DeviceCache`]: a store call that writes a
+//! device record it has at hand (`put_device`, `apply_ack`) puts that record in the cache, any
+//! other write to the tree (removing a device, purging a user) makes the cache forget that
+//! user, so a read returns what a scan would have read, pending writes included.
+
+use std::collections::HashMap;
 
 use super::*;
+
+/// Users whose devices the cache keeps at most: past it the cache starts again empty (a bound
+/// on memory, not an eviction policy; the users of the current commits come back at once).
+const DEVICE_CACHE_USERS: usize = 4096;
+
+/// The decoded devices of recently used users, each user's complete, in device-number order.
+#[derive(Default)]
+pub(super) struct DeviceCache {
+    users: HashMap<UserId, Vec<(DeviceNo, DeviceRecord)>>,
+}
+
+impl DeviceCache {
+    fn get(&self, user: UserId) -> Option<&Vec<(DeviceNo, DeviceRecord)>> {
+        self.users.get(&user)
+    }
+
+    /// Remembers the complete device list of `user`, read from the trees.
+    fn fill(&mut self, user: UserId, devices: Vec<(DeviceNo, DeviceRecord)>) {
+        if self.users.len() >= DEVICE_CACHE_USERS {
+            self.users.clear();
+        }
+        self.users.insert(user, devices);
+    }
+
+    /// `record` is now device `no` of `user` (a user not cached stays so).
+    pub(super) fn put(&mut self, user: UserId, no: DeviceNo, record: &DeviceRecord) {
+        if let Some(list) = self.users.get_mut(&user) {
+            match list.binary_search_by_key(&no, |(n, _)| *n) {
+                Ok(at) => list[at].1.clone_from(record),
+                Err(at) => list.insert(at, (no, record.clone())),
+            }
+        }
+    }
+
+    pub(super) fn forget(&mut self, user: UserId) {
+        self.users.remove(&user);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.users.clear();
+    }
+}
 
 impl Store {
     /// The user's devices, in device-number order.
     pub fn devices(&self, user: UserId) -> Result<Vec<(DeviceNo, DeviceRecord)>> {
+        let mut cache = self.device_cache();
+        if let Some(devices) = cache.get(user) {
+            return Ok(devices.clone());
+        }
+        let devices = self.scan_devices(user)?;
+        cache.fill(user, devices.clone());
+        Ok(devices)
+    }
+
+    /// The user's first device (in device-number order) that `wanted` accepts: what
+    /// `devices(user)` followed by a `find` gives, without copying the devices not wanted.
+    pub fn find_device(
+        &self,
+        user: UserId,
+        wanted: impl Fn(&DeviceRecord) -> bool,
+    ) -> Result<Option<(DeviceNo, DeviceRecord)>> {
+        let mut cache = self.device_cache();
+        if cache.get(user).is_none() {
+            let devices = self.scan_devices(user)?;
+            cache.fill(user, devices);
+        }
+        Ok(cache
+            .get(user)
+            .and_then(|devices| devices.iter().find(|(_, d)| wanted(d)).cloned()))
+    }
+
+    /// The user's devices as stored (pending writes included), without the cache.
+    fn scan_devices(&self, user: UserId) -> Result<Vec<(DeviceNo, DeviceRecord)>> {
         let mut out = Vec::new();
         for kv in self.scan_prefix(T::UserdeviceCursor, keys::user_prefix(user)) {
             let (k, v) = kv?;
@@ -20,6 +100,12 @@ impl Store {
 
     /// One device of the user, if it exists.
     pub fn device(&self, user: UserId, device: DeviceNo) -> Result<Option<DeviceRecord>> {
+        if let Some(devices) = self.device_cache().get(user) {
+            return Ok(devices
+                .iter()
+                .find(|(no, _)| *no == device)
+                .map(|(_, d)| d.clone()));
+        }
         match self.get(T::UserdeviceCursor, keys::user_device(user, device))? {
             Some(v) => Ok(Some(self.read("userdevice_cursor", &v)?)),
             None => Ok(None),
@@ -53,7 +139,7 @@ impl Store {
             keys::user_device(user, no),
             encode(record)?,
         );
-        self.apply(w)?;
+        self.apply_with(w, Some((user, no, record)))?;
         Ok(no)
     }
 
@@ -96,7 +182,7 @@ impl Store {
                 keys::deadline_user_seq(t.deadline, t.user, t.seq),
             );
         }
-        self.apply(w)
+        self.apply_with(w, Some((user, device, record)))
     }
 
     pub fn delivery(

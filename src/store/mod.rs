@@ -187,6 +187,12 @@ pub struct Store {
     location: Location,
     /// Writes since the last flush; see [`pending`].
     pending: Mutex<Pending>,
+    /// The decoded devices of recently used users, kept equal to what a scan would read (every
+    /// write to `userdevice_cursor` goes through [`Store::apply_with`]); see [`devices`].
+    devices: Mutex<devices::DeviceCache>,
+    /// User ids by bare JID, of users looked up recently; kept like `devices` (a write to
+    /// `jid_userid` makes it forget that JID). See [`users`].
+    ids: Mutex<users::IdCache>,
     /// Records decoded since open: lets tests assert that work is proportional to what is unread.
     reads: AtomicU64,
     flushes: AtomicU64,
@@ -238,6 +244,8 @@ impl Store {
             backend,
             location,
             pending: Mutex::new(Pending::default()),
+            devices: Mutex::new(Default::default()),
+            ids: Mutex::new(Default::default()),
             reads: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             hash: options.index_hash,
@@ -280,11 +288,65 @@ impl Store {
 
     /// Adds one call's writes to the write set.
     fn apply(&self, writes: Writes) -> Result<()> {
+        self.apply_with(writes, None)
+    }
+
+    /// [`Store::apply`], for writes that store the device record `device` (user, number,
+    /// record) as given: the device cache takes that record as it is instead of forgetting
+    /// the user's devices. Any other write to `userdevice_cursor` makes the cache forget the
+    /// devices of the user it touches, so what the cache holds is what a scan would read.
+    fn apply_with(
+        &self,
+        writes: Writes,
+        device: Option<(UserId, DeviceNo, &DeviceRecord)>,
+    ) -> Result<()> {
         if self.pending().entries() > SPILL_ENTRIES {
             self.apply_pending()?;
         }
+        // The cache's lock is held until the writes are in the write set: a reader filling the
+        // cache (under the same lock) reads either before them or after them, never between.
+        let mut cache = self.device_cache();
+        let mut ids = self.id_cache();
+        for (t, key, value) in writes.iter() {
+            if t == T::JidUserid {
+                ids.forget(key);
+            }
+            if t != T::UserdeviceCursor {
+                continue;
+            }
+            match device {
+                Some((user, no, record))
+                    if value.is_some() && key == keys::user_device(user, no).as_slice() =>
+                {
+                    cache.put(user, no, record)
+                }
+                _ => match keys::be_u64(key, 0) {
+                    Some(user) => cache.forget(user),
+                    None => cache.clear(),
+                },
+            }
+        }
         self.pending().add(writes);
         Ok(())
+    }
+
+    fn id_cache(&self) -> std::sync::MutexGuard<'_, users::IdCache> {
+        self.ids.lock().unwrap_or_else(|p| {
+            let mut cache = p.into_inner();
+            cache.clear();
+            self.ids.clear_poison();
+            cache
+        })
+    }
+
+    fn device_cache(&self) -> std::sync::MutexGuard<'_, devices::DeviceCache> {
+        // Cleared on a panic: it is only a cache.
+        self.devices.lock().unwrap_or_else(|p| {
+            let mut cache = p.into_inner();
+            cache.clear();
+            self.devices.clear_poison();
+            cache
+        })
     }
 
     fn get(&self, t: T, key: impl AsRef<[u8]>) -> Result<Option<IVec>> {

@@ -77,6 +77,13 @@ impl Writes {
     pub(super) fn del(&mut self, tree: T, key: impl AsRef<[u8]>) {
         self.0.push((tree, key.as_ref().to_vec(), None, false));
     }
+
+    /// The writes, in the order they were made: (tree, key, new value or `None` for removed).
+    pub(super) fn iter(&self) -> impl Iterator<Item = (T, &[u8], Option<&IVec>)> {
+        self.0
+            .iter()
+            .map(|(t, k, v, _)| (*t, k.as_slice(), v.as_ref()))
+    }
 }
 
 /// Key → new value (`None`: removed).

@@ -197,6 +197,9 @@ pub fn import(store: &Store, from: &Path, mut progress: impl FnMut(Progress)) ->
     let checked = check(from, &mut progress)?;
     store.flush()?;
     ensure_empty(store)?;
+    // The records go in past the store's write set (below): nothing it remembers holds.
+    store.device_cache().clear();
+    store.id_cache().clear();
 
     let mut file = DumpReader::open(from)?;
     let mut pending = Pending::default();
@@ -220,6 +223,8 @@ pub fn import(store: &Store, from: &Path, mut progress: impl FnMut(Progress)) ->
     }
     store.backend.apply(&pending)?;
     store.backend.flush()?;
+    store.device_cache().clear();
+    store.id_cache().clear();
 
     let mut file = DumpReader::open(from)?;
     let mut verified = compare(store, &mut file, Phase::Verify, &mut progress)?;

@@ -1,12 +1,45 @@
 //! Users: the JID to id mapping, user records (head, first kept seq, account token), purge.
 
+use std::collections::HashMap;
+
 use super::*;
+
+/// JIDs whose ids the cache keeps at most (past it, it starts again empty).
+const ID_CACHE_USERS: usize = 16_384;
+
+/// User ids of recently looked up bare JIDs (every event looks its users up by JID). Only
+/// users that exist are kept; a write to a JID's mapping (a new user, a purge) forgets it.
+#[derive(Default)]
+pub(super) struct IdCache {
+    ids: HashMap<Box<[u8]>, UserId>,
+}
+
+impl IdCache {
+    pub(super) fn forget(&mut self, jid: &[u8]) {
+        self.ids.remove(jid);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.ids.clear();
+    }
+}
 
 impl Store {
     pub fn user_id(&self, bare_jid: &str) -> Result<Option<UserId>> {
-        Ok(self
+        let mut cache = self.id_cache();
+        if let Some(id) = cache.ids.get(bare_jid.as_bytes()) {
+            return Ok(Some(*id));
+        }
+        let id = self
             .get(T::JidUserid, bare_jid.as_bytes())?
-            .map(|v| keys::be_u64(&v, 0).unwrap_or(0)))
+            .map(|v| keys::be_u64(&v, 0).unwrap_or(0));
+        if let Some(id) = id {
+            if cache.ids.len() >= ID_CACHE_USERS {
+                cache.ids.clear();
+            }
+            cache.ids.insert(bare_jid.as_bytes().into(), id);
+        }
+        Ok(id)
     }
 
     /// The user's id, creating the user on first sight.
