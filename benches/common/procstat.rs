@@ -3,45 +3,65 @@
 
 use std::path::Path;
 
-/// CPU time (user + system) process `pid` has used, in seconds, summed over its threads.
+/// CPU time (user + system) process `pid` has used, in seconds: its live threads' and the
+/// threads' that have exited.
 ///
 /// `/proc/PID/task/*/schedstat` counts nanoseconds where `/proc/PID/stat` counts 10 ms ticks: a
-/// load client spends a few milliseconds per round, which ticks cannot resolve. Falls back to
-/// the ticks where the kernel keeps no schedstat.
+/// load client spends a few milliseconds per round, which ticks cannot resolve. But schedstat
+/// exists only for live threads, and a process's threads come and go (tokio's
+/// `block_in_place`, which `readtrack serve` commits in, hands the worker to another thread,
+/// and idle blocking threads exit): what exited threads used is the process's ticks less its
+/// live threads' ticks, added at tick resolution. Falls back to the ticks where the kernel keeps
+/// no schedstat.
 pub fn cpu_s(pid: u32) -> f64 {
     let mut ns = 0u64;
+    let mut live_ticks = 0u64;
     let mut threads = 0;
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
             let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
                 continue;
             };
-            if let Some(run) = text
+            let Some(run) = text
                 .split_whitespace()
                 .next()
                 .and_then(|v| v.parse::<u64>().ok())
-            {
-                ns += run;
-                threads += 1;
-            }
+            else {
+                continue;
+            };
+            // A thread that exits between the two reads counts neither here nor below.
+            let Some(ticks) = stat_ticks(&task.path().join("stat")) else {
+                continue;
+            };
+            ns += run;
+            live_ticks += ticks;
+            threads += 1;
         }
     }
+    let process_ticks = stat_ticks(Path::new(&format!("/proc/{pid}/stat"))).unwrap_or(0);
     if threads > 0 {
-        ns as f64 / 1e9
+        let exited_ticks = process_ticks.saturating_sub(live_ticks);
+        ns as f64 / 1e9 + exited_ticks as f64 / USER_HZ
     } else {
-        cpu_ticks_s(pid)
+        process_ticks as f64 / USER_HZ
     }
+}
+
+const USER_HZ: f64 = 100.0;
+
+/// utime + stime of a `/proc/.../stat` file, in ticks (`USER_HZ`). For a process it includes
+/// the threads that have exited.
+fn stat_ticks(path: &Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 /// CPU time from `/proc/PID/stat` (utime + stime), in seconds, at 10 ms resolution.
 pub fn cpu_ticks_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0 // USER_HZ
+    stat_ticks(Path::new(&format!("/proc/{pid}/stat"))).unwrap_or(0) as f64 / USER_HZ
 }
 
 /// CPU time this process has used, in seconds (every thread; the clock the kernel keeps for
