@@ -338,16 +338,7 @@ async fn a_message_asking_for_a_receipt_is_reported_by_its_routed_event_alone() 
 /// message is serialised for the event where they are not its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_written_in_place_of_a_swallowed_message_are_not_taken_for_it() {
-    let probe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/prosody");
-    let p = Prosody::start(ProsodyOpts {
-        extra_modules: vec!["swallow_probe".into()],
-        extra_global: format!(
-            "plugin_paths = {{ {:?}, {:?} }}\n",
-            plugin_dir().display().to_string(),
-            probe.display().to_string()
-        ),
-        ..ProsodyOpts::default()
-    });
+    let p = Prosody::start(ProsodyOpts::with_test_module("swallow_probe"));
     for user in ["alice", "bob"] {
         p.register(user, "pw");
     }

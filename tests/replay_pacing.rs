@@ -296,7 +296,6 @@ fn what_arrives_live_during_a_paced_replay_is_not_replayed_again() {
 // End to end: a real Prosody, the readtrack binary, a client that reads slowly.
 
 mod end_to_end {
-    use std::path::Path;
     use std::time::{Duration, Instant};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -314,16 +313,7 @@ mod end_to_end {
     /// A Prosody whose c2s connections report their send buffer's peak
     /// (tests/prosody/mod_sendbuf_probe.lua).
     fn probed_server() -> Prosody {
-        let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/prosody");
-        let p = Prosody::start(ProsodyOpts {
-            extra_modules: vec!["sendbuf_probe".into()],
-            extra_global: format!(
-                "plugin_paths = {{ {:?}, {:?} }}\n",
-                plugin_dir().display().to_string(),
-                probe.display().to_string()
-            ),
-            ..ProsodyOpts::default()
-        });
+        let p = Prosody::start(ProsodyOpts::with_test_module("sendbuf_probe"));
         for user in ["alice", "bob"] {
             p.register(user, "pw");
         }

@@ -595,10 +595,9 @@ fn a_second_process_on_one_database_is_refused_until_the_first_ones_lease_expire
     backend::drop_location(&Location::Postgres(url));
 }
 
-/// An owner that lost its lease (another process took the store over) cannot commit: its
-/// transaction is rolled back whole, so a late commit moves no cursor and logs nothing.
-#[test]
-fn an_old_owners_late_commit_moves_nothing() {
+/// An engine on a fresh PostgreSQL database with one message ("m1", user 1, seq 1) committed:
+/// the database's URL, its location (to drop it at the end) and the engine.
+fn pg_engine_with_one_message() -> (String, Location, Engine) {
     let url = backend::fresh_database();
     let location = Location::Postgres(url.clone());
     let mut engine = Engine::new(
@@ -608,6 +607,14 @@ fn an_old_owners_late_commit_moves_nothing() {
     .unwrap();
     engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
     engine.commit().unwrap();
+    (url, location, engine)
+}
+
+/// An owner that lost its lease (another process took the store over) cannot commit: its
+/// transaction is rolled back whole, so a late commit moves no cursor and logs nothing.
+#[test]
+fn an_old_owners_late_commit_moves_nothing() {
+    let (url, location, mut engine) = pg_engine_with_one_message();
     assert_eq!(count(&url, "readtrack_userseq_message"), 1);
     // What a process that found the lease expired does: a new holder, a new epoch.
     sql(
@@ -689,15 +696,7 @@ fn migrations_are_applied_once_in_order() {
 /// the commit after it goes through, and nothing committed before is lost.
 #[test]
 fn a_broken_connection_is_opened_again_and_the_commit_goes_through() {
-    let url = backend::fresh_database();
-    let location = Location::Postgres(url.clone());
-    let mut engine = Engine::new(
-        Store::open_location(&location, &StoreOptions::default()).unwrap(),
-        seed_config(),
-    )
-    .unwrap();
-    engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
-    engine.commit().unwrap();
+    let (url, location, mut engine) = pg_engine_with_one_message();
     let name = url.rsplit('/').next().unwrap().to_string();
     let admin = std::env::var("READTRACK_TEST_PG_URL").unwrap();
     let cut: Vec<postgres::Row> = sql(
@@ -817,15 +816,7 @@ fn check_reports_the_postgres_connection_and_schema() {
 /// conflict is raised by the server itself, once, from a trigger.
 #[test]
 fn a_commit_that_loses_to_another_transaction_runs_again_whole() {
-    let url = backend::fresh_database();
-    let location = Location::Postgres(url.clone());
-    let mut engine = Engine::new(
-        Store::open_location(&location, &StoreOptions::default()).unwrap(),
-        seed_config(),
-    )
-    .unwrap();
-    engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
-    engine.commit().unwrap();
+    let (url, location, mut engine) = pg_engine_with_one_message();
     sql(&url, "CREATE SEQUENCE conflicts");
     sql(
         &url,
@@ -859,15 +850,7 @@ fn a_commit_that_loses_to_another_transaction_runs_again_whole() {
 /// every row upserted and goes through, the row holding what the engine wrote.
 #[test]
 fn a_row_taken_for_new_that_is_there_already_is_overwritten() {
-    let url = backend::fresh_database();
-    let location = Location::Postgres(url.clone());
-    let mut engine = Engine::new(
-        Store::open_location(&location, &StoreOptions::default()).unwrap(),
-        seed_config(),
-    )
-    .unwrap();
-    engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
-    engine.commit().unwrap();
+    let (url, location, mut engine) = pg_engine_with_one_message();
     // The row m2 will be logged at: user 1, seq 2.
     sql(
         &url,
@@ -897,15 +880,7 @@ fn a_row_taken_for_new_that_is_there_already_is_overwritten() {
 /// nothing of it is applied and its ack is not released.
 #[test]
 fn a_commit_the_database_refuses_fails_with_the_servers_reason() {
-    let url = backend::fresh_database();
-    let location = Location::Postgres(url.clone());
-    let mut engine = Engine::new(
-        Store::open_location(&location, &StoreOptions::default()).unwrap(),
-        seed_config(),
-    )
-    .unwrap();
-    engine.handle(routed("m1", "before"), Millis(T0)).unwrap();
-    engine.commit().unwrap();
+    let (url, location, mut engine) = pg_engine_with_one_message();
     sql(
         &url,
         "ALTER TABLE readtrack_userseq_message ADD CONSTRAINT no_more CHECK (false) NOT VALID",

@@ -62,6 +62,23 @@ pub struct ProsodyOpts {
     pub smacks_hibernation_time: u32,
 }
 
+impl ProsodyOpts {
+    /// The defaults plus one of the test-only modules of `tests/prosody/` (a probe), loaded
+    /// globally, with that folder beside mod_readtrack's on the plugin path.
+    pub fn with_test_module(module: &str) -> ProsodyOpts {
+        let probes = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/prosody");
+        ProsodyOpts {
+            extra_modules: vec![module.to_string()],
+            extra_global: format!(
+                "plugin_paths = {{ {:?}, {:?} }}\n",
+                plugin_dir().display().to_string(),
+                probes.display().to_string()
+            ),
+            ..ProsodyOpts::default()
+        }
+    }
+}
+
 impl Default for ProsodyOpts {
     fn default() -> Self {
         ProsodyOpts {
