@@ -204,6 +204,17 @@ pub struct Store {
 /// in memory. Each call's writes still go in together.
 const SPILL_ENTRIES: usize = 50_000;
 
+/// Locks one of the store's caches; one a panic left poisoned is cleared (it is only a cache)
+/// and used again.
+fn lock_cache<C>(cache: &Mutex<C>, clear: fn(&mut C)) -> std::sync::MutexGuard<'_, C> {
+    cache.lock().unwrap_or_else(|p| {
+        let mut guard = p.into_inner();
+        clear(&mut guard);
+        cache.clear_poison();
+        guard
+    })
+}
+
 impl Store {
     /// Opens (or creates) the sled store at `path`. Refuses a store of another schema version,
     /// or a non-empty directory that readtrack did not write, rather than overwrite it. A store
@@ -331,22 +342,11 @@ impl Store {
     }
 
     fn id_cache(&self) -> std::sync::MutexGuard<'_, users::IdCache> {
-        self.ids.lock().unwrap_or_else(|p| {
-            let mut cache = p.into_inner();
-            cache.clear();
-            self.ids.clear_poison();
-            cache
-        })
+        lock_cache(&self.ids, users::IdCache::clear)
     }
 
     fn device_cache(&self) -> std::sync::MutexGuard<'_, devices::DeviceCache> {
-        // Cleared on a panic: it is only a cache.
-        self.devices.lock().unwrap_or_else(|p| {
-            let mut cache = p.into_inner();
-            cache.clear();
-            self.devices.clear_poison();
-            cache
-        })
+        lock_cache(&self.devices, devices::DeviceCache::clear)
     }
 
     fn get(&self, t: T, key: impl AsRef<[u8]>) -> Result<Option<IVec>> {
