@@ -501,6 +501,9 @@ end
 -- routing): a send that never reaches bytes/out leaves nothing behind for another write.
 local writing, writing_session;
 
+-- Claims (below): what readtrack has not confirmed goes to offline storage when this ends.
+local hand_back_claims;
+
 local function note_written_stanza(stanza, session)
 	local record = in_flight[stanza];
 	if record and not record.bytes and stanza.attr.xmlns == nil then
@@ -551,6 +554,7 @@ end
 
 function module.unload()
 	flush_events(); -- a timer of an unloaded module does not run
+	hand_back_claims("module unloaded"); -- this module's memory goes with it
 	for _, user in pairs(hosts[host].sessions or {}) do
 		for _, session in pairs(user.sessions or {}) do
 			filters.remove_filter(session, "stanzas/out", record_write);
@@ -599,6 +603,122 @@ local function jid_tags(name, list)
 	return t_concat(out);
 end
 
+------------------------------------------------------------------------------------------------
+-- Claims. A message taken from mod_offline (the hook below) exists, until readtrack has logged
+-- it, only in its <routed> event: queued here, then in Prosody's send buffer, then in
+-- readtrack's read buffer and batch. So the module keeps each one, numbered (the event's
+-- `claim`), until readtrack confirms it (<durable from upto return>, which readtrack sends after
+-- the commit that made it durable); when that connection of readtrack ends first, the
+-- unconfirmed ones go to the server's offline storage, where they would have gone without
+-- readtrack. A confirmation lost with the connection makes a message go to both: a duplicate,
+-- never a loss.
+
+-- Bytes of claimed messages (as their events carried them) held at most; past it, a message
+-- for an offline user is left to mod_offline, as when readtrack is away. The stanza objects
+-- take Lua a few times this.
+local max_claimed_bytes = module:get_option_number("readtrack_max_claimed_bytes", 8 * 1024 * 1024);
+
+-- Numbers grow for the module's lifetime, across connections: a confirmation meant for an
+-- earlier connection (written to the next one in a race) cannot name a later claim.
+local last_claim = 0;
+
+local function new_claims(session)
+	return { session = session, held = {}, low = last_claim + 1, bytes = 0 };
+end
+
+-- The claims of the current connection of readtrack: number -> { stanza, username, bytes }.
+local claims = new_claims(nil);
+
+-- Whether the readtrack on this connection confirms claims (it said `claims` in <accepts>):
+-- nil until it says, then true or false. Claims are held until it has said; told false (an
+-- older readtrack, which takes a claimed message as its own, as before), they are let go and
+-- none are made.
+local accepts_claims = nil;
+
+local function give_to_offline_storage(claim)
+	local stanza = claim.stanza;
+	stanza.attr.to = stanza.attr.to or (claim.username .. "@" .. host);
+	-- Not claimed again: it is not in flight (in_flight), and the hook below leaves it alone.
+	local ok, err = pcall(module.fire_event, module, "message/offline/handle",
+		{ origin = hosts[host], username = claim.username, stanza = stanza });
+	if not ok then
+		module:log("error", "readtrack: handing a message for %s to offline storage failed: %s",
+			claim.username, tostring(err));
+	end
+end
+
+-- Lets go of claims numbered first..last; to offline storage with `give` (else readtrack has
+-- them).
+local function release(set, first, last, give)
+	local held = set.held;
+	for n = math.max(first, set.low), math.min(last, last_claim) do
+		local claim = held[n];
+		if claim then
+			held[n] = nil;
+			set.bytes = set.bytes - claim.bytes;
+			if give then give_to_offline_storage(claim); end
+		end
+	end
+	local low = set.low;
+	while low <= last_claim and held[low] == nil do low = low + 1; end
+	set.low = low;
+end
+
+function hand_back_claims(why)
+	local set = claims;
+	claims = new_claims(nil);
+	local count = 0;
+	for _ in pairs(set.held) do count = count + 1; end
+	if count > 0 then
+		module:log("info", "readtrack %s: %d message(s) it had not confirmed go to offline storage", why, count);
+		release(set, set.low, last_claim, true);
+	end
+end
+
+-- The claims of `session` (the connection of readtrack now); an older connection's go back.
+local function claims_of(session)
+	if claims.session ~= session then
+		hand_back_claims("was replaced by a newer connection");
+		claims.session = session;
+	end
+	return claims;
+end
+
+-- <durable from upto [return]>: readtrack has claims from..upto; it did not log those listed in
+-- `return` (numbers, ranges a-b), which go to offline storage from here.
+local function durable(command, origin)
+	local from, upto = tonumber(command.attr.from), tonumber(command.attr.upto);
+	if not (from and upto) then
+		module:log("warn", "readtrack <durable> without numbers from and upto");
+		return true;
+	end
+	if origin ~= claims.session then return true; end -- an older connection's: handed back
+	local returned = command.attr["return"];
+	if returned then
+		for item in returned:gmatch("%S+") do
+			local first, last = item:match("^(%d+)%-(%d+)$");
+			first = tonumber(first or item);
+			last = tonumber(last) or first;
+			if first and last then
+				if last >= first then
+					module:log("warn", "readtrack did not log claims %d to %d; stored offline by the server", first, last);
+				end
+				release(claims, first, last, true);
+			end
+		end
+	end
+	release(claims, from, upto, false);
+	return true;
+end
+
+module:hook_global("server-stopping", function()
+	hand_back_claims("server stopping");
+end);
+
+local warn_claims_full = rate_limited("readtrack holds %d bytes of offline messages it has not confirmed; one for %s is left to the server (%d so far, %d similar warnings suppressed)");
+
+local routed_open = "<routed xmlns='" .. xmlns_hook .. "'";
+
 local function track_routing(handlers, event_name, event_data)
 	local stanza, origin = event_data.stanza, event_data.origin;
 	if not (component_connected() and loggable(stanza, origin, event_data)) then
@@ -643,7 +763,15 @@ local function track_routing(handlers, event_name, event_data)
 	-- that change a message (mod_mam's <stanza-id>) change a copy, which is what was written.
 	local original = record.bytes and forwarded_bytes(record.bytes, record.bytes_to, to)
 		or forwarded(stanza, to);
-	emit(t_concat({ "<routed xmlns='", xmlns_hook, "'", xml_attr("to", to),
+	local claim = record.claim;
+	if claim then
+		local held = claims.held[claim];
+		if held then
+			held.bytes = #original;
+			claims.bytes = claims.bytes + #original;
+		end
+	end
+	emit(t_concat({ claim and routed_open .. " claim='" .. claim .. "'" or routed_open, xml_attr("to", to),
 		xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">",
 		jid_tags("session", record.written), carbons, original, "</routed>" }));
 	return ret;
@@ -668,10 +796,21 @@ module:wrap_event("message/full", track_routing);
 -- handling is reached: that is when the server has accepted the message for storage.
 module:hook("message/offline/handle", function(event)
 	local record = in_flight[event.stanza];
-	if record then
-		record.offline = true;
-		return true;
+	if not record then return; end
+	if accepts_claims ~= false then
+		local session = component_session();
+		if not session then return; end
+		local set = claims_of(session);
+		if set.bytes >= max_claimed_bytes then
+			warn_claims_full(set.bytes, tostring(event.username));
+			return; -- and no event: mod_offline has it
+		end
+		last_claim = last_claim + 1;
+		set.held[last_claim] = { stanza = event.stanza, username = event.username, bytes = 0 };
+		record.claim = last_claim;
 	end
+	record.offline = true;
+	return true;
 end, 100);
 
 -- A tracked message stream management could not deliver: readtrack replays it at the device's
@@ -979,7 +1118,7 @@ module:hook("message/host", function(event)
 		if not (id and executed[id]) then
 			if not compact_command[each.name] then flush_writes(); end
 			-- One failing command must not cost the rest of the batch theirs.
-			local ok, err = pcall(execute, each);
+			local ok, err = pcall(execute, each, origin);
 			if not ok then
 				module:log("error", "readtrack <%s> failed: %s", each.name, tostring(err));
 			end
@@ -1067,7 +1206,7 @@ local function bounce(command)
 	return true;
 end
 
-function execute(command)
+function execute(command, origin)
 	if command.name == "pace" then return pace(command); end
 	if command.name == "ack" then return ack(command); end
 	if command.name == "bounce" then return bounce(command); end
@@ -1075,8 +1214,13 @@ function execute(command)
 		local events = " " .. (command.attr.events or "") .. " ";
 		accepts_signal = events:find(" signal ", 1, true) ~= nil;
 		accepts_done_list = events:find(" done-list ", 1, true) ~= nil;
+		accepts_claims = events:find(" claims ", 1, true) ~= nil;
+		if not accepts_claims and origin == claims.session then
+			release(claims, claims.low, last_claim, false); -- this readtrack keeps them itself
+		end
 		return true;
 	end
+	if command.name == "durable" then return durable(command, origin); end
 	local inner = inner_message(command);
 	if not inner then
 		module:log("warn", "readtrack <%s> without <forwarded><message xmlns='jabber:client'>", command.name);
@@ -1184,14 +1328,26 @@ end
 
 local function on_component_authenticated(event)
 	accepts_signal, accepts_done_list = false, false; -- until this connection's readtrack says otherwise
+	accepts_claims = nil;
+	claims_of(event.session); -- a connection it replaced leaves its claims to offline storage
 	tune_connection(event.session);
 	send_snapshot();
+end
+
+-- The connection ended (readtrack stopped, crashed, or the link broke): what it had not
+-- confirmed goes to offline storage. Fired while mod_component still counts it connected; the
+-- messages are not claimed again (not in flight).
+local function on_component_disconnected(event)
+	if event.session == claims.session then
+		hand_back_claims("disconnected (" .. tostring(event.reason) .. ")");
+	end
 end
 
 local function watch_component()
 	local h = hosts[component];
 	if not h then return false; end
 	module:hook_object_event(h.events, "component-authenticated", on_component_authenticated);
+	module:hook_object_event(h.events, "component-disconnected", on_component_disconnected);
 	-- Loaded (or reloaded) while readtrack is connected.
 	tune_connection(component_session());
 	return true;
