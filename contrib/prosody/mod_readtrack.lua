@@ -715,6 +715,15 @@ module:hook_global("server-stopping", function()
 	hand_back_claims("server stopping");
 end);
 
+-- The bytes of a claim's event, counted against readtrack_max_claimed_bytes.
+local function count_claimed(claim, bytes)
+	local held = claims.held[claim];
+	if held then
+		held.bytes = bytes;
+		claims.bytes = claims.bytes + bytes;
+	end
+end
+
 local warn_claims_full = rate_limited("readtrack holds %d bytes of offline messages it has not confirmed; one for %s is left to the server (%d so far, %d similar warnings suppressed)");
 
 local routed_open = "<routed xmlns='" .. xmlns_hook .. "'";
@@ -761,17 +770,24 @@ local function track_routing(handlers, event_name, event_data)
 	-- The message as a session got it where one did; serialised here only where none did
 	-- (offline, hibernating, a copy written), from the object routing started with: handlers
 	-- that change a message (mod_mam's <stanza-id>) change a copy, which is what was written.
-	local original = record.bytes and forwarded_bytes(record.bytes, record.bytes_to, to)
-		or forwarded(stanza, to);
-	local claim = record.claim;
-	if claim then
-		local held = claims.held[claim];
-		if held then
-			held.bytes = #original;
-			claims.bytes = claims.bytes + #original;
+	local original;
+	if record.bytes then
+		original = forwarded_bytes(record.bytes, record.bytes_to, to);
+	else
+		original = forwarded(stanza, to);
+		-- Taken from offline handling (no session got it, so only this branch looks): the
+		-- event names the claim. Written out here rather than chosen in the event below, which
+		-- every chat message builds.
+		local claim = record.claim;
+		if claim then
+			count_claimed(claim, #original);
+			emit(t_concat({ routed_open, " claim='", claim, "'", xml_attr("to", to),
+				xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">",
+				jid_tags("session", record.written), carbons, original, "</routed>" }));
+			return ret;
 		end
 	end
-	emit(t_concat({ claim and routed_open .. " claim='" .. claim .. "'" or routed_open, xml_attr("to", to),
+	emit(t_concat({ routed_open, xml_attr("to", to),
 		xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">",
 		jid_tags("session", record.written), carbons, original, "</routed>" }));
 	return ret;
@@ -1042,6 +1058,9 @@ end
 module:hook("c2s-ondrain", function(event) check_paced(event.session); end);
 
 local execute;
+-- The component session the command message being run came from (<durable> must be the one
+-- holding the claims).
+local command_origin;
 
 -- Replays go through the checks a live delivery would: a user who blocked the sender (XEP-0191,
 -- mod_blocklist) after the message was logged does not get it replayed. mod_blocklist keeps
@@ -1111,6 +1130,7 @@ module:hook("message/host", function(event)
 	end
 	-- readtrack packs many commands into one message; they run in document order.
 	blocklists = {};
+	command_origin = origin;
 	pending_writes, pending_sessions = {}, {};
 	local done, listable = {}, true;
 	for each in stanza:childtags(nil, xmlns_hook) do
@@ -1118,7 +1138,7 @@ module:hook("message/host", function(event)
 		if not (id and executed[id]) then
 			if not compact_command[each.name] then flush_writes(); end
 			-- One failing command must not cost the rest of the batch theirs.
-			local ok, err = pcall(execute, each, origin);
+			local ok, err = pcall(execute, each);
 			if not ok then
 				module:log("error", "readtrack <%s> failed: %s", each.name, tostring(err));
 			end
@@ -1206,7 +1226,7 @@ local function bounce(command)
 	return true;
 end
 
-function execute(command, origin)
+function execute(command)
 	if command.name == "pace" then return pace(command); end
 	if command.name == "ack" then return ack(command); end
 	if command.name == "bounce" then return bounce(command); end
@@ -1215,14 +1235,15 @@ function execute(command, origin)
 		accepts_signal = events:find(" signal ", 1, true) ~= nil;
 		accepts_done_list = events:find(" done-list ", 1, true) ~= nil;
 		accepts_claims = events:find(" claims ", 1, true) ~= nil;
-		if not accepts_claims and origin == claims.session then
+		if not accepts_claims and command_origin == claims.session then
 			release(claims, claims.low, last_claim, false); -- this readtrack keeps them itself
 		end
 		return true;
 	end
-	if command.name == "durable" then return durable(command, origin); end
 	local inner = inner_message(command);
 	if not inner then
+		-- Checked here, where the commands that carry a message (most of them) do not pass.
+		if command.name == "durable" then return durable(command, command_origin); end
 		module:log("warn", "readtrack <%s> without <forwarded><message xmlns='jabber:client'>", command.name);
 		return true;
 	end
