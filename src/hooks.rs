@@ -93,8 +93,8 @@ pub enum HookEvent {
         sent: bool,
         /// The number under which the module holds this message, taken from the server's
         /// offline handling (no session got it), until readtrack confirms it durable
-        /// ([`HookCommand::Durable`]); a connection's claims are numbered upwards, never
-        /// reused by the module's process. None from a module that keeps no claims.
+        /// ([`HookCommand::Durable`]); numbered upwards, never reused within the server's
+        /// process (across connections too). None from a module that keeps no claims.
         claim: Option<u64>,
     },
     /// A stanza a local client sent (its own message, a receipt, a marker), as text, and the

@@ -190,7 +190,11 @@ impl SnapshotPages {
 /// at worst, never a loss.
 #[derive(Debug, Default)]
 struct Claims {
-    /// The lowest claim number not yet confirmed on this connection; `None` before the first.
+    /// The lowest claim number not yet confirmed on this connection; `None` before the first
+    /// claim is seen. The first confirmation of a connection starts at 1: the module's numbers
+    /// grow across connections, and it ignores those it does not hold, so the claims this
+    /// connection made before the first one readtrack read (their events refused unread) are
+    /// among those handed back, not left held until the connection ends.
     from: Option<u64>,
     /// The highest claim number seen on this connection.
     upto: u64,
@@ -201,13 +205,10 @@ struct Claims {
 impl Claims {
     /// A claim's event was read (whatever becomes of it).
     fn seen(&mut self, claim: u64) {
-        match self.from {
-            None => {
-                self.from = Some(claim);
-                self.upto = claim;
-            }
-            Some(_) => self.upto = self.upto.max(claim),
+        if self.from.is_none() {
+            self.from = Some(1);
         }
+        self.upto = self.upto.max(claim);
     }
 
     /// A claim's message is logged (durable at the next commit) or handed back.
@@ -781,12 +782,13 @@ mod tests {
     fn claims_are_confirmed_from_the_first_seen_and_what_was_not_applied_goes_back() {
         let mut claims = Claims::default();
         assert_eq!(claims.confirm(), None, "nothing seen, nothing confirmed");
-        // Numbers grow across connections: this connection's first seen is 7.
+        // Numbers grow across connections: this connection's first seen is 7, and what it
+        // claimed before (events refused unread) goes back with the first confirmation.
         claims.applied(7);
         claims.applied(8);
         claims.seen(9); // refused by the engine
         claims.applied(12); // 10 and 11 never arrived (their events were refused unread)
-        assert_eq!(claims.confirm(), durable(7, 12, &[(9, 11)]));
+        assert_eq!(claims.confirm(), durable(1, 12, &[(1, 6), (9, 11)]));
         assert_eq!(claims.confirm(), None, "each number is confirmed once");
         // In any order within a batch; a late one below what was confirmed is left out.
         claims.applied(14);

@@ -1712,7 +1712,7 @@ async fn claims_readtrack_did_not_confirm_go_to_offline_storage_when_its_connect
     );
     assert!(
         p.log()
-            .contains("message(s) it had not confirmed go to offline storage"),
+            .contains("message(s) it had not confirmed went to offline storage"),
         "the hand-back is logged"
     );
 }

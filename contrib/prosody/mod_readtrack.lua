@@ -618,16 +618,28 @@ end
 -- take Lua a few times this.
 local max_claimed_bytes = module:get_option_number("readtrack_max_claimed_bytes", 8 * 1024 * 1024);
 
--- Numbers grow for the module's lifetime, across connections: a confirmation meant for an
--- earlier connection (written to the next one in a race) cannot name a later claim.
+-- Numbers grow for the server's lifetime, across connections and reloads of this module: a
+-- confirmation meant for an earlier connection (written to the next one in a race) cannot name
+-- a later claim, and readtrack, which confirms from the lowest number it has not confirmed on a
+-- connection, never sees one go back.
 local last_claim = 0;
 
 local function new_claims(session)
 	return { session = session, held = {}, low = last_claim + 1, bytes = 0 };
 end
 
+-- A reload keeps the count (Prosody hands save()'s table to the new instance's restore()).
+function module.save()
+	return { readtrack_last_claim = last_claim };
+end
+
 -- The claims of the current connection of readtrack: number -> { stanza, username, bytes }.
 local claims = new_claims(nil);
+
+function module.restore(data)
+	last_claim = math.max(last_claim, data.readtrack_last_claim or 0);
+	if next(claims.held) == nil then claims.low = last_claim + 1; end
+end
 
 -- Whether the readtrack on this connection confirms claims (it said `claims` in <accepts>):
 -- nil until it says, then true or false. Claims are held until it has said; told false (an
@@ -648,13 +660,14 @@ local function give_to_offline_storage(claim)
 end
 
 -- Lets go of claims numbered first..last; to offline storage with `give` (else readtrack has
--- them).
+-- them). Returns how many it let go.
 local function release(set, first, last, give)
-	local held = set.held;
+	local held, count = set.held, 0;
 	for n = math.max(first, set.low), math.min(last, last_claim) do
 		local claim = held[n];
 		if claim then
 			held[n] = nil;
+			count = count + 1;
 			set.bytes = set.bytes - claim.bytes;
 			if give then give_to_offline_storage(claim); end
 		end
@@ -662,16 +675,15 @@ local function release(set, first, last, give)
 	local low = set.low;
 	while low <= last_claim and held[low] == nil do low = low + 1; end
 	set.low = low;
+	return count;
 end
 
 function hand_back_claims(why)
 	local set = claims;
 	claims = new_claims(nil);
-	local count = 0;
-	for _ in pairs(set.held) do count = count + 1; end
+	local count = release(set, set.low, last_claim, true);
 	if count > 0 then
-		module:log("info", "readtrack %s: %d message(s) it had not confirmed go to offline storage", why, count);
-		release(set, set.low, last_claim, true);
+		module:log("info", "readtrack %s: %d message(s) it had not confirmed went to offline storage", why, count);
 	end
 end
 
@@ -700,10 +712,10 @@ local function durable(command, origin)
 			first = tonumber(first or item);
 			last = tonumber(last) or first;
 			if first and last then
-				if last >= first then
-					module:log("warn", "readtrack did not log claims %d to %d; stored offline by the server", first, last);
+				local count = release(claims, first, last, true);
+				if count > 0 then
+					module:log("warn", "readtrack did not log %d message(s) it was handed (claims %d to %d); stored offline by the server", count, first, last);
 				end
-				release(claims, first, last, true);
 			end
 		end
 	end
