@@ -1538,6 +1538,9 @@ mod tests {
             "<ping xmlns='urn:readtrack:hook:0'/>",
             "<signal xmlns='urn:readtrack:hook:0' id='x' receipt='seed'/>",
             "<signal xmlns='urn:readtrack:hook:0' from='a@localhost/r' receipt='other'/>",
+            "<durable xmlns='urn:readtrack:hook:0' from='1' upto='9' return='3-'/>",
+            "<durable xmlns='urn:readtrack:hook:0' upto='9'/>",
+            "<routed xmlns='urn:readtrack:hook:0' to='b@localhost' claim='-1'><forwarded xmlns='urn:xmpp:forward:0'/></routed>",
         ] {
             assert!(!xmllint(bad).status.success(), "schema accepted {bad}");
         }
