@@ -130,7 +130,7 @@ fn main() {
             for _ in 0..n {
                 for stanza in [&chat, &receipt] {
                     match readtrack::service::from_server(stanza, "localhost") {
-                        Ok(readtrack::service::FromServer::Input(input)) => {
+                        Ok(readtrack::service::FromServer::Input(input, _)) => {
                             bytes += logged_bytes(&input)
                         }
                         _ => panic!("not an input: {stanza}"),

@@ -91,6 +91,11 @@ pub enum HookEvent {
         /// Sent by the local session its `from` names: this event also stands for that
         /// session's [`HookEvent::Sent`], which the module then does not send (`sent="true"`).
         sent: bool,
+        /// The number under which the module holds this message, taken from the server's
+        /// offline handling (no session got it), until readtrack confirms it durable
+        /// ([`HookCommand::Durable`]); numbered upwards, never reused within the server's
+        /// process (across connections too). None from a module that keeps no claims.
+        claim: Option<u64>,
     },
     /// A stanza a local client sent (its own message, a receipt, a marker), as text, and the
     /// sender's other sessions a carbon of it was written to.
@@ -143,10 +148,23 @@ pub enum HookCommand {
     /// Answer with [`HookEvent::Drained`] carrying `token` once what was written to session `to`
     /// so far has left the server (its send buffer drained); nothing if the session goes away.
     Pace { to: Jid, token: u64 },
-    /// The event forms this readtrack reads beyond the first vocabulary (`signal`), told once
-    /// per connection before any other command; a module older than compact events ignores it,
-    /// and one that knows them sends them only after being told.
+    /// The event forms this readtrack reads beyond the first vocabulary (`signal`,
+    /// `done-list`, `claims`), told once per connection before any other command; a module
+    /// older than compact events ignores it, and one that knows them sends them only after
+    /// being told (`claims`: it numbers the messages it takes from offline handling and holds
+    /// them until [`HookCommand::Durable`]).
     Accepts { events: String },
+    /// The claims of this connection numbered `from` to `upto` ([`HookEvent::Routed`]'s
+    /// `claim`) are durable in readtrack's log or were handed back with
+    /// [`HookCommand::StoreOffline`] before this command, except those in `returned`
+    /// (inclusive ranges), which readtrack did not log (their event was refused, or never
+    /// arrived): the module hands those to the server's offline storage from its own copy.
+    /// Either way the module forgets them. Sent only after the commit that made them durable.
+    Durable {
+        from: u64,
+        upto: u64,
+        returned: Vec<(u64, u64)>,
+    },
     /// The seed server ack (10013) from the host to the session `to`, in the compact form the
     /// module fills into a template instead of parsing a whole `<message>`; sent only once the
     /// module said it executes it ([`SnapshotPage::executes_ack`]). `message_id` is the acked
@@ -249,6 +267,59 @@ fn token_attr(e: &BytesStart, element: &str) -> Result<u64, HookError> {
     })?;
     text.parse()
         .map_err(|_| HookError::Xml(format!("<{element} token> must be a number, got {text:?}")))
+}
+
+/// An optional decimal u64 attribute (`<routed claim>`).
+fn number_attr(e: &BytesStart, element: &str, name: &str) -> Result<Option<u64>, HookError> {
+    attr(e, name)?
+        .map(|text| {
+            text.parse().map_err(|_| {
+                HookError::Xml(format!("<{element} {name}> must be a number, got {text:?}"))
+            })
+        })
+        .transpose()
+}
+
+/// A required decimal u64 attribute.
+fn required_number(e: &BytesStart, element: &str, name: &'static str) -> Result<u64, HookError> {
+    number_attr(e, element, name)?.ok_or_else(|| HookError::MissingAttribute {
+        element: element.to_string(),
+        attr: name,
+    })
+}
+
+/// `<durable return>`: space-separated claim numbers and inclusive ranges `a-b` (a <= b).
+fn claim_ranges(text: &str) -> Result<Vec<(u64, u64)>, HookError> {
+    let bad = || {
+        HookError::Xml(format!(
+            "<durable return> must list numbers and ranges a-b, got {text:?}"
+        ))
+    };
+    text.split_ascii_whitespace()
+        .map(|item| {
+            let (first, last) = item.split_once('-').unwrap_or((item, item));
+            let first: u64 = first.parse().map_err(|_| bad())?;
+            let last: u64 = last.parse().map_err(|_| bad())?;
+            if first > last {
+                return Err(bad());
+            }
+            Ok((first, last))
+        })
+        .collect()
+}
+
+fn claim_ranges_xml(ranges: &[(u64, u64)]) -> String {
+    let items: Vec<String> = ranges
+        .iter()
+        .map(|&(first, last)| {
+            if first == last {
+                first.to_string()
+            } else {
+                format!("{first}-{last}")
+            }
+        })
+        .collect();
+    items.join(" ")
 }
 
 fn full_jid_attr(e: &BytesStart, name: &'static str) -> Result<Jid, HookError> {
@@ -531,11 +602,13 @@ impl HookEvent {
                         )))
                     }
                 };
+                let claim = number_attr(&el.start, &name, "claim")?;
                 let (sessions, carbons, message) = w.hook_content(&el, Walker::read_message)?;
                 HookEvent::Routed {
                     to,
                     archive_id,
                     sent,
+                    claim,
                     sessions: sessions.into_iter().map(|s| s.jid).collect(),
                     carbons,
                     message: message.ok_or(HookError::MissingForwarded(name))?,
@@ -640,6 +713,7 @@ impl HookEvent {
                 carbons,
                 message,
                 sent,
+                claim,
             } => {
                 let sessions: String = sessions
                     .iter()
@@ -647,10 +721,11 @@ impl HookEvent {
                     .chain(carbons_xml(carbons))
                     .collect();
                 format!(
-                    "<routed xmlns=\"{NS_HOOK}\" to=\"{}\"{}{}>{sessions}{}</routed>",
+                    "<routed xmlns=\"{NS_HOOK}\" to=\"{}\"{}{}{}>{sessions}{}</routed>",
                     escape(to.to_string()),
                     opt_attr("archive-id", archive_id.as_deref()),
                     if *sent { " sent=\"true\"" } else { "" },
+                    claim.map_or_else(String::new, |n| format!(" claim=\"{n}\"")),
                     forwarded(message.original.text())
                 )
             }
@@ -759,6 +834,20 @@ impl HookCommand {
                 "<accepts xmlns=\"{NS_HOOK}\" events=\"{}\"{id}/>",
                 escape(events.as_str())
             ),
+            HookCommand::Durable {
+                from,
+                upto,
+                returned,
+            } => {
+                let returned = if returned.is_empty() {
+                    String::new()
+                } else {
+                    format!(" return=\"{}\"", claim_ranges_xml(returned))
+                };
+                format!(
+                    "<durable xmlns=\"{NS_HOOK}\" from=\"{from}\" upto=\"{upto}\"{returned}{id}/>"
+                )
+            }
             HookCommand::Ack {
                 to,
                 message_id,
@@ -859,6 +948,22 @@ impl HookCommand {
             "accepts" => {
                 let command = HookCommand::Accepts {
                     events: required(&el.start, "events")?,
+                };
+                w.finish(el)?;
+                command
+            }
+            "durable" => {
+                let from = required_number(&el.start, &name, "from")?;
+                let upto = required_number(&el.start, &name, "upto")?;
+                if from > upto {
+                    return Err(HookError::Xml(format!(
+                        "<durable from> must not be above upto, got {from} > {upto}"
+                    )));
+                }
+                let command = HookCommand::Durable {
+                    from,
+                    upto,
+                    returned: claim_ranges(&attr(&el.start, "return")?.unwrap_or_default())?,
                 };
                 w.finish(el)?;
                 command
@@ -1098,6 +1203,7 @@ mod tests {
                 carbons: vec![],
                 message: Incoming::read("<message xmlns='jabber:client' id='V4NkR-38' type='chat' from='alice@localhost/Spark 2.6.3' to='bob@localhost'>\n        <body>{&quot;cnt&quot;:&quot;hello&quot;,&quot;msgTypec&quot;:&quot;10000&quot;}</body>\n        <thread>P2J5R2</thread>\n      </message>"),
                 sent: true,
+                claim: None,
             }
         );
         assert_eq!(
@@ -1109,6 +1215,7 @@ mod tests {
                 carbons: vec![],
                 message: Incoming::read("<message xmlns='jabber:client' id='m2' type='chat' from='alice@localhost/phone' to='bob@localhost'><body>later</body></message>"),
                 sent: false,
+                claim: None,
             }
         );
         assert_eq!(
@@ -1230,6 +1337,7 @@ mod tests {
                 carbons: vec![jid("b@localhost/3"), jid("a@localhost/x")],
                 message: Incoming::read("<message xmlns=\"jabber:client\" type=\"chat\"><body>hi</body></message>"),
                 sent: true,
+                claim: None,
             },
             HookEvent::Routed {
                 to: jid("b@localhost"),
@@ -1238,6 +1346,7 @@ mod tests {
                 carbons: vec![],
                 message: Incoming::read("<message xmlns=\"jabber:client\"><body>hi</body></message>"),
                 sent: false,
+                claim: Some(u64::MAX),
             },
             HookEvent::Sent {
                 message: Incoming::read("<message xmlns=\"jabber:client\" type=\"crs\" to=\"localhost\"><offline xmlns=\"urn:xmpp:offline\"/></message>"),
@@ -1410,7 +1519,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 20, "fixtures in {dir}");
+        assert_eq!(names.len(), 22, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);
@@ -1429,6 +1538,9 @@ mod tests {
             "<ping xmlns='urn:readtrack:hook:0'/>",
             "<signal xmlns='urn:readtrack:hook:0' id='x' receipt='seed'/>",
             "<signal xmlns='urn:readtrack:hook:0' from='a@localhost/r' receipt='other'/>",
+            "<durable xmlns='urn:readtrack:hook:0' from='1' upto='9' return='3-'/>",
+            "<durable xmlns='urn:readtrack:hook:0' upto='9'/>",
+            "<routed xmlns='urn:readtrack:hook:0' to='b@localhost' claim='-1'><forwarded xmlns='urn:xmpp:forward:0'/></routed>",
         ] {
             assert!(!xmllint(bad).status.success(), "schema accepted {bad}");
         }
@@ -1492,7 +1604,7 @@ mod tests {
     /// What the service makes of a client's stanza sent whole, and of its compact form.
     fn sent_as(event: &str) -> crate::engine::Input {
         match crate::service::from_server(event, HOST) {
-            Ok(crate::service::FromServer::Input(input)) => *input,
+            Ok(crate::service::FromServer::Input(input, _)) => *input,
             Ok(_) => panic!("not an input: {event}"),
             Err(e) => panic!("{e}: {event}"),
         }
@@ -1562,6 +1674,70 @@ mod tests {
             HookCommand::Accepts {
                 events: "signal".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_claim_number_rides_on_routed_and_durable_names_what_is_done() {
+        match HookEvent::parse(&fixture("routed-claimed"), HOST).unwrap() {
+            HookEvent::Routed {
+                claim, sessions, ..
+            } => {
+                assert_eq!(claim, Some(42));
+                assert!(sessions.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        let durable = HookCommand::Durable {
+            from: 40,
+            upto: 52,
+            returned: vec![(43, 43), (47, 48)],
+        };
+        assert_eq!(
+            HookCommand::parse(&fixture("durable"), COMP).unwrap(),
+            durable
+        );
+        assert_eq!(
+            durable.to_xml(COMP, HOST),
+            fixture("durable").trim_end().replace('\'', "\"")
+        );
+        let none_returned = HookCommand::Durable {
+            from: 1,
+            upto: 1,
+            returned: vec![],
+        };
+        assert_eq!(
+            none_returned.element_xml(None),
+            "<durable xmlns=\"urn:readtrack:hook:0\" from=\"1\" upto=\"1\"/>"
+        );
+        let command_err = |element: &str| {
+            HookCommand::parse(
+                &format!("<message from='{COMP}' to='{HOST}'>{element}</message>"),
+                COMP,
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert_eq!(
+            command_err("<durable xmlns='urn:readtrack:hook:0' from='5' upto='4'/>"),
+            "malformed hook stanza: <durable from> must not be above upto, got 5 > 4"
+        );
+        assert_eq!(
+            command_err("<durable xmlns='urn:readtrack:hook:0' from='1' upto='9' return='3 6-5'/>"),
+            "malformed hook stanza: <durable return> must list numbers and ranges a-b, got \"3 6-5\""
+        );
+        assert_eq!(
+            command_err("<durable xmlns='urn:readtrack:hook:0' upto='9'/>"),
+            "<durable> has no from attribute"
+        );
+        assert_eq!(
+            HookEvent::parse(
+                &wrap("<routed xmlns='urn:readtrack:hook:0' to='b@localhost' claim='-1'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='a@localhost/r'><body>x</body></message></forwarded></routed>"),
+                HOST
+            )
+            .unwrap_err()
+            .to_string(),
+            "malformed hook stanza: <routed claim> must be a number, got \"-1\""
         );
     }
 

@@ -18,7 +18,7 @@ use crate::time::Millis;
 use crate::warnlimit::{self, Warning};
 
 /// Event forms beyond the first vocabulary this readtrack reads (told to the module).
-const ACCEPTED_EVENTS: &str = "signal done-list";
+const ACCEPTED_EVENTS: &str = "signal done-list claims";
 
 /// How many link events one batch (one flush) takes at most.
 const BATCH: usize = 512;
@@ -123,7 +123,9 @@ impl Latency {
 
 /// What one hook stanza from the server means to the loop.
 pub enum FromServer {
-    Input(Box<Input>),
+    /// `claim`: the module's number for a message it took from offline handling and holds
+    /// until readtrack confirms it ([`HookCommand::Durable`]).
+    Input(Box<Input>, Option<u64>),
     /// The module executed the commands with these ids.
     Done(Vec<String>),
     /// A message for offline user `to` that readtrack cannot log: it goes back to the
@@ -132,6 +134,7 @@ pub enum FromServer {
         why: String,
         to: crate::jid::Jid,
         stanza_xml: String,
+        claim: Option<u64>,
     },
     /// One page of the reconnect snapshot: the loop gathers pages and hands the engine one
     /// whole [`Input::Snapshot`] at the last.
@@ -178,12 +181,84 @@ impl SnapshotPages {
     }
 }
 
+/// The module's claims (messages it took from offline handling and holds until readtrack
+/// confirms them) seen on this connection and not yet confirmed. Confirmed only by
+/// [`HookCommand::Durable`] after the commit that made them durable: every number from `from`
+/// up to the highest seen was either applied by the engine (logged, or handed back with a
+/// `<store-offline>` that goes before the confirmation) or is listed for the module to hand
+/// back itself. What a lost connection leaves unconfirmed the module hands back: a duplicate
+/// at worst, never a loss.
+#[derive(Debug, Default)]
+struct Claims {
+    /// The lowest claim number not yet confirmed on this connection; `None` before the first
+    /// claim is seen. The first confirmation of a connection starts at 1: the module's numbers
+    /// grow across connections, and it ignores those it does not hold, so the claims this
+    /// connection made before the first one readtrack read (their events refused unread) are
+    /// among those handed back, not left held until the connection ends.
+    from: Option<u64>,
+    /// The highest claim number seen on this connection.
+    upto: u64,
+    /// Claims the engine applied since the last confirmation.
+    applied: Vec<u64>,
+}
+
+impl Claims {
+    /// A claim's event was read (whatever becomes of it).
+    fn seen(&mut self, claim: u64) {
+        if self.from.is_none() {
+            self.from = Some(1);
+        }
+        self.upto = self.upto.max(claim);
+    }
+
+    /// A claim's message is logged (durable at the next commit) or handed back.
+    fn applied(&mut self, claim: u64) {
+        self.seen(claim);
+        self.applied.push(claim);
+    }
+
+    /// The confirmation of everything seen, once the store has committed it; the numbers not
+    /// applied in between are for the module to hand back. A number below `from` was already
+    /// confirmed (handed back as not seen, when its event came late): left out.
+    fn confirm(&mut self) -> Option<HookCommand> {
+        let from = self.from?;
+        if self.upto < from {
+            return None;
+        }
+        let mut applied = std::mem::take(&mut self.applied);
+        applied.sort_unstable();
+        applied.dedup();
+        let mut returned = Vec::new();
+        let mut next = from;
+        for claim in applied
+            .into_iter()
+            .filter(|c| (from..=self.upto).contains(c))
+        {
+            if claim > next {
+                returned.push((next, claim - 1));
+            }
+            next = claim + 1;
+        }
+        if next <= self.upto {
+            returned.push((next, self.upto));
+        }
+        let command = HookCommand::Durable {
+            from,
+            upto: self.upto,
+            returned,
+        };
+        self.from = Some(self.upto + 1);
+        Some(command)
+    }
+}
+
 /// What one stanza from the server means: an engine input, or the confirmation of a command.
 /// The event and the client message inside it are read in one pass ([`HookEvent::parse`]);
 /// this only chooses what of it the engine gets. The error is the line `serve` logs for it.
 pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
     let event = HookEvent::parse(stanza, host).map_err(|e| e.to_string())?;
-    Ok(FromServer::Input(Box::new(match event {
+    let mut claim = None;
+    let input = match event {
         HookEvent::Done { id } => return Ok(FromServer::Done(vec![id])),
         HookEvent::DoneList { ids } => return Ok(FromServer::Done(ids)),
         HookEvent::Available {
@@ -209,7 +284,9 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
             carbons,
             message,
             sent,
+            claim: claimed,
         } => {
+            claim = claimed;
             // A child the XEPs describe otherwise: the message is logged all the same, on its
             // header.
             let (message, original) = match message.lenient() {
@@ -220,6 +297,7 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
                         why: format!("routed message: {e}"),
                         to,
                         stanza_xml: original.into_text(),
+                        claim,
                     })
                 }
                 (Err(e), _) => return Err(format!("routed message: {e}")),
@@ -248,7 +326,8 @@ pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
             original: Some(message.original),
             carbons,
         },
-    })))
+    };
+    Ok(FromServer::Input(Box::new(input), claim))
 }
 
 /// A request another task (the admin socket) runs against the engine, inside the loop.
@@ -272,6 +351,8 @@ pub struct Service {
     /// The same for compact `<bounce>` commands (`executes="... bounce"`).
     module_bounces: bool,
     snapshot: SnapshotPages,
+    /// Claims of this connection awaiting their confirmation.
+    claims: Claims,
     /// Whether to measure [`Timings`]: off, the loop does not read the clock for them.
     timed: bool,
     /// When the event of each 10013 ack now held by the engine was taken off the queue, in the
@@ -315,6 +396,7 @@ impl Service {
             module_acks: false,
             module_bounces: false,
             snapshot: SnapshotPages::default(),
+            claims: Claims::default(),
             timed: false,
             ack_arrivals: VecDeque::new(),
             replay_arrivals: Vec::new(),
@@ -417,11 +499,15 @@ impl Service {
                 self.module_acks = false;
                 self.module_bounces = false;
                 self.snapshot = SnapshotPages::default();
+                self.claims = Claims::default();
                 self.stats.connected.store(true, Ordering::Relaxed);
                 tracing::info!(component = %self.component, "connected to the server; waiting for its session snapshot")
             }
             LinkEvent::Disconnected { reason } => {
                 self.connected = false;
+                // The module hands this connection's claims back to the server's offline
+                // storage; a confirmation of them must not reach the next connection.
+                self.claims = Claims::default();
                 self.stats.connected.store(false, Ordering::Relaxed);
                 tracing::warn!(%reason, "disconnected from the server; it falls back to its own offline handling")
             }
@@ -429,8 +515,8 @@ impl Service {
                 self.stats.events.fetch_add(1, Ordering::Relaxed);
                 let now = Millis::now();
                 let arrived = self.timed.then(Instant::now);
-                let input = match self.input(&stanza, now) {
-                    Some(FromServer::Input(input)) => *input,
+                let (input, claim) = match self.input(&stanza, now) {
+                    Some(FromServer::Input(input, claim)) => (*input, claim),
                     Some(FromServer::Done(ids)) => {
                         for id in ids {
                             self.engine.confirm(&id)?;
@@ -441,7 +527,7 @@ impl Service {
                         self.module_acks |= page.executes_ack;
                         self.module_bounces |= page.executes_bounce;
                         match self.snapshot.add(page, sessions) {
-                            Ok(Some(sessions)) => Input::Snapshot { sessions },
+                            Ok(Some(sessions)) => (Input::Snapshot { sessions }, None),
                             Ok(None) => return Ok(()),
                             Err(why) => {
                                 self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
@@ -456,8 +542,12 @@ impl Service {
                         why,
                         to,
                         stanza_xml,
+                        claim,
                     }) => {
                         pending.push(self.engine.give_back(&why, to, stanza_xml));
+                        if let Some(claim) = claim {
+                            self.claims.applied(claim);
+                        }
                         return Ok(());
                     }
                     None => return Ok(()),
@@ -480,8 +570,18 @@ impl Service {
                     }
                 }
                 match result {
-                    Ok(out) => pending.extend(out),
+                    Ok(out) => {
+                        pending.extend(out);
+                        if let Some(claim) = claim {
+                            self.claims.applied(claim);
+                        }
+                    }
                     Err(EngineError::Rejected(why)) => {
+                        // Not logged: a claim of it goes back to the server with the next
+                        // confirmation.
+                        if let Some(claim) = claim {
+                            self.claims.seen(claim);
+                        }
                         self.stats.rejected_inputs.fetch_add(1, Ordering::Relaxed);
                         if warnlimit::admit(Warning::InputRejected, now) {
                             tracing::warn!("{why}");
@@ -607,6 +707,14 @@ impl Service {
             }
             acks_in_stanza.extend(ack);
         }
+        // Last: the <store-offline> of any claim handed back goes before it, and the commit
+        // above made the others durable.
+        if let Some(durable) = self.claims.confirm() {
+            self.stats.commands.fetch_add(1, Ordering::Relaxed);
+            if let Some(stanza) = batch.push(&durable.element_xml(None)) {
+                self.send_command_stanza(stanza).await;
+            }
+        }
         if let Some(stanza) = batch.finish() {
             self.send_command_stanza(stanza).await;
         }
@@ -660,6 +768,37 @@ mod tests {
             executes_ack: false,
             executes_bounce: false,
         }
+    }
+
+    fn durable(from: u64, upto: u64, returned: &[(u64, u64)]) -> Option<HookCommand> {
+        Some(HookCommand::Durable {
+            from,
+            upto,
+            returned: returned.to_vec(),
+        })
+    }
+
+    #[test]
+    fn claims_are_confirmed_from_the_first_seen_and_what_was_not_applied_goes_back() {
+        let mut claims = Claims::default();
+        assert_eq!(claims.confirm(), None, "nothing seen, nothing confirmed");
+        // Numbers grow across connections: this connection's first seen is 7, and what it
+        // claimed before (events refused unread) goes back with the first confirmation.
+        claims.applied(7);
+        claims.applied(8);
+        claims.seen(9); // refused by the engine
+        claims.applied(12); // 10 and 11 never arrived (their events were refused unread)
+        assert_eq!(claims.confirm(), durable(1, 12, &[(1, 6), (9, 11)]));
+        assert_eq!(claims.confirm(), None, "each number is confirmed once");
+        // In any order within a batch; a late one below what was confirmed is left out.
+        claims.applied(14);
+        claims.applied(13);
+        claims.applied(10);
+        assert_eq!(claims.confirm(), durable(13, 14, &[]));
+        claims.applied(16);
+        assert_eq!(claims.confirm(), durable(15, 16, &[(15, 15)]));
+        claims.seen(17);
+        assert_eq!(claims.confirm(), durable(17, 17, &[(17, 17)]));
     }
 
     #[test]

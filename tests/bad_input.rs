@@ -297,7 +297,7 @@ impl World {
     fn apply(&mut self, stanza: &str) -> Result<(), String> {
         // The very code `serve` runs for a stanza from the server.
         let input = match readtrack::service::from_server(stanza, "localhost")? {
-            FromServer::Input(input) => *input,
+            FromServer::Input(input, _) => *input,
             FromServer::Done(ids) => {
                 return Err(format!("a <done id={ids:?}> is not an engine input"))
             }

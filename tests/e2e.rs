@@ -323,3 +323,83 @@ async fn users_of_a_domain_with_non_ascii_letters_are_tracked_and_found_as_typed
         "{log}"
     );
 }
+
+/// Sends `signal` to the running readtrack (`STOP`, `CONT`).
+fn signal(rt: &Readtrack, signal: &str) {
+    let pid = rt.pid().expect("readtrack runs").to_string();
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Waits until Prosody's log shows it noticed readtrack's connection closed (mod_component's
+/// own line; the module's handling of it runs in the same turn of Prosody's loop).
+fn wait_component_disconnected(p: &Prosody) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !p
+        .log()
+        .contains("component disconnected: readtrack.localhost")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prosody did not notice readtrack's connection closed\n{}",
+            p.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Messages to an offline user that the module took from mod_offline while readtrack was
+/// stopped (their events unread) and then killed reach the user's first device from mod_offline,
+/// once the module notices the link closed; the one readtrack committed and confirmed before
+/// is not also there, and readtrack replays it when it is back. Before claims, the module had
+/// taken them from mod_offline and readtrack never read them: lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_messages_readtrack_never_read_reach_the_first_device_after_it_is_killed() {
+    let p = server();
+    let mut rt = Readtrack::start(
+        &p,
+        ReadtrackOpts {
+            timeout: "60s",
+            ..ReadtrackOpts::default()
+        },
+    );
+    let mut c = online(&p, "bob", "phone").await;
+    c.close().await;
+    let mut alice = online(&p, "alice", "Spark").await;
+    // Logged, committed, confirmed: the ack and the confirmation leave in one command message.
+    alice
+        .send_raw(&chat("d0", "bob@localhost", "durable"))
+        .await;
+    alice.expect_message(WAIT, |s| is_server_ack(s, "d0")).await;
+
+    signal(&rt, "STOP");
+    let ids: Vec<String> = (1..=5).map(|i| format!("s{i}")).collect();
+    for id in &ids {
+        alice.send_raw(&chat(id, "bob@localhost", "unread")).await;
+    }
+    alice.sync().await; // routed: claimed, their events queued for the stopped readtrack
+    rt.kill();
+    wait_component_disconnected(&p);
+
+    let mut phone = online(&p, "bob", "phone").await;
+    let got = phone.messages_within(Duration::from_millis(1500)).await;
+    let got_ids: Vec<String> = got.iter().filter_map(|s| attr(s, "id")).collect();
+    assert_eq!(got_ids, ids, "{got:#?}");
+    assert!(
+        got.iter()
+            .all(|s| s.contains("urn:xmpp:delay") && !s.contains("urn:xmpp:offline")),
+        "from mod_offline, not replays: {got:#?}"
+    );
+    phone.close().await;
+
+    // readtrack comes back with d0 (only): the first device replayed it, nothing twice.
+    rt.start_again();
+    let mut phone = online(&p, "bob", "phone").await;
+    let got = phone.messages_within(Duration::from_millis(1500)).await;
+    let got_ids: Vec<String> = got.iter().filter_map(|s| attr(s, "id")).collect();
+    assert_eq!(got_ids, vec!["d0"], "{got:#?}");
+    assert!(got[0].contains("urn:xmpp:offline"), "a replay: {}", got[0]);
+}

@@ -2208,6 +2208,29 @@ scenario!(
 );
 
 scenario!(
+    an_offline_message_readtrack_does_not_log_goes_back_to_the_servers_storage,
+    an_offline_message_readtrack_does_not_log_goes_back_to_the_servers_storage_reopened,
+    |reopen| {
+        let mut w = World::new(reopen);
+        // The server took it from its offline storage for readtrack (no session got it), but
+        // readtrack's rule does not log it (no content): it goes back rather than nowhere.
+        let mut empty = chat("alice@example.com/a", "bob@example.com", "e1", "");
+        empty.body = None;
+        let out = w.route(empty.clone(), &[]);
+        let back = given_back(&out);
+        assert_eq!(back.len(), 1, "{out:?}");
+        assert_eq!(back[0].0, jid("bob@example.com"));
+        assert!(back[0].1.contains("id=\"e1\""), "{}", back[0].1);
+        assert_eq!(w.engine().counters().given_back, 1);
+        // Written to a session, it is the session's: nothing to give back.
+        w.online("bob@example.com/phone");
+        let out = w.route(empty, &["bob@example.com/phone"]);
+        assert!(given_back(&out).is_empty(), "{out:?}");
+        assert_eq!(w.logged("bob@example.com"), 0);
+    }
+);
+
+scenario!(
     at_the_log_limit_a_users_own_sent_copy_is_not_logged,
     at_the_log_limit_a_users_own_sent_copy_is_not_logged_reopened,
     |reopen| {

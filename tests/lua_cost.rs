@@ -1,9 +1,10 @@
-//! The Lua cost benches of benches/prosody (`chat_cost.lua`, `event_cost.lua`, `ack_cost.lua`)
-//! load the real contrib/prosody/mod_readtrack.lua under `stub_prosody.lua`, so a module change
-//! is measured as it is, never a copy of it; this runs them, small, on both Prosody lines, so a
-//! module change that breaks them (or the stub) fails here. Their own assertions check what they
-//! measure: one `<routed>` per delivered message, the same event either way, the acks and bounces
-//! written, and the compact acks written once per sender and command message.
+//! The Lua cost benches of benches/prosody (`chat_cost.lua`, `event_cost.lua`, `ack_cost.lua`,
+//! `offline_cost.lua`) load the real contrib/prosody/mod_readtrack.lua under `stub_prosody.lua`,
+//! so a module change is measured as it is, never a copy of it; this runs them, small, on both
+//! Prosody lines, so a module change that breaks them (or the stub) fails here. Their own
+//! assertions check what they measure: one `<routed>` per delivered message, the same event
+//! either way, the acks and bounces written, the compact acks written once per sender and
+//! command message, and every offline message claimed and either confirmed or handed back.
 
 mod common;
 
@@ -44,6 +45,12 @@ fn the_lua_cost_benches_run_the_real_module_on_both_lines() {
         assert_eq!(events.lines().count(), 2, "{events}");
         let acks = run("ack_cost.lua", &sources, &["256"]);
         assert!(acks.contains("compact <ack> 8 "), "{acks}");
+        // Every offline message claimed, three batches confirmed, the rest handed back.
+        let offline = run("offline_cost.lua", &sources, &["200"]);
+        assert!(
+            offline.contains("200 claimed, 3 <durable>; at the link's end 8 handed back"),
+            "{offline}"
+        );
     }
 }
 

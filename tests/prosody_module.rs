@@ -119,6 +119,7 @@ fn routed_sessions(event: HookEvent) -> (Jid, Vec<Jid>, String) {
             carbons: _,
             archive_id: _,
             sent: _,
+            claim: _,
         } => {
             sessions.sort();
             (to, sessions, message.original.into_text())
@@ -1619,4 +1620,219 @@ async fn after_accepts_the_ids_of_one_command_message_are_confirmed_by_one_event
     // d1 ran once: five bounces written (d1..d5), then d 6 and d7.
     let got = alice.messages_within(QUIET).await;
     assert_eq!(got.len(), 7, "{got:#?}");
+}
+
+/// Sends one command message holding `elements` (hook command elements) to the host, and
+/// waits until the module has run it: a last command with an id (an ack to a session that does
+/// not exist, dropped) is confirmed with <done> once the message's commands ran. Commands and
+/// a client's stanzas reach Prosody on separate connections: without the wait, what a test
+/// sends next could overtake them.
+async fn command(comp: &mut RawComponent, elements: &str) {
+    static SYNC: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = format!(
+        "sync-{}",
+        SYNC.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'>{elements}<ack xmlns='{HOOK}' to='nobody@{DOMAIN}/gone' message-id='x' time='2020-01-01T00:00:00Z' id='{id}'/></message>"
+    ))
+    .await;
+    next_event(comp, &format!("done {id}"), |e| {
+        matches!(e, HookEvent::Done { id: done } if *done == id)
+            || matches!(e, HookEvent::DoneList { ids } if ids.contains(&id))
+    })
+    .await;
+}
+
+/// The claim number of the routed event of message `id` (an offline recipient's).
+async fn claim_of(comp: &mut RawComponent, id: &str) -> Option<u64> {
+    match next_event(comp, &format!("routed {id}"), routed_for(id)).await {
+        HookEvent::Routed {
+            claim, sessions, ..
+        } => {
+            assert!(sessions.is_empty(), "{id} was written to {sessions:?}");
+            claim
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// The ids of the messages `c` receives within the quiet window.
+async fn ids_received(c: &mut Client) -> Vec<String> {
+    c.messages_within(QUIET)
+        .await
+        .iter()
+        .filter_map(|m| attr(m, "id"))
+        .collect()
+}
+
+/// Issue: a message the module took from mod_offline existed only in its event until readtrack
+/// logged it. Now it is held, numbered, until readtrack confirms it (<durable>, after its
+/// commit); what this connection of readtrack had not confirmed when it ended goes to
+/// mod_offline, and what it confirmed does not. On the module without claims the unconfirmed
+/// message was lost: bob's first device got nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_readtrack_did_not_confirm_go_to_offline_storage_when_its_connection_ends() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    command(
+        &mut comp,
+        &format!("<accepts xmlns='{HOOK}' events='signal done-list claims'/>"),
+    )
+    .await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    for id in ["c1", "c2", "c3"] {
+        alice.send_raw(&chat(id, "bob@localhost", id)).await;
+    }
+    let c1 = claim_of(&mut comp, "c1").await.expect("c1 claimed");
+    let c2 = claim_of(&mut comp, "c2").await.expect("c2 claimed");
+    let c3 = claim_of(&mut comp, "c3").await.expect("c3 claimed");
+    assert_eq!((c2, c3), (c1 + 1, c1 + 2), "numbered in order");
+    // readtrack has c1 and c2 durable; c3 is still in its batch when the connection breaks.
+    command(
+        &mut comp,
+        &format!("<durable xmlns='{HOOK}' from='{c1}' upto='{c2}'/>"),
+    )
+    .await;
+    // While it is connected nothing goes to mod_offline.
+    let mut bob = online(&p, "bob", "phone").await;
+    assert_eq!(ids_received(&mut bob).await, Vec::<String>::new());
+    bob.close().await;
+    comp.close().await;
+
+    // The first device after the break gets exactly the unconfirmed one, from mod_offline.
+    let mut bob = online(&p, "bob", "phone").await;
+    let got = bob.messages_within(QUIET).await;
+    let ids: Vec<String> = got.iter().filter_map(|m| attr(m, "id")).collect();
+    assert_eq!(ids, vec!["c3"], "{got:#?}");
+    assert!(
+        got[0].contains("urn:xmpp:delay"),
+        "from mod_offline: {}",
+        got[0]
+    );
+    assert!(
+        p.log()
+            .contains("message(s) it had not confirmed went to offline storage"),
+        "the hand-back is logged"
+    );
+}
+
+/// Claims readtrack lists in <durable return> (it did not log them) go to mod_offline at once,
+/// from the module's own copy; the rest of the range is forgotten; a <durable> arriving on a
+/// later connection names none of that connection's claims (numbers are never reused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_durable_returns_go_to_offline_storage_at_once_and_numbers_are_never_reused() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    command(
+        &mut comp,
+        &format!("<accepts xmlns='{HOOK}' events='claims'/>"),
+    )
+    .await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    for id in ["r1", "r2", "r3", "r4"] {
+        alice.send_raw(&chat(id, "bob@localhost", id)).await;
+    }
+    let mut numbers = Vec::new();
+    for id in ["r1", "r2", "r3", "r4"] {
+        numbers.push(claim_of(&mut comp, id).await.expect("claimed"));
+    }
+    let (first, last) = (numbers[0], numbers[3]);
+    command(
+        &mut comp,
+        &format!(
+            "<durable xmlns='{HOOK}' from='{first}' upto='{last}' return='{}-{}'/>",
+            numbers[1], numbers[2]
+        ),
+    )
+    .await;
+    let mut bob = online(&p, "bob", "phone").await;
+    assert_eq!(ids_received(&mut bob).await, vec!["r2", "r3"]);
+    bob.close().await;
+    comp.close().await;
+
+    // A new connection: its claims are numbered past every earlier one, so a confirmation
+    // meant for the old connection (the same numbers, late) confirms none of them.
+    let (mut comp, _) = component(&p).await;
+    command(
+        &mut comp,
+        &format!("<accepts xmlns='{HOOK}' events='claims'/>"),
+    )
+    .await;
+    alice.send_raw(&chat("r5", "bob@localhost", "r5")).await;
+    let r5 = claim_of(&mut comp, "r5").await.expect("claimed");
+    assert!(r5 > last, "claim {r5} reuses a number up to {last}");
+    command(
+        &mut comp,
+        &format!("<durable xmlns='{HOOK}' from='{first}' upto='{last}'/>"),
+    )
+    .await;
+    comp.close().await;
+    let mut bob = online(&p, "bob", "phone").await;
+    // r1 and r4 were confirmed (not handed back when the first connection ended), r2 and r3
+    // were delivered already; r5 was not confirmed on its connection.
+    assert_eq!(ids_received(&mut bob).await, vec!["r5"]);
+}
+
+/// A readtrack that does not say `claims` in <accepts> (older than them) gets today's
+/// behaviour: no claim numbers, the module holds nothing and hands nothing back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_readtrack_gets_no_claims_and_nothing_is_handed_back() {
+    let p = server(&["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    // Before readtrack has said what it accepts, the module holds what it claims.
+    alice.send_raw(&chat("o1", "bob@localhost", "o1")).await;
+    assert!(claim_of(&mut comp, "o1").await.is_some());
+    command(
+        &mut comp,
+        &format!("<accepts xmlns='{HOOK}' events='signal done-list'/>"),
+    )
+    .await;
+    alice.send_raw(&chat("o2", "bob@localhost", "o2")).await;
+    assert_eq!(claim_of(&mut comp, "o2").await, None);
+    comp.close().await;
+    // The older readtrack has both: mod_offline has neither (o1 was let go at <accepts>).
+    let mut bob = online(&p, "bob", "phone").await;
+    assert_eq!(ids_received(&mut bob).await, Vec::<String>::new());
+}
+
+/// Past readtrack_max_claimed_bytes of unconfirmed claims, a message for an offline user is
+/// left to mod_offline (no event), as while readtrack is away; confirming frees the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_claim_budget_offline_messages_are_left_to_mod_offline() {
+    let p = Prosody::start(ProsodyOpts {
+        extra_host: "readtrack_max_claimed_bytes = 1\n".into(),
+        ..ProsodyOpts::default()
+    });
+    for u in ["alice", "bob"] {
+        p.register(u, "pw");
+    }
+    let (mut comp, _) = component(&p).await;
+    command(
+        &mut comp,
+        &format!("<accepts xmlns='{HOOK}' events='claims'/>"),
+    )
+    .await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    alice.send_raw(&chat("b1", "bob@localhost", "b1")).await;
+    let b1 = claim_of(&mut comp, "b1").await.expect("claimed");
+    alice.send_raw(&chat("b2", "bob@localhost", "b2")).await;
+    let events = drain(&mut comp, QUIET).await;
+    assert!(
+        events.iter().all(|e| !e.contains("<routed")),
+        "b2 was claimed past the budget: {events:#?}"
+    );
+    command(
+        &mut comp,
+        &format!("<durable xmlns='{HOOK}' from='{b1}' upto='{b1}'/>"),
+    )
+    .await;
+    alice.send_raw(&chat("b3", "bob@localhost", "b3")).await;
+    assert!(
+        claim_of(&mut comp, "b3").await.is_some(),
+        "room again after <durable>"
+    );
+    let mut bob = online(&p, "bob", "phone").await;
+    assert_eq!(ids_received(&mut bob).await, vec!["b2"]);
 }

@@ -158,7 +158,7 @@ fn every_message_prosodys_serialiser_writes_is_accepted_and_replayed_as_written(
         let mut checked = 0;
         for event in events.split('\0').filter(|e| !e.is_empty()) {
             let input = match readtrack::service::from_server(event, "localhost") {
-                Ok(readtrack::service::FromServer::Input(input)) => *input,
+                Ok(readtrack::service::FromServer::Input(input, _)) => *input,
                 Ok(_) => panic!("{}: handed back, not logged: {event}", sources.display()),
                 Err(e) => panic!("{}: refused ({e}): {event}", sources.display()),
             };

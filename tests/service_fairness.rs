@@ -18,6 +18,7 @@ fn routed(from: &str, to: &str, id: &str) -> String {
         to: Jid::parse(to).unwrap(),
         archive_id: None,
         sent: false,
+        claim: None,
         sessions: vec![],
         carbons: vec![],
         message: Incoming::read(&format!("<message xmlns='jabber:client' id='{id}' type='chat' from='{from}' to='{to}'><body>flood</body></message>")),

@@ -910,3 +910,170 @@ fn a_commit_the_database_refuses_fails_with_the_servers_reason() {
     drop(engine);
     backend::drop_location(&location);
 }
+
+/// The service loop with its link replaced by channels, on `engine`: the event sender, the
+/// command receiver, the shutdown switch and the running loop.
+#[allow(clippy::type_complexity)]
+fn service_on(
+    engine: Engine,
+) -> (
+    tokio::sync::mpsc::Sender<readtrack::component::LinkEvent>,
+    tokio::sync::mpsc::Receiver<String>,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<Engine, readtrack::service::ServiceError>>,
+) {
+    let (command_tx, command_rx) = tokio::sync::mpsc::channel(64);
+    let service =
+        readtrack::service::Service::new(engine, "readtrack.localhost".into(), command_tx);
+    let (event_tx, event_rx) = tokio::sync::mpsc::channel(64);
+    let (query_tx, query_rx) = tokio::sync::mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(async move {
+        let _queries = query_tx;
+        service.run(event_rx, query_rx, shutdown_rx).await
+    });
+    (event_tx, command_rx, shutdown_tx, run)
+}
+
+/// The `<routed>` event of a message from alice's session to offline bob, which the module
+/// took from mod_offline under `claim`.
+fn claimed_event(id: &str, claim: u64) -> String {
+    readtrack::hooks::HookEvent::Routed {
+        to: jid("bob@localhost"),
+        archive_id: None,
+        sent: false,
+        claim: Some(claim),
+        sessions: vec![],
+        carbons: vec![],
+        message: readtrack::stanza::Incoming::read(&format!(
+            "<message xmlns='jabber:client' id='{id}' type='chat' from='alice@localhost/Spark' to='bob@localhost'><body>claimed</body></message>"
+        )),
+    }
+    .to_xml("localhost", "readtrack.localhost")
+}
+
+/// The commands of the next command stanza, if one comes within `wait`.
+async fn next_commands(
+    commands: &mut tokio::sync::mpsc::Receiver<String>,
+    wait: Duration,
+) -> Option<Vec<readtrack::hooks::HookCommand>> {
+    tokio::time::timeout(wait, commands.recv())
+        .await
+        .ok()
+        .flatten()
+        .map(|stanza| {
+            readtrack::hooks::HookCommand::parse_batch(&stanza, "readtrack.localhost").unwrap()
+        })
+}
+
+/// A claim (a message the module took from mod_offline and holds until readtrack confirms it)
+/// is confirmed only after the commit that made it durable: while the database holds the
+/// commit back (a lock on the message log), no confirmation leaves, nor the sender's ack; once
+/// it lets go, both do, the ack first, and the message is in the log. A confirmation sent
+/// before the commit would let the module forget a message a crash then loses.
+#[test]
+fn a_claim_is_confirmed_only_after_the_commit_that_made_it_durable() {
+    // The PostgreSQL backend runs its own runtime: opened (and dropped) outside the service's.
+    let url = backend::fresh_database();
+    let location = Location::Postgres(url.clone());
+    let engine = Engine::new(
+        Store::open_location(&location, &StoreOptions::default()).unwrap(),
+        seed_config(),
+    )
+    .unwrap();
+    let engine = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(claim_confirmed_after_commit(engine, url));
+    assert_eq!(engine.store().message_count(), 2);
+    drop(engine);
+    backend::drop_location(&location);
+}
+
+async fn claim_confirmed_after_commit(engine: Engine, url: String) -> Engine {
+    use readtrack::component::LinkEvent;
+    use readtrack::hooks::HookCommand;
+    let (events, mut commands, shutdown, run) = service_on(engine);
+    events.send(LinkEvent::Connected).await.unwrap();
+    events
+        .send(LinkEvent::Stanza(
+            readtrack::hooks::HookEvent::Snapshot {
+                page: readtrack::hooks::SnapshotPage::WHOLE,
+                sessions: vec![],
+            }
+            .to_xml("localhost", "readtrack.localhost"),
+        ))
+        .await
+        .unwrap();
+    let first = next_commands(&mut commands, Duration::from_secs(10))
+        .await
+        .expect("the first commit's <accepts>");
+    assert!(
+        matches!(&first[..], [HookCommand::Accepts { events }] if events.split(' ').any(|e| e == "claims")),
+        "{first:?}"
+    );
+    // One message committed without a stall, to have the user and the log's tables in use.
+    events
+        .send(LinkEvent::Stanza(claimed_event("c1", 7)))
+        .await
+        .unwrap();
+    let got = next_commands(&mut commands, Duration::from_secs(10))
+        .await
+        .expect("c1's commit");
+    assert_eq!(
+        got.last(),
+        Some(&HookCommand::Durable {
+            from: 1,
+            upto: 7,
+            // Claims of this connection before the first it read go back (none were made).
+            returned: vec![(1, 6)]
+        })
+    );
+
+    // The database holds the next commit back.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let locker = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            let mut tx = client.transaction().unwrap();
+            tx.batch_execute("LOCK TABLE readtrack_userseq_message IN ACCESS EXCLUSIVE MODE")
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            tx.rollback().unwrap();
+        })
+    };
+    locked_rx.recv().unwrap();
+    events
+        .send(LinkEvent::Stanza(claimed_event("c2", 8)))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_commands(&mut commands, Duration::from_millis(1500)).await,
+        None,
+        "a command left while the commit was held back"
+    );
+    release_tx.send(()).unwrap();
+    locker.join().unwrap();
+    let got = next_commands(&mut commands, Duration::from_secs(10))
+        .await
+        .expect("c2's commit");
+    assert!(
+        matches!(&got[0], HookCommand::SendAsHost { stanza_xml } if stanza_xml.contains("10013") && stanza_xml.contains("c2")),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.last(),
+        Some(&HookCommand::Durable {
+            from: 8,
+            upto: 8,
+            returned: vec![]
+        })
+    );
+    shutdown.send(true).unwrap();
+    run.await.unwrap().unwrap()
+}

@@ -501,6 +501,9 @@ end
 -- routing): a send that never reaches bytes/out leaves nothing behind for another write.
 local writing, writing_session;
 
+-- Claims (below): what readtrack has not confirmed goes to offline storage when this ends.
+local hand_back_claims;
+
 local function note_written_stanza(stanza, session)
 	local record = in_flight[stanza];
 	if record and not record.bytes and stanza.attr.xmlns == nil then
@@ -551,6 +554,7 @@ end
 
 function module.unload()
 	flush_events(); -- a timer of an unloaded module does not run
+	hand_back_claims("module unloaded"); -- this module's memory goes with it
 	for _, user in pairs(hosts[host].sessions or {}) do
 		for _, session in pairs(user.sessions or {}) do
 			filters.remove_filter(session, "stanzas/out", record_write);
@@ -599,6 +603,143 @@ local function jid_tags(name, list)
 	return t_concat(out);
 end
 
+------------------------------------------------------------------------------------------------
+-- Claims. A message taken from mod_offline (the hook below) exists, until readtrack has logged
+-- it, only in its <routed> event: queued here, then in Prosody's send buffer, then in
+-- readtrack's read buffer and batch. So the module keeps each one, numbered (the event's
+-- `claim`), until readtrack confirms it (<durable from upto return>, which readtrack sends after
+-- the commit that made it durable); when that connection of readtrack ends first, the
+-- unconfirmed ones go to the server's offline storage, where they would have gone without
+-- readtrack. A confirmation lost with the connection makes a message go to both: a duplicate,
+-- never a loss.
+
+-- Bytes of claimed messages (as their events carried them) held at most; past it, a message
+-- for an offline user is left to mod_offline, as when readtrack is away. The stanza objects
+-- take Lua a few times this.
+local max_claimed_bytes = module:get_option_number("readtrack_max_claimed_bytes", 8 * 1024 * 1024);
+
+-- Numbers grow for the server's lifetime, across connections and reloads of this module: a
+-- confirmation meant for an earlier connection (written to the next one in a race) cannot name
+-- a later claim, and readtrack, which confirms from the lowest number it has not confirmed on a
+-- connection, never sees one go back.
+local last_claim = 0;
+
+local function new_claims(session)
+	return { session = session, held = {}, low = last_claim + 1, bytes = 0 };
+end
+
+-- A reload keeps the count (Prosody hands save()'s table to the new instance's restore()).
+function module.save()
+	return { readtrack_last_claim = last_claim };
+end
+
+-- The claims of the current connection of readtrack: number -> { stanza, username, bytes }.
+local claims = new_claims(nil);
+
+function module.restore(data)
+	last_claim = math.max(last_claim, data.readtrack_last_claim or 0);
+	if next(claims.held) == nil then claims.low = last_claim + 1; end
+end
+
+-- Whether the readtrack on this connection confirms claims (it said `claims` in <accepts>):
+-- nil until it says, then true or false. Claims are held until it has said; told false (an
+-- older readtrack, which takes a claimed message as its own, as before), they are let go and
+-- none are made.
+local accepts_claims = nil;
+
+local function give_to_offline_storage(claim)
+	local stanza = claim.stanza;
+	stanza.attr.to = stanza.attr.to or (claim.username .. "@" .. host);
+	-- Not claimed again: it is not in flight (in_flight), and the hook below leaves it alone.
+	local ok, err = pcall(module.fire_event, module, "message/offline/handle",
+		{ origin = hosts[host], username = claim.username, stanza = stanza });
+	if not ok then
+		module:log("error", "readtrack: handing a message for %s to offline storage failed: %s",
+			claim.username, tostring(err));
+	end
+end
+
+-- Lets go of claims numbered first..last; to offline storage with `give` (else readtrack has
+-- them). Returns how many it let go.
+local function release(set, first, last, give)
+	local held, count = set.held, 0;
+	for n = math.max(first, set.low), math.min(last, last_claim) do
+		local claim = held[n];
+		if claim then
+			held[n] = nil;
+			count = count + 1;
+			set.bytes = set.bytes - claim.bytes;
+			if give then give_to_offline_storage(claim); end
+		end
+	end
+	local low = set.low;
+	while low <= last_claim and held[low] == nil do low = low + 1; end
+	set.low = low;
+	return count;
+end
+
+function hand_back_claims(why)
+	local set = claims;
+	claims = new_claims(nil);
+	local count = release(set, set.low, last_claim, true);
+	if count > 0 then
+		module:log("info", "readtrack %s: %d message(s) it had not confirmed went to offline storage", why, count);
+	end
+end
+
+-- The claims of `session` (the connection of readtrack now); an older connection's go back.
+local function claims_of(session)
+	if claims.session ~= session then
+		hand_back_claims("was replaced by a newer connection");
+		claims.session = session;
+	end
+	return claims;
+end
+
+-- <durable from upto [return]>: readtrack has claims from..upto; it did not log those listed in
+-- `return` (numbers, ranges a-b), which go to offline storage from here.
+local function durable(command, origin)
+	local from, upto = tonumber(command.attr.from), tonumber(command.attr.upto);
+	if not (from and upto) then
+		module:log("warn", "readtrack <durable> without numbers from and upto");
+		return true;
+	end
+	if origin ~= claims.session then return true; end -- an older connection's: handed back
+	local returned = command.attr["return"];
+	if returned then
+		for item in returned:gmatch("%S+") do
+			local first, last = item:match("^(%d+)%-(%d+)$");
+			first = tonumber(first or item);
+			last = tonumber(last) or first;
+			if first and last then
+				local count = release(claims, first, last, true);
+				if count > 0 then
+					module:log("warn", "readtrack did not log %d message(s) it was handed (claims %d to %d); stored offline by the server", count, first, last);
+				end
+			end
+		end
+	end
+	release(claims, from, upto, false);
+	return true;
+end
+
+module:hook_global("server-stopping", function()
+	hand_back_claims("server stopping");
+end);
+
+-- The bytes of a claim's event, counted against readtrack_max_claimed_bytes.
+local function count_claimed(claim, bytes)
+	local held = claims.held[claim];
+	if held then
+		held.bytes = bytes;
+		claims.bytes = claims.bytes + bytes;
+	end
+end
+
+local warn_claims_full = rate_limited("readtrack holds %d bytes of offline messages it has not confirmed; one for %s is left to the server (%d so far, %d similar warnings suppressed)");
+
+local routed_open = "<routed xmlns='" .. xmlns_hook .. "'";
+
 local function track_routing(handlers, event_name, event_data)
 	local stanza, origin = event_data.stanza, event_data.origin;
 	if not (component_connected() and loggable(stanza, origin, event_data)) then
@@ -641,9 +782,24 @@ local function track_routing(handlers, event_name, event_data)
 	-- The message as a session got it where one did; serialised here only where none did
 	-- (offline, hibernating, a copy written), from the object routing started with: handlers
 	-- that change a message (mod_mam's <stanza-id>) change a copy, which is what was written.
-	local original = record.bytes and forwarded_bytes(record.bytes, record.bytes_to, to)
-		or forwarded(stanza, to);
-	emit(t_concat({ "<routed xmlns='", xmlns_hook, "'", xml_attr("to", to),
+	local original;
+	if record.bytes then
+		original = forwarded_bytes(record.bytes, record.bytes_to, to);
+	else
+		original = forwarded(stanza, to);
+		-- Taken from offline handling (no session got it, so only this branch looks): the
+		-- event names the claim. Written out here rather than chosen in the event below, which
+		-- every chat message builds.
+		local claim = record.claim;
+		if claim then
+			count_claimed(claim, #original);
+			emit(t_concat({ routed_open, " claim='", claim, "'", xml_attr("to", to),
+				xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">",
+				jid_tags("session", record.written), carbons, original, "</routed>" }));
+			return ret;
+		end
+	end
+	emit(t_concat({ routed_open, xml_attr("to", to),
 		xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">",
 		jid_tags("session", record.written), carbons, original, "</routed>" }));
 	return ret;
@@ -668,10 +824,21 @@ module:wrap_event("message/full", track_routing);
 -- handling is reached: that is when the server has accepted the message for storage.
 module:hook("message/offline/handle", function(event)
 	local record = in_flight[event.stanza];
-	if record then
-		record.offline = true;
-		return true;
+	if not record then return; end
+	if accepts_claims ~= false then
+		local session = component_session();
+		if not session then return; end
+		local set = claims_of(session);
+		if set.bytes >= max_claimed_bytes then
+			warn_claims_full(set.bytes, tostring(event.username));
+			return; -- and no event: mod_offline has it
+		end
+		last_claim = last_claim + 1;
+		set.held[last_claim] = { stanza = event.stanza, username = event.username, bytes = 0 };
+		record.claim = last_claim;
 	end
+	record.offline = true;
+	return true;
 end, 100);
 
 -- A tracked message stream management could not deliver: readtrack replays it at the device's
@@ -903,6 +1070,9 @@ end
 module:hook("c2s-ondrain", function(event) check_paced(event.session); end);
 
 local execute;
+-- The component session the command message being run came from (<durable> must be the one
+-- holding the claims).
+local command_origin;
 
 -- Replays go through the checks a live delivery would: a user who blocked the sender (XEP-0191,
 -- mod_blocklist) after the message was logged does not get it replayed. mod_blocklist keeps
@@ -972,6 +1142,7 @@ module:hook("message/host", function(event)
 	end
 	-- readtrack packs many commands into one message; they run in document order.
 	blocklists = {};
+	command_origin = origin;
 	pending_writes, pending_sessions = {}, {};
 	local done, listable = {}, true;
 	for each in stanza:childtags(nil, xmlns_hook) do
@@ -1075,10 +1246,16 @@ function execute(command)
 		local events = " " .. (command.attr.events or "") .. " ";
 		accepts_signal = events:find(" signal ", 1, true) ~= nil;
 		accepts_done_list = events:find(" done-list ", 1, true) ~= nil;
+		accepts_claims = events:find(" claims ", 1, true) ~= nil;
+		if not accepts_claims and command_origin == claims.session then
+			release(claims, claims.low, last_claim, false); -- this readtrack keeps them itself
+		end
 		return true;
 	end
 	local inner = inner_message(command);
 	if not inner then
+		-- Checked here, where the commands that carry a message (most of them) do not pass.
+		if command.name == "durable" then return durable(command, command_origin); end
 		module:log("warn", "readtrack <%s> without <forwarded><message xmlns='jabber:client'>", command.name);
 		return true;
 	end
@@ -1184,14 +1361,26 @@ end
 
 local function on_component_authenticated(event)
 	accepts_signal, accepts_done_list = false, false; -- until this connection's readtrack says otherwise
+	accepts_claims = nil;
+	claims_of(event.session); -- a connection it replaced leaves its claims to offline storage
 	tune_connection(event.session);
 	send_snapshot();
+end
+
+-- The connection ended (readtrack stopped, crashed, or the link broke): what it had not
+-- confirmed goes to offline storage. Fired while mod_component still counts it connected; the
+-- messages are not claimed again (not in flight).
+local function on_component_disconnected(event)
+	if event.session == claims.session then
+		hand_back_claims("disconnected (" .. tostring(event.reason) .. ")");
+	end
 end
 
 local function watch_component()
 	local h = hosts[component];
 	if not h then return false; end
 	module:hook_object_event(h.events, "component-authenticated", on_component_authenticated);
+	module:hook_object_event(h.events, "component-disconnected", on_component_disconnected);
 	-- Loaded (or reloaded) while readtrack is connected.
 	tune_connection(component_session());
 	return true;

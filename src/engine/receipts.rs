@@ -92,6 +92,14 @@ impl Engine {
             .stored_form(&user_jid, false)
             .map_err(|e| EngineError::Unloggable(format!("routed message: {e}")))?;
         if !Self::is_loggable(message, &stored.class, system) {
+            if sessions.is_empty() {
+                // The server took it from its offline storage for readtrack (the module's rule
+                // of what is tracked said yes, readtrack's says no): it goes back there rather
+                // than nowhere.
+                return Err(EngineError::Unloggable(format!(
+                    "routed message from {from} is not one readtrack logs"
+                )));
+            }
             return Ok(Vec::new());
         }
         let seed_sender = self.sender_speaks_seed(&from, system)?;
