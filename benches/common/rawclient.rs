@@ -317,6 +317,28 @@ impl RawConn {
             .unwrap_or_else(|e| panic!("{}: write: {e}", self.jid));
     }
 
+    /// Acknowledges what the socket has received at once rather than with the kernel's delayed
+    /// ACK (Linux `TCP_QUICKACK`, which the kernel turns off again by itself: call it after each
+    /// read). Prosody keeps Nagle's algorithm on by default, so a client that writes nothing for
+    /// a while (a paced sender between messages) gets the server's next small write only once
+    /// its ACK of the previous one went out: with delayed ACKs that is its own next message, and
+    /// the round trip it measures would be the pacing interval.
+    pub fn ack_at_once(&self) {
+        use std::os::fd::AsRawFd;
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor and a c_int option of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_QUICKACK: {}", std::io::Error::last_os_error());
+    }
+
     /// Reads what the socket has (waiting up to [`STEP_WAIT`] for something). Panics on end of
     /// stream or timeout, with the unconsumed input: on loopback either means the run is broken.
     pub async fn fill(&mut self) {

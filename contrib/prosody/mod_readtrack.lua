@@ -69,12 +69,14 @@ local emitted_since_count = 0;
 -- one connection of readtrack: a newer one drops what an older one was to get (as a broken
 -- connection loses what it had not written; the snapshot it starts with resynchronises).
 local queued_events, queued_for, flush_due = {}, nil, false;
+-- Bytes in queued_events: part of the link's backlog that the connection cannot see yet.
+local queued_event_bytes = 0;
 
 local function flush_events()
 	flush_due = false;
 	if #queued_events == 0 then return nil; end
 	local session, data = queued_for, t_concat(queued_events);
-	queued_events, queued_for = {}, nil;
+	queued_events, queued_for, queued_event_bytes = {}, nil, 0;
 	if session == component_session() then session.send(data); end
 	return nil; -- once
 end
@@ -86,8 +88,9 @@ local function emit(event_xml)
 	end
 	local data = event_open .. event_xml .. "</message>";
 	emitted_since_count = emitted_since_count + #data;
-	if queued_for ~= session then queued_events, queued_for = {}, session; end
+	if queued_for ~= session then queued_events, queued_for, queued_event_bytes = {}, session, 0; end
 	queued_events[#queued_events + 1] = data;
+	queued_event_bytes = queued_event_bytes + #data;
 	if not flush_due then
 		flush_due = true;
 		module:add_timer(0, flush_events);
@@ -190,7 +193,9 @@ local function link_backlog_at_least(limit)
 		return false;
 	end
 	local session = component_session();
-	counted_bytes = queued_bytes(session and session.conn, limit) or 0;
+	-- The connection's queue, and this turn's events not yet written to it.
+	counted_bytes = (queued_bytes(session and session.conn, limit) or 0)
+		+ (queued_for == session and queued_event_bytes or 0);
 	counted_at, emitted_since_count = t, 0;
 	return counted_bytes >= limit;
 end
