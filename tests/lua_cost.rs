@@ -58,8 +58,9 @@ fn the_load_benchs_chat_flow_sends_no_whole_sent_event() {
         for dialect in ["seed", "xep"] {
             let out = run("chat_cost.lua", &sources, &["100", dialect]);
             let events = out
-                .split("events: ")
-                .nth(1)
+                .lines()
+                .next()
+                .and_then(|first| first.split("events: ").nth(1))
                 .unwrap_or_else(|| panic!("{out}"))
                 .trim();
             assert_eq!(events, "account 2, routed 200, signal 100", "{out}");
