@@ -280,6 +280,11 @@ fn prosody_with(readtrack: bool, probe: bool, users: &[String]) -> Prosody {
             out.display().to_string()
         );
     }
+    // `LOAD_PROSODY_GC`: Prosody's `gc` setting for every server of the run, as Lua, e.g.
+    // `{ mode = "incremental", threshold = 200 }` (Prosody's default pause is 105%).
+    if let Ok(gc) = std::env::var("LOAD_PROSODY_GC") {
+        extra_global.push_str(&format!("gc = {gc}\n"));
+    }
     let p = Prosody::start(ProsodyOpts {
         readtrack,
         extra_modules,
