@@ -252,13 +252,32 @@ fn scratch_base() -> PathBuf {
 }
 
 fn prosody(readtrack: bool, users: &[String]) -> Prosody {
+    prosody_with(readtrack, false, users)
+}
+
+/// `probe`: instead of mod_readtrack, `benches/prosody/mod_floor_probe.lua` on the host (the
+/// least a module can do to report each message to an external process; `LOAD_PROBE=1`).
+fn prosody_with(readtrack: bool, probe: bool, users: &[String]) -> Prosody {
     let mut extra_modules = vec!["offline".to_string()];
     let mut extra_global = String::new();
+    let mut extra_host = String::new();
+    let bench_plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/prosody");
+    if probe {
+        extra_global = format!(
+            "plugin_paths = {{ {:?}, {:?} }}\n",
+            common::plugin_dir().display().to_string(),
+            bench_plugins.display().to_string(),
+        );
+        extra_host = format!(
+            "    modules_enabled = {{ \"floor_probe\" }}\n    floor_probe_component = {:?}\n    floor_probe_acks = {}\n",
+            common::COMPONENT,
+            dialect() == "seed"
+        );
+    }
     // `LOAD_LUA_PROFILE=1`: mod_lprof samples each Prosody's Lua (see benches/prosody/).
     if std::env::var("LOAD_LUA_PROFILE").is_ok_and(|v| v == "1") {
-        let bench_plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/prosody");
         // Prosody runs as the `prosody` user: it writes where anyone may.
-        let out = lua_profile_path(readtrack);
+        let out = lua_profile_path(readtrack, probe);
         extra_modules.push("lprof".into());
         extra_global = format!(
             "plugin_paths = {{ {:?}, {:?} }}\nlprof_out = {:?}\n",
@@ -267,10 +286,16 @@ fn prosody(readtrack: bool, users: &[String]) -> Prosody {
             out.display().to_string()
         );
     }
+    // `LOAD_PROSODY_GC`: Prosody's `gc` setting for every server of the run, as Lua, e.g.
+    // `{ mode = "incremental", threshold = 200 }` (Prosody's default pause is 105%).
+    if let Ok(gc) = std::env::var("LOAD_PROSODY_GC") {
+        extra_global.push_str(&format!("gc = {gc}\n"));
+    }
     let p = Prosody::start(ProsodyOpts {
         readtrack,
         extra_modules,
         extra_global,
+        extra_host,
         log_level: "info",
         ..ProsodyOpts::default()
     });
@@ -280,9 +305,11 @@ fn prosody(readtrack: bool, users: &[String]) -> Prosody {
     p
 }
 
-fn lua_profile_path(readtrack: bool) -> PathBuf {
+fn lua_profile_path(readtrack: bool, probe: bool) -> PathBuf {
     std::env::temp_dir().join(if readtrack {
         "readtrack-lprof-readtrack.txt"
+    } else if probe {
+        "readtrack-lprof-probe.txt"
     } else {
         "readtrack-lprof-alone.txt"
     })
@@ -296,12 +323,20 @@ fn keep_lua_profiles(phase: &str) {
         return;
     }
     std::thread::sleep(Duration::from_millis(2500));
-    for (readtrack, mode) in [(false, "alone"), (true, "readtrack")] {
+    for (readtrack, probe, mode) in [
+        (false, false, "alone"),
+        (true, false, "readtrack"),
+        (false, true, "probe"),
+    ] {
+        let from = lua_profile_path(readtrack, probe);
+        if probe && !from.exists() {
+            continue; // no probe in this run
+        }
         let to = scratch_base()
             .parent()
             .unwrap()
             .join(format!("readtrack-lprof-{phase}-{mode}.txt"));
-        match std::fs::copy(lua_profile_path(readtrack), &to) {
+        match std::fs::copy(from, &to) {
             Ok(_) => println!("Lua profile: {}", to.display()),
             Err(e) => println!("Lua profile of {mode} missing: {e}"),
         }
@@ -919,6 +954,10 @@ fn main() {
     }
     let alone = prosody(false, &users);
     let with_rt = prosody(true, &users);
+    // `LOAD_PROBE=1`: a third Prosody with mod_floor_probe instead of mod_readtrack, in the same
+    // chat rounds, its component a sink that reads and discards.
+    let probe = std::env::var("LOAD_PROBE").is_ok_and(|v| v == "1");
+    let probe_server = probe.then(|| prosody_with(false, true, &users));
     let mut daemon = Daemon::new(&with_rt, 64);
     daemon.start();
     // `LOAD_MEMORY_ONLY=1`: only the memory points, written to target/readtrack-load-memory.json.
@@ -949,11 +988,16 @@ fn main() {
         "load client: {} on {threads} thread(s)",
         if raw { "raw" } else { "harness" }
     );
+    let _sink = probe_server.as_ref().map(|p| {
+        let component = rt.block_on(p.connect_component());
+        rt.spawn(component.discard_all())
+    });
 
     // Chat, alternating the two servers so drift in the machine's load hits both.
-    let mut results: [Vec<ChatResult>; 2] = [Vec::new(), Vec::new()];
+    // Modes: 0 Prosody alone, 1 with readtrack, 2 with the probe (`LOAD_PROBE=1`).
+    let mut results: [Vec<ChatResult>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     // CPU seconds per mode while messages flowed: [prosody, readtrack, this process (clients)].
-    let mut cpu = [[0.0f64; 3]; 2];
+    let mut cpu = [[0.0f64; 3]; 3];
     let pids = [
         Pids {
             prosody: prosody_pid(&alone.config_path()),
@@ -963,21 +1007,32 @@ fn main() {
             prosody: prosody_pid(&with_rt.config_path()),
             readtrack: Some(daemon.pid()),
         },
+        Pids {
+            prosody: probe_server
+                .as_ref()
+                .map_or(0, |p| prosody_pid(&p.config_path())),
+            readtrack: None,
+        },
     ];
     println!(
-        "pids: prosody alone {}, prosody with readtrack {}, readtrack {}",
+        "pids: prosody alone {}, prosody with readtrack {}, readtrack {}, prosody with the probe {}",
         pids[0].prosody,
         pids[1].prosody,
-        daemon.pid()
+        daemon.pid(),
+        pids[2].prosody
     );
+    let mut servers = vec![(0, &alone), (1, &with_rt)];
+    if let Some(p) = &probe_server {
+        servers.push((2, p));
+    }
     // `LOAD_PAUSE_S=N`: time to attach a profiler (perf record -p PID) before the chat rounds.
     std::thread::sleep(Duration::from_secs(env_num("LOAD_PAUSE_S", 0)));
     let run_started = Instant::now();
     let batches_before = daemon.batches();
     let serve_cpu_before = pids[1].cpu()[1];
     for round in 0..rounds {
-        for (k, p) in [&alone, &with_rt].into_iter().enumerate() {
-            let acks = k == 1 && dialect() == "seed";
+        for &(k, p) in &servers {
+            let acks = k != 0 && dialect() == "seed";
             let r = rt.block_on(async {
                 let round = async {
                     if raw {
@@ -992,7 +1047,7 @@ fn main() {
             });
             println!(
                 "chat round {round} {:<9} {:8.0} msg/s",
-                ["alone", "readtrack"][k],
+                ["alone", "readtrack", "probe"][k],
                 r.msgs_per_s
             );
             for (total, used) in cpu[k].iter_mut().zip(r.cpu) {
@@ -1035,6 +1090,11 @@ fn main() {
     };
     let (tput_a, p50_a, p99_a) = summarise(&results[0]);
     let (tput_r, p50_r, p99_r) = summarise(&results[1]);
+    // The probe's rounds: (throughput, its ratio to alone, Prosody's CPU µs per message).
+    let probe_figures = probe.then(|| {
+        let (tput_p, _, _) = summarise(&results[2]);
+        (tput_p, tput_p / tput_a, per_msg_us(cpu[2][0]))
+    });
     println!(
         "chat phase took {:.1} s",
         run_started.elapsed().as_secs_f64()
@@ -1277,6 +1337,20 @@ fn main() {
             "<25% NOT MET"
         }
     );
+    if let Some((tput_p, ratio_p, cpu_p)) = probe_figures {
+        println!(
+            "{:<50} {:>12.0} {:>12.0} {:>10.3} {:>12}",
+            "chat throughput with the probe (msg/s), ratio", tput_a, tput_p, ratio_p, ""
+        );
+        println!(
+            "{:<50} {:>12.1} {:>12.1} {:>10} {:>12}",
+            "CPU µs/msg in Prosody with the probe (chat)",
+            per_msg_us(cpu[0][0]),
+            cpu_p,
+            "",
+            ""
+        );
+    }
     let replay_client_us =
         [0, 1].map(|k| replay_client_cpu[k] / replay_rounds as f64 / replay_n as f64 * 1e6);
     println!(
@@ -1313,6 +1387,7 @@ fn main() {
         "chat_cpu_us_per_msg": {"alone": {"prosody": per_msg_us(cpu[0][0]), "clients": per_msg_us(cpu[0][2])},
                                 "readtrack": {"prosody": per_msg_us(cpu[1][0]), "readtrack": per_msg_us(cpu[1][1]), "clients": per_msg_us(cpu[1][2])},
                                 "clients_share_of_servers": {"alone": client_share[0], "readtrack": client_share[1]}},
+        "chat_probe": probe_figures.map(|(tput_p, ratio_p, cpu_p)| json!({"msgs_per_s": tput_p, "throughput_ratio": ratio_p, "prosody_cpu_us_per_msg": cpu_p})),
         "chat_readtrack_batches": {"events_per_msg": chat_events / chat_msgs, "commits_per_msg": chat_commits / chat_msgs,
                                    "events_per_commit": chat_events / chat_commits.max(1.0)},
         "replay": {"mod_offline_s": replay_alone, "readtrack_s": replay_rt, "speed_ratio": replay_ratio,

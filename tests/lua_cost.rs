@@ -65,12 +65,40 @@ fn the_load_benchs_chat_flow_sends_no_whole_sent_event() {
         for dialect in ["seed", "xep"] {
             let out = run("chat_cost.lua", &sources, &["100", dialect]);
             let events = out
-                .split("events: ")
-                .nth(1)
+                .lines()
+                .next()
+                .and_then(|first| first.split("events: ").nth(1))
                 .unwrap_or_else(|| panic!("{out}"))
                 .trim();
             assert_eq!(events, "account 2, routed 200, signal 100", "{out}");
             assert!(out.contains("; 26 writes to readtrack;"), "{out}");
+        }
+    }
+}
+
+/// What the module allocates per chat message of the load bench (the message, its receipt and,
+/// in the seed dialect, the ack), by `chat_cost.lua`: under load Prosody's incremental collector
+/// (pause 105%) is half of its CPU and its work follows the bytes allocated, so this is the
+/// figure that moves Prosody's CPU, more than the Lua instructions (docs/performance.md,
+/// "Prosody's CPU with readtrack, C and Lua"). Building each event as a string, then the turn's
+/// events as one, copied each message's bytes four times: over 7,000 bytes per chat message;
+/// queued as pieces and joined once, under 3,300.
+#[test]
+fn the_module_allocates_under_4000_bytes_per_chat_message() {
+    for sources in lines() {
+        for dialect in ["seed", "xep"] {
+            let out = run("chat_cost.lua", &sources, &["200", dialect]);
+            let bytes: f64 = out
+                .split("the module adds ")
+                .nth(2)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no allocation figure in {out}"));
+            assert!(
+                bytes < 4000.0,
+                "{dialect} on {}: {bytes} bytes allocated per chat message\n{out}",
+                sources.display()
+            );
         }
     }
 }

@@ -181,13 +181,22 @@ return function(source, module_path, options)
 		for _, callback in ipairs(due) do callback(); end
 	end
 
-	-- Instructions of the Lua VM that f() runs (C functions count as the call only).
+	-- Instructions of the Lua VM that f() runs (C functions count as the call only), and the
+	-- bytes it allocated, less what it freed at once (a table's old parts when it grows): what
+	-- it adds to the collector's debt. Prosody runs its incremental collector with a pause of
+	-- 105% (util/startup.lua, `threshold`), so every allocated byte costs it marking work in
+	-- proportion: under load the collector is half of Prosody's CPU (docs/performance.md).
 	function stub.count(f)
 		local c = 0;
+		collectgarbage("collect");
+		collectgarbage("stop");
+		local kib = collectgarbage("count");
 		debug.sethook(function() c = c + 1; end, "", 1);
 		f();
 		debug.sethook();
-		return c;
+		local bytes = (collectgarbage("count") - kib) * 1024;
+		collectgarbage("restart");
+		return c, bytes;
 	end
 
 	stub.turn(); -- what loading wrote (the snapshot) is not part of what a bench counts

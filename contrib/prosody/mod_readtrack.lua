@@ -68,33 +68,80 @@ local emitted_since_count = 0;
 -- stanzas, each with its event. In order, all of them: nothing else writes events. Queued for
 -- one connection of readtrack: a newer one drops what an older one was to get (as a broken
 -- connection loses what it had not written; the snapshot it starts with resynchronises).
-local queued_events, queued_for, flush_due = {}, nil, false;
+--
+-- An event is queued as its pieces (the message's bytes, attribute values, constant text), and
+-- the turn's pieces are joined once, when written: building each event as a string first copied
+-- every event's bytes three times more, and each copy is garbage. Prosody runs its incremental
+-- collector with a pause of 105%, so under load the collector is half of its CPU and what it
+-- costs follows the bytes allocated, not the Lua instructions run (docs/performance.md,
+-- "Prosody's CPU with readtrack, C and Lua"). The queue's table is kept and emptied.
+local queued_events, queued_n, queued_for, flush_due = {}, 0, nil, false;
 -- Bytes in queued_events: part of the link's backlog that the connection cannot see yet.
 local queued_event_bytes = 0;
 
+local function clear_queue()
+	for i = queued_n, 1, -1 do queued_events[i] = nil; end
+	queued_n, queued_event_bytes = 0, 0;
+end
+
 local function flush_events()
 	flush_due = false;
-	if #queued_events == 0 then return nil; end
-	local session, data = queued_for, t_concat(queued_events);
-	queued_events, queued_for, queued_event_bytes = {}, nil, 0;
+	if queued_n == 0 then return nil; end
+	local session, data = queued_for, t_concat(queued_events, "", 1, queued_n);
+	clear_queue();
+	queued_for = nil;
 	if session == component_session() then session.send(data); end
 	return nil; -- once
 end
 
-local function emit(event_xml)
+-- Pieces of the event being queued (between begin_event and end_event).
+local function put(piece)
+	queued_n = queued_n + 1;
+	queued_events[queued_n] = piece;
+	emitted_since_count = emitted_since_count + #piece;
+	queued_event_bytes = queued_event_bytes + #piece;
+end
+
+-- Three pieces, the middle one escaped: ` name='` value `'`, `<session jid='` jid `'/>`.
+local function put_escaped(before, value, after)
+	local n, escaped = queued_n, xml_escape(value);
+	queued_events[n + 1], queued_events[n + 2], queued_events[n + 3] = before, escaped, after;
+	queued_n = n + 3;
+	local bytes = #before + #escaped + #after;
+	emitted_since_count = emitted_since_count + bytes;
+	queued_event_bytes = queued_event_bytes + bytes;
+end
+
+-- An attribute, `prefix` being ` name='`; nothing for a nil value.
+local function put_attr(prefix, value)
+	if value ~= nil then put_escaped(prefix, value, "'"); end
+end
+
+-- Starts an event; false (and nothing queued) while readtrack is disconnected: events are dropped
+-- then, and the snapshot on reconnect resynchronises.
+local function begin_event()
 	local session = component_session();
-	if not session then
-		return; -- dropped while disconnected: the snapshot on reconnect resynchronises
+	if not session then return false; end
+	if queued_for ~= session then
+		clear_queue();
+		queued_for = session;
 	end
-	local data = event_open .. event_xml .. "</message>";
-	emitted_since_count = emitted_since_count + #data;
-	if queued_for ~= session then queued_events, queued_for, queued_event_bytes = {}, session, 0; end
-	queued_events[#queued_events + 1] = data;
-	queued_event_bytes = queued_event_bytes + #data;
+	put(event_open);
+	return true;
+end
+
+local function end_event()
+	put("</message>");
 	if not flush_due then
 		flush_due = true;
 		module:add_timer(0, flush_events);
 	end
+end
+
+local function emit(event_xml)
+	if not begin_event() then return; end
+	put(event_xml);
+	end_event();
 end
 
 ------------------------------------------------------------------------------------------------
@@ -247,12 +294,16 @@ local function forwarded(stanza, to)
 	return "<forwarded xmlns='" .. xmlns_forward .. "'>" .. xml .. "</forwarded>";
 end
 
--- The same from the bytes a c2s session was written: Prosody serialises a c2s stanza without
--- its namespace, which the <message> gets here (its children inherit it, as they did on the
--- client's stream), with the `to` routing went by where the message had none (to_self).
-local function forwarded_bytes(bytes, written_to, to)
-	return t_concat({ "<forwarded xmlns='", xmlns_forward, "'><message xmlns='", xmlns_client, "'",
-		written_to == nil and xml_attr("to", to) or "", bytes:sub(9), "</forwarded>" });
+-- The same from the bytes a c2s session was written, queued as pieces of the current event:
+-- Prosody serialises a c2s stanza without its namespace, which the <message> gets here (its
+-- children inherit it, as they did on the client's stream), with the `to` routing went by where
+-- the message had none (to_self).
+local forwarded_message_open = "<forwarded xmlns='" .. xmlns_forward .. "'><message xmlns='" .. xmlns_client .. "'";
+local function put_forwarded_bytes(bytes, written_to, to)
+	put(forwarded_message_open);
+	if written_to == nil then put_attr(" to='", to); end
+	put(bytes:sub(9));
+	put("</forwarded>");
 end
 
 -- What Prosody's mod_mam would archive (its should_store rule, as of 0.12 and 13), for
@@ -444,8 +495,10 @@ local written_cap = 10000;
 local function written_key(stanza)
 	return (stanza.attr.from or "") .. "\0" .. (stanza.attr.id or "");
 end
+-- Only mod_smacks fires delivery/failure (0.12 and 13), for what it queued: a session without
+-- stream management (session.smacks, set when the client enables it) is not remembered for.
 local function remember_written(session, stanza)
-	if not stanza.attr.id then return; end
+	if not (session.smacks and stanza.attr.id) then return; end
 	local written = session.readtrack_written;
 	if not written or written.n >= written_cap then
 		written = { n = 0 };
@@ -482,10 +535,12 @@ local function record_write(stanza, session)
 	elseif routing or sending then
 		local inner = routing and carbon_of(stanza, "received");
 		if inner and inner.attr.id == routing.id then
+			routing.carbons = routing.carbons or {};
 			add_jid(routing.carbons, session.full_jid);
 		else
 			inner = sending and carbon_of(stanza, "sent");
 			if inner and inner.attr.id == sending.id then
+				sending.carbons = sending.carbons or {};
 				add_jid(sending.carbons, session.full_jid);
 			end
 		end
@@ -522,12 +577,17 @@ end
 -- session then write another, whose bytes are not the message's. Prosody writes attributes as
 -- name='escaped value', and a '>' inside a value escaped, so the start tag ends at the first '>'.
 -- A message without an id is recognised by having none.
+local APOS = string.byte("'");
 local function written_message(data, id)
 	local tag_end = data:find(">", 1, true);
 	if not tag_end then return false; end
-	local at = data:find(id and " id='" .. xml_escape(id) .. "'" or " id='", 9, true);
-	if id then return at ~= nil and at < tag_end; end
-	return at == nil or at > tag_end;
+	-- A "'" inside a value is escaped, so the first " id='" is the id attribute, if it is in the
+	-- start tag. Its value is compared where it stands (no needle string built per message).
+	local at = data:find(" id='", 9, true);
+	if not id then return at == nil or at > tag_end; end
+	if not at or at > tag_end then return false; end
+	local escaped = xml_escape(id);
+	return data:find(escaped, at + 5, true) == at + 5 and data:byte(at + 5 + #escaped) == APOS;
 end
 
 local function take_written_bytes(data, session)
@@ -593,19 +653,21 @@ local function note_list_cut(name, left_off)
 	warn_list_cut(left_off, name, max_list_bytes);
 end
 
-local function jid_tags(name, list)
-	local out, bytes = {}, 0;
+local tag_open = { session = "<session jid='", carbon = "<carbon jid='" };
+
+-- Queues the list's tags as pieces of the current event. `list` may be nil (no carbons).
+local function put_jid_tags(name, list)
+	if not list then return; end
+	local open, bytes = tag_open[name], 0;
 	for i, full_jid in ipairs(list) do
-		local tag = "<" .. name .. xml_attr("jid", full_jid) .. "/>";
-		bytes = bytes + #tag;
+		bytes = bytes + #open + #xml_escape(full_jid) + 3;
 		-- The first tag always goes: an empty session list means "taken from offline storage".
 		if i > 1 and bytes > max_list_bytes then
 			note_list_cut(name, #list - i + 1);
 			break;
 		end
-		out[#out + 1] = tag;
+		put_escaped(open, full_jid, "'/>");
 	end
-	return t_concat(out);
 end
 
 ------------------------------------------------------------------------------------------------
@@ -755,7 +817,9 @@ local function track_routing(handlers, event_name, event_data)
 	local to = stanza.attr.to and jid_bare(stanza.attr.to)
 		or (origin.username and origin.username .. "@" .. origin.host);
 	if not to then return handlers(event_name, event_data); end
-	local record = { to = to, id = stanza.attr.id, written = {}, carbons = {} };
+	-- bytes and carbons (a list once there is one) start false: the table is made with room for
+	-- the fields routing adds, not grown for them.
+	local record = { to = to, id = stanza.attr.id, written = {}, bytes = false, carbons = false };
 	event_data.readtrack = record;
 	in_flight[stanza] = record;
 	local outer = routing;
@@ -782,31 +846,34 @@ local function track_routing(handlers, event_name, event_data)
 	local sent_record = event_data.readtrack_sent;
 	local sent = sent_record and origin.type == "c2s" and "true" or nil;
 	event_data.readtrack_sent = nil;
-	local carbons = jid_tags("carbon", record.carbons);
-	if sent_record then carbons = carbons .. jid_tags("carbon", sent_record.carbons); end
 	-- The message as a session got it where one did; serialised here only where none did
 	-- (offline, hibernating, a copy written), from the object routing started with: handlers
 	-- that change a message (mod_mam's <stanza-id>) change a copy, which is what was written.
-	local original;
-	if record.bytes then
-		original = forwarded_bytes(record.bytes, record.bytes_to, to);
-	else
-		original = forwarded(stanza, to);
-		-- Taken from offline handling (no session got it, so only this branch looks): the
-		-- event names the claim. Written out here rather than chosen in the event below, which
-		-- every chat message builds.
-		local claim = record.claim;
-		if claim then
-			count_claimed(claim, #original);
-			emit(t_concat({ routed_open, " claim='", claim, "'", xml_attr("to", to),
-				xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">",
-				jid_tags("session", record.written), carbons, original, "</routed>" }));
-			return ret;
-		end
+	-- (Serialised before the event is begun: it may raise.)
+	local original = not record.bytes and forwarded(stanza, to);
+	if not begin_event() then return ret; end
+	put(routed_open);
+	-- Taken from offline handling (no session got it, so the message was serialised above):
+	-- the event names the claim.
+	local claim = record.claim;
+	if claim then
+		count_claimed(claim, original and #original or 0);
+		put_attr(" claim='", tostring(claim));
 	end
-	emit(t_concat({ routed_open, xml_attr("to", to),
-		xml_attr("archive-id", record.archive_id), xml_attr("sent", sent), ">",
-		jid_tags("session", record.written), carbons, original, "</routed>" }));
+	put_attr(" to='", to);
+	put_attr(" archive-id='", record.archive_id);
+	put_attr(" sent='", sent);
+	put(">");
+	put_jid_tags("session", record.written);
+	put_jid_tags("carbon", record.carbons);
+	if sent_record then put_jid_tags("carbon", sent_record.carbons); end
+	if original then
+		put(original);
+	else
+		put_forwarded_bytes(record.bytes, record.bytes_to, to);
+	end
+	put("</routed>");
+	end_event();
 	return ret;
 end
 
@@ -886,17 +953,19 @@ local accepts_done_list = false;
 
 -- A receipt or chat marker with nothing else in it (readtrack's "signal": it is never logged)
 -- in the compact form: the values readtrack reads of it, as attributes, instead of the whole
--- stanza serialised again. nil where the stanza holds anything else, or something this reads
--- differently from readtrack's parser: the stanza then goes whole.
-local function signal(stanza, to)
+-- stanza serialised again. Queued (or dropped while readtrack is away) and true; false where
+-- the stanza holds anything else, or something this reads differently from readtrack's parser:
+-- the stanza then goes whole.
+local signal_open = "<signal xmlns='" .. xmlns_hook .. "'";
+local function emit_signal(stanza, to)
 	local attr = stanza.attr;
-	if not (accepts_signal and attr.from) then return nil; end
+	if not (accepts_signal and attr.from) then return false; end
 	local receipt, receipt_id, status, displayed, offline, marker;
 	for _, child in ipairs(stanza.tags) do
 		local ns, name = child.attr.xmlns, child.name;
 		if ns == xmlns_receipts and name == "received" then
 			if receipt == nil then
-				if #child.tags > 0 then return nil; end
+				if #child.tags > 0 then return false; end
 				if child.attr.id then
 					receipt, receipt_id = "xep0184", child.attr.id;
 				else
@@ -905,32 +974,41 @@ local function signal(stanza, to)
 				end
 			end
 		elseif ns == xmlns_offline and name == "offline" then
-			if child.attr.current then return nil; end -- a time readtrack would check
+			if child.attr.current then return false; end -- a time readtrack would check
 			offline = true;
 		elseif ns == xmlns_markers then
 			if name == "displayed" and displayed == nil then
 				displayed = child.attr.id;
-				if not displayed then return nil; end
+				if not displayed then return false; end
 			end
 			marker = marker or name ~= "markable";
 		elseif ns == xmlns_sid then
-			if name == "stanza-id" and not (child.attr.id and child.attr.by) then return nil; end
+			if name == "stanza-id" and not (child.attr.id and child.attr.by) then return false; end
 		elseif not (ns == xmlns_receipts and name == "request") then
-			return nil; -- content, or something else readtrack reads
+			return false; -- content, or something else readtrack reads
 		end
 	end
 	if attr.type == "crs" and offline and not receipt then receipt = "seed-offline"; end
-	if (receipt == "seed" or receipt == "seed-offline") and not attr.id then return nil; end
-	if not (receipt or displayed) then return nil; end
+	if (receipt == "seed" or receipt == "seed-offline") and not attr.id then return false; end
+	if not (receipt or displayed) then return false; end
 	-- Logged by nobody either way: an ack to the server, or a signal (a <received> or a marker
 	-- other than <markable/>, with no content).
 	if not (attr.to == host or attr.type == "crs" or receipt == "xep0184" or receipt == "seed" or marker) then
-		return nil;
+		return false;
 	end
-	return "<signal xmlns='" .. xmlns_hook .. "'" .. xml_attr("from", attr.from)
-		.. xml_attr("to", attr.to or to) .. xml_attr("id", attr.id) .. xml_attr("type", attr.type)
-		.. xml_attr("receipt", receipt) .. xml_attr("receipt-id", receipt_id)
-		.. xml_attr("status", status ~= "" and status or nil) .. xml_attr("displayed", displayed) .. "/>";
+	if not begin_event() then return true; end
+	put(signal_open);
+	put_attr(" from='", attr.from);
+	put_attr(" to='", attr.to or to);
+	put_attr(" id='", attr.id);
+	put_attr(" type='", attr.type);
+	put_attr(" receipt='", receipt);
+	put_attr(" receipt-id='", receipt_id);
+	put_attr(" status='", status ~= "" and status or nil);
+	put_attr(" displayed='", displayed);
+	put("/>");
+	end_event();
+	return true;
 end
 
 local function to_server(stanza)
@@ -948,15 +1026,19 @@ local function on_client_message(event)
 	if to_server(stanza) then
 		-- Receipts addressed to the server are meant for readtrack alone; left alone, Prosody
 		-- would answer each with service-unavailable, which seed clients treat as a failed ack.
-		emit(signal(stanza) or "<sent xmlns='" .. xmlns_hook .. "'>" .. forwarded(stanza) .. "</sent>");
+		if not emit_signal(stanza) then
+			emit("<sent xmlns='" .. xmlns_hook .. "'>" .. forwarded(stanza) .. "</sent>");
+		end
 		return true;
 	end
-	local record = { id = stanza.attr.id, carbons = {},
+	local record = { id = stanza.attr.id, -- carbons: a list once there is one
 		to = event.to_self and jid_bare(origin.full_jid) or nil,
 		by_routed = reported_by_routed(stanza, origin, event) };
 	event.readtrack_sent = record;
 	sending = record;
 end
+
+local sent_open = "<sent xmlns='" .. xmlns_hook .. "'>";
 
 -- After mod_carbons (-0.5), before routing: the message passed the server's checks on what a
 -- client may send (a blocked contact, say, stops it earlier) and its sent carbons are written.
@@ -966,8 +1048,14 @@ local function after_carbons(event)
 	if sending == record then sending = nil; end
 	if not record or record.by_routed then return; end
 	event.readtrack_sent = nil;
-	emit(signal(stanza, record.to) or "<sent xmlns='" .. xmlns_hook .. "'>"
-		.. jid_tags("carbon", record.carbons) .. forwarded(stanza, record.to) .. "</sent>");
+	if emit_signal(stanza, record.to) then return; end
+	local xml = forwarded(stanza, record.to);
+	if not begin_event() then return; end
+	put(sent_open);
+	put_jid_tags("carbon", record.carbons);
+	put(xml);
+	put("</sent>");
+	end_event();
 end
 
 for _, kind in ipairs({ "bare", "full", "host" }) do
@@ -1105,18 +1193,22 @@ end
 -- came before it written) and before the <done> confirmations.
 local pending_writes, pending_sessions;
 
-local function write_bytes(session, data)
+-- One stanza's bytes as pieces (joined once with the rest of the session's writes, not per
+-- stanza first: docs/performance.md, "Prosody's CPU with readtrack, C and Lua").
+local function write_bytes(session, ...)
 	if not pending_writes then
-		session.send(data);
+		session.send(t_concat({ ... }));
 		return;
 	end
 	local list = pending_writes[session];
 	if not list then
-		list = {};
+		list = { stanzas = 0 };
 		pending_writes[session] = list;
 		pending_sessions[#pending_sessions + 1] = session;
 	end
-	list[#list + 1] = data;
+	local n = #list;
+	for i = 1, select("#", ...) do list[n + i] = (select(i, ...)); end
+	list.stanzas = list.stanzas + 1;
 end
 
 local function flush_writes()
@@ -1126,9 +1218,9 @@ local function flush_writes()
 	for i = 1, #sessions do
 		local session = sessions[i];
 		local list = writes[session];
-		local ok, err = pcall(session.send, #list == 1 and list[1] or t_concat(list));
+		local ok, err = pcall(session.send, t_concat(list));
 		if not ok then
-			module:log("error", "readtrack: writing %d acks or bounces to %s failed: %s", #list,
+			module:log("error", "readtrack: writing %d acks or bounces to %s failed: %s", list.stanzas,
 				tostring(session.full_jid), tostring(err));
 		end
 	end
@@ -1210,15 +1302,21 @@ local function needs_stanza(session)
 	return session.smacks or session.websocket_request or session.requests or not session.conn;
 end
 
+-- The ack's bytes around its id, to and time (which ack_time_pattern leaves nothing to escape
+-- in): what xml_escape makes of the body '{"time":"' .. time .. '","msgType":"10013"}'.
+local ack_after_id = "' type='crs' from='" .. xml_escape(host) .. "' to='";
+local ack_before_time = "'><body>{&quot;time&quot;:&quot;";
+local ack_after_time = "&quot;,&quot;msgType&quot;:&quot;10013&quot;}</body></message>";
+
 local function ack(command)
 	local session, to, id, time = compact_target(command);
 	if not session then return true; end
-	local body = '{"time":"' .. time .. '","msgType":"10013"}';
 	if needs_stanza(session) then
-		session.send(st.message({ id = id, type = "crs", from = host, to = to }):text_tag("body", body));
+		session.send(st.message({ id = id, type = "crs", from = host, to = to })
+			:text_tag("body", '{"time":"' .. time .. '","msgType":"10013"}'));
 	else
-		write_bytes(session, "<message id='" .. xml_escape(id) .. "' type='crs' from='" .. xml_escape(host)
-			.. "' to='" .. xml_escape(to) .. "'><body>" .. xml_escape(body) .. "</body></message>");
+		write_bytes(session, "<message id='", xml_escape(id), ack_after_id, xml_escape(to), ack_before_time,
+			time, ack_after_time);
 	end
 	return true;
 end
@@ -1236,9 +1334,9 @@ local function bounce(command)
 		if body then stanza:text_tag("body", body); end
 		session.send(stanza:text_tag("delay", "501", { xmlns = "urn:xmpp:delay", current = time }));
 	else
-		write_bytes(session, t_concat({ "<message id='", xml_escape(id), "' type='error' from='", xml_escape(host),
+		write_bytes(session, "<message id='", xml_escape(id), "' type='error' from='", xml_escape(host),
 			"' to='", xml_escape(to), "'>", body and "<body>" .. xml_escape(body) .. "</body>" or "",
-			"<delay xmlns='urn:xmpp:delay' current='", time, "'>501</delay></message>" }));
+			"<delay xmlns='urn:xmpp:delay' current='", time, "'>501</delay></message>");
 	end
 	return true;
 end

@@ -1077,6 +1077,17 @@ impl RawComponent {
     pub async fn close(&mut self) {
         self.conn.close().await;
     }
+
+    /// Reads and drops everything until the stream ends: a sink that costs its server only the
+    /// writes (the load bench's `LOAD_PROBE=1` component).
+    pub async fn discard_all(mut self) {
+        let mut buf = vec![0u8; 256 * 1024];
+        while let Ok(n) = self.conn.stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
