@@ -79,7 +79,7 @@ impl Store {
             conv.unread += 1;
         }
         w.put(T::UserpeerConversation, conv_key, encode(&conv)?);
-        self.apply(w)?;
+        self.apply_with(w, None, Some((user, &record)))?;
         Ok(seq)
     }
 
