@@ -145,6 +145,14 @@ impl Store {
         }
     }
 
+    /// A message's fields before its stanza ([`MessageHead`]), without reading the stanza.
+    pub fn message_head(&self, user: UserId, seq: Seq) -> Result<Option<MessageHead>> {
+        match self.get(T::UserseqMessage, keys::user_seq(user, seq))? {
+            Some(v) => Ok(Some(self.read("userseq_message", &v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The user's messages with seq > `after`, oldest first. Reads lazily: the caller pays for
     /// what it consumes.
     pub fn messages_after(
@@ -193,7 +201,7 @@ impl Store {
     }
 
     /// The user's messages with seq above `after` whose id is `msg_id`, oldest first, or newest
-    /// first with `newest_first`. Lazy: the cost is the index of the range the caller consumes
+    /// first with `newest_first`, as their [`MessageHead`]s (a receipt reads no stanza). Lazy: the cost is the index of the range the caller consumes
     /// (one record per 32 messages) plus the records of the matches, so callers start where
     /// what they look for can be (above what the device has acked) and stop at what they need.
     ///
@@ -207,7 +215,7 @@ impl Store {
         newest_first: bool,
         max_entries: usize,
         examined: &'a std::cell::Cell<usize>,
-    ) -> Result<impl Iterator<Item = Result<MessageRecord>> + 'a> {
+    ) -> Result<impl Iterator<Item = Result<MessageHead>> + 'a> {
         let hash = self.hash.of(msg_id);
         // Bounded by the head, the range is a few known index records: PostgreSQL's read cache
         // answers it without a round trip.
@@ -218,7 +226,7 @@ impl Store {
             .inspect(move |_| examined.set(examined.get() + 1))
             .filter(move |e| e.as_ref().map_or(true, |e| e.msgid == hash))
             .filter_map(move |e| {
-                match e.and_then(|e| self.message(user, e.seq)) {
+                match e.and_then(|e| self.message_head(user, e.seq)) {
                     // A hash collision, or an entry of a message deleted meanwhile.
                     Ok(Some(m)) if m.msg_id.as_deref() == Some(msg_id) => Some(Ok(m)),
                     Ok(_) => None,

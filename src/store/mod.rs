@@ -39,8 +39,8 @@ use records::{decode, encode};
 use sled_backend::SledBackend;
 
 pub use records::{
-    ConversationRecord, Counters, DeliveryRecord, DeviceRecord, IndexEntry, MessageRecord,
-    ReceiptState, ReplayRange, UserRecord,
+    ConversationRecord, Counters, DeliveryRecord, DeviceRecord, IndexEntry, MessageHead,
+    MessageRecord, ReceiptState, ReplayRange, UserRecord,
 };
 
 /// Version of the on-disk layout. Bump it with every change to a key or record shape and teach

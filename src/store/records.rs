@@ -107,13 +107,39 @@ impl MessageRecord {
 
     /// The other party of the conversation, as a bare JID.
     pub fn peer(&self) -> String {
-        let jid = if self.sent {
-            self.to.as_deref().unwrap_or("")
-        } else {
-            &self.from
-        };
-        jid.split('/').next().unwrap_or("").to_string()
+        peer_of(self.sent, self.to.as_deref(), &self.from)
     }
+}
+
+/// The fields of a [`MessageRecord`] before its stanza, in the same order: what a receipt or
+/// marker looks its message up by. Decoded from a message record's bytes (bincode reads a
+/// struct's fields in order and leaves the rest unread), so the stanza is neither copied nor
+/// allocated.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MessageHead {
+    pub seq: Seq,
+    pub stanza_id: u128,
+    pub msg_id: Option<String>,
+    pub from: String,
+    pub kind: Option<String>,
+    pub logged_at: u64,
+    pub system: bool,
+    pub receipt: ReceiptState,
+    pub archive_id: Option<String>,
+    pub sent: bool,
+    pub to: Option<String>,
+}
+
+impl MessageHead {
+    /// [`MessageRecord::peer`].
+    pub fn peer(&self) -> String {
+        peer_of(self.sent, self.to.as_deref(), &self.from)
+    }
+}
+
+fn peer_of(sent: bool, to: Option<&str>, from: &str) -> String {
+    let jid = if sent { to.unwrap_or("") } else { from };
+    jid.split('/').next().unwrap_or("").to_string()
 }
 
 /// `userpeer_conversation`: the user's read state in one conversation.
@@ -435,6 +461,57 @@ pub(crate) fn decode<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_head_is_the_records_fields_before_its_stanza() {
+        for (sent, receipt, to) in [
+            (false, ReceiptState::Waiting { deadline: 7 }, None),
+            (
+                true,
+                ReceiptState::Bouncing {
+                    retry: 9,
+                    attempts: 2,
+                },
+                Some("bob@example.com"),
+            ),
+            (false, ReceiptState::Acked, Some("carol@example.com/x")),
+        ] {
+            let record = MessageRecord {
+                seq: 300,
+                stanza_id: u128::MAX / 7,
+                msg_id: Some("m300".into()),
+                from: "alice@example.com/phone".into(),
+                kind: Some("chat".into()),
+                logged_at: 1_700_000_000_000,
+                system: sent,
+                receipt,
+                archive_id: Some("arch".into()),
+                sent,
+                to: to.map(String::from),
+                stanza: "<message xmlns=\"jabber:client\"><body>hi</body></message>".into(),
+                signal: true,
+                asks_receipt: true,
+            };
+            let head: MessageHead = decode("userseq_message", &encode(&record).unwrap()).unwrap();
+            assert_eq!(
+                head,
+                MessageHead {
+                    seq: record.seq,
+                    stanza_id: record.stanza_id,
+                    msg_id: record.msg_id.clone(),
+                    from: record.from.clone(),
+                    kind: record.kind.clone(),
+                    logged_at: record.logged_at,
+                    system: record.system,
+                    receipt: record.receipt,
+                    archive_id: record.archive_id.clone(),
+                    sent: record.sent,
+                    to: record.to.clone(),
+                }
+            );
+            assert_eq!(head.peer(), record.peer());
+        }
+    }
 
     fn device() -> DeviceRecord {
         DeviceRecord {
