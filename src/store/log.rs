@@ -48,14 +48,25 @@ impl Store {
         );
         let block = keys::block_of(seq);
         let new_block = block > keys::block_of(seq - 1);
-        let mut entries = if new_block {
-            Vec::new()
-        } else {
-            self.index_block(user, block)?
-        };
-        entries.push(IndexEntry::of(&entry, self.hash));
+        let index_entry = IndexEntry::of(&entry, self.hash);
         let block_key = keys::user_block(user, block);
-        let block_record = records::encode_index_block(&entries);
+        // The seq is the newest of its block: its entry goes after the others, written onto
+        // the stored record's bytes.
+        let stored_block = match new_block {
+            true => None,
+            false => self.get(T::UserblockIndex, block_key)?,
+        };
+        let block_record = match stored_block {
+            None => records::encode_index_block(&[index_entry]),
+            Some(v) => match records::append_to_index_block(&v, &index_entry) {
+                Some(longer) => longer,
+                None => {
+                    let mut entries = self.read_index_block(&v)?;
+                    entries.push(index_entry);
+                    records::encode_index_block(&entries)
+                }
+            },
+        };
         if new_block {
             w.insert(T::UserblockIndex, block_key, block_record);
         } else {

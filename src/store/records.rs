@@ -385,6 +385,26 @@ pub(crate) fn encode_index_block(entries: &[IndexEntry]) -> Vec<u8> {
     out
 }
 
+/// `block` (an encoded `userblock_index` record) with `entry` appended after its entries, as
+/// [`encode_index_block`] writes the longer list, without decoding the block: a logged message
+/// adds the newest entry of its block, and decoding and encoding every entry before it was most
+/// of what an append spent on its index. The count is one byte while it is below 251
+/// (bincode's variable-length form); `None` for a block whose count is not such a byte (the
+/// caller decodes it).
+pub(crate) fn append_to_index_block(block: &[u8], entry: &IndexEntry) -> Option<Vec<u8>> {
+    let (&count, entries) = block.split_first()?;
+    if count >= 250 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(block.len() + 27);
+    out.push(count + 1);
+    out.extend_from_slice(entries);
+    put_varint(&mut out, entry.seq);
+    put_varint(&mut out, entry.msgid);
+    put_varint(&mut out, entry.peer);
+    Some(out)
+}
+
 /// Decodes a `userblock_index` record by hand: what [`decode`] returns for the same bytes, the
 /// same records accepted and refused (a receipt decodes one per lookup, a logged message one).
 pub(crate) fn decode_index_block(bytes: &[u8]) -> Result<Vec<IndexEntry>, StoreError> {
@@ -576,6 +596,30 @@ mod tests {
             for bytes in [cut_short, noise.as_slice()] {
                 let theirs: Result<Vec<IndexEntry>, _> = decode("userblock_index", bytes);
                 prop_assert_eq!(decode_index_block(bytes).ok(), theirs.ok(), "{:?}", bytes);
+            }
+        }
+    }
+
+    proptest! {
+        /// An entry appended to a block's bytes is the block of the longer list, as encoding
+        /// it whole writes it; a count that is not one byte is left to the caller.
+        #[test]
+        fn an_entry_appended_to_a_block_is_the_longer_blocks_record(
+            entries in proptest::collection::vec(
+                (index_number(), index_number(), index_number())
+                    .prop_map(|(seq, msgid, peer)| IndexEntry { seq, msgid, peer }),
+                0..260,
+            ),
+            (seq, msgid, peer) in (index_number(), index_number(), index_number()),
+        ) {
+            let entry = IndexEntry { seq, msgid, peer };
+            let appended = append_to_index_block(&encode_index_block(&entries), &entry);
+            let mut longer = entries.clone();
+            longer.push(entry);
+            if entries.len() < 250 {
+                prop_assert_eq!(appended, Some(encode_index_block(&longer)));
+            } else {
+                prop_assert_eq!(appended, None);
             }
         }
     }
