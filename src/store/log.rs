@@ -212,9 +212,10 @@ impl Store {
     }
 
     /// The user's messages with seq above `after` whose id is `msg_id`, oldest first, or newest
-    /// first with `newest_first`, as their [`MessageHead`]s (a receipt reads no stanza). Lazy: the cost is the index of the range the caller consumes
-    /// (one record per 32 messages) plus the records of the matches, so callers start where
-    /// what they look for can be (above what the device has acked) and stop at what they need.
+    /// first with `newest_first`, as their [`MessageHead`]s (a receipt reads no stanza). Lazy:
+    /// the cost is the index of the range the caller consumes (one record per 32 messages) plus
+    /// the records of the matches, so callers start where what they look for can be (above
+    /// what the device has acked) and stop at what they need.
     ///
     /// At most `max_entries` index entries are examined; `examined` counts them, so the caller
     /// can tell a search that stopped at the bound from one that saw everything.

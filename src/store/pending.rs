@@ -108,7 +108,8 @@ impl Pending {
     /// Adds one call's writes. Removing a key the set inserted as new cancels the insert: the
     /// committed store never held it, so neither write reaches the backend. A live delivery
     /// acked before its commit, and a receipt timer settled before it, cost no backend write
-    /// (each would be two: sled's transaction reads and writes every key it is given).
+    /// (each was a removal of a key the backend never held: in sled's transaction a read of
+    /// the key and a write).
     pub(super) fn add(&mut self, writes: Writes) {
         for (tree, key, value, new) in writes.0 {
             let t = tree as usize;
