@@ -11,7 +11,10 @@
 //! read as the service reads them and the chat message's stored form cut as the engine logs
 //! it; no store), `ingest N` (routed to a live device, receipts required, commit every 64),
 //! `receipt N` (N acks after logging N messages, commit every 64; the acks alone are
-//! `measured_receipts`), `replay N U` (log N messages
+//! `measured_receipts`), `chat N` (the load bench's xep chat as `readtrack serve` gets it: per
+//! message the three hook events, read with `service::from_server` and handled, eight pairs,
+//! each receipt 64 messages after its message, commit every 96 messages; all of it is
+//! `measured_chat`), `replay N U` (log N messages
 //! offline, read all but the last U, then one login replays them), `scan N U` (raw sled baseline:
 //! N values of the same size, range scan of the last U).
 
@@ -95,6 +98,11 @@ fn main() {
     let store = Store::open(dir.path().join("db"), &options).unwrap();
     let mut config = EngineConfig::new("example.com");
     config.dialect = readtrack::engine::Dialect::Seed;
+    if what == "chat" {
+        // As `readtrack serve` runs for the load bench's `LOAD_DIALECT=xep`.
+        config = EngineConfig::new("localhost");
+        config.dialect = readtrack::engine::Dialect::Xep;
+    }
     if what == "replay" {
         config.policy = ReceiptPolicy::None;
         // The whole replay at one login (paced, it comes a window at a time).
@@ -163,6 +171,13 @@ fn main() {
                 measured_receipts(&mut engine, &phone, n);
                 println!("logged in {logged:?}, acked in {:?}", start.elapsed());
             }
+        }
+        "chat" => {
+            let script = chat_script(n);
+            let start = Instant::now();
+            let handled = measured_chat(&mut engine, &script);
+            println!("chat {n}: {handled} events in {:?}", start.elapsed());
+            return;
         }
         "replay" => {
             // `replay N U`: N logged while the phone is away, all but the last U read, one login.
@@ -284,6 +299,81 @@ fn measured_receipts(engine: &mut Engine, phone: &Jid, n: u64) {
         }
     }
     engine.commit().unwrap();
+}
+
+/// The events of one chat message of the load bench (xep dialect) as mod_readtrack reports
+/// them: the message, routed to the receiver's session and logged as sent for the sender (one
+/// `<routed sent>`); the receiver's XEP-0184 receipt (a compact `<signal>`); the receipt,
+/// routed to the sender's session.
+fn chat_events(pair: u64, i: u64) -> [String; 3] {
+    let (alice, bob) = (
+        format!("send{pair}@localhost/load"),
+        format!("recv{pair}@localhost/load"),
+    );
+    let (alice_bare, bob_bare) = (
+        format!("send{pair}@localhost"),
+        format!("recv{pair}@localhost"),
+    );
+    let id = format!("p{pair}m{i}");
+    [
+        format!("<message from='localhost' to='readtrack.localhost'><routed xmlns='urn:readtrack:hook:0' to='{bob_bare}' archive-id='a{pair}x{i}' sent='true'><session jid='{bob}'/><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' id='{id}' type='chat' to='{bob_bare}' from='{alice}'><request xmlns='urn:xmpp:receipts'/><body>load message {i}</body></message></forwarded></routed></message>"),
+        format!("<message from='localhost' to='readtrack.localhost'><signal xmlns='urn:readtrack:hook:0' from='{bob}' to='{alice}' id='rc-{id}' receipt='xep0184' receipt-id='{id}'/></message>"),
+        format!("<message from='localhost' to='readtrack.localhost'><routed xmlns='urn:readtrack:hook:0' to='{alice_bare}' archive-id='b{pair}x{i}'><session jid='{alice}'/><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' id='rc-{id}' to='{alice}' from='{bob}'><received xmlns='urn:xmpp:receipts' id='{id}'/></message></forwarded></routed></message>"),
+    ]
+}
+
+/// The events of `chat N` in the order `readtrack serve` gets them: eight pairs online, then
+/// N messages round robin, each one's receipt (the last two events) 64 messages later; `None`
+/// marks a commit, after every 96 messages' worth of events (the load bench's batches).
+fn chat_script(n: u64) -> Vec<Option<String>> {
+    const PAIRS: u64 = 8;
+    const LAG: u64 = 64;
+    let mut script = Vec::new();
+    for pair in 0..PAIRS {
+        for who in ["send", "recv"] {
+            script.push(Some(format!("<message from='localhost' to='readtrack.localhost'><available xmlns='urn:readtrack:hook:0' jid='{who}{pair}@localhost/load'/></message>")));
+        }
+    }
+    script.push(None);
+    for k in 0..n + LAG {
+        if k < n {
+            let [chat, _, _] = chat_events(k % PAIRS, k / PAIRS);
+            script.push(Some(chat));
+        }
+        if k >= LAG {
+            let acked = k - LAG;
+            let [_, receipt, routed_receipt] = chat_events(acked % PAIRS, acked / PAIRS);
+            script.push(Some(receipt));
+            script.push(Some(routed_receipt));
+        }
+        if k % 96 == 95 {
+            script.push(None);
+        }
+    }
+    script.push(None);
+    script
+}
+
+/// The measured part of `chat` (callgrind: `--toggle-collect='*measured_chat*'`): each event
+/// read as `readtrack serve` reads it (`service::from_server`) and handled, a commit at each
+/// `None`. Returns the events handled.
+#[inline(never)]
+fn measured_chat(engine: &mut Engine, script: &[Option<String>]) -> u64 {
+    let mut handled = 0;
+    for (at, step) in script.iter().enumerate() {
+        let Some(stanza) = step else {
+            engine.commit().unwrap();
+            continue;
+        };
+        match readtrack::service::from_server(stanza, "localhost") {
+            Ok(readtrack::service::FromServer::Input(input, _)) => {
+                engine.handle(*input, Millis(T0 + at as u64)).unwrap();
+            }
+            _ => panic!("not an input: {stanza}"),
+        }
+        handled += 1;
+    }
+    handled
 }
 
 /// The measured part of `replay` (callgrind: `--toggle-collect='*measured_replay*'`).

@@ -233,8 +233,52 @@ fn xml_err(e: impl std::fmt::Display) -> HookError {
     HookError::Xml(e.to_string())
 }
 
-fn attr(e: &BytesStart, name: &str) -> Result<Option<String>, HookError> {
-    match e.try_get_attribute(name).map_err(xml_err)? {
+/// The attributes of one element, read once: looking each name up with
+/// `BytesStart::try_get_attribute` scanned the element again per name (a `<signal>` is read
+/// for eight names). A lookup answers as that scan would: the first attribute of the name
+/// before the first malformed one, else that one's error, else none.
+struct Attrs<'a> {
+    element: &'a BytesStart<'a>,
+    read: Vec<quick_xml::events::attributes::Attribute<'a>>,
+    broken: Option<quick_xml::events::attributes::AttrError>,
+}
+
+impl<'a> Attrs<'a> {
+    fn of(element: &'a BytesStart<'a>) -> Attrs<'a> {
+        let mut read = Vec::new();
+        let mut broken = None;
+        for a in element.attributes().with_checks(false) {
+            match a {
+                Ok(a) => read.push(a),
+                Err(e) => {
+                    broken = Some(e);
+                    break;
+                }
+            }
+        }
+        Attrs {
+            element,
+            read,
+            broken,
+        }
+    }
+
+    fn get(
+        &self,
+        name: &str,
+    ) -> Result<Option<&quick_xml::events::attributes::Attribute<'a>>, HookError> {
+        match self.read.iter().find(|a| a.key.as_ref() == name) {
+            Some(a) => Ok(Some(a)),
+            None => match &self.broken {
+                Some(e) => Err(xml_err(e)),
+                None => Ok(None),
+            },
+        }
+    }
+}
+
+fn attr(e: &Attrs, name: &str) -> Result<Option<String>, HookError> {
+    match e.get(name)? {
         None => Ok(None),
         Some(a) => Ok(Some(
             a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
@@ -244,23 +288,23 @@ fn attr(e: &BytesStart, name: &str) -> Result<Option<String>, HookError> {
     }
 }
 
-fn required(e: &BytesStart, name: &'static str) -> Result<String, HookError> {
+fn required(e: &Attrs, name: &'static str) -> Result<String, HookError> {
     attr(e, name)?.ok_or_else(|| HookError::MissingAttribute {
-        element: local_name(e),
+        element: local_name(e.element),
         attr: name,
     })
 }
 
-fn jid_attr(e: &BytesStart, name: &'static str) -> Result<Jid, HookError> {
+fn jid_attr(e: &Attrs, name: &'static str) -> Result<Jid, HookError> {
     Jid::parse(&required(e, name)?).map_err(|source| HookError::BadJid {
-        element: local_name(e),
+        element: local_name(e.element),
         attr: name,
         source,
     })
 }
 
 /// The `token` of `<pace>` and `<drained>`: a decimal u64.
-fn token_attr(e: &BytesStart, element: &str) -> Result<u64, HookError> {
+fn token_attr(e: &Attrs, element: &str) -> Result<u64, HookError> {
     let text = attr(e, "token")?.ok_or_else(|| HookError::MissingAttribute {
         element: element.to_string(),
         attr: "token",
@@ -270,7 +314,7 @@ fn token_attr(e: &BytesStart, element: &str) -> Result<u64, HookError> {
 }
 
 /// An optional decimal u64 attribute (`<routed claim>`).
-fn number_attr(e: &BytesStart, element: &str, name: &str) -> Result<Option<u64>, HookError> {
+fn number_attr(e: &Attrs, element: &str, name: &str) -> Result<Option<u64>, HookError> {
     attr(e, name)?
         .map(|text| {
             text.parse().map_err(|_| {
@@ -281,7 +325,7 @@ fn number_attr(e: &BytesStart, element: &str, name: &str) -> Result<Option<u64>,
 }
 
 /// A required decimal u64 attribute.
-fn required_number(e: &BytesStart, element: &str, name: &'static str) -> Result<u64, HookError> {
+fn required_number(e: &Attrs, element: &str, name: &'static str) -> Result<u64, HookError> {
     number_attr(e, element, name)?.ok_or_else(|| HookError::MissingAttribute {
         element: element.to_string(),
         attr: name,
@@ -322,11 +366,11 @@ fn claim_ranges_xml(ranges: &[(u64, u64)]) -> String {
     items.join(" ")
 }
 
-fn full_jid_attr(e: &BytesStart, name: &'static str) -> Result<Jid, HookError> {
+fn full_jid_attr(e: &Attrs, name: &'static str) -> Result<Jid, HookError> {
     let jid = jid_attr(e, name)?;
     if !jid.is_full() {
         return Err(HookError::BadJid {
-            element: local_name(e),
+            element: local_name(e.element),
             attr: name,
             source: JidError::NotFull(jid.to_string()),
         });
@@ -334,11 +378,11 @@ fn full_jid_attr(e: &BytesStart, name: &'static str) -> Result<Jid, HookError> {
     Ok(jid)
 }
 
-fn bare_jid_attr(e: &BytesStart, name: &'static str) -> Result<Jid, HookError> {
+fn bare_jid_attr(e: &Attrs, name: &'static str) -> Result<Jid, HookError> {
     let jid = jid_attr(e, name)?;
     if jid.is_full() {
         return Err(HookError::NotBare {
-            element: local_name(e),
+            element: local_name(e.element),
             attr: name,
             value: jid.to_string(),
         });
@@ -518,13 +562,14 @@ impl<'i> Walker<'i> {
         }
         while let Some(c) = self.next_child()? {
             if c.ns_hook && c.start.local_name().as_ref() == "carbon" {
-                carbons.push(full_jid_attr(&c.start, "jid")?);
+                carbons.push(full_jid_attr(&Attrs::of(&c.start), "jid")?);
                 self.finish(&c)?;
             } else if c.ns_hook && c.start.local_name().as_ref() == "session" {
+                let a = Attrs::of(&c.start);
                 sessions.push(SessionInfo {
-                    jid: full_jid_attr(&c.start, "jid")?,
-                    device_id: attr(&c.start, "device-id")?,
-                    session_id: attr(&c.start, "session-id")?,
+                    jid: full_jid_attr(&a, "jid")?,
+                    device_id: attr(&a, "device-id")?,
+                    session_id: attr(&a, "session-id")?,
                 });
                 self.finish(&c)?;
             } else if c.ns_forward
@@ -553,7 +598,7 @@ impl<'i> Walker<'i> {
         if name != "message" || outer.ns_hook || outer.ns_forward || outer.empty {
             return Err(HookError::NotMessage(name));
         }
-        let from = attr(&outer.start, "from")?;
+        let from = attr(&Attrs::of(&outer.start), "from")?;
         let same = from
             .as_deref()
             .is_some_and(|f| f.eq_ignore_ascii_case(expected_from));
@@ -580,20 +625,21 @@ impl HookEvent {
         let mut w = Walker::new(stanza);
         let el = w.open(host)?;
         let name = local_name(&el.start);
+        let a = Attrs::of(&el.start);
         let event = match name.as_str() {
             "available" => HookEvent::Available {
-                jid: full_jid_attr(&el.start, "jid")?,
-                device_id: attr(&el.start, "device-id")?,
-                session_id: attr(&el.start, "session-id")?,
+                jid: full_jid_attr(&a, "jid")?,
+                device_id: attr(&a, "device-id")?,
+                session_id: attr(&a, "session-id")?,
             },
             "unavailable" => HookEvent::Unavailable {
-                jid: full_jid_attr(&el.start, "jid")?,
-                session_id: attr(&el.start, "session-id")?,
+                jid: full_jid_attr(&a, "jid")?,
+                session_id: attr(&a, "session-id")?,
             },
             "routed" => {
-                let to = bare_jid_attr(&el.start, "to")?;
-                let archive_id = attr(&el.start, "archive-id")?;
-                let sent = match attr(&el.start, "sent")?.as_deref() {
+                let to = bare_jid_attr(&a, "to")?;
+                let archive_id = attr(&a, "archive-id")?;
+                let sent = match attr(&a, "sent")?.as_deref() {
                     None | Some("false") | Some("0") => false,
                     Some("true") | Some("1") => true,
                     Some(other) => {
@@ -602,7 +648,7 @@ impl HookEvent {
                         )))
                     }
                 };
-                let claim = number_attr(&el.start, &name, "claim")?;
+                let claim = number_attr(&a, &name, "claim")?;
                 let (sessions, carbons, message) = w.hook_content(&el, Walker::read_message)?;
                 HookEvent::Routed {
                     to,
@@ -622,7 +668,7 @@ impl HookEvent {
                 }
             }
             "snapshot" => {
-                let number = match attr(&el.start, "page")?.as_deref() {
+                let number = match attr(&a, "page")?.as_deref() {
                     None => 1,
                     Some(text) => {
                         text.parse::<u32>()
@@ -635,7 +681,7 @@ impl HookEvent {
                             })?
                     }
                 };
-                let last = match attr(&el.start, "last")?.as_deref() {
+                let last = match attr(&a, "last")?.as_deref() {
                     None | Some("true") | Some("1") => true,
                     Some("false") | Some("0") => false,
                     Some(other) => {
@@ -644,7 +690,7 @@ impl HookEvent {
                         )))
                     }
                 };
-                let executes = attr(&el.start, "executes")?.unwrap_or_default();
+                let executes = attr(&a, "executes")?.unwrap_or_default();
                 let executes = |command| executes.split_ascii_whitespace().any(|c| c == command);
                 HookEvent::Snapshot {
                     page: SnapshotPage {
@@ -657,13 +703,13 @@ impl HookEvent {
                 }
             }
             "account" => HookEvent::Account {
-                user: bare_jid_attr(&el.start, "jid")?,
-                token: required(&el.start, "token")?,
+                user: bare_jid_attr(&a, "jid")?,
+                token: required(&a, "token")?,
             },
             "user-deleted" => HookEvent::UserDeleted {
-                user: bare_jid_attr(&el.start, "jid")?,
+                user: bare_jid_attr(&a, "jid")?,
             },
-            "done" => match (attr(&el.start, "id")?, attr(&el.start, "ids")?) {
+            "done" => match (attr(&a, "id")?, attr(&a, "ids")?) {
                 (Some(id), _) => HookEvent::Done { id },
                 (None, Some(ids)) if !ids.trim().is_empty() => HookEvent::DoneList {
                     ids: ids.split_ascii_whitespace().map(String::from).collect(),
@@ -676,11 +722,11 @@ impl HookEvent {
                 }
             },
             "drained" => HookEvent::Drained {
-                jid: full_jid_attr(&el.start, "jid")?,
-                token: token_attr(&el.start, &name)?,
+                jid: full_jid_attr(&a, "jid")?,
+                token: token_attr(&a, &name)?,
             },
             "signal" => HookEvent::Signal {
-                message: signal(&el.start)?,
+                message: signal(&a)?,
             },
             _ => return Err(HookError::UnknownEvent(name)),
         };
@@ -914,9 +960,10 @@ impl HookCommand {
 
     fn parse_element<'i>(w: &mut Walker<'i>, el: &Child<'i>) -> Result<HookCommand, HookError> {
         let name = local_name(&el.start);
+        let a = Attrs::of(&el.start);
         let command = match name.as_str() {
             "deliver" => {
-                let to = full_jid_attr(&el.start, "to")?;
+                let to = full_jid_attr(&a, "to")?;
                 let (_, _, message) = w.hook_content(el, Walker::message_text)?;
                 HookCommand::Deliver {
                     to,
@@ -930,7 +977,7 @@ impl HookCommand {
                 }
             }
             "store-offline" => {
-                let to = bare_jid_attr(&el.start, "to")?;
+                let to = bare_jid_attr(&a, "to")?;
                 let (_, _, message) = w.hook_content(el, Walker::message_text)?;
                 HookCommand::StoreOffline {
                     to,
@@ -939,22 +986,22 @@ impl HookCommand {
             }
             "pace" => {
                 let command = HookCommand::Pace {
-                    to: full_jid_attr(&el.start, "to")?,
-                    token: token_attr(&el.start, &name)?,
+                    to: full_jid_attr(&a, "to")?,
+                    token: token_attr(&a, &name)?,
                 };
                 w.finish(el)?;
                 command
             }
             "accepts" => {
                 let command = HookCommand::Accepts {
-                    events: required(&el.start, "events")?,
+                    events: required(&a, "events")?,
                 };
                 w.finish(el)?;
                 command
             }
             "durable" => {
-                let from = required_number(&el.start, &name, "from")?;
-                let upto = required_number(&el.start, &name, "upto")?;
+                let from = required_number(&a, &name, "from")?;
+                let upto = required_number(&a, &name, "upto")?;
                 if from > upto {
                     return Err(HookError::Xml(format!(
                         "<durable from> must not be above upto, got {from} > {upto}"
@@ -963,26 +1010,26 @@ impl HookCommand {
                 let command = HookCommand::Durable {
                     from,
                     upto,
-                    returned: claim_ranges(&attr(&el.start, "return")?.unwrap_or_default())?,
+                    returned: claim_ranges(&attr(&a, "return")?.unwrap_or_default())?,
                 };
                 w.finish(el)?;
                 command
             }
             "ack" => {
                 let command = HookCommand::Ack {
-                    to: full_jid_attr(&el.start, "to")?,
-                    message_id: required(&el.start, "message-id")?,
-                    time: required(&el.start, "time")?,
+                    to: full_jid_attr(&a, "to")?,
+                    message_id: required(&a, "message-id")?,
+                    time: required(&a, "time")?,
                 };
                 w.finish(el)?;
                 command
             }
             "bounce" => {
                 let command = HookCommand::Bounce {
-                    to: full_jid_attr(&el.start, "to")?,
-                    message_id: required(&el.start, "message-id")?,
-                    time: required(&el.start, "time")?,
-                    body: attr(&el.start, "body")?,
+                    to: full_jid_attr(&a, "to")?,
+                    message_id: required(&a, "message-id")?,
+                    time: required(&a, "time")?,
+                    body: attr(&a, "body")?,
                 };
                 w.finish(el)?;
                 command
@@ -1047,7 +1094,7 @@ impl CommandBatch {
 
 /// The values of a `<signal>`: the client message's `id`, `from`, `to` and `type`, and what
 /// it acknowledges, as [`crate::stanza::parse_message`] reads them of the whole stanza.
-fn signal(e: &BytesStart) -> Result<Message, HookError> {
+fn signal(e: &Attrs) -> Result<Message, HookError> {
     let optional_jid = |name: &'static str| -> Result<Option<Jid>, HookError> {
         attr(e, name)?
             .map(|v| {
@@ -1153,6 +1200,39 @@ mod tests {
 
     fn jid(s: &str) -> Jid {
         Jid::parse(s).unwrap()
+    }
+
+    proptest::proptest! {
+        /// Attributes read once answer every name as a scan per name did
+        /// (`BytesStart::try_get_attribute`), malformed attributes included.
+        #[test]
+        fn attributes_read_once_answer_as_a_scan_per_name(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                " id='a'", " id=\"b\"", " to='x@y/z'", " from='p&amp;q'", " type='chat'",
+                " id", " to=", " =v", " x='unclosed", " a:b='1'", " xmlns='urn:x'", "\t\nid='c'",
+                " to='&bogus;'", " from=\"a\nb\"",
+            ]), 0..8),
+        ) {
+            let text = format!("signal{}", pieces.concat());
+            let start = BytesStart::from_content(text.as_str(), "signal".len());
+            let attrs = Attrs::of(&start);
+            for name in ["id", "to", "from", "type", "x", "a:b", "xmlns", "absent"] {
+                let scanned = start
+                    .try_get_attribute(name)
+                    .map_err(xml_err)
+                    .and_then(|a| a.map(|a| {
+                        a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                            .map_err(xml_err)
+                            .map(|v| v.into_owned())
+                    }).transpose());
+                let read = attr(&attrs, name);
+                proptest::prop_assert_eq!(
+                    format!("{scanned:?}"),
+                    format!("{read:?}"),
+                    "{} in {:?}", name, text
+                );
+            }
+        }
     }
 
     fn fixture(name: &str) -> String {

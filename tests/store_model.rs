@@ -566,6 +566,42 @@ fn user_ids_follow_a_purge_and_a_new_account_within_a_commit() {
 }
 
 #[test]
+fn user_records_follow_every_write_within_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = backend::test_location(dir.path());
+    let store = Store::open_location(&location, &StoreOptions::default()).unwrap();
+    let alice = store.ensure_user(USERS[0]).unwrap();
+    // Each step reads the record first (so the store may remember it), writes, reads again.
+    let check = |what: &str, expect: &dyn Fn(&readtrack::store::UserRecord) -> bool| {
+        let record = store.user(alice).unwrap();
+        assert!(expect(&record), "{what}: {record:?}");
+    };
+    check("new", &|u| u.head == 0 && u.next_device == 0);
+    let first = received("m1", "bob@example.com/phone", "one", 1);
+    let seq = store.append_message(alice, &first, &[]).unwrap();
+    check("appended", &|u| u.head == 1 && u.log_bytes > 0);
+    store.put_device(alice, None, &device_record(0, 1)).unwrap();
+    check("a device numbered", &|u| u.next_device == 1 && u.head == 1);
+    store.set_account(alice, "token-1").unwrap();
+    check("account", &|u| u.account.as_deref() == Some("token-1"));
+    store.flush().unwrap();
+    check("flushed", &|u| {
+        u.account.as_deref() == Some("token-1") && u.next_device == 1
+    });
+    let logged = store.message(alice, seq).unwrap().unwrap();
+    store.delete_message(alice, &logged, &[]).unwrap();
+    check("deleted", &|u| u.first_seq == 2 && u.log_bytes == 0);
+    store.purge_user(alice).unwrap();
+    assert!(matches!(
+        store.user(alice),
+        Err(readtrack::store::StoreError::UnknownUser(_))
+    ));
+    store.flush().unwrap();
+    drop(store);
+    backend::drop_location(&location);
+}
+
+#[test]
 fn refuses_a_store_of_another_schema_version() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");

@@ -6,7 +6,9 @@ use super::{Dialect, Engine, EngineError, Output, Result, Routed};
 use crate::jid::Jid;
 use crate::stanza::original::{Class, Stored};
 use crate::stanza::{Message, MessageType, Outgoing, Receipt};
-use crate::store::{DeliveryRecord, DeviceNo, MessageRecord, ReceiptState, Seq, UserId};
+use crate::store::{
+    DeliveryRecord, DeviceNo, MessageHead, MessageRecord, ReceiptState, Seq, UserId,
+};
 use crate::time::Millis;
 
 impl Engine {
@@ -310,7 +312,7 @@ impl Engine {
         after: Seq,
         newest_first: bool,
         none_fit_upto_after: bool,
-        fits: impl Fn(&MessageRecord) -> bool,
+        fits: impl Fn(&MessageHead) -> bool,
     ) -> Result<Named> {
         let sender = to.filter(|t| t.local().is_some()).map(Jid::to_bare);
         // An id that names nothing would otherwise cost the whole unread backlog's index.
@@ -341,7 +343,7 @@ impl Engine {
         from: Seq,
         newest_first: bool,
         limit: usize,
-        fits: &impl Fn(&MessageRecord) -> bool,
+        fits: &impl Fn(&MessageHead) -> bool,
     ) -> Result<Named> {
         let mut named = false;
         let examined = std::cell::Cell::new(0);
@@ -425,7 +427,17 @@ impl Engine {
         device.last_seen = now.0;
         let no = self.stored_device(user, no, &device, now)?;
         let seq = target.seq;
-        let settled: Vec<_> = Self::settle(user, target).into_iter().collect();
+        // Only a message waiting for its receipt is written again (with its new state): the
+        // whole record, stanza included, is read for that alone.
+        let settled: Vec<_> = match target.receipt {
+            ReceiptState::Waiting { .. } => self
+                .store
+                .message(user, seq)?
+                .and_then(|m| Self::settle(user, m))
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        };
         self.store.apply_ack(user, no, &device, &[seq], &settled)?;
         self.pending_timers = self.pending_timers.saturating_sub(settled.len());
         self.counters.receipts_accepted += 1;
@@ -498,7 +510,7 @@ impl Engine {
 
 /// What [`Engine::named_message`] found.
 struct Named {
-    message: Option<MessageRecord>,
+    message: Option<MessageHead>,
     /// Some message had the id but did not fit (read only when nothing fits).
     named: bool,
     /// The search stopped at `max_receipt_scan` index entries (likewise).

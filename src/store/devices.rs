@@ -139,7 +139,7 @@ impl Store {
             keys::user_device(user, no),
             encode(record)?,
         );
-        self.apply_with(w, Some((user, no, record)))?;
+        self.apply_with(w, Some((user, no, record)), None)?;
         Ok(no)
     }
 
@@ -182,7 +182,7 @@ impl Store {
                 keys::deadline_user_seq(t.deadline, t.user, t.seq),
             );
         }
-        self.apply_with(w, Some((user, device, record)))
+        self.apply_with(w, Some((user, device, record)), None)
     }
 
     pub fn delivery(

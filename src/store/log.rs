@@ -48,14 +48,25 @@ impl Store {
         );
         let block = keys::block_of(seq);
         let new_block = block > keys::block_of(seq - 1);
-        let mut entries = if new_block {
-            Vec::new()
-        } else {
-            self.index_block(user, block)?
-        };
-        entries.push(IndexEntry::of(&entry, self.hash));
+        let index_entry = IndexEntry::of(&entry, self.hash);
         let block_key = keys::user_block(user, block);
-        let block_record = records::encode_index_block(&entries);
+        // The seq is the newest of its block: its entry goes after the others, written onto
+        // the stored record's bytes.
+        let stored_block = match new_block {
+            true => None,
+            false => self.get(T::UserblockIndex, block_key)?,
+        };
+        let block_record = match stored_block {
+            None => records::encode_index_block(&[index_entry]),
+            Some(v) => match records::append_to_index_block(&v, &index_entry) {
+                Some(longer) => longer,
+                None => {
+                    let mut entries = self.read_index_block(&v)?;
+                    entries.push(index_entry);
+                    records::encode_index_block(&entries)
+                }
+            },
+        };
         if new_block {
             w.insert(T::UserblockIndex, block_key, block_record);
         } else {
@@ -79,7 +90,7 @@ impl Store {
             conv.unread += 1;
         }
         w.put(T::UserpeerConversation, conv_key, encode(&conv)?);
-        self.apply(w)?;
+        self.apply_with(w, None, Some((user, &record)))?;
         Ok(seq)
     }
 
@@ -145,6 +156,14 @@ impl Store {
         }
     }
 
+    /// A message's fields before its stanza ([`MessageHead`]), without reading the stanza.
+    pub fn message_head(&self, user: UserId, seq: Seq) -> Result<Option<MessageHead>> {
+        match self.get(T::UserseqMessage, keys::user_seq(user, seq))? {
+            Some(v) => Ok(Some(self.read("userseq_message", &v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The user's messages with seq > `after`, oldest first. Reads lazily: the caller pays for
     /// what it consumes.
     pub fn messages_after(
@@ -193,9 +212,10 @@ impl Store {
     }
 
     /// The user's messages with seq above `after` whose id is `msg_id`, oldest first, or newest
-    /// first with `newest_first`. Lazy: the cost is the index of the range the caller consumes
-    /// (one record per 32 messages) plus the records of the matches, so callers start where
-    /// what they look for can be (above what the device has acked) and stop at what they need.
+    /// first with `newest_first`, as their [`MessageHead`]s (a receipt reads no stanza). Lazy:
+    /// the cost is the index of the range the caller consumes (one record per 32 messages) plus
+    /// the records of the matches, so callers start where what they look for can be (above
+    /// what the device has acked) and stop at what they need.
     ///
     /// At most `max_entries` index entries are examined; `examined` counts them, so the caller
     /// can tell a search that stopped at the bound from one that saw everything.
@@ -207,7 +227,7 @@ impl Store {
         newest_first: bool,
         max_entries: usize,
         examined: &'a std::cell::Cell<usize>,
-    ) -> Result<impl Iterator<Item = Result<MessageRecord>> + 'a> {
+    ) -> Result<impl Iterator<Item = Result<MessageHead>> + 'a> {
         let hash = self.hash.of(msg_id);
         // Bounded by the head, the range is a few known index records: PostgreSQL's read cache
         // answers it without a round trip.
@@ -218,7 +238,7 @@ impl Store {
             .inspect(move |_| examined.set(examined.get() + 1))
             .filter(move |e| e.as_ref().map_or(true, |e| e.msgid == hash))
             .filter_map(move |e| {
-                match e.and_then(|e| self.message(user, e.seq)) {
+                match e.and_then(|e| self.message_head(user, e.seq)) {
                     // A hash collision, or an entry of a message deleted meanwhile.
                     Ok(Some(m)) if m.msg_id.as_deref() == Some(msg_id) => Some(Ok(m)),
                     Ok(_) => None,

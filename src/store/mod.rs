@@ -39,8 +39,8 @@ use records::{decode, encode};
 use sled_backend::SledBackend;
 
 pub use records::{
-    ConversationRecord, Counters, DeliveryRecord, DeviceRecord, IndexEntry, MessageRecord,
-    ReceiptState, ReplayRange, UserRecord,
+    ConversationRecord, Counters, DeliveryRecord, DeviceRecord, IndexEntry, MessageHead,
+    MessageRecord, ReceiptState, ReplayRange, UserRecord,
 };
 
 /// Version of the on-disk layout. Bump it with every change to a key or record shape and teach
@@ -193,6 +193,10 @@ pub struct Store {
     /// User ids by bare JID, of users looked up recently; kept like `devices` (a write to
     /// `jid_userid` makes it forget that JID). See [`users`].
     ids: Mutex<users::IdCache>,
+    /// Decoded user records of recently used users, kept like `devices` (a write of a record
+    /// the call has at hand puts it, any other write to `userid_user` forgets that user). See
+    /// [`users`].
+    records: Mutex<users::RecordCache>,
     /// Records decoded since open: lets tests assert that work is proportional to what is unread.
     reads: AtomicU64,
     flushes: AtomicU64,
@@ -257,6 +261,7 @@ impl Store {
             pending: Mutex::new(Pending::default()),
             devices: Mutex::new(Default::default()),
             ids: Mutex::new(Default::default()),
+            records: Mutex::new(Default::default()),
             reads: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             hash: options.index_hash,
@@ -299,28 +304,43 @@ impl Store {
 
     /// Adds one call's writes to the write set.
     fn apply(&self, writes: Writes) -> Result<()> {
-        self.apply_with(writes, None)
+        self.apply_with(writes, None, None)
     }
 
     /// [`Store::apply`], for writes that store the device record `device` (user, number,
-    /// record) as given: the device cache takes that record as it is instead of forgetting
-    /// the user's devices. Any other write to `userdevice_cursor` makes the cache forget the
-    /// devices of the user it touches, so what the cache holds is what a scan would read.
+    /// record) or the user record `user` (id, record) as given: the caches take those records
+    /// as they are instead of forgetting them. Any other write to `userdevice_cursor` makes
+    /// the device cache forget the devices of the user it touches, any other write to
+    /// `userid_user` the record cache that user, so what a cache holds is what a read of the
+    /// trees would give.
     fn apply_with(
         &self,
         writes: Writes,
         device: Option<(UserId, DeviceNo, &DeviceRecord)>,
+        user: Option<(UserId, &UserRecord)>,
     ) -> Result<()> {
         if self.pending().entries() > SPILL_ENTRIES {
             self.apply_pending()?;
         }
-        // The cache's lock is held until the writes are in the write set: a reader filling the
-        // cache (under the same lock) reads either before them or after them, never between.
+        // The caches' locks are held until the writes are in the write set: a reader filling
+        // a cache (under the same lock) reads either before them or after them, never between.
         let mut cache = self.device_cache();
         let mut ids = self.id_cache();
+        let mut records = self.record_cache();
         for (t, key, value) in writes.iter() {
             if t == T::JidUserid {
                 ids.forget(key);
+            }
+            if t == T::UseridUser {
+                match (user, keys::be_u64(key, 0)) {
+                    (Some((id, record)), Some(written))
+                        if value.is_some() && written == id && key.len() == 8 =>
+                    {
+                        records.put(id, record)
+                    }
+                    (_, Some(written)) => records.forget(written),
+                    (_, None) => records.clear(),
+                }
             }
             if t != T::UserdeviceCursor {
                 continue;
@@ -343,6 +363,10 @@ impl Store {
 
     fn id_cache(&self) -> std::sync::MutexGuard<'_, users::IdCache> {
         lock_cache(&self.ids, users::IdCache::clear)
+    }
+
+    fn record_cache(&self) -> std::sync::MutexGuard<'_, users::RecordCache> {
+        lock_cache(&self.records, users::RecordCache::clear)
     }
 
     fn device_cache(&self) -> std::sync::MutexGuard<'_, devices::DeviceCache> {

@@ -66,9 +66,10 @@ impl Writes {
     }
 
     /// A put of a key the store cannot hold yet (a new message's log entry, timer, deliveries,
-    /// a new index block): a backend may insert it without looking for an old row. A hint only:
-    /// a backend that finds the row there after all must still write it (PostgreSQL then
-    /// upserts, [`super::pg`]).
+    /// a new index block): a backend may insert it without looking for an old row, and a
+    /// removal of the key before the set is applied cancels both writes ([`Pending::add`]). A
+    /// backend that finds the row there after all (a store not as readtrack wrote it) must still
+    /// write it (PostgreSQL then upserts, [`super::pg`]).
     pub(super) fn insert(&mut self, tree: T, key: impl AsRef<[u8]>, value: impl Into<IVec>) {
         self.0
             .push((tree, key.as_ref().to_vec(), Some(value.into()), true));
@@ -104,12 +105,24 @@ impl Pending {
         self.entries
     }
 
+    /// Adds one call's writes. Removing a key the set inserted as new cancels the insert: the
+    /// committed store never held it, so neither write reaches the backend. A live delivery
+    /// acked before its commit, and a receipt timer settled before it, cost no backend write
+    /// (each was a removal of a key the backend never held: in sled's transaction a read of
+    /// the key and a write).
     pub(super) fn add(&mut self, writes: Writes) {
         for (tree, key, value, new) in writes.0 {
+            let t = tree as usize;
             if new {
-                self.new[tree as usize].insert(key.clone());
+                self.new[t].insert(key.clone());
+            } else if value.is_none() && self.new[t].contains(&key) {
+                // Still new: a later put of the key is again one the store does not hold.
+                if self.maps[t].remove(&key).is_some() {
+                    self.entries -= 1;
+                }
+                continue;
             }
-            if self.maps[tree as usize].insert(key, value).is_none() {
+            if self.maps[t].insert(key, value).is_none() {
                 self.entries += 1;
             }
         }
@@ -122,7 +135,13 @@ impl Pending {
 
     /// `Some(value)` when the write set decides the key (`Some(None)`: removed in this commit).
     pub(super) fn get(&self, tree: T, key: &[u8]) -> Option<Option<IVec>> {
-        self.maps[tree as usize].get(key).cloned()
+        match self.maps[tree as usize].get(key) {
+            Some(value) => Some(value.clone()),
+            // Inserted and removed again: the committed store does not hold it either (on
+            // PostgreSQL, asking would be a round trip).
+            None if self.is_new(tree, key) => Some(None),
+            None => None,
+        }
     }
 
     /// The pending writes of `tree` within the bounds, in iteration order.
@@ -323,6 +342,34 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn removing_a_key_inserted_as_new_in_the_same_set_writes_nothing() {
+        let mut p = Pending::default();
+        let mut w = Writes::default();
+        w.insert(T::UserdeviceseqDelivery, key(1), vec![1]);
+        w.put(T::UserdeviceseqDelivery, key(2), vec![2]);
+        p.add(w);
+        let mut w = Writes::default();
+        w.del(T::UserdeviceseqDelivery, key(1));
+        w.del(T::UserdeviceseqDelivery, key(2));
+        p.add(w);
+        // The new key is gone from the set; a key that may be stored keeps its removal.
+        assert_eq!(p.entries(), 1);
+        assert_eq!(p.get(T::UserdeviceseqDelivery, &key(1)), Some(None));
+        assert_eq!(p.get(T::UserdeviceseqDelivery, &key(2)), Some(None));
+        let written: Vec<Vec<u8>> = p
+            .trees()
+            .flat_map(|(_, writes)| writes.keys().cloned())
+            .collect();
+        assert_eq!(written, vec![key(2)]);
+        // Put again, the key is still one the committed store does not hold.
+        let mut w = Writes::default();
+        w.put(T::UserdeviceseqDelivery, key(1), vec![3]);
+        p.add(w);
+        assert!(p.is_new(T::UserdeviceseqDelivery, &key(1)));
+        assert_eq!(p.entries(), 2);
     }
 
     #[test]

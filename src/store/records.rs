@@ -107,13 +107,39 @@ impl MessageRecord {
 
     /// The other party of the conversation, as a bare JID.
     pub fn peer(&self) -> String {
-        let jid = if self.sent {
-            self.to.as_deref().unwrap_or("")
-        } else {
-            &self.from
-        };
-        jid.split('/').next().unwrap_or("").to_string()
+        peer_of(self.sent, self.to.as_deref(), &self.from)
     }
+}
+
+/// The fields of a [`MessageRecord`] before its stanza, in the same order: what a receipt or
+/// marker looks its message up by. Decoded from a message record's bytes (bincode reads a
+/// struct's fields in order and leaves the rest unread), so the stanza is neither copied nor
+/// allocated.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MessageHead {
+    pub seq: Seq,
+    pub stanza_id: u128,
+    pub msg_id: Option<String>,
+    pub from: String,
+    pub kind: Option<String>,
+    pub logged_at: u64,
+    pub system: bool,
+    pub receipt: ReceiptState,
+    pub archive_id: Option<String>,
+    pub sent: bool,
+    pub to: Option<String>,
+}
+
+impl MessageHead {
+    /// [`MessageRecord::peer`].
+    pub fn peer(&self) -> String {
+        peer_of(self.sent, self.to.as_deref(), &self.from)
+    }
+}
+
+fn peer_of(sent: bool, to: Option<&str>, from: &str) -> String {
+    let jid = if sent { to.unwrap_or("") } else { from };
+    jid.split('/').next().unwrap_or("").to_string()
 }
 
 /// `userpeer_conversation`: the user's read state in one conversation.
@@ -359,6 +385,26 @@ pub(crate) fn encode_index_block(entries: &[IndexEntry]) -> Vec<u8> {
     out
 }
 
+/// `block` (an encoded `userblock_index` record) with `entry` appended after its entries, as
+/// [`encode_index_block`] writes the longer list, without decoding the block: a logged message
+/// adds the newest entry of its block, and decoding and encoding every entry before it was most
+/// of what an append spent on its index. The count is one byte while it is below 251
+/// (bincode's variable-length form); `None` for a block whose count is not such a byte (the
+/// caller decodes it).
+pub(crate) fn append_to_index_block(block: &[u8], entry: &IndexEntry) -> Option<Vec<u8>> {
+    let (&count, entries) = block.split_first()?;
+    if count >= 250 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(block.len() + 27);
+    out.push(count + 1);
+    out.extend_from_slice(entries);
+    put_varint(&mut out, entry.seq);
+    put_varint(&mut out, entry.msgid);
+    put_varint(&mut out, entry.peer);
+    Some(out)
+}
+
 /// Decodes a `userblock_index` record by hand: what [`decode`] returns for the same bytes, the
 /// same records accepted and refused (a receipt decodes one per lookup, a logged message one).
 pub(crate) fn decode_index_block(bytes: &[u8]) -> Result<Vec<IndexEntry>, StoreError> {
@@ -436,6 +482,57 @@ pub(crate) fn decode<T: DeserializeOwned>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_message_head_is_the_records_fields_before_its_stanza() {
+        for (sent, receipt, to) in [
+            (false, ReceiptState::Waiting { deadline: 7 }, None),
+            (
+                true,
+                ReceiptState::Bouncing {
+                    retry: 9,
+                    attempts: 2,
+                },
+                Some("bob@example.com"),
+            ),
+            (false, ReceiptState::Acked, Some("carol@example.com/x")),
+        ] {
+            let record = MessageRecord {
+                seq: 300,
+                stanza_id: u128::MAX / 7,
+                msg_id: Some("m300".into()),
+                from: "alice@example.com/phone".into(),
+                kind: Some("chat".into()),
+                logged_at: 1_700_000_000_000,
+                system: sent,
+                receipt,
+                archive_id: Some("arch".into()),
+                sent,
+                to: to.map(String::from),
+                stanza: "<message xmlns=\"jabber:client\"><body>hi</body></message>".into(),
+                signal: true,
+                asks_receipt: true,
+            };
+            let head: MessageHead = decode("userseq_message", &encode(&record).unwrap()).unwrap();
+            assert_eq!(
+                head,
+                MessageHead {
+                    seq: record.seq,
+                    stanza_id: record.stanza_id,
+                    msg_id: record.msg_id.clone(),
+                    from: record.from.clone(),
+                    kind: record.kind.clone(),
+                    logged_at: record.logged_at,
+                    system: record.system,
+                    receipt: record.receipt,
+                    archive_id: record.archive_id.clone(),
+                    sent: record.sent,
+                    to: record.to.clone(),
+                }
+            );
+            assert_eq!(head.peer(), record.peer());
+        }
+    }
+
     fn device() -> DeviceRecord {
         DeviceRecord {
             key: "phone".into(),
@@ -499,6 +596,30 @@ mod tests {
             for bytes in [cut_short, noise.as_slice()] {
                 let theirs: Result<Vec<IndexEntry>, _> = decode("userblock_index", bytes);
                 prop_assert_eq!(decode_index_block(bytes).ok(), theirs.ok(), "{:?}", bytes);
+            }
+        }
+    }
+
+    proptest! {
+        /// An entry appended to a block's bytes is the block of the longer list, as encoding
+        /// it whole writes it; a count that is not one byte is left to the caller.
+        #[test]
+        fn an_entry_appended_to_a_block_is_the_longer_blocks_record(
+            entries in proptest::collection::vec(
+                (index_number(), index_number(), index_number())
+                    .prop_map(|(seq, msgid, peer)| IndexEntry { seq, msgid, peer }),
+                0..260,
+            ),
+            (seq, msgid, peer) in (index_number(), index_number(), index_number()),
+        ) {
+            let entry = IndexEntry { seq, msgid, peer };
+            let appended = append_to_index_block(&encode_index_block(&entries), &entry);
+            let mut longer = entries.clone();
+            longer.push(entry);
+            if entries.len() < 250 {
+                prop_assert_eq!(appended, Some(encode_index_block(&longer)));
+            } else {
+                prop_assert_eq!(appended, None);
             }
         }
     }

@@ -200,6 +200,7 @@ pub fn import(store: &Store, from: &Path, mut progress: impl FnMut(Progress)) ->
     // The records go in past the store's write set (below): nothing it remembers holds.
     store.device_cache().clear();
     store.id_cache().clear();
+    store.record_cache().clear();
 
     let mut file = DumpReader::open(from)?;
     let mut pending = Pending::default();
@@ -225,6 +226,7 @@ pub fn import(store: &Store, from: &Path, mut progress: impl FnMut(Progress)) ->
     store.backend.flush()?;
     store.device_cache().clear();
     store.id_cache().clear();
+    store.record_cache().clear();
 
     let mut file = DumpReader::open(from)?;
     let mut verified = compare(store, &mut file, Phase::Verify, &mut progress)?;

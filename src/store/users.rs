@@ -24,6 +24,41 @@ impl IdCache {
     }
 }
 
+/// Users whose decoded records the cache keeps at most (past it, it starts again empty).
+const RECORD_CACHE_USERS: usize = 16_384;
+
+/// Decoded user records of recently used users: a chat message read its recipient's record
+/// three times (the log limits, the append, a receipt's search bound), each a read and a
+/// decoding. A write that stores a record the call has at hand (an append) puts it here; any
+/// other write to `userid_user` makes the cache forget that user, so a read returns what the
+/// tree holds, pending writes included.
+#[derive(Default)]
+pub(super) struct RecordCache {
+    records: HashMap<UserId, UserRecord>,
+}
+
+impl RecordCache {
+    pub(super) fn put(&mut self, user: UserId, record: &UserRecord) {
+        if self.records.len() >= RECORD_CACHE_USERS && !self.records.contains_key(&user) {
+            self.records.clear();
+        }
+        match self.records.get_mut(&user) {
+            Some(cached) => cached.clone_from(record),
+            None => {
+                self.records.insert(user, record.clone());
+            }
+        }
+    }
+
+    pub(super) fn forget(&mut self, user: UserId) {
+        self.records.remove(&user);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.records.clear();
+    }
+}
+
 impl Store {
     pub fn user_id(&self, bare_jid: &str) -> Result<Option<UserId>> {
         let mut cache = self.id_cache();
@@ -117,8 +152,18 @@ impl Store {
     }
 
     pub fn user(&self, user: UserId) -> Result<UserRecord> {
+        // The cache's lock is held over the read, as [`Store::apply_with`] holds it over a
+        // write: a record read here is never older than one a write put in meanwhile.
+        let mut cache = self.record_cache();
+        if let Some(record) = cache.records.get(&user) {
+            return Ok(record.clone());
+        }
         match self.get(T::UseridUser, keys::user_prefix(user))? {
-            Some(v) => self.read("userid_user", &v),
+            Some(v) => {
+                let record: UserRecord = self.read("userid_user", &v)?;
+                cache.put(user, &record);
+                Ok(record)
+            }
             None => Err(StoreError::UnknownUser(user)),
         }
     }
