@@ -49,6 +49,9 @@ pub struct SnapshotPage {
     /// The module executes the compact [`HookCommand::Bounce`] (`executes` names `bounce`);
     /// otherwise a bounce goes as the whole `<send>`.
     pub executes_bounce: bool,
+    /// The module executes the compact [`HookCommand::DeliverBytes`] (`executes` names
+    /// `deliver-bytes`); otherwise a replay goes as the whole `<deliver>`.
+    pub executes_deliver_bytes: bool,
 }
 
 impl SnapshotPage {
@@ -57,6 +60,7 @@ impl SnapshotPage {
         last: true,
         executes_ack: false,
         executes_bounce: false,
+        executes_deliver_bytes: false,
     };
 }
 
@@ -167,6 +171,19 @@ pub enum HookCommand {
         message_id: String,
         body: Option<String>,
         time: String,
+    },
+    /// [`HookCommand::Deliver`] in the compact form (the wire's `<deliver-bytes>`): the stanza
+    /// as written on the client's stream ([`crate::stanza::write::client_stream`]: no `xmlns`
+    /// on it), carried in an attribute, which Prosody's parser hands the module as one string
+    /// (the whole `<deliver>` cost it a table per element and a serialisation again), beside
+    /// what the module decides on: the stanza's `from` (the blocklist) and `id` (what was
+    /// written to the session). Sent only once the module said it executes it
+    /// ([`SnapshotPage::executes_deliver_bytes`]); built with [`HookCommand::deliver_bytes`].
+    DeliverBytes {
+        to: Jid,
+        from: Option<String>,
+        message_id: Option<String>,
+        stanza_xml: String,
     },
 }
 
@@ -579,6 +596,7 @@ impl HookEvent {
                         last,
                         executes_ack: executes("ack"),
                         executes_bounce: executes("bounce"),
+                        executes_deliver_bytes: executes("deliver-bytes"),
                     },
                     sessions: w.hook_content(&el, Walker::message_text)?.0,
                 }
@@ -678,11 +696,14 @@ impl HookEvent {
                 } else {
                     format!(" page=\"{}\" last=\"{}\"", page.number, page.last)
                 };
-                let executes: Vec<&str> =
-                    [(page.executes_ack, "ack"), (page.executes_bounce, "bounce")]
-                        .into_iter()
-                        .filter_map(|(yes, command)| yes.then_some(command))
-                        .collect();
+                let executes: Vec<&str> = [
+                    (page.executes_ack, "ack"),
+                    (page.executes_bounce, "bounce"),
+                    (page.executes_deliver_bytes, "deliver-bytes"),
+                ]
+                .into_iter()
+                .filter_map(|(yes, command)| yes.then_some(command))
+                .collect();
                 if !executes.is_empty() {
                     attrs.push_str(&format!(" executes=\"{}\"", executes.join(" ")));
                 }
@@ -793,7 +814,43 @@ impl HookCommand {
                 out.push_str("/>");
                 out
             }
+            HookCommand::DeliverBytes {
+                to,
+                from,
+                message_id,
+                stanza_xml,
+            } => {
+                let mut out = format!(
+                    "<deliver-bytes xmlns=\"{NS_HOOK}\" to=\"{}\"{}{}{id} stanza=\"",
+                    escape(to.to_string()),
+                    opt_attr("from", from.as_deref()),
+                    opt_attr("message-id", message_id.as_deref()),
+                );
+                // Line ends and tabs as references, which attribute normalisation keeps.
+                crate::stanza::write::push_attr_value(&mut out, stanza_xml);
+                out.push_str("\"/>");
+                out
+            }
         }
+    }
+
+    /// The compact [`HookCommand::DeliverBytes`] of `stanza_xml`, a stanza readtrack wrote for
+    /// the client's stream: its `from` and `id` read from its start tag.
+    pub fn deliver_bytes(to: Jid, stanza_xml: String) -> Result<HookCommand, HookError> {
+        let mut reader = quick_xml::Reader::from_str(&stanza_xml);
+        let (from, message_id) = loop {
+            match reader.read_event().map_err(xml_err)? {
+                Event::Start(e) | Event::Empty(e) => break (attr(&e, "from")?, attr(&e, "id")?),
+                Event::Eof => return Err(HookError::Xml("no element in the stanza".into())),
+                _ => {}
+            }
+        };
+        Ok(HookCommand::DeliverBytes {
+            to,
+            from,
+            message_id,
+            stanza_xml,
+        })
     }
 
     /// Parses a command `<message>`, as the server module receives it from `component`: its
@@ -878,6 +935,16 @@ impl HookCommand {
                     message_id: required(&el.start, "message-id")?,
                     time: required(&el.start, "time")?,
                     body: attr(&el.start, "body")?,
+                };
+                w.finish(el)?;
+                command
+            }
+            "deliver-bytes" => {
+                let command = HookCommand::DeliverBytes {
+                    to: full_jid_attr(&el.start, "to")?,
+                    from: attr(&el.start, "from")?,
+                    message_id: attr(&el.start, "message-id")?,
+                    stanza_xml: required(&el.start, "stanza")?,
                 };
                 w.finish(el)?;
                 command
@@ -1151,6 +1218,7 @@ mod tests {
                     last: false,
                     executes_ack: true,
                     executes_bounce: true,
+                    executes_deliver_bytes: true,
                 },
                 sessions: vec![SessionInfo {
                     jid: jid("carol@localhost/tablet"),
@@ -1275,6 +1343,7 @@ mod tests {
                     last: false,
                     executes_ack: true,
                     executes_bounce: true,
+                    executes_deliver_bytes: true,
                 },
                 sessions: vec![],
             },
@@ -1284,6 +1353,7 @@ mod tests {
                     last: true,
                     executes_ack: false,
                     executes_bounce: false,
+                    executes_deliver_bytes: false,
                 },
                 sessions: vec![],
             },
@@ -1410,7 +1480,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 20, "fixtures in {dir}");
+        assert_eq!(names.len(), 21, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);
@@ -1623,6 +1693,73 @@ mod tests {
             .to_xml(HOST, COMP)
             .contains(" executes=\"ack bounce\""),
             "the snapshot does not say both"
+        );
+        assert!(!page.executes_deliver_bytes, "{newer}");
+        let newest = old.replace(
+            "last='true'",
+            "last='true' executes='ack bounce deliver-bytes'",
+        );
+        let HookEvent::Snapshot { page, .. } = HookEvent::parse(&newest, HOST).unwrap() else {
+            panic!("not a snapshot");
+        };
+        assert!(page.executes_ack && page.executes_bounce && page.executes_deliver_bytes);
+        assert!(HookEvent::Snapshot {
+            page,
+            sessions: vec![]
+        }
+        .to_xml(HOST, COMP)
+        .contains(" executes=\"ack bounce deliver-bytes\""));
+    }
+
+    #[test]
+    fn a_compact_deliver_carries_the_stanza_as_one_attribute_and_reads_back_as_written() {
+        let stanza = "<message to=\"bob@localhost/laptop\" id=\"HncqL-65\" type=\"chat\" from=\"alice@localhost/phone\"><body>hi &amp; bye</body><offline xmlns=\"urn:xmpp:offline\" current=\"2013-12-25T06:26:45.501Z\"/></message>";
+        let command =
+            HookCommand::deliver_bytes(jid("bob@localhost/laptop"), stanza.into()).unwrap();
+        assert_eq!(
+            command,
+            HookCommand::DeliverBytes {
+                to: jid("bob@localhost/laptop"),
+                from: Some("alice@localhost/phone".into()),
+                message_id: Some("HncqL-65".into()),
+                stanza_xml: stanza.into(),
+            }
+        );
+        assert_eq!(
+            HookCommand::parse(&fixture("deliver-bytes"), COMP).unwrap(),
+            command
+        );
+        // Markup, both quotes, references, line ends and tabs (attribute normalisation would
+        // turn literal ones into spaces), non-ASCII; a message without from or id.
+        for stanza in [
+            "<message from='a&apos;b@localhost/x\"y' id='1 &lt; 2'><body>a\r\n\tb &amp;amp; \"c\" 'd' &lt;e&gt; é 😀</body></message>",
+            "<message><body>\n</body></message>",
+        ] {
+            let command = HookCommand::deliver_bytes(jid("bob@localhost/p"), stanza.into()).unwrap();
+            let xml = command.to_xml_with_id(COMP, HOST, Some("r-1"));
+            assert_eq!(HookCommand::parse(&xml, COMP).unwrap(), command, "{xml}");
+            assert!(!xml.contains('\n'), "{xml}");
+        }
+        let HookCommand::DeliverBytes {
+            from, message_id, ..
+        } = HookCommand::deliver_bytes(
+            jid("bob@localhost/p"),
+            "<message from='a&apos;b@localhost/x\"y' id='1 &lt; 2'/>".into(),
+        )
+        .unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!(from.as_deref(), Some("a'b@localhost/x\"y"));
+        assert_eq!(message_id.as_deref(), Some("1 < 2"));
+        assert_eq!(
+            HookCommand::parse(
+                "<message from='readtrack.localhost' to='localhost'><deliver-bytes xmlns='urn:readtrack:hook:0' to='bob@localhost/p'/></message>",
+                COMP
+            )
+            .unwrap_err()
+            .to_string(),
+            "<deliver-bytes> has no stanza attribute"
         );
     }
 

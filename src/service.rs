@@ -271,6 +271,8 @@ pub struct Service {
     module_acks: bool,
     /// The same for compact `<bounce>` commands (`executes="... bounce"`).
     module_bounces: bool,
+    /// The same for `<deliver-bytes>`, the compact `<deliver>` of a replay.
+    module_delivers_bytes: bool,
     snapshot: SnapshotPages,
     /// Whether to measure [`Timings`]: off, the loop does not read the clock for them.
     timed: bool,
@@ -314,6 +316,7 @@ impl Service {
             announce: false,
             module_acks: false,
             module_bounces: false,
+            module_delivers_bytes: false,
             snapshot: SnapshotPages::default(),
             timed: false,
             ack_arrivals: VecDeque::new(),
@@ -416,6 +419,7 @@ impl Service {
                 self.announce = true;
                 self.module_acks = false;
                 self.module_bounces = false;
+                self.module_delivers_bytes = false;
                 self.snapshot = SnapshotPages::default();
                 self.stats.connected.store(true, Ordering::Relaxed);
                 tracing::info!(component = %self.component, "connected to the server; waiting for its session snapshot")
@@ -440,6 +444,7 @@ impl Service {
                     Some(FromServer::SnapshotPage { page, sessions }) => {
                         self.module_acks |= page.executes_ack;
                         self.module_bounces |= page.executes_bounce;
+                        self.module_delivers_bytes |= page.executes_deliver_bytes;
                         match self.snapshot.add(page, sessions) {
                             Ok(Some(sessions)) => Input::Snapshot { sessions },
                             Ok(None) => return Ok(()),
@@ -545,6 +550,18 @@ impl Service {
                 _ => None,
             };
             let (command, confirm) = match output {
+                Output::Deliver { to, stanza } if self.module_delivers_bytes => {
+                    let bytes = write::client_stream(&stanza);
+                    // The stanza is readtrack's own output: its start tag always reads.
+                    let command =
+                        HookCommand::deliver_bytes(to.clone(), bytes).unwrap_or_else(|_| {
+                            HookCommand::Deliver {
+                                to,
+                                stanza_xml: write::client_outgoing(&stanza),
+                            }
+                        });
+                    (command, None)
+                }
                 Output::Deliver { to, stanza } => (
                     HookCommand::Deliver {
                         to,
@@ -659,6 +676,7 @@ mod tests {
             last,
             executes_ack: false,
             executes_bounce: false,
+            executes_deliver_bytes: false,
         }
     }
 

@@ -1,9 +1,11 @@
-//! The Lua cost benches of benches/prosody (`chat_cost.lua`, `event_cost.lua`, `ack_cost.lua`)
+//! The Lua cost benches of benches/prosody (`chat_cost.lua`, `event_cost.lua`, `ack_cost.lua`,
+//! `deliver_cost.lua`)
 //! load the real contrib/prosody/mod_readtrack.lua under `stub_prosody.lua`, so a module change
 //! is measured as it is, never a copy of it; this runs them, small, on both Prosody lines, so a
 //! module change that breaks them (or the stub) fails here. Their own assertions check what they
 //! measure: one `<routed>` per delivered message, the same event either way, the acks and bounces
-//! written, and the compact acks written once per sender and command message.
+//! written, the compact acks written once per sender and command message, and every replay
+//! written, the compact ones once per command message.
 
 mod common;
 
@@ -44,6 +46,11 @@ fn the_lua_cost_benches_run_the_real_module_on_both_lines() {
         assert_eq!(events.lines().count(), 2, "{events}");
         let acks = run("ack_cost.lua", &sources, &["256"]);
         assert!(acks.contains("compact <ack> 8 "), "{acks}");
+        let replays = run("deliver_cost.lua", &sources, &["600"]);
+        assert!(
+            replays.contains("compact <deliver-bytes> 6 (one per command message, 6)"),
+            "{replays}"
+        );
     }
 }
 

@@ -327,6 +327,18 @@ pub fn client_outgoing(out: &Outgoing) -> String {
     write_outgoing(out, Some(super::NS_CLIENT))
 }
 
+/// Serialises a stanza readtrack has a session written as it stands on the client's stream,
+/// where `jabber:client` is the default namespace: no `xmlns` on the outer element (a
+/// replay's stored form loses its own), as Prosody writes a c2s stanza. What the compact
+/// `<deliver-bytes>` carries, for the module to write to the session unparsed.
+pub fn client_stream(out: &Outgoing) -> String {
+    let mut s = write_outgoing(out, None);
+    if let Outgoing::Replay(_) = out {
+        super::original::drop_default_namespace(&mut s);
+    }
+    s
+}
+
 fn open_message(s: &mut String, ns: Option<&str>) {
     s.push_str("<message");
     if let Some(ns) = ns {
