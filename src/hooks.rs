@@ -821,14 +821,17 @@ impl HookCommand {
                 stanza_xml,
             } => {
                 let mut out = format!(
-                    "<deliver-bytes xmlns=\"{NS_HOOK}\" to=\"{}\"{}{}{id} stanza=\"",
+                    "<deliver-bytes xmlns=\"{NS_HOOK}\" to=\"{}\"{}{}{id} stanza='",
                     escape(to.to_string()),
                     opt_attr("from", from.as_deref()),
                     opt_attr("message-id", message_id.as_deref()),
                 );
-                // Line ends and tabs as references, which attribute normalisation keeps.
-                crate::stanza::write::push_attr_value(&mut out, stanza_xml);
-                out.push_str("\"/>");
+                // In single quotes: readtrack writes a stanza's attributes in double quotes,
+                // which then stay as they are (and `>` too), so the command is little longer
+                // than the stanza. Line ends and tabs as references, which attribute
+                // normalisation keeps.
+                crate::stanza::write::push_single_quoted_attr_value(&mut out, stanza_xml);
+                out.push_str("'/>");
                 out
             }
         }
@@ -1728,6 +1731,11 @@ mod tests {
         assert_eq!(
             HookCommand::parse(&fixture("deliver-bytes"), COMP).unwrap(),
             command
+        );
+        // Written as the fixture: in single quotes, the stanza's own double quotes and `>` kept.
+        assert_eq!(
+            command.to_xml(COMP, HOST),
+            fixture("deliver-bytes").trim_end()
         );
         // Markup, both quotes, references, line ends and tabs (attribute normalisation would
         // turn literal ones into spaces), non-ASCII; a message without from or id.

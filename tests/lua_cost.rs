@@ -48,7 +48,7 @@ fn the_lua_cost_benches_run_the_real_module_on_both_lines() {
         assert!(acks.contains("compact <ack> 8 "), "{acks}");
         let replays = run("deliver_cost.lua", &sources, &["600"]);
         assert!(
-            replays.contains("compact <deliver-bytes> 6 (one per command message, 6)"),
+            replays.contains("compact <deliver-bytes> 5 (one per command message, 5)"),
             "{replays}"
         );
     }
