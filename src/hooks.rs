@@ -10,8 +10,10 @@
 //! An event is read in one pass: the client message inside it is read where it stands
 //! ([`crate::stanza::incoming`]), typed and laid out for its stored form, and kept as the exact
 //! bytes received. A command's inner stanza is readtrack's own output, written in `jabber:client`
-//! by [`crate::stanza::write::client_outgoing`], and is wrapped as it is. Sans-IO: text in,
-//! values out, and back.
+//! by [`crate::stanza::write::client_outgoing`], and is wrapped as it is; a replay to a module
+//! that executes `<deliver-bytes>` carries it instead in one attribute, as written for the
+//! client's stream ([`crate::stanza::write::client_stream`]). Sans-IO: text in, values out, and
+//! back.
 
 use quick_xml::escape::escape;
 use quick_xml::events::{BytesStart, Event};

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use crate::component::LinkEvent;
 use crate::engine::{Engine, EngineError, Input, Output};
 use crate::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo, SnapshotPage};
+use crate::jid::Jid;
 use crate::stanza::{write, Outgoing};
 use crate::time::Millis;
 use crate::warnlimit::{self, Warning};
@@ -551,16 +552,7 @@ impl Service {
             };
             let (command, confirm) = match output {
                 Output::Deliver { to, stanza } if self.module_delivers_bytes => {
-                    let bytes = write::client_stream(&stanza);
-                    // The stanza is readtrack's own output: its start tag always reads.
-                    let command =
-                        HookCommand::deliver_bytes(to.clone(), bytes).unwrap_or_else(|_| {
-                            HookCommand::Deliver {
-                                to,
-                                stanza_xml: write::client_outgoing(&stanza),
-                            }
-                        });
-                    (command, None)
+                    (compact_deliver(to, &stanza), None)
                 }
                 Output::Deliver { to, stanza } => (
                     HookCommand::Deliver {
@@ -652,6 +644,37 @@ impl Service {
             }
             !done
         });
+    }
+}
+
+/// A stanza written to one session, as `<deliver-bytes>` (to a module that executes it).
+/// Escaped into an attribute, a stanza can grow (a line end there is five bytes, `&lt;` eight):
+/// a large one goes compact only if that makes its command no more than `SLACK` longer than the
+/// whole `<deliver>` (its `from` and `message-id` against the whole one's wrapper), so the
+/// compact form does not take a command past a stanza limit the whole one kept within
+/// (Prosody's `component_stanza_size_limit`, 512 KiB by default, closes the link).
+fn compact_deliver(to: Jid, stanza: &Outgoing) -> HookCommand {
+    /// Below this, no escaping brings a command near a stanza limit: compact without looking.
+    const LARGE: usize = 16 * 1024;
+    const SLACK: usize = 256;
+    let whole = |to: Jid| HookCommand::Deliver {
+        to,
+        stanza_xml: write::client_outgoing(stanza),
+    };
+    let bytes = write::client_stream(stanza);
+    let large = bytes.len() >= LARGE;
+    // The stanza is readtrack's own output: its start tag always reads.
+    let Ok(compact) = HookCommand::deliver_bytes(to.clone(), bytes) else {
+        return whole(to);
+    };
+    if !large {
+        return compact;
+    }
+    let whole = whole(to);
+    if compact.element_xml(None).len() <= whole.element_xml(None).len() + SLACK {
+        compact
+    } else {
+        whole
     }
 }
 

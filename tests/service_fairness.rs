@@ -485,3 +485,85 @@ fn masked(xml: &str) -> String {
     }
     out
 }
+
+/// Escaped into an attribute a stanza can grow (a line end is five bytes there): a large replay
+/// goes compact only where that makes its command hardly longer than the whole one, so the
+/// compact form does not take a command past a stanza limit the whole one kept within. A large
+/// body of plain text goes compact, one of line ends whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_replay_goes_compact_only_where_escaping_does_not_lengthen_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let engine = Engine::new(store, seed_config()).unwrap();
+    let (command_tx, mut command_rx) = mpsc::channel(64);
+    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
+    let (event_tx, event_rx) = mpsc::channel(64);
+    let (_query_tx, query_rx) = mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+
+    event_tx.send(LinkEvent::Connected).await.unwrap();
+    let snapshot = HookEvent::Snapshot {
+        page: SnapshotPage {
+            executes_ack: true,
+            executes_bounce: true,
+            executes_deliver_bytes: true,
+            ..SnapshotPage::WHOLE
+        },
+        sessions: vec![],
+    };
+    let routed = |id: &str, body: &str| {
+        HookEvent::Routed {
+            to: Jid::parse("bob@localhost").unwrap(),
+            archive_id: None,
+            sent: false,
+            sessions: vec![],
+            carbons: vec![],
+            message: Incoming::read(&format!("<message xmlns='jabber:client' id='{id}' type='chat' from='alice@localhost/a' to='bob@localhost'><body>{body}</body></message>")),
+        }
+        .to_xml("localhost", "readtrack.localhost")
+    };
+    let available = HookEvent::Available {
+        jid: Jid::parse("bob@localhost/phone").unwrap(),
+        device_id: None,
+        session_id: None,
+    };
+    for event in [
+        snapshot.to_xml("localhost", "readtrack.localhost"),
+        routed("text", &"a".repeat(20_000)),
+        routed("lines", &"\n".repeat(20_000)),
+        available.to_xml("localhost", "readtrack.localhost"),
+    ] {
+        event_tx.send(LinkEvent::Stanza(event)).await.unwrap();
+    }
+    let mut replays = Vec::new();
+    while replays.len() < 2 {
+        let stanza = tokio::time::timeout(Duration::from_secs(20), command_rx.recv())
+            .await
+            .expect("the replays come")
+            .unwrap();
+        replays.extend(
+            HookCommand::parse_batch(&stanza, "readtrack.localhost")
+                .unwrap()
+                .into_iter()
+                .filter(|c| {
+                    matches!(
+                        c,
+                        HookCommand::Deliver { .. } | HookCommand::DeliverBytes { .. }
+                    )
+                }),
+        );
+    }
+    assert!(
+        matches!(&replays[0], HookCommand::DeliverBytes { message_id: Some(id), .. } if id == "text"),
+        "{:?}",
+        replays[0]
+    );
+    assert!(
+        matches!(&replays[1], HookCommand::Deliver { stanza_xml, .. } if stanza_xml.contains("id=\"lines\"")),
+        "{:?}",
+        replays[1]
+    );
+    shutdown_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}
