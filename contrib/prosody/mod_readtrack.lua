@@ -436,8 +436,11 @@ local replaying = setmetatable({}, { __mode = "k" });
 -- one of them is left to readtrack (it replays what the device has not acked) instead of also
 -- going to mod_offline. Bounded: forgetting one only risks a duplicate, never a loss.
 local written_cap = 10000;
+local function written_key_of(from, id)
+	return (from or "") .. "\0" .. (id or "");
+end
 local function written_key(stanza)
-	return (stanza.attr.from or "") .. "\0" .. (stanza.attr.id or "");
+	return written_key_of(stanza.attr.from, stanza.attr.id);
 end
 -- `from` and `id`: the message's attributes (a message without an id is not remembered).
 local function remember_written_as(session, from, id)
@@ -447,7 +450,7 @@ local function remember_written_as(session, from, id)
 		written = { n = 0 };
 		session.readtrack_written = written;
 	end
-	written[(from or "") .. "\0" .. id] = true;
+	written[written_key_of(from, id)] = true;
 	written.n = written.n + 1;
 end
 local function remember_written(session, stanza)
@@ -929,9 +932,10 @@ end
 -- Compact acks, bounces and replays (below) for one plain session within one command message are
 -- written to it in one go, in order: each write costs Prosody the same whatever its size (its
 -- debug line, the bytes/out filters, the connection's write and its timer), a group commit acks
--- several messages of each sender, and a replay chunk is hundreds of messages to one. Queued only while a command message runs (nil otherwise);
--- written before any other command runs (one that writes to a session, or paces it, sees what
--- came before it written) and before the <done> confirmations.
+-- several messages of each sender, and a replay chunk is hundreds of messages to one. Queued
+-- only while a command message runs (nil otherwise); written before any other command runs (one
+-- that writes to a session, or paces it, sees what came before it written) and before the <done>
+-- confirmations.
 local pending_writes, pending_sessions;
 
 local function write_bytes(session, data)
@@ -1200,9 +1204,10 @@ local function send_snapshot()
 	local page, tags, bytes = 1, {}, 0;
 	local function flush(last)
 		-- executes: the compact commands this module runs; a readtrack older than one of them
-		-- ignores the attribute (or the word) and goes on sending the whole <send>.
+		-- ignores the attribute (or the word) and goes on sending the whole <send> or <deliver>.
 		emit("<snapshot xmlns='" .. xmlns_hook .. "' page='" .. page .. "' last='"
-			.. (last and "true" or "false") .. "' executes='ack bounce deliver-bytes'>" .. t_concat(tags) .. "</snapshot>");
+			.. (last and "true" or "false") .. "' executes='ack bounce deliver-bytes'>"
+			.. t_concat(tags) .. "</snapshot>");
 		page, tags, bytes = page + 1, {}, 0;
 	end
 	for username, user in pairs(hosts[host].sessions or {}) do
