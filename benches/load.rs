@@ -42,7 +42,8 @@
 //! page table, are then not run. `LOAD_CLIENT=harness` (default
 //! `raw`) picks the clients, `LOAD_CLIENT_THREADS` (2) their runtime's threads. Profiling:
 //! `LOAD_LUA_PROFILE=1` (Prosody's Lua, see `benches/prosody/mod_lprof.lua`), `LOAD_PAUSE_S=N`
-//! (time to attach `perf record -p` to the pids it prints).
+//! (time to attach `perf record -p` to the pids it prints), `LOAD_PERF_CTL=DIR` (a `perf
+//! record --control` FIFO per server, enabled only while the raw client's replays run).
 
 #[path = "common/mod.rs"]
 mod bench_common;
@@ -687,12 +688,20 @@ struct ReplayResult {
     secs: f64,
     /// CPU seconds this process (the device's client) spent in that time.
     client_cpu_s: f64,
+    /// CPU seconds the servers spent in that time: [Prosody, readtrack serve].
+    server_cpu_s: [f64; 2],
 }
 
 /// Replay of `n` messages sent while the device was away, with the raw client: the messages
 /// are written 500 at a time (a round trip after each, so the sender never runs far ahead of
 /// the server), the device counts the `</message>`s that carry one.
-async fn replay_round_raw(p: &Prosody, rt: Option<&Daemon>, n: u64, sink: &str) -> ReplayResult {
+async fn replay_round_raw(
+    p: &Prosody,
+    pids: Pids,
+    rt: Option<&Daemon>,
+    n: u64,
+    sink: &str,
+) -> ReplayResult {
     let (port, domain) = (p.c2s_port, p.domain().to_string());
     // The device must be known (readtrack gives a first-seen device only recent history).
     let mut dev = RawConn::online(port, &domain, sink, PASS, "phone").await;
@@ -715,6 +724,8 @@ async fn replay_round_raw(p: &Prosody, rt: Option<&Daemon>, n: u64, sink: &str) 
     src.close().await;
     let start = Instant::now();
     let cpu_before = self_cpu_s();
+    let servers_before = pids.cpu();
+    perf_control(rt.is_some(), "enable");
     let mut dev = RawConn::login(port, &domain, sink, PASS, "phone").await;
     dev.write(b"<presence/>").await;
     let mut got = 0u64;
@@ -726,12 +737,37 @@ async fn replay_round_raw(p: &Prosody, rt: Option<&Daemon>, n: u64, sink: &str) 
             }
         });
     }
+    perf_control(rt.is_some(), "disable");
     let result = ReplayResult {
         secs: start.elapsed().as_secs_f64(),
         client_cpu_s: self_cpu_s() - cpu_before,
+        server_cpu_s: {
+            let used = cpu_delta(servers_before, pids.cpu());
+            [used[0], used[1]]
+        },
     };
     dev.close().await;
     result
+}
+
+/// `LOAD_PERF_CTL=DIR`: a profiler sees only the replays, login to last message. Where
+/// `DIR/alone.ctl` or `DIR/readtrack.ctl` is a FIFO, `perf record -D -1 --control
+/// fifo:DIR/readtrack.ctl -p PID` reads `enable` at a login of that server's device and
+/// `disable` once the last message arrived (written with no wait for perf's answer).
+fn perf_control(readtrack: bool, command: &str) {
+    let Some(dir) = std::env::var_os("LOAD_PERF_CTL") else {
+        return;
+    };
+    let path = Path::new(&dir).join(if readtrack {
+        "readtrack.ctl"
+    } else {
+        "alone.ctl"
+    });
+    if path.exists() {
+        use std::io::Write;
+        let mut fifo = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        fifo.write_all(format!("{command}\n").as_bytes()).unwrap();
+    }
 }
 
 /// With readtrack: waits until it has logged `n` messages for `user`, so a replay round
@@ -754,6 +790,7 @@ async fn wait_logged(rt: Option<&Daemon>, user: &str, n: u64) {
 /// (`LOAD_CLIENT=harness`).
 async fn replay_round_harness(
     p: &Prosody,
+    pids: Pids,
     rt: Option<&Daemon>,
     n: u64,
     sink: &str,
@@ -777,6 +814,7 @@ async fn replay_round_harness(
     src.close().await;
     let start = Instant::now();
     let cpu_before = self_cpu_s();
+    let servers_before = pids.cpu();
     let mut dev = p.client(sink, PASS, "phone").await;
     dev.send_presence().await;
     let mut got = 0u64;
@@ -792,6 +830,10 @@ async fn replay_round_harness(
     let result = ReplayResult {
         secs: start.elapsed().as_secs_f64(),
         client_cpu_s: self_cpu_s() - cpu_before,
+        server_cpu_s: {
+            let used = cpu_delta(servers_before, pids.cpu());
+            [used[0], used[1]]
+        },
     };
     dev.close().await;
     result
@@ -1117,9 +1159,9 @@ fn main() {
             let r = rt.block_on(async {
                 let replay = async {
                     if raw {
-                        replay_round_raw(p, rt_daemon, replay_n, &sink).await
+                        replay_round_raw(p, pids[k], rt_daemon, replay_n, &sink).await
                     } else {
-                        replay_round_harness(p, rt_daemon, replay_n, &sink).await
+                        replay_round_harness(p, pids[k], rt_daemon, replay_n, &sink).await
                     }
                 };
                 tokio::time::timeout(PHASE_LIMIT, replay)
@@ -1135,9 +1177,11 @@ fn main() {
             }
             replay_client_cpu[k] += r.client_cpu_s;
             println!(
-                "replay round {round}: {replay_n} via {}: {:.3} s",
+                "replay round {round}: {replay_n} via {}: {:.3} s (login to last: prosody {:.2} s CPU, readtrack {:.2} s)",
                 ["mod_offline", "readtrack  "][k],
-                r.secs
+                r.secs,
+                r.server_cpu_s[0],
+                r.server_cpu_s[1]
             );
             replay_times[k].push(r.secs);
         }

@@ -10,8 +10,10 @@
 //! An event is read in one pass: the client message inside it is read where it stands
 //! ([`crate::stanza::incoming`]), typed and laid out for its stored form, and kept as the exact
 //! bytes received. A command's inner stanza is readtrack's own output, written in `jabber:client`
-//! by [`crate::stanza::write::client_outgoing`], and is wrapped as it is. Sans-IO: text in,
-//! values out, and back.
+//! by [`crate::stanza::write::client_outgoing`], and is wrapped as it is; a replay to a module
+//! that executes `<deliver-bytes>` carries it instead in one attribute, as written for the
+//! client's stream ([`crate::stanza::write::client_stream`]). Sans-IO: text in, values out, and
+//! back.
 
 use quick_xml::escape::escape;
 use quick_xml::events::{BytesStart, Event};
@@ -49,6 +51,9 @@ pub struct SnapshotPage {
     /// The module executes the compact [`HookCommand::Bounce`] (`executes` names `bounce`);
     /// otherwise a bounce goes as the whole `<send>`.
     pub executes_bounce: bool,
+    /// The module executes the compact [`HookCommand::DeliverBytes`] (`executes` names
+    /// `deliver-bytes`); otherwise a replay goes as the whole `<deliver>`.
+    pub executes_deliver_bytes: bool,
 }
 
 impl SnapshotPage {
@@ -57,6 +62,7 @@ impl SnapshotPage {
         last: true,
         executes_ack: false,
         executes_bounce: false,
+        executes_deliver_bytes: false,
     };
 }
 
@@ -185,6 +191,19 @@ pub enum HookCommand {
         message_id: String,
         body: Option<String>,
         time: String,
+    },
+    /// [`HookCommand::Deliver`] in the compact form (the wire's `<deliver-bytes>`): the stanza
+    /// as written on the client's stream ([`crate::stanza::write::client_stream`]: no `xmlns`
+    /// on it), carried in an attribute, which Prosody's parser hands the module as one string
+    /// (the whole `<deliver>` cost it a table per element and a serialisation again), beside
+    /// what the module decides on: the stanza's `from` (the blocklist) and `id` (what was
+    /// written to the session). Sent only once the module said it executes it
+    /// ([`SnapshotPage::executes_deliver_bytes`]); built with [`HookCommand::deliver_bytes`].
+    DeliverBytes {
+        to: Jid,
+        from: Option<String>,
+        message_id: Option<String>,
+        stanza_xml: String,
     },
 }
 
@@ -698,6 +717,7 @@ impl HookEvent {
                         last,
                         executes_ack: executes("ack"),
                         executes_bounce: executes("bounce"),
+                        executes_deliver_bytes: executes("deliver-bytes"),
                     },
                     sessions: w.hook_content(&el, Walker::message_text)?.0,
                 }
@@ -799,11 +819,14 @@ impl HookEvent {
                 } else {
                     format!(" page=\"{}\" last=\"{}\"", page.number, page.last)
                 };
-                let executes: Vec<&str> =
-                    [(page.executes_ack, "ack"), (page.executes_bounce, "bounce")]
-                        .into_iter()
-                        .filter_map(|(yes, command)| yes.then_some(command))
-                        .collect();
+                let executes: Vec<&str> = [
+                    (page.executes_ack, "ack"),
+                    (page.executes_bounce, "bounce"),
+                    (page.executes_deliver_bytes, "deliver-bytes"),
+                ]
+                .into_iter()
+                .filter_map(|(yes, command)| yes.then_some(command))
+                .collect();
                 if !executes.is_empty() {
                     attrs.push_str(&format!(" executes=\"{}\"", executes.join(" ")));
                 }
@@ -928,7 +951,49 @@ impl HookCommand {
                 out.push_str("/>");
                 out
             }
+            HookCommand::DeliverBytes {
+                to,
+                from,
+                message_id,
+                stanza_xml,
+            } => {
+                let mut out = format!(
+                    "<deliver-bytes xmlns=\"{NS_HOOK}\" to=\"{}\"{}{}{id} stanza='",
+                    escape(to.to_string()),
+                    opt_attr("from", from.as_deref()),
+                    opt_attr("message-id", message_id.as_deref()),
+                );
+                // In single quotes: readtrack writes a stanza's attributes in double quotes,
+                // which then stay as they are (and `>` too), so the command is little longer
+                // than the stanza. Line ends and tabs as references, which attribute
+                // normalisation keeps.
+                crate::stanza::write::push_single_quoted_attr_value(&mut out, stanza_xml);
+                out.push_str("'/>");
+                out
+            }
         }
+    }
+
+    /// The compact [`HookCommand::DeliverBytes`] of `stanza_xml`, a stanza readtrack wrote for
+    /// the client's stream: its `from` and `id` read from its start tag.
+    pub fn deliver_bytes(to: Jid, stanza_xml: String) -> Result<HookCommand, HookError> {
+        let mut reader = quick_xml::Reader::from_str(&stanza_xml);
+        let (from, message_id) = loop {
+            match reader.read_event().map_err(xml_err)? {
+                Event::Start(e) | Event::Empty(e) => {
+                    let a = Attrs::of(&e);
+                    break (attr(&a, "from")?, attr(&a, "id")?);
+                }
+                Event::Eof => return Err(HookError::Xml("no element in the stanza".into())),
+                _ => {}
+            }
+        };
+        Ok(HookCommand::DeliverBytes {
+            to,
+            from,
+            message_id,
+            stanza_xml,
+        })
     }
 
     /// Parses a command `<message>`, as the server module receives it from `component`: its
@@ -1030,6 +1095,16 @@ impl HookCommand {
                     message_id: required(&a, "message-id")?,
                     time: required(&a, "time")?,
                     body: attr(&a, "body")?,
+                };
+                w.finish(el)?;
+                command
+            }
+            "deliver-bytes" => {
+                let command = HookCommand::DeliverBytes {
+                    to: full_jid_attr(&a, "to")?,
+                    from: attr(&a, "from")?,
+                    message_id: attr(&a, "message-id")?,
+                    stanza_xml: required(&a, "stanza")?,
                 };
                 w.finish(el)?;
                 command
@@ -1338,6 +1413,7 @@ mod tests {
                     last: false,
                     executes_ack: true,
                     executes_bounce: true,
+                    executes_deliver_bytes: true,
                 },
                 sessions: vec![SessionInfo {
                     jid: jid("carol@localhost/tablet"),
@@ -1464,6 +1540,7 @@ mod tests {
                     last: false,
                     executes_ack: true,
                     executes_bounce: true,
+                    executes_deliver_bytes: true,
                 },
                 sessions: vec![],
             },
@@ -1473,6 +1550,7 @@ mod tests {
                     last: true,
                     executes_ack: false,
                     executes_bounce: false,
+                    executes_deliver_bytes: false,
                 },
                 sessions: vec![],
             },
@@ -1599,7 +1677,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 22, "fixtures in {dir}");
+        assert_eq!(names.len(), 23, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);
@@ -1879,6 +1957,78 @@ mod tests {
             .to_xml(HOST, COMP)
             .contains(" executes=\"ack bounce\""),
             "the snapshot does not say both"
+        );
+        assert!(!page.executes_deliver_bytes, "{newer}");
+        let newest = old.replace(
+            "last='true'",
+            "last='true' executes='ack bounce deliver-bytes'",
+        );
+        let HookEvent::Snapshot { page, .. } = HookEvent::parse(&newest, HOST).unwrap() else {
+            panic!("not a snapshot");
+        };
+        assert!(page.executes_ack && page.executes_bounce && page.executes_deliver_bytes);
+        assert!(HookEvent::Snapshot {
+            page,
+            sessions: vec![]
+        }
+        .to_xml(HOST, COMP)
+        .contains(" executes=\"ack bounce deliver-bytes\""));
+    }
+
+    #[test]
+    fn a_compact_deliver_carries_the_stanza_as_one_attribute_and_reads_back_as_written() {
+        let stanza = "<message to=\"bob@localhost/laptop\" id=\"HncqL-65\" type=\"chat\" from=\"alice@localhost/phone\"><body>hi &amp; bye</body><offline xmlns=\"urn:xmpp:offline\" current=\"2013-12-25T06:26:45.501Z\"/></message>";
+        let command =
+            HookCommand::deliver_bytes(jid("bob@localhost/laptop"), stanza.into()).unwrap();
+        assert_eq!(
+            command,
+            HookCommand::DeliverBytes {
+                to: jid("bob@localhost/laptop"),
+                from: Some("alice@localhost/phone".into()),
+                message_id: Some("HncqL-65".into()),
+                stanza_xml: stanza.into(),
+            }
+        );
+        assert_eq!(
+            HookCommand::parse(&fixture("deliver-bytes"), COMP).unwrap(),
+            command
+        );
+        // Written as the fixture: in single quotes, the stanza's own double quotes and `>` kept.
+        assert_eq!(
+            command.to_xml(COMP, HOST),
+            fixture("deliver-bytes").trim_end()
+        );
+        // Markup, both quotes, references, line ends and tabs (attribute normalisation would
+        // turn literal ones into spaces), non-ASCII; a message without from or id.
+        for stanza in [
+            "<message from='a&apos;b@localhost/x\"y' id='1 &lt; 2'><body>a\r\n\tb &amp;amp; \"c\" 'd' &lt;e&gt; é 😀</body></message>",
+            "<message><body>\n</body></message>",
+        ] {
+            let command = HookCommand::deliver_bytes(jid("bob@localhost/p"), stanza.into()).unwrap();
+            let xml = command.to_xml_with_id(COMP, HOST, Some("r-1"));
+            assert_eq!(HookCommand::parse(&xml, COMP).unwrap(), command, "{xml}");
+            assert!(!xml.contains('\n'), "{xml}");
+        }
+        let HookCommand::DeliverBytes {
+            from, message_id, ..
+        } = HookCommand::deliver_bytes(
+            jid("bob@localhost/p"),
+            "<message from='a&apos;b@localhost/x\"y' id='1 &lt; 2'/>".into(),
+        )
+        .unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!(from.as_deref(), Some("a'b@localhost/x\"y"));
+        assert_eq!(message_id.as_deref(), Some("1 < 2"));
+        assert_eq!(
+            HookCommand::parse(
+                "<message from='readtrack.localhost' to='localhost'><deliver-bytes xmlns='urn:readtrack:hook:0' to='bob@localhost/p'/></message>",
+                COMP
+            )
+            .unwrap_err()
+            .to_string(),
+            "<deliver-bytes> has no stanza attribute"
         );
     }
 

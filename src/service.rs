@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use crate::component::LinkEvent;
 use crate::engine::{Engine, EngineError, Input, Output};
 use crate::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo, SnapshotPage};
+use crate::jid::Jid;
 use crate::stanza::{write, Outgoing};
 use crate::time::Millis;
 use crate::warnlimit::{self, Warning};
@@ -350,6 +351,8 @@ pub struct Service {
     module_acks: bool,
     /// The same for compact `<bounce>` commands (`executes="... bounce"`).
     module_bounces: bool,
+    /// The same for `<deliver-bytes>`, the compact `<deliver>` of a replay.
+    module_delivers_bytes: bool,
     snapshot: SnapshotPages,
     /// Claims of this connection awaiting their confirmation.
     claims: Claims,
@@ -395,6 +398,7 @@ impl Service {
             announce: false,
             module_acks: false,
             module_bounces: false,
+            module_delivers_bytes: false,
             snapshot: SnapshotPages::default(),
             claims: Claims::default(),
             timed: false,
@@ -498,6 +502,7 @@ impl Service {
                 self.announce = true;
                 self.module_acks = false;
                 self.module_bounces = false;
+                self.module_delivers_bytes = false;
                 self.snapshot = SnapshotPages::default();
                 self.claims = Claims::default();
                 self.stats.connected.store(true, Ordering::Relaxed);
@@ -526,6 +531,7 @@ impl Service {
                     Some(FromServer::SnapshotPage { page, sessions }) => {
                         self.module_acks |= page.executes_ack;
                         self.module_bounces |= page.executes_bounce;
+                        self.module_delivers_bytes |= page.executes_deliver_bytes;
                         match self.snapshot.add(page, sessions) {
                             Ok(Some(sessions)) => (Input::Snapshot { sessions }, None),
                             Ok(None) => return Ok(()),
@@ -645,6 +651,9 @@ impl Service {
                 _ => None,
             };
             let (command, confirm) = match output {
+                Output::Deliver { to, stanza } if self.module_delivers_bytes => {
+                    (compact_deliver(to, &stanza), None)
+                }
                 Output::Deliver { to, stanza } => (
                     HookCommand::Deliver {
                         to,
@@ -746,6 +755,37 @@ impl Service {
     }
 }
 
+/// A stanza written to one session, as `<deliver-bytes>` (to a module that executes it).
+/// Escaped into an attribute, a stanza can grow (a line end there is five bytes, `&lt;` eight):
+/// a large one goes compact only if that makes its command no more than `SLACK` longer than the
+/// whole `<deliver>` (its `from` and `message-id` against the whole one's wrapper), so the
+/// compact form does not take a command past a stanza limit the whole one kept within
+/// (Prosody's `component_stanza_size_limit`, 512 KiB by default, closes the link).
+fn compact_deliver(to: Jid, stanza: &Outgoing) -> HookCommand {
+    /// Below this, no escaping brings a command near a stanza limit: compact without looking.
+    const LARGE: usize = 16 * 1024;
+    const SLACK: usize = 256;
+    let whole = |to: Jid| HookCommand::Deliver {
+        to,
+        stanza_xml: write::client_outgoing(stanza),
+    };
+    let bytes = write::client_stream(stanza);
+    let large = bytes.len() >= LARGE;
+    // The stanza is readtrack's own output: its start tag always reads.
+    let Ok(compact) = HookCommand::deliver_bytes(to.clone(), bytes) else {
+        return whole(to);
+    };
+    if !large {
+        return compact;
+    }
+    let whole = whole(to);
+    if compact.element_xml(None).len() <= whole.element_xml(None).len() + SLACK {
+        compact
+    } else {
+        whole
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -767,6 +807,7 @@ mod tests {
             last,
             executes_ack: false,
             executes_bounce: false,
+            executes_deliver_bytes: false,
         }
     }
 

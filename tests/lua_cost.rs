@@ -1,10 +1,11 @@
 //! The Lua cost benches of benches/prosody (`chat_cost.lua`, `event_cost.lua`, `ack_cost.lua`,
-//! `offline_cost.lua`) load the real contrib/prosody/mod_readtrack.lua under `stub_prosody.lua`,
-//! so a module change is measured as it is, never a copy of it; this runs them, small, on both
-//! Prosody lines, so a module change that breaks them (or the stub) fails here. Their own
-//! assertions check what they measure: one `<routed>` per delivered message, the same event
-//! either way, the acks and bounces written, the compact acks written once per sender and
-//! command message, and every offline message claimed and either confirmed or handed back.
+//! `offline_cost.lua`, `deliver_cost.lua`) load the real contrib/prosody/mod_readtrack.lua under
+//! `stub_prosody.lua`, so a module change is measured as it is, never a copy of it; this runs
+//! them, small, on both Prosody lines, so a module change that breaks them (or the stub) fails
+//! here. Their own assertions check what they measure: one `<routed>` per delivered message, the
+//! same event either way, the acks and bounces written, the compact acks written once per sender
+//! and command message, every offline message claimed and either confirmed or handed back, and
+//! every replay written, the compact ones once per command message.
 
 mod common;
 
@@ -50,6 +51,11 @@ fn the_lua_cost_benches_run_the_real_module_on_both_lines() {
         assert!(
             offline.contains("200 claimed, 3 <durable>; at the link's end 8 handed back"),
             "{offline}"
+        );
+        let replays = run("deliver_cost.lua", &sources, &["600"]);
+        assert!(
+            replays.contains("compact <deliver-bytes> 5 (one per command message, 5)"),
+            "{replays}"
         );
     }
 }

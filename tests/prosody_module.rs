@@ -9,6 +9,9 @@ use common::xmltree::{normalised, tree};
 use common::*;
 use readtrack::hooks::{CommandBatch, HookCommand, HookEvent, SessionInfo};
 use readtrack::jid::Jid;
+use readtrack::stanza::original::stored_form;
+use readtrack::stanza::{write, Outgoing, Replay};
+use readtrack::time::Millis;
 
 const HOOK: &str = "urn:readtrack:hook:0";
 
@@ -1835,4 +1838,317 @@ async fn past_the_claim_budget_offline_messages_are_left_to_mod_offline() {
     );
     let mut bob = online(&p, "bob", "phone").await;
     assert_eq!(ids_received(&mut bob).await, vec!["b2"]);
+}
+
+/// What readtrack replays to bob/phone of `message` (a client's message in jabber:client,
+/// logged for bob): the replay with every marker, and the `<sent>` carbon of it that a
+/// message bob sent himself becomes.
+fn replays_of(message: &str, n: usize) -> [Outgoing; 2] {
+    let stored = stored_form(message, "bob@localhost", false)
+        .unwrap_or_else(|e| panic!("not logged ({e}): {message}"))
+        .text;
+    let replay = Replay {
+        to: jid("bob@localhost/phone"),
+        stored,
+        logged_at: Millis(1_700_000_000_000),
+        stanza_id: format!("sid-{n}"),
+        stanza_id_by: "bob@localhost".into(),
+        offline_marker: true,
+        delay_from: Some(DOMAIN.into()),
+        now: Millis(1_700_000_001_000),
+        request_receipt: true,
+    };
+    [
+        Outgoing::Replay(replay.clone()),
+        Outgoing::SentCarbon {
+            from: jid("bob@localhost/laptop"),
+            to: jid("bob@localhost/phone"),
+            inner: replay,
+        },
+    ]
+}
+
+/// The messages the faithfulness tests replay: every hook fixture's, from alice, and some
+/// with what serialisers write differently (escapes, quotes, line ends and tabs, `xml:lang`,
+/// non-ASCII, nested elements of other namespaces).
+fn replayed_messages() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = fixture_messages_to("bob@localhost")
+        .into_iter()
+        .map(|(id, xml)| {
+            let xml = xml.replacen(
+                "<message ",
+                "<message xmlns='jabber:client' from='alice@localhost/phone' ",
+                1,
+            );
+            (id, xml)
+        })
+        .collect();
+    for (n, content) in [
+        "<body xml:lang='de'>a &amp; b &lt;c&gt; &quot;q&quot; &apos;a&apos; ]]&gt;\n\ttab\r\n é 😀</body>\
+         <x xmlns='jabber:x:oob'><url>http://x/?a=1&amp;b=2</url><desc/></x>",
+        "<encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='1'><key rid='2' prekey='true'>AAA=</key>\
+         <iv>BBB</iv></header><payload>CCC</payload></encrypted><store xmlns='urn:xmpp:hints'/>\
+         <subject>s &amp; t</subject><thread parent='p&apos;1'>t</thread>",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("odd-{n}");
+        out.push((
+            id.clone(),
+            format!(
+                "<message xmlns='jabber:client' id='{id}' type='chat' from='alice@localhost/x&apos;y' \
+                 to='bob@localhost' xml:lang='en'>{content}</message>"
+            ),
+        ));
+    }
+    out
+}
+
+/// Issue 17 (replay): the compact `<deliver-bytes>` writes the device the stanza the whole
+/// `<deliver>` wrote it. For every hook fixture's message and some odd ones, as a replay and as
+/// a `<sent>` carbon, bob/phone reads the same stanza from both (compared as XML trees,
+/// namespaces resolved: attribute order, quotes and escapes are the serialisers'), and on a
+/// plain session exactly the bytes readtrack wrote (nothing parsed or serialised in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_deliver_writes_the_device_the_stanza_the_whole_deliver_wrote() {
+    compare_deliveries(false).await;
+}
+
+/// The same with stream management on, where the module parses the bytes (`util.xml`) into
+/// the stanza object smacks counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_deliver_parsed_for_stream_management_is_the_stanza_the_whole_deliver_wrote() {
+    compare_deliveries(true).await;
+}
+
+async fn compare_deliveries(smacks: bool) {
+    let p = Prosody::start(ProsodyOpts {
+        smacks,
+        ..ProsodyOpts::default()
+    });
+    for u in ["alice", "bob"] {
+        p.register(u, "pw");
+    }
+    let (mut comp, _) = component(&p).await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    if smacks {
+        bob.send_raw("<enable xmlns='urn:xmpp:sm:3'/>").await;
+        bob.conn
+            .expect("<enabled>", WAIT, |s| name(s) == "enabled")
+            .await;
+    }
+    let to = jid("bob@localhost/phone");
+    let mut checked = 0;
+    for (n, (id, message)) in replayed_messages().into_iter().enumerate() {
+        for out in replays_of(&message, n) {
+            let whole = HookCommand::Deliver {
+                to: to.clone(),
+                stanza_xml: write::client_outgoing(&out),
+            };
+            let bytes = write::client_stream(&out);
+            let compact = HookCommand::deliver_bytes(to.clone(), bytes.clone()).unwrap();
+            let mut got = Vec::new();
+            for command in [whole, compact] {
+                comp.send_raw(&command.to_xml(COMPONENT, DOMAIN)).await;
+                got.push(
+                    bob.expect_message(WAIT, |m| m.contains(&id) && m.contains("sid-"))
+                        .await,
+                );
+            }
+            assert_eq!(
+                normalised(tree(&got[1])),
+                normalised(tree(&got[0])),
+                "{id}:\ncompact {}\nwhole   {}",
+                got[1],
+                got[0]
+            );
+            if !smacks {
+                assert_eq!(got[1], bytes, "{id}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14, "only {checked} replays compared");
+    assert_eq!(bob.messages_within(QUIET).await, Vec::<String>::new());
+}
+
+/// A compact deliver goes through the same checks as the whole one: to a session that is gone,
+/// another host's, or without a message in it, nothing is written (and the session is fine);
+/// from a sender the user blocked (XEP-0191), nothing either, while another sender's replay
+/// arrives; the id of a command is confirmed and executed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_deliver_is_dropped_where_the_whole_one_was() {
+    let p = Prosody::start(ProsodyOpts {
+        blocklist: true,
+        ..ProsodyOpts::default()
+    });
+    for u in ["alice", "bob", "mallory"] {
+        p.register(u, "pw");
+    }
+    let (mut comp, _) = component(&p).await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    bob.send_raw(
+        "<iq type='set' id='block-1'><block xmlns='urn:xmpp:blocking'><item jid='mallory@localhost'/></block></iq>",
+    )
+    .await;
+    bob.conn
+        .expect("block result", WAIT, |s| {
+            attr(s, "id").as_deref() == Some("block-1")
+        })
+        .await;
+    let command = |to: &str, from: &str, id: &str| {
+        HookCommand::deliver_bytes(
+            jid(to),
+            format!("<message to=\"{to}\" id=\"{id}\" type=\"chat\" from=\"{from}\"><body>replayed</body></message>"),
+        )
+        .unwrap()
+    };
+    let mut batch = CommandBatch::new(COMPONENT, DOMAIN);
+    for (to, from, id) in [
+        ("bob@localhost/phone", "mallory@localhost/m", "blocked-1"),
+        ("bob@localhost/gone", "alice@localhost/a", "gone-1"),
+        ("bob@elsewhere/phone", "alice@localhost/a", "elsewhere-1"),
+        ("bob@localhost/phone", "alice@localhost/a", "fine-1"),
+    ] {
+        assert!(batch
+            .push(&command(to, from, id).element_xml(Some(&format!("c-{id}"))))
+            .is_none());
+    }
+    // Again, same command id: confirmed, not executed twice.
+    assert!(batch
+        .push(
+            &command("bob@localhost/phone", "alice@localhost/a", "fine-1")
+                .element_xml(Some("c-fine-1"))
+        )
+        .is_none());
+    comp.send_raw(&batch.finish().unwrap()).await;
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><deliver-bytes xmlns='{HOOK}' to='bob@localhost/phone' \
+         stanza='&lt;iq type=\"get\"/&gt;'/></message>"
+    ))
+    .await;
+    let got = bob.expect_message(WAIT, |m| m.contains("replayed")).await;
+    assert_eq!(attr(&got, "id").as_deref(), Some("fine-1"), "{got}");
+    bob.sync().await;
+    assert_eq!(bob.messages_within(QUIET).await, Vec::<String>::new());
+    let log = p.log();
+    assert!(
+        log.contains(
+            "readtrack replay from mallory@localhost/m to bob@localhost/phone dropped: blocked"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("readtrack deliver to absent session bob@localhost/gone dropped"),
+        "{log}"
+    );
+    assert!(
+        log.contains("readtrack <deliver-bytes> without to or a <message> in stanza"),
+        "{log}"
+    );
+}
+
+/// With stream management on, a compact deliver is a stanza smacks counts and queues: the
+/// replay written to the connection, and one written while the session hibernates, both come
+/// again when the client resumes saying it handled none of them; and the count is exact (`<a
+/// h>` one more than was sent is refused, as for the compact ack).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_deliver_to_a_session_with_stream_management_is_counted_and_resent_on_resumption()
+{
+    let p = Prosody::start(ProsodyOpts {
+        smacks: true,
+        smacks_hibernation_time: 30,
+        ..ProsodyOpts::default()
+    });
+    p.register("bob", "pw");
+    let (mut comp, _) = component(&p).await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    bob.sync().await;
+    bob.send_raw("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    let enabled = bob
+        .conn
+        .expect("<enabled>", WAIT, |s| name(s) == "enabled")
+        .await;
+    let previd = attr(&enabled, "id").unwrap_or_else(|| panic!("no resumption id: {enabled}"));
+    let replay = |id: &str| {
+        HookCommand::deliver_bytes(
+            jid("bob@localhost/phone"),
+            format!(
+                "<message to=\"bob@localhost/phone\" id=\"{id}\" type=\"chat\" from=\"alice@localhost/a\">\
+                 <body>replayed {id}</body><delay xmlns=\"urn:xmpp:delay\" from=\"localhost\" stamp=\"2026-12-02T10:00:00.000Z\"/></message>"
+            ),
+        )
+        .unwrap()
+        .to_xml(COMPONENT, DOMAIN)
+    };
+    comp.send_raw(&replay("sm-r1")).await;
+    bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("sm-r1"))
+        .await;
+    // The connection goes without acking it; the session hibernates.
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    comp.send_raw(&replay("sm-r2")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (mut conn, features) = Client::authenticate(p.c2s_port, DOMAIN, "bob", "pw").await;
+    assert!(features.contains("urn:xmpp:sm:3"), "{features}");
+    conn.send_raw(&format!(
+        "<resume xmlns='urn:xmpp:sm:3' previd='{}' h='0'/>",
+        escape(&previd)
+    ))
+    .await;
+    let resumed = conn
+        .expect("<resumed>", WAIT, |s| {
+            name(s) == "resumed" || name(s) == "failed"
+        })
+        .await;
+    assert_eq!(name(&resumed), "resumed", "{resumed}");
+    for id in ["sm-r1", "sm-r2"] {
+        let again = conn
+            .expect(id, WAIT, |s| {
+                name(s) == "message" && attr(s, "id").as_deref() == Some(id)
+            })
+            .await;
+        assert!(again.contains(&format!("replayed {id}")), "{again}");
+    }
+    // Two stanzas since <enabled>, both replays: acking two is fine, three is not.
+    conn.send_raw("<a xmlns='urn:xmpp:sm:3' h='2'/>").await;
+    conn.send_raw("<a xmlns='urn:xmpp:sm:3' h='3'/>").await;
+    let error = conn
+        .expect("<stream:error>", WAIT, |s| {
+            s.contains("acknowledged more stanzas")
+        })
+        .await;
+    assert!(error.contains("undefined-condition"), "{error}");
+}
+
+/// Client state indication (mod_csi_simple) holds an inactive session's writes until an
+/// important stanza comes, which its filter recognises: a compact deliver to such a session is
+/// a stanza object that filter sees, so a replayed chat message arrives at once (bytes written
+/// past it would wait for the next important stanza).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_deliver_to_an_inactive_session_goes_through_client_state_indication() {
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["csi_simple".into()],
+        ..ProsodyOpts::default()
+    });
+    p.register("bob", "pw");
+    let (mut comp, _) = component(&p).await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    bob.sync().await;
+    bob.send_raw("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    // Nothing more from the client: anything it sends flushes and lifts the hold for a while.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let command = HookCommand::deliver_bytes(
+        jid("bob@localhost/phone"),
+        "<message to=\"bob@localhost/phone\" id=\"csi-1\" type=\"chat\" from=\"alice@localhost/a\"><body>important</body></message>".into(),
+    )
+    .unwrap();
+    comp.send_raw(&command.to_xml(COMPONENT, DOMAIN)).await;
+    let got = bob
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("csi-1"))
+        .await;
+    assert!(got.contains("<body>important</body>"), "{got}");
 }

@@ -368,3 +368,204 @@ async fn a_done_list_settles_every_bounce_it_names() {
     shutdown_tx.send(true).unwrap();
     run.await.unwrap().unwrap();
 }
+
+/// Rolling upgrade of the replay's compact form: a module whose snapshot does not name
+/// `deliver-bytes` (older) gets each replayed message as the whole `<deliver>` it always ran;
+/// one that says `executes='... deliver-bytes'` gets `<deliver-bytes>` on that connection only,
+/// carrying the same stanza (as it stands on the client's stream, no namespace on it) with its
+/// `from` and `id` beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_compact_only_on_a_connection_whose_module_executes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let engine = Engine::new(store, seed_config()).unwrap();
+    let (command_tx, mut command_rx) = mpsc::channel(64);
+    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
+    let (event_tx, event_rx) = mpsc::channel(64);
+    let (_query_tx, query_rx) = mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+
+    let mut replays = Vec::new();
+    for (n, executes) in [false, true, false].into_iter().enumerate() {
+        let device = format!("bob{n}@localhost/phone");
+        event_tx.send(LinkEvent::Connected).await.unwrap();
+        let snapshot = HookEvent::Snapshot {
+            page: SnapshotPage {
+                executes_ack: true,
+                executes_bounce: true,
+                executes_deliver_bytes: executes,
+                ..SnapshotPage::WHOLE
+            },
+            sessions: vec![],
+        };
+        let available = HookEvent::Available {
+            jid: Jid::parse(&device).unwrap(),
+            device_id: None,
+            session_id: None,
+        };
+        for event in [
+            snapshot.to_xml("localhost", "readtrack.localhost"),
+            routed("alice@localhost/a", &format!("bob{n}@localhost"), "r&amp;1"),
+            available.to_xml("localhost", "readtrack.localhost"),
+        ] {
+            event_tx.send(LinkEvent::Stanza(event)).await.unwrap();
+        }
+        let replay = loop {
+            let stanza = tokio::time::timeout(Duration::from_secs(20), command_rx.recv())
+                .await
+                .expect("the replay comes")
+                .unwrap();
+            let commands = HookCommand::parse_batch(&stanza, "readtrack.localhost").unwrap();
+            if let Some(replay) = commands.into_iter().find(|c| {
+                matches!(
+                    c,
+                    HookCommand::Deliver { .. } | HookCommand::DeliverBytes { .. }
+                )
+            }) {
+                break replay;
+            }
+        };
+        replays.push(replay);
+        event_tx
+            .send(LinkEvent::Disconnected {
+                reason: "next module".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let [old_1, new, old_2] = <[HookCommand; 3]>::try_from(replays).unwrap();
+    let mut whole = Vec::new();
+    for (old, n) in [(old_1, 0), (old_2, 2)] {
+        let HookCommand::Deliver { to, stanza_xml } = old else {
+            panic!("{n}: not a whole <deliver>: {old:?}");
+        };
+        assert_eq!(to, Jid::parse(&format!("bob{n}@localhost/phone")).unwrap());
+        whole.push(stanza_xml);
+    }
+    let HookCommand::DeliverBytes {
+        to,
+        from,
+        message_id,
+        stanza_xml,
+    } = new
+    else {
+        panic!("not a compact <deliver-bytes>: {new:?}");
+    };
+    assert_eq!(to, Jid::parse("bob1@localhost/phone").unwrap());
+    assert_eq!(from.as_deref(), Some("alice@localhost/a"));
+    assert_eq!(message_id.as_deref(), Some("r&1"));
+    // The same stanza as the whole form's, but for the namespace left to the client's stream,
+    // the user, and what differs between two replays: the times, the stanza id readtrack made.
+    assert!(
+        stanza_xml.starts_with("<message to=\"bob1@localhost/phone\" id=\"r&amp;1\""),
+        "{stanza_xml}"
+    );
+    assert!(
+        !stanza_xml.contains("xmlns=\"jabber:client\""),
+        "{stanza_xml}"
+    );
+    let whole = whole[0]
+        .replace(" xmlns=\"jabber:client\"", "")
+        .replace("bob0@", "bob1@");
+    assert_eq!(masked(&whole), masked(&stanza_xml));
+    shutdown_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}
+
+/// `xml` with the values of `current`, `stamp` and the stanza id's `id` left out.
+fn masked(xml: &str) -> String {
+    let mut out = xml.to_string();
+    for name in [" current=\"", " stamp=\"", "urn:xmpp:sid:0\" id=\""] {
+        let at = out
+            .find(name)
+            .unwrap_or_else(|| panic!("no {name} in {xml}"))
+            + name.len();
+        let end = at + out[at..].find('"').unwrap();
+        out.replace_range(at..end, "");
+    }
+    out
+}
+
+/// Escaped into an attribute a stanza can grow (a line end is five bytes there): a large replay
+/// goes compact only where that makes its command hardly longer than the whole one, so the
+/// compact form does not take a command past a stanza limit the whole one kept within. A large
+/// body of plain text goes compact, one of line ends whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_replay_goes_compact_only_where_escaping_does_not_lengthen_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let engine = Engine::new(store, seed_config()).unwrap();
+    let (command_tx, mut command_rx) = mpsc::channel(64);
+    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
+    let (event_tx, event_rx) = mpsc::channel(64);
+    let (_query_tx, query_rx) = mpsc::channel(1);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+
+    event_tx.send(LinkEvent::Connected).await.unwrap();
+    let snapshot = HookEvent::Snapshot {
+        page: SnapshotPage {
+            executes_ack: true,
+            executes_bounce: true,
+            executes_deliver_bytes: true,
+            ..SnapshotPage::WHOLE
+        },
+        sessions: vec![],
+    };
+    let routed = |id: &str, body: &str| {
+        HookEvent::Routed {
+            to: Jid::parse("bob@localhost").unwrap(),
+            archive_id: None,
+            sent: false,
+            claim: None,
+            sessions: vec![],
+            carbons: vec![],
+            message: Incoming::read(&format!("<message xmlns='jabber:client' id='{id}' type='chat' from='alice@localhost/a' to='bob@localhost'><body>{body}</body></message>")),
+        }
+        .to_xml("localhost", "readtrack.localhost")
+    };
+    let available = HookEvent::Available {
+        jid: Jid::parse("bob@localhost/phone").unwrap(),
+        device_id: None,
+        session_id: None,
+    };
+    for event in [
+        snapshot.to_xml("localhost", "readtrack.localhost"),
+        routed("text", &"a".repeat(20_000)),
+        routed("lines", &"\n".repeat(20_000)),
+        available.to_xml("localhost", "readtrack.localhost"),
+    ] {
+        event_tx.send(LinkEvent::Stanza(event)).await.unwrap();
+    }
+    let mut replays = Vec::new();
+    while replays.len() < 2 {
+        let stanza = tokio::time::timeout(Duration::from_secs(20), command_rx.recv())
+            .await
+            .expect("the replays come")
+            .unwrap();
+        replays.extend(
+            HookCommand::parse_batch(&stanza, "readtrack.localhost")
+                .unwrap()
+                .into_iter()
+                .filter(|c| {
+                    matches!(
+                        c,
+                        HookCommand::Deliver { .. } | HookCommand::DeliverBytes { .. }
+                    )
+                }),
+        );
+    }
+    assert!(
+        matches!(&replays[0], HookCommand::DeliverBytes { message_id: Some(id), .. } if id == "text"),
+        "{:?}",
+        replays[0]
+    );
+    assert!(
+        matches!(&replays[1], HookCommand::Deliver { stanza_xml, .. } if stanza_xml.contains("id=\"lines\"")),
+        "{:?}",
+        replays[1]
+    );
+    shutdown_tx.send(true).unwrap();
+    run.await.unwrap().unwrap();
+}

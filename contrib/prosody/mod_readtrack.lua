@@ -492,20 +492,27 @@ local replaying = setmetatable({}, { __mode = "k" });
 -- one of them is left to readtrack (it replays what the device has not acked) instead of also
 -- going to mod_offline. Bounded: forgetting one only risks a duplicate, never a loss.
 local written_cap = 10000;
-local function written_key(stanza)
-	return (stanza.attr.from or "") .. "\0" .. (stanza.attr.id or "");
+local function written_key_of(from, id)
+	return (from or "") .. "\0" .. (id or "");
 end
--- Only mod_smacks fires delivery/failure (0.12 and 13), for what it queued: a session without
--- stream management (session.smacks, set when the client enables it) is not remembered for.
-local function remember_written(session, stanza)
-	if not (session.smacks and stanza.attr.id) then return; end
+local function written_key(stanza)
+	return written_key_of(stanza.attr.from, stanza.attr.id);
+end
+-- `from` and `id`: the message's attributes (a message without an id is not remembered). Only
+-- mod_smacks fires delivery/failure (0.12 and 13), for what it queued: a session without stream
+-- management (session.smacks, set when the client enables it) is not remembered for.
+local function remember_written_as(session, from, id)
+	if not (session.smacks and id) then return; end
 	local written = session.readtrack_written;
 	if not written or written.n >= written_cap then
 		written = { n = 0 };
 		session.readtrack_written = written;
 	end
-	written[written_key(stanza)] = true;
+	written[written_key_of(from, id)] = true;
 	written.n = written.n + 1;
+end
+local function remember_written(session, stanza)
+	remember_written_as(session, stanza.attr.from, stanza.attr.id);
 end
 
 -- The id of the message inside a carbon of this direction, if the stanza is one.
@@ -1185,12 +1192,13 @@ local function blocked(username, from)
 	return list[from] or (node and list[node .. "@" .. from_host]) or list[from_host] or false;
 end
 
--- Compact acks and bounces (below) for one plain session within one command message are written
--- to it in one go, in order: each write costs Prosody the same whatever its size (its debug
--- line, the bytes/out filters, the connection's write and its timer), and a group commit acks
--- several messages of each sender. Queued only while a command message runs (nil otherwise);
--- written before any other command runs (one that writes to a session, or paces it, sees what
--- came before it written) and before the <done> confirmations.
+-- Compact acks, bounces and replays (below) for one plain session within one command message are
+-- written to it in one go, in order: each write costs Prosody the same whatever its size (its
+-- debug line, the bytes/out filters, the connection's write and its timer), a group commit acks
+-- several messages of each sender, and a replay chunk is hundreds of messages to one. Queued
+-- only while a command message runs (nil otherwise); written before any other command runs (one
+-- that writes to a session, or paces it, sees what came before it written) and before the <done>
+-- confirmations.
 local pending_writes, pending_sessions;
 
 -- One stanza's bytes as pieces (joined once with the rest of the session's writes, not per
@@ -1220,13 +1228,13 @@ local function flush_writes()
 		local list = writes[session];
 		local ok, err = pcall(session.send, t_concat(list));
 		if not ok then
-			module:log("error", "readtrack: writing %d acks or bounces to %s failed: %s", list.stanzas,
+			module:log("error", "readtrack: writing %d acks, bounces or replays to %s failed: %s", list.stanzas,
 				tostring(session.full_jid), tostring(err));
 		end
 	end
 end
 
-local compact_command = { ack = true, bounce = true };
+local compact_command = { ack = true, bounce = true, ["deliver-bytes"] = true };
 
 module:hook("message/host", function(event)
 	local origin, stanza = event.origin, event.stanza;
@@ -1297,9 +1305,12 @@ local function compact_target(command)
 	return session, to, id, time;
 end
 
--- Whether a session must be sent a stanza object rather than bytes (see above).
+-- Whether a session must be sent a stanza object rather than bytes (see above). Client state
+-- indication (mod_csi_simple) holds an inactive session's writes and lets an important stanza
+-- through by its stanzas/out filter: bytes written past it would wait for the next one.
 local function needs_stanza(session)
-	return session.smacks or session.websocket_request or session.requests or not session.conn;
+	return session.smacks or session.websocket_request or session.requests or not session.conn
+		or (session.state ~= nil and session.state ~= "active");
 end
 
 -- The ack's bytes around its id, to and time (which ack_time_pattern leaves nothing to escape
@@ -1341,7 +1352,53 @@ local function bounce(command)
 	return true;
 end
 
+-- A replay (or a <sent> carbon readtrack replays) in its compact form, <deliver-bytes>: the
+-- message as readtrack serialised it for the client's stream (markers included, no namespace
+-- on it, as Prosody writes a c2s stanza) in one attribute, which the parser hands over as one
+-- string, where the whole <deliver> cost a table per element and a serialisation again for the
+-- session. Beside it, what the module decides on: the sender (`from`, for the blocklist) and
+-- the message's id (`message-id`: what was written, for stream management's failures). A plain
+-- session gets the bytes as they are, with the other compact commands of the command message
+-- to it in one write; a session that needs a stanza object (above) gets the bytes parsed, the
+-- stanza the whole <deliver> gave it, which smacks counts and queues.
+local parse_xml = require "util.xml".parse;
+
+local function deliver_bytes(command)
+	local attr = command.attr;
+	local to, data = attr.to, attr.stanza;
+	if not (to and data and data:sub(1, 9) == "<message ") then
+		module:log("warn", "readtrack <deliver-bytes> without to or a <message> in stanza");
+		return true;
+	end
+	local session = jid_host(to) == host and full_sessions[to];
+	if not session then
+		-- Gone since readtrack decided; it replays when the device is next available.
+		module:log("debug", "readtrack deliver to absent session %s dropped", to);
+		return true;
+	end
+	local from = attr.from;
+	if blocked(session.username, from) then
+		module:log("debug", "readtrack replay from %s to %s dropped: blocked", tostring(from), to);
+		return true;
+	end
+	if needs_stanza(session) then
+		local stanza, err = parse_xml(data);
+		if not (stanza and stanza.name == "message") then
+			module:log("warn", "readtrack <deliver-bytes> to %s: not a message (%s)", to, tostring(err));
+			return true;
+		end
+		stanza = strip_client_ns(stanza);
+		replaying[stanza] = true;
+		session.send(stanza);
+	else
+		write_bytes(session, data);
+		remember_written_as(session, from, attr["message-id"]);
+	end
+	return true;
+end
+
 function execute(command)
+	if command.name == "deliver-bytes" then return deliver_bytes(command); end
 	if command.name == "pace" then return pace(command); end
 	if command.name == "ack" then return ack(command); end
 	if command.name == "bounce" then return bounce(command); end
@@ -1427,9 +1484,10 @@ local function send_snapshot()
 	local page, tags, bytes = 1, {}, 0;
 	local function flush(last)
 		-- executes: the compact commands this module runs; a readtrack older than one of them
-		-- ignores the attribute (or the word) and goes on sending the whole <send>.
+		-- ignores the attribute (or the word) and goes on sending the whole <send> or <deliver>.
 		emit("<snapshot xmlns='" .. xmlns_hook .. "' page='" .. page .. "' last='"
-			.. (last and "true" or "false") .. "' executes='ack bounce'>" .. t_concat(tags) .. "</snapshot>");
+			.. (last and "true" or "false") .. "' executes='ack bounce deliver-bytes'>"
+			.. t_concat(tags) .. "</snapshot>");
 		page, tags, bytes = page + 1, {}, 0;
 	end
 	for username, user in pairs(hosts[host].sessions or {}) do

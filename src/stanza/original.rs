@@ -329,11 +329,75 @@ pub fn write_with_markers(out: &mut String, stored: &str, to: Option<&Jid>, m: &
     out.push_str(END_TAG);
 }
 
+/// Removes the `xmlns` attribute (the default namespace declaration) from the start tag of
+/// `stanza`, a `<message` this module wrote (a replay from a stored form): written to a client's
+/// stream, whose default namespace is `jabber:client`, the message leaves it implicit, as the
+/// server writes its own. Prefixed declarations stay. Nothing changes if there is none.
+pub(crate) fn drop_default_namespace(stanza: &mut String) {
+    let bytes = stanza.as_bytes();
+    let mut at = "<message".len();
+    while at < bytes.len() {
+        let attr_start = at;
+        while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        let name_start = at;
+        while at < bytes.len() && !matches!(bytes[at], b'=' | b'>' | b'/') {
+            at += 1;
+        }
+        if bytes.get(at) != Some(&b'=') {
+            return; // the end of the start tag
+        }
+        let name = stanza[name_start..at].trim_end();
+        at += 1;
+        while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+            at += 1;
+        }
+        let Some(&quote) = bytes.get(at).filter(|q| matches!(q, b'"' | b'\'')) else {
+            return;
+        };
+        let Some(len) = stanza[at + 1..].find(quote as char) else {
+            return;
+        };
+        at += len + 2;
+        if name == "xmlns" {
+            stanza.replace_range(attr_start..at, "");
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const BOB: &str = "bob@example.com";
+
+    #[test]
+    fn the_default_namespace_goes_from_the_start_tag_alone_wherever_it_stands() {
+        for (written, on_stream) in [
+            (
+                "<message to=\"b@x/p\" xmlns=\"jabber:client\" id=\"1\"><body xmlns=\"jabber:client\"/></message>",
+                "<message to=\"b@x/p\" id=\"1\"><body xmlns=\"jabber:client\"/></message>",
+            ),
+            // A value that looks like markup or like the attribute, another quote, a prefix.
+            (
+                "<message id='a>xmlns=\"q\"' xmlns:x=\"urn:x\" xmlns = 'jabber:client'><x:y/></message>",
+                "<message id='a>xmlns=\"q\"' xmlns:x=\"urn:x\"><x:y/></message>",
+            ),
+            (
+                "<message xmlns=\"jabber:client\"/>",
+                "<message/>",
+            ),
+            // None: unchanged, however the tag ends.
+            ("<message id=\"1\"><body>xmlns=\"a\"</body></message>", "<message id=\"1\"><body>xmlns=\"a\"</body></message>"),
+            ("<message id=\"1\"/>", "<message id=\"1\"/>"),
+        ] {
+            let mut stanza = written.to_string();
+            drop_default_namespace(&mut stanza);
+            assert_eq!(stanza, on_stream);
+        }
+    }
 
     #[test]
     fn stored_form_drops_to_and_forged_stanza_ids_and_keeps_everything_else() {

@@ -896,6 +896,43 @@ impl Client {
         pass: &str,
         resource: &str,
     ) -> Client {
+        let (mut conn, _) = Client::authenticate(port, domain, user, pass).await;
+        conn.send_raw(&format!(
+            "<iq type='set' id='bind-1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <resource>{}</resource></bind></iq>",
+            escape(resource)
+        ))
+        .await;
+        let bound = conn
+            .expect("bind result", WAIT, |s| {
+                attr(s, "id").as_deref() == Some("bind-1")
+            })
+            .await;
+        assert_eq!(
+            attr(&bound, "type").as_deref(),
+            Some("result"),
+            "bind: {bound}"
+        );
+        let jid = bound
+            .split_once("<jid>")
+            .and_then(|(_, r)| r.split_once("</jid>"))
+            .map(|(j, _)| unescape(j))
+            .unwrap_or_else(|| panic!("no <jid> in bind result: {bound}"));
+        Client {
+            conn,
+            jid,
+            sync_count: 0,
+        }
+    }
+
+    /// A new connection, authenticated (SASL PLAIN) and restarted, before any resource is
+    /// bound (or a stream-management session resumed); with the features offered then.
+    pub async fn authenticate(
+        port: u16,
+        domain: &str,
+        user: &str,
+        pass: &str,
+    ) -> (XmlConn, String) {
         let mut conn = XmlConn::connect(port).await;
         let header = format!(
             "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
@@ -924,34 +961,10 @@ impl Client {
         );
         conn.send_raw(&header).await;
         conn.expect_open().await;
-        conn.expect("post-auth features", WAIT, |s| name(s) == "stream:features")
+        let features = conn
+            .expect("post-auth features", WAIT, |s| name(s) == "stream:features")
             .await;
-        conn.send_raw(&format!(
-            "<iq type='set' id='bind-1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
-             <resource>{}</resource></bind></iq>",
-            escape(resource)
-        ))
-        .await;
-        let bound = conn
-            .expect("bind result", WAIT, |s| {
-                attr(s, "id").as_deref() == Some("bind-1")
-            })
-            .await;
-        assert_eq!(
-            attr(&bound, "type").as_deref(),
-            Some("result"),
-            "bind: {bound}"
-        );
-        let jid = bound
-            .split_once("<jid>")
-            .and_then(|(_, r)| r.split_once("</jid>"))
-            .map(|(j, _)| unescape(j))
-            .unwrap_or_else(|| panic!("no <jid> in bind result: {bound}"));
-        Client {
-            conn,
-            jid,
-            sync_count: 0,
-        }
+        (conn, features)
     }
 
     /// Initial presence: the moment readtrack treats the device as available.
