@@ -114,15 +114,13 @@ fn snapshot_executing(executes_ack: bool, executes_bounce: bool) -> String {
 /// values, on that connection only (the next module may be an older one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_ack_is_compact_only_on_a_connection_whose_module_executes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
-    let engine = Engine::new(store, seed_config()).unwrap();
-    let (command_tx, mut command_rx) = mpsc::channel(64);
-    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
-    let (event_tx, event_rx) = mpsc::channel(64);
-    let (_query_tx, query_rx) = mpsc::channel(1);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+    let Running {
+        _dir,
+        events: event_tx,
+        commands: mut command_rx,
+        shutdown: shutdown_tx,
+        run,
+    } = running(seed_config());
 
     let mut acks = Vec::new();
     for (id, executes_ack) in [("old-1", false), ("new-1", true), ("old-2", false)] {
@@ -191,17 +189,15 @@ async fn a_server_ack_is_compact_only_on_a_connection_whose_module_executes_it()
 /// values and the same confirmation id, on that connection only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounce_is_compact_only_on_a_connection_whose_module_executes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
     let mut config = seed_config();
     config.receipt_timeout = Duration::from_millis(50);
-    let engine = Engine::new(store, config).unwrap();
-    let (command_tx, mut command_rx) = mpsc::channel(64);
-    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
-    let (event_tx, event_rx) = mpsc::channel(64);
-    let (_query_tx, query_rx) = mpsc::channel(1);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+    let Running {
+        _dir,
+        events: event_tx,
+        commands: mut command_rx,
+        shutdown: shutdown_tx,
+        run,
+    } = running(config);
 
     let mut bounces = Vec::new();
     for (id, executes) in [
@@ -282,22 +278,49 @@ fn seed_config() -> readtrack::engine::EngineConfig {
     config
 }
 
+/// A service loop on a real sled store in a temporary folder (kept as long as `_dir`), its
+/// component link replaced by channels: `events` in, `commands` out.
+struct Running {
+    _dir: tempfile::TempDir,
+    events: mpsc::Sender<LinkEvent>,
+    commands: mpsc::Receiver<String>,
+    shutdown: watch::Sender<bool>,
+    run: tokio::task::JoinHandle<Result<Engine, readtrack::service::ServiceError>>,
+}
+
+fn running(config: readtrack::engine::EngineConfig) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
+    let engine = Engine::new(store, config).unwrap();
+    let (command_tx, commands) = mpsc::channel(64);
+    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
+    let (events, event_rx) = mpsc::channel(64);
+    let (_query_tx, query_rx) = mpsc::channel(1);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+    Running {
+        _dir: dir,
+        events,
+        commands,
+        shutdown,
+        run,
+    }
+}
+
 /// A `<done ids>` (issue 17 item 2) settles every bounce it names, as one `<done id>` each
 /// would: bounces of two messages, confirmed by one event, are not sent again on the next
 /// connection, where an unconfirmed one is (the control: the third message's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_done_list_settles_every_bounce_it_names() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
     let mut config = seed_config();
     config.receipt_timeout = Duration::from_millis(50);
-    let engine = Engine::new(store, config).unwrap();
-    let (command_tx, mut command_rx) = mpsc::channel(64);
-    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
-    let (event_tx, event_rx) = mpsc::channel(64);
-    let (_query_tx, query_rx) = mpsc::channel(1);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+    let Running {
+        _dir,
+        events: event_tx,
+        commands: mut command_rx,
+        shutdown: shutdown_tx,
+        run,
+    } = running(config);
 
     // The command id of each compact bounce seen, by the bounced message's id, until `want`.
     async fn bounces(
@@ -376,15 +399,13 @@ async fn a_done_list_settles_every_bounce_it_names() {
 /// `from` and `id` beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_is_compact_only_on_a_connection_whose_module_executes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
-    let engine = Engine::new(store, seed_config()).unwrap();
-    let (command_tx, mut command_rx) = mpsc::channel(64);
-    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
-    let (event_tx, event_rx) = mpsc::channel(64);
-    let (_query_tx, query_rx) = mpsc::channel(1);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+    let Running {
+        _dir,
+        events: event_tx,
+        commands: mut command_rx,
+        shutdown: shutdown_tx,
+        run,
+    } = running(seed_config());
 
     let mut replays = Vec::new();
     for (n, executes) in [false, true, false].into_iter().enumerate() {
@@ -493,15 +514,13 @@ fn masked(xml: &str) -> String {
 /// body of plain text goes compact, one of line ends whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_replay_goes_compact_only_where_escaping_does_not_lengthen_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
-    let engine = Engine::new(store, seed_config()).unwrap();
-    let (command_tx, mut command_rx) = mpsc::channel(64);
-    let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
-    let (event_tx, event_rx) = mpsc::channel(64);
-    let (_query_tx, query_rx) = mpsc::channel(1);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
+    let Running {
+        _dir,
+        events: event_tx,
+        commands: mut command_rx,
+        shutdown: shutdown_tx,
+        run,
+    } = running(seed_config());
 
     event_tx.send(LinkEvent::Connected).await.unwrap();
     let snapshot = HookEvent::Snapshot {
