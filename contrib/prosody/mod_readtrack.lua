@@ -102,14 +102,18 @@ local function put(piece)
 	queued_event_bytes = queued_event_bytes + #piece;
 end
 
--- Three pieces, the middle one escaped: ` name='` value `'`, `<session jid='` jid `'/>`.
-local function put_escaped(before, value, after)
-	local n, escaped = queued_n, xml_escape(value);
+-- Three pieces, the middle one escaped already: ` name='` value `'`, `<session jid='` jid `'/>`.
+local function put_three(before, escaped, after)
+	local n = queued_n;
 	queued_events[n + 1], queued_events[n + 2], queued_events[n + 3] = before, escaped, after;
 	queued_n = n + 3;
 	local bytes = #before + #escaped + #after;
 	emitted_since_count = emitted_since_count + bytes;
 	queued_event_bytes = queued_event_bytes + bytes;
+end
+
+local function put_escaped(before, value, after)
+	put_three(before, xml_escape(value), after);
 end
 
 -- An attribute, `prefix` being ` name='`; nothing for a nil value.
@@ -492,27 +496,21 @@ local replaying = setmetatable({}, { __mode = "k" });
 -- one of them is left to readtrack (it replays what the device has not acked) instead of also
 -- going to mod_offline. Bounded: forgetting one only risks a duplicate, never a loss.
 local written_cap = 10000;
-local function written_key_of(from, id)
-	return (from or "") .. "\0" .. (id or "");
-end
 local function written_key(stanza)
-	return written_key_of(stanza.attr.from, stanza.attr.id);
+	return (stanza.attr.from or "") .. "\0" .. (stanza.attr.id or "");
 end
--- `from` and `id`: the message's attributes (a message without an id is not remembered). Only
--- mod_smacks fires delivery/failure (0.12 and 13), for what it queued: a session without stream
--- management (session.smacks, set when the client enables it) is not remembered for.
-local function remember_written_as(session, from, id)
-	if not (session.smacks and id) then return; end
+-- A message without an id is not remembered. Only mod_smacks fires delivery/failure (0.12 and
+-- 13), for what it queued: a session without stream management (session.smacks, set when the
+-- client enables it) is not remembered for.
+local function remember_written(session, stanza)
+	if not (session.smacks and stanza.attr.id) then return; end
 	local written = session.readtrack_written;
 	if not written or written.n >= written_cap then
 		written = { n = 0 };
 		session.readtrack_written = written;
 	end
-	written[written_key_of(from, id)] = true;
+	written[written_key(stanza)] = true;
 	written.n = written.n + 1;
-end
-local function remember_written(session, stanza)
-	remember_written_as(session, stanza.attr.from, stanza.attr.id);
 end
 
 -- The id of the message inside a carbon of this direction, if the stanza is one.
@@ -667,13 +665,14 @@ local function put_jid_tags(name, list)
 	if not list then return; end
 	local open, bytes = tag_open[name], 0;
 	for i, full_jid in ipairs(list) do
-		bytes = bytes + #open + #xml_escape(full_jid) + 3;
+		local escaped = xml_escape(full_jid);
+		bytes = bytes + #open + #escaped + 3;
 		-- The first tag always goes: an empty session list means "taken from offline storage".
 		if i > 1 and bytes > max_list_bytes then
 			note_list_cut(name, #list - i + 1);
 			break;
 		end
-		put_escaped(open, full_jid, "'/>");
+		put_three(open, escaped, "'/>");
 	end
 end
 
@@ -1192,6 +1191,22 @@ local function blocked(username, from)
 	return list[from] or (node and list[node .. "@" .. from_host]) or list[from_host] or false;
 end
 
+-- The session a replay (<deliver> or <deliver-bytes>) to `to` goes to, or nil: gone since
+-- readtrack decided (it replays when the device is next available), or the user blocked
+-- `from`, the sender.
+local function replay_session(to, from)
+	local session = to and jid_host(to) == host and full_sessions[to];
+	if not session then
+		module:log("debug", "readtrack deliver to absent session %s dropped", tostring(to));
+		return nil;
+	end
+	if blocked(session.username, from) then
+		module:log("debug", "readtrack replay from %s to %s dropped: blocked", tostring(from), to);
+		return nil;
+	end
+	return session;
+end
+
 -- Compact acks, bounces and replays (below) for one plain session within one command message are
 -- written to it in one go, in order: each write costs Prosody the same whatever its size (its
 -- debug line, the bytes/out filters, the connection's write and its timer), a group commit acks
@@ -1370,17 +1385,8 @@ local function deliver_bytes(command)
 		module:log("warn", "readtrack <deliver-bytes> without to or a <message> in stanza");
 		return true;
 	end
-	local session = jid_host(to) == host and full_sessions[to];
-	if not session then
-		-- Gone since readtrack decided; it replays when the device is next available.
-		module:log("debug", "readtrack deliver to absent session %s dropped", to);
-		return true;
-	end
-	local from = attr.from;
-	if blocked(session.username, from) then
-		module:log("debug", "readtrack replay from %s to %s dropped: blocked", tostring(from), to);
-		return true;
-	end
+	local session = replay_session(to, attr.from);
+	if not session then return true; end
 	if needs_stanza(session) then
 		local stanza, err = parse_xml(data);
 		if not (stanza and stanza.name == "message") then
@@ -1391,8 +1397,8 @@ local function deliver_bytes(command)
 		replaying[stanza] = true;
 		session.send(stanza);
 	else
+		-- A plain session: nothing for stream management to remember (remember_written).
 		write_bytes(session, data);
-		remember_written_as(session, from, attr["message-id"]);
 	end
 	return true;
 end
@@ -1420,16 +1426,10 @@ function execute(command)
 		return true;
 	end
 	if command.name == "deliver" then
-		local to = command.attr.to;
-		local session = to and jid_host(to) == host and full_sessions[to];
-		if session and blocked(session.username, inner.attr.from) then
-			module:log("debug", "readtrack replay from %s to %s dropped: blocked", tostring(inner.attr.from), to);
-		elseif session then
+		local session = replay_session(command.attr.to, inner.attr.from);
+		if session then
 			replaying[inner] = true;
 			session.send(inner);
-		else
-			-- Gone since readtrack decided; it replays when the device is next available.
-			module:log("debug", "readtrack deliver to absent session %s dropped", tostring(to));
 		end
 	elseif command.name == "send" then
 		if inner.attr.from and inner.attr.from ~= host then
