@@ -462,6 +462,7 @@ async fn chat_round_raw(
             let mut out = Vec::with_capacity(16 * 1024);
             while got < msgs {
                 rx.fill().await;
+                rx.ack_at_once();
                 rx.for_each_message(|m| {
                     let Some(id) = raw_attr(start_tag(m), b"id") else {
                         return;
@@ -533,9 +534,10 @@ async fn chat_round_raw(
                     }
                     None => {
                         tx.fill().await;
-                        if let Pace::Rate { .. } = pace {
-                            tx.ack_at_once();
-                        }
+                        // In the saturated rounds too: with the kernel's delayed ACK, Prosody
+                        // (Nagle on) holds its next small write to this sender (a receipt, in
+                        // the seed dialect also an ack) until this side's ACK goes out.
+                        tx.ack_at_once();
                     }
                 }
                 let mut error = None;
