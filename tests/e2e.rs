@@ -403,3 +403,43 @@ async fn offline_messages_readtrack_never_read_reach_the_first_device_after_it_i
     assert_eq!(got_ids, vec!["d0"], "{got:#?}");
     assert!(got[0].contains("urn:xmpp:offline"), "a replay: {}", got[0]);
 }
+
+/// An operator reloads the module (`prosodyctl shell module reload readtrack <host>`) while
+/// readtrack is connected: nothing is lost or doubled, and the same link goes on. A message
+/// confirmed before the reload and one claimed by the new module after it are each logged,
+/// acked and replayed once to the device that was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_reload_with_readtrack_connected_loses_and_doubles_nothing() {
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["admin_shell".into()],
+        ..ProsodyOpts::default()
+    });
+    for u in ["alice", "bob"] {
+        p.register(u, "pw");
+    }
+    let _rt = Readtrack::start(
+        &p,
+        ReadtrackOpts {
+            timeout: "60s",
+            ..ReadtrackOpts::default()
+        },
+    );
+    let mut c = online(&p, "bob", "phone").await;
+    c.close().await;
+    let mut alice = online(&p, "alice", "Spark").await;
+    alice.send_raw(&chat("d0", "bob@localhost", "before")).await;
+    alice.expect_message(WAIT, |s| is_server_ack(s, "d0")).await;
+
+    p.reload_module("readtrack");
+    alice.send_raw(&chat("d1", "bob@localhost", "after")).await;
+    alice.expect_message(WAIT, |s| is_server_ack(s, "d1")).await;
+
+    let mut phone = online(&p, "bob", "phone").await;
+    let got = phone.messages_within(Duration::from_millis(1500)).await;
+    let ids: Vec<String> = got.iter().filter_map(|s| attr(s, "id")).collect();
+    assert_eq!(ids, vec!["d0", "d1"], "{got:#?}");
+    assert!(
+        got.iter().all(|s| s.contains("urn:xmpp:offline")),
+        "replays by readtrack, nothing from mod_offline: {got:#?}"
+    );
+}

@@ -2146,3 +2146,76 @@ async fn a_compact_deliver_to_an_inactive_session_goes_through_client_state_indi
         .await;
     assert!(got.contains("<body>important</body>"), "{got}");
 }
+
+/// Issue: after a module reload (`prosodyctl shell module reload readtrack <host>`, what an
+/// operator does after replacing the module's file) with readtrack still connected, the new
+/// module forgot what readtrack had said it accepts (`<accepts>` comes once per connection):
+/// receipts went whole as <sent> and claims were no longer confirmed against this readtrack's
+/// word. It now keeps that word while the connection is the same. The claims the old module
+/// held go to offline storage (its memory goes with it), and the new one numbers on after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_reload_keeps_the_links_accepts_and_hands_its_claims_to_offline_storage() {
+    let p = Prosody::start(ProsodyOpts {
+        extra_modules: vec!["admin_shell".into()],
+        ..ProsodyOpts::default()
+    });
+    for u in ["alice", "bob"] {
+        p.register(u, "pw");
+    }
+    let (mut comp, _) = component(&p).await;
+    command(
+        &mut comp,
+        &format!("<accepts xmlns='{HOOK}' events='signal done-list claims'/>"),
+    )
+    .await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    alice.send_raw(&chat("c1", "bob@localhost", "c1")).await;
+    let c1 = claim_of(&mut comp, "c1").await.expect("c1 claimed");
+
+    p.reload_module("readtrack");
+    assert!(
+        p.log().contains(
+            "readtrack module unloaded: 1 message(s) it had not confirmed went to offline storage"
+        ),
+        "the old module's claim is handed back\n{}",
+        p.log()
+    );
+    // The same connection: what readtrack accepted still holds.
+    let receipt = "<message id='V4NkR-38' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>";
+    alice.send_raw(receipt).await;
+    let event = next_event(&mut comp, "the receipt", |e| match e {
+        HookEvent::Signal { message } => message.id.as_deref() == Some("V4NkR-38"),
+        HookEvent::Sent { message, .. } => {
+            attr(message.original.text(), "id").as_deref() == Some("V4NkR-38")
+        }
+        _ => false,
+    })
+    .await;
+    assert!(
+        matches!(event, HookEvent::Signal { .. }),
+        "after the reload a receipt still comes as a signal: {event:?}"
+    );
+    alice.send_raw(&chat("c2", "bob@localhost", "c2")).await;
+    let c2 = claim_of(&mut comp, "c2").await;
+    assert_eq!(
+        c2,
+        Some(c1 + 1),
+        "numbered on after the old module's claims"
+    );
+    command(
+        &mut comp,
+        &format!("<durable xmlns='{HOOK}' from='{c1}' upto='{}'/>", c1 + 1),
+    )
+    .await;
+
+    // bob's first device: c1 from mod_offline (handed back), not c2 (readtrack confirmed it).
+    let mut bob = online(&p, "bob", "phone").await;
+    let got = bob.messages_within(QUIET).await;
+    let ids: Vec<String> = got.iter().filter_map(|m| attr(m, "id")).collect();
+    assert_eq!(ids, vec!["c1"], "{got:#?}");
+    assert!(
+        got[0].contains("urn:xmpp:delay"),
+        "from mod_offline: {}",
+        got[0]
+    );
+}

@@ -702,17 +702,8 @@ local function new_claims(session)
 end
 
 -- A reload keeps the count (Prosody hands save()'s table to the new instance's restore()).
-function module.save()
-	return { readtrack_last_claim = last_claim };
-end
-
 -- The claims of the current connection of readtrack: number -> { stanza, username, bytes }.
 local claims = new_claims(nil);
-
-function module.restore(data)
-	last_claim = math.max(last_claim, data.readtrack_last_claim or 0);
-	if next(claims.held) == nil then claims.low = last_claim + 1; end
-end
 
 -- Whether the readtrack on this connection confirms claims (it said `claims` in <accepts>):
 -- nil until it says, then true or false. Claims are held until it has said; told false (an
@@ -1552,4 +1543,23 @@ if not watch_component() then
 	module:hook_global("host-activated", function(activated)
 		if activated == component then watch_component(); end
 	end);
+end
+
+-- A reload (an operator replacing this file, `module reload readtrack <host>`) runs a new copy of
+-- this module beside readtrack's same connection. It carries over the last claim number (a later
+-- claim must not reuse one readtrack may confirm for the old module) and what readtrack said it
+-- accepts, which it says once per connection: forgotten, receipts went whole as <sent> until
+-- readtrack reconnected. The old module's claims themselves went to offline storage (unload).
+function module.save()
+	return { readtrack_last_claim = last_claim, readtrack_link = component_session(),
+		readtrack_accepts = { signal = accepts_signal, done_list = accepts_done_list, claims = accepts_claims } };
+end
+
+function module.restore(data)
+	last_claim = math.max(last_claim, data.readtrack_last_claim or 0);
+	if next(claims.held) == nil then claims.low = last_claim + 1; end
+	local accepts = data.readtrack_accepts;
+	if accepts and data.readtrack_link ~= nil and data.readtrack_link == component_session() then
+		accepts_signal, accepts_done_list, accepts_claims = accepts.signal, accepts.done_list, accepts.claims;
+	end
 end

@@ -486,6 +486,32 @@ Component {component}
         );
     }
 
+    /// Reloads `module` on the test host, as an operator does after replacing a module's file:
+    /// `prosodyctl shell module reload MODULE HOST`, through the admin shell (load
+    /// `admin_shell`). Returns the shell's output.
+    pub fn reload_module(&self, module: &str) -> String {
+        let out = Command::new("runuser")
+            .args(["-u", "prosody", "--"])
+            .arg(&prosody_line().prosodyctl)
+            .arg("--config")
+            .arg(self.config_path())
+            .args(["shell", "module", "reload", module, &self.opts.domain])
+            .output()
+            .unwrap_or_else(|e| panic!("run prosodyctl ({e}): {INSTALL_HINT}"));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("rror"),
+            "prosodyctl shell module reload {module} ({}): {}\n{text}",
+            prosody_line(),
+            out.status
+        );
+        text
+    }
+
     /// Kills Prosody (SIGTERM, then SIGKILL after 5 s) and waits for it.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
