@@ -1,8 +1,8 @@
 //! The Lua cost benches of benches/prosody (`chat_cost.lua`, `event_cost.lua`, `ack_cost.lua`,
-//! `offline_cost.lua`, `deliver_cost.lua`) load the real contrib/prosody/mod_readtrack.lua under
-//! `stub_prosody.lua`, so a module change is measured as it is, never a copy of it; this runs
-//! them, small, on both Prosody lines, so a module change that breaks them (or the stub) fails
-//! here. Their own assertions check what they measure: one `<routed>` per delivered message, the
+//! `offline_cost.lua`, `deliver_cost.lua`, `claims_memory.lua`) load the real
+//! contrib/prosody/mod_readtrack.lua under `stub_prosody.lua`, so a module change is measured as
+//! it is, never a copy of it; this runs them, small, on both Prosody lines, so a module change
+//! that breaks them (or the stub) fails here. Their own assertions check what they measure: one `<routed>` per delivered message, the
 //! same event either way, the acks and bounces written, the compact acks written once per sender
 //! and command message, every offline message claimed and either confirmed or handed back, and
 //! every replay written, the compact ones once per command message.
@@ -106,5 +106,30 @@ fn the_module_allocates_under_4000_bytes_per_chat_message() {
                 sources.display()
             );
         }
+    }
+}
+
+/// Issue: `readtrack_max_claimed_bytes` counted a held claim's message bytes, while Prosody holds
+/// the parsed stanza: a chat line took 5.7 times its bytes of Lua's heap, a message of 200 empty
+/// elements 64 times, so a user's messages to offline contacts, while readtrack was stalled,
+/// made Prosody hold many times the budget. Now the budget counts each claim's estimated heap
+/// (its bytes, elements and attributes), and the heap the claims hold when it is full is at
+/// most the budget, for every shape `claims_memory.lua` sends.
+#[test]
+fn the_claim_budget_bounds_the_heap_the_held_claims_take() {
+    for sources in lines() {
+        let out = run("claims_memory.lua", &sources, &["512"]);
+        let ratios: Vec<f64> = out
+            .lines()
+            .map(|line| {
+                line.split(" KiB of heap, ")
+                    .nth(1)
+                    .and_then(|rest| rest.split("x the budget").next())
+                    .and_then(|ratio| ratio.parse().ok())
+                    .unwrap_or_else(|| panic!("no ratio in {line}"))
+            })
+            .collect();
+        assert_eq!(ratios.len(), 6, "{out}");
+        assert!(ratios.iter().all(|r| *r <= 1.0), "{out}");
     }
 }
