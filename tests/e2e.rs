@@ -410,13 +410,7 @@ async fn offline_messages_readtrack_never_read_reach_the_first_device_after_it_i
 /// acked and replayed once to the device that was away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_reload_with_readtrack_connected_loses_and_doubles_nothing() {
-    let p = Prosody::start(ProsodyOpts {
-        extra_modules: vec!["admin_shell".into()],
-        ..ProsodyOpts::default()
-    });
-    for u in ["alice", "bob"] {
-        p.register(u, "pw");
-    }
+    let p = server_from(with_admin_shell(), &["alice", "bob"]);
     let _rt = Readtrack::start(
         &p,
         ReadtrackOpts {

@@ -2155,13 +2155,7 @@ async fn a_compact_deliver_to_an_inactive_session_goes_through_client_state_indi
 /// held go to offline storage (its memory goes with it), and the new one numbers on after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_reload_keeps_the_links_accepts_and_hands_its_claims_to_offline_storage() {
-    let p = Prosody::start(ProsodyOpts {
-        extra_modules: vec!["admin_shell".into()],
-        ..ProsodyOpts::default()
-    });
-    for u in ["alice", "bob"] {
-        p.register(u, "pw");
-    }
+    let p = server_from(with_admin_shell(), &["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     command(
         &mut comp,

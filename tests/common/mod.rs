@@ -1134,11 +1134,25 @@ impl RawComponent {
 
 /// A Prosody with `users` registered, each with the password `pw`.
 pub fn server_with(users: &[&str]) -> Prosody {
-    let p = Prosody::start(ProsodyOpts::default());
+    server_from(ProsodyOpts::default(), users)
+}
+
+/// A Prosody started with `opts`, with `users` registered, each with the password `pw`.
+pub fn server_from(opts: ProsodyOpts, users: &[&str]) -> Prosody {
+    let p = Prosody::start(opts);
     for u in users {
         p.register(u, "pw");
     }
     p
+}
+
+/// Options with Prosody's admin shell loaded, through which a test reloads a module
+/// ([`Prosody::reload_module`]).
+pub fn with_admin_shell() -> ProsodyOpts {
+    ProsodyOpts {
+        extra_modules: vec!["admin_shell".into()],
+        ..ProsodyOpts::default()
+    }
 }
 
 /// A client logged in as `user` (password `pw`) that sent its initial presence, processed.
