@@ -1350,10 +1350,16 @@ fn main() {
                         percentile(&acks, 0.99) as f64 / 1e3
                     )
                 };
+                // A tail in a paced round may be the machine's: how long each server waited
+                // for a CPU while its messages flowed.
                 println!(
-                    "paced round {round} {:<9} offered {rate:.0} msg/s, achieved {:.0} msg/s{acks}",
+                    "paced round {round} {:<9} offered {rate:.0} msg/s, achieved {:.0} msg/s, cores: prosody {:.2}, serve {:.2}; waited for a CPU: prosody {:.0} ms, serve {:.0} ms{acks}",
                     ["alone", "readtrack"][k],
-                    r.msgs_per_s
+                    r.msgs_per_s,
+                    r.cpu[0] / r.secs,
+                    r.cpu[1] / r.secs,
+                    r.runqueue_s[0] * 1e3,
+                    r.runqueue_s[1] * 1e3
                 );
                 lat[k].extend(r.latencies_us);
             }
