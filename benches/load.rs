@@ -17,6 +17,11 @@
 //!   flow (log-ins excluded); `readtrack serve`'s over the whole chat phase until it has taken
 //!   the last event (in the xep dialect no client waits for it). readtrack's metrics endpoint gives the events it took and the
 //!   commits it made during the chat rounds: its group commit's batch size under this load.
+//!   Each round's line gives every process's share of a core and its wait for a CPU (run-queue
+//!   time), and with the raw client when the last receipt and the last server ack came and the
+//!   acks' latency: a seed round that ends well after its last receipt waited for `readtrack
+//!   serve`, not Prosody. The table's *to the last receipt* row is the throughput up to a
+//!   round's last receipt, the rate at which the server carried the chat itself.
 //! - paced chat (raw client): the same pairs, but each sender writes on a fixed schedule
 //!   (`LOAD_RATE` messages per second in all, default half the slower server's chat rate above,
 //!   for `LOAD_PACED_S` seconds a round) instead of as fast as its window allows, so both
