@@ -1168,13 +1168,27 @@ fn main() {
             // waited for.
             let tail = if raw && r.last_ack_s > 0.0 {
                 let mut acks = r.ack_latencies_us.clone();
+                // Each sender's acks in the order of its messages, the senders one after the
+                // other: the mean over the senders at a tenth, half and the end of a round
+                // shows whether the acks fell behind from the start or along the way.
+                let along = [0.1, 0.5, 1.0].map(|at| {
+                    let n = ((msgs as f64 * at) as usize).clamp(1, msgs as usize) - 1;
+                    let at_n: Vec<u64> = acks
+                        .chunks(msgs as usize)
+                        .filter_map(|c| c.get(n).copied())
+                        .collect();
+                    at_n.iter().sum::<u64>() as f64 / at_n.len().max(1) as f64 / 1e3
+                });
                 acks.sort_unstable();
                 format!(
-                    ", last receipt at {:.3} s, last ack at {:.3} s, ack latency p50 {:.1} p99 {:.1} ms",
+                    ", last receipt at {:.3} s, last ack at {:.3} s, ack latency p50 {:.1} p99 {:.1} ms, at a tenth / half / the end of a sender's messages {:.0} / {:.0} / {:.0} ms",
                     r.last_receipt_s,
                     r.last_ack_s,
                     percentile(&acks, 0.5) as f64 / 1e3,
-                    percentile(&acks, 0.99) as f64 / 1e3
+                    percentile(&acks, 0.99) as f64 / 1e3,
+                    along[0],
+                    along[1],
+                    along[2]
                 )
             } else {
                 String::new()
