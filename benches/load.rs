@@ -17,6 +17,11 @@
 //!   flow (log-ins excluded); `readtrack serve`'s over the whole chat phase until it has taken
 //!   the last event (in the xep dialect no client waits for it). readtrack's metrics endpoint gives the events it took and the
 //!   commits it made during the chat rounds: its group commit's batch size under this load.
+//!   Each round's line gives every process's share of a core and its wait for a CPU (run-queue
+//!   time), and with the raw client when the last receipt and the last server ack came and the
+//!   acks' latency: a seed round that ends well after its last receipt waited for `readtrack
+//!   serve`, not Prosody. The table's *to the last receipt* row is the throughput up to a
+//!   round's last receipt, the rate at which the server carried the chat itself.
 //! - paced chat (raw client): the same pairs, but each sender writes on a fixed schedule
 //!   (`LOAD_RATE` messages per second in all, default half the slower server's chat rate above,
 //!   for `LOAD_PACED_S` seconds a round) instead of as fast as its window allows, so both
@@ -56,7 +61,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bench_common::pgscratch::{pg_admin_url, PgScratch};
-use bench_common::procstat::{cpu_s, prosody_pid, rss_kib, self_cpu_s};
+use bench_common::procstat::{cpu_s, prosody_pid, rss_kib, runqueue_wait_s, self_cpu_s};
 use bench_common::rawclient::{attr as raw_attr, find, start_tag, trailing_u64, RawConn, Template};
 use common::{attr, name, Client, Prosody, ProsodyOpts};
 use readtrack::store::{
@@ -146,21 +151,34 @@ impl Daemon {
     /// Events taken and commits made since the daemon started, from its metrics endpoint: the
     /// group commit's batch size is their ratio over a phase.
     fn batches(&self) -> (u64, u64) {
+        let [events, commits] = self.metrics(["readtrack_events_total", "readtrack_commits_total"]);
+        (events as u64, commits as u64)
+    }
+
+    /// Seconds spent in commits and commits timed, seconds from events' leaving the link's
+    /// queue to their acks' hand-over to the link's writer and acks timed, since the daemon
+    /// started: where the acks' time goes inside `readtrack serve`.
+    fn timings(&self) -> [f64; 4] {
+        self.metrics([
+            "readtrack_commit_duration_seconds_sum",
+            "readtrack_commit_duration_seconds_count",
+            "readtrack_ack_latency_seconds_sum",
+            "readtrack_ack_latency_seconds_count",
+        ])
+    }
+
+    fn metrics<const N: usize>(&self, names: [&str; N]) -> [f64; N] {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(self.metrics).expect("metrics endpoint");
         conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: readtrack\r\nConnection: close\r\n\r\n")
             .unwrap();
         let mut text = String::new();
         conn.read_to_string(&mut text).unwrap();
-        let counter = |name: &str| -> u64 {
+        names.map(|name| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
                 .unwrap_or_else(|| panic!("{name} missing from the metrics:\n{text}"))
-        };
-        (
-            counter("readtrack_events_total"),
-            counter("readtrack_commits_total"),
-        )
+        })
     }
 
     fn store_path(&self) -> PathBuf {
@@ -363,6 +381,14 @@ struct Pids {
 }
 
 impl Pids {
+    /// Seconds waited on a run queue so far: [Prosody, readtrack].
+    fn runqueue(&self) -> [f64; 2] {
+        [
+            runqueue_wait_s(self.prosody),
+            self.readtrack.map(runqueue_wait_s).unwrap_or(0.0),
+        ]
+    }
+
     /// CPU seconds so far: [Prosody, readtrack, the clients].
     fn cpu(&self) -> [f64; 3] {
         [
@@ -402,6 +428,16 @@ struct ChatResult {
     /// CPU seconds while the messages flowed (log-ins and log-outs excluded): [Prosody,
     /// readtrack, the clients].
     cpu: [f64; 3],
+    /// The round's wall-clock time, and (raw client) when its last receipt and its last server
+    /// ack arrived, from the start: the gap between those two is how long the round's end
+    /// waited for `readtrack serve` alone (seed dialect).
+    secs: f64,
+    last_receipt_s: f64,
+    last_ack_s: f64,
+    /// From each message's send to its server ack's arrival at the sender (raw client, seed).
+    ack_latencies_us: Vec<u64>,
+    /// Seconds Prosody and `readtrack serve` waited for a CPU while the messages flowed.
+    runqueue_s: [f64; 2],
 }
 
 /// How a sender of [`chat_round_raw`] decides when to write its next message.
@@ -446,6 +482,7 @@ async fn chat_round_raw(
         tokio::time::sleep(SETTLE).await;
     }
     let cpu_before = pids.cpu();
+    let runqueue_before = pids.runqueue();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (i, (mut tx, mut rx)) in conns.into_iter().enumerate() {
@@ -483,7 +520,9 @@ async fn chat_round_raw(
         let send = tokio::spawn(async move {
             let mut sent_at = vec![0u64; msgs as usize + 1];
             let mut latencies = Vec::with_capacity(msgs as usize);
+            let mut ack_latencies = Vec::with_capacity(if server_acks { msgs as usize } else { 0 });
             let (mut sent, mut receipts, mut acks) = (0u64, 0u64, 0u64);
+            let (mut last_receipt, mut last_ack) = (0u64, 0u64);
             let acks_due = if server_acks { msgs } else { 0 };
             let mut out = Vec::with_capacity(16 * 1024);
             // Done when every message has its receipt and, with readtrack, its server ack: the
@@ -544,7 +583,15 @@ async fn chat_round_raw(
                 tx.for_each_message(|m| {
                     let tag = start_tag(m);
                     match raw_attr(tag, b"type") {
-                        Some(b"crs") => acks += 1,
+                        Some(b"crs") => {
+                            acks += 1;
+                            last_ack = nanos_since(start);
+                            // The ack carries the message's id, `p{pair}m{n}`.
+                            if let Some(n) = raw_attr(tag, b"id").and_then(trailing_u64) {
+                                ack_latencies
+                                    .push(last_ack.saturating_sub(sent_at[n as usize]) / 1000);
+                            }
+                        }
                         Some(b"error") => error = Some(String::from_utf8_lossy(m).into_owned()),
                         _ => {
                             let Some(id) = raw_attr(tag, b"id").filter(|id| id.starts_with(b"rc-"))
@@ -552,8 +599,10 @@ async fn chat_round_raw(
                                 return;
                             };
                             let n = trailing_u64(id).expect("a receipt id of ours") as usize;
-                            latencies.push(nanos_since(start).saturating_sub(sent_at[n]) / 1000);
+                            let now = nanos_since(start);
+                            latencies.push(now.saturating_sub(sent_at[n]) / 1000);
                             receipts += 1;
+                            last_receipt = now;
                         }
                     }
                 });
@@ -561,20 +610,29 @@ async fn chat_round_raw(
                     panic!("sender {} got an error: {e}", tx.jid);
                 }
             }
-            (tx, latencies)
+            (tx, latencies, ack_latencies, last_receipt, last_ack)
         });
         tasks.push((send, recv));
     }
     let mut latencies = Vec::new();
     let mut conns = Vec::new();
+    let (mut last_receipt, mut last_ack) = (0u64, 0u64);
+    let mut ack_latencies = Vec::new();
     for (send, recv) in tasks {
-        let (tx, lat) = send.await.unwrap();
+        let (tx, lat, ack_lat, receipt_at, ack_at) = send.await.unwrap();
         latencies.extend(lat);
+        ack_latencies.extend(ack_lat);
+        last_receipt = last_receipt.max(receipt_at);
+        last_ack = last_ack.max(ack_at);
         conns.push(tx);
         conns.push(recv.await.unwrap());
     }
     let elapsed = start.elapsed();
     let cpu = cpu_delta(cpu_before, pids.cpu());
+    let runqueue = {
+        let after = pids.runqueue();
+        [after[0] - runqueue_before[0], after[1] - runqueue_before[1]]
+    };
     for mut c in conns {
         c.close().await;
     }
@@ -582,6 +640,11 @@ async fn chat_round_raw(
         msgs_per_s: (pairs * msgs) as f64 / elapsed.as_secs_f64(),
         latencies_us: latencies,
         cpu,
+        secs: elapsed.as_secs_f64(),
+        last_receipt_s: last_receipt as f64 / 1e9,
+        last_ack_s: last_ack as f64 / 1e9,
+        ack_latencies_us: ack_latencies,
+        runqueue_s: runqueue,
     }
 }
 
@@ -604,6 +667,7 @@ async fn chat_round_harness(
         receivers.push(online(p, &format!("d{i}"), "load").await);
     }
     let cpu_before = pids.cpu();
+    let runqueue_before = pids.runqueue();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (i, (mut tx, mut rx)) in senders.into_iter().zip(receivers).enumerate() {
@@ -671,6 +735,10 @@ async fn chat_round_harness(
     }
     let elapsed = start.elapsed();
     let cpu = cpu_delta(cpu_before, pids.cpu());
+    let runqueue = {
+        let after = pids.runqueue();
+        [after[0] - runqueue_before[0], after[1] - runqueue_before[1]]
+    };
     for mut c in clients {
         c.close().await;
     }
@@ -678,6 +746,11 @@ async fn chat_round_harness(
         msgs_per_s: (pairs * msgs) as f64 / elapsed.as_secs_f64(),
         latencies_us: latencies,
         cpu,
+        secs: elapsed.as_secs_f64(),
+        last_receipt_s: 0.0,
+        last_ack_s: 0.0,
+        ack_latencies_us: Vec::new(),
+        runqueue_s: runqueue,
     }
 }
 
@@ -1073,6 +1146,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(env_num("LOAD_PAUSE_S", 0)));
     let run_started = Instant::now();
     let batches_before = daemon.batches();
+    let timings_before = daemon.timings();
     let serve_cpu_before = pids[1].cpu()[1];
     for round in 0..rounds {
         for &(k, p) in &servers {
@@ -1089,10 +1163,46 @@ fn main() {
                     .await
                     .expect("chat round over its time limit")
             });
+            // The cores each process used over the round, and with the raw client when the last
+            // receipt and the last server ack came: what a round that is not Prosody-bound
+            // waited for.
+            let tail = if raw && r.last_ack_s > 0.0 {
+                let mut acks = r.ack_latencies_us.clone();
+                // Each sender's acks in the order of its messages, the senders one after the
+                // other: the mean over the senders at a tenth, half and the end of a round
+                // shows whether the acks fell behind from the start or along the way.
+                let along = [0.1, 0.5, 1.0].map(|at| {
+                    let n = ((msgs as f64 * at) as usize).clamp(1, msgs as usize) - 1;
+                    let at_n: Vec<u64> = acks
+                        .chunks(msgs as usize)
+                        .filter_map(|c| c.get(n).copied())
+                        .collect();
+                    at_n.iter().sum::<u64>() as f64 / at_n.len().max(1) as f64 / 1e3
+                });
+                acks.sort_unstable();
+                format!(
+                    ", last receipt at {:.3} s, last ack at {:.3} s, ack latency p50 {:.1} p99 {:.1} ms, at a tenth / half / the end of a sender's messages {:.0} / {:.0} / {:.0} ms",
+                    r.last_receipt_s,
+                    r.last_ack_s,
+                    percentile(&acks, 0.5) as f64 / 1e3,
+                    percentile(&acks, 0.99) as f64 / 1e3,
+                    along[0],
+                    along[1],
+                    along[2]
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "chat round {round} {:<9} {:8.0} msg/s",
+                "chat round {round} {:<9} {:8.0} msg/s in {:.3} s, cores: prosody {:.2}, serve {:.2}, clients {:.2}; waited for a CPU: prosody {:.0} ms, serve {:.0} ms{tail}",
                 ["alone", "readtrack", "probe"][k],
-                r.msgs_per_s
+                r.msgs_per_s,
+                r.secs,
+                r.cpu[0] / r.secs,
+                r.cpu[1] / r.secs,
+                r.cpu[2] / r.secs,
+                r.runqueue_s[0] * 1e3,
+                r.runqueue_s[1] * 1e3
             );
             for (total, used) in cpu[k].iter_mut().zip(r.cpu) {
                 *total += used;
@@ -1118,6 +1228,15 @@ fn main() {
         batches_after = now;
     }
     cpu[1][1] = pids[1].cpu()[1] - serve_cpu_before;
+    let timings = {
+        let after = daemon.timings();
+        [0, 1, 2, 3].map(|i| after[i] - timings_before[i])
+    };
+    println!(
+        "readtrack during chat: commits {:.2} ms on average, acks {:.2} ms from the link's queue to its writer",
+        timings[0] / timings[1].max(1.0) * 1e3,
+        timings[2] / timings[3].max(1.0) * 1e3
+    );
     let chat_events = (batches_after.0 - batches_before.0) as f64;
     let chat_commits = (batches_after.1 - batches_before.1) as f64;
     println!(
@@ -1134,6 +1253,16 @@ fn main() {
     };
     let (tput_a, p50_a, p99_a) = summarise(&results[0]);
     let (tput_r, p50_r, p99_r) = summarise(&results[1]);
+    // Raw client: the messages over the time to a round's last receipt, the rate at which the
+    // server carried the chat itself. A seed round ends later, at its last server ack: the gap
+    // is `readtrack serve` working off its backlog while Prosody has nothing left to do.
+    let to_last_receipt = |rs: &[ChatResult]| {
+        rs.iter()
+            .map(|r| (pairs * msgs) as f64 / r.last_receipt_s.max(1e-9))
+            .sum::<f64>()
+            / rs.len() as f64
+    };
+    let receipts_rate = raw.then(|| [to_last_receipt(&results[0]), to_last_receipt(&results[1])]);
     // The probe's rounds: (throughput, its ratio to alone, Prosody's CPU µs per message).
     let probe_figures = probe.then(|| {
         let (tput_p, _, _) = summarise(&results[2]);
@@ -1228,10 +1357,28 @@ fn main() {
                         .await
                         .expect("paced chat round over its time limit")
                 });
+                // The seed dialect's acks at this rate: from a message's due time to its ack.
+                let acks = if r.ack_latencies_us.is_empty() {
+                    String::new()
+                } else {
+                    let mut acks = r.ack_latencies_us.clone();
+                    acks.sort_unstable();
+                    format!(
+                        ", ack latency p50 {:.1} p99 {:.1} ms",
+                        percentile(&acks, 0.5) as f64 / 1e3,
+                        percentile(&acks, 0.99) as f64 / 1e3
+                    )
+                };
+                // A tail in a paced round may be the machine's: how long each server waited
+                // for a CPU while its messages flowed.
                 println!(
-                    "paced round {round} {:<9} offered {rate:.0} msg/s, achieved {:.0} msg/s",
+                    "paced round {round} {:<9} offered {rate:.0} msg/s, achieved {:.0} msg/s, cores: prosody {:.2}, serve {:.2}; waited for a CPU: prosody {:.0} ms, serve {:.0} ms{acks}",
                     ["alone", "readtrack"][k],
-                    r.msgs_per_s
+                    r.msgs_per_s,
+                    r.cpu[0] / r.secs,
+                    r.cpu[1] / r.secs,
+                    r.runqueue_s[0] * 1e3,
+                    r.runqueue_s[1] * 1e3
                 );
                 lat[k].extend(r.latencies_us);
             }
@@ -1291,6 +1438,16 @@ fn main() {
         tput_ratio,
         met(tput_ratio >= tput_target, &format!("≥{tput_target}"))
     );
+    if let Some([a, r]) = receipts_rate {
+        println!(
+            "{:<50} {:>12.0} {:>12.0} {:>10.3} {:>12}",
+            "chat throughput to the last receipt (msg/s)",
+            a,
+            r,
+            r / a,
+            ""
+        );
+    }
     println!(
         "{:<50} {:>12.2} {:>12.2} {:>10} {:>12}",
         format!("chat p50 latency (ms, {latency})"),
@@ -1432,6 +1589,7 @@ fn main() {
                  "readtrack": {"msgs_per_s": tput_r, "p50_ms": p50_r as f64 / 1e3, "p99_ms": p99_r as f64 / 1e3},
                  "latency": latency,
                  "throughput_ratio": tput_ratio, "p99_added_ms": p99_added_ms,
+                 "to_last_receipt": receipts_rate.map(|[a, r]| json!({"alone_msgs_per_s": a, "readtrack_msgs_per_s": r, "ratio": r / a})),
                  "paced": paced.as_ref().map(|p| json!({
                      "offered_msgs_per_s": p.rate,
                      "alone": {"p50_ms": p.p50_ms[0], "p99_ms": p.p99_ms[0]},

@@ -49,6 +49,27 @@ pub fn cpu_s(pid: u32) -> f64 {
 
 const USER_HZ: f64 = 100.0;
 
+/// Seconds process `pid`'s live threads have waited on a run queue, runnable but not running
+/// (`/proc/PID/task/*/schedstat`'s second field): on a machine shared with other work, the part
+/// of a process's idle time that was the machine's, not its own waiting. Threads that have
+/// exited are not counted (Prosody is one thread).
+pub fn runqueue_wait_s(pid: u32) -> f64 {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            ns += text
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e9
+}
+
 /// utime + stime of a `/proc/.../stat` file, in ticks (`USER_HZ`). For a process it includes
 /// the threads that have exited.
 fn stat_ticks(path: &Path) -> Option<u64> {
