@@ -133,3 +133,28 @@ fn the_claim_budget_bounds_the_heap_the_held_claims_take() {
         assert!(ratios.iter().all(|r| *r <= 1.0), "{out}");
     }
 }
+
+/// Issue: the module wrote its queued events only from a timer at the end of a turn of Prosody's
+/// loop, and net.server_epoll runs no timer while any connection is ready: in a long turn every
+/// event waited (acks, claim confirmations behind them) and the queue grew until the link's
+/// backlog budget, which counts it, left new messages untracked. A turn of 4,000 messages (and
+/// then their 4,000 receipts) now writes the queue each time it passes `readtrack_flush_bytes`
+/// (1 MiB): no write is larger than that and one event. The module before wrote the turn's 2.3
+/// MB at once.
+#[test]
+fn a_long_turn_writes_its_events_in_pieces_of_the_flush_size() {
+    for sources in lines() {
+        let out = run("chat_cost.lua", &sources, &["4000", "xep", "4000"]);
+        assert!(
+            out.contains("events: account 2, routed 8000, signal 4000"),
+            "{out}"
+        );
+        let largest: usize = out
+            .lines()
+            .last()
+            .and_then(|line| line.split("the largest write to readtrack ").nth(1))
+            .and_then(|rest| rest.trim_end_matches(" bytes").parse().ok())
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(largest <= 1024 * 1024 + 2048, "{out}");
+    }
+}

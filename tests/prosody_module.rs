@@ -2213,3 +2213,68 @@ async fn a_module_reload_keeps_the_links_accepts_and_hands_its_claims_to_offline
         got[0]
     );
 }
+
+/// Eight senders' bursts at once, which keep Prosody's loop busy, are reported whole within a
+/// link budget a quarter of their events: the module's own queue must not count as readtrack
+/// falling behind ("readtrack is N bytes behind", new messages left untracked). The module wrote
+/// its queue only from a timer, which net.server_epoll runs once no connection is ready; on the
+/// old module this failed in one run of three here (it depends on the loop never finding its
+/// connections idle; `tests/lua_cost.rs`, `a_long_turn_writes_its_events_in_pieces_of_the_flush_size`,
+/// checks the write size deterministically). The queue is now written whenever it passes
+/// `readtrack_flush_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_that_keep_prosody_busy_are_reported_whole_within_the_link_budget() {
+    const SENDERS: usize = 8;
+    const N: usize = 400;
+    let users: Vec<String> = (0..SENDERS).map(|i| format!("s{i}")).collect();
+    let mut names: Vec<&str> = users.iter().map(String::as_str).collect();
+    names.push("bob");
+    let p = server_from(
+        ProsodyOpts {
+            extra_host: "readtrack_max_link_backlog = 262144\n".into(),
+            ..ProsodyOpts::default()
+        },
+        &names,
+    );
+    let (mut comp, _) = component(&p).await;
+    let mut senders = Vec::new();
+    for u in &users {
+        senders.push(available(&p, &mut comp, u, "phone").await);
+    }
+    let _bob = available(&p, &mut comp, "bob", "phone").await;
+    let body = "x".repeat(300);
+    // readtrack's side reads as fast as Prosody writes.
+    let reader = tokio::spawn(async move {
+        let mut routed = 0;
+        while routed < SENDERS * N {
+            match comp.next_stanza(WAIT).await {
+                Some(s) if s.contains("<routed") => routed += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        routed
+    });
+    let mut tasks = Vec::new();
+    for (k, mut c) in senders.into_iter().enumerate() {
+        let body = body.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..N {
+                c.send_raw(&chat(&format!("b{k}-{i}"), "bob@localhost/phone", &body))
+                    .await;
+            }
+            c
+        }));
+    }
+    let mut open = Vec::new(); // a sender's connection closed early drops what Prosody has not read
+    for t in tasks {
+        open.push(t.await.unwrap());
+    }
+    let routed = reader.await.unwrap();
+    assert!(
+        !p.log().contains("bytes behind"),
+        "the module counted its own queue as readtrack's backlog\n{}",
+        p.log()
+    );
+    assert_eq!(routed, SENDERS * N, "every message of the bursts reported");
+}

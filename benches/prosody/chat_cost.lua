@@ -6,8 +6,12 @@
 -- module adds (its hooks, filters, decisions and events; C functions count as their call only,
 -- as in the load bench's Lua profile). The events it wrote are counted by kind.
 --
---   lua5.4 benches/prosody/chat_cost.lua /usr/lib/prosody [N] [seed|xep]
---   lua5.4 benches/prosody/chat_cost.lua target/prosody13/usr/lib/prosody [N] [seed|xep]
+--   lua5.4 benches/prosody/chat_cost.lua /usr/lib/prosody [N] [seed|xep] [TURN]
+--   lua5.4 benches/prosody/chat_cost.lua target/prosody13/usr/lib/prosody [N] [seed|xep] [TURN]
+--
+-- TURN (8): the messages (and then the receipts) one turn of Prosody's loop handles; a long turn
+-- is a loop kept busy, whose timers (the module's end-of-turn write) wait. The last line gives
+-- the largest single write to readtrack.
 
 local source, n, dialect = arg[1], tonumber(arg[2] or 4000), arg[3] or "seed";
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
@@ -15,7 +19,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local module_path = os.getenv("READTRACK_MODULE") or here .. "/../../contrib/prosody/mod_readtrack.lua";
 local load_stub = dofile(here .. "/stub_prosody.lua");
 local hook_ns = "urn:readtrack:hook:0";
-local per_command_message, window = 64, 8;
+local per_command_message, window = 64, tonumber(arg[4] or 8);
 
 local function run(with_module)
 	local stub = load_stub(source, with_module and module_path or nil);
@@ -78,11 +82,13 @@ local function run(with_module)
 		local kind = event:match("^<message[^>]*><([%w-]+)");
 		kinds[kind] = (kinds[kind] or 0) + 1;
 	end
-	return counts, kinds, #stub.emitted - before, bytes;
+	local largest = 0;
+	for i = before + 1, #stub.emitted do largest = math.max(largest, #stub.emitted[i]); end
+	return counts, kinds, #stub.emitted - before, bytes, largest;
 end
 
 local alone, _, _, alone_bytes = run(false);
-local with, kinds, writes, with_bytes = run(true);
+local with, kinds, writes, with_bytes, largest = run(true);
 local total, total_bytes = 0, 0;
 local parts, byte_parts = {}, {};
 for _, part in ipairs({ "message", "receipt", "ack" }) do
@@ -100,3 +106,4 @@ print(("%s: %s dialect, %d chat messages: the module adds %.0f Lua instructions 
 print(("%s: %s dialect: the module adds %.0f bytes allocated per chat message (%s; alone %.0f)%s"):format(
 	source, dialect, total_bytes / n, table.concat(byte_parts, ", "), (alone_bytes.message + alone_bytes.receipt) / n,
 	with.parse and (("; parsing the command messages %.0f instructions, %.0f bytes per chat message"):format(with.parse / n, with_bytes.parse / n)) or ""));
+print(("%s: %s dialect, %d messages a turn: the largest write to readtrack %d bytes"):format(source, dialect, window, largest));

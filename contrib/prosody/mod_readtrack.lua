@@ -84,15 +84,27 @@ local function clear_queue()
 	queued_n, queued_event_bytes = 0, 0;
 end
 
-local function flush_events()
-	flush_due = false;
-	if queued_n == 0 then return nil; end
+local function write_queue()
+	if queued_n == 0 then return; end
 	local session, data = queued_for, t_concat(queued_events, "", 1, queued_n);
 	clear_queue();
 	queued_for = nil;
 	if session == component_session() then session.send(data); end
+end
+
+local function flush_events()
+	flush_due = false;
+	write_queue();
 	return nil; -- once
 end
+
+-- A turn can last long: net.server_epoll handles every ready connection (`poll:wait(0)` until
+-- none is) before it runs a timer, so while clients keep it busy the timer above waits, and
+-- with it every event, ack and claim confirmation. The queue then grew until the link's backlog
+-- budget, which counts it, left new messages untracked ("readtrack is N bytes behind") though
+-- readtrack was reading everything. Past this many bytes the queue is written at once (0: only
+-- at the end of the turn); never more than a quarter of the backlog budget (set below).
+local flush_bytes = module:get_option_number("readtrack_flush_bytes", 1024 * 1024);
 
 -- Pieces of the event being queued (between begin_event and end_event).
 local function put(piece)
@@ -136,7 +148,9 @@ end
 
 local function end_event()
 	put("</message>");
-	if not flush_due then
+	if flush_bytes > 0 and queued_event_bytes >= flush_bytes then
+		write_queue(); -- a timer already due writes what comes after
+	elseif not flush_due then
 		flush_due = true;
 		module:add_timer(0, flush_events);
 	end
@@ -207,6 +221,9 @@ end
 -- (stopped, or slower than the traffic) by this many bytes, new messages are left to the server as
 -- when readtrack is away, until the queue drains.
 local max_link_backlog = module:get_option_number("readtrack_max_link_backlog", 8 * 1024 * 1024);
+if max_link_backlog > 0 and (flush_bytes <= 0 or flush_bytes > max_link_backlog / 4) then
+	flush_bytes = math.floor(max_link_backlog / 4);
+end
 
 -- Bytes a connection still has to write, counted no further than `limit` (nil: all of them);
 -- nil when this module cannot see them. 0.12's epoll queues a string or a list of strings, 13's
