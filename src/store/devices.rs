@@ -9,7 +9,7 @@
 //! other write to the tree (removing a device, purging a user) makes the cache forget that
 //! user, so a read returns what a scan would have read, pending writes included.
 
-use foldhash::HashMap;
+use std::collections::HashMap;
 
 use super::*;
 

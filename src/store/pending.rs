@@ -3,10 +3,9 @@
 //! flushes, so one commit costs one transaction whatever the number of messages in it, and a
 //! crash leaves the store exactly as at some commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 
-use foldhash::HashSet;
 use sled::IVec;
 
 use super::backend::RowIter;

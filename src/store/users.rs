@@ -1,6 +1,6 @@
 //! Users: the JID to id mapping, user records (head, first kept seq, account token), purge.
 
-use foldhash::HashMap;
+use std::collections::HashMap;
 
 use super::*;
 
