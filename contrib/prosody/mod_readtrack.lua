@@ -863,6 +863,40 @@ local warn_claims_full = rate_limited("readtrack holds %d bytes of offline messa
 
 local routed_open = "<routed xmlns='" .. xmlns_hook .. "'";
 
+-- The record of one routing: its array part lists the sessions written; `to`, the message's
+-- bytes as a session was written them and the `to` they had, the carbons (a list once there is
+-- one), the archive id, the claim, whether offline handling took it, and the copy of the
+-- stanza registered after archiving (after_archiving). The event and the message's id are kept
+-- beside it (routing_event, routing_id). Records are reused: a table per message is bytes the
+-- collector pays for (docs/performance.md). Every field is false, never nil, while unset: a key
+-- set to nil is given up by the collector, and setting it again would grow the table.
+local free_records, free_count, max_free_records = {}, 0, 8;
+
+local function take_record(to)
+	if free_count == 0 then
+		return { nil, to = to, bytes = false, bytes_to = false, carbons = false,
+			archive_id = false, claim = false, offline = false, copy = false };
+	end
+	local record = free_records[free_count];
+	free_records[free_count], free_count = nil, free_count - 1;
+	record.to = to;
+	return record;
+end
+
+-- Once nothing refers to the record any more (in_flight, routing): reused, unless its session
+-- list keeps JIDs as keys too (add_jid), which would have to be cleared one by one.
+local function give_back_record(record)
+	local n = #record;
+	if n >= list_scan or free_count >= max_free_records then return; end
+	for i = n, 1, -1 do record[i] = nil; end
+	record.to, record.bytes, record.bytes_to, record.carbons = false, false, false, false;
+	record.archive_id, record.claim, record.offline, record.copy = false, false, false, false;
+	free_count = free_count + 1;
+	free_records[free_count] = record;
+end
+
+local report_routing;
+
 local function track_routing(handlers, event_name, event_data)
 	local stanza, origin = event_data.stanza, event_data.origin;
 	if not (component_connected() and loggable(stanza, origin, event_data)) then
@@ -873,11 +907,7 @@ local function track_routing(handlers, event_name, event_data)
 	local to = stanza.attr.to and jid_bare(stanza.attr.to)
 		or (origin.username and origin.username .. "@" .. origin.host);
 	if not to then return handlers(event_name, event_data); end
-	-- The record of the routing: its array part lists the sessions written (`nil` makes room for
-	-- the first), bytes, bytes_to and carbons (a list once there is one) start false: the table
-	-- is made with room for the fields routing adds, not grown for them. The event and the id
-	-- are kept beside it (routing_event, routing_id), not in it: four fields fit its first size.
-	local record = { nil, to = to, bytes = false, bytes_to = false, carbons = false };
+	local record = take_record(to);
 	in_flight[stanza] = record;
 	local outer, outer_event, outer_id = routing, routing_event, routing_id;
 	routing, routing_event, routing_id = record, event_data, stanza.attr.id;
@@ -885,15 +915,25 @@ local function track_routing(handlers, event_name, event_data)
 	routing, routing_event, routing_id = outer, outer_event, outer_id;
 	in_flight[stanza] = nil;
 	in_flight[event_data.stanza] = nil;
+	if record.copy then in_flight[record.copy] = nil; end
 	writing, writing_session = nil, nil;
-	if not ok then error(ret, 0); end
+	if not ok then
+		give_back_record(record);
+		error(ret, 0);
+	end
+	-- (A report that raises leaves its record to the collector.)
+	report_routing(record, stanza, origin, to, event_data);
+	give_back_record(record);
+	return ret;
+end
 
+function report_routing(record, stanza, origin, to, event_data)
 	-- Only what the server delivered or stored is reported: a message a policy module
 	-- (blocking, privacy, a firewall) bounced or dropped never reached a session or offline
 	-- handling, and does not exist for readtrack.
 	local written = record[1] ~= nil;
 	if not (written or record.offline) then
-		return ret;
+		return;
 	end
 	-- The account exists (the server delivered or stored the message): its token first. For
 	-- an offline recipient it is read from storage again: the account may have been deleted
@@ -909,7 +949,7 @@ local function track_routing(handlers, event_name, event_data)
 	-- that change a message (mod_mam's <stanza-id>) change a copy, which is what was written.
 	-- (Serialised before the event is begun: it may raise.)
 	local original = not record.bytes and forwarded(stanza, to);
-	if not begin_event() then return ret; end
+	if not begin_event() then return; end
 	put(routed_open);
 	-- Taken from offline handling (no session got it, so the message was serialised above):
 	-- the event names the claim.
@@ -919,7 +959,7 @@ local function track_routing(handlers, event_name, event_data)
 		put_attr(" claim='", tostring(claim));
 	end
 	put_attr(" to='", to);
-	put_attr(" archive-id='", record.archive_id);
+	put_attr(" archive-id='", record.archive_id or nil);
 	put_attr(" sent='", sent);
 	put(">");
 	put_jid_tags("session", record);
@@ -932,7 +972,6 @@ local function track_routing(handlers, event_name, event_data)
 	end
 	put("</routed>");
 	end_event();
-	return ret;
 end
 
 -- Between mod_mam (0) and delivery by mod_message (-1): the stanza as it will be written.
@@ -940,7 +979,8 @@ local function after_archiving(event)
 	if event ~= routing_event then return; end
 	local record = routing;
 	in_flight[event.stanza] = record;
-	record.archive_id = archive_id(event.stanza, record.to);
+	record.copy = event.stanza;
+	record.archive_id = archive_id(event.stanza, record.to) or false;
 end
 
 module:hook("message/bare", after_archiving, -0.75);
