@@ -286,13 +286,28 @@ local function measure_budget(stanza)
 	return true;
 end
 
--- `event`: the answer is kept on the event table, which Prosody passes to pre-message/* and then
--- message/* (as loggable's): a local client's message is measured once, not once per hook.
+-- What this module decided about the message of one event (loggable, below, and within the
+-- budget), kept for the next hook that asks of the same event table, which Prosody passes to
+-- pre-message/* and then message/*: a local client's message is decided once, not at every
+-- hook. Kept here for the last event (held, so no other table can take its address), not on
+-- the event: Prosody makes that table with room for four keys (origin, stanza, to_self), and
+-- a fifth grows it, bytes per message that the collector pays for (docs/performance.md). An
+-- event decided in between (one routed while another runs) only makes the first decided again.
+local known_event, known_loggable, known_within_budget;
+
+local function knowing(event)
+	if event ~= known_event then
+		known_event, known_loggable, known_within_budget = event, nil, nil;
+	end
+end
+
 local function within_budget(stanza, event)
-	local known = event and event.readtrack_within_budget;
-	if known ~= nil then return known; end
+	if event == known_event and known_within_budget ~= nil then return known_within_budget; end
 	local answer = measure_budget(stanza);
-	if event then event.readtrack_within_budget = answer; end
+	if event then
+		knowing(event);
+		known_within_budget = answer;
+	end
 	return answer;
 end
 
@@ -361,11 +376,9 @@ end
 
 -- readtrack tracks what the server's archive keeps. With mod_mam loaded it is asked, so the
 -- operator's own archiving rules apply; without it, its rule is applied here.
--- `event`: the answer is kept on the event table, which Prosody passes to pre-message/* and then
--- message/*: one message is decided once, not at every hook that asks.
+-- `event`: the answer is kept for the event (known_event, above).
 local function loggable(stanza, origin, event)
-	local known = event and event.readtrack_loggable;
-	if known ~= nil then return known; end
+	if event == known_event and known_loggable ~= nil then return known_loggable; end
 	local t = stanza.attr.type;
 	local answer;
 	if not (t == nil or t == "normal" or t == "chat") then
@@ -375,7 +388,10 @@ local function loggable(stanza, origin, event)
 	else
 		answer = archivable(stanza) and true or false;
 	end
-	if event then event.readtrack_loggable = answer; end
+	if event then
+		knowing(event);
+		known_loggable = answer;
+	end
 	return answer;
 end
 
@@ -498,13 +514,18 @@ local in_flight = setmetatable({}, { __mode = "k" });
 
 -- A message a local client sent is followed from pre-message until it is reported: one to a
 -- local user by its <routed sent='true'> event (one copy of the message to readtrack, not two),
--- anything else by a <sent> event once mod_carbons has copied it. The record rides on the event
--- table, which Prosody passes to pre-message/* and then message/*: handlers may replace
--- event.stanza by a copy (mod_mam does, for what clients send), so the stanza object is no key.
+-- anything else by a <sent> event once mod_carbons has copied it. What is known of it rides on
+-- the event table, which Prosody passes to pre-message/* and then message/*: handlers may
+-- replace event.stanza by a copy (mod_mam does, for what clients send), so the stanza object is
+-- no key. `readtrack_sent` is true for a message its <routed> reports, false for one a <sent>
+-- will; `readtrack_sent_carbons` lists the sent carbons, once there is one. No table per
+-- message: each is bytes the collector pays for (docs/performance.md).
 
--- The message being routed (message/*) or sent (pre-message/*) right now: mod_carbons writes
--- its copies while those events run, as new stanzas the filter below recognises.
-local routing, sending;
+-- The message being routed (message/*: its record, event and id) or sent (pre-message/*: its
+-- event and id) right now: mod_carbons writes its copies while those events run, as new stanzas
+-- the filter below recognises.
+local routing, routing_event, routing_id;
+local sending, sending_id;
 
 -- Replays readtrack asked for (<deliver>): written like a live message, tracked the same way.
 local replaying = setmetatable({}, { __mode = "k" });
@@ -538,11 +559,26 @@ local function carbon_of(stanza, direction)
 	return inner;
 end
 
+-- Appends a session's JID to a list (of sessions or carbons) once. A short list is searched; a
+-- long one (a user with many sessions) also keeps its JIDs as keys: a full JID holds a '/', so
+-- they cannot meet a routing record's own fields. A set beside every list was a table per
+-- message.
+local list_scan = 16;
 local function add_jid(list, full_jid)
-	if full_jid and not list[full_jid] then
+	if not full_jid then return; end
+	local n = #list;
+	if n < list_scan then
+		for i = 1, n do
+			if list[i] == full_jid then return; end
+		end
+	else
+		if list[full_jid] then return; end
+		if n == list_scan then
+			for i = 1, n do list[list[i]] = true; end
+		end
 		list[full_jid] = true;
-		list[#list + 1] = full_jid;
 	end
+	list[n + 1] = full_jid;
 end
 
 -- High priority: see the stanza before any later filter replaces it by a copy.
@@ -550,20 +586,21 @@ local function record_write(stanza, session)
 	if stanza.name ~= "message" then return stanza; end
 	local record = in_flight[stanza];
 	if record then
-		add_jid(record.written, session.full_jid);
+		add_jid(record, session.full_jid); -- the sessions written: the record's array part
 		remember_written(session, stanza);
 	elseif replaying[stanza] then
 		remember_written(session, stanza);
 	elseif routing or sending then
 		local inner = routing and carbon_of(stanza, "received");
-		if inner and inner.attr.id == routing.id then
+		if inner and inner.attr.id == routing_id then
 			routing.carbons = routing.carbons or {};
 			add_jid(routing.carbons, session.full_jid);
 		else
 			inner = sending and carbon_of(stanza, "sent");
-			if inner and inner.attr.id == sending.id then
-				sending.carbons = sending.carbons or {};
-				add_jid(sending.carbons, session.full_jid);
+			if inner and inner.attr.id == sending_id then
+				local carbons = sending.readtrack_sent_carbons or {};
+				sending.readtrack_sent_carbons = carbons;
+				add_jid(carbons, session.full_jid);
 			end
 		end
 	end
@@ -677,7 +714,7 @@ end
 
 local tag_open = { session = "<session jid='", carbon = "<carbon jid='" };
 
--- Queues the list's tags as pieces of the current event. `list` may be nil (no carbons).
+-- Queues the list's tags as pieces of the current event. `list` may be nil or false (no carbons).
 local function put_jid_tags(name, list)
 	if not list then return; end
 	local open, bytes = tag_open[name], 0;
@@ -843,6 +880,40 @@ local warn_claims_full = rate_limited("readtrack holds %d bytes of offline messa
 
 local routed_open = "<routed xmlns='" .. xmlns_hook .. "'";
 
+-- The record of one routing: its array part lists the sessions written; `to`, the message's
+-- bytes as a session was written them and the `to` they had, the carbons (a list once there is
+-- one), the archive id, the claim, whether offline handling took it, and the copy of the
+-- stanza registered after archiving (after_archiving). The event and the message's id are kept
+-- beside it (routing_event, routing_id). Records are reused: a table per message is bytes the
+-- collector pays for (docs/performance.md). Every field is false, never nil, while unset: a key
+-- set to nil is given up by the collector, and setting it again would grow the table.
+local free_records, free_count, max_free_records = {}, 0, 8;
+
+local function take_record(to)
+	if free_count == 0 then
+		return { nil, to = to, bytes = false, bytes_to = false, carbons = false,
+			archive_id = false, claim = false, offline = false, copy = false };
+	end
+	local record = free_records[free_count];
+	free_records[free_count], free_count = nil, free_count - 1;
+	record.to = to;
+	return record;
+end
+
+-- Once nothing refers to the record any more (in_flight, routing): reused, unless its session
+-- list keeps JIDs as keys too (add_jid), which would have to be cleared one by one.
+local function give_back_record(record)
+	local n = #record;
+	if n >= list_scan or free_count >= max_free_records then return; end
+	for i = n, 1, -1 do record[i] = nil; end
+	record.to, record.bytes, record.bytes_to, record.carbons = false, false, false, false;
+	record.archive_id, record.claim, record.offline, record.copy = false, false, false, false;
+	free_count = free_count + 1;
+	free_records[free_count] = record;
+end
+
+local report_routing;
+
 local function track_routing(handlers, event_name, event_data)
 	local stanza, origin = event_data.stanza, event_data.origin;
 	if not (component_connected() and loggable(stanza, origin, event_data)) then
@@ -853,41 +924,49 @@ local function track_routing(handlers, event_name, event_data)
 	local to = stanza.attr.to and jid_bare(stanza.attr.to)
 		or (origin.username and origin.username .. "@" .. origin.host);
 	if not to then return handlers(event_name, event_data); end
-	-- bytes and carbons (a list once there is one) start false: the table is made with room for
-	-- the fields routing adds, not grown for them.
-	local record = { to = to, id = stanza.attr.id, written = {}, bytes = false, carbons = false };
-	event_data.readtrack = record;
+	local record = take_record(to);
 	in_flight[stanza] = record;
-	local outer = routing;
-	routing = record;
+	local outer, outer_event, outer_id = routing, routing_event, routing_id;
+	routing, routing_event, routing_id = record, event_data, stanza.attr.id;
 	local ok, ret = pcall(handlers, event_name, event_data);
-	routing = outer;
+	routing, routing_event, routing_id = outer, outer_event, outer_id;
 	in_flight[stanza] = nil;
 	in_flight[event_data.stanza] = nil;
+	if record.copy then in_flight[record.copy] = nil; end
 	writing, writing_session = nil, nil;
-	if not ok then error(ret, 0); end
+	if not ok then
+		give_back_record(record);
+		error(ret, 0);
+	end
+	-- (A report that raises leaves its record to the collector.)
+	report_routing(record, stanza, origin, to, event_data);
+	give_back_record(record);
+	return ret;
+end
 
+function report_routing(record, stanza, origin, to, event_data)
 	-- Only what the server delivered or stored is reported: a message a policy module
 	-- (blocking, privacy, a firewall) bounced or dropped never reached a session or offline
 	-- handling, and does not exist for readtrack.
-	if #record.written == 0 and not record.offline then
-		return ret;
+	local written = record[1] ~= nil;
+	if not (written or record.offline) then
+		return;
 	end
 	-- The account exists (the server delivered or stored the message): its token first. For
 	-- an offline recipient it is read from storage again: the account may have been deleted
 	-- and created again by a tool outside the server since this process cached it, and a
 	-- message for the new account must not be filed under the old one (it would be deleted
 	-- with it). A session's login reads it anyway; offline storage writes per message too.
-	tell_account((jid_split(to)), #record.written == 0);
-	local sent_record = event_data.readtrack_sent;
-	local sent = sent_record and origin.type == "c2s" and "true" or nil;
-	event_data.readtrack_sent = nil;
+	tell_account((jid_split(to)), not written);
+	local sent_carbons = event_data.readtrack_sent == true and event_data.readtrack_sent_carbons;
+	local sent = event_data.readtrack_sent == true and origin.type == "c2s" and "true" or nil;
+	event_data.readtrack_sent, event_data.readtrack_sent_carbons = nil, nil;
 	-- The message as a session got it where one did; serialised here only where none did
 	-- (offline, hibernating, a copy written), from the object routing started with: handlers
 	-- that change a message (mod_mam's <stanza-id>) change a copy, which is what was written.
 	-- (Serialised before the event is begun: it may raise.)
 	local original = not record.bytes and forwarded(stanza, to);
-	if not begin_event() then return ret; end
+	if not begin_event() then return; end
 	put(routed_open);
 	-- Taken from offline handling (no session got it, so the message was serialised above):
 	-- the event names the claim.
@@ -897,12 +976,12 @@ local function track_routing(handlers, event_name, event_data)
 		put_attr(" claim='", tostring(claim));
 	end
 	put_attr(" to='", to);
-	put_attr(" archive-id='", record.archive_id);
+	put_attr(" archive-id='", record.archive_id or nil);
 	put_attr(" sent='", sent);
 	put(">");
-	put_jid_tags("session", record.written);
+	put_jid_tags("session", record);
 	put_jid_tags("carbon", record.carbons);
-	if sent_record then put_jid_tags("carbon", sent_record.carbons); end
+	put_jid_tags("carbon", sent_carbons);
 	if original then
 		put(original);
 	else
@@ -910,15 +989,15 @@ local function track_routing(handlers, event_name, event_data)
 	end
 	put("</routed>");
 	end_event();
-	return ret;
 end
 
 -- Between mod_mam (0) and delivery by mod_message (-1): the stanza as it will be written.
 local function after_archiving(event)
-	local record = event.readtrack;
-	if not record then return; end
+	if event ~= routing_event then return; end
+	local record = routing;
 	in_flight[event.stanza] = record;
-	record.archive_id = archive_id(event.stanza, record.to);
+	record.copy = event.stanza;
+	record.archive_id = archive_id(event.stanza, record.to) or false;
 end
 
 module:hook("message/bare", after_archiving, -0.75);
@@ -1067,11 +1146,8 @@ local function on_client_message(event)
 		end
 		return true;
 	end
-	local record = { id = stanza.attr.id, -- carbons: a list once there is one
-		to = event.to_self and jid_bare(origin.full_jid) or nil,
-		by_routed = reported_by_routed(stanza, origin, event) };
-	event.readtrack_sent = record;
-	sending = record;
+	event.readtrack_sent = reported_by_routed(stanza, origin, event);
+	sending, sending_id = event, stanza.attr.id;
 end
 
 local sent_open = "<sent xmlns='" .. xmlns_hook .. "'>";
@@ -1080,15 +1156,17 @@ local sent_open = "<sent xmlns='" .. xmlns_hook .. "'>";
 -- client may send (a blocked contact, say, stops it earlier) and its sent carbons are written.
 local function after_carbons(event)
 	local stanza = event.stanza;
-	local record = event.readtrack_sent;
-	if sending == record then sending = nil; end
-	if not record or record.by_routed then return; end
-	event.readtrack_sent = nil;
-	if emit_signal(stanza, record.to) then return; end
-	local xml = forwarded(stanza, record.to);
+	if sending == event then sending, sending_id = nil, nil; end
+	if event.readtrack_sent ~= false then return; end -- untracked, or reported by <routed>
+	local carbons = event.readtrack_sent_carbons;
+	event.readtrack_sent, event.readtrack_sent_carbons = nil, nil;
+	-- The `to` routing goes by for a message to the sender's own account (to_self).
+	local to = event.to_self and jid_bare(event.origin.full_jid) or nil;
+	if emit_signal(stanza, to) then return; end
+	local xml = forwarded(stanza, to);
 	if not begin_event() then return; end
 	put(sent_open);
-	put_jid_tags("carbon", record.carbons);
+	put_jid_tags("carbon", carbons);
 	put(xml);
 	put("</sent>");
 	end_event();
