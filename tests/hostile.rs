@@ -28,14 +28,13 @@ fn is_server_ack(s: &str, id: &str) -> bool {
 }
 
 fn server(extra_modules: &[&str]) -> Prosody {
-    let p = Prosody::start(ProsodyOpts {
-        extra_modules: extra_modules.iter().map(|m| m.to_string()).collect(),
-        ..ProsodyOpts::default()
-    });
-    for u in ["alice", "bob", "dave", "erin", "carol"] {
-        p.register(u, "pw");
-    }
-    p
+    server_from(
+        ProsodyOpts {
+            extra_modules: extra_modules.iter().map(|m| m.to_string()).collect(),
+            ..ProsodyOpts::default()
+        },
+        &["alice", "bob", "dave", "erin", "carol"],
+    )
 }
 
 fn stats(rt: &Readtrack) -> serde_json::Value {
@@ -340,14 +339,14 @@ async fn expect_each_once(client: &mut Client, prefix: &str, count: usize) {
 /// queued in it, the rest are left to mod_offline. None is lost or delivered twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_queued_within_one_turn_count_towards_the_link_backlog() {
-    let p = Prosody::start(ProsodyOpts {
-        extra_modules: vec!["offline".into()],
-        extra_host: "readtrack_max_link_backlog = 4096\n".into(),
-        ..ProsodyOpts::default()
-    });
-    for u in ["alice", "bob"] {
-        p.register(u, "pw");
-    }
+    let p = server_from(
+        ProsodyOpts {
+            extra_modules: vec!["offline".into()],
+            extra_host: "readtrack_max_link_backlog = 4096\n".into(),
+            ..ProsodyOpts::default()
+        },
+        &["alice", "bob"],
+    );
     let rt = Readtrack::start(&p, ReadtrackOpts::default());
     let mut bob = online(&p, "bob", "phone").await;
     bob.close().await;
@@ -378,14 +377,14 @@ async fn events_queued_within_one_turn_count_towards_the_link_backlog() {
 /// mark from readtrack, the later ones from mod_offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_past_the_link_backlog_mark_are_left_to_mod_offline_and_none_is_lost() {
-    let p = Prosody::start(ProsodyOpts {
-        extra_modules: vec!["offline".into()],
-        extra_host: "readtrack_max_link_backlog = 256 * 1024\n".into(),
-        ..ProsodyOpts::default()
-    });
-    for u in ["alice", "bob", "dave", "erin"] {
-        p.register(u, "pw");
-    }
+    let p = server_from(
+        ProsodyOpts {
+            extra_modules: vec!["offline".into()],
+            extra_host: "readtrack_max_link_backlog = 256 * 1024\n".into(),
+            ..ProsodyOpts::default()
+        },
+        &["alice", "bob", "dave", "erin"],
+    );
     let rt = Readtrack::start(&p, ReadtrackOpts::default());
     let mut bob = online(&p, "bob", "phone").await;
     bob.close().await;

@@ -19,14 +19,6 @@ fn jid(s: &str) -> Jid {
     Jid::parse(s).unwrap()
 }
 
-fn server(users: &[&str]) -> Prosody {
-    let p = Prosody::start(ProsodyOpts::default());
-    for u in users {
-        p.register(u, "pw");
-    }
-    p
-}
-
 /// Connects the raw component and consumes the snapshot it is greeted with (every page, which
 /// must come numbered from 1, in order, up to the one marked last).
 async fn component(p: &Prosody) -> (RawComponent, Vec<SessionInfo>) {
@@ -133,7 +125,7 @@ fn routed_sessions(event: HookEvent) -> (Jid, Vec<Jid>, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_events_carry_full_jids() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, snapshot) = component(&p).await;
     assert_eq!(snapshot, vec![]);
 
@@ -202,7 +194,7 @@ fn session_id_of(event: HookEvent, full: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routed_lists_exactly_the_sessions_written_to() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     let mut bob1 = available(&p, &mut comp, "bob", "b1").await;
@@ -284,7 +276,7 @@ async fn routed_lists_exactly_the_sessions_written_to() {
 /// message a second time). A receipt (`<received>`) still also goes as its own event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_asking_for_a_receipt_is_reported_by_its_routed_event_alone() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     let mut bob = available(&p, &mut comp, "bob", "phone").await;
@@ -379,7 +371,7 @@ async fn bytes_written_in_place_of_a_swallowed_message_are_not_taken_for_it() {
 /// the rule, and the hints that override it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_mod_mam_the_module_tracks_what_mod_mam_would_archive() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     let _bob = available(&p, &mut comp, "bob", "phone").await;
@@ -471,7 +463,7 @@ async fn without_mod_mam_the_module_tracks_what_mod_mam_would_archive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_user_gets_routed_without_sessions_and_no_offline_storage() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
 
@@ -507,7 +499,7 @@ async fn offline_user_gets_routed_without_sessions_and_no_offline_storage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_component_mod_offline_works_as_usual() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let mut alice = online(&p, "alice", "phone").await;
     alice
         .send_raw(&chat("plain1", "bob@localhost", "stored by prosody"))
@@ -538,7 +530,7 @@ async fn without_component_mod_offline_works_as_usual() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receipts_to_the_host_are_forwarded_and_consumed() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     let mut bob = available(&p, &mut comp, "bob", "phone").await;
@@ -580,7 +572,7 @@ async fn receipts_to_the_host_are_forwarded_and_consumed() {
 /// comes whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_accepts_receipts_and_markers_come_as_signals() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     comp.send_raw(&format!(
         "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='signal' id='a1'/></message>"
@@ -643,7 +635,7 @@ fn deliver(to: &str, inner: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliver_reaches_exactly_the_named_session() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     let mut b1 = available(&p, &mut comp, "bob", "b1").await;
     let mut b2 = available(&p, &mut comp, "bob", "b2").await;
@@ -693,7 +685,7 @@ async fn deliver_reaches_exactly_the_named_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_routes_a_server_ack_as_the_host() {
-    let p = server(&["alice"]);
+    let p = server_with(&["alice"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
 
@@ -761,7 +753,7 @@ fn read_ack(xml: &str) -> (Vec<(String, String)>, String) {
 /// escaped where the values need it, and nothing goes to a session that is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compact_ack_reaches_the_sender_as_the_whole_send_did() {
-    let p = server(&["alice"]);
+    let p = server_with(&["alice"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
 
@@ -908,7 +900,7 @@ async fn send_to_a_session_that_is_gone_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_from_clients_are_ignored() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     let mut bob = available(&p, &mut comp, "bob", "phone").await;
@@ -931,7 +923,7 @@ async fn commands_from_clients_are_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_component_gets_a_snapshot() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let mut alice = online(&p, "alice", "phone").await;
     alice.sync().await;
     let mut bob = p.client("bob", "pw", "laptop").await;
@@ -1060,7 +1052,7 @@ fn hook_element(stanza: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_events_validate_against_the_schema() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let mut comp = p.connect_component().await;
     let mut alice = online(&p, "alice", "phone").await;
     alice.sync().await;
@@ -1112,7 +1104,7 @@ async fn live_events_validate_against_the_schema() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn harness_restart_keeps_accounts_and_ports() {
-    let mut p = server(&["alice"]);
+    let mut p = server_with(&["alice"]);
     let port = p.c2s_port;
     p.restart();
     assert_eq!(p.c2s_port, port);
@@ -1127,7 +1119,7 @@ async fn harness_restart_keeps_accounts_and_ports() {
 /// system's Prosody instead of the selected one would make the second run a copy of the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_running_prosody_is_the_selected_line() {
-    let p = server(&[]);
+    let p = server_with(&[]);
     let line = prosody_line();
     let welcome = format!("Prosody version {}", line.version);
     assert!(
@@ -1155,7 +1147,7 @@ fn a_prosody_line_that_is_not_there_fails_saying_how_to_get_it() {
 /// readtrack resends a bounce it got no confirmation for, and the sender must see it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_id_is_executed_once_and_confirmed_each_time() {
-    let p = server(&["alice"]);
+    let p = server_with(&["alice"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     let bounce = format!(
@@ -1186,7 +1178,7 @@ async fn a_command_id_is_executed_once_and_confirmed_each_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_commands_runs_in_order_and_confirms_each_id() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     let mut bob = available(&p, &mut comp, "bob", "phone").await;
@@ -1269,7 +1261,7 @@ async fn a_batch_of_commands_runs_in_order_and_confirms_each_id() {
 /// a connection, once per connection, and again to a new connection before its snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_are_told_once_per_connection() {
-    let p = server(&["alice"]);
+    let p = server_with(&["alice"]);
     let (mut comp, _) = component(&p).await;
     let _phone = available(&p, &mut comp, "alice", "phone").await;
     let _laptop = available(&p, &mut comp, "alice", "laptop").await;
@@ -1458,7 +1450,7 @@ fn bounce_commands(
 /// session that is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compact_bounce_reaches_the_sender_as_the_whole_send_did() {
-    let p = server(&["alice"]);
+    let p = server_with(&["alice"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     for (n, body) in [Some("{\"cnt\":\"a < b & 'c'\"}\n\tline"), None, Some("")]
@@ -1570,7 +1562,7 @@ async fn a_compact_bounce_to_a_session_with_stream_management_is_counted_in_its_
 /// Before that (an older readtrack) every id has its own `<done id>`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_accepts_the_ids_of_one_command_message_are_confirmed_by_one_event() {
-    let p = server(&["alice"]);
+    let p = server_with(&["alice"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     let batch = |ids: &[&str]| {
@@ -1675,7 +1667,7 @@ async fn ids_received(c: &mut Client) -> Vec<String> {
 /// message was lost: bob's first device got nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_readtrack_did_not_confirm_go_to_offline_storage_when_its_connection_ends() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     command(
         &mut comp,
@@ -1724,7 +1716,7 @@ async fn claims_readtrack_did_not_confirm_go_to_offline_storage_when_its_connect
 /// later connection names none of that connection's claims (numbers are never reused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_durable_returns_go_to_offline_storage_at_once_and_numbers_are_never_reused() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     command(
         &mut comp,
@@ -1780,7 +1772,7 @@ async fn claims_durable_returns_go_to_offline_storage_at_once_and_numbers_are_ne
 /// behaviour: no claim numbers, the module holds nothing and hands nothing back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_readtrack_gets_no_claims_and_nothing_is_handed_back() {
-    let p = server(&["alice", "bob"]);
+    let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     // Before readtrack has said what it accepts, the module holds what it claims.
@@ -1803,13 +1795,13 @@ async fn an_older_readtrack_gets_no_claims_and_nothing_is_handed_back() {
 /// left to mod_offline (no event), as while readtrack is away; confirming frees the room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_claim_budget_offline_messages_are_left_to_mod_offline() {
-    let p = Prosody::start(ProsodyOpts {
-        extra_host: "readtrack_max_claimed_bytes = 1\n".into(),
-        ..ProsodyOpts::default()
-    });
-    for u in ["alice", "bob"] {
-        p.register(u, "pw");
-    }
+    let p = server_from(
+        ProsodyOpts {
+            extra_host: "readtrack_max_claimed_bytes = 1\n".into(),
+            ..ProsodyOpts::default()
+        },
+        &["alice", "bob"],
+    );
     let (mut comp, _) = component(&p).await;
     command(
         &mut comp,
@@ -1922,13 +1914,13 @@ async fn a_compact_deliver_parsed_for_stream_management_is_the_stanza_the_whole_
 }
 
 async fn compare_deliveries(smacks: bool) {
-    let p = Prosody::start(ProsodyOpts {
-        smacks,
-        ..ProsodyOpts::default()
-    });
-    for u in ["alice", "bob"] {
-        p.register(u, "pw");
-    }
+    let p = server_from(
+        ProsodyOpts {
+            smacks,
+            ..ProsodyOpts::default()
+        },
+        &["alice", "bob"],
+    );
     let (mut comp, _) = component(&p).await;
     let mut bob = available(&p, &mut comp, "bob", "phone").await;
     if smacks {
@@ -1978,13 +1970,13 @@ async fn compare_deliveries(smacks: bool) {
 /// arrives; the id of a command is confirmed and executed once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compact_deliver_is_dropped_where_the_whole_one_was() {
-    let p = Prosody::start(ProsodyOpts {
-        blocklist: true,
-        ..ProsodyOpts::default()
-    });
-    for u in ["alice", "bob", "mallory"] {
-        p.register(u, "pw");
-    }
+    let p = server_from(
+        ProsodyOpts {
+            blocklist: true,
+            ..ProsodyOpts::default()
+        },
+        &["alice", "bob", "mallory"],
+    );
     let (mut comp, _) = component(&p).await;
     let mut bob = available(&p, &mut comp, "bob", "phone").await;
     bob.send_raw(

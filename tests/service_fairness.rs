@@ -132,26 +132,12 @@ async fn a_server_ack_is_compact_only_on_a_connection_whose_module_executes_it()
         for event in events {
             event_tx.send(LinkEvent::Stanza(event)).await.unwrap();
         }
-        let ack = loop {
-            let stanza = tokio::time::timeout(Duration::from_secs(20), command_rx.recv())
-                .await
-                .expect("the ack comes")
-                .unwrap();
-            let commands = HookCommand::parse_batch(&stanza, "readtrack.localhost").unwrap();
-            if let Some(ack) = commands
-                .into_iter()
-                .find(|c| !matches!(c, HookCommand::Accepts { .. }))
-            {
-                break ack;
-            }
-        };
+        let ack = first_command(&mut command_rx, "the ack", |c| {
+            !matches!(c, HookCommand::Accepts { .. })
+        })
+        .await;
         acks.push(ack);
-        event_tx
-            .send(LinkEvent::Disconnected {
-                reason: "next module".into(),
-            })
-            .await
-            .unwrap();
+        disconnect(&event_tx).await;
     }
     let [old_1, new_1, old_2] = <[HookCommand; 3]>::try_from(acks).unwrap();
     for (old, id) in [(old_1, "old-1"), (old_2, "old-2")] {
@@ -212,31 +198,18 @@ async fn a_bounce_is_compact_only_on_a_connection_whose_module_executes_it() {
         ] {
             event_tx.send(LinkEvent::Stanza(event)).await.unwrap();
         }
-        let bounce = loop {
-            let stanza = tokio::time::timeout(Duration::from_secs(20), command_rx.recv())
-                .await
-                .expect("the bounce comes")
-                .unwrap();
-            let commands = HookCommand::parse_batch(&stanza, "readtrack.localhost").unwrap();
-            // Unconfirmed bounces of earlier connections come again: this one's is wanted.
-            if let Some(bounce) = commands.into_iter().find(|c| match c {
-                HookCommand::Bounce { message_id, .. } => message_id == id,
-                HookCommand::SendAsHost { stanza_xml } => {
-                    stanza_xml.contains("type=\"error\"")
-                        && stanza_xml.contains(&format!("id=\"{id}\""))
-                }
-                _ => false,
-            }) {
-                break bounce;
+        // Unconfirmed bounces of earlier connections come again: this one's is wanted.
+        let bounce = first_command(&mut command_rx, "the bounce", |c| match c {
+            HookCommand::Bounce { message_id, .. } => message_id == id,
+            HookCommand::SendAsHost { stanza_xml } => {
+                stanza_xml.contains("type=\"error\"")
+                    && stanza_xml.contains(&format!("id=\"{id}\""))
             }
-        };
+            _ => false,
+        })
+        .await;
         bounces.push(bounce);
-        event_tx
-            .send(LinkEvent::Disconnected {
-                reason: "next module".into(),
-            })
-            .await
-            .unwrap();
+        disconnect(&event_tx).await;
     }
     let [old_1, acks_1, new_1] = <[HookCommand; 3]>::try_from(bounces).unwrap();
     for (old, id) in [(old_1, "old-1"), (acks_1, "acks-1")] {
@@ -272,6 +245,35 @@ async fn a_bounce_is_compact_only_on_a_connection_whose_module_executes_it() {
 
 /// The engine's defaults in the seed dialect (server acks to every client), which these tests
 /// exercise.
+/// The first command the service sends that `wanted` picks, batch by batch (the rest of its
+/// batch is dropped); `what` names it when none comes within 20 s.
+async fn first_command(
+    commands: &mut mpsc::Receiver<String>,
+    what: &str,
+    wanted: impl Fn(&HookCommand) -> bool,
+) -> HookCommand {
+    loop {
+        let stanza = tokio::time::timeout(Duration::from_secs(20), commands.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what} does not come"))
+            .unwrap();
+        let batch = HookCommand::parse_batch(&stanza, "readtrack.localhost").unwrap();
+        if let Some(command) = batch.into_iter().find(|c| wanted(c)) {
+            return command;
+        }
+    }
+}
+
+/// The link to this module's connection ends (the next round connects a different module).
+async fn disconnect(events: &mpsc::Sender<LinkEvent>) {
+    events
+        .send(LinkEvent::Disconnected {
+            reason: "next module".into(),
+        })
+        .await
+        .unwrap();
+}
+
 fn seed_config() -> readtrack::engine::EngineConfig {
     let mut config = readtrack::engine::EngineConfig::new("localhost");
     config.dialect = readtrack::engine::Dialect::Seed;
@@ -432,28 +434,15 @@ async fn a_replay_is_compact_only_on_a_connection_whose_module_executes_it() {
         ] {
             event_tx.send(LinkEvent::Stanza(event)).await.unwrap();
         }
-        let replay = loop {
-            let stanza = tokio::time::timeout(Duration::from_secs(20), command_rx.recv())
-                .await
-                .expect("the replay comes")
-                .unwrap();
-            let commands = HookCommand::parse_batch(&stanza, "readtrack.localhost").unwrap();
-            if let Some(replay) = commands.into_iter().find(|c| {
-                matches!(
-                    c,
-                    HookCommand::Deliver { .. } | HookCommand::DeliverBytes { .. }
-                )
-            }) {
-                break replay;
-            }
-        };
+        let replay = first_command(&mut command_rx, "the replay", |c| {
+            matches!(
+                c,
+                HookCommand::Deliver { .. } | HookCommand::DeliverBytes { .. }
+            )
+        })
+        .await;
         replays.push(replay);
-        event_tx
-            .send(LinkEvent::Disconnected {
-                reason: "next module".into(),
-            })
-            .await
-            .unwrap();
+        disconnect(&event_tx).await;
     }
     let [old_1, new, old_2] = <[HookCommand; 3]>::try_from(replays).unwrap();
     let mut whole = Vec::new();
