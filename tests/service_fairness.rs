@@ -8,8 +8,9 @@ use readtrack::component::LinkEvent;
 use readtrack::engine::Engine;
 use readtrack::hooks::{CommandBatch, HookCommand, HookEvent, SnapshotPage};
 use readtrack::jid::Jid;
-use readtrack::service::Service;
+use readtrack::service::{Query, Service};
 use readtrack::stanza::Incoming;
+use readtrack::store::records::ReceiptState;
 use readtrack::store::{Store, StoreOptions};
 use tokio::sync::{mpsc, watch};
 
@@ -120,6 +121,7 @@ async fn a_server_ack_is_compact_only_on_a_connection_whose_module_executes_it()
         commands: mut command_rx,
         shutdown: shutdown_tx,
         run,
+        ..
     } = running(seed_config());
 
     let mut acks = Vec::new();
@@ -183,6 +185,7 @@ async fn a_bounce_is_compact_only_on_a_connection_whose_module_executes_it() {
         commands: mut command_rx,
         shutdown: shutdown_tx,
         run,
+        ..
     } = running(config);
 
     let mut bounces = Vec::new();
@@ -287,6 +290,8 @@ struct Running {
     events: mpsc::Sender<LinkEvent>,
     commands: mpsc::Receiver<String>,
     shutdown: watch::Sender<bool>,
+    /// Closures run on the engine between link events: a test's window into its store.
+    queries: mpsc::Sender<Query>,
     run: tokio::task::JoinHandle<Result<Engine, readtrack::service::ServiceError>>,
 }
 
@@ -297,7 +302,7 @@ fn running(config: readtrack::engine::EngineConfig) -> Running {
     let (command_tx, commands) = mpsc::channel(64);
     let service = Service::new(engine, "readtrack.localhost".into(), command_tx);
     let (events, event_rx) = mpsc::channel(64);
-    let (_query_tx, query_rx) = mpsc::channel(1);
+    let (queries, query_rx) = mpsc::channel(1);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let run = tokio::spawn(service.run(event_rx, query_rx, shutdown_rx));
     Running {
@@ -305,6 +310,7 @@ fn running(config: readtrack::engine::EngineConfig) -> Running {
         events,
         commands,
         shutdown,
+        queries,
         run,
     }
 }
@@ -321,6 +327,7 @@ async fn a_done_list_settles_every_bounce_it_names() {
         events: event_tx,
         commands: mut command_rx,
         shutdown: shutdown_tx,
+        queries,
         run,
     } = running(config);
 
@@ -372,6 +379,40 @@ async fn a_done_list_settles_every_bounce_it_names() {
         ))
         .await
         .unwrap();
+    // Bounces are sent again every 50 ms until confirmed: those sent before the service read
+    // the done list may still be queued. Wait until the store shows m1 and m2 settled, then
+    // drop what was sent until then.
+    let settled = |id: &str| {
+        let (user, seq) = id["bounce-".len()..].split_once('-').unwrap();
+        (user.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
+    };
+    let confirmed = [settled(&first["m1"]), settled(&first["m2"])];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        queries
+            .send(Box::new(move |engine: &mut Engine, _| {
+                let bouncing = confirmed.iter().any(|&(user, seq)| {
+                    engine
+                        .store()
+                        .message(user, seq)
+                        .unwrap()
+                        .is_some_and(|m| matches!(m.receipt, ReceiptState::Bouncing { .. }))
+                });
+                let _ = tx.send(bouncing);
+            }))
+            .await
+            .unwrap();
+        if !rx.await.unwrap() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the done list settles m1 and m2"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while command_rx.try_recv().is_ok() {}
     event_tx
         .send(LinkEvent::Disconnected {
             reason: "next module".into(),
@@ -407,6 +448,7 @@ async fn a_replay_is_compact_only_on_a_connection_whose_module_executes_it() {
         commands: mut command_rx,
         shutdown: shutdown_tx,
         run,
+        ..
     } = running(seed_config());
 
     let mut replays = Vec::new();
@@ -509,6 +551,7 @@ async fn a_large_replay_goes_compact_only_where_escaping_does_not_lengthen_it() 
         commands: mut command_rx,
         shutdown: shutdown_tx,
         run,
+        ..
     } = running(seed_config());
 
     event_tx.send(LinkEvent::Connected).await.unwrap();
