@@ -246,8 +246,6 @@ async fn a_bounce_is_compact_only_on_a_connection_whose_module_executes_it() {
     run.await.unwrap().unwrap();
 }
 
-/// The engine's defaults in the seed dialect (server acks to every client), which these tests
-/// exercise.
 /// The first command the service sends that `wanted` picks, batch by batch (the rest of its
 /// batch is dropped); `what` names it when none comes within 20 s.
 async fn first_command(
@@ -277,6 +275,8 @@ async fn disconnect(events: &mpsc::Sender<LinkEvent>) {
         .unwrap();
 }
 
+/// The engine's defaults in the seed dialect (server acks to every client), which these tests
+/// exercise.
 fn seed_config() -> readtrack::engine::EngineConfig {
     let mut config = readtrack::engine::EngineConfig::new("localhost");
     config.dialect = readtrack::engine::Dialect::Seed;
