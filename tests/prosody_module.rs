@@ -870,12 +870,19 @@ async fn a_receipt_reaches_readtrack_once_with_its_signal_effect_delivered_and_l
     laptop.sync().await;
     let mut bob = online(&p, "bob", "phone").await;
     bob.sync().await;
-    rt.wait_online("bob@localhost", "phone");
     phone
         .send_raw("<message id='m1' type='chat' to='bob@localhost'><body>hi</body><request xmlns='urn:xmpp:receipts'/></message>")
         .await;
     bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("m1"))
         .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while rt.cursors_once_known("bob@localhost").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readtrack never learnt of bob"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     rt.wait_device("bob@localhost", "phone", "m1 logged", |d| {
         d["acked_upto"].as_u64() == Some(0) && d["unread"].as_u64() == Some(1)
     });

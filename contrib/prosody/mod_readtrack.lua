@@ -961,14 +961,10 @@ function report_routing(record, stanza, origin, to, event_data)
 	-- (blocking, privacy, a firewall) bounced or dropped never reached a session or offline
 	-- handling, and does not exist for readtrack.
 	local written = record[1] ~= nil;
-	-- The signal held for this message (after_carbons) rides on the event where a session was
+	-- The signal held for this message (after_carbons) rides on its event where a session was
 	-- written it; otherwise it goes alone, first, as it did.
-	local folded = held_signal_event == event_data;
-	if folded and not (written and not record.offline) then
+	if held_signal_event == event_data and not (written and not record.offline) then
 		emit_held_signal();
-		folded = false;
-	elseif folded then
-		held_signal_event, held_signal_stanza = nil, nil;
 	end
 	if not (written or record.offline) then
 		return;
@@ -980,13 +976,19 @@ function report_routing(record, stanza, origin, to, event_data)
 	-- with it). A session's login reads it anyway; offline storage writes per message too.
 	tell_account((jid_split(to)), not written);
 	local sent_carbons = event_data.readtrack_sent == true and event_data.readtrack_sent_carbons;
-	local sent = (folded or event_data.readtrack_sent == true) and origin.type == "c2s";
+	local sent = event_data.readtrack_sent == true and origin.type == "c2s";
 	event_data.readtrack_sent, event_data.readtrack_sent_carbons = nil, nil;
 	-- The message as a session got it where one did; serialised here only where none did
 	-- (offline, hibernating, a copy written), from the object routing started with: handlers
 	-- that change a message (mod_mam's <stanza-id>) change a copy, which is what was written.
 	-- (Serialised before the event is begun: it may raise.)
 	local original = not record.bytes and forwarded(stanza, to);
+	-- Still held (an event queued since, such as the recipient's account token, sent it ahead
+	-- of itself, as it came before): taken by this event.
+	if held_signal_event == event_data then
+		held_signal_event, held_signal_stanza = nil, nil;
+		sent = origin.type == "c2s";
+	end
 	if not begin_event() then return; end
 	put(routed_open);
 	-- Taken from offline handling (no session got it, so the message was serialised above):
