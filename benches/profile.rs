@@ -12,9 +12,12 @@
 //! it; no store), `ingest N` (routed to a live device, receipts required, commit every 64),
 //! `receipt N` (N acks after logging N messages, commit every 64; the acks alone are
 //! `measured_receipts`), `chat N` (the load bench's xep chat as `readtrack serve` gets it: per
-//! message the three hook events, read with `service::from_server` and handled, eight pairs,
-//! each receipt 64 messages after its message, commit every 96 messages; all of it is
-//! `measured_chat`), `replay N U` (log N messages
+//! message its hook events, read with `service::from_server` and handled, eight pairs, each
+//! receipt 64 messages after its message, commit every 96 messages; all of it is
+//! `measured_chat`; the receipt's signal rides on its `<routed sent>`, as a module told
+//! `routed-signal` sends it: two events per message), `chat-signal N` (the same with the receipt's
+//! separate `<signal>` before its `<routed>`, as an older module or readtrack has it: three
+//! events per message), `replay N U` (log N messages
 //! offline, read all but the last U, then one login replays them), `scan N U` (raw sled baseline:
 //! N values of the same size, range scan of the last U).
 
@@ -98,7 +101,7 @@ fn main() {
     let store = Store::open(dir.path().join("db"), &options).unwrap();
     let mut config = EngineConfig::new("example.com");
     config.dialect = readtrack::engine::Dialect::Seed;
-    if what == "chat" {
+    if what == "chat" || what == "chat-signal" {
         // As `readtrack serve` runs for the load bench's `LOAD_DIALECT=xep`.
         config = EngineConfig::new("localhost");
         config.dialect = readtrack::engine::Dialect::Xep;
@@ -172,8 +175,8 @@ fn main() {
                 println!("logged in {logged:?}, acked in {:?}", start.elapsed());
             }
         }
-        "chat" => {
-            let script = chat_script(n);
+        "chat" | "chat-signal" => {
+            let script = chat_script(n, what == "chat");
             let start = Instant::now();
             let handled = measured_chat(&mut engine, &script);
             println!("chat {n}: {handled} events in {:?}", start.elapsed());
@@ -304,8 +307,9 @@ fn measured_receipts(engine: &mut Engine, phone: &Jid, n: u64) {
 /// The events of one chat message of the load bench (xep dialect) as mod_readtrack reports
 /// them: the message, routed to the receiver's session and logged as sent for the sender (one
 /// `<routed sent>`); the receiver's XEP-0184 receipt (a compact `<signal>`); the receipt,
-/// routed to the sender's session.
-fn chat_events(pair: u64, i: u64) -> [String; 3] {
+/// routed to the sender's session. `fold`: the receipt's signal rides on its `<routed
+/// sent='true'>` (readtrack accepts `routed-signal`), and the second is empty.
+fn chat_events(pair: u64, i: u64, fold: bool) -> [String; 3] {
     let (alice, bob) = (
         format!("send{pair}@localhost/load"),
         format!("recv{pair}@localhost/load"),
@@ -317,15 +321,19 @@ fn chat_events(pair: u64, i: u64) -> [String; 3] {
     let id = format!("p{pair}m{i}");
     [
         format!("<message from='localhost' to='readtrack.localhost'><routed xmlns='urn:readtrack:hook:0' to='{bob_bare}' archive-id='a{pair}x{i}' sent='true'><session jid='{bob}'/><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' id='{id}' type='chat' to='{bob_bare}' from='{alice}'><request xmlns='urn:xmpp:receipts'/><body>load message {i}</body></message></forwarded></routed></message>"),
-        format!("<message from='localhost' to='readtrack.localhost'><signal xmlns='urn:readtrack:hook:0' from='{bob}' to='{alice}' id='rc-{id}' receipt='xep0184' receipt-id='{id}'/></message>"),
-        format!("<message from='localhost' to='readtrack.localhost'><routed xmlns='urn:readtrack:hook:0' to='{alice_bare}' archive-id='b{pair}x{i}'><session jid='{alice}'/><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' id='rc-{id}' to='{alice}' from='{bob}'><received xmlns='urn:xmpp:receipts' id='{id}'/></message></forwarded></routed></message>"),
+        if fold {
+            String::new()
+        } else {
+            format!("<message from='localhost' to='readtrack.localhost'><signal xmlns='urn:readtrack:hook:0' from='{bob}' to='{alice}' id='rc-{id}' receipt='xep0184' receipt-id='{id}'/></message>")
+        },
+        format!("<message from='localhost' to='readtrack.localhost'><routed xmlns='urn:readtrack:hook:0' to='{alice_bare}' archive-id='b{pair}x{i}'{}><session jid='{alice}'/><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' id='rc-{id}' to='{alice}' from='{bob}'><received xmlns='urn:xmpp:receipts' id='{id}'/></message></forwarded></routed></message>", if fold { " sent='true'" } else { "" }),
     ]
 }
 
 /// The events of `chat N` in the order `readtrack serve` gets them: eight pairs online, then
 /// N messages round robin, each one's receipt (the last two events) 64 messages later; `None`
 /// marks a commit, after every 96 messages' worth of events (the load bench's batches).
-fn chat_script(n: u64) -> Vec<Option<String>> {
+fn chat_script(n: u64, fold: bool) -> Vec<Option<String>> {
     const PAIRS: u64 = 8;
     const LAG: u64 = 64;
     let mut script = Vec::new();
@@ -337,13 +345,15 @@ fn chat_script(n: u64) -> Vec<Option<String>> {
     script.push(None);
     for k in 0..n + LAG {
         if k < n {
-            let [chat, _, _] = chat_events(k % PAIRS, k / PAIRS);
+            let [chat, _, _] = chat_events(k % PAIRS, k / PAIRS, fold);
             script.push(Some(chat));
         }
         if k >= LAG {
             let acked = k - LAG;
-            let [_, receipt, routed_receipt] = chat_events(acked % PAIRS, acked / PAIRS);
-            script.push(Some(receipt));
+            let [_, receipt, routed_receipt] = chat_events(acked % PAIRS, acked / PAIRS, fold);
+            if !fold {
+                script.push(Some(receipt));
+            }
             script.push(Some(routed_receipt));
         }
         if k % 96 == 95 {

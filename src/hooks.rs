@@ -96,6 +96,9 @@ pub enum HookEvent {
         message: Incoming,
         /// Sent by the local session its `from` names: this event also stands for that
         /// session's [`HookEvent::Sent`], which the module then does not send (`sent="true"`).
+        /// Once readtrack accepts `routed-signal` ([`HookCommand::Accepts`]), also for a receipt
+        /// or marker written to a session of its addressee: the event then stands for its
+        /// [`HookEvent::Signal`], read from the routed message itself.
         sent: bool,
         /// The number under which the module holds this message, taken from the server's
         /// offline handling (no session got it), until readtrack confirms it durable
@@ -155,7 +158,7 @@ pub enum HookCommand {
     /// so far has left the server (its send buffer drained); nothing if the session goes away.
     Pace { to: Jid, token: u64 },
     /// The event forms this readtrack reads beyond the first vocabulary (`signal`,
-    /// `done-list`, `claims`), told once per connection before any other command; a module
+    /// `done-list`, `claims`, `routed-signal`), told once per connection before any other command; a module
     /// older than compact events ignores it, and one that knows them sends them only after
     /// being told (`claims`: it numbers the messages it takes from offline handling and holds
     /// them until [`HookCommand::Durable`]).
@@ -1677,7 +1680,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 23, "fixtures in {dir}");
+        assert_eq!(names.len(), 24, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);
@@ -1833,6 +1836,79 @@ mod tests {
                 events: "signal".into()
             }
         );
+    }
+
+    /// `routed-signal`: a receipt or marker written to its addressee's session comes as its
+    /// `<routed sent='true'>` alone, and the engine gets from it, as the sender's side of the
+    /// routed input, the values the separate `<signal>` gave (which then does not come).
+    #[test]
+    fn a_routed_signal_gives_the_engine_what_the_signal_gives() {
+        let cases = [
+            (
+                "<message xmlns='jabber:client' id='r-17' type='chat' to='alice@localhost/Spark 2.6.3' from='bob@localhost/phone'><received xmlns='urn:xmpp:receipts' id='V4NkR-38'/><stanza-id xmlns='urn:xmpp:sid:0' by='alice@localhost' id='Jq3hZbR9uYk0Lw2s'/></message>",
+                "from='bob@localhost/phone' to='alice@localhost/Spark 2.6.3' id='r-17' type='chat' receipt='xep0184' receipt-id='V4NkR-38'",
+            ),
+            (
+                "<message xmlns='jabber:client' id='r-18' from='bob@localhost/phone' to='alice@localhost'><received xmlns='urn:xmpp:receipts' id='V4NkR-39'/></message>",
+                "from='bob@localhost/phone' to='alice@localhost' id='r-18' receipt='xep0184' receipt-id='V4NkR-39'",
+            ),
+            (
+                "<message xmlns='jabber:client' id='d1' type='chat' from='bob@localhost/phone' to='alice@localhost'><markable xmlns='urn:xmpp:chat-markers:0'/><displayed xmlns='urn:xmpp:chat-markers:0' id='m9'/></message>",
+                "from='bob@localhost/phone' to='alice@localhost' id='d1' type='chat' displayed='m9'",
+            ),
+        ];
+        for (stanza, compact) in cases {
+            let routed = sent_as(&wrap(&format!(
+                "<routed xmlns='urn:readtrack:hook:0' to='alice@localhost' sent='true'><session jid='alice@localhost/Spark 2.6.3'/><forwarded xmlns='urn:xmpp:forward:0'>{stanza}</forwarded></routed>"
+            )));
+            let signal = sent_as(&wrap(&format!(
+                "<signal xmlns='urn:readtrack:hook:0' {compact}/>"
+            )));
+            let (
+                crate::engine::Input::Routed {
+                    message: a, sent, ..
+                },
+                crate::engine::Input::Sent { message: b, .. },
+            ) = (&routed, &signal)
+            else {
+                panic!("{routed:?} / {signal:?}")
+            };
+            assert!(sent, "{stanza}");
+            assert_eq!(
+                (
+                    &a.kind,
+                    &a.id,
+                    &a.from,
+                    &a.to,
+                    &a.receipt,
+                    &a.displayed,
+                    &a.offline
+                ),
+                (
+                    &b.kind,
+                    &b.id,
+                    &b.from,
+                    &b.to,
+                    &b.receipt,
+                    &b.displayed,
+                    &b.offline
+                ),
+                "{stanza}"
+            );
+        }
+        match HookEvent::parse(&fixture("routed-signal"), HOST).unwrap() {
+            HookEvent::Routed { sent, message, .. } => {
+                assert!(sent);
+                let message = message.parsed.unwrap();
+                assert_eq!(
+                    message.receipt,
+                    Some(Receipt::Xep0184 {
+                        id: "V4NkR-38".into()
+                    })
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -19,7 +19,10 @@ use crate::time::Millis;
 use crate::warnlimit::{self, Warning};
 
 /// Event forms beyond the first vocabulary this readtrack reads (told to the module).
-const ACCEPTED_EVENTS: &str = "signal done-list claims";
+/// `routed-signal`: a receipt or marker the server wrote to its addressee's session comes as its
+/// `<routed sent="true">` alone, which [`Input::Routed`] applies as the sender's signal and then
+/// logs, in that order, as the separate `<signal>` and `<routed>` were.
+const ACCEPTED_EVENTS: &str = "signal done-list claims routed-signal";
 
 /// How many link events one batch (one flush) takes at most.
 const BATCH: usize = 512;

@@ -626,6 +626,301 @@ async fn after_accepts_receipts_and_markers_come_as_signals() {
     .await;
 }
 
+/// Tells the module what this readtrack accepts and waits for its confirmation. Each call has
+/// its own command id: the module executes an id once (a repeated one is only confirmed).
+async fn accepts(comp: &mut RawComponent, events: &str) {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let id = format!(
+        "accepts-{}",
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    comp.send_raw(&format!(
+        "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='{events}' id='{id}'/></message>"
+    ))
+    .await;
+    next_event(
+        comp,
+        &format!("done {id}"),
+        |e| matches!(e, HookEvent::Done { id: done } if *done == id),
+    )
+    .await;
+}
+
+/// How the module reported the client stanza with `id`, in order: `signal`, `sent`, `routed`, or
+/// `routed sent` (a `<routed sent='true'>`). Waits until the client's own stanza after it was
+/// processed (`sync`), then for the events of that turn.
+async fn reported(comp: &mut RawComponent, client: &mut Client, id: &str) -> Vec<&'static str> {
+    client.sync().await;
+    let mut kinds = Vec::new();
+    for xml in drain(comp, QUIET).await {
+        let event = HookEvent::parse(&xml, DOMAIN)
+            .unwrap_or_else(|e| panic!("component got a non-event ({e}): {xml}"));
+        let id_of = |m: &readtrack::stanza::incoming::Incoming| attr(m.original.text(), "id");
+        match event {
+            HookEvent::Signal { message } if message.id.as_deref() == Some(id) => {
+                kinds.push("signal")
+            }
+            HookEvent::Sent { message, .. } if id_of(&message).as_deref() == Some(id) => {
+                kinds.push("sent")
+            }
+            HookEvent::Routed { message, sent, .. } if id_of(&message).as_deref() == Some(id) => {
+                kinds.push(if sent { "routed sent" } else { "routed" })
+            }
+            _ => {}
+        }
+    }
+    kinds
+}
+
+/// Issue 17: once readtrack accepts `routed-signal`, a receipt or marker the server writes to a
+/// session of its addressee reaches readtrack once, as its `<routed sent='true'>`, whose message
+/// gives readtrack what the `<signal>` gave; it is still delivered. Where no session of another
+/// user is written, the `<signal>` comes as before, and before the `<routed>` where there is one:
+/// to the server, to an offline user, to a user whose only session sent no presence (offline
+/// handling), to no account (Prosody bounces it), to a user who blocked the sender, to one's own
+/// other device. A readtrack that does not say `routed-signal` gets both events, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_accepts_routed_signal_a_receipt_written_to_its_addressee_comes_as_its_routed_alone()
+{
+    let p = server_from(
+        ProsodyOpts {
+            blocklist: true,
+            ..ProsodyOpts::default()
+        },
+        &["alice", "bob", "carol", "dave", "erin"],
+    );
+    let (mut comp, _) = component(&p).await;
+    accepts(&mut comp, "signal done-list claims routed-signal").await;
+    let mut alice = available(&p, &mut comp, "alice", "phone").await;
+    let mut bob = available(&p, &mut comp, "bob", "phone").await;
+    let mut laptop = available(&p, &mut comp, "bob", "laptop").await;
+    let mut carol = available(&p, &mut comp, "carol", "phone").await;
+    carol
+        .send_raw("<iq type='set' id='block-1'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>")
+        .await;
+    carol
+        .conn
+        .expect("block result", WAIT, |s| {
+            attr(s, "id").as_deref() == Some("block-1")
+        })
+        .await;
+    // Bound, no presence: the server hands a message to erin's bare JID to offline handling.
+    let mut erin = p.client("erin", "pw", "phone").await;
+    erin.sync().await;
+    drain(&mut comp, QUIET).await;
+
+    // Written to alice's session: one event, the receipt's <routed sent='true'>.
+    bob.send_raw("<message id='r1' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>").await;
+    let got = alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("r1"))
+        .await;
+    assert!(got.contains("urn:xmpp:receipts"), "{got}");
+    bob.send_raw("<message id='r1b' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m10'/></message>").await;
+    let event = next_event(&mut comp, "routed r1b", routed_for("r1b")).await;
+    let HookEvent::Routed {
+        ref sessions, sent, ..
+    } = event
+    else {
+        unreachable!()
+    };
+    assert!(sent, "{event:?}");
+    assert_eq!(sessions, &[jid("alice@localhost/phone")]);
+    // What readtrack applies: the routed input, whose sender's side is the signal's values.
+    let xml = event.to_xml(DOMAIN, COMPONENT);
+    let Ok(readtrack::service::FromServer::Input(input, _)) =
+        readtrack::service::from_server(&xml, DOMAIN)
+    else {
+        panic!("{xml}")
+    };
+    let readtrack::engine::Input::Routed {
+        message: read,
+        sent: true,
+        ..
+    } = *input
+    else {
+        panic!("{xml}")
+    };
+    assert_eq!(read.from, Some(jid("bob@localhost/phone")));
+    assert_eq!(
+        read.receipt,
+        Some(readtrack::stanza::Receipt::Xep0184 { id: "m10".into() })
+    );
+    bob.send_raw("<message id='r1c' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m11'/></message>").await;
+    assert_eq!(reported(&mut comp, &mut bob, "r1c").await, ["routed sent"]);
+    // A displayed marker to the bare JID: the same.
+    bob.send_raw("<message id='d1' type='chat' to='alice@localhost'><displayed xmlns='urn:xmpp:chat-markers:0' id='m9'/></message>").await;
+    assert_eq!(reported(&mut comp, &mut bob, "d1").await, ["routed sent"]);
+    alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("d1"))
+        .await;
+
+    // Not written to a session of another user: the <signal> as before.
+    let cases = [
+        ("s1", "<message id='s1' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>", vec!["signal"]),
+        ("o1", "<message id='o1' to='dave@localhost'><received xmlns='urn:xmpp:receipts' id='m9'/></message>", vec!["signal", "routed"]),
+        ("o2", "<message id='o2' to='dave@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>", vec!["signal", "routed"]),
+        ("n1", "<message id='n1' to='erin@localhost'><received xmlns='urn:xmpp:receipts' id='m9'/></message>", vec!["signal", "routed"]),
+        ("b1", "<message id='b1' to='nobody@localhost'><received xmlns='urn:xmpp:receipts' id='m9'/></message>", vec!["signal"]),
+        ("k1", "<message id='k1' to='carol@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>", vec!["signal"]),
+        ("y1", "<message id='y1' to='bob@localhost/laptop'><received xmlns='urn:xmpp:receipts' id='m9'/></message>", vec!["signal", "routed"]),
+    ];
+    for (id, stanza, expected) in cases {
+        bob.send_raw(stanza).await;
+        assert_eq!(
+            reported(&mut comp, &mut bob, id).await,
+            expected,
+            "{stanza}"
+        );
+    }
+    laptop
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("y1"))
+        .await;
+    assert!(
+        !carol
+            .messages_within(QUIET)
+            .await
+            .iter()
+            .any(|m| attr(m, "id").as_deref() == Some("k1")),
+        "carol blocked bob"
+    );
+    drop(erin);
+
+    // A readtrack that does not accept routed-signal (a new connection: accepts are per
+    // connection) gets the <signal> and the <routed>, as before.
+    comp.close().await;
+    bob.sync().await;
+    let (mut comp, _) = component(&p).await;
+    accepts(&mut comp, "signal done-list claims").await;
+    bob.send_raw("<message id='r2' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>").await;
+    assert_eq!(
+        reported(&mut comp, &mut bob, "r2").await,
+        ["signal", "routed"]
+    );
+    alice
+        .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("r2"))
+        .await;
+}
+
+/// `readtrack_events_total` of a running `readtrack serve` (the stanzas it read from the
+/// server), from its metrics endpoint (listening on port 0: the address is in its log).
+fn events_read(rt: &common::daemon::Readtrack) -> u64 {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + WAIT;
+    let addr = loop {
+        let log = rt.log();
+        if let Some(addr) = log
+            .lines()
+            .find_map(|l| l.split("metrics endpoint ready at http://").nth(1))
+            .and_then(|rest| rest.split('/').next())
+        {
+            break addr.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no metrics endpoint:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    let mut stream = std::net::TcpStream::connect(&addr).expect("metrics endpoint");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("readtrack_events_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no readtrack_events_total in {text}"))
+}
+
+/// `events_read` once it has not moved for a while: everything sent so far was read.
+fn events_read_settled(rt: &common::daemon::Readtrack) -> u64 {
+    let mut last = events_read(rt);
+    loop {
+        std::thread::sleep(QUIET);
+        let now = events_read(rt);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Issue 17, with the real `readtrack serve` (xep dialect): a XEP-0184 receipt one device sends
+/// to the sender of a message reaches readtrack once (one event: its `<routed sent='true'>`,
+/// not also a `<signal>`), acks the message for that device (the signal's effect, as `readtrack
+/// cursors` shows it), is counted once as an accepted receipt, is delivered to the sender's
+/// devices and is logged for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_reaches_readtrack_once_with_its_signal_effect_delivered_and_logged() {
+    let p = server_with(&["alice", "bob"]);
+    let rt = common::daemon::Readtrack::start(
+        &p,
+        common::daemon::ReadtrackOpts {
+            dialect: "xep",
+            extra: "[metrics]\nlisten = \"127.0.0.1:0\"\n".into(),
+            ..common::daemon::ReadtrackOpts::default()
+        },
+    );
+    let mut phone = online(&p, "alice", "phone").await;
+    phone.sync().await;
+    let mut laptop = online(&p, "alice", "laptop").await;
+    laptop.sync().await;
+    let mut bob = online(&p, "bob", "phone").await;
+    bob.sync().await;
+    phone
+        .send_raw("<message id='m1' type='chat' to='bob@localhost'><body>hi</body><request xmlns='urn:xmpp:receipts'/></message>")
+        .await;
+    bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some("m1"))
+        .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while rt.cursors_once_known("bob@localhost").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readtrack never learnt of bob"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rt.wait_device("bob@localhost", "phone", "m1 logged", |d| {
+        d["acked_upto"].as_u64() == Some(0) && d["unread"].as_u64() == Some(1)
+    });
+    let before = events_read_settled(&rt);
+
+    bob.send_raw("<message id='r1' to='alice@localhost'><received xmlns='urn:xmpp:receipts' id='m1'/></message>").await;
+    bob.sync().await;
+    rt.wait_acked("bob@localhost", "phone", 1);
+    for device in [&mut phone, &mut laptop] {
+        device
+            .expect_message(WAIT, |m| {
+                attr(m, "id").as_deref() == Some("r1") && m.contains("urn:xmpp:receipts")
+            })
+            .await;
+    }
+    assert_eq!(
+        events_read_settled(&rt) - before,
+        1,
+        "events for one receipt"
+    );
+    let stats = rt.cli(&["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).expect("stats --json");
+    assert_eq!(
+        (
+            stats["receipts_accepted"].as_u64(),
+            stats["receipts_duplicate"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{stats}"
+    );
+    let log = rt.cli(&["log", "alice@localhost", "--json"]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.contains("\"r1\""),
+        "the receipt is logged for alice's devices: {log}"
+    );
+}
+
 fn deliver(to: &str, inner: &str) -> String {
     format!(
         "<message from='{COMPONENT}' to='{DOMAIN}'><deliver xmlns='{HOOK}' to='{to}'>\

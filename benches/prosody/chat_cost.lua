@@ -9,6 +9,10 @@
 --   lua5.4 benches/prosody/chat_cost.lua /usr/lib/prosody [N] [seed|xep] [TURN]
 --   lua5.4 benches/prosody/chat_cost.lua target/prosody13/usr/lib/prosody [N] [seed|xep] [TURN]
 --
+-- READTRACK_ACCEPTS: the event forms the stand-in readtrack accepts (`<accepts events>`; default
+-- "signal done-list routed-signal", what `readtrack serve` says); "signal done-list" measures the
+-- module with a readtrack older than routed-signal (each receipt's <signal> on its own).
+--
 -- TURN (8): the messages (and then the receipts) one turn of Prosody's loop handles; a long turn
 -- is a loop kept busy, whose timers (the module's end-of-turn write) wait. The last line gives
 -- the largest single write to readtrack.
@@ -20,6 +24,7 @@ local module_path = os.getenv("READTRACK_MODULE") or here .. "/../../contrib/pro
 local load_stub = dofile(here .. "/stub_prosody.lua");
 local hook_ns = "urn:readtrack:hook:0";
 local per_command_message, window = 64, tonumber(arg[4] or 8);
+local accepts = os.getenv("READTRACK_ACCEPTS") or "signal done-list routed-signal";
 
 local function run(with_module)
 	local stub = load_stub(source, with_module and module_path or nil);
@@ -28,7 +33,7 @@ local function run(with_module)
 	local commands = {};
 	if with_module then
 		stub.command(stub.parse({ "<message from='readtrack.localhost' to='localhost'><accepts xmlns='"
-			.. hook_ns .. "' events='signal done-list'/></message>" }, "jabber:component:accept")[1]);
+			.. hook_ns .. "' events='" .. accepts .. "'/></message>" }, "jabber:component:accept")[1]);
 		stub.turn();
 	end
 	local message_xml, receipt_xml, ack_xml = {}, {}, {};

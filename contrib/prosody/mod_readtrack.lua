@@ -92,7 +92,12 @@ local function write_queue()
 	if session == component_session() then session.send(data); end
 end
 
+-- A receipt's signal held for its <routed> (emit_held_signal, below): the event it came with and
+-- its stanza.
+local held_signal_event, held_signal_stanza, emit_held_signal;
+
 local function flush_events()
+	if held_signal_event then emit_held_signal(); end -- (a timer is due: end_event adds none)
 	flush_due = false;
 	write_queue();
 	return nil; -- once
@@ -136,6 +141,7 @@ end
 -- Starts an event; false (and nothing queued) while readtrack is disconnected: events are dropped
 -- then, and the snapshot on reconnect resynchronises.
 local function begin_event()
+	if held_signal_event then emit_held_signal(); end -- what came before this event
 	local session = component_session();
 	if not session then return false; end
 	if queued_for ~= session then
@@ -914,16 +920,22 @@ end
 
 local report_routing;
 
+-- A message routing does not track: a signal held for it goes now, before routing, as it did.
+local function untracked(handlers, event_name, event_data)
+	if held_signal_event == event_data then emit_held_signal(); end
+	return handlers(event_name, event_data);
+end
+
 local function track_routing(handlers, event_name, event_data)
 	local stanza, origin = event_data.stanza, event_data.origin;
 	if not (component_connected() and loggable(stanza, origin, event_data)) then
-		return handlers(event_name, event_data);
+		return untracked(handlers, event_name, event_data);
 	end
-	if not within_budget(stanza, event_data) then return handlers(event_name, event_data); end
+	if not within_budget(stanza, event_data) then return untracked(handlers, event_name, event_data); end
 	-- core_post_stanza clears 'to' on a message a user sends to their own bare JID.
 	local to = stanza.attr.to and jid_bare(stanza.attr.to)
 		or (origin.username and origin.username .. "@" .. origin.host);
-	if not to then return handlers(event_name, event_data); end
+	if not to then return untracked(handlers, event_name, event_data); end
 	local record = take_record(to);
 	in_flight[stanza] = record;
 	local outer, outer_event, outer_id = routing, routing_event, routing_id;
@@ -949,6 +961,11 @@ function report_routing(record, stanza, origin, to, event_data)
 	-- (blocking, privacy, a firewall) bounced or dropped never reached a session or offline
 	-- handling, and does not exist for readtrack.
 	local written = record[1] ~= nil;
+	-- The signal held for this message (after_carbons) rides on its event where a session was
+	-- written it; otherwise it goes alone, first, as it did.
+	if held_signal_event == event_data and not (written and not record.offline) then
+		emit_held_signal();
+	end
 	if not (written or record.offline) then
 		return;
 	end
@@ -959,13 +976,19 @@ function report_routing(record, stanza, origin, to, event_data)
 	-- with it). A session's login reads it anyway; offline storage writes per message too.
 	tell_account((jid_split(to)), not written);
 	local sent_carbons = event_data.readtrack_sent == true and event_data.readtrack_sent_carbons;
-	local sent = event_data.readtrack_sent == true and origin.type == "c2s" and "true" or nil;
+	local sent = event_data.readtrack_sent == true and origin.type == "c2s";
 	event_data.readtrack_sent, event_data.readtrack_sent_carbons = nil, nil;
 	-- The message as a session got it where one did; serialised here only where none did
 	-- (offline, hibernating, a copy written), from the object routing started with: handlers
 	-- that change a message (mod_mam's <stanza-id>) change a copy, which is what was written.
 	-- (Serialised before the event is begun: it may raise.)
 	local original = not record.bytes and forwarded(stanza, to);
+	-- Still held (an event queued since, such as the recipient's account token, sent it ahead
+	-- of itself, as it came before): taken by this event.
+	if held_signal_event == event_data then
+		held_signal_event, held_signal_stanza = nil, nil;
+		sent = origin.type == "c2s";
+	end
 	if not begin_event() then return; end
 	put(routed_open);
 	-- Taken from offline handling (no session got it, so the message was serialised above):
@@ -977,7 +1000,7 @@ function report_routing(record, stanza, origin, to, event_data)
 	end
 	put_attr(" to='", to);
 	put_attr(" archive-id='", record.archive_id or nil);
-	put_attr(" sent='", sent);
+	if sent then put(" sent='true'"); end
 	put(">");
 	put_jid_tags("session", record);
 	put_jid_tags("carbon", record.carbons);
@@ -1065,6 +1088,9 @@ end
 local accepts_signal = false;
 -- The same for `done-list`: the <done> of one command message's ids as one event.
 local accepts_done_list = false;
+-- The same for `routed-signal`: a receipt or marker written to a session of its addressee comes
+-- as its <routed sent='true'> alone (held_signal_event, below), not also as a <signal>.
+local accepts_routed_signal = false;
 
 -- A receipt or chat marker with nothing else in it (readtrack's "signal": it is never logged)
 -- in the compact form: the values readtrack reads of it, as attributes, instead of the whole
@@ -1072,15 +1098,19 @@ local accepts_done_list = false;
 -- the stanza holds anything else, or something this reads differently from readtrack's parser:
 -- the stanza then goes whole.
 local signal_open = "<signal xmlns='" .. xmlns_hook .. "'";
-local function emit_signal(stanza, to)
+-- What readtrack reads of a receipt or marker with nothing else in it: its receipt kind, the
+-- receipt's id, the seed status and the displayed marker's id; nil where the stanza holds
+-- anything else, or something this reads differently from readtrack's parser (it then goes
+-- whole).
+local function signal_values(stanza)
 	local attr = stanza.attr;
-	if not (accepts_signal and attr.from) then return false; end
+	if not attr.from then return nil; end
 	local receipt, receipt_id, status, displayed, offline, marker;
 	for _, child in ipairs(stanza.tags) do
 		local ns, name = child.attr.xmlns, child.name;
 		if ns == xmlns_receipts and name == "received" then
 			if receipt == nil then
-				if #child.tags > 0 then return false; end
+				if #child.tags > 0 then return nil; end
 				if child.attr.id then
 					receipt, receipt_id = "xep0184", child.attr.id;
 				else
@@ -1089,41 +1119,79 @@ local function emit_signal(stanza, to)
 				end
 			end
 		elseif ns == xmlns_offline and name == "offline" then
-			if child.attr.current then return false; end -- a time readtrack would check
+			if child.attr.current then return nil; end -- a time readtrack would check
 			offline = true;
 		elseif ns == xmlns_markers then
 			if name == "displayed" and displayed == nil then
 				displayed = child.attr.id;
-				if not displayed then return false; end
+				if not displayed then return nil; end
 			end
 			marker = marker or name ~= "markable";
 		elseif ns == xmlns_sid then
-			if name == "stanza-id" and not (child.attr.id and child.attr.by) then return false; end
+			if name == "stanza-id" and not (child.attr.id and child.attr.by) then return nil; end
 		elseif not (ns == xmlns_receipts and name == "request") then
-			return false; -- content, or something else readtrack reads
+			return nil; -- content, or something else readtrack reads
 		end
 	end
 	if attr.type == "crs" and offline and not receipt then receipt = "seed-offline"; end
-	if (receipt == "seed" or receipt == "seed-offline") and not attr.id then return false; end
-	if not (receipt or displayed) then return false; end
+	if (receipt == "seed" or receipt == "seed-offline") and not attr.id then return nil; end
+	if not (receipt or displayed) then return nil; end
 	-- Logged by nobody either way: an ack to the server, or a signal (a <received> or a marker
 	-- other than <markable/>, with no content).
 	if not (attr.to == host or attr.type == "crs" or receipt == "xep0184" or receipt == "seed" or marker) then
-		return false;
+		return nil;
 	end
+	return receipt or false, receipt_id, status, displayed;
+end
+
+local function emit_signal(stanza, to)
+	if not accepts_signal then return false; end
+	local receipt, receipt_id, status, displayed = signal_values(stanza);
+	if receipt == nil then return false; end
 	if not begin_event() then return true; end
+	local attr = stanza.attr;
 	put(signal_open);
 	put_attr(" from='", attr.from);
 	put_attr(" to='", attr.to or to);
 	put_attr(" id='", attr.id);
 	put_attr(" type='", attr.type);
-	put_attr(" receipt='", receipt);
+	put_attr(" receipt='", receipt or nil);
 	put_attr(" receipt-id='", receipt_id);
 	put_attr(" status='", status ~= "" and status or nil);
 	put_attr(" displayed='", displayed);
 	put("/>");
 	end_event();
 	return true;
+end
+
+-- A signal folded into its <routed> (once readtrack said `routed-signal`): a receipt or marker
+-- to another local user, which the server routes to that user's sessions, was reported twice,
+-- as <signal> at send time and by the <routed> that logs it for the recipient's devices. Now it
+-- is held here, from after_carbons to its routing, which follows in the same call
+-- (core_post_stanza fires pre-message/* and then message/*): written to a session, its <routed>
+-- says sent='true' and readtrack applies the signal from the routed message itself, before
+-- logging it, as it applied the separate <signal> first. Not written to any session (offline,
+-- blocked, dropped, untracked, never routed here), the <signal> goes as before, ahead of any
+-- later event: begin_event and the end of the turn emit a held signal first.
+function emit_held_signal()
+	local stanza = held_signal_stanza;
+	held_signal_event, held_signal_stanza = nil, nil;
+	emit_signal(stanza);
+end
+
+-- Whether a receipt or marker is one to fold into its <routed>: a signal (signal_values), from a
+-- device to another user of this host (to one's own account or a session of it, the signal goes
+-- as before), which routing will track (loggable and within the budget, both decided already
+-- for this event) while readtrack is connected.
+local function routed_here(stanza, event)
+	local attr = stanza.attr;
+	local node, to_host = jid_split(attr.to);
+	if not (node and to_host == host and node ~= event.origin.username) then return false; end
+	if not (loggable(stanza, event.origin, event) and within_budget(stanza, event)
+		and component_session()) then
+		return false;
+	end
+	return signal_values(stanza) ~= nil;
 end
 
 local function to_server(stanza)
@@ -1162,6 +1230,16 @@ local function after_carbons(event)
 	event.readtrack_sent, event.readtrack_sent_carbons = nil, nil;
 	-- The `to` routing goes by for a message to the sender's own account (to_self).
 	local to = event.to_self and jid_bare(event.origin.full_jid) or nil;
+	if accepts_routed_signal and to == nil and routed_here(stanza, event) then
+		if held_signal_event then emit_held_signal(); end
+		held_signal_event, held_signal_stanza = event, stanza;
+		event.readtrack_sent = "signal"; -- for report_routing
+		if not flush_due then
+			flush_due = true;
+			module:add_timer(0, flush_events);
+		end
+		return;
+	end
 	if emit_signal(stanza, to) then return; end
 	local xml = forwarded(stanza, to);
 	if not begin_event() then return; end
@@ -1520,6 +1598,7 @@ function execute(command)
 		local events = " " .. (command.attr.events or "") .. " ";
 		accepts_signal = events:find(" signal ", 1, true) ~= nil;
 		accepts_done_list = events:find(" done-list ", 1, true) ~= nil;
+		accepts_routed_signal = accepts_signal and events:find(" routed-signal ", 1, true) ~= nil;
 		accepts_claims = events:find(" claims ", 1, true) ~= nil;
 		if not accepts_claims and command_origin == claims.session then
 			release(claims, claims.low, last_claim, false); -- this readtrack keeps them itself
@@ -1629,7 +1708,7 @@ local function tune_connection(session)
 end
 
 local function on_component_authenticated(event)
-	accepts_signal, accepts_done_list = false, false; -- until this connection's readtrack says otherwise
+	accepts_signal, accepts_done_list, accepts_routed_signal = false, false, false; -- until this connection's readtrack says otherwise
 	accepts_claims = nil;
 	claims_of(event.session); -- a connection it replaced leaves its claims to offline storage
 	tune_connection(event.session);
@@ -1669,7 +1748,8 @@ end
 -- readtrack reconnected. The old module's claims themselves went to offline storage (unload).
 function module.save()
 	return { readtrack_last_claim = last_claim, readtrack_link = component_session(),
-		readtrack_accepts = { signal = accepts_signal, done_list = accepts_done_list, claims = accepts_claims } };
+		readtrack_accepts = { signal = accepts_signal, done_list = accepts_done_list, claims = accepts_claims,
+			routed_signal = accepts_routed_signal } };
 end
 
 function module.restore(data)
@@ -1678,5 +1758,6 @@ function module.restore(data)
 	local accepts = data.readtrack_accepts;
 	if accepts and data.readtrack_link ~= nil and data.readtrack_link == component_session() then
 		accepts_signal, accepts_done_list, accepts_claims = accepts.signal, accepts.done_list, accepts.claims;
+		accepts_routed_signal = accepts.routed_signal or false;
 	end
 end

@@ -306,7 +306,7 @@ impl Readtrack {
     }
 
     /// Polls `cursors` until `device`'s entry satisfies `pred` (or fails after 5 s, saying `want`).
-    fn wait_device(
+    pub fn wait_device(
         &self,
         user: &str,
         device: &str,
