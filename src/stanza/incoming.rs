@@ -98,7 +98,7 @@ pub struct Incoming {
     pub parsed: Result<Message, ParseError>,
     /// The top element's `id`, `from`, `to` and `type` alone, when `parsed` refused a child
     /// only ([`ParseError::is_about_a_child`]).
-    pub header: Option<Message>,
+    pub header: Option<Box<Message>>,
     pub original: Original,
 }
 
@@ -200,7 +200,7 @@ impl Incoming {
     /// The message leniently: typed, or its header where only a child was refused.
     pub fn lenient(self) -> (Result<Message, ParseError>, Original) {
         let message = match (self.parsed, self.header) {
-            (Err(e), Some(header)) if e.is_about_a_child() => Ok(header),
+            (Err(e), Some(header)) if e.is_about_a_child() => Ok(*header),
             (parsed, _) => parsed,
         };
         (message, self.original)
@@ -210,7 +210,7 @@ impl Incoming {
 /// A message read to its end tag, before its text is taken.
 pub(crate) struct Read {
     parsed: Result<Message, ParseError>,
-    header: Option<Message>,
+    header: Option<Box<Message>>,
     layout: Result<Layout, ParseError>,
     /// A DOCTYPE inside the message (refused by the stored form; the typed reader ignores it).
     pub(crate) doctype: bool,
@@ -230,7 +230,7 @@ impl Read {
                 match msg.id.clone() {
                     Some(id) => msg.receipt = Some(Receipt::SeedOffline { id }),
                     None => {
-                        self.header = Some(header_of(msg));
+                        self.header = Some(Box::new(header_of(msg)));
                         self.parsed = Err(ParseError::ReceiptWithoutId);
                     }
                 }
@@ -288,7 +288,7 @@ impl<'i> Open<'i> {
 /// Typed reading, stopped at its first error (the header is kept for a child's).
 struct Typed<'i> {
     result: Result<Message, ParseError>,
-    header: Option<Message>,
+    header: Option<Box<Message>>,
     message_ns: Option<&'static str>,
     open: Open<'i>,
 }
@@ -297,7 +297,7 @@ impl<'i> Typed<'i> {
     fn fail(&mut self, e: ParseError) {
         if let Ok(msg) = &self.result {
             if e.is_about_a_child() {
-                self.header = Some(header_of(msg));
+                self.header = Some(Box::new(header_of(msg)));
             }
             self.result = Err(e);
         }

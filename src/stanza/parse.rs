@@ -1166,7 +1166,7 @@ mod tests {
         assert_eq!(once.parsed, typed, "typed: {text:?}");
         match &typed {
             Err(e) if e.is_about_a_child() => assert_eq!(
-                once.header.as_ref(),
+                once.header.as_deref(),
                 parse_message_header(text).as_ref().ok(),
                 "header: {text:?}"
             ),
