@@ -15,6 +15,8 @@
 //! client's stream ([`crate::stanza::write::client_stream`]). Sans-IO: text in, values out, and
 //! back.
 
+use std::borrow::Cow;
+
 use quick_xml::escape::escape;
 use quick_xml::events::{BytesStart, Event};
 
@@ -259,14 +261,48 @@ fn xml_err(e: impl std::fmt::Display) -> HookError {
 /// `BytesStart::try_get_attribute` scanned the element again per name (a `<signal>` is read
 /// for eight names). A lookup answers as that scan would: the first attribute of the name
 /// before the first malformed one, else that one's error, else none.
+///
+/// The common tag (a few well-formed attributes, none twice) is split by
+/// [`parse::split_attrs`] without quick-xml's iterator, which gives the same pairs there.
 struct Attrs<'a> {
     element: &'a BytesStart<'a>,
-    read: Vec<quick_xml::events::attributes::Attribute<'a>>,
-    broken: Option<quick_xml::events::attributes::AttrError>,
+    read: Read<'a>,
+}
+
+enum Read<'a> {
+    /// Name and raw value, as [`parse::split_attrs`] splits them.
+    Few(Cow<'a, [(&'a str, &'a str)]>),
+    /// Read by quick-xml's unchecked iterator, up to the first malformed attribute.
+    Scanned {
+        read: Vec<quick_xml::events::attributes::Attribute<'a>>,
+        broken: Option<quick_xml::events::attributes::AttrError>,
+    },
 }
 
 impl<'a> Attrs<'a> {
     fn of(element: &'a BytesStart<'a>) -> Attrs<'a> {
+        let split = parse::split_attrs(element.attributes_raw());
+        Attrs::split(
+            element,
+            split.map(|(pairs, count)| Cow::Owned(pairs[..count].to_vec())),
+        )
+    }
+
+    /// The attributes of the tag `events` just read, as split when it was read.
+    fn of_read(events: &'a Events<'_>, element: &'a BytesStart<'a>) -> Attrs<'a> {
+        Attrs::split(element, events.split_attrs_of(element.attributes_raw()))
+    }
+
+    fn split(
+        element: &'a BytesStart<'a>,
+        split: Option<Cow<'a, [(&'a str, &'a str)]>>,
+    ) -> Attrs<'a> {
+        if let Some(pairs) = split {
+            return Attrs {
+                element,
+                read: Read::Few(pairs),
+            };
+        }
         let mut read = Vec::new();
         let mut broken = None;
         for a in element.attributes().with_checks(false) {
@@ -280,34 +316,50 @@ impl<'a> Attrs<'a> {
         }
         Attrs {
             element,
-            read,
-            broken,
+            read: Read::Scanned { read, broken },
         }
     }
 
-    fn get(
-        &self,
-        name: &str,
-    ) -> Result<Option<&quick_xml::events::attributes::Attribute<'a>>, HookError> {
-        match self.read.iter().find(|a| a.key.as_ref() == name) {
-            Some(a) => Ok(Some(a)),
-            None => match &self.broken {
-                Some(e) => Err(xml_err(e)),
-                None => Ok(None),
+    /// The raw (still escaped) value of the attribute `name`.
+    fn get(&self, name: &str) -> Result<Option<&str>, HookError> {
+        match &self.read {
+            Read::Few(pairs) => Ok(pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|&(_, value)| value)),
+            Read::Scanned { read, broken } => match read.iter().find(|a| a.key.as_ref() == name) {
+                Some(a) => Ok(Some(&a.value)),
+                None => match broken {
+                    Some(e) => Err(xml_err(e)),
+                    None => Ok(None),
+                },
             },
         }
     }
 }
 
+/// The value of the attribute `name`, unescaped and normalised as XML requires
+/// (`Attribute::normalized_value`, which changes nothing in a value without tabs, line ends
+/// or references).
 fn attr(e: &Attrs, name: &str) -> Result<Option<String>, HookError> {
-    match e.get(name)? {
-        None => Ok(None),
-        Some(a) => Ok(Some(
-            a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                .map_err(xml_err)?
-                .into_owned(),
-        )),
+    let Some(raw) = e.get(name)? else {
+        return Ok(None);
+    };
+    if !raw
+        .bytes()
+        .any(|b| matches!(b, b'\t' | b'\r' | b'\n' | b'&'))
+    {
+        return Ok(Some(raw.to_string()));
     }
+    let a = quick_xml::events::attributes::Attribute {
+        key: quick_xml::name::QName(name),
+        value: Cow::Borrowed(raw),
+    };
+    Ok(Some(
+        a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .map_err(xml_err)?
+            .into_owned(),
+    ))
 }
 
 fn required(e: &Attrs, name: &'static str) -> Result<String, HookError> {
@@ -584,10 +636,13 @@ impl<'i> Walker<'i> {
         }
         while let Some(c) = self.next_child()? {
             if c.ns_hook && c.start.local_name().as_ref() == "carbon" {
-                carbons.push(full_jid_attr(&Attrs::of(&c.start), "jid")?);
+                carbons.push(full_jid_attr(
+                    &Attrs::of_read(&self.events, &c.start),
+                    "jid",
+                )?);
                 self.finish(&c)?;
             } else if c.ns_hook && c.start.local_name().as_ref() == "session" {
-                let a = Attrs::of(&c.start);
+                let a = Attrs::of_read(&self.events, &c.start);
                 sessions.push(SessionInfo {
                     jid: full_jid_attr(&a, "jid")?,
                     device_id: attr(&a, "device-id")?,
@@ -620,7 +675,7 @@ impl<'i> Walker<'i> {
         if name != "message" || outer.ns_hook || outer.ns_forward || outer.empty {
             return Err(HookError::NotMessage(name));
         }
-        let from = attr(&Attrs::of(&outer.start), "from")?;
+        let from = attr(&Attrs::of_read(&self.events, &outer.start), "from")?;
         let same = from
             .as_deref()
             .is_some_and(|f| f.eq_ignore_ascii_case(expected_from));
@@ -647,7 +702,7 @@ impl HookEvent {
         let mut w = Walker::new(stanza);
         let el = w.open(host)?;
         let name = local_name(&el.start);
-        let a = Attrs::of(&el.start);
+        let a = Attrs::of_read(&w.events, &el.start);
         let event = match name.as_str() {
             "available" => HookEvent::Available {
                 jid: full_jid_attr(&a, "jid")?,
@@ -1288,13 +1343,26 @@ mod tests {
             pieces in proptest::collection::vec(proptest::sample::select(vec![
                 " id='a'", " id=\"b\"", " to='x@y/z'", " from='p&amp;q'", " type='chat'",
                 " id", " to=", " =v", " x='unclosed", " a:b='1'", " xmlns='urn:x'", "\t\nid='c'",
-                " to='&bogus;'", " from=\"a\nb\"",
-            ]), 0..8),
+                " to='&bogus;'", " from=\"a\nb\"", " to = 'spaced'", " from='&#9;t'",
+                " p1='1'", " p2='2'", " p3='3'", " xmlns:a='urn:a'",
+            ]), 0..11),
         ) {
             let text = format!("signal{}", pieces.concat());
             let start = BytesStart::from_content(text.as_str(), "signal".len());
-            let attrs = Attrs::of(&start);
-            for name in ["id", "to", "from", "type", "x", "a:b", "xmlns", "absent"] {
+            // Split on its own, and as the tag an event reader just read (split when read).
+            let tag = format!("<{text}/>");
+            let mut events = Events::new(&tag);
+            let read = match events.next() {
+                Ok(Event::Empty(read)) => Some(read),
+                _ => None, // refused by the reader (a broken declaration): nothing to look up
+            };
+            let mut all = vec![Attrs::of(&start)];
+            if let Some(read) = &read {
+                all.push(Attrs::of_read(&events, read));
+            }
+            for (attrs, name) in all.iter().flat_map(|attrs| {
+                ["id", "to", "from", "type", "x", "a:b", "xmlns", "absent"].map(|name| (attrs, name))
+            }) {
                 let scanned = start
                     .try_get_attribute(name)
                     .map_err(xml_err)
@@ -1303,7 +1371,7 @@ mod tests {
                             .map_err(xml_err)
                             .map(|v| v.into_owned())
                     }).transpose());
-                let read = attr(&attrs, name);
+                let read = attr(attrs, name);
                 proptest::prop_assert_eq!(
                     format!("{scanned:?}"),
                     format!("{read:?}"),

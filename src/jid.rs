@@ -178,11 +178,13 @@ fn push_lower(out: &mut String, part: &str) {
 /// `local@domain/resource` into its parts: the resource is what follows the first `/`, the
 /// local part what precedes the first `@` before it.
 fn split(text: &str) -> (Option<&str>, &str, Option<&str>) {
-    let (head, resource) = match text.find('/') {
+    // Byte loops, not `str::find`: a JID is short, and its separators are ASCII (no byte of a
+    // multi-byte character is one), so the positions are char boundaries.
+    let (head, resource) = match text.bytes().position(|b| b == b'/') {
         Some(i) => (&text[..i], Some(&text[i + 1..])),
         None => (text, None),
     };
-    match head.find('@') {
+    match head.bytes().position(|b| b == b'@') {
         Some(i) => (Some(&head[..i]), &head[i + 1..], resource),
         None => (None, head, resource),
     }

@@ -18,8 +18,8 @@ use quick_xml::events::{BytesStart, Event};
 use super::error::ParseError;
 use super::original::{Class, Stored};
 use super::parse::{
-    append, classify, get_attrs, is_xml_char, malformed, parse_jid, parse_time, required,
-    split_attrs, unexpected_eof, Child, Events, Resolved, NS_SERVER,
+    append, classify, get_attrs_in, is_xml_char, malformed, parse_jid, parse_time, required,
+    unexpected_eof, Child, Events, Resolved, NS_SERVER,
 };
 use super::{Delay, Message, MessageType, Receipt, StanzaId, NS_CLIENT, NS_COMPONENT, NS_SID};
 
@@ -98,7 +98,7 @@ pub struct Incoming {
     pub parsed: Result<Message, ParseError>,
     /// The top element's `id`, `from`, `to` and `type` alone, when `parsed` refused a child
     /// only ([`ParseError::is_about_a_child`]).
-    pub header: Option<Message>,
+    pub header: Option<Box<Message>>,
     pub original: Original,
 }
 
@@ -200,7 +200,7 @@ impl Incoming {
     /// The message leniently: typed, or its header where only a child was refused.
     pub fn lenient(self) -> (Result<Message, ParseError>, Original) {
         let message = match (self.parsed, self.header) {
-            (Err(e), Some(header)) if e.is_about_a_child() => Ok(header),
+            (Err(e), Some(header)) if e.is_about_a_child() => Ok(*header),
             (parsed, _) => parsed,
         };
         (message, self.original)
@@ -210,7 +210,7 @@ impl Incoming {
 /// A message read to its end tag, before its text is taken.
 pub(crate) struct Read {
     parsed: Result<Message, ParseError>,
-    header: Option<Message>,
+    header: Option<Box<Message>>,
     layout: Result<Layout, ParseError>,
     /// A DOCTYPE inside the message (refused by the stored form; the typed reader ignores it).
     pub(crate) doctype: bool,
@@ -230,7 +230,7 @@ impl Read {
                 match msg.id.clone() {
                     Some(id) => msg.receipt = Some(Receipt::SeedOffline { id }),
                     None => {
-                        self.header = Some(header_of(msg));
+                        self.header = Some(Box::new(header_of(msg)));
                         self.parsed = Err(ParseError::ReceiptWithoutId);
                     }
                 }
@@ -288,7 +288,7 @@ impl<'i> Open<'i> {
 /// Typed reading, stopped at its first error (the header is kept for a child's).
 struct Typed<'i> {
     result: Result<Message, ParseError>,
-    header: Option<Message>,
+    header: Option<Box<Message>>,
     message_ns: Option<&'static str>,
     open: Open<'i>,
 }
@@ -297,7 +297,7 @@ impl<'i> Typed<'i> {
     fn fail(&mut self, e: ParseError) {
         if let Ok(msg) = &self.result {
             if e.is_about_a_child() {
-                self.header = Some(header_of(msg));
+                self.header = Some(Box::new(header_of(msg)));
             }
             self.result = Err(e);
         }
@@ -316,7 +316,7 @@ impl<'i> Typed<'i> {
                 Child::Body => Open::Body(Cow::Borrowed("")),
                 Child::Thread => Open::Thread(Cow::Borrowed("")),
                 Child::StanzaId => {
-                    let [id, by] = get_attrs(e, ["id", "by"])?;
+                    let [id, by] = get_attrs_in(events, e, ["id", "by"])?;
                     msg.stanza_ids.push(StanzaId {
                         id: required("stanza-id", "id", id)?,
                         by: required("stanza-id", "by", by)?,
@@ -324,7 +324,8 @@ impl<'i> Typed<'i> {
                     Open::Skip
                 }
                 Child::Delay => {
-                    let [stamp, from, current] = get_attrs(e, ["stamp", "from", "current"])?;
+                    let [stamp, from, current] =
+                        get_attrs_in(events, e, ["stamp", "from", "current"])?;
                     Open::Delay {
                         stamp: parse_time("delay", "stamp", stamp.as_deref())?,
                         current: parse_time("delay", "current", current.as_deref())?,
@@ -333,13 +334,13 @@ impl<'i> Typed<'i> {
                     }
                 }
                 Child::Offline => {
-                    let [current] = get_attrs(e, ["current"])?;
+                    let [current] = get_attrs_in(events, e, ["current"])?;
                     let current = parse_time("offline", "current", current.as_deref())?;
                     msg.offline.get_or_insert(current);
                     Open::Skip
                 }
                 Child::Received => {
-                    let [id, status] = get_attrs(e, ["id", "type"])?;
+                    let [id, status] = get_attrs_in(events, e, ["id", "type"])?;
                     Open::Received {
                         id: id.map(Cow::into_owned),
                         status: status.map(Cow::into_owned),
@@ -351,7 +352,7 @@ impl<'i> Typed<'i> {
                     Open::Skip
                 }
                 Child::Displayed => {
-                    let [id] = get_attrs(e, ["id"])?;
+                    let [id] = get_attrs_in(events, e, ["id"])?;
                     let id = required("displayed", "id", id)?;
                     msg.displayed.get_or_insert(id);
                     Open::Skip
@@ -461,8 +462,8 @@ fn stands_alone(events: &Events<'_>, e: &BytesStart<'_>) -> Result<(), ParseErro
     }
     // The common tag: a few well-formed attributes, none twice (what quick-xml's checked
     // iterator accepts there), so only a prefixed name needs a look.
-    if let Some((attrs, count)) = split_attrs(e.attributes_raw()) {
-        for (key, _) in &attrs[..count] {
+    if let Some(attrs) = events.split_attrs_of(e.attributes_raw()) {
+        for (key, _) in attrs.iter() {
             let key = quick_xml::name::QName(key);
             if key.prefix().is_some() {
                 if let Resolved::Unknown = events.resolve_attribute(key) {
@@ -495,7 +496,10 @@ fn by_attribute(e: &BytesStart<'_>) -> Result<Option<String>, ParseError> {
 
 /// The start tag as the stored form writes it: `<message` and the attributes, each with its
 /// raw (still escaped) value, and where `to` is among them.
-fn head(start: &BytesStart<'_>) -> Result<(String, Option<Range<usize>>), ParseError> {
+fn head(
+    events: &Events<'_>,
+    start: &BytesStart<'_>,
+) -> Result<(String, Option<Range<usize>>), ParseError> {
     let mut out = String::with_capacity(start.len() + 8);
     let mut to = None;
     out.push_str("<message");
@@ -506,6 +510,13 @@ fn head(start: &BytesStart<'_>) -> Result<(String, Option<Range<usize>>), ParseE
             to = Some(at..out.len());
         }
     };
+    // The common tag: the pairs quick-xml's checked iterator would give, without it.
+    if let Some(pairs) = events.split_attrs_of(start.attributes_raw()) {
+        for &(key, raw) in pairs.iter() {
+            push(key, raw);
+        }
+        return Ok((out, to));
+    }
     for attr in start.attributes().with_checks(true) {
         let attr = attr.map_err(malformed)?;
         push(attr.key.as_ref(), &attr.value);
@@ -553,7 +564,7 @@ fn read_from<'i>(events: &mut Events<'i>, start: &BytesStart<'i>, empty: bool, a
                 return Err(ParseError::NotMessage(start.name().as_ref().to_string()))
             }
         };
-        let [id, from, to, kind] = get_attrs(start, ["id", "from", "to", "type"])?;
+        let [id, from, to, kind] = get_attrs_in(events, start, ["id", "from", "to", "type"])?;
         let mut msg = Message::new(MessageType::from_attr(kind.as_deref()));
         msg.id = id.map(Cow::into_owned);
         msg.from = parse_jid("from", from.as_deref())?;
@@ -571,7 +582,7 @@ fn read_from<'i>(events: &mut Events<'i>, start: &BytesStart<'i>, empty: bool, a
             Resolved::Bound(other) => return Err(ParseError::ForeignNamespace(other.to_string())),
             _ => return Err(ParseError::ForeignNamespace("(none)".to_string())),
         }
-        let (head, to) = head(start)?;
+        let (head, to) = head(events, start)?;
         Ok(Layout {
             head,
             to,

@@ -74,9 +74,36 @@ pub(super) fn get_attrs<'a, const N: usize>(
     e: &'a BytesStart<'_>,
     names: [&str; N],
 ) -> Result<[Option<Cow<'a, str>>; N], ParseError> {
+    let split = split_attrs(e.attributes_raw());
+    get_split_attrs(
+        e,
+        split.as_ref().map(|(pairs, count)| &pairs[..*count]),
+        names,
+    )
+}
+
+/// [`get_attrs`] of the tag `events` just read, split once ([`Events::split_attrs_of`]).
+pub(super) fn get_attrs_in<'a, const N: usize>(
+    events: &'a Events<'_>,
+    e: &'a BytesStart<'_>,
+    names: [&str; N],
+) -> Result<[Option<Cow<'a, str>>; N], ParseError> {
+    get_split_attrs(
+        e,
+        events.split_attrs_of(e.attributes_raw()).as_deref(),
+        names,
+    )
+}
+
+/// [`get_attrs`] given what [`split_attrs`] made of `e`'s attributes.
+fn get_split_attrs<'a, const N: usize>(
+    e: &'a BytesStart<'_>,
+    split: Option<&[(&'a str, &'a str)]>,
+    names: [&str; N],
+) -> Result<[Option<Cow<'a, str>>; N], ParseError> {
     let mut values: [Option<Cow<'a, str>>; N] = std::array::from_fn(|_| None);
-    if let Some((attrs, count)) = split_attrs(e.attributes_raw()) {
-        for &(key, value) in &attrs[..count] {
+    if let Some(attrs) = split {
+        for &(key, value) in attrs {
             if let Some(i) = names.iter().position(|n| *n == key) {
                 values[i] = Some(
                     if value
@@ -111,17 +138,29 @@ pub(super) fn get_attrs<'a, const N: usize>(
 }
 
 /// Attributes [`split_attrs`] handles; a tag with more goes the general way.
-const FEW_ATTRS: usize = 8;
+pub(crate) const FEW_ATTRS: usize = 8;
+
+/// What [`split_attrs`] returns: `(name, raw value)` pairs and how many there are.
+pub(crate) type Pairs<'a> = ([(&'a str, &'a str); FEW_ATTRS], usize);
 
 /// The `(name, raw value)` pairs of a tag's attribute text, for the common tag: at most
 /// [`FEW_ATTRS`] attributes, each `name = "value"` or `'value'` around XML whitespace, no name
 /// twice. This is the grammar quick-xml's checked attribute iterator accepts, so where this
 /// returns pairs that iterator returns the same pairs without error. Anything else (including
 /// every input that iterator reports an error for) is `None`, to be read by quick-xml itself.
-pub(super) fn split_attrs(raw: &str) -> Option<([(&str, &str); FEW_ATTRS], usize)> {
+#[inline]
+pub(crate) fn split_attrs(raw: &str) -> Option<Pairs<'_>> {
+    let mut pairs = [("", ""); FEW_ATTRS];
+    split_attrs_into(raw, &mut pairs).map(|count| (pairs, count))
+}
+
+/// [`split_attrs`] into `pairs`, returning how many there are.
+fn split_attrs_into<'a>(
+    raw: &'a str,
+    pairs: &mut [(&'a str, &'a str); FEW_ATTRS],
+) -> Option<usize> {
     let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
     let bytes = raw.as_bytes();
-    let mut pairs = [("", ""); FEW_ATTRS];
     let mut count = 0;
     let mut i = 0;
     loop {
@@ -129,7 +168,7 @@ pub(super) fn split_attrs(raw: &str) -> Option<([(&str, &str); FEW_ATTRS], usize
             i += 1;
         }
         if i == bytes.len() {
-            return Some((pairs, count));
+            return Some(count);
         }
         // The first byte is part of the name whatever it is, as in quick-xml.
         let key_start = i;
@@ -150,7 +189,7 @@ pub(super) fn split_attrs(raw: &str) -> Option<([(&str, &str); FEW_ATTRS], usize
         }
         let quote = *bytes.get(i).filter(|b| matches!(b, b'"' | b'\''))?;
         let value_start = i + 1;
-        let value_len = raw[value_start..].find(quote as char)?;
+        let value_len = memchr::memchr(quote, &bytes[value_start..])?;
         i = value_start + value_len + 1;
         // All the delimiters are ASCII, so these are char boundaries.
         let key = &raw[key_start..key_end];
@@ -259,6 +298,12 @@ pub(crate) struct Events<'i> {
     /// Declarations of elements above this depth are not seen by [`Events::resolve`]: a
     /// message read inside a hook event resolves its names as if it stood alone.
     floor: u16,
+    /// The attributes of the start tag last read, split when it was read (for its
+    /// declarations) and kept for the readers of its attributes ([`Events::split_attrs_of`]):
+    /// where its attribute text is in the input, its length, and the split (the pairs and
+    /// how many, none where [`split_attrs`] gives none).
+    last_split: (usize, usize, Option<usize>),
+    last_pairs: [(&'i str, &'i str); FEW_ATTRS],
 }
 
 impl<'i> Events<'i> {
@@ -270,6 +315,8 @@ impl<'i> Events<'i> {
             level: 0,
             pending_pop: false,
             floor: 0,
+            last_split: (usize::MAX, 0, None),
+            last_pairs: [("", ""); FEW_ATTRS],
         }
     }
 
@@ -311,8 +358,33 @@ impl<'i> Events<'i> {
             .level
             .checked_add(1)
             .ok_or_else(|| malformed(NamespaceError::TooDeeplyNested(u16::MAX as usize)))?;
+        let raw = e.attributes_raw();
+        // Split once here, for the declarations and for whoever reads the attributes next.
+        // The plain reader over a `&str` gives tags borrowed from the input, which is what
+        // the split is kept for.
+        let count = match in_input(self.input, raw) {
+            Cow::Borrowed(raw) => {
+                let count = split_attrs_into(raw, &mut self.last_pairs);
+                self.last_split = (raw.as_ptr() as usize, raw.len(), count);
+                count
+            }
+            Cow::Owned(_) => {
+                self.last_split = (usize::MAX, 0, None);
+                None
+            }
+        };
         // A declaration's name starts with `xmlns`; without it there is nothing to add.
-        if !e.attributes_raw().contains("xmlns") {
+        if !raw.contains("xmlns") {
+            return Ok(());
+        }
+        // The common tag: the pairs quick-xml's iterator would give, without it.
+        if let Some(count) = count {
+            for i in 0..count {
+                let (key, value) = self.last_pairs[i];
+                if let Some(decl) = QName(key).as_namespace_binding() {
+                    self.add(decl, value).map_err(malformed)?;
+                }
+            }
             return Ok(());
         }
         // Unchecked, and stopping at the first broken attribute, as quick-xml does.
@@ -354,6 +426,20 @@ impl<'i> Events<'i> {
             level: self.level,
         });
         Ok(())
+    }
+
+    /// [`split_attrs`] of `raw`, the attribute text of a tag: taken from the start tag last
+    /// read when `raw` is its text (the same place in the same input, so the same bytes), so
+    /// a tag's attributes are split once however many readers look at them.
+    pub(crate) fn split_attrs_of<'a>(
+        &'a self,
+        raw: &'a str,
+    ) -> Option<Cow<'a, [(&'a str, &'a str)]>> {
+        let (at, len, count) = self.last_split;
+        if raw.as_ptr() as usize == at && raw.len() == len {
+            return count.map(|count| Cow::Borrowed(&self.last_pairs[..count]));
+        }
+        split_attrs(raw).map(|(pairs, count)| Cow::Owned(pairs[..count].to_vec()))
     }
 
     /// Closes the innermost scope.
@@ -1080,7 +1166,7 @@ mod tests {
         assert_eq!(once.parsed, typed, "typed: {text:?}");
         match &typed {
             Err(e) if e.is_about_a_child() => assert_eq!(
-                once.header.as_ref(),
+                once.header.as_deref(),
                 parse_message_header(text).as_ref().ok(),
                 "header: {text:?}"
             ),
@@ -1303,6 +1389,54 @@ mod tests {
             };
             format!("<{root}{}>{}</{root}>", attrs.concat(), children.concat())
         })
+    }
+
+    /// The split kept by [`Events`] answers for the tag it was made of and no other: asked
+    /// for any other attribute text (an earlier tag, a copy), it splits that text.
+    #[test]
+    fn a_tags_split_is_kept_for_that_tag_only() {
+        let text = "<a x='1' y=\"2\"><b z='3'/><b z='3'/><c x='1' x='2'/></a>";
+        let mut events = Events::new(text);
+        let Ok(Event::Start(a)) = events.next() else {
+            panic!("<a>")
+        };
+        let a_pairs = [("x", "1"), ("y", "2")];
+        assert_eq!(
+            events.split_attrs_of(a.attributes_raw()).as_deref(),
+            Some(&a_pairs[..])
+        );
+        let Ok(Event::Empty(b)) = events.next() else {
+            panic!("<b/>")
+        };
+        assert_eq!(
+            events.split_attrs_of(a.attributes_raw()).as_deref(),
+            Some(&a_pairs[..])
+        );
+        assert_eq!(
+            events.split_attrs_of(b.attributes_raw()).as_deref(),
+            Some(&[("z", "3")][..])
+        );
+        let copy = String::from(" z='4'");
+        assert_eq!(
+            events.split_attrs_of(&copy).as_deref(),
+            Some(&[("z", "4")][..])
+        );
+        let Ok(Event::Empty(b2)) = events.next() else {
+            panic!("second <b/>")
+        };
+        assert_eq!(
+            events.split_attrs_of(b2.attributes_raw()).as_deref(),
+            Some(&[("z", "3")][..])
+        );
+        let Ok(Event::Empty(c)) = events.next() else {
+            panic!("<c/>")
+        };
+        // Twice the same name: not split, left to quick-xml's iterator.
+        assert_eq!(events.split_attrs_of(c.attributes_raw()), None);
+        assert_eq!(
+            events.split_attrs_of(b.attributes_raw()).as_deref(),
+            Some(&[("z", "3")][..])
+        );
     }
 
     #[test]
