@@ -26,26 +26,6 @@ fn is_server_ack(s: &str, id: &str) -> bool {
 
 // ---- metrics ----
 
-/// The address the service logged for its metrics endpoint (it listens on port 0).
-fn metrics_addr(rt: &Readtrack) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let log = rt.log();
-        if let Some(addr) = log
-            .lines()
-            .find_map(|l| l.split("metrics endpoint ready at http://").nth(1))
-            .and_then(|rest| rest.split('/').next())
-        {
-            return addr.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no metrics endpoint in the log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 struct Scraped {
     status: u16,
     content_type: String,
@@ -191,7 +171,7 @@ async fn a_scrape_shows_what_stats_shows_and_histograms_of_the_traffic() {
             ..ReadtrackOpts::default()
         },
     );
-    let addr = metrics_addr(&rt);
+    let addr = rt.metrics_addr();
     // bob's phone is known, then offline: alice's three messages are logged and acked to her,
     // then replayed to the phone at its next login, which receipts them.
     let mut phone = online(&p, "bob", "phone").await;

@@ -626,22 +626,11 @@ async fn after_accepts_receipts_and_markers_come_as_signals() {
     .await;
 }
 
-/// Tells the module what this readtrack accepts and waits for its confirmation. Each call has
-/// its own command id: the module executes an id once (a repeated one is only confirmed).
+/// Tells the module what this readtrack accepts, and waits until it ran that.
 async fn accepts(comp: &mut RawComponent, events: &str) {
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let id = format!(
-        "accepts-{}",
-        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    comp.send_raw(&format!(
-        "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='{events}' id='{id}'/></message>"
-    ))
-    .await;
-    next_event(
+    command(
         comp,
-        &format!("done {id}"),
-        |e| matches!(e, HookEvent::Done { id: done } if *done == id),
+        &format!("<accepts xmlns='{HOOK}' events='{events}'/>"),
     )
     .await;
 }
@@ -805,22 +794,7 @@ async fn after_accepts_routed_signal_a_receipt_written_to_its_addressee_comes_as
 /// server), from its metrics endpoint (listening on port 0: the address is in its log).
 fn events_read(rt: &common::daemon::Readtrack) -> u64 {
     use std::io::{Read, Write};
-    let deadline = std::time::Instant::now() + WAIT;
-    let addr = loop {
-        let log = rt.log();
-        if let Some(addr) = log
-            .lines()
-            .find_map(|l| l.split("metrics endpoint ready at http://").nth(1))
-            .and_then(|rest| rest.split('/').next())
-        {
-            break addr.to_string();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no metrics endpoint:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    };
+    let addr = rt.metrics_addr();
     let mut stream = std::net::TcpStream::connect(&addr).expect("metrics endpoint");
     write!(
         stream,

@@ -108,6 +108,26 @@ impl Readtrack {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The address readtrack logged for its metrics endpoint (configured on port 0).
+    pub fn metrics_addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = self.log();
+            if let Some(addr) = log
+                .lines()
+                .find_map(|l| l.split("metrics endpoint ready at http://").nth(1))
+                .and_then(|rest| rest.split('/').next())
+            {
+                return addr.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metrics endpoint in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     fn connections(&self) -> usize {
         self.log()
             .matches("connected to the server; waiting")
