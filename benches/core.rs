@@ -25,7 +25,7 @@
 /// The service's allocator (the default `mimalloc` feature), so the benches measure what runs.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: readtrack::alloc::Allocator = readtrack::alloc::Allocator;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};

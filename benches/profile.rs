@@ -73,7 +73,7 @@ fn logged_bytes(input: &Input) -> usize {
 /// The service's allocator (the default `mimalloc` feature), so the benches measure what runs.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: readtrack::alloc::Allocator = readtrack::alloc::Allocator;
 
 fn main() {
     readtrack::memory::no_transparent_huge_pages();

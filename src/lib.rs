@@ -17,8 +17,11 @@
 //! - [`memory`]: process-wide memory settings (transparent huge pages).
 //! - [`warnlimit`]: rate limiting, with counts, of the warnings a peer can trigger.
 //! - [`metrics`]: the OpenMetrics endpoint (`GET /metrics`) and its encoding.
+//! - `alloc`: the global allocator of the binary and the benches (mimalloc, the default feature).
 
 pub mod admin;
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 pub mod check;
 pub mod component;
 pub mod config;

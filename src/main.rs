@@ -4,7 +4,7 @@
 /// same 10k messages took 4x longer among 1M logged than among 10k (docs/performance.md).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: readtrack::alloc::Allocator = readtrack::alloc::Allocator;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
