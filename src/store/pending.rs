@@ -3,7 +3,7 @@
 //! flushes, so one commit costs one transaction whatever the number of messages in it, and a
 //! crash leaves the store exactly as at some commit.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use sled::IVec;
@@ -87,17 +87,40 @@ impl Writes {
     }
 }
 
-/// Key → new value (`None`: removed).
-pub(super) type TreeWrites = BTreeMap<Vec<u8>, Option<IVec>>;
+/// One key's write in the set.
+pub(super) struct Entry {
+    /// The new value (`None`: removed).
+    value: Option<IVec>,
+    /// The committed store does not hold the key ([`Writes::insert`]): true of a key until the
+    /// set is applied, whatever is written to it meanwhile.
+    new: bool,
+}
+
+impl Entry {
+    /// A new key removed again: nothing for a backend to write, and nothing to read either.
+    fn cancelled(&self) -> bool {
+        self.new && self.value.is_none()
+    }
+}
+
+/// Key → its write.
+type TreeWrites = BTreeMap<Vec<u8>, Entry>;
+
+/// One write a backend applies: the key, the new value (`None`: removed), and whether the
+/// committed store does not hold the key ([`Writes::insert`]).
+pub(super) struct Write<'a> {
+    pub(super) key: &'a [u8],
+    pub(super) value: Option<&'a IVec>,
+    pub(super) new: bool,
+}
 
 /// The write set, per tree.
 #[derive(Default)]
 pub(super) struct Pending {
     maps: [TreeWrites; TREES],
+    /// Writes a backend applies, per tree (the map's entries less the cancelled ones).
+    live: [usize; TREES],
     entries: usize,
-    /// Keys of the set that the committed store does not hold ([`Writes::insert`]): true of a
-    /// key until the set is applied, whatever is written to it meanwhile.
-    new: [HashSet<Vec<u8>>; TREES],
 }
 
 impl Pending {
@@ -109,42 +132,56 @@ impl Pending {
     /// committed store never held it, so neither write reaches the backend. A live delivery
     /// acked before its commit, and a receipt timer settled before it, cost no backend write
     /// (each was a removal of a key the backend never held: in sled's transaction a read of
-    /// the key and a write).
+    /// the key and a write). The cancelled key stays in the map, marked, so that a later read
+    /// of it needs no backend, and a later put of it is again one of a key the store does not
+    /// hold.
     pub(super) fn add(&mut self, writes: Writes) {
         for (tree, key, value, new) in writes.0 {
             let t = tree as usize;
-            if new {
-                self.new[t].insert(key.clone());
-            } else if value.is_none() && self.new[t].contains(&key) {
-                // Still new: a later put of the key is again one the store does not hold.
-                if self.maps[t].remove(&key).is_some() {
-                    self.entries -= 1;
+            match self.maps[t].entry(key) {
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    slot.insert(Entry { value, new });
+                    self.live[t] += 1;
+                    self.entries += 1;
                 }
-                continue;
-            }
-            if self.maps[t].insert(key, value).is_none() {
-                self.entries += 1;
+                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                    let entry = slot.get_mut();
+                    let was_cancelled = entry.cancelled();
+                    entry.new |= new;
+                    entry.value = value;
+                    match (was_cancelled, entry.cancelled()) {
+                        (true, false) => {
+                            self.live[t] += 1;
+                            self.entries += 1;
+                        }
+                        (false, true) => {
+                            self.live[t] -= 1;
+                            self.entries -= 1;
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
     }
 
     /// Whether the committed store does not hold `key` (it was put with [`Writes::insert`]).
+    #[cfg(test)]
     pub(super) fn is_new(&self, tree: T, key: &[u8]) -> bool {
-        self.new[tree as usize].contains(key)
+        self.maps[tree as usize].get(key).is_some_and(|e| e.new)
     }
 
-    /// `Some(value)` when the write set decides the key (`Some(None)`: removed in this commit).
+    /// `Some(value)` when the write set decides the key (`Some(None)`: removed in this commit,
+    /// or inserted and removed again: then the committed store does not hold it either, and
+    /// on PostgreSQL asking would be a round trip).
     pub(super) fn get(&self, tree: T, key: &[u8]) -> Option<Option<IVec>> {
-        match self.maps[tree as usize].get(key) {
-            Some(value) => Some(value.clone()),
-            // Inserted and removed again: the committed store does not hold it either (on
-            // PostgreSQL, asking would be a round trip).
-            None if self.is_new(tree, key) => Some(None),
-            None => None,
-        }
+        self.maps[tree as usize]
+            .get(key)
+            .map(|entry| entry.value.clone())
     }
 
-    /// The pending writes of `tree` within the bounds, in iteration order.
+    /// The pending writes of `tree` within the bounds, in iteration order (a cancelled insert
+    /// is no write: a row the committed store holds there after all stays visible).
     pub(super) fn range(
         &self,
         tree: T,
@@ -156,7 +193,10 @@ impl Pending {
             return Vec::new();
         }
         let b = (as_slice(&bounds.0), as_slice(&bounds.1));
-        let it = map.range::<[u8], _>(b).map(|(k, v)| (k.clone(), v.clone()));
+        let it = map
+            .range::<[u8], _>(b)
+            .filter(|(_, e)| !e.cancelled())
+            .map(|(k, e)| (k.clone(), e.value.clone()));
         if rev {
             it.rev().collect()
         } else {
@@ -164,18 +204,30 @@ impl Pending {
         }
     }
 
-    /// The trees with writes, and their writes.
-    pub(super) fn trees(&self) -> impl Iterator<Item = (usize, &TreeWrites)> {
-        self.maps.iter().enumerate().filter(|(_, m)| !m.is_empty())
+    /// The trees with writes to apply, each with its writes in key order.
+    pub(super) fn trees(&self) -> impl Iterator<Item = (usize, impl Iterator<Item = Write<'_>>)> {
+        self.maps
+            .iter()
+            .enumerate()
+            .filter(|(t, _)| self.live[*t] > 0)
+            .map(|(t, map)| {
+                let writes = map
+                    .iter()
+                    .filter(|(_, e)| !e.cancelled())
+                    .map(|(k, e)| Write {
+                        key: k,
+                        value: e.value.as_ref(),
+                        new: e.new,
+                    });
+                (t, writes)
+            })
     }
 
     pub(super) fn clear(&mut self) {
         for map in &mut self.maps {
             map.clear();
         }
-        for new in &mut self.new {
-            new.clear();
-        }
+        self.live = [0; TREES];
         self.entries = 0;
     }
 }
@@ -361,7 +413,7 @@ mod tests {
         assert_eq!(p.get(T::UserdeviceseqDelivery, &key(2)), Some(None));
         let written: Vec<Vec<u8>> = p
             .trees()
-            .flat_map(|(_, writes)| writes.keys().cloned())
+            .flat_map(|(_, writes)| writes.map(|w| w.key.to_vec()).collect::<Vec<_>>())
             .collect();
         assert_eq!(written, vec![key(2)]);
         // Put again, the key is still one the committed store does not hold.
@@ -370,6 +422,20 @@ mod tests {
         p.add(w);
         assert!(p.is_new(T::UserdeviceseqDelivery, &key(1)));
         assert_eq!(p.entries(), 2);
+        // A tree whose only write was cancelled has nothing for a backend, and hides nothing
+        // from a range.
+        let mut w = Writes::default();
+        w.insert(T::DeadlineUserseq, key(7), vec![7]);
+        p.add(w);
+        let mut w = Writes::default();
+        w.del(T::DeadlineUserseq, key(7));
+        p.add(w);
+        assert_eq!(p.entries(), 2);
+        assert_eq!(p.get(T::DeadlineUserseq, &key(7)), Some(None));
+        let trees: Vec<usize> = p.trees().map(|(t, _)| t).collect();
+        assert_eq!(trees, vec![T::UserdeviceseqDelivery as usize]);
+        let all = (Bound::Unbounded, Bound::Unbounded);
+        assert!(p.range(T::DeadlineUserseq, &all, false).is_empty());
     }
 
     #[test]

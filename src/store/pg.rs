@@ -829,7 +829,7 @@ impl Backend for PgBackend {
     fn apply(&self, pending: &Pending) -> Result<()> {
         let batches = pending
             .trees()
-            .map(|(i, writes)| TableBatch::of(T::ALL[i], writes, pending))
+            .map(|(i, writes)| TableBatch::of(T::ALL[i], writes))
             .collect::<Result<Vec<_>>>()?;
         self.round_trips.fetch_add(2, Ordering::Relaxed);
         self.call(move |conn| commit_write_set(conn, &batches))?;
@@ -837,14 +837,16 @@ impl Backend for PgBackend {
         // the database holds, and the write set (kept by the caller) shadows it until retried.
         let mut cache = self.cache();
         for (i, writes) in pending.trees() {
-            if i == T::UserseqMessage as usize {
-                for (key, value) in writes {
-                    cache.recent.committed(key, value.as_ref());
-                }
+            let recent = i == T::UserseqMessage as usize;
+            if !recent && !CACHED[i] {
+                continue;
             }
-            if CACHED[i] {
-                for (key, value) in writes {
-                    cache.committed(T::ALL[i], key, value.clone());
+            for w in writes {
+                if recent {
+                    cache.recent.committed(w.key, w.value);
+                }
+                if CACHED[i] {
+                    cache.committed(T::ALL[i], w.key, w.value.cloned());
                 }
             }
         }
@@ -1255,7 +1257,10 @@ struct TableBatch {
 }
 
 impl TableBatch {
-    fn of(tree: T, writes: &super::pending::TreeWrites, pending: &Pending) -> Result<TableBatch> {
+    fn of<'a>(
+        tree: T,
+        writes: impl Iterator<Item = super::pending::Write<'a>>,
+    ) -> Result<TableBatch> {
         let table = &TABLES[tree as usize];
         let mut batch = TableBatch {
             tree,
@@ -1263,13 +1268,13 @@ impl TableBatch {
             news: Rows::of(table),
             dels: Rows::of(table),
         };
-        for (key, value) in writes {
-            let rows = match value {
+        for w in writes {
+            let rows = match w.value {
                 None => &mut batch.dels,
-                Some(_) if pending.is_new(tree, key) => &mut batch.news,
+                Some(_) if w.new => &mut batch.news,
                 Some(_) => &mut batch.puts,
             };
-            rows.push(tree, key, value.as_ref())?;
+            rows.push(tree, w.key, w.value)?;
         }
         Ok(batch)
     }

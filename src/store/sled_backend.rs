@@ -8,7 +8,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::IVec;
 
 use super::backend::{Backend, RowIter};
-use super::pending::{Bounds, Pending, T, TREES, TREE_NAMES};
+use super::pending::{Bounds, Pending, Write, T, TREES, TREE_NAMES};
 use super::{migrate, Result, StoreError, StoreOptions, META_SCHEMA, SCHEMA_VERSION};
 
 /// How long [`SledBackend::open`] waits for another holder of the store's lock to let go.
@@ -194,15 +194,18 @@ impl Backend for SledBackend {
     }
 
     fn apply(&self, pending: &Pending) -> Result<()> {
-        let written: Vec<_> = pending.trees().collect();
+        let written: Vec<(usize, Vec<Write<'_>>)> = pending
+            .trees()
+            .map(|(i, writes)| (i, writes.collect()))
+            .collect();
         let trees: Vec<&sled::Tree> = written.iter().map(|(i, _)| &self.trees[*i]).collect();
         trees[..]
             .transaction(|txs| {
                 for (tx, (_, writes)) in txs.iter().zip(&written) {
-                    for (key, value) in writes.iter() {
-                        match value {
-                            Some(v) => tx.insert(key.as_slice(), v.clone())?,
-                            None => tx.remove(key.as_slice())?,
+                    for w in writes {
+                        match w.value {
+                            Some(v) => tx.insert(w.key, v.clone())?,
+                            None => tx.remove(w.key)?,
                         };
                     }
                 }
