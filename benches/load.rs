@@ -963,7 +963,7 @@ fn build_store(path: &Path, users: u64, devices: u64, messages: u64) {
             to: None,
         };
         let delivered: &[(u32, DeliveryRecord)] = &[];
-        store.append_message(user, &m, delivered).unwrap();
+        store.append_message(user, m, delivered).unwrap();
         if i % 1024 == 0 {
             store.flush().unwrap();
         }

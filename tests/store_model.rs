@@ -183,7 +183,10 @@ impl Harness {
                     .iter()
                     .map(|d| (*d, DeliveryRecord { session: 1, at: 5 }))
                     .collect();
-                let seq = self.store().append_message(uid, &new, &deliveries).unwrap();
+                let seq = self
+                    .store()
+                    .append_message(uid, new.clone(), &deliveries)
+                    .unwrap();
                 let head = self.model.heads.get_mut(&uid).unwrap();
                 *head += 1;
                 assert_eq!(seq, *head);
@@ -578,7 +581,7 @@ fn user_records_follow_every_write_within_a_commit() {
     };
     check("new", &|u| u.head == 0 && u.next_device == 0);
     let first = received("m1", "bob@example.com/phone", "one", 1);
-    let seq = store.append_message(alice, &first, &[]).unwrap();
+    let seq = store.append_message(alice, first.clone(), &[]).unwrap();
     check("appended", &|u| u.head == 1 && u.log_bytes > 0);
     store.put_device(alice, None, &device_record(0, 1)).unwrap();
     check("a device numbered", &|u| u.next_device == 1 && u.head == 1);
@@ -789,7 +792,7 @@ fn upgrade_keeps_everything(version: u32) {
         store.put_device(uid, None, &laptop).unwrap();
         let m = received("m1", "alice@example.com/x", "hi", 5);
         let seq = store
-            .append_message(uid, &m, &[(p, DeliveryRecord { session: 5, at: 6 })])
+            .append_message(uid, m, &[(p, DeliveryRecord { session: 5, at: 6 })])
             .unwrap();
         store.flush().unwrap();
         (uid, seq)
@@ -977,7 +980,7 @@ fn the_index_spans_many_records() {
                 ..received(&id, "bob@example.com/me", "b", i)
             },
         };
-        let seq = store.append_message(uid, &m, &[]).unwrap();
+        let seq = store.append_message(uid, m, &[]).unwrap();
         assert_eq!(seq, i);
         log.push((seq, id, from));
         if i % 40 == 0 {
@@ -1082,7 +1085,7 @@ fn small_store(path: &std::path::Path, jid: &str, messages: u64) {
     let uid = store.ensure_user(jid).unwrap();
     for i in 0..messages {
         let m = received(&format!("m{i}"), "alice@example.com/x", "b", i);
-        store.append_message(uid, &m, &[]).unwrap();
+        store.append_message(uid, m, &[]).unwrap();
     }
     store.flush().unwrap();
 }

@@ -160,7 +160,7 @@ impl Engine {
             archive_id,
             ..log_entry(message, &from, stored, now)
         };
-        let seq = self.store.append_message(user, &entry, &delivered)?;
+        let seq = self.store.append_message(user, entry, &delivered)?;
         self.counters.messages_logged += 1;
         self.ack_written(user, &carbon_devices, seq)?;
         tracing::debug!(user = %to, seq, live = delivered.len(), "logged");
@@ -271,7 +271,7 @@ impl Engine {
             to: Some(to.to_string()),
             ..log_entry(message, from, stored, now)
         };
-        let seq = self.store.append_message(user, &entry, &[])?;
+        let seq = self.store.append_message(user, entry, &[])?;
         self.counters.messages_logged += 1;
         let (no, mut device) = self.device_for(user, resource, None, now)?;
         device.ack(seq);

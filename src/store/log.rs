@@ -11,18 +11,16 @@ impl Store {
     pub fn append_message(
         &self,
         user: UserId,
-        message: &MessageRecord,
+        mut entry: MessageRecord,
         delivered_to: &[(DeviceNo, DeliveryRecord)],
     ) -> Result<Seq> {
-        let peer = message.peer();
+        let peer = entry.peer();
         let mut record = self.user(user)?;
         record.head += 1;
-        record.log_bytes += message.stanza.len() as u64;
+        record.log_bytes += entry.stanza.len() as u64;
         let seq = record.head;
-        let entry = MessageRecord {
-            seq,
-            ..message.clone()
-        };
+        entry.seq = seq;
+        let message = &entry;
         let conv_key = keys::user_peer(user, &peer);
         let mut conv: ConversationRecord = match self.get(T::UserpeerConversation, &conv_key)? {
             Some(v) => decode("userpeer_conversation", &v)?,
