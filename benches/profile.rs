@@ -15,7 +15,9 @@
 //! message its hook events, read with `service::from_server` and handled, eight pairs, each
 //! receipt 64 messages after its message, commit every 96 messages; all of it is
 //! `measured_chat`; the receipt's signal rides on its `<routed sent>`, as a module told
-//! `routed-signal` sends it: two events per message), `chat-signal N` (the same with the receipt's
+//! `routed-signal` sends it: two events per message), `frame N` (the events of `chat N` as one
+//! stream, cut into stanzas by the link's framer, which runs on the link's reader thread, not
+//! in `chat`), `chat-signal N` (the same with the receipt's
 //! separate `<signal>` before its `<routed>`, as an older module or readtrack has it: three
 //! events per message), `replay N U` (log N messages
 //! offline, read all but the last U, then one login replays them), `scan N U` (raw sled baseline:
@@ -25,7 +27,9 @@ use std::time::Instant;
 
 use readtrack::engine::{Engine, EngineConfig, Input, ReceiptPolicy};
 use readtrack::jid::Jid;
-use readtrack::stanza::{parse_message, write, Message, MessageType, Receipt};
+use readtrack::stanza::{
+    parse_message, write, Frame, Framer, Limits, Message, MessageType, Receipt,
+};
 use readtrack::store::{Store, StoreOptions};
 use readtrack::time::Millis;
 
@@ -174,6 +178,21 @@ fn main() {
                 measured_receipts(&mut engine, &phone, n);
                 println!("logged in {logged:?}, acked in {:?}", start.elapsed());
             }
+        }
+        "frame" => {
+            // The events of `chat N` as one stream from the server, read in the link's 8-KiB
+            // chunks and cut into stanzas as the link's reader does, on its own thread.
+            let mut stream = String::from("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' from='readtrack.localhost' id='p'>");
+            for stanza in chat_script(n, true).into_iter().flatten() {
+                stream.push_str(&stanza);
+            }
+            let start = Instant::now();
+            let (frames, bytes) = measured_frame(stream.as_bytes());
+            println!(
+                "frame {n}: {frames} stanzas, {bytes} bytes in {:?}",
+                start.elapsed()
+            );
+            return;
         }
         "chat" | "chat-signal" => {
             let script = chat_script(n, what == "chat");
@@ -384,6 +403,25 @@ fn measured_chat(engine: &mut Engine, script: &[Option<String>]) -> u64 {
         handled += 1;
     }
     handled
+}
+
+/// The measured part of `frame` (callgrind: `--toggle-collect='*measured_frame*'`): the
+/// stream pushed into a [`Framer`] 8 KiB at a time, each stanza taken out before the next
+/// chunk. Returns the stanzas and their bytes.
+#[inline(never)]
+fn measured_frame(stream: &[u8]) -> (u64, usize) {
+    let mut framer = Framer::new(Limits::default());
+    let (mut frames, mut bytes) = (0, 0);
+    for chunk in stream.chunks(8 * 1024) {
+        framer.push(chunk);
+        while let Some(frame) = framer.next_frame().unwrap() {
+            if let Frame::Stanza(text) = frame {
+                frames += 1;
+                bytes += text.len();
+            }
+        }
+    }
+    (frames, bytes)
 }
 
 /// The measured part of `replay` (callgrind: `--toggle-collect='*measured_replay*'`).

@@ -1109,9 +1109,59 @@ proptest! {
         prop_assert_eq!(whole, split);
     }
 
+    /// Stanzas with long names and attributes, cut anywhere, under a small stanza limit: the
+    /// frames (skips and errors included) do not depend on the reads. The framer steps over a
+    /// name, a value or text in one go, up to the end of what it has read.
+    #[test]
+    fn frames_under_a_small_limit_do_not_depend_on_the_reads(
+        stanzas in prop::collection::vec(stanza_strategy(), 1..4),
+        limit in 8usize..160,
+        cut in any::<prop::sample::Index>(),
+        chunk in 1usize..9,
+    ) {
+        let input = stanzas.concat();
+        let bytes = input.as_bytes();
+        let limits = Limits { max_stanza_bytes: limit, max_depth: 4 };
+        let whole = frame_chunks(limits, [bytes]);
+        let cut = cut.index(bytes.len() + 1);
+        prop_assert_eq!(&frame_chunks(limits, [&bytes[..cut], &bytes[cut..]]), &whole);
+        prop_assert_eq!(&frame_chunks(limits, bytes.chunks(chunk)), &whole);
+    }
+
     #[test]
     fn parser_never_panics_on_arbitrary_text(text in "\\PC{0,100}|<message[ -~]{0,100}") {
         let _ = parse_message(&text);
         let _ = stanza_name(&text);
     }
+}
+
+/// An element with long names, attributes (with references, and now and then a `<` or an
+/// unquoted value) and children, or now and then a mismatched end tag.
+fn stanza_strategy() -> impl Strategy<Value = String> {
+    let name = "[a-z][a-z0-9:._-]{0,40}";
+    let attr = (
+        name,
+        "[a-z0-9 .]{0,12}(&amp;|&#x41;|&bad|<)?[a-z]{0,6}",
+        prop::bool::ANY,
+    )
+        .prop_map(|(n, v, single)| {
+            if single {
+                format!(" {n}='{v}'")
+            } else {
+                format!(" {n}=\"{v}\"")
+            }
+        });
+    let leaf = (name, prop::collection::vec(attr.clone(), 0..3))
+        .prop_map(|(n, attrs)| format!("<{n}{}/>", attrs.concat()));
+    let child = prop_oneof![leaf.clone(), "[a-z &;]{0,30}".prop_map(String::from)];
+    (
+        name,
+        prop::collection::vec(attr, 0..4),
+        prop::collection::vec(child, 0..4),
+        prop::option::weighted(0.1, name),
+    )
+        .prop_map(|(n, attrs, children, wrong_end)| {
+            let end = wrong_end.unwrap_or_else(|| n.clone());
+            format!("<{n}{}>{}</{end}>", attrs.concat(), children.concat())
+        })
 }

@@ -166,8 +166,21 @@ fn is_name_start(b: u8) -> bool {
 }
 
 fn is_name_char(b: u8) -> bool {
-    is_name_start(b) || b.is_ascii_digit() || b == b'-' || b == b'.'
+    NAME_CHARS[b as usize]
 }
+
+/// [`is_name_char`] of every byte, looked up: names are a good part of what the framer steps
+/// over byte by byte.
+static NAME_CHARS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b':' | b'-' | b'.') || c >= 0x80;
+        b += 1;
+    }
+    table
+};
 
 fn is_xml_char(c: u32) -> bool {
     matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
@@ -386,8 +399,7 @@ impl Framer {
                         self.item_start = self.pos;
                         self.state = State::Lt;
                     } else {
-                        let rest = &self.buf[self.pos..];
-                        match rest.iter().position(|&c| c == b'<' || c == b'&') {
+                        match memchr::memchr2(b'<', b'&', &self.buf[self.pos..]) {
                             None => {
                                 self.pos = self.buf.len();
                                 continue;
@@ -550,6 +562,9 @@ impl Framer {
                     };
                 }
                 State::StartName => {
+                    if self.skip_name_chars() {
+                        continue;
+                    }
                     if !is_name_char(b) {
                         if !(is_space(b) || b == b'/' || b == b'>') {
                             return Err(self.syntax("invalid character in element name"));
@@ -590,12 +605,17 @@ impl Framer {
                     }
                     _ => return Err(self.syntax("invalid character in start tag")),
                 },
-                State::AttrName => match b {
-                    b'=' => self.state = State::BeforeValue,
-                    _ if is_space(b) => self.state = State::AfterAttrName,
-                    _ if is_name_char(b) => {}
-                    _ => return Err(self.syntax("invalid character in attribute name")),
-                },
+                State::AttrName => {
+                    if self.skip_name_chars() {
+                        continue;
+                    }
+                    match b {
+                        b'=' => self.state = State::BeforeValue,
+                        _ if is_space(b) => self.state = State::AfterAttrName,
+                        _ if is_name_char(b) => {}
+                        _ => return Err(self.syntax("invalid character in attribute name")),
+                    }
+                }
                 State::AfterAttrName => match b {
                     b'=' => self.state = State::BeforeValue,
                     _ if is_space(b) => {}
@@ -607,11 +627,7 @@ impl Framer {
                     _ => return Err(self.syntax("attribute value must be quoted")),
                 },
                 State::AttrValue { quote } => {
-                    let rest = &self.buf[self.pos..];
-                    match rest
-                        .iter()
-                        .position(|&c| c == quote || c == b'<' || c == b'&')
-                    {
+                    match memchr::memchr3(quote, b'<', b'&', &self.buf[self.pos..]) {
                         None => {
                             self.pos = self.buf.len();
                             continue;
@@ -637,6 +653,9 @@ impl Framer {
                     continue;
                 }
                 State::EndName => {
+                    if self.pos > self.name_start && self.skip_name_chars() {
+                        continue;
+                    }
                     if !is_name_char(b) || (self.pos == self.name_start && !is_name_start(b)) {
                         if self.pos == self.name_start {
                             return Err(self.syntax("invalid character in element name"));
@@ -688,6 +707,27 @@ impl Framer {
             self.pos += 1;
         }
         Ok(None)
+    }
+
+    /// Moves `pos` over the name characters from it on, as many steps of a name's state would
+    /// (they change nothing else), stopping where the next step's check of the stanza limit
+    /// could start skipping: so where skipping starts does not depend on the reads either.
+    /// Whether it moved; the character after the name is then the next step's.
+    fn skip_name_chars(&mut self) -> bool {
+        let stop = match self.skip {
+            None => self
+                .buf
+                .len()
+                .min(self.item_start + self.limits.max_stanza_bytes),
+            Some(_) => self.buf.len(),
+        };
+        let names = self.buf.get(self.pos..stop).unwrap_or_default();
+        let len = names
+            .iter()
+            .position(|&c| !is_name_char(c))
+            .unwrap_or(names.len());
+        self.pos += len;
+        len > 0
     }
 
     fn check_utf8(&self, start: usize, end: usize) -> Result<(), FrameError> {
