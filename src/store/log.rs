@@ -268,25 +268,43 @@ impl Store {
         upto: Seq,
         reverse: bool,
     ) -> impl Iterator<Item = Result<IndexEntry>> + '_ {
-        let start = keys::user_block(user, keys::block_of(after.saturating_add(1)));
-        let end = keys::user_block(user, keys::block_of(upto));
         let blocks = (after < upto).then(|| {
-            let bounds = (
-                Bound::Included(start.to_vec()),
-                Bound::Included(end.to_vec()),
+            let (low, high) = (
+                keys::block_of(after.saturating_add(1)),
+                keys::block_of(upto),
             );
-            if reverse {
-                self.range_rev(T::UserblockIndex, bounds)
-            } else {
-                self.range(T::UserblockIndex, bounds)
-            }
+            // The first block holds the answer of nearly every search (a receipt names a
+            // message just above its device's cursor): it is one point read; the blocks after
+            // it are a range, opened only when the first did not end the search.
+            let (first, rest) = match reverse {
+                false => (low, (low + 1, high)),
+                true => (high, (low, high.saturating_sub(1))),
+            };
+            let first = self
+                .get(T::UserblockIndex, keys::user_block(user, first))
+                .transpose();
+            let rest =
+                std::iter::once(rest)
+                    .filter(move |_| low < high)
+                    .flat_map(move |(from, to)| {
+                        let bounds = (
+                            Bound::Included(keys::user_block(user, from).to_vec()),
+                            Bound::Included(keys::user_block(user, to).to_vec()),
+                        );
+                        match reverse {
+                            true => self.range_rev(T::UserblockIndex, bounds),
+                            false => self.range(T::UserblockIndex, bounds),
+                        }
+                        .map(|kv| kv.map(|(_, v)| v))
+                    });
+            first.into_iter().chain(rest)
         });
         blocks
             .into_iter()
             .flatten()
-            .flat_map(move |kv| -> Vec<Result<IndexEntry>> {
+            .flat_map(move |block| -> Vec<Result<IndexEntry>> {
                 let entries: Result<Vec<IndexEntry>> =
-                    kv.and_then(|(_, v)| self.read_index_block(&v));
+                    block.and_then(|v| self.read_index_block(&v));
                 match entries {
                     Ok(entries) => {
                         let mut entries: Vec<_> = entries
