@@ -13,6 +13,10 @@
 -- "signal done-list routed-signal", what `readtrack serve` says); "signal done-list" measures the
 -- module with a readtrack older than routed-signal (each receipt's <signal> on its own).
 --
+-- READTRACK_LINE_PROFILE=K: also the K lines of the module that run the most VM instructions per
+-- chat message (with the module loaded, all parts together), with their text; the byte figures
+-- are then off (the profile allocates).
+--
 -- TURN (8): the messages (and then the receipts) one turn of Prosody's loop handles; a long turn
 -- is a loop kept busy, whose timers (the module's end-of-turn write) wait. The last line gives
 -- the largest single write to readtrack.
@@ -26,8 +30,12 @@ local hook_ns = "urn:readtrack:hook:0";
 local per_command_message, window = 64, tonumber(arg[4] or 8);
 local accepts = os.getenv("READTRACK_ACCEPTS") or "signal done-list routed-signal";
 
+local line_profile = tonumber(os.getenv("READTRACK_LINE_PROFILE") or "");
+local lines = {};
+
 local function run(with_module)
 	local stub = load_stub(source, with_module and module_path or nil);
+	if with_module and line_profile then stub.lines = lines; end
 	local alice = stub.session("alice@localhost/load");
 	local bob = stub.session("bob@localhost/load");
 	local commands = {};
@@ -112,3 +120,25 @@ print(("%s: %s dialect: the module adds %.0f bytes allocated per chat message (%
 	source, dialect, total_bytes / n, table.concat(byte_parts, ", "), (alone_bytes.message + alone_bytes.receipt) / n,
 	with.parse and (("; parsing the command messages %.0f instructions, %.0f bytes per chat message"):format(with.parse / n, with_bytes.parse / n)) or ""));
 print(("%s: %s dialect, %d messages a turn: the largest write to readtrack %d bytes"):format(source, dialect, window, largest));
+
+if line_profile then
+	local text, module_lines = {}, {};
+	local file = assert(io.open(module_path));
+	for line in file:lines() do text[#text + 1] = line; end
+	file:close();
+	local total = 0;
+	for at, count in pairs(lines) do
+		local number = at:match("mod_readtrack%.lua:(%d+)$");
+		if number then
+			module_lines[#module_lines + 1] = { tonumber(number), count };
+			total = total + count;
+		end
+	end
+	table.sort(module_lines, function(a, b) return a[2] > b[2] or (a[2] == b[2] and a[1] < b[1]); end);
+	-- The rest of what the module adds runs in Prosody's code that it calls or that wraps it.
+	print(("the module's own lines: %.0f instructions per chat message; the %d busiest:"):format(total / n, line_profile));
+	for i = 1, math.min(line_profile, #module_lines) do
+		local number, count = module_lines[i][1], module_lines[i][2];
+		print(("%7.1f  %5d  %s"):format(count / n, number, (text[number] or ""):gsub("^%s+", "")));
+	end
+end

@@ -186,12 +186,27 @@ return function(source, module_path, options)
 	-- it adds to the collector's debt. Prosody runs its incremental collector with a pause of
 	-- 105% (util/startup.lua, `threshold`), so every allocated byte costs it marking work in
 	-- proportion: under load the collector is half of Prosody's CPU (docs/performance.md).
+	--
+	-- `stub.lines`, when a table: each instruction is also counted for the line running it, by
+	-- `source:line` (a line profile; slow, and what it allocates itself spoils the bytes).
 	function stub.count(f)
 		local c = 0;
 		collectgarbage("collect");
 		collectgarbage("stop");
 		local kib = collectgarbage("count");
-		debug.sethook(function() c = c + 1; end, "", 1);
+		local lines, getinfo = stub.lines, debug.getinfo;
+		if lines then
+			debug.sethook(function()
+				c = c + 1;
+				local info = getinfo(2, "Sl");
+				if info then
+					local at = info.short_src .. ":" .. info.currentline;
+					lines[at] = (lines[at] or 0) + 1;
+				end
+			end, "", 1);
+		else
+			debug.sethook(function() c = c + 1; end, "", 1);
+		end
 		f();
 		debug.sethook();
 		local bytes = (collectgarbage("count") - kib) * 1024;
