@@ -644,6 +644,15 @@ fn invalid_frames_have_exact_errors() {
             b"<message></ message>",
             "malformed XML: invalid character in element name (at byte 11)",
         ),
+        // A name's first character is checked on its own; the rest are stepped over together.
+        (
+            b"<message></1message>",
+            "malformed XML: invalid character in element name (at byte 11)",
+        ),
+        (
+            b"<message><a-b.c:d9 x='1'></a-b.c:d8 ></message>",
+            "end tag </a-b.c:d8> does not match <a-b.c:d9> (at byte 25)",
+        ),
     ];
     for (input, want) in cases {
         assert_eq!(
