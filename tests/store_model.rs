@@ -581,7 +581,7 @@ fn user_records_follow_every_write_within_a_commit() {
     };
     check("new", &|u| u.head == 0 && u.next_device == 0);
     let first = received("m1", "bob@example.com/phone", "one", 1);
-    let seq = store.append_message(alice, first.clone(), &[]).unwrap();
+    let seq = store.append_message(alice, first, &[]).unwrap();
     check("appended", &|u| u.head == 1 && u.log_bytes > 0);
     store.put_device(alice, None, &device_record(0, 1)).unwrap();
     check("a device numbered", &|u| u.next_device == 1 && u.head == 1);

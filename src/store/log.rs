@@ -11,16 +11,15 @@ impl Store {
     pub fn append_message(
         &self,
         user: UserId,
-        mut entry: MessageRecord,
+        mut message: MessageRecord,
         delivered_to: &[(DeviceNo, DeliveryRecord)],
     ) -> Result<Seq> {
-        let peer = entry.peer();
+        let peer = message.peer();
         let mut record = self.user(user)?;
         record.head += 1;
-        record.log_bytes += entry.stanza.len() as u64;
+        record.log_bytes += message.stanza.len() as u64;
         let seq = record.head;
-        entry.seq = seq;
-        let message = &entry;
+        message.seq = seq;
         let conv_key = keys::user_peer(user, &peer);
         let mut conv: ConversationRecord = match self.get(T::UserpeerConversation, &conv_key)? {
             Some(v) => decode("userpeer_conversation", &v)?,
@@ -42,11 +41,11 @@ impl Store {
         w.insert(
             T::UserseqMessage,
             keys::user_seq(user, seq),
-            encode(&entry)?,
+            encode(&message)?,
         );
         let block = keys::block_of(seq);
         let new_block = block > keys::block_of(seq - 1);
-        let index_entry = IndexEntry::of(&entry, self.hash);
+        let index_entry = IndexEntry::of(&message, self.hash);
         let block_key = keys::user_block(user, block);
         // The seq is the newest of its block: its entry goes after the others, written onto
         // the stored record's bytes.
@@ -283,20 +282,20 @@ impl Store {
             let first = self
                 .get(T::UserblockIndex, keys::user_block(user, first))
                 .transpose();
-            let rest =
-                std::iter::once(rest)
-                    .filter(move |_| low < high)
-                    .flat_map(move |(from, to)| {
-                        let bounds = (
-                            Bound::Included(keys::user_block(user, from).to_vec()),
-                            Bound::Included(keys::user_block(user, to).to_vec()),
-                        );
-                        match reverse {
-                            true => self.range_rev(T::UserblockIndex, bounds),
-                            false => self.range(T::UserblockIndex, bounds),
-                        }
-                        .map(|kv| kv.map(|(_, v)| v))
-                    });
+            let rest = (low < high)
+                .then_some(rest)
+                .into_iter()
+                .flat_map(move |(from, to)| {
+                    let bounds = (
+                        Bound::Included(keys::user_block(user, from).to_vec()),
+                        Bound::Included(keys::user_block(user, to).to_vec()),
+                    );
+                    match reverse {
+                        true => self.range_rev(T::UserblockIndex, bounds),
+                        false => self.range(T::UserblockIndex, bounds),
+                    }
+                    .map(|kv| kv.map(|(_, v)| v))
+                });
             first.into_iter().chain(rest)
         });
         blocks

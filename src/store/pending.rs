@@ -165,12 +165,6 @@ impl Pending {
         }
     }
 
-    /// Whether the committed store does not hold `key` (it was put with [`Writes::insert`]).
-    #[cfg(test)]
-    pub(super) fn is_new(&self, tree: T, key: &[u8]) -> bool {
-        self.maps[tree as usize].get(key).is_some_and(|e| e.new)
-    }
-
     /// `Some(value)` when the write set decides the key (`Some(None)`: removed in this commit,
     /// or inserted and removed again: then the committed store does not hold it either, and
     /// on PostgreSQL asking would be a round trip).
@@ -420,7 +414,11 @@ mod tests {
         let mut w = Writes::default();
         w.put(T::UserdeviceseqDelivery, key(1), vec![3]);
         p.add(w);
-        assert!(p.is_new(T::UserdeviceseqDelivery, &key(1)));
+        let news: Vec<(Vec<u8>, bool)> = p
+            .trees()
+            .flat_map(|(_, writes)| writes.map(|w| (w.key.to_vec(), w.new)).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(news, vec![(key(1), true), (key(2), false)]);
         assert_eq!(p.entries(), 2);
         // A tree whose only write was cancelled has nothing for a backend, and hides nothing
         // from a range.
