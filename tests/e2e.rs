@@ -437,3 +437,24 @@ async fn a_module_reload_with_readtrack_connected_loses_and_doubles_nothing() {
         "replays by readtrack, nothing from mod_offline: {got:#?}"
     );
 }
+
+/// The ports the harness gives its servers are distinct across test threads and lie below the
+/// kernel's ephemeral range, where no outgoing connection can take one before the server binds
+/// it. CI once saw Prosody's c2s and component ports come out equal from two asks for port 0.
+#[test]
+fn the_harness_never_gives_two_servers_one_port() {
+    let threads: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(|| (0..50).map(|_| free_port()).collect::<Vec<_>>()))
+        .collect();
+    let ports: Vec<u16> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+    let low = ephemeral_low();
+    assert!(
+        ports.iter().all(|&p| u32::from(p) < low),
+        "a port in the ephemeral range (from {low}): {ports:?}"
+    );
+}

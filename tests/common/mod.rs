@@ -137,14 +137,37 @@ pub struct Prosody {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    // The listener is dropped before Prosody binds; a collision is possible but rare, and shows up
-    // as a start failure with the log attached rather than as a wrong result.
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port for a server the harness starts, never handed out twice by this process.
+///
+/// Asking the kernel for port 0 twice in a row can give the same port once the first listener is
+/// closed (CI saw c2s and component collide that way), and any outgoing connection may take an
+/// ephemeral port between the pick and the server's bind. So the ports come from below the
+/// kernel's ephemeral range, from a cursor shared by every test thread and started at a place
+/// that depends on the process, and each is checked free by binding it.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let high = ephemeral_low().clamp(LOW + 1_000, 65_535);
+    let span = high - LOW;
+    let start = (std::process::id() * 97) % span;
+    let _ = NEXT.compare_exchange(0, start + 1, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = (LOW + offset) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {high}");
+}
+
+/// The first port of the kernel's ephemeral range (Linux's default is 32768).
+pub fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn require_binary(name: &str) -> PathBuf {
