@@ -160,7 +160,8 @@ pub enum HookCommand {
     /// so far has left the server (its send buffer drained); nothing if the session goes away.
     Pace { to: Jid, token: u64 },
     /// The event forms this readtrack reads beyond the first vocabulary (`signal`,
-    /// `done-list`, `claims`, `routed-signal`), told once per connection before any other command; a module
+    /// `done-list`, `claims`, `routed-signal`, `inherited-namespace`), told once per connection
+    /// before any other command; a module
     /// older than compact events ignores it, and one that knows them sends them only after
     /// being told (`claims`: it numbers the messages it takes from offline handling and holds
     /// them until [`HookCommand::Durable`]).
@@ -597,7 +598,7 @@ impl<'i> Walker<'i> {
         if !child.empty {
             self.depth -= 1; // its end tag was read by the message reader
         }
-        let text = self.text[child.offset..read.end].to_string();
+        let text = &self.text[child.offset..read.end];
         Ok(read.finish(text))
     }
 
@@ -1748,7 +1749,7 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|x| x == "xml"))
             .collect();
         names.sort();
-        assert_eq!(names.len(), 24, "fixtures in {dir}");
+        assert_eq!(names.len(), 25, "fixtures in {dir}");
         for path in names {
             let element = hook_element(&std::fs::read_to_string(&path).unwrap());
             let out = xmllint(&element);
@@ -1796,10 +1797,61 @@ mod tests {
         events
     }
 
+    /// A message that names no namespace, read inside `<f:forwarded xmlns="jabber:client">`
+    /// (Prosody's bytes as a session was written them): it reads as the same message naming
+    /// `jabber:client` itself does, alone and in the usual form, text and stored form included.
+    /// Only the default namespace comes from outside, never a prefix. Returns 1 where the
+    /// inherited form made an event that the usual form made too.
+    fn inherited_as_usual(message: &str) -> usize {
+        let read = |wrapper: &str, message: &str| match HookEvent::parse(
+            &wrap(&wrapper.replace("{}", message)),
+            HOST,
+        ) {
+            Ok(HookEvent::Routed { message, .. }) => Some(message),
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => None,
+        };
+        let Some(inherited) = read(
+            "<routed xmlns='urn:readtrack:hook:0' to='bob@localhost'><session jid='bob@localhost/r'/><f:forwarded xmlns:f='urn:xmpp:forward:0' xmlns='jabber:client'>{}</f:forwarded></routed>",
+            message,
+        ) else {
+            return 0;
+        };
+        // An error's position counts in the bytes as they came, which have no namespace.
+        let same = |a: &Incoming, b: &Incoming| {
+            let unplaced = |i: &Incoming| {
+                let text = format!("{i:?}");
+                let mut out = String::with_capacity(text.len());
+                let mut rest = text.as_str();
+                while let Some(at) = rest.find("position ") {
+                    out.push_str(&rest[..at + 9]);
+                    rest = rest[at + 9..].trim_start_matches(|c: char| c.is_ascii_digit());
+                }
+                out + rest
+            };
+            assert_eq!(unplaced(a), unplaced(b), "{message}");
+        };
+        same(&inherited, &Incoming::read(inherited.original.text()));
+        if inherited.original.text() == message.trim() {
+            return 0; // the message names its own namespace: nothing was inherited
+        }
+        let usual = read(
+            "<routed xmlns='urn:readtrack:hook:0' to='bob@localhost'><session jid='bob@localhost/r'/><forwarded xmlns='urn:xmpp:forward:0'>{}</forwarded></routed>",
+            &message.replacen("<message", "<message xmlns='jabber:client'", 1),
+        );
+        match usual {
+            Some(usual) => {
+                same(&inherited, &usual);
+                1
+            }
+            None => 0,
+        }
+    }
+
     #[test]
     fn a_message_reads_the_same_in_an_event_as_alone() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let (mut count, mut events) = (0, 0);
+        let (mut count, mut events, mut inherited) = (0, 0, 0);
         for dir in [
             "fuzz/corpus/parse_message",
             "tests/fixtures/stanzas",
@@ -1819,12 +1871,23 @@ mod tests {
                         "<message xmlns='jabber:client'",
                         1,
                     ));
+                    inherited += inherited_as_usual(&text);
                     count += 1;
                 }
             }
         }
         assert!(count > 100, "only {count} inputs");
         assert!(events > 100, "only {events} of {count} inputs made events");
+        assert!(
+            inherited > 100,
+            "only {inherited} of {count} inputs read as inherited"
+        );
+        assert_eq!(
+            inherited_as_usual("<message id='1'><f:forwarded/><body>a</body></message>"),
+            1
+        );
+        assert_eq!(inherited_as_usual("<message><body>a</body><stanza-id xmlns='urn:xmpp:sid:0' id='s' by='bob@localhost'/></message>"), 1);
+        assert_eq!(inherited_as_usual("<message/>"), 1);
         // Prefixes bound by the event only: unbound inside the message, as alone.
         assert_eq!(in_event_as_alone("<message xmlns='jabber:client' id='1'><r:received id='x'/><c:body>t</c:body></message>"), 2);
         assert_eq!(in_event_as_alone("<message xmlns='jabber:client'><body>a</body><stanza-id xmlns='urn:xmpp:sid:0' id='s' by='bob@localhost'/></message>"), 2);
@@ -1977,6 +2040,60 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `inherited-namespace`: Prosody's bytes, which name no namespace, inside a
+    /// `<f:forwarded xmlns="jabber:client">`, are the message of the usual form: the same text
+    /// (with the namespace written in), the same stored form, the same event.
+    #[test]
+    fn a_routed_message_that_inherits_its_namespace_is_the_usual_message() {
+        let usual = fixture("routed");
+        let inherited = fixture("routed-inherited");
+        let (usual, inherited) = (
+            HookEvent::parse(&usual, HOST).unwrap(),
+            HookEvent::parse(&inherited, HOST).unwrap(),
+        );
+        assert_eq!(inherited, usual);
+        let (HookEvent::Routed { message, .. }, HookEvent::Routed { message: was, .. }) =
+            (&inherited, &usual)
+        else {
+            panic!("{inherited:?}");
+        };
+        let text = message.original.text();
+        assert!(
+            text.starts_with("<message xmlns='jabber:client' id='V4NkR-38'"),
+            "{text}"
+        );
+        assert_eq!(
+            message.original.stored_form("bob@localhost", false),
+            was.original.stored_form("bob@localhost", false)
+        );
+        assert!(message.original.stored_form("bob@localhost", false).is_ok());
+        // A prefix of the event is not the message's, and another default is not inherited.
+        let prefixed = |xml: String| xml.replace("body>", "f:body>");
+        for (xml, stands_alone) in [
+            (prefixed(fixture("routed-inherited")), false),
+            (
+                prefixed(fixture("routed-inherited")).replacen(
+                    "<message id=",
+                    "<message xmlns:f='urn:xmpp:forward:0' id=",
+                    1,
+                ),
+                true,
+            ),
+        ] {
+            let HookEvent::Routed { message, .. } = HookEvent::parse(&xml, HOST).unwrap() else {
+                panic!("{xml}");
+            };
+            let stored = message.original.stored_form("bob@localhost", false);
+            assert_eq!(stored.is_ok(), stands_alone, "{xml}: {stored:?}");
+        }
+        let other = fixture("routed-inherited")
+            .replace("xmlns='jabber:client'>", "xmlns='urn:example:other'>");
+        assert!(
+            !matches!(HookEvent::parse(&other, HOST), Ok(HookEvent::Routed { .. })),
+            "a message in another namespace is no routed message"
+        );
     }
 
     #[test]

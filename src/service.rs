@@ -21,8 +21,11 @@ use crate::warnlimit::{self, Warning};
 /// Event forms beyond the first vocabulary this readtrack reads (told to the module).
 /// `routed-signal`: a receipt or marker the server wrote to its addressee's session comes as its
 /// `<routed sent="true">` alone, which [`Input::Routed`] applies as the sender's signal and then
-/// logs, in that order, as the separate `<signal>` and `<routed>` were.
-const ACCEPTED_EVENTS: &str = "signal done-list claims routed-signal";
+/// logs, in that order, as the separate `<signal>` and `<routed>` were. `inherited-namespace`:
+/// the message a session was written comes as Prosody wrote it, naming no namespace, inside
+/// `<f:forwarded xmlns:f="urn:xmpp:forward:0" xmlns="jabber:client">`, whose default it
+/// inherits (the module no longer copies it to add one).
+const ACCEPTED_EVENTS: &str = "signal done-list claims routed-signal inherited-namespace";
 
 /// How many link events one batch (one flush) takes at most.
 const BATCH: usize = 512;

@@ -172,7 +172,7 @@ impl Incoming {
             read.parsed = read.parsed.and(Err(broken.clone()));
             read.layout = read.layout.and(Err(broken));
             let end = read.end;
-            return read.finish(text[at..end].to_string());
+            return read.finish(&text[at..end]);
         }
         let after = loop {
             match events.next() {
@@ -194,7 +194,7 @@ impl Incoming {
             read.layout = read.layout.and(Err(e));
         }
         let end = read.end;
-        read.finish(text[at..end].to_string())
+        read.finish(&text[at..end])
     }
 
     /// The message leniently: typed, or its header where only a child was refused.
@@ -206,6 +206,11 @@ impl Incoming {
         (message, self.original)
     }
 }
+
+/// Where an inherited namespace is written into a message's text, and how: as the module
+/// writes a message's namespace in the forms where it names one.
+const INHERITED_AT: &str = "<message";
+const INHERITED_XMLNS: &str = " xmlns='jabber:client'";
 
 /// A message read to its end tag, before its text is taken.
 pub(crate) struct Read {
@@ -219,11 +224,35 @@ pub(crate) struct Read {
     pub(crate) broken: Option<ParseError>,
     /// Where the message ends in the input (where it broke, if it did).
     pub(crate) end: usize,
+    /// The message's tag names no namespace: it inherited `jabber:client`
+    /// ([`read_message`]), which its text and stored form get, right after `<message`.
+    inherited: bool,
 }
 
 impl Read {
-    /// `text` is the message's text, from its start tag to its end tag.
-    pub(crate) fn finish(mut self, text: String) -> Incoming {
+    /// `text` is the message's text, from its start tag to its end tag, as it came.
+    pub(crate) fn finish(mut self, text: &str) -> Incoming {
+        let text = if self.inherited {
+            debug_assert!(text.starts_with(INHERITED_AT), "{text}");
+            let rest = &text[INHERITED_AT.len()..];
+            let mut with = String::with_capacity(text.len() + INHERITED_XMLNS.len());
+            with.push_str(INHERITED_AT);
+            with.push_str(INHERITED_XMLNS);
+            with.push_str(rest);
+            if let Ok(layout) = &mut self.layout {
+                let shift = |r: &mut Range<usize>| {
+                    r.start += INHERITED_XMLNS.len();
+                    r.end += INHERITED_XMLNS.len();
+                };
+                shift(&mut layout.content);
+                for (span, _) in &mut layout.stanza_ids {
+                    shift(span);
+                }
+            }
+            with
+        } else {
+            text.to_string()
+        };
         // As the typed reader does last: a seed offline ack is a receipt of its own id.
         if let Ok(msg) = &mut self.parsed {
             if msg.kind == MessageType::Crs && msg.offline.is_some() && msg.receipt.is_none() {
@@ -499,10 +528,14 @@ fn by_attribute(e: &BytesStart<'_>) -> Result<Option<String>, ParseError> {
 fn head(
     events: &Events<'_>,
     start: &BytesStart<'_>,
+    inherited: bool,
 ) -> Result<(String, Option<Range<usize>>), ParseError> {
-    let mut out = String::with_capacity(start.len() + 8);
+    let mut out = String::with_capacity(start.len() + 32);
     let mut to = None;
     out.push_str("<message");
+    if inherited {
+        super::original::push_raw_attr(&mut out, "xmlns", NS_CLIENT);
+    }
     let mut push = |key: &str, raw: &str| {
         let at = out.len();
         super::original::push_raw_attr(&mut out, key, raw);
@@ -533,13 +566,28 @@ pub(crate) fn read_message<'i>(
     empty: bool,
     at: usize,
 ) -> Read {
+    // The only declaration from outside that a message keeps: a default namespace of
+    // `jabber:client` it inherits (a hook event's `<f:forwarded xmlns="jabber:client">` around
+    // Prosody's bytes, which name no namespace). Its text and stored form then say it.
+    let inherited = start.name().as_ref() == &INHERITED_AT[1..]
+        && !events.declares_default()
+        && matches!(events.resolve(start.name()), Resolved::Bound(NS_CLIENT));
     let floor = events.set_floor(events.level());
-    let result = read_from(events, start, empty, at);
+    if inherited {
+        events.inherit_default(NS_CLIENT);
+    }
+    let result = read_from(events, start, empty, at, inherited);
     events.set_floor(floor);
     result
 }
 
-fn read_from<'i>(events: &mut Events<'i>, start: &BytesStart<'i>, empty: bool, at: usize) -> Read {
+fn read_from<'i>(
+    events: &mut Events<'i>,
+    start: &BytesStart<'i>,
+    empty: bool,
+    at: usize,
+    inherited: bool,
+) -> Read {
     let ns = events.resolve(start.name());
     // Typed: the top element, as `parse_message` reads it.
     let mut typed = Typed {
@@ -582,7 +630,7 @@ fn read_from<'i>(events: &mut Events<'i>, start: &BytesStart<'i>, empty: bool, a
             Resolved::Bound(other) => return Err(ParseError::ForeignNamespace(other.to_string())),
             _ => return Err(ParseError::ForeignNamespace("(none)".to_string())),
         }
-        let (head, to) = head(events, start)?;
+        let (head, to) = head(events, start, inherited)?;
         Ok(Layout {
             head,
             to,
@@ -604,6 +652,7 @@ fn read_from<'i>(events: &mut Events<'i>, start: &BytesStart<'i>, empty: bool, a
             doctype,
             broken: None,
             end: events.position(),
+            inherited,
         };
     }
     let mut depth = 0usize;
@@ -709,5 +758,6 @@ fn read_from<'i>(events: &mut Events<'i>, start: &BytesStart<'i>, empty: bool, a
         doctype,
         broken,
         end: events.position(),
+        inherited,
     }
 }

@@ -466,6 +466,26 @@ impl<'i> Events<'i> {
         std::mem::replace(&mut self.floor, floor)
     }
 
+    /// The element last opened declares a default namespace of its own (`xmlns=".."`).
+    pub(crate) fn declares_default(&self) -> bool {
+        self.bindings
+            .iter()
+            .rev()
+            .take_while(|b| b.level == self.level)
+            .any(|b| b.prefix.is_empty())
+    }
+
+    /// Declares `ns` as the default namespace of the element last opened, as if its tag said
+    /// so: a message read above a floor keeps the default namespace it inherits (see
+    /// [`super::incoming::read_message`]). Dropped with the element's scope.
+    pub(crate) fn inherit_default(&mut self, ns: &'static str) {
+        self.bindings.push(Binding {
+            prefix: Cow::Borrowed(""),
+            ns: Cow::Borrowed(ns),
+            level: self.level,
+        });
+    }
+
     fn visible(&self) -> impl Iterator<Item = &Binding<'i>> {
         let floor = self.floor;
         self.bindings
