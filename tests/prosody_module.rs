@@ -1319,6 +1319,25 @@ fn hook_element(stanza: &str) -> &str {
     &stanza[start..end]
 }
 
+/// Fails unless the hook element of `stanza` is valid by schema/hooks.xsd.
+fn validate_hook_element(stanza: &str) {
+    let element = hook_element(stanza);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("event.xml");
+    std::fs::write(&file, element).unwrap();
+    let schema = format!("{}/schema/hooks.xsd", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("xmllint")
+        .args(["--noout", "--schema", &schema])
+        .arg(&file)
+        .output()
+        .expect("xmllint: apt-get install -y libxml2-utils");
+    assert!(
+        out.status.success(),
+        "{element}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_events_validate_against_the_schema() {
     let p = server_with(&["alice", "bob"]);
@@ -1680,6 +1699,107 @@ async fn a_delivered_message_is_reported_from_the_bytes_written_and_reads_as_one
             "{id}:\n{}\n{}",
             live_stored.text,
             offline_stored.text
+        );
+    }
+}
+
+/// Issue 17: once readtrack accepts `inherited-namespace`, a message written to a session goes
+/// to readtrack as the very bytes the session got, inside a `<f:forwarded>` that declares
+/// `jabber:client` for it, where the module copied them before to name the namespace; readtrack
+/// reads it as that usual form would have been read (the text with `xmlns='jabber:client'`
+/// after `<message`, its stored form). For every message in the hook fixtures, to a session
+/// with and without stream management; a readtrack that does not say the word gets the usual
+/// form, and one no session got (offline) is serialised in the usual form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_accepts_inherited_namespace_a_written_message_goes_as_its_bytes() {
+    for smacks in [false, true] {
+        let p = Prosody::start(ProsodyOpts {
+            smacks,
+            extra_modules: vec!["mam".into()],
+            ..ProsodyOpts::default()
+        });
+        p.register("alice", "pw");
+        p.register("bob", "pw");
+        let (mut comp, _) = component(&p).await;
+        accepts(
+            &mut comp,
+            "signal done-list claims routed-signal inherited-namespace",
+        )
+        .await;
+        let mut alice = available(&p, &mut comp, "alice", "phone").await;
+        let mut bob = available(&p, &mut comp, "bob", "phone").await;
+        if smacks {
+            bob.send_raw("<enable xmlns='urn:xmpp:sm:3'/>").await;
+            bob.conn
+                .expect("<enabled>", WAIT, |s| name(s) == "enabled")
+                .await;
+        }
+        let messages = fixture_messages_to("bob@localhost");
+        for (id, xml) in &messages {
+            alice.send_raw(xml).await;
+            let raw = comp
+                .expect(id, WAIT, |s| {
+                    HookEvent::parse(s, DOMAIN).is_ok_and(|e| routed_for(id)(&e))
+                })
+                .await;
+            let got = bob
+                .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some(id.as_str()))
+                .await;
+            // Unchanged: the bytes bob read, in a forwarded element of the other form.
+            let forwarded = format!(
+                "<f:forwarded xmlns:f='urn:xmpp:forward:0' xmlns='jabber:client'>{got}</f:forwarded>"
+            );
+            assert!(raw.contains(&forwarded), "{id}: {raw}\nbob got {got}");
+            validate_hook_element(&raw);
+            let Ok(HookEvent::Routed {
+                sessions, message, ..
+            }) = HookEvent::parse(&raw, DOMAIN)
+            else {
+                unreachable!()
+            };
+            assert_eq!(sessions, vec![jid("bob@localhost/phone")], "{id}");
+            let usual = format!("<message xmlns='jabber:client'{}", &got["<message".len()..]);
+            assert_eq!(message.original.text(), usual, "{id}");
+            assert_eq!(message, readtrack::stanza::Incoming::read(&usual), "{id}");
+            let stored = message.original.stored_form("bob@localhost", false);
+            assert!(stored.is_ok(), "{id}: {stored:?}");
+        }
+        // No session: serialised, in the usual form.
+        bob.close().await;
+        next_event(&mut comp, "unavailable bob", |e| {
+            matches!(e, HookEvent::Unavailable { .. })
+        })
+        .await;
+        let (id, xml) = &messages[0];
+        alice.send_raw(xml).await;
+        let raw = comp
+            .expect(id, WAIT, |s| {
+                HookEvent::parse(s, DOMAIN).is_ok_and(|e| routed_for(id)(&e))
+            })
+            .await;
+        assert!(
+            raw.contains("<forwarded xmlns='urn:xmpp:forward:0'><message ")
+                && !raw.contains("f:forwarded"),
+            "{raw}"
+        );
+        // A readtrack that does not say the word (accepts are per connection): the usual form.
+        comp.close().await;
+        alice.sync().await;
+        let (mut comp, _) = component(&p).await;
+        accepts(&mut comp, "signal done-list claims routed-signal").await;
+        let mut bob = available(&p, &mut comp, "bob", "laptop").await;
+        alice.send_raw(xml).await;
+        let raw = comp
+            .expect(id, WAIT, |s| {
+                HookEvent::parse(s, DOMAIN).is_ok_and(|e| routed_for(id)(&e))
+            })
+            .await;
+        bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some(id.as_str()))
+            .await;
+        assert!(
+            raw.contains("<forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'")
+                && !raw.contains("f:forwarded"),
+            "{raw}"
         );
     }
 }

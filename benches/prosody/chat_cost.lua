@@ -10,8 +10,10 @@
 --   lua5.4 benches/prosody/chat_cost.lua target/prosody13/usr/lib/prosody [N] [seed|xep] [TURN]
 --
 -- READTRACK_ACCEPTS: the event forms the stand-in readtrack accepts (`<accepts events>`; default
--- "signal done-list routed-signal", what `readtrack serve` says); "signal done-list" measures the
--- module with a readtrack older than routed-signal (each receipt's <signal> on its own).
+-- "signal done-list routed-signal inherited-namespace", what `readtrack serve` says); "signal
+-- done-list" measures the module with a readtrack older than routed-signal (each receipt's
+-- <signal> on its own), "signal done-list routed-signal" one older than inherited-namespace
+-- (each written message copied to name its namespace).
 --
 -- READTRACK_LINE_PROFILE=K: also the K lines of the module that run the most VM instructions per
 -- chat message (with the module loaded, all parts together), with their text; the byte figures
@@ -28,7 +30,7 @@ local module_path = os.getenv("READTRACK_MODULE") or here .. "/../../contrib/pro
 local load_stub = dofile(here .. "/stub_prosody.lua");
 local hook_ns = "urn:readtrack:hook:0";
 local per_command_message, window = 64, tonumber(arg[4] or 8);
-local accepts = os.getenv("READTRACK_ACCEPTS") or "signal done-list routed-signal";
+local accepts = os.getenv("READTRACK_ACCEPTS") or "signal done-list routed-signal inherited-namespace";
 
 local line_profile = tonumber(os.getenv("READTRACK_LINE_PROFILE") or "");
 local lines = {};

@@ -340,8 +340,19 @@ end
 -- Prosody serialises a c2s stanza without its namespace, which the <message> gets here (its
 -- children inherit it, as they did on the client's stream), with the `to` routing went by where
 -- the message had none (to_self).
+-- Once readtrack said `inherited-namespace` (<accepts>, below): the bytes go as they are, and the
+-- <forwarded> (prefixed) declares the namespace the <message> inherits, instead of a copy of
+-- every delivered message for the namespace alone.
+local accepts_inherited = false;
 local forwarded_message_open = "<forwarded xmlns='" .. xmlns_forward .. "'><message xmlns='" .. xmlns_client .. "'";
+local forwarded_inheriting_open = "<f:forwarded xmlns:f='" .. xmlns_forward .. "' xmlns='" .. xmlns_client .. "'>";
 local function put_forwarded_bytes(bytes, written_to, to)
+	if accepts_inherited and written_to ~= nil then
+		put(forwarded_inheriting_open);
+		put(bytes);
+		put("</f:forwarded>");
+		return;
+	end
 	put(forwarded_message_open);
 	if written_to == nil then put_attr(" to='", to); end
 	put(bytes:sub(9));
@@ -1600,6 +1611,7 @@ function execute(command)
 		accepts_done_list = events:find(" done-list ", 1, true) ~= nil;
 		accepts_routed_signal = accepts_signal and events:find(" routed-signal ", 1, true) ~= nil;
 		accepts_claims = events:find(" claims ", 1, true) ~= nil;
+		accepts_inherited = events:find(" inherited-namespace ", 1, true) ~= nil;
 		if not accepts_claims and command_origin == claims.session then
 			release(claims, claims.low, last_claim, false); -- this readtrack keeps them itself
 		end
@@ -1709,6 +1721,7 @@ end
 
 local function on_component_authenticated(event)
 	accepts_signal, accepts_done_list, accepts_routed_signal = false, false, false; -- until this connection's readtrack says otherwise
+	accepts_inherited = false;
 	accepts_claims = nil;
 	claims_of(event.session); -- a connection it replaced leaves its claims to offline storage
 	tune_connection(event.session);
@@ -1749,7 +1762,7 @@ end
 function module.save()
 	return { readtrack_last_claim = last_claim, readtrack_link = component_session(),
 		readtrack_accepts = { signal = accepts_signal, done_list = accepts_done_list, claims = accepts_claims,
-			routed_signal = accepts_routed_signal } };
+			routed_signal = accepts_routed_signal, inherited = accepts_inherited } };
 end
 
 function module.restore(data)
@@ -1759,5 +1772,6 @@ function module.restore(data)
 	if accepts and data.readtrack_link ~= nil and data.readtrack_link == component_session() then
 		accepts_signal, accepts_done_list, accepts_claims = accepts.signal, accepts.done_list, accepts.claims;
 		accepts_routed_signal = accepts.routed_signal or false;
+		accepts_inherited = accepts.inherited or false;
 	end
 end
