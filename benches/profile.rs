@@ -327,7 +327,8 @@ fn measured_receipts(engine: &mut Engine, phone: &Jid, n: u64) {
 /// them: the message, routed to the receiver's session and logged as sent for the sender (one
 /// `<routed sent>`); the receiver's XEP-0184 receipt (a compact `<signal>`); the receipt,
 /// routed to the sender's session. `fold`: the receipt's signal rides on its `<routed
-/// sent='true'>` (readtrack accepts `routed-signal`), and the second is empty.
+/// sent='true'>` (readtrack accepts `routed-signal`), and the second is empty. Each written
+/// message is the bytes Prosody wrote, inheriting its namespace (`inherited-namespace`).
 fn chat_events(pair: u64, i: u64, fold: bool) -> [String; 3] {
     let (alice, bob) = (
         format!("send{pair}@localhost/load"),
@@ -339,13 +340,13 @@ fn chat_events(pair: u64, i: u64, fold: bool) -> [String; 3] {
     );
     let id = format!("p{pair}m{i}");
     [
-        format!("<message from='localhost' to='readtrack.localhost'><routed xmlns='urn:readtrack:hook:0' to='{bob_bare}' archive-id='a{pair}x{i}' sent='true'><session jid='{bob}'/><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' id='{id}' type='chat' to='{bob_bare}' from='{alice}'><request xmlns='urn:xmpp:receipts'/><body>load message {i}</body></message></forwarded></routed></message>"),
+        format!("<message from='localhost' to='readtrack.localhost'><routed xmlns='urn:readtrack:hook:0' to='{bob_bare}' archive-id='a{pair}x{i}' sent='true'><session jid='{bob}'/><f:forwarded xmlns:f='urn:xmpp:forward:0' xmlns='jabber:client'><message id='{id}' type='chat' to='{bob_bare}' from='{alice}'><request xmlns='urn:xmpp:receipts'/><body>load message {i}</body></message></f:forwarded></routed></message>"),
         if fold {
             String::new()
         } else {
             format!("<message from='localhost' to='readtrack.localhost'><signal xmlns='urn:readtrack:hook:0' from='{bob}' to='{alice}' id='rc-{id}' receipt='xep0184' receipt-id='{id}'/></message>")
         },
-        format!("<message from='localhost' to='readtrack.localhost'><routed xmlns='urn:readtrack:hook:0' to='{alice_bare}' archive-id='b{pair}x{i}'{}><session jid='{alice}'/><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' id='rc-{id}' to='{alice}' from='{bob}'><received xmlns='urn:xmpp:receipts' id='{id}'/></message></forwarded></routed></message>", if fold { " sent='true'" } else { "" }),
+        format!("<message from='localhost' to='readtrack.localhost'><routed xmlns='urn:readtrack:hook:0' to='{alice_bare}' archive-id='b{pair}x{i}'{}><session jid='{alice}'/><f:forwarded xmlns:f='urn:xmpp:forward:0' xmlns='jabber:client'><message id='rc-{id}' to='{alice}' from='{bob}'><received xmlns='urn:xmpp:receipts' id='{id}'/></message></f:forwarded></routed></message>", if fold { " sent='true'" } else { "" }),
     ]
 }
 
