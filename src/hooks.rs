@@ -161,9 +161,8 @@ pub enum HookCommand {
     Pace { to: Jid, token: u64 },
     /// The event forms this readtrack reads beyond the first vocabulary (`signal`,
     /// `done-list`, `claims`, `routed-signal`, `inherited-namespace`), told once per connection
-    /// before any other command; a module
-    /// older than compact events ignores it, and one that knows them sends them only after
-    /// being told (`claims`: it numbers the messages it takes from offline handling and holds
+    /// before any other command; a module older than compact events ignores it, and one that
+    /// knows them sends them only after being told (`claims`: it numbers the messages it takes from offline handling and holds
     /// them until [`HookCommand::Durable`]).
     Accepts { events: String },
     /// The claims of this connection numbered `from` to `upto` ([`HookEvent::Routed`]'s
