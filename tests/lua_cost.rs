@@ -79,6 +79,15 @@ fn chat_events(out: &str) -> &str {
         .trim()
 }
 
+/// The bytes the module allocates per chat message, as `chat_cost.lua` prints them.
+fn chat_bytes(out: &str) -> f64 {
+    out.split("the module adds ")
+        .nth(2)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no allocation figure in {out}"))
+}
+
 /// The Lua instructions `chat_cost.lua` says the module adds per chat message.
 fn chat_instructions(out: &str) -> f64 {
     out.split("the module adds ")
@@ -151,13 +160,6 @@ fn folding_the_receipts_signal_into_its_routed_saves_lua_per_chat_message() {
 /// readtrack which does not say the word still gets the copy.
 #[test]
 fn forwarding_the_written_bytes_unchanged_saves_their_copy() {
-    let allocated = |out: &str| -> f64 {
-        out.split("the module adds ")
-            .nth(2)
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no allocation figure in {out}"))
-    };
     for sources in lines() {
         let unchanged = run("chat_cost.lua", &sources, &["400", "xep"]);
         let copied = run_accepting(
@@ -166,7 +168,7 @@ fn forwarding_the_written_bytes_unchanged_saves_their_copy() {
             &["400", "xep"],
             Some("signal done-list routed-signal"),
         );
-        let saved = allocated(&copied) - allocated(&unchanged);
+        let saved = chat_bytes(&copied) - chat_bytes(&unchanged);
         assert!(
             saved >= 250.0,
             "{}: {saved} bytes saved per chat message\n{unchanged}\n{copied}",
@@ -191,12 +193,7 @@ fn the_module_allocates_under_1700_bytes_per_chat_message() {
     for sources in lines() {
         for dialect in ["seed", "xep"] {
             let out = run("chat_cost.lua", &sources, &["200", dialect]);
-            let bytes: f64 = out
-                .split("the module adds ")
-                .nth(2)
-                .and_then(|rest| rest.split(' ').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no allocation figure in {out}"));
+            let bytes = chat_bytes(&out);
             assert!(
                 bytes < 1700.0,
                 "{dialect} on {}: {bytes} bytes allocated per chat message\n{out}",
