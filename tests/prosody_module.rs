@@ -1096,12 +1096,7 @@ async fn a_compact_ack_to_a_session_with_stream_management_is_counted_in_its_que
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     alice.sync().await;
-    alice.send_raw("<enable xmlns='urn:xmpp:sm:3'/>").await;
-    let enabled = alice
-        .conn
-        .expect("<enabled>", WAIT, |s| name(s) == "enabled")
-        .await;
-    assert!(enabled.contains("urn:xmpp:sm:3"), "{enabled}");
+    enable_stream_management(&mut alice).await;
 
     comp.send_raw(&compact_ack("sm-1", "alice@localhost/phone"))
         .await;
@@ -1113,6 +1108,16 @@ async fn a_compact_ack_to_a_session_with_stream_management_is_counted_in_its_que
     alice.sync().await; // a second stanza, the ping's result
     alice.send_raw("<a xmlns='urn:xmpp:sm:3' h='3'/>").await;
     expect_refused_overack(&mut alice.conn).await;
+}
+
+/// Enables XEP-0198 stream management on `client`'s stream (mod_smacks loaded).
+async fn enable_stream_management(client: &mut Client) {
+    client.send_raw("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    let enabled = client
+        .conn
+        .expect("<enabled>", WAIT, |s| name(s) == "enabled")
+        .await;
+    assert!(enabled.contains("urn:xmpp:sm:3"), "{enabled}");
 }
 
 /// mod_smacks closes a stream whose client acknowledged more stanzas than it was sent: how the
@@ -1715,10 +1720,7 @@ async fn after_accepts_inherited_namespace_a_written_message_goes_as_its_bytes()
         let mut alice = available(&p, &mut comp, "alice", "phone").await;
         let mut bob = available(&p, &mut comp, "bob", "phone").await;
         if smacks {
-            bob.send_raw("<enable xmlns='urn:xmpp:sm:3'/>").await;
-            bob.conn
-                .expect("<enabled>", WAIT, |s| name(s) == "enabled")
-                .await;
+            enable_stream_management(&mut bob).await;
         }
         let messages = fixture_messages_to("bob@localhost");
         for (id, xml) in &messages {
@@ -1913,11 +1915,7 @@ async fn a_compact_bounce_to_a_session_with_stream_management_is_counted_in_its_
     let (mut comp, _) = component(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     alice.sync().await;
-    alice.send_raw("<enable xmlns='urn:xmpp:sm:3'/>").await;
-    alice
-        .conn
-        .expect("<enabled>", WAIT, |s| name(s) == "enabled")
-        .await;
+    enable_stream_management(&mut alice).await;
 
     let [_, compact] = bounce_commands("alice@localhost/phone", "sm-1", Some("hi"), "s1");
     comp.send_raw(&compact).await;
@@ -2299,10 +2297,7 @@ async fn compare_deliveries(smacks: bool) {
     let (mut comp, _) = component(&p).await;
     let mut bob = available(&p, &mut comp, "bob", "phone").await;
     if smacks {
-        bob.send_raw("<enable xmlns='urn:xmpp:sm:3'/>").await;
-        bob.conn
-            .expect("<enabled>", WAIT, |s| name(s) == "enabled")
-            .await;
+        enable_stream_management(&mut bob).await;
     }
     let to = jid("bob@localhost/phone");
     let mut checked = 0;
