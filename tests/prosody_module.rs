@@ -2513,7 +2513,7 @@ async fn a_compact_deliver_to_an_inactive_session_goes_through_client_state_indi
 /// operator does after replacing the module's file) with readtrack still connected, the new
 /// module forgot what readtrack had said it accepts (`<accepts>` comes once per connection):
 /// receipts went whole as <sent> and claims were no longer confirmed against this readtrack's
-/// word. It now keeps that word while the connection is the same. The claims the old module
+/// word. It now keeps that word while the connection is the same (`inherited-namespace` too). The claims the old module
 /// held go to offline storage (its memory goes with it), and the new one numbers on after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_reload_keeps_the_links_accepts_and_hands_its_claims_to_offline_storage() {
@@ -2521,7 +2521,7 @@ async fn a_module_reload_keeps_the_links_accepts_and_hands_its_claims_to_offline
     let (mut comp, _) = component(&p).await;
     command(
         &mut comp,
-        &format!("<accepts xmlns='{HOOK}' events='signal done-list claims'/>"),
+        &format!("<accepts xmlns='{HOOK}' events='signal done-list claims inherited-namespace'/>"),
     )
     .await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
@@ -2573,6 +2573,17 @@ async fn a_module_reload_keeps_the_links_accepts_and_hands_its_claims_to_offline
         got[0].contains("urn:xmpp:delay"),
         "from mod_offline: {}",
         got[0]
+    );
+    // A message written to bob's session goes as its bytes, as readtrack accepted.
+    alice.send_raw(&chat("c3", "bob@localhost", "c3")).await;
+    let raw = comp
+        .expect("c3", WAIT, |s| {
+            HookEvent::parse(s, DOMAIN).is_ok_and(|e| routed_for("c3")(&e))
+        })
+        .await;
+    assert!(
+        raw.contains("<f:forwarded xmlns:f='urn:xmpp:forward:0' xmlns='jabber:client'><message "),
+        "after the reload a written message still goes as its bytes: {raw}"
     );
 }
 
