@@ -77,6 +77,15 @@ async fn next_event(
     HookEvent::parse(&xml, DOMAIN).unwrap()
 }
 
+/// The text of the `<routed>` event of the message `id`, as the component received it (the
+/// form on the wire, which a parsed event does not show); other events stay queued.
+async fn raw_routed(comp: &mut RawComponent, id: &str) -> String {
+    comp.expect(id, WAIT, |s| {
+        HookEvent::parse(s, DOMAIN).is_ok_and(|e| routed_for(id)(&e))
+    })
+    .await
+}
+
 async fn online(p: &Prosody, user: &str, resource: &str) -> Client {
     let mut c = p.client(user, "pw", resource).await;
     c.send_presence().await;
@@ -1725,11 +1734,7 @@ async fn after_accepts_inherited_namespace_a_written_message_goes_as_its_bytes()
         let messages = fixture_messages_to("bob@localhost");
         for (id, xml) in &messages {
             alice.send_raw(xml).await;
-            let raw = comp
-                .expect(id, WAIT, |s| {
-                    HookEvent::parse(s, DOMAIN).is_ok_and(|e| routed_for(id)(&e))
-                })
-                .await;
+            let raw = raw_routed(&mut comp, id).await;
             let got = bob
                 .expect_message(WAIT, |m| attr(m, "id").as_deref() == Some(id.as_str()))
                 .await;
@@ -1760,11 +1765,7 @@ async fn after_accepts_inherited_namespace_a_written_message_goes_as_its_bytes()
         .await;
         let (id, xml) = &messages[0];
         alice.send_raw(xml).await;
-        let raw = comp
-            .expect(id, WAIT, |s| {
-                HookEvent::parse(s, DOMAIN).is_ok_and(|e| routed_for(id)(&e))
-            })
-            .await;
+        let raw = raw_routed(&mut comp, id).await;
         assert!(
             raw.contains("<forwarded xmlns='urn:xmpp:forward:0'><message ")
                 && !raw.contains("f:forwarded"),
@@ -1777,11 +1778,7 @@ async fn after_accepts_inherited_namespace_a_written_message_goes_as_its_bytes()
         accepts(&mut comp, "signal done-list claims routed-signal").await;
         let mut bob = available(&p, &mut comp, "bob", "laptop").await;
         alice.send_raw(xml).await;
-        let raw = comp
-            .expect(id, WAIT, |s| {
-                HookEvent::parse(s, DOMAIN).is_ok_and(|e| routed_for(id)(&e))
-            })
-            .await;
+        let raw = raw_routed(&mut comp, id).await;
         bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some(id.as_str()))
             .await;
         assert!(
@@ -2576,11 +2573,7 @@ async fn a_module_reload_keeps_the_links_accepts_and_hands_its_claims_to_offline
     );
     // A message written to bob's session goes as its bytes, as readtrack accepted.
     alice.send_raw(&chat("c3", "bob@localhost", "c3")).await;
-    let raw = comp
-        .expect("c3", WAIT, |s| {
-            HookEvent::parse(s, DOMAIN).is_ok_and(|e| routed_for("c3")(&e))
-        })
-        .await;
+    let raw = raw_routed(&mut comp, "c3").await;
     assert!(
         raw.contains("<f:forwarded xmlns:f='urn:xmpp:forward:0' xmlns='jabber:client'><message "),
         "after the reload a written message still goes as its bytes: {raw}"
