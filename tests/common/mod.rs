@@ -146,14 +146,14 @@ pub struct Prosody {
 /// that depends on the process, and each is checked free by binding it.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
     const LOW: u32 = 10_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
     let high = ephemeral_low().clamp(LOW + 1_000, 65_535);
     let span = high - LOW;
-    let start = (std::process::id() * 97) % span;
-    let _ = NEXT.compare_exchange(0, start + 1, Ordering::SeqCst, Ordering::SeqCst);
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id().wrapping_mul(97) % span));
     for _ in 0..span {
-        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let offset = next.fetch_add(1, Ordering::SeqCst) % span;
         let port = (LOW + offset) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
