@@ -569,7 +569,7 @@ pub(crate) fn read_message<'i>(
     // The only declaration from outside that a message keeps: a default namespace of
     // `jabber:client` it inherits (a hook event's `<f:forwarded xmlns="jabber:client">` around
     // Prosody's bytes, which name no namespace). Its text and stored form then say it.
-    let inherited = start.name().as_ref() == &INHERITED_AT[1..]
+    let inherited = start.name().as_ref() == "message"
         && !events.declares_default()
         && matches!(events.resolve(start.name()), Resolved::Bound(NS_CLIENT));
     let floor = events.set_floor(events.level());
