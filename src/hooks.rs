@@ -489,6 +489,8 @@ struct Walker<'i> {
     depth: usize,
     /// Top-level elements seen.
     elements: usize,
+    /// The XML broke here: nothing after it is read (an event of a batch after a broken one).
+    failed: Option<HookError>,
 }
 
 fn broken_xml(e: ParseError) -> HookError {
@@ -505,11 +507,19 @@ impl<'i> Walker<'i> {
             events: Events::new(text),
             depth: 0,
             elements: 0,
+            failed: None,
         }
     }
 
     fn next(&mut self) -> Result<Event<'i>, HookError> {
-        let event = self.events.next().map_err(broken_xml)?;
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let event = self.events.next().map_err(|e| {
+            let e = broken_xml(e);
+            self.failed = Some(e.clone());
+            e
+        })?;
         match &event {
             Event::Start(_) => {
                 if self.depth == 0 {
@@ -585,14 +595,18 @@ impl<'i> Walker<'i> {
         let read =
             incoming::read_message(&mut self.events, &child.start, child.empty, child.offset);
         if read.doctype {
-            return Err(HookError::Xml("DTD not allowed".into()));
+            let e = HookError::Xml("DTD not allowed".into());
+            self.failed = Some(e.clone());
+            return Err(e);
         }
         if let Some(broken) = &read.broken {
-            return Err(if *broken == parse::unexpected_eof() {
+            let e = if *broken == parse::unexpected_eof() {
                 HookError::Xml(format!("{} element(s) not closed", self.events.level()))
             } else {
                 broken_xml(broken.clone())
-            });
+            };
+            self.failed = Some(e.clone());
+            return Err(e);
         }
         if !child.empty {
             self.depth -= 1; // its end tag was read by the message reader
@@ -685,13 +699,18 @@ impl<'i> Walker<'i> {
                 expected: expected_from.to_string(),
             });
         }
+        self.next_hook_child()?.ok_or(HookError::NoHookElement)
+    }
+
+    /// The next child in the hook namespace of the current element, past any other.
+    fn next_hook_child(&mut self) -> Result<Option<Child<'i>>, HookError> {
         while let Some(c) = self.next_child()? {
             if c.ns_hook {
-                return Ok(c);
+                return Ok(Some(c));
             }
             self.finish(&c)?;
         }
-        Err(HookError::NoHookElement)
+        Ok(None)
     }
 }
 
@@ -701,6 +720,49 @@ impl HookEvent {
     pub fn parse(stanza: &str, host: &str) -> Result<HookEvent, HookError> {
         let mut w = Walker::new(stanza);
         let el = w.open(host)?;
+        let event = Self::parse_element(&mut w, &el)?;
+        w.rest()?;
+        Ok(event)
+    }
+
+    /// Every event of one event `<message>`, in order: one, or several once readtrack accepts
+    /// `batched` (the module then writes the events of one turn in one message). An event that
+    /// does not read is an `Err` in its place and the others stand; the whole is an `Err` only
+    /// where the message itself is not one (its sender, its XML). XML that breaks after some
+    /// events read ends the list with the error.
+    pub fn parse_batch(
+        stanza: &str,
+        host: &str,
+    ) -> Result<Vec<Result<HookEvent, HookError>>, HookError> {
+        let mut w = Walker::new(stanza);
+        let mut next = Some(w.open(host)?);
+        let mut events = Vec::with_capacity(1);
+        while let Some(el) = next {
+            let outside = w.depth - usize::from(!el.empty);
+            events.push(Self::parse_element(&mut w, &el));
+            if w.failed.is_some() {
+                return Ok(events); // its error is the event's
+            }
+            // What an event that did not read left of its element.
+            let mut skipped = Ok(());
+            while w.depth > outside && skipped.is_ok() {
+                skipped = w.next().map(drop);
+            }
+            next = match skipped.and_then(|()| w.next_hook_child()) {
+                Ok(next) => next,
+                Err(e) => {
+                    events.push(Err(e));
+                    return Ok(events);
+                }
+            };
+        }
+        if let Err(e) = w.rest() {
+            events.push(Err(e));
+        }
+        Ok(events)
+    }
+
+    fn parse_element<'i>(w: &mut Walker<'i>, el: &Child<'i>) -> Result<HookEvent, HookError> {
         let name = local_name(&el.start);
         let a = Attrs::of_read(&w.events, &el.start);
         let event = match name.as_str() {
@@ -726,7 +788,7 @@ impl HookEvent {
                     }
                 };
                 let claim = number_attr(&a, &name, "claim")?;
-                let (sessions, carbons, message) = w.hook_content(&el, Walker::read_message)?;
+                let (sessions, carbons, message) = w.hook_content(el, Walker::read_message)?;
                 HookEvent::Routed {
                     to,
                     archive_id,
@@ -738,7 +800,7 @@ impl HookEvent {
                 }
             }
             "sent" => {
-                let (_, carbons, message) = w.hook_content(&el, Walker::read_message)?;
+                let (_, carbons, message) = w.hook_content(el, Walker::read_message)?;
                 HookEvent::Sent {
                     message: message.ok_or(HookError::MissingForwarded(name))?,
                     carbons,
@@ -777,7 +839,7 @@ impl HookEvent {
                         executes_bounce: executes("bounce"),
                         executes_deliver_bytes: executes("deliver-bytes"),
                     },
-                    sessions: w.hook_content(&el, Walker::message_text)?.0,
+                    sessions: w.hook_content(el, Walker::message_text)?.0,
                 }
             }
             "account" => HookEvent::Account {
@@ -808,7 +870,6 @@ impl HookEvent {
             },
             _ => return Err(HookError::UnknownEvent(name)),
         };
-        w.rest()?;
         Ok(event)
     }
 
@@ -2039,6 +2100,64 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// `batched`: the events of one message are every fixture's event, in order, each as it
+    /// reads alone; one that does not read stands alone and the others still read; XML that
+    /// breaks ends the list; a message from elsewhere is no batch at all.
+    #[test]
+    fn a_batch_reads_as_its_events_alone() {
+        let names = [
+            "available",
+            "routed",
+            "routed-inherited",
+            "sent-receipt",
+            "unavailable",
+            "done-list",
+            "routed-offline",
+        ];
+        let mut batch = format!("<message from='{HOST}' to='readtrack.localhost'>");
+        let mut alone = Vec::new();
+        for name in names {
+            let xml = fixture(name);
+            alone.push(HookEvent::parse(&xml, HOST).unwrap());
+            batch.push_str(&hook_element(&xml));
+            batch.push_str("<other xmlns='urn:example'/> ");
+        }
+        batch.push_str("</message>");
+        let read: Vec<_> = HookEvent::parse_batch(&batch, HOST)
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(read, alone);
+
+        let ok = "<available xmlns='urn:readtrack:hook:0' jid='a@localhost/r'/>";
+        let bad =
+            "<available xmlns='urn:readtrack:hook:0' jid='a@localhost'><x><y/></x></available>";
+        let unknown = "<ping xmlns='urn:readtrack:hook:0'>text<x/></ping>";
+        let xml = format!("<message from='{HOST}' to='c'>{ok}{bad}{unknown}{ok}</message>");
+        let read = HookEvent::parse_batch(&xml, HOST).unwrap();
+        assert_eq!(read.len(), 4, "{read:?}");
+        assert_eq!(read[0], read[3]);
+        assert!(
+            read[0].is_ok() && read[1].is_err() && read[2].is_err(),
+            "{read:?}"
+        );
+
+        let broken = format!("<message from='{HOST}' to='c'>{ok}<routed xmlns='urn:readtrack:hook:0' to='b@localhost'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'><body>x</forwarded></routed>{ok}</message>");
+        let read = HookEvent::parse_batch(&broken, HOST).unwrap();
+        assert_eq!(read.len(), 2, "{read:?}");
+        assert!(read[0].is_ok() && read[1].is_err(), "{read:?}");
+
+        let elsewhere = format!("<message from='evil.example' to='c'>{ok}{ok}</message>");
+        assert!(HookEvent::parse_batch(&elsewhere, HOST).is_err());
+        // One event, as before: the same as `parse`.
+        let one = fixture("routed");
+        assert_eq!(
+            HookEvent::parse_batch(&one, HOST).unwrap(),
+            vec![HookEvent::parse(&one, HOST)]
+        );
     }
 
     /// `inherited-namespace`: Prosody's bytes, which name no namespace, inside a

@@ -24,8 +24,10 @@ use crate::warnlimit::{self, Warning};
 /// logs, in that order, as the separate `<signal>` and `<routed>` were. `inherited-namespace`:
 /// the message a session was written comes as Prosody wrote it, naming no namespace, inside
 /// `<f:forwarded xmlns:f="urn:xmpp:forward:0" xmlns="jabber:client">`, whose default it
-/// inherits (the module no longer copies it to add one).
-const ACCEPTED_EVENTS: &str = "signal done-list claims routed-signal inherited-namespace";
+/// inherits (the module no longer copies it to add one). `batched`: one `<message>` holds the
+/// events of one turn of the server's loop, in order ([`from_server_batch`]), instead of one
+/// `<message>` around each.
+const ACCEPTED_EVENTS: &str = "signal done-list claims routed-signal inherited-namespace batched";
 
 /// How many link events one batch (one flush) takes at most.
 const BATCH: usize = 512;
@@ -41,8 +43,10 @@ pub enum ServiceError {
 /// Counters of the service loop, readable from other tasks.
 #[derive(Debug, Default)]
 pub struct ServiceStats {
+    /// Events from the server: one per hook element (several in one stanza once batched).
     pub events: AtomicU64,
-    /// Stanzas from the server that were malformed or not in the hook vocabulary.
+    /// Stanzas from the server, or events of one, that were malformed or not in the hook
+    /// vocabulary.
     pub rejected_stanzas: AtomicU64,
     /// Events the engine refused (wrong domain, no sender...).
     pub rejected_inputs: AtomicU64,
@@ -263,7 +267,25 @@ impl Claims {
 /// The event and the client message inside it are read in one pass ([`HookEvent::parse`]);
 /// this only chooses what of it the engine gets. The error is the line `serve` logs for it.
 pub fn from_server(stanza: &str, host: &str) -> Result<FromServer, String> {
-    let event = HookEvent::parse(stanza, host).map_err(|e| e.to_string())?;
+    from_event(HookEvent::parse(stanza, host).map_err(|e| e.to_string())?)
+}
+
+/// What each event of one stanza from the server means, in order ([`HookEvent::parse_batch`]):
+/// one, or the events of one turn of the server's loop once readtrack accepts `batched`. An
+/// event that is not one is an `Err` in its place; the whole is an `Err` where the stanza is no
+/// event message.
+pub fn from_server_batch(
+    stanza: &str,
+    host: &str,
+) -> Result<Vec<Result<FromServer, String>>, String> {
+    let events = HookEvent::parse_batch(stanza, host).map_err(|e| e.to_string())?;
+    Ok(events
+        .into_iter()
+        .map(|event| from_event(event.map_err(|e| e.to_string())?))
+        .collect())
+}
+
+fn from_event(event: HookEvent) -> Result<FromServer, String> {
     let mut claim = None;
     let input = match event {
         HookEvent::Done { id } => return Ok(FromServer::Done(vec![id])),
@@ -523,104 +545,125 @@ impl Service {
                 tracing::warn!(%reason, "disconnected from the server; it falls back to its own offline handling")
             }
             LinkEvent::Stanza(stanza) => {
-                self.stats.events.fetch_add(1, Ordering::Relaxed);
                 let now = Millis::now();
                 let arrived = self.timed.then(Instant::now);
-                let (input, claim) = match self.input(&stanza, now) {
-                    Some(FromServer::Input(input, claim)) => (*input, claim),
-                    Some(FromServer::Done(ids)) => {
-                        for id in ids {
-                            self.engine.confirm(&id)?;
-                        }
-                        return Ok(());
-                    }
-                    Some(FromServer::SnapshotPage { page, sessions }) => {
-                        self.module_acks |= page.executes_ack;
-                        self.module_bounces |= page.executes_bounce;
-                        self.module_delivers_bytes |= page.executes_deliver_bytes;
-                        match self.snapshot.add(page, sessions) {
-                            Ok(Some(sessions)) => (Input::Snapshot { sessions }, None),
-                            Ok(None) => return Ok(()),
-                            Err(why) => {
-                                self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
-                                if warnlimit::admit(Warning::StanzaRejected, now) {
-                                    tracing::warn!("{why}");
-                                }
-                                return Ok(());
-                            }
-                        }
-                    }
-                    Some(FromServer::GiveBack {
-                        why,
-                        to,
-                        stanza_xml,
-                        claim,
-                    }) => {
-                        pending.push(self.engine.give_back(&why, to, stanza_xml));
-                        if let Some(claim) = claim {
-                            self.claims.applied(claim);
-                        }
-                        return Ok(());
-                    }
-                    None => return Ok(()),
-                };
-                let availability = matches!(input, Input::Available { .. });
-                let held = self.engine.held();
-                let result = self.engine.handle(input, now);
-                if let Some(arrived) = arrived {
-                    // The engine holds each 10013 ack until the commit, even from an input it
-                    // then rejects; bounces are held only by `tick`, so what this event added
-                    // is its acks.
-                    for _ in held..self.engine.held() {
-                        self.ack_arrivals.push_back(arrived);
-                    }
-                    if let (true, Ok(out)) = (availability, &result) {
-                        if !out.is_empty() {
-                            self.replay_arrivals
-                                .push((arrived, pending.len() + out.len()));
-                        }
-                    }
-                }
-                match result {
-                    Ok(out) => {
-                        pending.extend(out);
-                        if let Some(claim) = claim {
-                            self.claims.applied(claim);
-                        }
-                    }
-                    Err(EngineError::Rejected(why)) => {
-                        // Not logged: a claim of it goes back to the server with the next
-                        // confirmation.
-                        if let Some(claim) = claim {
-                            self.claims.seen(claim);
-                        }
-                        self.stats.rejected_inputs.fetch_add(1, Ordering::Relaxed);
-                        if warnlimit::admit(Warning::InputRejected, now) {
-                            tracing::warn!("{why}");
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
+                for event in self.inputs(&stanza, now) {
+                    self.on_event(event, now, arrived, pending)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// A hook event as an engine input; `None` (logged and counted) when it is not one.
-    fn input(&self, stanza: &str, now: Millis) -> Option<FromServer> {
-        match from_server(stanza, &self.host) {
-            Ok(event) => Some(event),
-            Err(what) => {
-                self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
-                if warnlimit::admit(Warning::StanzaRejected, now) {
-                    tracing::warn!(
-                        stanza_bytes = stanza.len(),
-                        "rejected stanza from the server: {what}"
-                    );
+    /// One event from the server, in the order it came.
+    fn on_event(
+        &mut self,
+        event: Option<FromServer>,
+        now: Millis,
+        arrived: Option<Instant>,
+        pending: &mut Vec<Output>,
+    ) -> Result<(), ServiceError> {
+        let (input, claim) = match event {
+            Some(FromServer::Input(input, claim)) => (*input, claim),
+            Some(FromServer::Done(ids)) => {
+                for id in ids {
+                    self.engine.confirm(&id)?;
                 }
-                None
+                return Ok(());
+            }
+            Some(FromServer::SnapshotPage { page, sessions }) => {
+                self.module_acks |= page.executes_ack;
+                self.module_bounces |= page.executes_bounce;
+                self.module_delivers_bytes |= page.executes_deliver_bytes;
+                match self.snapshot.add(page, sessions) {
+                    Ok(Some(sessions)) => (Input::Snapshot { sessions }, None),
+                    Ok(None) => return Ok(()),
+                    Err(why) => {
+                        self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
+                        if warnlimit::admit(Warning::StanzaRejected, now) {
+                            tracing::warn!("{why}");
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            Some(FromServer::GiveBack {
+                why,
+                to,
+                stanza_xml,
+                claim,
+            }) => {
+                pending.push(self.engine.give_back(&why, to, stanza_xml));
+                if let Some(claim) = claim {
+                    self.claims.applied(claim);
+                }
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        let availability = matches!(input, Input::Available { .. });
+        let held = self.engine.held();
+        let result = self.engine.handle(input, now);
+        if let Some(arrived) = arrived {
+            // The engine holds each 10013 ack until the commit, even from an input it
+            // then rejects; bounces are held only by `tick`, so what this event added
+            // is its acks.
+            for _ in held..self.engine.held() {
+                self.ack_arrivals.push_back(arrived);
+            }
+            if let (true, Ok(out)) = (availability, &result) {
+                if !out.is_empty() {
+                    self.replay_arrivals
+                        .push((arrived, pending.len() + out.len()));
+                }
             }
         }
+        match result {
+            Ok(out) => {
+                pending.extend(out);
+                if let Some(claim) = claim {
+                    self.claims.applied(claim);
+                }
+            }
+            Err(EngineError::Rejected(why)) => {
+                // Not logged: a claim of it goes back to the server with the next
+                // confirmation.
+                if let Some(claim) = claim {
+                    self.claims.seen(claim);
+                }
+                self.stats.rejected_inputs.fetch_add(1, Ordering::Relaxed);
+                if warnlimit::admit(Warning::InputRejected, now) {
+                    tracing::warn!("{why}");
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// The hook events of one stanza, each an engine input or `None` (logged and counted) when
+    /// it is not one; a stanza that is no event message is one `None`.
+    fn inputs(&self, stanza: &str, now: Millis) -> Vec<Option<FromServer>> {
+        let events = from_server_batch(stanza, &self.host).unwrap_or_else(|what| vec![Err(what)]);
+        self.stats
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        events
+            .into_iter()
+            .map(|event| match event {
+                Ok(event) => Some(event),
+                Err(what) => {
+                    self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
+                    if warnlimit::admit(Warning::StanzaRejected, now) {
+                        tracing::warn!(
+                            stanza_bytes = stanza.len(),
+                            "rejected stanza from the server: {what}"
+                        );
+                    }
+                    None
+                }
+            })
+            .collect()
     }
 
     async fn send_command_stanza(&mut self, stanza: String) {

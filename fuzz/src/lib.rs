@@ -227,6 +227,7 @@ pub fn check_hooks(data: &[u8]) {
             _ => {}
         }
     }
+    check_hook_batch(&text);
     if let Ok(command) = HookCommand::parse(&text, COMPONENT) {
         let xml = command.to_xml(COMPONENT, HOST);
         assert_eq!(
@@ -235,4 +236,37 @@ pub fn check_hooks(data: &[u8]) {
             "command does not survive a round trip through {xml:?}"
         );
     }
+}
+
+/// Several events in one message (`batched`): the first is what [`HookEvent::parse`] reads, and
+/// the events that read, written again side by side in one message, read back the same.
+fn check_hook_batch(text: &str) {
+    let Ok(batch) = HookEvent::parse_batch(text, HOST) else {
+        assert!(HookEvent::parse(text, HOST).is_err(), "{text:?}");
+        return;
+    };
+    assert!(!batch.is_empty(), "{text:?}");
+    if let Ok(event) = HookEvent::parse(text, HOST) {
+        assert_eq!(batch[0].as_ref(), Ok(&event), "{text:?}");
+    }
+    let events: Vec<&HookEvent> = batch.iter().filter_map(|e| e.as_ref().ok()).collect();
+    if events.is_empty() {
+        return;
+    }
+    let open = format!("<message from='{HOST}' to='{COMPONENT}'>");
+    let mut xml = open.clone();
+    for event in &events {
+        let one = event.to_xml(HOST, COMPONENT);
+        let start = one.find('>').map_or(0, |i| i + 1);
+        let end = one.rfind("</message>").unwrap_or(one.len());
+        xml.push_str(&one[start..end]);
+    }
+    xml.push_str("</message>");
+    let again = HookEvent::parse_batch(&xml, HOST).expect("a batch of events is a message");
+    let again: Vec<_> = again.iter().map(|e| e.as_ref().ok()).collect();
+    let expected: Vec<_> = events.iter().map(|e| Some(*e)).collect();
+    assert_eq!(
+        again, expected,
+        "events do not survive a round trip through {xml:?}"
+    );
 }

@@ -277,13 +277,13 @@ impl prometheus_client::collector::Collector for Collected {
         counter(
             &mut e,
             "readtrack_events",
-            "Stanzas received from the server since the service started.",
+            "Events received from the server since the service started (several per stanza once the module batches them).",
             s.events,
         )?;
         counter(
             &mut e,
             "readtrack_stanzas_rejected",
-            "Stanzas from the server that were malformed or not in the hook vocabulary.",
+            "Stanzas from the server, or events of one, that were malformed or not in the hook vocabulary.",
             s.rejected_stanzas,
         )?;
         counter(
