@@ -161,7 +161,12 @@ fn folding_the_receipts_signal_into_its_routed_saves_lua_per_chat_message() {
 #[test]
 fn forwarding_the_written_bytes_unchanged_saves_their_copy() {
     for sources in lines() {
-        let unchanged = run("chat_cost.lua", &sources, &["400", "xep"]);
+        let unchanged = run_accepting(
+            "chat_cost.lua",
+            &sources,
+            &["400", "xep"],
+            Some("signal done-list routed-signal inherited-namespace"),
+        );
         let copied = run_accepting(
             "chat_cost.lua",
             &sources,
@@ -175,6 +180,39 @@ fn forwarding_the_written_bytes_unchanged_saves_their_copy() {
             sources.display()
         );
         assert_eq!(chat_events(&unchanged), chat_events(&copied));
+    }
+}
+
+/// Issue 17: once readtrack accepts `batched`, the events of one write share one `<message>`
+/// instead of one each: the same events, in as many writes, and 61 bytes of wrapping fewer per
+/// event for the module to join (and readtrack to read).
+#[test]
+fn one_message_around_the_events_of_a_write_saves_their_wrapping() {
+    for sources in lines() {
+        let batched = run("chat_cost.lua", &sources, &["400", "xep"]);
+        let one_each = run_accepting(
+            "chat_cost.lua",
+            &sources,
+            &["400", "xep"],
+            Some("signal done-list routed-signal inherited-namespace"),
+        );
+        let saved = chat_bytes(&one_each) - chat_bytes(&batched);
+        assert!(
+            saved >= 80.0,
+            "{}: {saved} bytes saved per chat message\n{batched}\n{one_each}",
+            sources.display()
+        );
+        assert!(
+            chat_instructions(&batched) < chat_instructions(&one_each),
+            "{batched}\n{one_each}"
+        );
+        assert_eq!(chat_events(&batched), chat_events(&one_each));
+        let writes = |out: &str| {
+            out.split(" writes to readtrack")
+                .next()
+                .map(|s| s.rsplit(' ').next().map(String::from))
+        };
+        assert_eq!(writes(&batched), writes(&one_each), "{batched}\n{one_each}");
     }
 }
 

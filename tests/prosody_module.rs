@@ -1789,6 +1789,106 @@ async fn after_accepts_inherited_namespace_a_written_message_goes_as_its_bytes()
     }
 }
 
+/// Issue 17: once readtrack accepts `batched`, the events of one write of the module share one
+/// `<message>`, closed once it holds `readtrack_batch_bytes`; readtrack reads from them, in
+/// order, the very events one message around each gave (what a readtrack that does not say the
+/// word gets, on its own connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_accepts_batched_the_events_of_one_write_share_a_message() {
+    let limit = 2000;
+    let p = Prosody::start(ProsodyOpts {
+        extra_host: format!("readtrack_batch_bytes = {limit}\n"),
+        ..ProsodyOpts::default()
+    });
+    p.register("alice", "pw");
+    p.register("bob", "pw");
+    let words = "signal done-list claims routed-signal inherited-namespace";
+    let ids: Vec<String> = (0..20).map(|i| format!("batch{i}")).collect();
+    let body = "x".repeat(300);
+    // Twenty messages in one write: Prosody reads them at once and routes them in one turn.
+    let burst: String = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "<message to='bob@localhost' id='{id}' type='chat'><body>{body}</body></message>"
+            )
+        })
+        .collect();
+    let mut routed_by = Vec::new();
+    for batched in [true, false] {
+        let (mut comp, _) = component(&p).await;
+        let events = if batched {
+            format!("{words} batched")
+        } else {
+            words.to_string()
+        };
+        accepts(&mut comp, &events).await;
+        let mut alice = online(&p, "alice", "phone").await;
+        let mut bob = online(&p, "bob", "phone").await;
+        // Both available (`available` reads one event per message; both may share one).
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let stanza = comp.expect("an available", WAIT, |_| true).await;
+            for event in HookEvent::parse_batch(&stanza, DOMAIN).unwrap() {
+                if let Ok(HookEvent::Available { jid, .. }) = event {
+                    seen.push(jid);
+                }
+            }
+        }
+        alice.send_raw(&burst).await;
+        for id in &ids {
+            bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some(id.as_str()))
+                .await;
+        }
+        alice.sync().await;
+        let stanzas = comp.drain(QUIET).await;
+        let mut routed = Vec::new();
+        let mut most = 0;
+        for stanza in &stanzas {
+            let events =
+                HookEvent::parse_batch(stanza, DOMAIN).unwrap_or_else(|e| panic!("{e}: {stanza}"));
+            most = most.max(events.len());
+            let mut largest = 0;
+            for event in events {
+                let event = event.unwrap_or_else(|e| panic!("{e}: {stanza}"));
+                largest = largest.max(event.to_xml(DOMAIN, COMPONENT).len());
+                if let HookEvent::Routed { .. } = event {
+                    routed.push(event);
+                }
+            }
+            // Closed once it held the limit: never more than that and one event.
+            assert!(
+                stanza.len() <= limit + largest + 200,
+                "{} bytes: {stanza}",
+                stanza.len()
+            );
+        }
+        let got: Vec<_> = routed
+            .iter()
+            .map(|e| match e {
+                HookEvent::Routed { message, .. } => message.parsed.as_ref().unwrap().id.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            ids.iter().map(|id| Some(id.clone())).collect::<Vec<_>>()
+        );
+        if batched {
+            assert!(most > 1, "one event per message: {stanzas:?}");
+            // 20 events of about 600 bytes: the limit closed some messages.
+            assert!(stanzas.len() >= 4, "{stanzas:?}");
+        } else {
+            assert_eq!(most, 1, "{stanzas:?}");
+        }
+        routed_by.push(routed);
+        alice.close().await;
+        bob.close().await;
+        comp.close().await;
+    }
+    assert_eq!(routed_by[0], routed_by[1]);
+}
+
 /// The delay bounce (501) to `to` as readtrack writes it: the whole `<send>` and the compact
 /// `<bounce>`, both with `command_id`.
 fn bounce_commands(

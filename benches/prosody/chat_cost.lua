@@ -10,10 +10,11 @@
 --   lua5.4 benches/prosody/chat_cost.lua target/prosody13/usr/lib/prosody [N] [seed|xep] [TURN]
 --
 -- READTRACK_ACCEPTS: the event forms the stand-in readtrack accepts (`<accepts events>`; default
--- "signal done-list routed-signal inherited-namespace", what `readtrack serve` says); "signal
--- done-list" measures the module with a readtrack older than routed-signal (each receipt's
--- <signal> on its own), "signal done-list routed-signal" one older than inherited-namespace
--- (each written message copied to name its namespace).
+-- "signal done-list routed-signal inherited-namespace batched", what `readtrack serve` says);
+-- "signal done-list routed-signal inherited-namespace" one older than batched (a <message>
+-- around each event); "signal done-list" measures the module with a readtrack older than
+-- routed-signal (each receipt's <signal> on its own), "signal done-list routed-signal" one older
+-- than inherited-namespace (each written message copied to name its namespace).
 --
 -- READTRACK_LINE_PROFILE=K: also the K lines of the module that run the most VM instructions per
 -- chat message (with the module loaded, all parts together), with their text; the byte figures
@@ -30,7 +31,7 @@ local module_path = os.getenv("READTRACK_MODULE") or here .. "/../../contrib/pro
 local load_stub = dofile(here .. "/stub_prosody.lua");
 local hook_ns = "urn:readtrack:hook:0";
 local per_command_message, window = 64, tonumber(arg[4] or 8);
-local accepts = os.getenv("READTRACK_ACCEPTS") or "signal done-list routed-signal inherited-namespace";
+local accepts = os.getenv("READTRACK_ACCEPTS") or "signal done-list routed-signal inherited-namespace batched";
 
 local line_profile = tonumber(os.getenv("READTRACK_LINE_PROFILE") or "");
 local lines = {};
@@ -93,9 +94,18 @@ local function run(with_module)
 		counts.ack, bytes.ack = 0, 0;
 	end
 	local kinds = {};
-	for _, event in ipairs(stub.events(before)) do
-		local kind = event:match("^<message[^>]*><([%w-]+)");
-		kinds[kind] = (kinds[kind] or 0) + 1;
+	-- Every event of each message (one, or several once readtrack accepts `batched`): the
+	-- children of the outer <message>.
+	for _, message in ipairs(stub.events(before)) do
+		local depth = 0;
+		for close, name, empty in message:gmatch("<(/?)([%w:-]+)[^>]-(/?)>") do
+			if close == "/" then
+				depth = depth - 1;
+			else
+				if depth == 1 then kinds[name] = (kinds[name] or 0) + 1; end
+				if empty == "" then depth = depth + 1; end
+			end
+		end
 	end
 	local largest = 0;
 	for i = before + 1, #stub.emitted do largest = math.max(largest, #stub.emitted[i]); end

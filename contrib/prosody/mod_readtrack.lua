@@ -79,13 +79,26 @@ local queued_events, queued_n, queued_for, flush_due = {}, 0, nil, false;
 -- Bytes in queued_events: part of the link's backlog that the connection cannot see yet.
 local queued_event_bytes = 0;
 
+-- Once readtrack said `batched` (<accepts>, below), the events of one write share one
+-- <message from=HOST to=COMPONENT> instead of one each: the wrapping is 61 bytes of every event,
+-- text joined for the write and read again by readtrack. A message stays open (batch_open) from
+-- its first event until the write, or until it holds `batch_bytes` (batch_from: what the queue
+-- held when it opened), so it is never more than that plus one event over the event budget.
+local accepts_batched = false;
+local batch_bytes = module:get_option_number("readtrack_batch_bytes", 16 * 1024);
+local batch_open, batch_from = false, 0;
+
 local function clear_queue()
 	for i = queued_n, 1, -1 do queued_events[i] = nil; end
 	queued_n, queued_event_bytes = 0, 0;
+	batch_open = false;
 end
+
+local put;
 
 local function write_queue()
 	if queued_n == 0 then return; end
+	if batch_open then put("</message>"); end
 	local session, data = queued_for, t_concat(queued_events, "", 1, queued_n);
 	clear_queue();
 	queued_for = nil;
@@ -112,7 +125,7 @@ end
 local flush_bytes = module:get_option_number("readtrack_flush_bytes", 1024 * 1024);
 
 -- Pieces of the event being queued (between begin_event and end_event).
-local function put(piece)
+function put(piece)
 	queued_n = queued_n + 1;
 	queued_events[queued_n] = piece;
 	emitted_since_count = emitted_since_count + #piece;
@@ -148,12 +161,18 @@ local function begin_event()
 		clear_queue();
 		queued_for = session;
 	end
-	put(event_open);
+	if not batch_open then
+		put(event_open);
+		batch_open, batch_from = accepts_batched and batch_bytes > 0, queued_event_bytes;
+	end
 	return true;
 end
 
 local function end_event()
-	put("</message>");
+	if not batch_open or queued_event_bytes - batch_from >= batch_bytes then
+		put("</message>");
+		batch_open = false;
+	end
 	if flush_bytes > 0 and queued_event_bytes >= flush_bytes then
 		write_queue(); -- a timer already due writes what comes after
 	elseif not flush_due then
@@ -1612,6 +1631,7 @@ function execute(command)
 		accepts_routed_signal = accepts_signal and events:find(" routed-signal ", 1, true) ~= nil;
 		accepts_claims = events:find(" claims ", 1, true) ~= nil;
 		accepts_inherited = events:find(" inherited-namespace ", 1, true) ~= nil;
+		accepts_batched = events:find(" batched ", 1, true) ~= nil;
 		if not accepts_claims and command_origin == claims.session then
 			release(claims, claims.low, last_claim, false); -- this readtrack keeps them itself
 		end
@@ -1721,7 +1741,7 @@ end
 
 local function on_component_authenticated(event)
 	accepts_signal, accepts_done_list, accepts_routed_signal = false, false, false; -- until this connection's readtrack says otherwise
-	accepts_inherited = false;
+	accepts_inherited, accepts_batched = false, false;
 	accepts_claims = nil;
 	claims_of(event.session); -- a connection it replaced leaves its claims to offline storage
 	tune_connection(event.session);
@@ -1762,7 +1782,7 @@ end
 function module.save()
 	return { readtrack_last_claim = last_claim, readtrack_link = component_session(),
 		readtrack_accepts = { signal = accepts_signal, done_list = accepts_done_list, claims = accepts_claims,
-			routed_signal = accepts_routed_signal, inherited = accepts_inherited } };
+			routed_signal = accepts_routed_signal, inherited = accepts_inherited, batched = accepts_batched } };
 end
 
 function module.restore(data)
@@ -1773,5 +1793,6 @@ function module.restore(data)
 		accepts_signal, accepts_done_list, accepts_claims = accepts.signal, accepts.done_list, accepts.claims;
 		accepts_routed_signal = accepts.routed_signal or false;
 		accepts_inherited = accepts.inherited or false;
+		accepts_batched = accepts.batched or false;
 	end
 end
