@@ -19,7 +19,8 @@
 //! stream, cut into stanzas by the link's framer, which runs on the link's reader thread, not
 //! in `chat`), `chat-signal N` (the same with the receipt's
 //! separate `<signal>` before its `<routed>`, as an older module or readtrack has it: three
-//! events per message), `replay N U` (log N messages
+//! events per message), `chat-batched N` and `frame-batched N` (the same events eight to a
+//! `<message>`, as a module told `batched` writes a turn's), `replay N U` (log N messages
 //! offline, read all but the last U, then one login replays them), `scan N U` (raw sled baseline:
 //! N values of the same size, range scan of the last U).
 
@@ -105,7 +106,7 @@ fn main() {
     let store = Store::open(dir.path().join("db"), &options).unwrap();
     let mut config = EngineConfig::new("example.com");
     config.dialect = readtrack::engine::Dialect::Seed;
-    if what == "chat" || what == "chat-signal" {
+    if what.starts_with("chat") {
         // As `readtrack serve` runs for the load bench's `LOAD_DIALECT=xep`.
         config = EngineConfig::new("localhost");
         config.dialect = readtrack::engine::Dialect::Xep;
@@ -179,11 +180,15 @@ fn main() {
                 println!("logged in {logged:?}, acked in {:?}", start.elapsed());
             }
         }
-        "frame" => {
+        "frame" | "frame-batched" => {
             // The events of `chat N` as one stream from the server, read in the link's 8-KiB
             // chunks and cut into stanzas as the link's reader does, on its own thread.
             let mut stream = String::from("<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' from='readtrack.localhost' id='p'>");
-            for stanza in chat_script(n, true).into_iter().flatten() {
+            let mut script = chat_script(n, true);
+            if what == "frame-batched" {
+                script = batched(script);
+            }
+            for stanza in script.into_iter().flatten() {
                 stream.push_str(&stanza);
             }
             let start = Instant::now();
@@ -194,8 +199,11 @@ fn main() {
             );
             return;
         }
-        "chat" | "chat-signal" => {
-            let script = chat_script(n, what == "chat");
+        "chat" | "chat-signal" | "chat-batched" => {
+            let mut script = chat_script(n, what != "chat-signal");
+            if what == "chat-batched" {
+                script = batched(script);
+            }
             let start = Instant::now();
             let handled = measured_chat(&mut engine, &script);
             println!("chat {n}: {handled} events in {:?}", start.elapsed());
@@ -384,9 +392,44 @@ fn chat_script(n: u64, fold: bool) -> Vec<Option<String>> {
     script
 }
 
+/// The events of a script, `BATCH` to a `<message>` between commits, as a module told `batched`
+/// writes the events of one turn of Prosody's loop (`chat-batched`, `frame-batched`).
+fn batched(script: Vec<Option<String>>) -> Vec<Option<String>> {
+    const BATCH: usize = 8;
+    const OPEN: &str = "<message from='localhost' to='readtrack.localhost'>";
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    let flush = |events: &mut Vec<String>, out: &mut Vec<Option<String>>| {
+        if !events.is_empty() {
+            let inner: String = events
+                .drain(..)
+                .map(|e| e[OPEN.len()..e.len() - "</message>".len()].to_string())
+                .collect();
+            out.push(Some(format!("{OPEN}{inner}</message>")));
+        }
+    };
+    for step in script {
+        match step {
+            Some(event) => {
+                assert!(event.starts_with(OPEN) && event.ends_with("</message>"));
+                events.push(event);
+                if events.len() == BATCH {
+                    flush(&mut events, &mut out);
+                }
+            }
+            None => {
+                flush(&mut events, &mut out);
+                out.push(None);
+            }
+        }
+    }
+    flush(&mut events, &mut out);
+    out
+}
+
 /// The measured part of `chat` (callgrind: `--toggle-collect='*measured_chat*'`): each event
-/// read as `readtrack serve` reads it (`service::from_server`) and handled, a commit at each
-/// `None`. Returns the events handled.
+/// read as `readtrack serve` reads it (`service::from_server_batch`: one, or several to a
+/// message in `chat-batched`) and handled, a commit at each `None`. Returns the events handled.
 #[inline(never)]
 fn measured_chat(engine: &mut Engine, script: &[Option<String>]) -> u64 {
     let mut handled = 0;
@@ -395,13 +438,15 @@ fn measured_chat(engine: &mut Engine, script: &[Option<String>]) -> u64 {
             engine.commit().unwrap();
             continue;
         };
-        match readtrack::service::from_server(stanza, "localhost") {
-            Ok(readtrack::service::FromServer::Input(input, _)) => {
-                engine.handle(*input, Millis(T0 + at as u64)).unwrap();
+        for event in readtrack::service::from_server_batch(stanza, "localhost").unwrap() {
+            match event {
+                Ok(readtrack::service::FromServer::Input(input, _)) => {
+                    engine.handle(*input, Millis(T0 + at as u64)).unwrap();
+                }
+                _ => panic!("not an input: {stanza}"),
             }
-            _ => panic!("not an input: {stanza}"),
+            handled += 1;
         }
-        handled += 1;
     }
     handled
 }
