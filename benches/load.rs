@@ -1138,6 +1138,9 @@ fn main() {
         daemon.pid(),
         pids[2].prosody
     );
+    if std::env::var("LOAD_PIN").is_ok_and(|v| v == "1") {
+        pin_to_cores(&pids, daemon.pid());
+    }
     let mut servers = vec![(0, &alone), (1, &with_rt)];
     if let Some(p) = &probe_server {
         servers.push((2, p));
@@ -1618,4 +1621,25 @@ fn main() {
     std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
     println!("written {}", out.display());
     let _ = std::fs::remove_dir_all(scratch_base());
+}
+
+/// `LOAD_PIN=1`: every Prosody on CPU 0, `readtrack serve` and this process (the clients) on CPU
+/// 1, every thread of each, so each Prosody has a core to itself as on a server where readtrack
+/// and the clients run on other cores; the chat ratio then shows Prosody's own capacity, not the
+/// two cores' scheduling.
+fn pin_to_cores(pids: &[Pids; 3], readtrack: u32) {
+    let pin = |pid: u32, cpu: &str| {
+        let status = Command::new("taskset")
+            .args(["-a", "-p", "-c", cpu, &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .expect("taskset (util-linux) runs");
+        assert!(status.success(), "taskset -a -p -c {cpu} {pid} failed");
+    };
+    for p in pids.iter().filter(|p| p.prosody != 0) {
+        pin(p.prosody, "0");
+    }
+    pin(readtrack, "1");
+    pin(std::process::id(), "1");
+    println!("pinned: every Prosody on CPU 0; readtrack and the clients on CPU 1");
 }
