@@ -2680,6 +2680,47 @@ async fn a_module_reload_keeps_the_links_accepts_and_hands_its_claims_to_offline
     );
 }
 
+/// The same for `batched`: after a reload on the same connection, the events of one write still
+/// share one `<message>` (a module that forgot the word would send one message per event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_reload_keeps_batched() {
+    let p = server_from(with_admin_shell(), &["alice", "bob"]);
+    let (mut comp, _) = component(&p).await;
+    accepts(
+        &mut comp,
+        "signal done-list claims routed-signal inherited-namespace batched",
+    )
+    .await;
+    let mut alice = online(&p, "alice", "phone").await;
+    let mut bob = online(&p, "bob", "phone").await;
+    p.reload_module("readtrack");
+    let ids = ["r1", "r2", "r3"];
+    let burst: String = ids.iter().map(|id| chat(id, "bob@localhost", id)).collect();
+    alice.send_raw(&burst).await;
+    for id in ids {
+        bob.expect_message(WAIT, |m| attr(m, "id").as_deref() == Some(id))
+            .await;
+    }
+    alice.sync().await;
+    let routed_per_message: Vec<usize> = comp
+        .drain(QUIET)
+        .await
+        .iter()
+        .map(|s| {
+            HookEvent::parse_batch(s, DOMAIN)
+                .unwrap()
+                .iter()
+                .filter(|e| matches!(e, Ok(HookEvent::Routed { .. })))
+                .count()
+        })
+        .collect();
+    assert_eq!(routed_per_message.iter().sum::<usize>(), 3);
+    assert!(
+        routed_per_message.iter().any(|n| *n > 1),
+        "after the reload the events of one write still share a message: {routed_per_message:?}"
+    );
+}
+
 /// Eight senders' bursts at once, which keep Prosody's loop busy, are reported whole within a
 /// link budget a quarter of their events: the module's own queue must not count as readtrack
 /// falling behind ("readtrack is N bytes behind", new messages left untracked). The module wrote
