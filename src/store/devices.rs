@@ -9,8 +9,6 @@
 //! other write to the tree (removing a device, purging a user) makes the cache forget that
 //! user, so a read returns what a scan would have read, pending writes included.
 
-use std::collections::HashMap;
-
 use super::*;
 
 /// Users whose devices the cache keeps at most: past it the cache starts again empty (a bound
@@ -20,7 +18,7 @@ const DEVICE_CACHE_USERS: usize = 4096;
 /// The decoded devices of recently used users, each user's complete, in device-number order.
 #[derive(Default)]
 pub(super) struct DeviceCache {
-    users: HashMap<UserId, Vec<(DeviceNo, DeviceRecord)>>,
+    users: keys::UserMap<Vec<(DeviceNo, DeviceRecord)>>,
 }
 
 impl DeviceCache {

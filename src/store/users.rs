@@ -34,7 +34,7 @@ const RECORD_CACHE_USERS: usize = 16_384;
 /// tree holds, pending writes included.
 #[derive(Default)]
 pub(super) struct RecordCache {
-    records: HashMap<UserId, UserRecord>,
+    records: keys::UserMap<UserRecord>,
 }
 
 impl RecordCache {
