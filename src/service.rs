@@ -29,7 +29,8 @@ use crate::warnlimit::{self, Warning};
 /// `<message>` around each.
 const ACCEPTED_EVENTS: &str = "signal done-list claims routed-signal inherited-namespace batched";
 
-/// How many link events one batch (one flush) takes at most.
+/// How many hook events one batch (one flush) takes: it stops at the first stanza that reaches
+/// it (a stanza of the module's `batched` form holds several).
 const BATCH: usize = 512;
 /// Longest sleep between two looks at the receipt timers.
 const IDLE_TICK: Duration = Duration::from_millis(500);
@@ -500,12 +501,13 @@ impl Service {
                 _ = shutdown.changed() => break,
                 event = events.recv() => {
                     let Some(event) = event else { break };
-                    self.on_link(event, &mut pending)?;
-                    // Group commit over what is already queued, but at most BATCH events, so
-                    // the acks of the first ones do not wait behind an unbounded backlog.
-                    for _ in 1..BATCH {
+                    let mut taken = self.on_link(event, &mut pending)?;
+                    // Group commit over what is already queued, but about BATCH events at
+                    // most, so the acks of the first ones do not wait behind an unbounded
+                    // backlog (link state changes count one, as they did).
+                    while taken < BATCH {
                         match events.try_recv() {
-                            Ok(event) => self.on_link(event, &mut pending)?,
+                            Ok(event) => taken += self.on_link(event, &mut pending)?.max(1),
                             Err(_) => break,
                         }
                     }
@@ -523,7 +525,13 @@ impl Service {
         Ok(self.engine)
     }
 
-    fn on_link(&mut self, event: LinkEvent, pending: &mut Vec<Output>) -> Result<(), ServiceError> {
+    /// Applies one link event; returns the hook events it held (0 for a link state change).
+    fn on_link(
+        &mut self,
+        event: LinkEvent,
+        pending: &mut Vec<Output>,
+    ) -> Result<usize, ServiceError> {
+        let mut held = 0;
         match event {
             LinkEvent::Connected => {
                 self.connected = true;
@@ -547,12 +555,14 @@ impl Service {
             LinkEvent::Stanza(stanza) => {
                 let now = Millis::now();
                 let arrived = self.timed.then(Instant::now);
-                for event in self.inputs(&stanza, now) {
+                let events = self.inputs(&stanza, now);
+                held = events.len();
+                for event in events {
                     self.on_event(event, now, arrived, pending)?;
                 }
             }
         }
-        Ok(())
+        Ok(held)
     }
 
     /// One event from the server, in the order it came.

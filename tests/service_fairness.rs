@@ -29,6 +29,18 @@ fn routed(from: &str, to: &str, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_committed_in_bounded_batches_and_others_get_their_ack() {
+    flood_in_bounded_batches(1).await;
+}
+
+/// The same bound when the module writes several events to a message (`batched`): it counts
+/// events, not stanzas (it counted stanzas, and a flood of 100 to a stanza went as one batch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_batched_events_is_committed_in_bounded_batches() {
+    flood_in_bounded_batches(100).await;
+}
+
+/// `per_stanza` events to each stanza from the server.
+async fn flood_in_bounded_batches(per_stanza: usize) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("db"), &StoreOptions::default()).unwrap();
     let engine = Engine::new(store, seed_config()).unwrap();
@@ -42,13 +54,20 @@ async fn a_flood_is_committed_in_bounded_batches_and_others_get_their_ack() {
     // Everything is queued before the loop starts: the worst case for batching.
     let flood = 3_000;
     event_tx.send(LinkEvent::Connected).await.unwrap();
-    for i in 0..flood {
+    const OPEN: &str = "<message from=\"localhost\" to=\"readtrack.localhost\">";
+    let events: Vec<String> = (0..flood)
+        .map(|i| routed("alice@localhost/a", "bob@localhost", &format!("f{i}")))
+        .collect();
+    for group in events.chunks(per_stanza) {
+        let inner: String = group
+            .iter()
+            .map(|e| {
+                assert!(e.starts_with(OPEN), "{e}");
+                &e[OPEN.len()..e.len() - "</message>".len()]
+            })
+            .collect();
         event_tx
-            .send(LinkEvent::Stanza(routed(
-                "alice@localhost/a",
-                "bob@localhost",
-                &format!("f{i}"),
-            )))
+            .send(LinkEvent::Stanza(format!("{OPEN}{inner}</message>")))
             .await
             .unwrap();
     }
