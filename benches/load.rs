@@ -48,7 +48,8 @@
 //! `raw`) picks the clients, `LOAD_CLIENT_THREADS` (2) their runtime's threads. Profiling:
 //! `LOAD_LUA_PROFILE=1` (Prosody's Lua, see `benches/prosody/mod_lprof.lua`), `LOAD_PAUSE_S=N`
 //! (time to attach `perf record -p` to the pids it prints), `LOAD_PERF_CTL=DIR` (a `perf
-//! record --control` FIFO per server, enabled only while the raw client's replays run).
+//! record --control` FIFO per server, enabled only while the raw client's replays run),
+//! `LOAD_PIN=1` (every Prosody on CPU 0, `serve` and the clients on CPU 1).
 
 #[path = "common/mod.rs"]
 mod bench_common;
