@@ -501,7 +501,7 @@ impl Service {
                 _ = shutdown.changed() => break,
                 event = events.recv() => {
                     let Some(event) = event else { break };
-                    let mut taken = self.on_link(event, &mut pending)?;
+                    let mut taken = self.on_link(event, &mut pending)?.max(1);
                     // Group commit over what is already queued, but about BATCH events at
                     // most, so the acks of the first ones do not wait behind an unbounded
                     // backlog (link state changes count one, as they did).
