@@ -515,11 +515,10 @@ impl<'i> Walker<'i> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        let event = self.events.next().map_err(|e| {
-            let e = broken_xml(e);
-            self.failed = Some(e.clone());
-            e
-        })?;
+        let event = match self.events.next() {
+            Ok(event) => event,
+            Err(e) => return Err(self.fail(broken_xml(e))),
+        };
         match &event {
             Event::Start(_) => {
                 if self.depth == 0 {
@@ -579,13 +578,24 @@ impl<'i> Walker<'i> {
         }
     }
 
+    /// The XML broke: `e`, and again for every read after it.
+    fn fail(&mut self, e: HookError) -> HookError {
+        self.failed = Some(e.clone());
+        e
+    }
+
+    /// Reads on until no more than `depth` elements are open.
+    fn close_to(&mut self, depth: usize) -> Result<(), HookError> {
+        while self.depth > depth {
+            self.next()?;
+        }
+        Ok(())
+    }
+
     /// Consumes the rest of `child` (its content and end tag); returns its whole text.
     fn finish(&mut self, child: &Child<'i>) -> Result<&'i str, HookError> {
         if !child.empty {
-            let outside = self.depth - 1;
-            while self.depth > outside {
-                self.next()?;
-            }
+            self.close_to(self.depth - 1)?;
         }
         Ok(&self.text[child.offset..self.events.position()])
     }
@@ -595,9 +605,7 @@ impl<'i> Walker<'i> {
         let read =
             incoming::read_message(&mut self.events, &child.start, child.empty, child.offset);
         if read.doctype {
-            let e = HookError::Xml("DTD not allowed".into());
-            self.failed = Some(e.clone());
-            return Err(e);
+            return Err(self.fail(HookError::Xml("DTD not allowed".into())));
         }
         if let Some(broken) = &read.broken {
             let e = if *broken == parse::unexpected_eof() {
@@ -605,8 +613,7 @@ impl<'i> Walker<'i> {
             } else {
                 broken_xml(broken.clone())
             };
-            self.failed = Some(e.clone());
-            return Err(e);
+            return Err(self.fail(e));
         }
         if !child.empty {
             self.depth -= 1; // its end tag was read by the message reader
@@ -743,12 +750,8 @@ impl HookEvent {
             if w.failed.is_some() {
                 return Ok(events); // its error is the event's
             }
-            // What an event that did not read left of its element.
-            let mut skipped = Ok(());
-            while w.depth > outside && skipped.is_ok() {
-                skipped = w.next().map(drop);
-            }
-            next = match skipped.and_then(|()| w.next_hook_child()) {
+            // Past what an event that did not read left of its element.
+            next = match w.close_to(outside).and_then(|()| w.next_hook_child()) {
                 Ok(next) => next,
                 Err(e) => {
                     events.push(Err(e));
