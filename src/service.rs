@@ -501,13 +501,13 @@ impl Service {
                 _ = shutdown.changed() => break,
                 event = events.recv() => {
                     let Some(event) = event else { break };
-                    let mut taken = self.on_link(event, &mut pending)?.max(1);
+                    let mut taken = self.on_link(event, &mut pending)?;
                     // Group commit over what is already queued, but about BATCH events at
                     // most, so the acks of the first ones do not wait behind an unbounded
-                    // backlog (link state changes count one, as they did).
+                    // backlog.
                     while taken < BATCH {
                         match events.try_recv() {
-                            Ok(event) => taken += self.on_link(event, &mut pending)?.max(1),
+                            Ok(event) => taken += self.on_link(event, &mut pending)?,
                             Err(_) => break,
                         }
                     }
@@ -525,13 +525,14 @@ impl Service {
         Ok(self.engine)
     }
 
-    /// Applies one link event; returns the hook events it held (0 for a link state change).
+    /// Applies one link event; returns what it counts towards [`BATCH`]: the hook events of a
+    /// stanza (one for a stanza that is none), one for a change of the link's state.
     fn on_link(
         &mut self,
         event: LinkEvent,
         pending: &mut Vec<Output>,
     ) -> Result<usize, ServiceError> {
-        let mut held = 0;
+        let mut held = 1;
         match event {
             LinkEvent::Connected => {
                 self.connected = true;
@@ -555,10 +556,15 @@ impl Service {
             LinkEvent::Stanza(stanza) => {
                 let now = Millis::now();
                 let arrived = self.timed.then(Instant::now);
-                let events = self.inputs(&stanza, now);
+                let events =
+                    from_server_batch(&stanza, &self.host).unwrap_or_else(|what| vec![Err(what)]);
                 held = events.len();
+                self.stats.events.fetch_add(held as u64, Ordering::Relaxed);
                 for event in events {
-                    self.on_event(event, now, arrived, pending)?;
+                    match event {
+                        Ok(event) => self.on_event(event, now, arrived, pending)?,
+                        Err(what) => self.rejected(&stanza, &what, now),
+                    }
                 }
             }
         }
@@ -568,20 +574,20 @@ impl Service {
     /// One event from the server, in the order it came.
     fn on_event(
         &mut self,
-        event: Option<FromServer>,
+        event: FromServer,
         now: Millis,
         arrived: Option<Instant>,
         pending: &mut Vec<Output>,
     ) -> Result<(), ServiceError> {
         let (input, claim) = match event {
-            Some(FromServer::Input(input, claim)) => (*input, claim),
-            Some(FromServer::Done(ids)) => {
+            FromServer::Input(input, claim) => (*input, claim),
+            FromServer::Done(ids) => {
                 for id in ids {
                     self.engine.confirm(&id)?;
                 }
                 return Ok(());
             }
-            Some(FromServer::SnapshotPage { page, sessions }) => {
+            FromServer::SnapshotPage { page, sessions } => {
                 self.module_acks |= page.executes_ack;
                 self.module_bounces |= page.executes_bounce;
                 self.module_delivers_bytes |= page.executes_deliver_bytes;
@@ -597,19 +603,18 @@ impl Service {
                     }
                 }
             }
-            Some(FromServer::GiveBack {
+            FromServer::GiveBack {
                 why,
                 to,
                 stanza_xml,
                 claim,
-            }) => {
+            } => {
                 pending.push(self.engine.give_back(&why, to, stanza_xml));
                 if let Some(claim) = claim {
                     self.claims.applied(claim);
                 }
                 return Ok(());
             }
-            None => return Ok(()),
         };
         let availability = matches!(input, Input::Available { .. });
         let held = self.engine.held();
@@ -651,29 +656,16 @@ impl Service {
         Ok(())
     }
 
-    /// The hook events of one stanza, each an engine input or `None` (logged and counted) when
-    /// it is not one; a stanza that is no event message is one `None`.
-    fn inputs(&self, stanza: &str, now: Millis) -> Vec<Option<FromServer>> {
-        let events = from_server_batch(stanza, &self.host).unwrap_or_else(|what| vec![Err(what)]);
-        self.stats
-            .events
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
-        events
-            .into_iter()
-            .map(|event| match event {
-                Ok(event) => Some(event),
-                Err(what) => {
-                    self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
-                    if warnlimit::admit(Warning::StanzaRejected, now) {
-                        tracing::warn!(
-                            stanza_bytes = stanza.len(),
-                            "rejected stanza from the server: {what}"
-                        );
-                    }
-                    None
-                }
-            })
-            .collect()
+    /// A stanza from the server that is no event message, or an event of it that is no event:
+    /// logged and counted.
+    fn rejected(&self, stanza: &str, what: &str, now: Millis) {
+        self.stats.rejected_stanzas.fetch_add(1, Ordering::Relaxed);
+        if warnlimit::admit(Warning::StanzaRejected, now) {
+            tracing::warn!(
+                stanza_bytes = stanza.len(),
+                "rejected stanza from the server: {what}"
+            );
+        }
     }
 
     async fn send_command_stanza(&mut self, stanza: String) {
