@@ -88,6 +88,14 @@ fn chat_bytes(out: &str) -> f64 {
         .unwrap_or_else(|| panic!("no allocation figure in {out}"))
 }
 
+/// The writes to readtrack `chat_cost.lua` counts.
+fn chat_writes(out: &str) -> u64 {
+    out.split("; ")
+        .find_map(|part| part.strip_suffix(" writes to readtrack"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no write count in {out}"))
+}
+
 /// The Lua instructions `chat_cost.lua` says the module adds per chat message.
 fn chat_instructions(out: &str) -> f64 {
     out.split("the module adds ")
@@ -207,12 +215,11 @@ fn one_message_around_the_events_of_a_write_saves_their_wrapping() {
             "{batched}\n{one_each}"
         );
         assert_eq!(chat_events(&batched), chat_events(&one_each));
-        let writes = |out: &str| {
-            out.split(" writes to readtrack")
-                .next()
-                .map(|s| s.rsplit(' ').next().map(String::from))
-        };
-        assert_eq!(writes(&batched), writes(&one_each), "{batched}\n{one_each}");
+        assert_eq!(
+            chat_writes(&batched),
+            chat_writes(&one_each),
+            "{batched}\n{one_each}"
+        );
     }
 }
 
