@@ -584,7 +584,7 @@ async fn after_accepts_receipts_and_markers_come_as_signals() {
     let p = server_with(&["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
     comp.send_raw(&format!(
-        "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='signal' id='a1'/></message>"
+        "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='signal batched' id='a1'/></message>"
     ))
     .await;
     next_event(
@@ -688,7 +688,7 @@ async fn after_accepts_routed_signal_a_receipt_written_to_its_addressee_comes_as
         &["alice", "bob", "carol", "dave", "erin"],
     );
     let (mut comp, _) = component(&p).await;
-    accepts(&mut comp, "signal done-list claims routed-signal").await;
+    accepts(&mut comp, "signal done-list claims routed-signal batched").await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     let mut bob = available(&p, &mut comp, "bob", "phone").await;
     let mut laptop = available(&p, &mut comp, "bob", "laptop").await;
@@ -788,7 +788,7 @@ async fn after_accepts_routed_signal_a_receipt_written_to_its_addressee_comes_as
     comp.close().await;
     bob.sync().await;
     let (mut comp, _) = component(&p).await;
-    accepts(&mut comp, "signal done-list claims").await;
+    accepts(&mut comp, "signal done-list claims batched").await;
     bob.send_raw("<message id='r2' to='alice@localhost/phone'><received xmlns='urn:xmpp:receipts' id='m9'/></message>").await;
     assert_eq!(
         reported(&mut comp, &mut bob, "r2").await,
@@ -1775,7 +1775,7 @@ async fn after_accepts_inherited_namespace_a_written_message_goes_as_its_bytes()
         comp.close().await;
         alice.sync().await;
         let (mut comp, _) = component(&p).await;
-        accepts(&mut comp, "signal done-list claims routed-signal").await;
+        accepts(&mut comp, "signal done-list claims routed-signal batched").await;
         let mut bob = available(&p, &mut comp, "bob", "laptop").await;
         alice.send_raw(xml).await;
         let raw = raw_routed(&mut comp, id).await;
@@ -1817,6 +1817,7 @@ async fn after_accepts_batched_the_events_of_one_write_share_a_message() {
     let mut routed_by = Vec::new();
     for batched in [true, false] {
         let (mut comp, _) = component(&p).await;
+        comp.keep_batches();
         let events = if batched {
             format!("{words} batched")
         } else {
@@ -2061,7 +2062,7 @@ async fn after_accepts_the_ids_of_one_command_message_are_confirmed_by_one_event
         ]
     );
     comp.send_raw(&format!(
-        "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='signal done-list'/></message>"
+        "<message from='{COMPONENT}' to='{DOMAIN}'><accepts xmlns='{HOOK}' events='signal done-list batched'/></message>"
     ))
     .await;
     comp.send_raw(&batch(&["d3", "d1", "d4"])).await;
@@ -2141,7 +2142,7 @@ async fn claims_readtrack_did_not_confirm_go_to_offline_storage_when_its_connect
     let (mut comp, _) = component(&p).await;
     command(
         &mut comp,
-        &format!("<accepts xmlns='{HOOK}' events='signal done-list claims'/>"),
+        &format!("<accepts xmlns='{HOOK}' events='signal done-list claims batched'/>"),
     )
     .await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
@@ -2190,7 +2191,7 @@ async fn claims_durable_returns_go_to_offline_storage_at_once_and_numbers_are_ne
     let (mut comp, _) = component(&p).await;
     command(
         &mut comp,
-        &format!("<accepts xmlns='{HOOK}' events='claims'/>"),
+        &format!("<accepts xmlns='{HOOK}' events='claims batched'/>"),
     )
     .await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
@@ -2220,7 +2221,7 @@ async fn claims_durable_returns_go_to_offline_storage_at_once_and_numbers_are_ne
     let (mut comp, _) = component(&p).await;
     command(
         &mut comp,
-        &format!("<accepts xmlns='{HOOK}' events='claims'/>"),
+        &format!("<accepts xmlns='{HOOK}' events='claims batched'/>"),
     )
     .await;
     alice.send_raw(&chat("r5", "bob@localhost", "r5")).await;
@@ -2275,7 +2276,7 @@ async fn past_the_claim_budget_offline_messages_are_left_to_mod_offline() {
     let (mut comp, _) = component(&p).await;
     command(
         &mut comp,
-        &format!("<accepts xmlns='{HOOK}' events='claims'/>"),
+        &format!("<accepts xmlns='{HOOK}' events='claims batched'/>"),
     )
     .await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
@@ -2618,7 +2619,7 @@ async fn a_module_reload_keeps_the_links_accepts_and_hands_its_claims_to_offline
     let (mut comp, _) = component(&p).await;
     command(
         &mut comp,
-        &format!("<accepts xmlns='{HOOK}' events='signal done-list claims inherited-namespace'/>"),
+        &format!("<accepts xmlns='{HOOK}' events='signal done-list claims inherited-namespace batched'/>"),
     )
     .await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
@@ -2686,6 +2687,7 @@ async fn a_module_reload_keeps_the_links_accepts_and_hands_its_claims_to_offline
 async fn a_module_reload_keeps_batched() {
     let p = server_from(with_admin_shell(), &["alice", "bob"]);
     let (mut comp, _) = component(&p).await;
+    comp.keep_batches();
     accepts(
         &mut comp,
         "signal done-list claims routed-signal inherited-namespace batched",
@@ -2784,4 +2786,31 @@ async fn bursts_that_keep_prosody_busy_are_reported_whole_within_the_link_budget
         p.log()
     );
     assert_eq!(routed, SENDERS * N, "every message of the bursts reported");
+}
+
+/// The harness's [`unbatch`], which every other test here reads the module's events through:
+/// a batch comes out as the messages the module writes one event at a time, byte for byte;
+/// anything else comes out whole; a batch holding something besides hook events fails.
+#[test]
+fn the_harness_cuts_a_batch_into_the_messages_of_its_events() {
+    let open = format!("<message from='{DOMAIN}' to='{COMPONENT}'>");
+    let events = [
+        format!("<available xmlns='{HOOK}' jid='a@localhost/x' session='s1'/>"),
+        format!("<routed xmlns='{HOOK}' to='b@localhost'><session jid='b@localhost/y'/><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' id='m1' from='a@localhost/x' to='b@localhost'><body>&lt;hi&gt;</body></message></forwarded></routed>"),
+        format!("<done xmlns='{HOOK}' ids='1 2'/>"),
+    ];
+    let batch = format!("{open}{}</message>", events.concat());
+    let cut = unbatch(&batch);
+    let alone: Vec<String> = events
+        .iter()
+        .map(|e| format!("{open}{e}</message>"))
+        .collect();
+    assert_eq!(cut, alone);
+    for one in &alone {
+        assert_eq!(unbatch(one), vec![one.clone()]);
+    }
+    let chat = "<message from='a@localhost/x' to='readtrack.localhost'><body>hi</body><thread>t</thread></message>";
+    assert_eq!(unbatch(chat), vec![chat.to_string()]);
+    let mixed = format!("{open}{}<body>hi</body></message>", events[0]);
+    assert!(std::panic::catch_unwind(|| unbatch(&mixed)).is_err());
 }

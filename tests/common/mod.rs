@@ -703,6 +703,12 @@ pub struct XmlConn {
     closed: bool,
     /// Stanzas read while looking for something else, handed out first by `next_stanza`.
     backlog: std::collections::VecDeque<String>,
+    /// Cut a `<message>` holding several hook events into one message per event
+    /// ([`unbatch`]); set by [`RawComponent::connect`].
+    unbatch: bool,
+    /// The events of a cut message after the first, handed out by `next_item` before it reads
+    /// again: they arrived, in this order.
+    arrived: std::collections::VecDeque<String>,
 }
 
 impl XmlConn {
@@ -716,6 +722,8 @@ impl XmlConn {
             buf: Vec::new(),
             closed: false,
             backlog: Default::default(),
+            unbatch: false,
+            arrived: Default::default(),
         }
     }
 
@@ -728,9 +736,21 @@ impl XmlConn {
 
     /// The next stream item, or `None` on timeout or end of stream.
     pub async fn next_item(&mut self, timeout: Duration) -> Option<Item> {
+        if let Some(s) = self.arrived.pop_front() {
+            return Some(Item::Stanza(s));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match split_item(&self.buf) {
+                Ok(Some((Item::Stanza(s), used))) if self.unbatch => {
+                    self.buf.drain(..used);
+                    self.arrived.extend(unbatch(&s));
+                    let first = self
+                        .arrived
+                        .pop_front()
+                        .expect("a stanza is at least itself");
+                    return Some(Item::Stanza(first));
+                }
                 Ok(Some((item, used))) => {
                     self.buf.drain(..used);
                     return Some(item);
@@ -1110,6 +1130,7 @@ impl RawComponent {
         .await;
         let reply = conn.next_stanza(WAIT).await.expect("handshake reply");
         assert_eq!(reply.trim(), "<handshake/>", "component handshake refused");
+        conn.unbatch = true;
         RawComponent {
             conn,
             domain: domain.to_string(),
@@ -1118,6 +1139,14 @@ impl RawComponent {
 
     pub async fn send_raw(&mut self, xml: &str) {
         self.conn.send_raw(xml).await;
+    }
+
+    /// From now on, hands out the messages as the server wrote them, several hook events in
+    /// one where it batched them, for a test of the batching itself. By default each event
+    /// comes as a message of its own ([`unbatch`]), as a readtrack that does not say `batched`
+    /// gets them, so the helpers that read one event per message work either way.
+    pub fn keep_batches(&mut self) {
+        self.conn.unbatch = false;
     }
 
     pub async fn next_stanza(&mut self, timeout: Duration) -> Option<String> {
@@ -1151,6 +1180,89 @@ impl RawComponent {
             }
         }
     }
+}
+
+/// The hook namespace, as mod_readtrack declares it on each event element.
+const HOOK_DECL: [&str; 2] = [
+    "xmlns='urn:readtrack:hook:0'",
+    "xmlns=\"urn:readtrack:hook:0\"",
+];
+
+/// A `<message>` as mod_readtrack writes it once readtrack said `batched` (several hook events
+/// in one message), cut into the messages it writes otherwise: the same start tag around each
+/// event, each event's text as it came. Anything else comes back whole. A message whose first
+/// child is a hook event must hold hook events only, and nothing between them but whitespace:
+/// anything else is a broken batch and fails the test.
+pub fn unbatch(stanza: &str) -> Vec<String> {
+    use quick_xml::events::Event;
+    let whole = || vec![stanza.to_string()];
+    let mut reader = quick_xml::Reader::from_str(stanza);
+    let mut depth = 0usize;
+    let mut open_end = None;
+    let mut children: Vec<(usize, usize)> = Vec::new();
+    let mut child_start = 0;
+    loop {
+        let before = reader.buffer_position() as usize;
+        let event = match reader.read_event() {
+            Ok(e) => e,
+            Err(e) => panic!("bad XML from the server ({e}): {stanza}"),
+        };
+        let after = reader.buffer_position() as usize;
+        match event {
+            Event::Start(e) => {
+                if depth == 0 {
+                    if e.name().as_ref() != "message" {
+                        return whole();
+                    }
+                    open_end = Some(after);
+                } else if depth == 1 {
+                    child_start = before;
+                }
+                depth += 1;
+            }
+            Event::Empty(_) if depth == 0 => return whole(),
+            Event::Empty(_) if depth == 1 => children.push((before, after)),
+            Event::End(_) => {
+                depth -= 1;
+                if depth == 1 {
+                    children.push((child_start, after));
+                }
+                if depth == 0 {
+                    break;
+                }
+            }
+            Event::Text(t) if depth == 1 => {
+                assert!(
+                    t.as_ref().bytes().all(|b| b.is_ascii_whitespace()),
+                    "text between the events of a message: {stanza}"
+                );
+            }
+            Event::Eof => panic!("a stanza that does not end: {stanza}"),
+            _ => {}
+        }
+    }
+    let is_hook = |(from, to): (usize, usize)| {
+        let text = &stanza[from..to];
+        let tag_end = text.find('>').unwrap_or(text.len());
+        HOOK_DECL.iter().any(|d| text[..tag_end].contains(d))
+    };
+    let Some(open_end) = open_end else {
+        return whole();
+    };
+    if children.len() < 2 || !is_hook(children[0]) {
+        return whole();
+    }
+    let open = stanza[..open_end].trim_start();
+    children
+        .into_iter()
+        .map(|child| {
+            assert!(
+                is_hook(child),
+                "a message that batches hook events holds something else too: {stanza}"
+            );
+            format!("{open}{}</message>", &stanza[child.0..child.1])
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
