@@ -20,8 +20,19 @@ fn jid(s: &str) -> Jid {
 }
 
 /// Connects the raw component and consumes the snapshot it is greeted with (every page, which
-/// must come numbered from 1, in order, up to the one marked last).
+/// must come numbered from 1, in order, up to the one marked last), then says `batched`, as
+/// every readtrack since issue 17 does: the module's events then share messages wherever one
+/// write holds several, and the harness hands them out one per message ([`unbatch`]), so each
+/// test here also checks the batched form of what it reads. A test that says other words in
+/// `<accepts>` says them all, `batched` among them unless it plays an older readtrack.
 async fn component(p: &Prosody) -> (RawComponent, Vec<SessionInfo>) {
+    let (mut comp, sessions) = component_unnegotiated(p).await;
+    accepts(&mut comp, "batched").await;
+    (comp, sessions)
+}
+
+/// [`component`] without its `<accepts>`: a readtrack older than every word.
+async fn component_unnegotiated(p: &Prosody) -> (RawComponent, Vec<SessionInfo>) {
     let mut comp = p.connect_component().await;
     let mut all = Vec::new();
     for expected in 1.. {
@@ -2244,7 +2255,7 @@ async fn claims_durable_returns_go_to_offline_storage_at_once_and_numbers_are_ne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_readtrack_gets_no_claims_and_nothing_is_handed_back() {
     let p = server_with(&["alice", "bob"]);
-    let (mut comp, _) = component(&p).await;
+    let (mut comp, _) = component_unnegotiated(&p).await;
     let mut alice = available(&p, &mut comp, "alice", "phone").await;
     // Before readtrack has said what it accepts, the module holds what it claims.
     alice.send_raw(&chat("o1", "bob@localhost", "o1")).await;
