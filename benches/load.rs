@@ -49,7 +49,9 @@
 //! `LOAD_LUA_PROFILE=1` (Prosody's Lua, see `benches/prosody/mod_lprof.lua`), `LOAD_PAUSE_S=N`
 //! (time to attach `perf record -p` to the pids it prints), `LOAD_PERF_CTL=DIR` (a `perf
 //! record --control` FIFO per server, enabled only while the raw client's replays run),
-//! `LOAD_PIN=1` (every Prosody on CPU 0, `serve` and the clients on CPU 1).
+//! `LOAD_PIN=1` (every Prosody on CPU 0, `serve` and the clients on CPU 1). Before and after in
+//! one run: `LOAD_BEFORE=DIR` (another checkout's module and `readtrack serve`, a fourth Prosody
+//! in the chat rounds; `LOAD_BEFORE_BIN` names its binary).
 
 #[path = "common/mod.rs"]
 mod bench_common;
@@ -114,6 +116,8 @@ fn env_num(name: &str, default: u64) -> u64 {
 struct Daemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The `readtrack` binary run: this build's, or another's (`LOAD_BEFORE`).
+    bin: PathBuf,
     /// The metrics endpoint, scraped for the group commit's batch size ([`Daemon::batches`]).
     metrics: std::net::SocketAddr,
     /// The store's database with `LOAD_BACKEND=postgres`, dropped after the daemon stopped.
@@ -122,6 +126,10 @@ struct Daemon {
 
 impl Daemon {
     fn new(p: &Prosody, cache_mb: u64) -> Daemon {
+        Daemon::with_bin(p, cache_mb, PathBuf::from(env!("CARGO_BIN_EXE_readtrack")))
+    }
+
+    fn with_bin(p: &Prosody, cache_mb: u64, bin: PathBuf) -> Daemon {
         let dir = tempfile::tempdir_in(scratch_base()).unwrap();
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -144,6 +152,7 @@ impl Daemon {
         Daemon {
             dir,
             child: None,
+            bin,
             metrics,
             _pg: pg,
         }
@@ -154,6 +163,25 @@ impl Daemon {
     fn batches(&self) -> (u64, u64) {
         let [events, commits] = self.metrics(["readtrack_events_total", "readtrack_commits_total"]);
         (events as u64, commits as u64)
+    }
+
+    /// Waits until the daemon has taken every event it was sent (its event and commit counts
+    /// unchanged over 100 ms) and returns how long that took.
+    fn caught_up(&self) -> Duration {
+        let started = Instant::now();
+        let mut seen = self.batches();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.batches();
+            if now == seen {
+                return started.elapsed();
+            }
+            seen = now;
+            assert!(
+                started.elapsed() < PHASE_LIMIT,
+                "readtrack serve still taking events after {PHASE_LIMIT:?}"
+            );
+        }
     }
 
     /// Seconds spent in commits and commits timed, seconds from events' leaving the link's
@@ -198,7 +226,7 @@ impl Daemon {
             .open(self.dir.path().join("readtrack.log"))
             .unwrap();
         self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_readtrack"))
+            Command::new(&self.bin)
                 .args(["serve", "--config"])
                 .arg(self.dir.path().join("readtrack.toml"))
                 .env("RUST_LOG", "info")
@@ -242,7 +270,7 @@ impl Daemon {
 
     /// `readtrack cursors USER --json` through the admin socket.
     fn head(&self, user: &str) -> u64 {
-        let out = Command::new(env!("CARGO_BIN_EXE_readtrack"))
+        let out = Command::new(&self.bin)
             .args(["cursors", user, "--json", "--config"])
             .arg(self.dir.path().join("readtrack.toml"))
             .output()
@@ -272,16 +300,26 @@ fn scratch_base() -> PathBuf {
 }
 
 fn prosody(readtrack: bool, users: &[String]) -> Prosody {
-    prosody_with(readtrack, false, users)
+    prosody_with(readtrack, false, None, users)
 }
 
 /// `probe`: instead of mod_readtrack, `benches/prosody/mod_floor_probe.lua` on the host (the
 /// least a module can do to report each message to an external process; `LOAD_PROBE=1`).
-fn prosody_with(readtrack: bool, probe: bool, users: &[String]) -> Prosody {
+/// `module_dir`: mod_readtrack from that folder instead of this checkout's (`LOAD_BEFORE`).
+fn prosody_with(
+    readtrack: bool,
+    probe: bool,
+    module_dir: Option<&Path>,
+    users: &[String],
+) -> Prosody {
     let mut extra_modules = vec!["offline".to_string()];
     let mut extra_global = String::new();
     let mut extra_host = String::new();
     let bench_plugins = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/prosody");
+    if let Some(dir) = module_dir {
+        // After the harness's own `plugin_paths` in the config, so this one is in force.
+        extra_global = format!("plugin_paths = {{ {:?} }}\n", dir.display().to_string());
+    }
     if probe {
         extra_global = format!(
             "plugin_paths = {{ {:?}, {:?} }}\n",
@@ -294,8 +332,9 @@ fn prosody_with(readtrack: bool, probe: bool, users: &[String]) -> Prosody {
             dialect() == "seed"
         );
     }
-    // `LOAD_LUA_PROFILE=1`: mod_lprof samples each Prosody's Lua (see benches/prosody/).
-    if std::env::var("LOAD_LUA_PROFILE").is_ok_and(|v| v == "1") {
+    // `LOAD_LUA_PROFILE=1`: mod_lprof samples each Prosody's Lua (see benches/prosody/); not
+    // the `LOAD_BEFORE` server's, whose report would overwrite this build's.
+    if module_dir.is_none() && std::env::var("LOAD_LUA_PROFILE").is_ok_and(|v| v == "1") {
         // Prosody runs as the `prosody` user: it writes where anyone may.
         let out = lua_profile_path(readtrack, probe);
         extra_modules.push("lprof".into());
@@ -1075,9 +1114,23 @@ fn main() {
     // `LOAD_PROBE=1`: a third Prosody with mod_floor_probe instead of mod_readtrack, in the same
     // chat rounds, its component a sink that reads and discards.
     let probe = std::env::var("LOAD_PROBE").is_ok_and(|v| v == "1");
-    let probe_server = probe.then(|| prosody_with(false, true, &users));
+    let probe_server = probe.then(|| prosody_with(false, true, None, &users));
+    // `LOAD_BEFORE=DIR`: a fourth Prosody with the mod_readtrack of the checkout at DIR and its
+    // `readtrack serve` (`LOAD_BEFORE_BIN`, default DIR/target/release/readtrack), in the same
+    // chat rounds: a change measured against the build before it in one run.
+    let before = before_build();
+    let before_server = before
+        .as_ref()
+        .map(|(module_dir, _)| prosody_with(true, false, Some(module_dir), &users));
     let mut daemon = Daemon::new(&with_rt, 64);
     daemon.start();
+    let mut before_daemon = before_server
+        .as_ref()
+        .zip(before.as_ref())
+        .map(|(p, (_, bin))| Daemon::with_bin(p, 64, bin.clone()));
+    if let Some(d) = before_daemon.as_mut() {
+        d.start();
+    }
     // `LOAD_MEMORY_ONLY=1`: only the memory points, written to target/readtrack-load-memory.json.
     if std::env::var("LOAD_MEMORY_ONLY").is_ok_and(|v| v == "1") {
         let (memory, extrapolated) = measure_memory(&mut daemon, &mem_points);
@@ -1112,10 +1165,11 @@ fn main() {
     });
 
     // Chat, alternating the two servers so drift in the machine's load hits both.
-    // Modes: 0 Prosody alone, 1 with readtrack, 2 with the probe (`LOAD_PROBE=1`).
-    let mut results: [Vec<ChatResult>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    // Modes: 0 Prosody alone, 1 with readtrack, 2 with the probe (`LOAD_PROBE=1`), 3 with the
+    // build before (`LOAD_BEFORE`).
+    let mut results: [Vec<ChatResult>; 4] = Default::default();
     // CPU seconds per mode while messages flowed: [prosody, readtrack, this process (clients)].
-    let mut cpu = [[0.0f64; 3]; 3];
+    let mut cpu = [[0.0f64; 3]; 4];
     let pids = [
         Pids {
             prosody: prosody_pid(&alone.config_path()),
@@ -1131,6 +1185,12 @@ fn main() {
                 .map_or(0, |p| prosody_pid(&p.config_path())),
             readtrack: None,
         },
+        Pids {
+            prosody: before_server
+                .as_ref()
+                .map_or(0, |p| prosody_pid(&p.config_path())),
+            readtrack: before_daemon.as_ref().map(Daemon::pid),
+        },
     ];
     println!(
         "pids: prosody alone {}, prosody with readtrack {}, readtrack {}, prosody with the probe {}",
@@ -1139,12 +1199,26 @@ fn main() {
         daemon.pid(),
         pids[2].prosody
     );
+    if let Some(d) = &before_daemon {
+        println!(
+            "pids: prosody with the build before {}, its readtrack {}",
+            pids[3].prosody,
+            d.pid()
+        );
+    }
     if std::env::var("LOAD_PIN").is_ok_and(|v| v == "1") {
-        pin_to_cores(&pids, daemon.pid());
+        let serves: Vec<u32> = [Some(daemon.pid()), pids[3].readtrack]
+            .into_iter()
+            .flatten()
+            .collect();
+        pin_to_cores(&pids, &serves);
     }
     let mut servers = vec![(0, &alone), (1, &with_rt)];
     if let Some(p) = &probe_server {
         servers.push((2, p));
+    }
+    if let Some(p) = &before_server {
+        servers.push((3, p));
     }
     // `LOAD_PAUSE_S=N`: time to attach a profiler (perf record -p PID) before the chat rounds.
     std::thread::sleep(Duration::from_secs(env_num("LOAD_PAUSE_S", 0)));
@@ -1152,8 +1226,20 @@ fn main() {
     let batches_before = daemon.batches();
     let timings_before = daemon.timings();
     let serve_cpu_before = pids[1].cpu()[1];
+    let before_serve_cpu_before = pids[3].readtrack.map(|_| pids[3].cpu()[1]);
     for round in 0..rounds {
-        for &(k, p) in &servers {
+        // With the build before, it and this build take turns at going first after alone, so
+        // neither always follows the other's rounds.
+        let mut order = servers.clone();
+        if round % 2 == 1 {
+            if let (Some(this), Some(before)) = (
+                order.iter().position(|(k, _)| *k == 1),
+                order.iter().position(|(k, _)| *k == 3),
+            ) {
+                order.swap(this, before);
+            }
+        }
+        for &(k, p) in &order {
             let acks = k != 0 && dialect() == "seed";
             let r = rt.block_on(async {
                 let round = async {
@@ -1199,7 +1285,7 @@ fn main() {
             };
             println!(
                 "chat round {round} {:<9} {:8.0} msg/s in {:.3} s, cores: prosody {:.2}, serve {:.2}, clients {:.2}; waited for a CPU: prosody {:.0} ms, serve {:.0} ms{tail}",
-                ["alone", "readtrack", "probe"][k],
+                ["alone", "readtrack", "probe", "before"][k],
                 r.msgs_per_s,
                 r.secs,
                 r.cpu[0] / r.secs,
@@ -1212,6 +1298,24 @@ fn main() {
                 *total += used;
             }
             results[k].push(r);
+            // A round ends when the clients have what they wait for; in the xep dialect
+            // `readtrack serve` may still be taking the round's last events, on the cores the
+            // next round (another server's) is measured on. It finishes first.
+            let serve = match k {
+                1 => Some(&daemon),
+                3 => before_daemon.as_ref(),
+                _ => None,
+            };
+            if let Some(d) = serve {
+                let waited = d.caught_up();
+                if waited > Duration::from_millis(150) {
+                    println!(
+                        "chat round {round} {:<9} serve caught up {:.0} ms after the round",
+                        ["alone", "readtrack", "probe", "before"][k],
+                        waited.as_secs_f64() * 1e3
+                    );
+                }
+            }
         }
     }
     let chat_msgs = (rounds * pairs * msgs) as f64;
@@ -1232,6 +1336,19 @@ fn main() {
         batches_after = now;
     }
     cpu[1][1] = pids[1].cpu()[1] - serve_cpu_before;
+    // The build before's daemon, the same way (its rounds came before this one caught up).
+    if let (Some(d), Some(start)) = (&before_daemon, before_serve_cpu_before) {
+        let mut seen = d.batches();
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = d.batches();
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        cpu[3][1] = pids[3].cpu()[1] - start;
+    }
     let timings = {
         let after = daemon.timings();
         [0, 1, 2, 3].map(|i| after[i] - timings_before[i])
@@ -1271,6 +1388,18 @@ fn main() {
     let probe_figures = probe.then(|| {
         let (tput_p, _, _) = summarise(&results[2]);
         (tput_p, tput_p / tput_a, per_msg_us(cpu[2][0]))
+    });
+    // The build before's rounds: (throughput, its ratio to alone, Prosody's and serve's CPU µs
+    // per message, p99 ms).
+    let before_figures = before_server.is_some().then(|| {
+        let (tput_b, _, p99_b) = summarise(&results[3]);
+        (
+            tput_b,
+            tput_b / tput_a,
+            per_msg_us(cpu[3][0]),
+            per_msg_us(cpu[3][1]),
+            p99_b as f64 / 1e3,
+        )
     });
     println!(
         "chat phase took {:.1} s",
@@ -1563,6 +1692,36 @@ fn main() {
             ""
         );
     }
+    if let Some((tput_b, ratio_b, prosody_b, serve_b, _)) = before_figures {
+        println!(
+            "{:<50} {:>12.0} {:>12.0} {:>10.3} {:>12}",
+            "chat throughput, the build before (msg/s), ratio", tput_a, tput_b, ratio_b, ""
+        );
+        println!(
+            "{:<50} {:>12.0} {:>12.0} {:>10.3} {:>12}",
+            "chat throughput, this build / the build before",
+            tput_b,
+            tput_r,
+            tput_r / tput_b,
+            ""
+        );
+        println!(
+            "{:<50} {:>12.1} {:>12.1} {:>10} {:>12}",
+            "CPU µs/msg in Prosody, the build before (chat)",
+            per_msg_us(cpu[0][0]),
+            prosody_b,
+            "",
+            ""
+        );
+        println!(
+            "{:<50} {:>12.1} {:>12.1} {:>10} {:>12}",
+            "CPU µs/msg in readtrack serve, before / this build",
+            serve_b,
+            per_msg_us(cpu[1][1]),
+            "",
+            ""
+        );
+    }
     let replay_client_us =
         [0, 1].map(|k| replay_client_cpu[k] / replay_rounds as f64 / replay_n.max(1) as f64 * 1e6);
     if replay_n > 0 {
@@ -1603,6 +1762,8 @@ fn main() {
                                 "readtrack": {"prosody": per_msg_us(cpu[1][0]), "readtrack": per_msg_us(cpu[1][1]), "clients": per_msg_us(cpu[1][2])},
                                 "clients_share_of_servers": {"alone": client_share[0], "readtrack": client_share[1]}},
         "chat_probe": probe_figures.map(|(tput_p, ratio_p, cpu_p)| json!({"msgs_per_s": tput_p, "throughput_ratio": ratio_p, "prosody_cpu_us_per_msg": cpu_p})),
+        "chat_before": before_figures.map(|(tput_b, ratio_b, prosody_b, serve_b, p99_b)| json!({"msgs_per_s": tput_b, "throughput_ratio": ratio_b, "this_build_over_before": tput_r / tput_b,
+                                                                                   "prosody_cpu_us_per_msg": prosody_b, "readtrack_cpu_us_per_msg": serve_b, "p99_ms": p99_b})),
         "chat_readtrack_batches": {"events_per_msg": chat_events / chat_msgs, "commits_per_msg": chat_commits / chat_msgs,
                                    "events_per_commit": chat_events / chat_commits.max(1.0)},
         "replay": {"mod_offline_s": replay_alone, "readtrack_s": replay_rt, "speed_ratio": replay_ratio,
@@ -1624,11 +1785,33 @@ fn main() {
     let _ = std::fs::remove_dir_all(scratch_base());
 }
 
+/// `LOAD_BEFORE=DIR`: the folder of DIR's mod_readtrack and the `readtrack` binary to run beside
+/// it (`LOAD_BEFORE_BIN`, default DIR/target/release/readtrack); both must exist.
+fn before_build() -> Option<(PathBuf, PathBuf)> {
+    let dir = PathBuf::from(std::env::var_os("LOAD_BEFORE")?);
+    let module_dir = dir.join("contrib/prosody");
+    assert!(
+        module_dir.join("mod_readtrack.lua").is_file(),
+        "LOAD_BEFORE={}: no contrib/prosody/mod_readtrack.lua there (a checkout of readtrack, e.g. `git worktree add DIR REV`)",
+        dir.display()
+    );
+    let bin = std::env::var_os("LOAD_BEFORE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("target/release/readtrack"));
+    assert!(
+        bin.is_file(),
+        "LOAD_BEFORE: no readtrack binary at {} (build it: cargo build --release in {}, or set LOAD_BEFORE_BIN)",
+        bin.display(),
+        dir.display()
+    );
+    Some((module_dir, bin))
+}
+
 /// `LOAD_PIN=1`: every Prosody on CPU 0, `readtrack serve` and this process (the clients) on CPU
 /// 1, every thread of each, so each Prosody has a core to itself as on a server where readtrack
 /// and the clients run on other cores; the chat ratio then shows Prosody's own capacity, not the
 /// two cores' scheduling.
-fn pin_to_cores(pids: &[Pids; 3], readtrack: u32) {
+fn pin_to_cores(pids: &[Pids], serves: &[u32]) {
     let pin = |pid: u32, cpu: &str| {
         let status = Command::new("taskset")
             .args(["-a", "-p", "-c", cpu, &pid.to_string()])
@@ -1640,7 +1823,9 @@ fn pin_to_cores(pids: &[Pids; 3], readtrack: u32) {
     for p in pids.iter().filter(|p| p.prosody != 0) {
         pin(p.prosody, "0");
     }
-    pin(readtrack, "1");
+    for serve in serves {
+        pin(*serve, "1");
+    }
     pin(std::process::id(), "1");
     println!("pinned: every Prosody on CPU 0; readtrack and the clients on CPU 1");
 }
