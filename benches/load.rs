@@ -1324,29 +1324,14 @@ fn main() {
     // A round ends when the clients have their receipts (and, in the seed dialect, their acks);
     // in the xep dialect nothing waits for readtrack, which may still be taking the last events.
     // Its CPU is counted over the whole chat phase, once it has caught up (its event count
-    // unchanged over 200 ms): a round's window would leave out the tail, and the alone rounds
+    // unchanged over 100 ms, [`Daemon::caught_up`]): a round's window would leave out the tail, and the alone rounds
     // in between cost it nothing but its idle ticks.
-    let mut batches_after = daemon.batches();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = daemon.batches();
-        if now == batches_after {
-            break;
-        }
-        batches_after = now;
-    }
+    daemon.caught_up();
+    let batches_after = daemon.batches();
     cpu[1][1] = pids[1].cpu()[1] - serve_cpu_before;
-    // The build before's daemon, the same way (its rounds came before this one caught up).
+    // The build before's daemon, the same way.
     if let (Some(d), Some(start)) = (&before_daemon, before_serve_cpu_before) {
-        let mut seen = d.batches();
-        loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let now = d.batches();
-            if now == seen {
-                break;
-            }
-            seen = now;
-        }
+        d.caught_up();
         cpu[3][1] = pids[3].cpu()[1] - start;
     }
     let timings = {
