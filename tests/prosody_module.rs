@@ -2824,4 +2824,8 @@ fn the_harness_cuts_a_batch_into_the_messages_of_its_events() {
     assert_eq!(unbatch(chat), vec![chat.to_string()]);
     let mixed = format!("{open}{}<body>hi</body></message>", events[0]);
     assert!(std::panic::catch_unwind(|| unbatch(&mixed)).is_err());
+    let texted = format!("{open}{}hi{}</message>", events[0], events[2]);
+    assert!(std::panic::catch_unwind(|| unbatch(&texted)).is_err());
+    let mixed_content = "<message to='readtrack.localhost'>hi<body>there</body><x/></message>";
+    assert_eq!(unbatch(mixed_content), vec![mixed_content.to_string()]);
 }
