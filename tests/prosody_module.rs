@@ -2828,4 +2828,14 @@ fn the_harness_cuts_a_batch_into_the_messages_of_its_events() {
     assert!(std::panic::catch_unwind(|| unbatch(&texted)).is_err());
     let mixed_content = "<message to='readtrack.localhost'>hi<body>there</body><x/></message>";
     assert_eq!(unbatch(mixed_content), vec![mixed_content.to_string()]);
+    // A hook event is known by its namespace, however it is declared.
+    let prefixed = format!("<h:done xmlns:h='{HOOK}' ids='3'/>");
+    let batch = format!("{open}{}{prefixed}</message>", events[2]);
+    assert_eq!(
+        unbatch(&batch),
+        vec![
+            format!("{open}{}</message>", events[2]),
+            format!("{open}{prefixed}</message>")
+        ]
+    );
 }

@@ -1182,11 +1182,8 @@ impl RawComponent {
     }
 }
 
-/// The hook namespace, as mod_readtrack declares it on each event element.
-const HOOK_DECL: [&str; 2] = [
-    "xmlns='urn:readtrack:hook:0'",
-    "xmlns=\"urn:readtrack:hook:0\"",
-];
+/// The namespace of mod_readtrack's events.
+const NS_HOOK: &str = "urn:readtrack:hook:0";
 
 /// A `<message>` as mod_readtrack writes it once readtrack said `batched` (several hook events
 /// in one message), cut into the messages it writes otherwise: the same start tag around each
@@ -1195,41 +1192,44 @@ const HOOK_DECL: [&str; 2] = [
 /// anything else is a broken batch and fails the test.
 pub fn unbatch(stanza: &str) -> Vec<String> {
     use quick_xml::events::Event;
+    use quick_xml::name::ResolveResult;
     let whole = || vec![stanza.to_string()];
-    let mut reader = quick_xml::Reader::from_str(stanza);
+    let mut reader = quick_xml::NsReader::from_str(stanza);
     let mut depth = 0usize;
-    let mut open_end = None;
-    let mut children: Vec<(usize, usize)> = Vec::new();
-    let mut child_start = 0;
+    let mut open_end = 0;
+    // Each child of the message: where it starts and ends, and whether it is a hook event.
+    let mut children: Vec<(usize, usize, bool)> = Vec::new();
     let mut text_between = false;
     loop {
         let before = reader.buffer_position() as usize;
-        let event = match reader.read_event() {
-            Ok(e) => e,
+        let (ns, event) = match reader.read_resolved_event() {
+            Ok(read) => read,
             Err(e) => panic!("bad XML from the server ({e}): {stanza}"),
         };
+        let hook = matches!(ns, ResolveResult::Bound(ns) if ns.as_ref() == NS_HOOK);
         let after = reader.buffer_position() as usize;
         match event {
-            Event::Start(e) => {
-                if depth == 0 {
-                    if e.name().as_ref() != "message" {
-                        return whole();
-                    }
-                    open_end = Some(after);
-                } else if depth == 1 {
-                    child_start = before;
+            Event::Start(e) if depth == 0 => {
+                if e.local_name().as_ref() != "message" {
+                    return whole();
+                }
+                open_end = after;
+                depth = 1;
+            }
+            Event::Start(_) => {
+                if depth == 1 {
+                    children.push((before, before, hook));
                 }
                 depth += 1;
             }
             Event::Empty(_) if depth == 0 => return whole(),
-            Event::Empty(_) if depth == 1 => children.push((before, after)),
+            Event::Empty(_) if depth == 1 => children.push((before, after, hook)),
             Event::End(_) => {
                 depth -= 1;
-                if depth == 1 {
-                    children.push((child_start, after));
-                }
-                if depth == 0 {
-                    break;
+                match (depth, children.last_mut()) {
+                    (0, _) => break,
+                    (1, Some(child)) => child.1 = after,
+                    _ => {}
                 }
             }
             Event::Text(t) if depth == 1 => {
@@ -1239,31 +1239,17 @@ pub fn unbatch(stanza: &str) -> Vec<String> {
             _ => {}
         }
     }
-    let is_hook = |(from, to): (usize, usize)| {
-        let text = &stanza[from..to];
-        let tag_end = text.find('>').unwrap_or(text.len());
-        HOOK_DECL.iter().any(|d| text[..tag_end].contains(d))
-    };
-    let Some(open_end) = open_end else {
-        return whole();
-    };
-    if children.len() < 2 || !is_hook(children[0]) {
+    if children.len() < 2 || !children[0].2 {
         return whole();
     }
     assert!(
-        !text_between,
-        "text between the events of a message: {stanza}"
+        !text_between && children.iter().all(|c| c.2),
+        "a message that batches hook events holds something else too: {stanza}"
     );
     let open = stanza[..open_end].trim_start();
     children
         .into_iter()
-        .map(|child| {
-            assert!(
-                is_hook(child),
-                "a message that batches hook events holds something else too: {stanza}"
-            );
-            format!("{open}{}</message>", &stanza[child.0..child.1])
-        })
+        .map(|(from, to, _)| format!("{open}{}</message>", &stanza[from..to]))
         .collect()
 }
 
