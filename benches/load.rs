@@ -73,6 +73,8 @@ use readtrack::store::{
 use serde_json::json;
 
 const PASS: &str = "pw";
+/// The servers of the chat rounds, by their index in its per-mode arrays.
+const MODES: [&str; 4] = ["alone", "readtrack", "probe", "before"];
 /// Upper bound of any one phase; a phase that takes longer fails the run rather than hang.
 const PHASE_LIMIT: Duration = Duration::from_secs(180);
 
@@ -1165,8 +1167,8 @@ fn main() {
     });
 
     // Chat, alternating the two servers so drift in the machine's load hits both.
-    // Modes: 0 Prosody alone, 1 with readtrack, 2 with the probe (`LOAD_PROBE=1`), 3 with the
-    // build before (`LOAD_BEFORE`).
+    // Modes (`MODES`): 0 Prosody alone, 1 with readtrack, 2 with the probe (`LOAD_PROBE=1`), 3
+    // with the build before (`LOAD_BEFORE`).
     let mut results: [Vec<ChatResult>; 4] = Default::default();
     // CPU seconds per mode while messages flowed: [prosody, readtrack, this process (clients)].
     let mut cpu = [[0.0f64; 3]; 4];
@@ -1207,12 +1209,10 @@ fn main() {
         );
     }
     if std::env::var("LOAD_PIN").is_ok_and(|v| v == "1") {
-        let serves: Vec<u32> = [Some(daemon.pid()), pids[3].readtrack]
-            .into_iter()
-            .flatten()
-            .collect();
-        pin_to_cores(&pids, &serves);
+        pin_to_cores(&pids);
     }
+    // Each mode's `readtrack serve`, where it has one.
+    let daemons = [None, Some(&daemon), None, before_daemon.as_ref()];
     let mut servers = vec![(0, &alone), (1, &with_rt)];
     if let Some(p) = &probe_server {
         servers.push((2, p));
@@ -1225,19 +1225,14 @@ fn main() {
     let run_started = Instant::now();
     let batches_before = daemon.batches();
     let timings_before = daemon.timings();
-    let serve_cpu_before = pids[1].cpu()[1];
-    let before_serve_cpu_before = pids[3].readtrack.map(|_| pids[3].cpu()[1]);
+    let serve_cpu_start = pids.each_ref().map(|p| p.readtrack.map_or(0.0, cpu_s));
     for round in 0..rounds {
-        // With the build before, it and this build take turns at going first after alone, so
-        // neither always follows the other's rounds.
+        // With the build before (the last server), it and this build (the second) take turns
+        // at going first after alone, so neither always follows the other's rounds.
         let mut order = servers.clone();
-        if round % 2 == 1 {
-            if let (Some(this), Some(before)) = (
-                order.iter().position(|(k, _)| *k == 1),
-                order.iter().position(|(k, _)| *k == 3),
-            ) {
-                order.swap(this, before);
-            }
+        if round % 2 == 1 && before_server.is_some() {
+            let last = order.len() - 1;
+            order.swap(1, last);
         }
         for &(k, p) in &order {
             let acks = k != 0 && dialect() == "seed";
@@ -1285,7 +1280,7 @@ fn main() {
             };
             println!(
                 "chat round {round} {:<9} {:8.0} msg/s in {:.3} s, cores: prosody {:.2}, serve {:.2}, clients {:.2}; waited for a CPU: prosody {:.0} ms, serve {:.0} ms{tail}",
-                ["alone", "readtrack", "probe", "before"][k],
+                MODES[k],
                 r.msgs_per_s,
                 r.secs,
                 r.cpu[0] / r.secs,
@@ -1301,17 +1296,12 @@ fn main() {
             // A round ends when the clients have what they wait for; in the xep dialect
             // `readtrack serve` may still be taking the round's last events, on the cores the
             // next round (another server's) is measured on. It finishes first.
-            let serve = match k {
-                1 => Some(&daemon),
-                3 => before_daemon.as_ref(),
-                _ => None,
-            };
-            if let Some(d) = serve {
+            if let Some(d) = daemons[k] {
                 let waited = d.caught_up();
                 if waited > Duration::from_millis(150) {
                     println!(
                         "chat round {round} {:<9} serve caught up {:.0} ms after the round",
-                        ["alone", "readtrack", "probe", "before"][k],
+                        MODES[k],
                         waited.as_secs_f64() * 1e3
                     );
                 }
@@ -1323,17 +1313,17 @@ fn main() {
     // Only the readtrack rounds reach the daemon: what it took and committed per chat message.
     // A round ends when the clients have their receipts (and, in the seed dialect, their acks);
     // in the xep dialect nothing waits for readtrack, which may still be taking the last events.
-    // Its CPU is counted over the whole chat phase, once it has caught up (its event count
-    // unchanged over 100 ms, [`Daemon::caught_up`]): a round's window would leave out the tail, and the alone rounds
-    // in between cost it nothing but its idle ticks.
-    daemon.caught_up();
-    let batches_after = daemon.batches();
-    cpu[1][1] = pids[1].cpu()[1] - serve_cpu_before;
-    // The build before's daemon, the same way.
-    if let (Some(d), Some(start)) = (&before_daemon, before_serve_cpu_before) {
-        d.caught_up();
-        cpu[3][1] = pids[3].cpu()[1] - start;
+    // Its CPU is counted over the whole chat phase, once it has caught up
+    // ([`Daemon::caught_up`]): a round's window would leave out the tail, and the rounds of
+    // the other servers in between cost it nothing but its idle ticks. The same for the build
+    // before's.
+    for k in 0..MODES.len() {
+        if let Some(d) = daemons[k] {
+            d.caught_up();
+            cpu[k][1] = pids[k].cpu()[1] - serve_cpu_start[k];
+        }
     }
+    let batches_after = daemon.batches();
     let timings = {
         let after = daemon.timings();
         [0, 1, 2, 3].map(|i| after[i] - timings_before[i])
@@ -1796,7 +1786,7 @@ fn before_build() -> Option<(PathBuf, PathBuf)> {
 /// 1, every thread of each, so each Prosody has a core to itself as on a server where readtrack
 /// and the clients run on other cores; the chat ratio then shows Prosody's own capacity, not the
 /// two cores' scheduling.
-fn pin_to_cores(pids: &[Pids], serves: &[u32]) {
+fn pin_to_cores(pids: &[Pids]) {
     let pin = |pid: u32, cpu: &str| {
         let status = Command::new("taskset")
             .args(["-a", "-p", "-c", cpu, &pid.to_string()])
@@ -1808,8 +1798,8 @@ fn pin_to_cores(pids: &[Pids], serves: &[u32]) {
     for p in pids.iter().filter(|p| p.prosody != 0) {
         pin(p.prosody, "0");
     }
-    for serve in serves {
-        pin(*serve, "1");
+    for serve in pids.iter().filter_map(|p| p.readtrack) {
+        pin(serve, "1");
     }
     pin(std::process::id(), "1");
     println!("pinned: every Prosody on CPU 0; readtrack and the clients on CPU 1");
