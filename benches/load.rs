@@ -1225,7 +1225,7 @@ fn main() {
     let run_started = Instant::now();
     let batches_before = daemon.batches();
     let timings_before = daemon.timings();
-    let serve_cpu_start = pids.each_ref().map(|p| p.readtrack.map_or(0.0, cpu_s));
+    let serve_cpu_start = pids.each_ref().map(|p| p.cpu()[1]);
     for round in 0..rounds {
         // With the build before (the last server), it and this build (the second) take turns
         // at going first after alone, so neither always follows the other's rounds.
