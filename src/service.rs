@@ -701,28 +701,24 @@ impl Service {
                 } if self.timed => self.ack_arrivals.pop_front(),
                 _ => None,
             };
-            let (command, confirm) = match output {
+            let command = match output {
                 Output::Deliver { to, stanza } if self.module_delivers_bytes => {
-                    (compact_deliver(to, &stanza), None)
+                    compact_deliver(to, &stanza)
                 }
-                Output::Deliver { to, stanza } => (
-                    HookCommand::Deliver {
-                        to,
-                        stanza_xml: write::client_outgoing(&stanza),
-                    },
-                    None,
-                ),
+                Output::Deliver { to, stanza } => HookCommand::Deliver {
+                    to,
+                    stanza_xml: write::client_outgoing(&stanza),
+                }
+                .element_xml(None),
                 Output::SendAsHost {
                     stanza: Outgoing::ServerAck { from, to, id, time },
                     confirm,
-                } if self.module_acks && from == self.host => (
-                    HookCommand::Ack {
-                        to,
-                        message_id: id,
-                        time: time.rfc3339(),
-                    },
-                    confirm,
-                ),
+                } if self.module_acks && from == self.host => HookCommand::Ack {
+                    to,
+                    message_id: id,
+                    time: time.rfc3339(),
+                }
+                .element_xml(confirm.as_deref()),
                 // The compact form names a session of the host; anything else is routed whole.
                 Output::SendAsHost {
                     stanza:
@@ -739,29 +735,25 @@ impl Service {
                     && to.is_full()
                     && to.domain() == self.host =>
                 {
-                    (
-                        HookCommand::Bounce {
-                            to,
-                            message_id: id,
-                            body,
-                            time: time.rfc3339(),
-                        },
-                        confirm,
-                    )
+                    HookCommand::Bounce {
+                        to,
+                        message_id: id,
+                        body,
+                        time: time.rfc3339(),
+                    }
+                    .element_xml(confirm.as_deref())
                 }
-                Output::SendAsHost { stanza, confirm } => (
-                    HookCommand::SendAsHost {
-                        stanza_xml: write::client_outgoing(&stanza),
-                    },
-                    confirm,
-                ),
+                Output::SendAsHost { stanza, confirm } => HookCommand::SendAsHost {
+                    stanza_xml: write::client_outgoing(&stanza),
+                }
+                .element_xml(confirm.as_deref()),
                 Output::StoreOffline { to, stanza_xml } => {
-                    (HookCommand::StoreOffline { to, stanza_xml }, None)
+                    HookCommand::StoreOffline { to, stanza_xml }.element_xml(None)
                 }
-                Output::Pace { to, token } => (HookCommand::Pace { to, token }, None),
+                Output::Pace { to, token } => HookCommand::Pace { to, token }.element_xml(None),
             };
             self.stats.commands.fetch_add(1, Ordering::Relaxed);
-            if let Some(stanza) = batch.push(&command.element_xml(confirm.as_deref())) {
+            if let Some(stanza) = batch.push(&command) {
                 self.send_command_stanza(stanza).await;
                 self.written(index, &mut acks_in_stanza);
             }
@@ -806,34 +798,37 @@ impl Service {
     }
 }
 
-/// A stanza written to one session, as `<deliver-bytes>` (to a module that executes it).
+/// A stanza written to one session, as the element of a `<deliver-bytes>` command (to a module
+/// that executes it), or of a whole `<deliver>` where escaping would lengthen it too much.
 /// Escaped into an attribute, a stanza can grow (a line end there is five bytes, `&lt;` eight):
 /// a large one goes compact only if that makes its command no more than `SLACK` longer than the
 /// whole `<deliver>` (its `from` and `message-id` against the whole one's wrapper), so the
 /// compact form does not take a command past a stanza limit the whole one kept within
-/// (Prosody's `component_stanza_size_limit`, 512 KiB by default, closes the link).
-fn compact_deliver(to: Jid, stanza: &Outgoing) -> HookCommand {
+/// (Prosody's `component_stanza_size_limit`, 512 KiB by default, closes the link). The stanza
+/// is serialised once for each form looked at, and the command rendered once: the whole one's
+/// length is its wrapper's plus the stanza's.
+fn compact_deliver(to: Jid, stanza: &Outgoing) -> String {
     /// Below this, no escaping brings a command near a stanza limit: compact without looking.
     const LARGE: usize = 16 * 1024;
     const SLACK: usize = 256;
-    let whole = |to: Jid| HookCommand::Deliver {
-        to,
-        stanza_xml: write::client_outgoing(stanza),
-    };
+    let whole =
+        |to: Jid, stanza_xml: String| HookCommand::Deliver { to, stanza_xml }.element_xml(None);
     let bytes = write::client_stream(stanza);
     let large = bytes.len() >= LARGE;
     // The stanza is readtrack's own output: its start tag always reads.
     let Ok(compact) = HookCommand::deliver_bytes(to.clone(), bytes) else {
-        return whole(to);
+        return whole(to, write::client_outgoing(stanza));
     };
+    let compact = compact.element_xml(None);
     if !large {
         return compact;
     }
-    let whole = whole(to);
-    if compact.element_xml(None).len() <= whole.element_xml(None).len() + SLACK {
+    let stanza_xml = write::client_outgoing(stanza);
+    let whole_len = whole(to.clone(), String::new()).len() + stanza_xml.len();
+    if compact.len() <= whole_len + SLACK {
         compact
     } else {
-        whole
+        whole(to, stanza_xml)
     }
 }
 
@@ -927,5 +922,60 @@ mod tests {
             pages.add(page(2, true), vec![]),
             Ok(Some(sessions(&["e@h/1"])))
         );
+    }
+
+    /// What `compact_deliver` chose before it stopped rendering the whole command to measure
+    /// it: both forms rendered, the shorter rule applied to their texts.
+    fn rendered_both(to: Jid, stanza: &Outgoing) -> String {
+        let whole = HookCommand::Deliver {
+            to: to.clone(),
+            stanza_xml: write::client_outgoing(stanza),
+        }
+        .element_xml(None);
+        let compact = HookCommand::deliver_bytes(to, write::client_stream(stanza))
+            .unwrap()
+            .element_xml(None);
+        if write::client_stream(stanza).len() < 16 * 1024 || compact.len() <= whole.len() + 256 {
+            compact
+        } else {
+            whole
+        }
+    }
+
+    #[test]
+    fn a_deliver_is_the_command_rendering_both_forms_would_choose() {
+        let to = Jid::parse("bob@localhost/phone").unwrap();
+        let bounce = |body: String| Outgoing::Bounce {
+            from: "localhost".into(),
+            to: to.clone(),
+            id: "m1".into(),
+            body: Some(body),
+            time: Millis(1_764_000_000_000),
+        };
+        let large_text = "a".repeat(20_000);
+        let large_lines = "\n".repeat(20_000);
+        // Around the line: each line end adds four bytes escaped, so 64 more are SLACK's 256.
+        let near = |ends: usize| format!("{}{}", "b".repeat(17_000), "\n".repeat(ends));
+        let mut bodies = vec![
+            "short".to_string(),
+            "\n".repeat(100),
+            large_text,
+            large_lines,
+        ];
+        bodies.extend((50..80).map(near));
+        let mut forms = (0, 0);
+        for body in bodies {
+            let stanza = bounce(body);
+            let chosen = compact_deliver(to.clone(), &stanza);
+            assert_eq!(chosen, rendered_both(to.clone(), &stanza));
+            if chosen.starts_with("<deliver-bytes ") {
+                forms.0 += 1;
+            } else {
+                assert!(chosen.starts_with("<deliver "), "{chosen:.80}");
+                forms.1 += 1;
+            }
+        }
+        // Both forms were chosen, on either side of the line.
+        assert!(forms.0 > 3 && forms.1 > 1, "{forms:?}");
     }
 }
