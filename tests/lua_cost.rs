@@ -1,5 +1,5 @@
 //! The Lua cost benches of benches/prosody (`chat_cost.lua`, `event_cost.lua`, `ack_cost.lua`,
-//! `offline_cost.lua`, `deliver_cost.lua`, `claims_memory.lua`) load the real
+//! `offline_cost.lua`, `deliver_cost.lua`, `claims_memory.lua`, `queue_memory.lua`) load the real
 //! contrib/prosody/mod_readtrack.lua under `stub_prosody.lua`, so a module change is measured as
 //! it is, never a copy of it; this runs them, small, on both Prosody lines, so a module change
 //! that breaks them (or the stub) fails here. Their own assertions check what they measure: one `<routed>` per delivered message, the
@@ -270,6 +270,25 @@ fn the_claim_budget_bounds_the_heap_the_held_claims_take() {
             .collect();
         assert_eq!(ratios.len(), 6, "{out}");
         assert!(ratios.iter().all(|r| *r <= 1.0), "{out}");
+    }
+}
+
+/// The event queue no longer clears every slot at every write (3% of the module's instructions
+/// per chat message); it keeps written pieces until the queues written since the last clearing
+/// held 64 KiB together. After any write the heap the module holds stays within that bound, plus
+/// the last event it keeps by design (one 30 KB message in `queue_memory.lua`) and slack for the
+/// collector. A queue that cleared only its own slots past the bound kept 178 KiB there.
+#[test]
+fn a_written_event_queue_keeps_at_most_its_bound_of_stale_pieces() {
+    for sources in lines() {
+        let out = run("queue_memory.lua", &sources, &[]);
+        let kept: f64 = out
+            .split("kept at most ")
+            .nth(1)
+            .and_then(|rest| rest.split(" KiB").next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("no figure in {out}"));
+        assert!(kept <= 100.0, "{out}");
     }
 }
 

@@ -59,8 +59,10 @@ end
 -- what Prosody's routing wrote: <message from=HOST to=COMPONENT> with no namespace.
 local event_open = "<message from='" .. xml_escape(host) .. "' to='" .. xml_escape(component) .. "'>";
 
--- Bytes this module queued for readtrack since the link's backlog was last counted (below).
-local emitted_since_count = 0;
+-- Bytes this module ever queued for readtrack: the one count each piece of an event adds to.
+-- What was queued since a moment is this less its value then (the queue's start, the link's
+-- last count below), so a piece costs one addition, not one per measure.
+local queued_total = 0;
 
 -- The events of one turn of Prosody's loop are written to the link together, at the start of the
 -- next turn (a timer of no delay): each write costs Prosody the same whatever its size (the
@@ -76,21 +78,33 @@ local emitted_since_count = 0;
 -- costs follows the bytes allocated, not the Lua instructions run (docs/performance.md,
 -- "Prosody's CPU with readtrack, C and Lua"). The queue's table is kept and emptied.
 local queued_events, queued_n, queued_for, flush_due = {}, 0, nil, false;
--- Bytes in queued_events: part of the link's backlog that the connection cannot see yet.
-local queued_event_bytes = 0;
+-- queued_total when the queue was last emptied: the bytes in queued_events are queued_total less
+-- this, part of the link's backlog that the connection cannot see yet.
+local queue_start = 0;
+-- An emptied queue keeps its pieces in their slots (above queued_n, overwritten as the next events
+-- are queued, never read: the write joins 1 to queued_n) until the queues emptied since the slots
+-- were last cleared held `stale_bytes_kept` bytes together, which bounds the strings kept from the
+-- collector. Clearing every slot at every write was 3% of the module's instructions per chat
+-- message (benches/prosody/chat_cost.lua).
+local stale_bytes_kept, kept_bytes, kept_top = 64 * 1024, 0, 0;
 
 -- Once readtrack said `batched` (<accepts>, below), the events of one write share one
 -- <message from=HOST to=COMPONENT> instead of one each: the wrapping is 61 bytes of every event,
 -- text joined for the write and read again by readtrack. A message stays open (batch_open) from
--- its first event until the write, or until it holds `batch_bytes` (batch_from: what the queue
--- held when it opened), so it is never more than that plus one event over the event budget.
+-- its first event until the write, or until it holds `batch_bytes` (batch_from: queued_total
+-- when it opened), so it is never more than that plus one event over the event budget.
 local accepts_batched = false;
 local batch_bytes = module:get_option_number("readtrack_batch_bytes", 16 * 1024);
 local batch_open, batch_from = false, 0;
 
 local function clear_queue()
-	for i = queued_n, 1, -1 do queued_events[i] = nil; end
-	queued_n, queued_event_bytes = 0, 0;
+	kept_bytes = kept_bytes + (queued_total - queue_start);
+	if queued_n > kept_top then kept_top = queued_n; end
+	if kept_bytes > stale_bytes_kept then
+		for i = kept_top, 1, -1 do queued_events[i] = nil; end
+		kept_bytes, kept_top = 0, 0;
+	end
+	queued_n, queue_start = 0, queued_total;
 	batch_open = false;
 end
 
@@ -128,8 +142,7 @@ local flush_bytes = module:get_option_number("readtrack_flush_bytes", 1024 * 102
 function put(piece)
 	queued_n = queued_n + 1;
 	queued_events[queued_n] = piece;
-	emitted_since_count = emitted_since_count + #piece;
-	queued_event_bytes = queued_event_bytes + #piece;
+	queued_total = queued_total + #piece;
 end
 
 -- Three pieces, the middle one escaped already: ` name='` value `'`, `<session jid='` jid `'/>`.
@@ -137,9 +150,7 @@ local function put_three(before, escaped, after)
 	local n = queued_n;
 	queued_events[n + 1], queued_events[n + 2], queued_events[n + 3] = before, escaped, after;
 	queued_n = n + 3;
-	local bytes = #before + #escaped + #after;
-	emitted_since_count = emitted_since_count + bytes;
-	queued_event_bytes = queued_event_bytes + bytes;
+	queued_total = queued_total + #before + #escaped + #after;
 end
 
 local function put_escaped(before, value, after)
@@ -163,17 +174,17 @@ local function begin_event()
 	end
 	if not batch_open then
 		put(event_open);
-		batch_open, batch_from = accepts_batched and batch_bytes > 0, queued_event_bytes;
+		batch_open, batch_from = accepts_batched and batch_bytes > 0, queued_total;
 	end
 	return true;
 end
 
 local function end_event()
-	if not batch_open or queued_event_bytes - batch_from >= batch_bytes then
+	if not batch_open or queued_total - batch_from >= batch_bytes then
 		put("</message>");
 		batch_open = false;
 	end
-	if flush_bytes > 0 and queued_event_bytes >= flush_bytes then
+	if flush_bytes > 0 and queued_total - queue_start >= flush_bytes then
 		write_queue(); -- a timer already due writes what comes after
 	elseif not flush_due then
 		flush_due = true;
@@ -278,18 +289,18 @@ end
 -- counted again once that bound reaches the limit, and at least every 50 ms.
 local now = require "util.time".now;
 local recount_interval = 0.05;
-local counted_bytes, counted_at = 0, -math.huge;
+local counted_bytes, counted_at, counted_total = 0, -math.huge, 0;
 
 local function link_backlog_at_least(limit)
 	local t = now();
-	if t - counted_at < recount_interval and counted_bytes + emitted_since_count < limit then
+	if t - counted_at < recount_interval and counted_bytes + (queued_total - counted_total) < limit then
 		return false;
 	end
 	local session = component_session();
 	-- The connection's queue, and this turn's events not yet written to it.
 	counted_bytes = (queued_bytes(session and session.conn, limit) or 0)
-		+ (queued_for == session and queued_event_bytes or 0);
-	counted_at, emitted_since_count = t, 0;
+		+ (queued_for == session and queued_total - queue_start or 0);
+	counted_at, counted_total = t, queued_total;
 	return counted_bytes >= limit;
 end
 
