@@ -494,7 +494,10 @@ local told = {};           -- username -> true: readtrack has it on this connect
 -- `fresh`: read the token from storage even if known (at login: an account deleted and created
 -- again by 0.12's prosodyctl, out of process, leaves this cache stale).
 local function tell_account(username, fresh)
-	if not username or not component_connected() then return; end
+	if not username then return; end
+	-- Told on this connection (`told` is emptied at each new one): the usual case, first.
+	if told[username] and not fresh then return; end
+	if not component_connected() then return; end
 	if fresh then
 		local data = account_store:get(username);
 		if not (data and data.token == account_tokens[username]) then
