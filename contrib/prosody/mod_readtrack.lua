@@ -83,10 +83,11 @@ local queued_events, queued_n, queued_for, flush_due = {}, 0, nil, false;
 local queue_start = 0;
 -- An emptied queue keeps its pieces in their slots (above queued_n, overwritten as the next events
 -- are queued, never read: the write joins 1 to queued_n) until the queues emptied since the slots
--- were last cleared held `stale_bytes_kept` bytes together, which bounds the strings kept from the
--- collector. Clearing every slot at every write was 3% of the module's instructions per chat
--- message (benches/prosody/chat_cost.lua).
-local stale_bytes_kept, kept_bytes, kept_top = 64 * 1024, 0, 0;
+-- were last cleared (at queued_total `cleared_total`; up to slot `kept_top`) held
+-- `stale_bytes_kept` bytes together, which bounds the strings kept from the collector. Clearing
+-- every slot at every write was 3% of the module's instructions per chat message
+-- (benches/prosody/chat_cost.lua).
+local stale_bytes_kept, cleared_total, kept_top = 64 * 1024, 0, 0;
 
 -- Once readtrack said `batched` (<accepts>, below), the events of one write share one
 -- <message from=HOST to=COMPONENT> instead of one each: the wrapping is 61 bytes of every event,
@@ -98,11 +99,10 @@ local batch_bytes = module:get_option_number("readtrack_batch_bytes", 16 * 1024)
 local batch_open, batch_from = false, 0;
 
 local function clear_queue()
-	kept_bytes = kept_bytes + (queued_total - queue_start);
 	if queued_n > kept_top then kept_top = queued_n; end
-	if kept_bytes > stale_bytes_kept then
+	if queued_total - cleared_total > stale_bytes_kept then
 		for i = kept_top, 1, -1 do queued_events[i] = nil; end
-		kept_bytes, kept_top = 0, 0;
+		cleared_total, kept_top = queued_total, 0;
 	end
 	queued_n, queue_start = 0, queued_total;
 	batch_open = false;
