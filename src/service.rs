@@ -798,6 +798,11 @@ impl Service {
     }
 }
 
+/// Below this, no escaping brings a `<deliver-bytes>` near a stanza limit: compact without looking.
+const LARGE: usize = 16 * 1024;
+/// How much longer than the whole `<deliver>` a large compact command may be.
+const SLACK: usize = 256;
+
 /// A stanza written to one session, as the element of a `<deliver-bytes>` command (to a module
 /// that executes it), or of a whole `<deliver>` where escaping would lengthen it too much.
 /// Escaped into an attribute, a stanza can grow (a line end there is five bytes, `&lt;` eight):
@@ -808,9 +813,6 @@ impl Service {
 /// is serialised once for each form looked at, and the command rendered once: the whole one's
 /// length is its wrapper's plus the stanza's.
 fn compact_deliver(to: Jid, stanza: &Outgoing) -> String {
-    /// Below this, no escaping brings a command near a stanza limit: compact without looking.
-    const LARGE: usize = 16 * 1024;
-    const SLACK: usize = 256;
     let whole =
         |to: Jid, stanza_xml: String| HookCommand::Deliver { to, stanza_xml }.element_xml(None);
     let bytes = write::client_stream(stanza);
@@ -935,7 +937,7 @@ mod tests {
         let compact = HookCommand::deliver_bytes(to, write::client_stream(stanza))
             .unwrap()
             .element_xml(None);
-        if write::client_stream(stanza).len() < 16 * 1024 || compact.len() <= whole.len() + 256 {
+        if write::client_stream(stanza).len() < LARGE || compact.len() <= whole.len() + SLACK {
             compact
         } else {
             whole
