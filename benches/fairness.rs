@@ -147,25 +147,6 @@ impl std::ops::Sub for ServiceFigures {
     }
 }
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Reads until `needle` has arrived; drops what came before it.
 async fn read_until(stream: &mut TcpStream, buf: &mut Vec<u8>, needle: &str) {
     loop {
@@ -195,7 +176,7 @@ async fn raw_login(c2s_port: u16, user: &str) -> TcpStream {
     let mut buf = Vec::new();
     stream.write_all(header.as_bytes()).await.unwrap();
     read_until(&mut stream, &mut buf, "</stream:features>").await;
-    let token = base64(format!("\0{user}\0{PASS}").as_bytes());
+    let token = common::base64(format!("\0{user}\0{PASS}").as_bytes());
     stream
         .write_all(
             format!(

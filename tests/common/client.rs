@@ -159,7 +159,8 @@ impl Client {
     }
 }
 
-fn base64(bytes: &[u8]) -> String {
+/// Base64 (RFC 4648, padded), for SASL PLAIN.
+pub fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {

@@ -444,16 +444,22 @@ Component {component}
         }
     }
 
-    /// Creates an account with `prosodyctl register`; works while Prosody runs.
-    pub fn register(&self, user: &str, pass: &str) {
-        let out = Command::new("runuser")
+    /// Runs this server's `prosodyctl` (of the selected Prosody line, with its config) as the
+    /// `prosody` user.
+    fn prosodyctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("runuser")
             .args(["-u", "prosody", "--"])
             .arg(&prosody_line().prosodyctl)
             .arg("--config")
             .arg(self.config_path())
-            .args(["register", user, &self.opts.domain, pass])
+            .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("run prosodyctl ({e}): {INSTALL_HINT}"));
+            .unwrap_or_else(|e| panic!("run prosodyctl ({e}): {INSTALL_HINT}"))
+    }
+
+    /// Creates an account with `prosodyctl register`; works while Prosody runs.
+    pub fn register(&self, user: &str, pass: &str) {
+        let out = self.prosodyctl(&["register", user, &self.opts.domain, pass]);
         assert!(
             out.status.success(),
             "prosodyctl register {user} ({}): {}\n{}{}",
@@ -470,14 +476,7 @@ Component {component}
     /// itself.
     pub fn deluser(&self, user: &str) {
         let jid = format!("{user}@{}", self.opts.domain);
-        let out = Command::new("runuser")
-            .args(["-u", "prosody", "--"])
-            .arg(&prosody_line().prosodyctl)
-            .arg("--config")
-            .arg(self.config_path())
-            .args(["deluser", &jid])
-            .output()
-            .unwrap_or_else(|e| panic!("run prosodyctl ({e}): {INSTALL_HINT}"));
+        let out = self.prosodyctl(&["deluser", &jid]);
         assert!(
             out.status.success(),
             "prosodyctl deluser {jid} ({}): {}\n{}{}",
@@ -492,14 +491,7 @@ Component {component}
     /// `prosodyctl shell module reload MODULE HOST`, through the admin shell (load
     /// `admin_shell`). Returns the shell's output.
     pub fn reload_module(&self, module: &str) -> String {
-        let out = Command::new("runuser")
-            .args(["-u", "prosody", "--"])
-            .arg(&prosody_line().prosodyctl)
-            .arg("--config")
-            .arg(self.config_path())
-            .args(["shell", "module", "reload", module, &self.opts.domain])
-            .output()
-            .unwrap_or_else(|e| panic!("run prosodyctl ({e}): {INSTALL_HINT}"));
+        let out = self.prosodyctl(&["shell", "module", "reload", module, &self.opts.domain]);
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
