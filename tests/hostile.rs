@@ -222,6 +222,48 @@ async fn deeply_nested_messages_to_a_user_and_to_the_component_keep_the_link_up(
 /// stanza of them was 288 KB, over the old 256 KiB limit on every reconnect.
 const SESSIONS: usize = 48;
 
+/// Prosody writes every attribute in a namespace with a declaration of its own, so a namespace
+/// declared once on the wire and used by 250 attributes is written 250 times: under 8 KB from a
+/// client are a 1.2 MB message to its recipient. Had the module passed it on, its event would be
+/// past readtrack's 1 MiB frame: readtrack skips such a write whole (counted), with any event
+/// batched before it in the same turn of Prosody's loop (`benches/prosody/budget_bound.lua`
+/// shows one). The module leaves it to the server, and alice's message to erin beside it is
+/// logged and acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_repeated_on_many_attributes_is_left_to_the_server_and_loses_nothing_else() {
+    let p = server(&["offline"]);
+    let rt = Readtrack::start(&p, ReadtrackOpts::default());
+    let mut dave = online(&p, "dave", "d").await;
+    let mut erin = online(&p, "erin", "e").await;
+    let mut bob = online(&p, "bob", "phone").await;
+    let mut alice = online(&p, "alice", "a").await;
+
+    let attributes: String = (0..250).map(|i| format!(" a:b{i}=''")).collect();
+    let hostile = format!(
+        "<message id='ns-1' type='chat' to='bob@localhost'><body>hi</body>\
+         <x xmlns='urn:example:x' xmlns:a='{}'{attributes}/></message>",
+        "&apos;".repeat(800)
+    );
+    // Both in one of Prosody's reads (8 KiB), so in one turn of its loop.
+    let both = format!(
+        "{}{hostile}",
+        chat("beside-1", "erin@localhost", "in the same read")
+    );
+    assert!(both.len() < 8000, "{} bytes", both.len());
+    alice.send_raw(&both).await;
+    // Prosody delivers both; readtrack logs and acks alice's message to erin.
+    let got = bob.expect_message(WAIT, |s| has_id(s, "ns-1")).await;
+    assert!(got.len() > 1_000_000, "{} bytes", got.len());
+    erin.expect_message(WAIT, |s| has_id(s, "beside-1")).await;
+    alice
+        .expect_message(WAIT, |s| is_server_ack(s, "beside-1"))
+        .await;
+    others_still_get_acks(&rt, &mut dave, &mut erin, "after-namespaces").await;
+    assert_eq!(stats(&rt)["stanzas_skipped"], 0, "{}", stats(&rt));
+    assert_eq!(rt.cursors("bob@localhost")["head"], 0);
+    assert!(p.log().contains("over readtrack's budget"));
+}
+
 fn long_resource(i: usize) -> String {
     format!("{i:03}{}", "'".repeat(997))
 }
