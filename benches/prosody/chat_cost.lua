@@ -20,6 +20,10 @@
 -- chat message (with the module loaded, all parts together), with their text; the byte figures
 -- are then off (the profile allocates).
 --
+-- READTRACK_TIME=K: CPU time instead of instructions: K rounds, each the flow without the module
+-- and then with it, and the least of each part over the rounds (the machine is noisy; the
+-- collector runs as Prosody's, so the time includes collecting what the module allocates).
+--
 -- TURN (8): the messages (and then the receipts) one turn of Prosody's loop handles; a long turn
 -- is a loop kept busy, whose timers (the module's end-of-turn write) wait. The last line gives
 -- the largest single write to readtrack.
@@ -34,6 +38,7 @@ local per_command_message, window = 64, tonumber(arg[4] or 8);
 local accepts = os.getenv("READTRACK_ACCEPTS") or "signal done-list routed-signal inherited-namespace batched";
 
 local line_profile = tonumber(os.getenv("READTRACK_LINE_PROFILE") or "");
+local time_rounds = tonumber(os.getenv("READTRACK_TIME") or "");
 local lines = {};
 
 local function run(with_module)
@@ -62,17 +67,18 @@ local function run(with_module)
 	local receipts = stub.parse(receipt_xml);
 	local command_stanzas = stub.parse(commands, "jabber:component:accept");
 	local counts, bytes = {}, {};
+	local measure = time_rounds and stub.time or stub.count;
 	local before = #stub.emitted;
 	-- A turn of Prosody's loop handles what one read brings: a sender's window of messages
 	-- (benches/load.rs: 8), a receiver's receipts for them, one command message.
-	counts.message, bytes.message = stub.count(function()
+	counts.message, bytes.message = measure(function()
 		for i = 1, n do
 			stub.post(alice, messages[i]);
 			if i % window == 0 or i == n then stub.turn(); end
 		end
 	end);
 	assert(bob.written and bob.written:find("load message " .. n, 1, true), "bob got the messages");
-	counts.receipt, bytes.receipt = stub.count(function()
+	counts.receipt, bytes.receipt = measure(function()
 		for i = 1, n do
 			stub.post(bob, receipts[i]);
 			if i % window == 0 or i == n then stub.turn(); end
@@ -80,7 +86,7 @@ local function run(with_module)
 	end);
 	assert(alice.written and alice.written:find("rc-p1m" .. n, 1, true), "alice got the receipts");
 	if with_module and dialect == "seed" then
-		counts.ack, bytes.ack = stub.count(function()
+		counts.ack, bytes.ack = measure(function()
 			for _, command in ipairs(command_stanzas) do
 				stub.command(command);
 				stub.turn();
@@ -110,6 +116,29 @@ local function run(with_module)
 	local largest = 0;
 	for i = before + 1, #stub.emitted do largest = math.max(largest, #stub.emitted[i]); end
 	return counts, kinds, #stub.emitted - before, bytes, largest;
+end
+
+if time_rounds then
+	local least = { alone = {}, with = {} };
+	for _ = 1, time_rounds do
+		for side, with_module in pairs({ alone = false, with = true }) do
+			local counts = run(with_module);
+			for part, seconds in pairs(counts) do
+				least[side][part] = math.min(least[side][part] or math.huge, seconds);
+			end
+		end
+	end
+	local function per_message(side, part) return (least[side][part] or 0) / n * 1e6; end
+	local added, parts = 0, {};
+	for _, part in ipairs({ "message", "receipt", "ack" }) do
+		local part_added = per_message("with", part) - per_message("alone", part);
+		added = added + part_added;
+		parts[#parts + 1] = ("%s +%.2f"):format(part, part_added);
+	end
+	print(("%s: %s dialect, %d chat messages, least of %d rounds: the module adds %.2f µs of CPU per chat message (%s; alone %.2f)"):format(
+		source, dialect, n, time_rounds, added, table.concat(parts, ", "),
+		per_message("alone", "message") + per_message("alone", "receipt")));
+	os.exit(0);
 end
 
 local alone, _, _, alone_bytes = run(false);
