@@ -1,6 +1,6 @@
 //! The Lua cost benches of benches/prosody (`chat_cost.lua`, `event_cost.lua`, `ack_cost.lua`,
 //! `offline_cost.lua`, `deliver_cost.lua`, `claims_memory.lua`, `queue_memory.lua`,
-//! `budget_bound.lua`, `routing_tracker.lua`) load the real
+//! `budget_bound.lua`, `routing_tracker.lua`, `budget_walk.lua`) load the real
 //! contrib/prosody/mod_readtrack.lua under `stub_prosody.lua`, so a module change is measured as
 //! it is, never a copy of it; this runs them, small, on both Prosody lines, so a module change
 //! that breaks them (or the stub) fails here. Their own assertions check what they measure: one `<routed>` per delivered message, the
@@ -68,6 +68,15 @@ fn the_lua_cost_benches_run_the_real_module_on_both_lines() {
             replays.contains("compact <deliver-bytes> 5 (one per command message, 5)"),
             "{replays}"
         );
+        // The timing benches: run small, for their exact parts.
+        let wrapper = run("wrapper_cost.lua", &sources, &["1000"]);
+        assert!(
+            wrapper.contains("a hook adds 6 Lua instructions, 0 bytes")
+                && wrapper.contains("a wrapper adds 17 Lua instructions, 192 bytes"),
+            "{wrapper}"
+        );
+        let walk = run("budget_walk.lua", &sources, &["1000"]);
+        assert!(walk.contains("the budget walk takes "), "{walk}");
     }
 }
 

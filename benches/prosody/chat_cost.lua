@@ -20,6 +20,9 @@
 -- chat message (with the module loaded, all parts together), with their text; the byte figures
 -- are then off (the profile allocates).
 --
+-- READTRACK_ALLOC_PROFILE=K: instead, the K lines of the module that allocate the most bytes per
+-- chat message (with what the C functions they call allocate), with their text.
+--
 -- READTRACK_TIME=K: CPU time instead of instructions: K rounds, each the flow without the module
 -- and then with it, and the least of each part over the rounds (the machine is noisy; the
 -- collector runs as Prosody's, so the time includes collecting what the module allocates).
@@ -39,11 +42,17 @@ local accepts = os.getenv("READTRACK_ACCEPTS") or "signal done-list routed-signa
 
 local line_profile = tonumber(os.getenv("READTRACK_LINE_PROFILE") or "");
 local time_rounds = tonumber(os.getenv("READTRACK_TIME") or "");
+local alloc_profile = tonumber(os.getenv("READTRACK_ALLOC_PROFILE") or "");
+if alloc_profile then line_profile = alloc_profile; end
 local lines = {};
 
 local function run(with_module)
 	local stub = load_stub(source, with_module and module_path or nil);
-	if with_module and line_profile then stub.lines = lines; end
+	if with_module and alloc_profile then
+		stub.alloc_lines = lines;
+	elseif with_module and line_profile then
+		stub.lines = lines;
+	end
 	local alice = stub.session("alice@localhost/load");
 	local bob = stub.session("bob@localhost/load");
 	local commands = {};
@@ -177,7 +186,8 @@ if line_profile then
 	end
 	table.sort(module_lines, function(a, b) return a[2] > b[2] or (a[2] == b[2] and a[1] < b[1]); end);
 	-- The rest of what the module adds runs in Prosody's code that it calls or that wraps it.
-	print(("the module's own lines: %.0f instructions per chat message; the %d busiest:"):format(total / n, line_profile));
+	print(("the module's own lines: %.0f %s per chat message; the %d busiest:"):format(total / n,
+		alloc_profile and "bytes allocated" or "instructions", line_profile));
 	for i = 1, math.min(line_profile, #module_lines) do
 		local number, count = module_lines[i][1], module_lines[i][2];
 		print(("%7.1f  %5d  %s"):format(count / n, number, (text[number] or ""):gsub("^%s+", "")));

@@ -194,8 +194,18 @@ return function(source, module_path, options)
 		collectgarbage("collect");
 		collectgarbage("stop");
 		local kib = collectgarbage("count");
-		local lines, getinfo = stub.lines, debug.getinfo;
-		if lines then
+		local lines, alloc_lines, getinfo = stub.lines, stub.alloc_lines, debug.getinfo;
+		if alloc_lines then
+			-- `stub.alloc_lines`, when a table: the bytes allocated while each line ran (the
+			-- C functions it called included), by `source:line`; no instruction count then.
+			local last_at, last_kib;
+			debug.sethook(function(_, line)
+				local at_kib = collectgarbage("count");
+				if last_at then alloc_lines[last_at] = (alloc_lines[last_at] or 0) + (at_kib - last_kib) * 1024; end
+				last_at = getinfo(2, "S").short_src .. ":" .. line;
+				last_kib = collectgarbage("count");
+			end, "l");
+		elseif lines then
 			debug.sethook(function()
 				c = c + 1;
 				local info = getinfo(2, "Sl");
