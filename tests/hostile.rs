@@ -80,6 +80,11 @@ async fn wait_offline(rt: &Readtrack, user: &str, device: &str) {
     }
 }
 
+/// Dave and Erin, online: the pair [`others_still_get_acks`] writes between.
+async fn witnesses(p: &Prosody) -> (Client, Client) {
+    (online(p, "dave", "d").await, online(p, "erin", "e").await)
+}
+
 /// Dave writes to Erin (both online): the ack must come within [`PROMPT`], and readtrack must
 /// still be on its first connection to the server.
 async fn others_still_get_acks(rt: &Readtrack, dave: &mut Client, erin: &mut Client, id: &str) {
@@ -103,8 +108,7 @@ async fn others_still_get_acks(rt: &Readtrack, dave: &mut Client, erin: &mut Cli
 async fn a_body_of_45000_apostrophes_is_left_to_mod_offline_and_the_link_stays_up() {
     let p = server(&["offline"]);
     let rt = Readtrack::start(&p, ReadtrackOpts::default());
-    let mut dave = online(&p, "dave", "d").await;
-    let mut erin = online(&p, "erin", "e").await;
+    let (mut dave, mut erin) = witnesses(&p).await;
     // Bob has a device readtrack knows, offline now.
     let mut bob = online(&p, "bob", "phone").await;
     bob.close().await;
@@ -147,8 +151,7 @@ async fn a_body_of_45000_apostrophes_is_left_to_mod_offline_and_the_link_stays_u
 async fn deeply_nested_messages_to_a_user_and_to_the_component_keep_the_link_up() {
     let p = server(&["offline"]);
     let rt = Readtrack::start(&p, ReadtrackOpts::default());
-    let mut dave = online(&p, "dave", "d").await;
-    let mut erin = online(&p, "erin", "e").await;
+    let (mut dave, mut erin) = witnesses(&p).await;
     let mut bob = online(&p, "bob", "phone").await;
     let mut alice = online(&p, "alice", "a").await;
 
@@ -233,8 +236,7 @@ const SESSIONS: usize = 48;
 async fn a_namespace_repeated_on_many_attributes_is_left_to_the_server_and_loses_nothing_else() {
     let p = server(&["offline"]);
     let rt = Readtrack::start(&p, ReadtrackOpts::default());
-    let mut dave = online(&p, "dave", "d").await;
-    let mut erin = online(&p, "erin", "e").await;
+    let (mut dave, mut erin) = witnesses(&p).await;
     let mut bob = online(&p, "bob", "phone").await;
     let mut alice = online(&p, "alice", "a").await;
 
@@ -312,8 +314,7 @@ async fn readtrack_reconnects_to_a_server_with_many_long_sessions() {
     let p = server(&[]);
     let mut rt = Readtrack::start(&p, ReadtrackOpts::default());
     let mut clients = many_long_sessions(&p).await;
-    let mut dave = online(&p, "dave", "d").await;
-    let mut erin = online(&p, "erin", "e").await;
+    let (mut dave, mut erin) = witnesses(&p).await;
     for i in [0, SESSIONS - 1] {
         rt.wait_online("carol@localhost", &long_resource(i));
     }
@@ -490,7 +491,6 @@ async fn messages_past_the_link_backlog_mark_are_left_to_mod_offline_and_none_is
     let mut bob = p.client("bob", "pw", "phone").await;
     bob.send_presence().await;
     expect_each_once(&mut bob, "bl-", sent).await;
-    let mut dave = online(&p, "dave", "d").await;
-    let mut erin = online(&p, "erin", "e").await;
+    let (mut dave, mut erin) = witnesses(&p).await;
     others_still_get_acks(&rt, &mut dave, &mut erin, "after-backlog").await;
 }

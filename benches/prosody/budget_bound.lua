@@ -21,7 +21,6 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local module_path = os.getenv("READTRACK_MODULE") or here .. "/../../contrib/prosody/mod_readtrack.lua";
 local load_stub = dofile(here .. "/stub_prosody.lua");
 local t_unpack = table.unpack;
-local hook_ns = "urn:readtrack:hook:0";
 local max_event_bytes, wrapping, frame = 256 * 1024, 4 * 1024, 1024 * 1024;
 local wire_limit = 256 * 1024;
 
@@ -29,9 +28,7 @@ local stub = load_stub(source, module_path);
 local alice = stub.session("alice@localhost/a");
 stub.session("bob@localhost/b");
 stub.session("erin@localhost/e");
-stub.command(stub.parse({ "<message from='readtrack.localhost' to='localhost'><accepts xmlns='"
-	.. hook_ns .. "' events='signal done-list routed-signal inherited-namespace batched'/></message>" },
-	"jabber:component:accept")[1]);
+stub.accepts("signal done-list routed-signal inherited-namespace batched");
 stub.turn();
 
 local function attrs(count, format)

@@ -57,8 +57,7 @@ local function run(with_module)
 	local bob = stub.session("bob@localhost/load");
 	local commands = {};
 	if with_module then
-		stub.command(stub.parse({ "<message from='readtrack.localhost' to='localhost'><accepts xmlns='"
-			.. hook_ns .. "' events='" .. accepts .. "'/></message>" }, "jabber:component:accept")[1]);
+		stub.accepts(accepts);
 		stub.turn();
 	end
 	local message_xml, receipt_xml, ack_xml = {}, {}, {};

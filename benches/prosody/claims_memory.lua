@@ -16,7 +16,6 @@ local source, budget_kib = arg[1], tonumber(arg[2] or 2048);
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local module_path = os.getenv("READTRACK_MODULE") or here .. "/../../contrib/prosody/mod_readtrack.lua";
 local load_stub = dofile(here .. "/stub_prosody.lua");
-local hook_ns = "urn:readtrack:hook:0";
 local budget = budget_kib * 1024;
 
 local function heap()
@@ -38,8 +37,7 @@ local function run(label, payload)
 		stored = stored + 1;
 		return true;
 	end, -1);
-	stub.command(stub.parse({ "<message from='readtrack.localhost' to='localhost'><accepts xmlns='"
-		.. hook_ns .. "' events='signal done-list claims'/></message>" }, "jabber:component:accept")[1]);
+	stub.accepts("signal done-list claims");
 	stub.turn();
 	clear(stub.emitted);
 	local claimed, bytes, sent = 0, 0, 0;

@@ -26,8 +26,7 @@ local function run(with_module)
 	local stored = 0;
 	stub.hosts.localhost.events.add_handler("message/offline/handle", function() stored = stored + 1; return true; end, -1);
 	if with_module then
-		stub.command(stub.parse({ "<message from='readtrack.localhost' to='localhost'><accepts xmlns='"
-			.. hook_ns .. "' events='signal done-list claims'/></message>" }, "jabber:component:accept")[1]);
+		stub.accepts("signal done-list claims");
 		stub.turn();
 	end
 	local message_xml = {};

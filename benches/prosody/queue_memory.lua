@@ -16,7 +16,6 @@ local source = arg[1];
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".";
 local module_path = os.getenv("READTRACK_MODULE") or here .. "/../../contrib/prosody/mod_readtrack.lua";
 local load_stub = dofile(here .. "/stub_prosody.lua");
-local hook_ns = "urn:readtrack:hook:0";
 
 local function heap()
 	collectgarbage("collect");
@@ -27,9 +26,7 @@ end
 local stub = load_stub(source, module_path);
 local alice = stub.session("alice@localhost/a");
 local bob = stub.session("bob@localhost/b");
-stub.command(stub.parse({ "<message from='readtrack.localhost' to='localhost'><accepts xmlns='"
-	.. hook_ns .. "' events='signal done-list routed-signal inherited-namespace batched'/></message>" },
-	"jabber:component:accept")[1]);
+stub.accepts("signal done-list routed-signal inherited-namespace batched");
 stub.turn();
 
 local sent, events = 0, 0;

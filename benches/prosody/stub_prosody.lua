@@ -157,6 +157,14 @@ return function(source, module_path, options)
 		return host_events.fire_event("message/host", { origin = component_session, stanza = stanza });
 	end
 
+	-- readtrack saying which event forms it reads (`<accepts events='...'/>`), as it does once
+	-- per connection.
+	function stub.accepts(events)
+		return stub.command(stub.parse({ "<message from='" .. component .. "' to='" .. host
+			.. "'><accepts xmlns='urn:readtrack:hook:0' events='" .. events .. "'/></message>" },
+			"jabber:component:accept")[1]);
+	end
+
 	-- The events the module wrote since `from` writes (one write may hold several events, each
 	-- a <message from=host to=component>).
 	function stub.events(from)

@@ -1090,10 +1090,10 @@ module:hook("message/full", after_archiving, -0.75);
 -- for (mod_message answers at -1). module:wrap_event did the same, but util/events makes a
 -- closure, with the locals it captures, for each fire of a wrapped event: 192 bytes, a third of
 -- what the module allocated per routed message, each byte costing Prosody's collector in
--- proportion (benches/prosody/wrapper_cost.lua). Where no handler below answers, the tracker answers false,
--- which ends the event as that nil would have (core_post_stanza reads both as unhandled): a nil
--- would make util/events run those handlers a second time. (Prosody's event debug hook, set from
--- its admin shell, does not see the handlers the tracker runs.)
+-- proportion (benches/prosody/wrapper_cost.lua). Where no handler below answers, the tracker
+-- answers false, which ends the event as that nil would have (core_post_stanza reads both as
+-- unhandled): a nil would make util/events run those handlers a second time. (Prosody's event
+-- debug hook, set from its admin shell, does not see the handlers the tracker runs.)
 do
 	local tracker_priority, host_events = 1e9, hosts[host].events;
 	for _, kind in ipairs({ "bare", "full" }) do
