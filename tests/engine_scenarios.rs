@@ -3,6 +3,9 @@
 //! Every scenario also runs in a `_reopened` variant that closes and reopens the store between
 //! any two steps: durability must change no outcome.
 
+mod common;
+
+use common::jid;
 use std::time::Duration;
 
 use readtrack::engine::{Dialect, Engine, EngineConfig, Input, Output, ReceiptPolicy};
@@ -11,15 +14,10 @@ use readtrack::jid::{DeviceKeyRule, Jid};
 use readtrack::stanza::{Message, MessageType, Outgoing, Receipt, Replay};
 use readtrack::store::{DeviceRecord, Location, Store, StoreOptions};
 
-#[path = "common/backend.rs"]
-mod backend;
+use common::backend;
 use readtrack::time::Millis;
 
 const T0: u64 = 1_700_000_000_000;
-
-fn jid(s: &str) -> Jid {
-    Jid::parse(s).unwrap()
-}
 
 /// A chat message as a client sends it (docs/protocol.md, the seed dialect).
 fn chat(from: &str, to: &str, id: &str, body: &str) -> Message {

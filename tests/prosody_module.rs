@@ -15,10 +15,6 @@ use readtrack::time::Millis;
 
 const HOOK: &str = "urn:readtrack:hook:0";
 
-fn jid(s: &str) -> Jid {
-    Jid::parse(s).unwrap()
-}
-
 /// Connects the raw component and consumes the snapshot it is greeted with (every page, which
 /// must come numbered from 1, in order, up to the one marked last), then says `batched`, as
 /// every readtrack since issue 17 does: the module's events then share messages wherever one

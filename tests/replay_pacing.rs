@@ -5,18 +5,14 @@
 
 mod common;
 
+use common::jid;
 use readtrack::engine::{Dialect, Engine, EngineConfig, Input, Output};
-use readtrack::jid::Jid;
 use readtrack::stanza::{Message, MessageType, Outgoing};
 use readtrack::store::{Store, StoreOptions};
 use readtrack::time::Millis;
 
 const T0: u64 = 1_700_000_000_000;
 const PHONE: &str = "bob@example.com/phone";
-
-fn jid(s: &str) -> Jid {
-    Jid::parse(s).unwrap()
-}
 
 struct World {
     _dir: tempfile::TempDir,

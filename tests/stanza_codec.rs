@@ -1,6 +1,9 @@
 //! The stanza codec: fixtures to typed values, round trips, exact error texts, and the framer
 //! under every way of chunking its input.
 
+mod common;
+
+use common::jid;
 use std::path::PathBuf;
 
 use proptest::prelude::*;
@@ -26,10 +29,6 @@ fn all_fixtures() -> Vec<String> {
     names.sort();
     assert!(names.len() >= 19, "fixtures missing: {names:?}");
     names
-}
-
-fn jid(s: &str) -> Jid {
-    Jid::parse(s).unwrap()
 }
 
 fn t(s: &str) -> Millis {

@@ -1,9 +1,11 @@
 //! Everything `write.rs` produces, and the seed fixtures, validate against schema/seed-dialect.xsd.
 
+mod common;
+
+use common::jid;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use readtrack::jid::Jid;
 use readtrack::stanza::write::outgoing;
 use readtrack::stanza::{Message, MessageType, Outgoing, Replay};
 use readtrack::time::Millis;
@@ -41,10 +43,6 @@ fn validate_text(name: &str, xml: &str) -> Result<(), String> {
     let file = dir.path().join(name);
     std::fs::write(&file, xml).unwrap();
     xmllint(&file)
-}
-
-fn jid(s: &str) -> Jid {
-    Jid::parse(s).unwrap()
 }
 
 fn t(s: &str) -> Millis {

@@ -14,28 +14,25 @@
 //! from a newer readtrack, migrations applied once) need the cluster named by
 //! `READTRACK_TEST_PG_URL` (tests/common/backend.rs) and fail saying so without it.
 
+mod common;
+
+use common::jid;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use readtrack::engine::{Engine, Input};
-use readtrack::jid::Jid;
 use readtrack::stanza::{Message, MessageType};
 use readtrack::store::{Location, Store, StoreError, StoreOptions};
 
-#[path = "common/backend.rs"]
-mod backend;
+use common::backend;
 use readtrack::time::Millis;
 
 const T0: u64 = 1_700_000_000_000;
 
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_readtrack"))
-}
-
-fn jid(s: &str) -> Jid {
-    Jid::parse(s).unwrap()
 }
 
 fn chat(id: &str, body: &str) -> Message {

@@ -13,7 +13,6 @@ use std::process::{Command, Output};
 use common::daemon::{binary, store_section, Readtrack, ReadtrackOpts};
 use common::*;
 use readtrack::engine::{Dialect, Engine, EngineConfig, Input, ReceiptPolicy};
-use readtrack::jid::Jid;
 use readtrack::stanza::{Message, MessageType, Receipt};
 use readtrack::store::transfer::{self, TransferError};
 use readtrack::store::{Location, Store, StoreOptions};
@@ -305,10 +304,6 @@ fn import_of_a_file_that_is_not_an_export_creates_no_store() {
 }
 
 // ---- the same through the library, without a service ----
-
-fn jid(s: &str) -> Jid {
-    Jid::parse(s).unwrap()
-}
 
 /// A store the engine wrote: two users, two devices, acked and unacked messages (receipt
 /// timers armed), a sent message.

@@ -33,6 +33,11 @@ pub const QUIET: Duration = Duration::from_millis(800);
 // ---------------------------------------------------------------------------------------------
 // Shortcuts shared by the end-to-end tests.
 
+/// A JID a test writes out, known to be one.
+pub fn jid(s: &str) -> readtrack::jid::Jid {
+    readtrack::jid::Jid::parse(s).unwrap()
+}
+
 /// A Prosody with `users` registered, each with the password `pw`.
 pub fn server_with(users: &[&str]) -> Prosody {
     server_from(ProsodyOpts::default(), users)
