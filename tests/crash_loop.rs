@@ -109,20 +109,6 @@ fn bare(user: &str) -> String {
     format!("{user}@{DOMAIN}")
 }
 
-fn chat(id: &str, to: &str, body: &str) -> String {
-    format!("<message id='{id}' type='chat' to='{to}'><body>{body}</body></message>")
-}
-
-fn crs_receipt(id: &str) -> String {
-    format!("<message id='{id}' type='crs' to='{DOMAIN}'><received xmlns='urn:xmpp:receipts'>200</received></message>")
-}
-
-fn crs_offline_ack(id: &str) -> String {
-    format!(
-        "<message id='{id}' type='crs' to='{DOMAIN}'><offline xmlns='urn:xmpp:offline'/></message>"
-    )
-}
-
 fn is_server_ack(s: &str) -> bool {
     attr(s, "type").as_deref() == Some("crs")
         && attr(s, "from").as_deref() == Some(DOMAIN)

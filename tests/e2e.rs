@@ -13,10 +13,6 @@ fn server() -> Prosody {
     server_with(&["alice", "bob"])
 }
 
-fn crs_offline_ack(id: &str) -> String {
-    format!("<message id='{id}' type='crs' to='localhost'><offline xmlns='urn:xmpp:offline'/></message>")
-}
-
 fn has_id(s: &str, id: &str) -> bool {
     attr(s, "id").as_deref() == Some(id)
 }

@@ -113,10 +113,6 @@ async fn available(p: &Prosody, comp: &mut RawComponent, user: &str, resource: &
     c
 }
 
-fn chat(id: &str, to: &str, body: &str) -> String {
-    format!("<message id='{id}' type='chat' to='{to}'><body>{body}</body></message>")
-}
-
 fn routed_for(id: &str) -> impl Fn(&HookEvent) -> bool + '_ {
     move |e| matches!(e, HookEvent::Routed { message, .. } if attr(message.original.text(), "id").as_deref() == Some(id))
 }

@@ -78,3 +78,8 @@ pub fn chat(id: &str, to: &str, body: &str) -> String {
 pub fn crs_receipt(id: &str) -> String {
     format!("<message id='{id}' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>")
 }
+
+/// A seed offline ack (`type='crs'`, `<offline/>`) for `id`, addressed to the server.
+pub fn crs_offline_ack(id: &str) -> String {
+    format!("<message id='{id}' type='crs' to='localhost'><offline xmlns='urn:xmpp:offline'/></message>")
+}
