@@ -76,10 +76,12 @@ pub fn chat(id: &str, to: &str, body: &str) -> String {
 
 /// A seed receipt (`type='crs'`, status 200) for `id`, addressed to the server.
 pub fn crs_receipt(id: &str) -> String {
-    format!("<message id='{id}' type='crs' to='localhost'><received xmlns='urn:xmpp:receipts'>200</received></message>")
+    format!("<message id='{id}' type='crs' to='{DOMAIN}'><received xmlns='urn:xmpp:receipts'>200</received></message>")
 }
 
 /// A seed offline ack (`type='crs'`, `<offline/>`) for `id`, addressed to the server.
 pub fn crs_offline_ack(id: &str) -> String {
-    format!("<message id='{id}' type='crs' to='localhost'><offline xmlns='urn:xmpp:offline'/></message>")
+    format!(
+        "<message id='{id}' type='crs' to='{DOMAIN}'><offline xmlns='urn:xmpp:offline'/></message>"
+    )
 }
